@@ -1,0 +1,305 @@
+/*
+ * cpu.c - emulated CPUs: IRQ-disable nesting, IPIs and their
+ * acknowledgement, per-CPU TLBs, TLB shootdown, and the MMU's user access
+ * (TLB lookup, hardware page walk setting ACCESSED / DIRTY, TLB fill).
+ *
+ * Protocol.  A CPU's lock guards its IRQ nesting, its pending-IPI list and
+ * (while its IRQs are enabled) its TLB.  A sender locks each target: if the
+ * target's IRQs are enabled it runs the handler for it right there; if not
+ * it queues a request, which the target runs when it enables IRQs, and then
+ * waits.  So a CPU with IRQs off (a user access, GUP-fast) holds off every
+ * shootdown and IPI sync that targets it, as in the kernel.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+void pg_cpus_init(pg_machine *m)
+{
+    for (int i = 0; i < PG_MAX_CPUS; i++) {
+        pg_spin_init(&m->cpus[i].lock);
+        m->cpus[i].pending = NULL;
+    }
+}
+
+/* Invalidate cpu's entries for mm in [svpn, evpn) (or all of mm); with the
+ * cpu's lock held, or by the cpu itself with IRQs off. */
+static void tlb_flush_local(pg_machine *m, struct pg_cpu *c, int kind,
+                            uint64_t mmid, uint64_t svpn, uint64_t evpn)
+{
+    uint64_t n = 0;
+    if (kind == PG_IPI_SYNC)
+        return;
+    for (int i = 0; i < PG_TLB_ENTRIES; i++) {
+        struct pg_tlb_entry *te = &c->tlb[i];
+        if (te->mm_plus1 != mmid + 1)
+            continue;
+        if (kind == PG_IPI_FLUSH_RANGE && (te->vpn < svpn || te->vpn >= evpn))
+            continue;
+        te->mm_plus1 = 0;
+        n++;
+    }
+    if (n)
+        pg_fetch_add_relaxed(&m->tlb_flushed_entries, n);
+}
+
+/* the handlers queued while IRQs were off; with the cpu's lock held */
+static void run_pending_ipis(pg_machine *m, struct pg_cpu *c)
+{
+    struct pg_ipi_req *r = c->pending;
+    c->pending = NULL;
+    while (r) {
+        /* read next before acknowledging: the request lives on the
+         * sender's stack and is gone once it sees done */
+        struct pg_ipi_req *next = r->next;
+        tlb_flush_local(m, c, r->kind, r->mm, r->start_vpn, r->end_vpn);
+        pg_store_release(&r->done, 1);
+        r = next;
+    }
+}
+
+int pg_local_irq_disable(pg_machine *m, int cpu)
+{
+    if (!pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    struct pg_cpu *c = &m->cpus[cpu];
+    pg_spin_lock(&c->lock);
+    int n = pg_load_relaxed(&c->irq_nesting);
+    if (n == 0 && c->rcu_nesting == 0)
+        pg_rcu_cpu_enter(m, cpu); /* IRQs-off is an RCU read-side section */
+    pg_store_release(&c->irq_nesting, n + 1);
+    pg_spin_unlock(&c->lock);
+    return 0;
+}
+
+int pg_local_irq_enable(pg_machine *m, int cpu)
+{
+    if (!pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    struct pg_cpu *c = &m->cpus[cpu];
+    pg_spin_lock(&c->lock);
+    int n = pg_load_relaxed(&c->irq_nesting);
+    if (n == 0) {
+        pg_spin_unlock(&c->lock);
+        return -PG_EINVAL; /* unbalanced enable */
+    }
+    pg_store_release(&c->irq_nesting, n - 1);
+    if (n == 1) {
+        run_pending_ipis(m, c);
+        if (c->rcu_nesting == 0)
+            pg_rcu_cpu_exit(m, cpu);
+    }
+    pg_spin_unlock(&c->lock);
+    return 0;
+}
+
+int pg_irqs_disabled(pg_machine *m, int cpu)
+{
+    if (!pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    return pg_cpu_irqs_off(m, cpu) ? 1 : 0;
+}
+
+/* Send one IPI of `kind` to every CPU in mask but `cpu`, and wait for each
+ * acknowledgement.  The caller's IRQs are enabled (checked by callers). */
+static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
+                      uint64_t mmid, uint64_t svpn, uint64_t evpn)
+{
+    struct pg_ipi_req reqs[PG_MAX_CPUS];
+    int nq = 0;
+    for (int t = 0; t < m->nr_cpus; t++) {
+        if (t == cpu || !(mask & ((uint64_t)1 << t)))
+            continue;
+        struct pg_cpu *c = &m->cpus[t];
+        pg_fetch_add_relaxed(&m->ipis_sent, 1);
+        pg_spin_lock(&c->lock);
+        if (pg_load_relaxed(&c->irq_nesting) == 0) {
+            /* IRQs enabled: the handler runs at once */
+            tlb_flush_local(m, c, kind, mmid, svpn, evpn);
+        } else {
+            struct pg_ipi_req *r = &reqs[nq++];
+            r->kind = kind;
+            r->mm = mmid;
+            r->start_vpn = svpn;
+            r->end_vpn = evpn;
+            atomic_init(&r->done, 0);
+            r->next = c->pending;
+            c->pending = r;
+        }
+        pg_spin_unlock(&c->lock);
+    }
+    for (int i = 0; i < nq; i++) {
+        unsigned spins = 0;
+        while (!pg_load_acquire(&reqs[i].done)) {
+            PG_YIELD(m, cpu, "ipi_wait");
+            pg_cpu_relax(&spins);
+        }
+    }
+}
+
+int pg_flush_tlb_mm_range(pg_machine *m, int cpu, struct pg_mm *mm,
+                          uint64_t mmid, uint64_t start, uint64_t end,
+                          bool all_cpus)
+{
+    if (pg_cpu_irqs_off(m, cpu))
+        return -PG_EBUSY; /* waiting for the others would deadlock */
+    uint64_t svpn = start >> PG_PAGE_SHIFT;
+    uint64_t evpn = (end + PG_PAGE_SIZE - 1) >> PG_PAGE_SHIFT;
+    pg_fetch_add_relaxed(&m->tlb_shootdowns, 1);
+
+    struct pg_cpu *self = &m->cpus[cpu];
+    pg_spin_lock(&self->lock);
+    tlb_flush_local(m, self, PG_IPI_FLUSH_RANGE, mmid, svpn, evpn);
+    pg_spin_unlock(&self->lock);
+
+    /* the entry changes before the mask read: pairs with the fence in
+     * pg_mm_cpumask_set, so a CPU that walks after our change sees it and
+     * a CPU that walked before is in the mask */
+    pg_smp_mb();
+    uint64_t mask = all_cpus ? ~(uint64_t)0 : pg_load_acquire(&mm->cpumask);
+    send_ipis(m, cpu, mask, PG_IPI_FLUSH_RANGE, mmid, svpn, evpn);
+    return 0;
+}
+
+int pg_flush_tlb_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                       uint64_t end)
+{
+    if (!pg_cpu_ok(m, cpu) || start > end)
+        return -PG_EINVAL;
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    return pg_flush_tlb_mm_range(m, cpu, mm, mmid, start, end, false);
+}
+
+int pg_ipi_sync_internal(pg_machine *m, int cpu)
+{
+    if (pg_cpu_irqs_off(m, cpu))
+        return -PG_EBUSY;
+    pg_smp_mb(); /* unlinks before the targets' state is read */
+    send_ipis(m, cpu, ~(uint64_t)0, PG_IPI_SYNC, 0, 0, 0);
+    return 0;
+}
+
+int pg_ipi_sync_all(pg_machine *m, int cpu)
+{
+    if (!pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    return pg_ipi_sync_internal(m, cpu);
+}
+
+/* ---- the MMU ---------------------------------------------------------------- */
+
+static inline struct pg_tlb_entry *tlb_slot(struct pg_cpu *c, uint64_t vpn)
+{
+    return &c->tlb[vpn % PG_TLB_ENTRIES];
+}
+
+int pg_user_access(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
+                   int write, uint64_t value, uint64_t *out)
+{
+    if (!pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    if (addr >= PG_VA_LIMIT)
+        return -PG_EFAULT;
+    int rc = pg_local_irq_disable(m, cpu);
+    if (rc < 0)
+        return rc;
+    /* the mm is looked up with IRQs off, so a destroy's IPI sync cannot
+     * free its tables under this walk */
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm) {
+        pg_local_irq_enable(m, cpu);
+        return -PG_EINVAL;
+    }
+    struct pg_cpu *c = &m->cpus[cpu];
+    uint64_t vpn = addr >> PG_PAGE_SHIFT;
+    struct pg_tlb_entry *te = tlb_slot(c, vpn);
+    uint64_t pfn;
+
+    pg_mm_cpumask_set(m, mm, cpu);
+    if (te->mm_plus1 == mmid + 1 && te->vpn == vpn &&
+        (!write || (te->writable && te->dirty))) {
+        /* TLB hit: no walk, whatever the page table says now.  This is
+         * how a skipped shootdown lets a write through. */
+        pfn = te->pfn;
+    } else {
+        uint64_t e, n;
+        int level;
+        _Atomic uint64_t *slot;
+        for (;;) {
+            level = pg_walk_lockless(m, cpu, mm, addr, &e, &slot);
+            if (level <= 0) {
+                rc = level < 0 ? level : PG_FAULT_NOT_PRESENT;
+                goto out;
+            }
+            if (!(e & PG_PTE_PRESENT)) {
+                rc = (e & PG_PTE_PROTNONE) ? PG_FAULT_PROTNONE : PG_FAULT_NOT_PRESENT;
+                goto out;
+            }
+            if (!(e & PG_PTE_USER)) {
+                rc = PG_FAULT_NOT_PRESENT;
+                goto out;
+            }
+            if (write && !(e & PG_PTE_WRITE)) {
+                rc = PG_FAULT_WRITE_PROTECT;
+                goto out;
+            }
+            n = e | PG_PTE_ACCESSED | (write ? PG_PTE_DIRTY : 0);
+            /* the hardware's locked A/D update: if the entry changed since
+             * the walk read it, walk again */
+            if (n == e || pg_cas(slot, &e, n))
+                break;
+            PG_YIELD(m, cpu, "walk_ad_cas_failed");
+        }
+        pfn = pg_pte_pfn(n);
+        if (level == PG_LEVEL_PMD)
+            pfn += vpn & (PG_PMD_NR - 1);
+        te->mm_plus1 = mmid + 1;
+        te->vpn = vpn;
+        te->pfn = pfn;
+        te->writable = (n & PG_PTE_WRITE) != 0;
+        te->dirty = (n & PG_PTE_DIRTY) != 0;
+    }
+
+    if (PG_BUG_ON(m, pfn >= m->nr_frames, "cpu %d: mm %llu %#llx maps pfn %llu "
+                  "beyond memory", cpu, (unsigned long long)mmid,
+                  (unsigned long long)addr, (unsigned long long)pfn)) {
+        rc = -PG_EFAULT;
+        goto out;
+    }
+    struct pg_frame *f = &m->frames[pfn];
+    if (write) {
+        if (PG_BUG_ON(m, pg_load_relaxed(&f->flags) & PG_F_ZERO,
+                      "cpu %d: write to the zero page through mm %llu %#llx",
+                      cpu, (unsigned long long)mmid, (unsigned long long)addr)) {
+            rc = -PG_EFAULT;
+            goto out;
+        }
+        pg_store_release(&f->content, value);
+        if (out)
+            *out = value;
+    } else if (out) {
+        *out = pg_load_acquire(&f->content);
+    }
+    rc = PG_FAULT_NONE;
+out:
+    /* enabling IRQs runs the shootdowns that waited for this access */
+    pg_local_irq_enable(m, cpu);
+    return rc;
+}
+
+int pg_tlb_probe(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr)
+{
+    if (!pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    if (addr >= PG_VA_LIMIT)
+        return -PG_EFAULT;
+    struct pg_cpu *c = &m->cpus[cpu];
+    uint64_t vpn = addr >> PG_PAGE_SHIFT;
+    pg_spin_lock(&c->lock);
+    struct pg_tlb_entry *te = tlb_slot(c, vpn);
+    int hit = te->mm_plus1 == mmid + 1 && te->vpn == vpn;
+    pg_spin_unlock(&c->lock);
+    return hit;
+}

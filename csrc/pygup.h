@@ -1,0 +1,335 @@
+/*
+ * pygup.h - the one header both the C compiler and cffi read.
+ *
+ * build.py hands cffi only the text between the PYGUP_CDEF_BEGIN and
+ * PYGUP_CDEF_END markers; everything there must be plain C that pycparser
+ * understands: no _Atomic, no #include, no macros other than
+ * "#define NAME <integer literal>".  Every type that holds atomics is opaque.
+ *
+ * Conventions
+ *  - Every function that can fail returns 0 (or a count / id >= 0) on
+ *    success and a negative Linux errno on failure.  Bad indices (pfn, mm id,
+ *    cpu, address) coming from Python are checked and give -EINVAL (or
+ *    -EFAULT for addresses), never undefined behaviour.
+ *  - "cpu" is the emulated CPU the calling thread is acting as.  Python
+ *    passes it explicitly; C never guesses it.
+ *  - Invariant violations found inside C (PG_BUG_ON / PG_WARN_ON in
+ *    internal.h) are recorded in the machine and surfaced by Python as
+ *    pygup.InvariantError via pg_violation_count()/pg_violation_pop().
+ */
+#ifndef PYGUP_H
+#define PYGUP_H
+#include <stdint.h>
+#include <stddef.h>
+
+/* PYGUP_CDEF_BEGIN */
+
+/* ---- geometry ---------------------------------------------------------- */
+#define PG_PAGE_SHIFT 12
+#define PG_PAGE_SIZE 4096
+#define PG_PTRS_PER_TABLE 512
+#define PG_PMD_SHIFT 21
+#define PG_PMD_ORDER 9
+#define PG_PMD_NR 512
+#define PG_VA_BITS 48
+#define PG_TASK_SIZE_MAX 0x7ffffffff000
+#define PG_GUP_PIN_COUNTING_BIAS 1024
+#define PG_MAX_CPUS 64
+#define PG_TLB_ENTRIES 64
+/* frame 0 is the shared zero page: PG_F_ZERO, never allocated or freed */
+#define PG_ZERO_PFN 0
+
+/* ---- errno values (Linux) used across the boundary --------------------- */
+#define PG_EPERM 1
+#define PG_ENOENT 2
+#define PG_EINTR 4
+#define PG_EAGAIN 11
+#define PG_ENOMEM 12
+#define PG_EFAULT 14
+#define PG_EBUSY 16
+#define PG_EEXIST 17
+#define PG_EINVAL 22
+#define PG_ENOSPC 28
+#define PG_EOVERFLOW 75
+#define PG_EOPNOTSUPP 95
+
+/* ---- zones and table-free modes ---------------------------------------- */
+#define PG_ZONE_NORMAL 0
+#define PG_ZONE_MOVABLE 1
+#define PG_TABLE_FREE_IPI 0
+#define PG_TABLE_FREE_RCU 1
+
+/* ---- folio (frame) flags ----------------------------------------------- */
+#define PG_F_FREE 0x1          /* on a free list */
+#define PG_F_HEAD 0x2          /* first frame of a folio (order 0 too) */
+#define PG_F_TAIL 0x4          /* non-first frame of a large folio */
+#define PG_F_DIRTY 0x8
+#define PG_F_WRITEBACK 0x10
+#define PG_F_LOCKED 0x20
+#define PG_F_ANON_EXCLUSIVE 0x40 /* per page, as PageAnonExclusive */
+#define PG_F_REFERENCED 0x80
+#define PG_F_HUGETLB 0x100
+#define PG_F_LRU 0x200
+#define PG_F_UPTODATE 0x400
+#define PG_F_PRIVATE 0x800     /* fs private state ("buffers") attached */
+#define PG_F_MKWRITE 0x1000    /* page_mkwrite called since the last clean */
+#define PG_F_ZERO 0x2000       /* the shared zero page */
+#define PG_F_SLAB 0x4000
+
+/* ---- the mapping word -------------------------------------------------- */
+/* 0 = none (or truncated); (id << 2) = address_space record id;
+ * (anon_vma id << 2) | PG_MAPPING_ANON = anonymous. */
+#define PG_MAPPING_ANON 0x1
+#define PG_MAPPING_MOVABLE 0x2
+#define PG_MAPPING_KSM 0x3
+#define PG_MAPPING_FLAGS 0x3
+
+/* address_space record kinds (bit flags) */
+#define PG_AS_SHMEM 0x1
+#define PG_AS_HUGETLB 0x2
+#define PG_AS_SECRETMEM 0x4
+#define PG_AS_DAX 0x8
+
+/* ---- PTE bits (x86-like) ----------------------------------------------- */
+#define PG_PTE_PRESENT 0x1
+#define PG_PTE_WRITE 0x2
+#define PG_PTE_USER 0x4
+#define PG_PTE_ACCESSED 0x20
+#define PG_PTE_DIRTY 0x40
+#define PG_PTE_HUGE 0x80
+#define PG_PTE_PROTNONE 0x100  /* mapped, PRESENT clear: no access (x86 protnone) */
+#define PG_PTE_SPECIAL 0x200
+#define PG_PTE_SOFT_DIRTY 0x800
+#define PG_PTE_PFN_SHIFT 12
+#define PG_PTE_PFN_MASK 0x000ffffffffff000
+/* leaf levels for pg_pte_set / pg_pte_lookup */
+#define PG_LEVEL_PTE 1
+#define PG_LEVEL_PMD 2
+
+/* ---- user-access results (positive: why a fault is needed) ------------- */
+#define PG_FAULT_NONE 0
+#define PG_FAULT_NOT_PRESENT 1
+#define PG_FAULT_WRITE_PROTECT 2
+#define PG_FAULT_PROTNONE 3
+
+typedef struct pg_machine pg_machine;
+
+struct pg_frame_info {
+    uint64_t pfn;
+    uint64_t head;       /* pfn of the folio's first frame */
+    uint64_t index;      /* page-cache index, or linear index for anon */
+    uint64_t mapping;    /* the encoded mapping word */
+    uint64_t content;    /* the page's data word */
+    int32_t refcount;    /* of the folio */
+    int32_t pincount;    /* of the folio (large folios only) */
+    int32_t mapcount;    /* of this page */
+    uint32_t flags;      /* this frame's flags | head's folio-wide flags */
+    int32_t order;       /* of the folio */
+    int32_t zone;
+};
+
+struct pg_stats {
+    uint64_t nr_frames;
+    uint64_t nr_free[2];          /* per zone */
+    uint64_t frame_bytes;         /* bytes of frame structs */
+    uint64_t table_pages_live;
+    uint64_t table_pages_pending; /* freed, waiting for IPI sync / RCU */
+    uint64_t table_bytes;         /* bytes held by table pages, live or pooled */
+    uint64_t as_live;
+    uint64_t as_pending;          /* address_space records waiting for RCU */
+    uint64_t ipis_sent;
+    uint64_t tlb_shootdowns;
+    uint64_t tlb_flushed_entries;
+    uint64_t rcu_grace_periods;
+    uint64_t rcu_callbacks_run;
+    uint64_t pins_acquired;       /* nr_foll_pin_acquired */
+    uint64_t pins_released;       /* nr_foll_pin_released */
+};
+
+/* ---- machine ------------------------------------------------------------ */
+/* nr_frames: total 4 KiB frames; nr_movable: how many of them (the top of
+ * physical memory) form ZONE_MOVABLE.  Both multiples of PG_PMD_NR.
+ * Returns NULL on bad arguments or allocation failure. */
+pg_machine *pg_machine_new(uint64_t nr_frames, uint64_t nr_movable,
+                           int nr_cpus, int table_free_mode);
+void pg_machine_free(pg_machine *m);
+int pg_machine_nr_cpus(pg_machine *m);
+void pg_stats_get(pg_machine *m, struct pg_stats *out);
+/* violations recorded by PG_BUG_ON / PG_WARN_ON and not yet popped */
+int pg_violation_count(pg_machine *m);
+/* copy the oldest message into buf (NUL-terminated), drop it; 0 if none.
+ * The ring keeps the oldest 64 messages; once drained, one summary message
+ * accounts for those that did not fit. */
+int pg_violation_pop(pg_machine *m, char *buf, int buflen);
+/* every violation ever recorded (popped or not) */
+uint64_t pg_violation_total(pg_machine *m);
+
+/* ---- frames / folios (frames.c) ---------------------------------------- */
+/* Allocate a folio of order 0 or PG_PMD_ORDER in a zone.  The new folio has
+ * refcount 1, no mapping, content 0 in every frame, flags HEAD (|TAIL on the
+ * rest).  Returns the head pfn or -PG_ENOMEM. */
+int64_t pg_folio_alloc(pg_machine *m, int order, int zone);
+/* Reference counting on the folio containing pfn.  get: -EINVAL if the
+ * folio is free.  put: drops refs; the last put frees the folio (content
+ * cleared, flags cleared, mapping cleared).  Returns the new refcount. */
+int64_t pg_folio_get(pg_machine *m, uint64_t pfn, int refs);
+int64_t pg_folio_put(pg_machine *m, uint64_t pfn, int refs);
+int pg_frame_info(pg_machine *m, uint64_t pfn, struct pg_frame_info *out);
+/* set/clear flags on the folio's head (folio-wide flags) and return the old
+ * flags; PG_F_ANON_EXCLUSIVE acts on the frame pfn itself. */
+int64_t pg_folio_flags_update(pg_machine *m, uint64_t pfn, uint32_t set,
+                              uint32_t clear);
+int pg_folio_set_mapping(pg_machine *m, uint64_t pfn, uint64_t mapping,
+                         uint64_t index);
+/* add delta to the frame's mapcount; returns the new value */
+int64_t pg_frame_mapcount_add(pg_machine *m, uint64_t pfn, int delta);
+/* the "direct mapping": read / write a frame's content word */
+int pg_frame_read(pg_machine *m, uint64_t pfn, uint64_t *out);
+int pg_frame_write(pg_machine *m, uint64_t pfn, uint64_t value);
+/* copy content (and nothing else) of a whole folio to another of equal order */
+int pg_folio_copy(pg_machine *m, uint64_t dst, uint64_t src);
+/* snapshot of every frame into caller-owned arrays of nr_frames entries
+ * (any pointer may be NULL to skip that field).  Raw per-frame words:
+ * refcount and mapping of a large folio are on its head (tails read 0);
+ * flags are the frame's own word (a tail shows TAIL and its own
+ * ANON_EXCLUSIVE, not the head's folio-wide flags). */
+int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
+                       uint32_t *flags, uint64_t *mapping, uint64_t *content);
+
+/* ---- address_space records (frames.c) ---------------------------------- */
+/* New record of the given PG_AS_* kind; returns its id (>= 1). */
+int64_t pg_as_new(pg_machine *m, uint32_t kind);
+/* The record stops being live now and is freed after an RCU grace period
+ * (call_rcu).  A later lookup of a freed record is a use-after-free. */
+int pg_as_release(pg_machine *m, uint64_t id);
+/* kind of a live record, -PG_ENOENT if it is freed / pending */
+int64_t pg_as_kind(pg_machine *m, uint64_t id);
+
+/* ---- mm and page tables (pgtable.c) ------------------------------------ */
+/* New empty address space (a PGD table).  Returns the mm id (>= 0). */
+int64_t pg_mm_new(pg_machine *m);
+/* Tear down: zap every leaf (dropping refs / mapcounts as pg_zap_range
+ * does), flush, free every table.  The id becomes invalid. */
+int pg_mm_destroy(pg_machine *m, int cpu, uint64_t mm);
+/* Install a leaf at addr at PG_LEVEL_PTE or PG_LEVEL_PMD (addr and the
+ * pfn in the entry aligned for the level), allocating intermediate tables.
+ * The previous entry must be none: -PG_EEXIST otherwise.  Does not touch
+ * refcount or mapcount (the caller, the fault handler, does). */
+int pg_pte_set(pg_machine *m, uint64_t mm, uint64_t addr, uint64_t pte,
+               int level);
+/* Walk to the leaf mapping addr.  Returns the leaf's level (1 or 2) and
+ * the entry in *pte; 0 with *pte = the (none) entry if nothing is mapped. */
+int pg_pte_lookup(pg_machine *m, uint64_t mm, uint64_t addr, uint64_t *pte);
+/* Atomically: new = (old & ~clear) | set on the leaf mapping addr, but
+ * only if the leaf is present (non-zero) and, when expect_pfn >= 0, maps
+ * that pfn.  Stores the old entry.  Returns the level, or -PG_ENOENT.
+ * No TLB flush: the caller flushes when it downgrades. */
+int pg_pte_modify(pg_machine *m, uint64_t mm, uint64_t addr, int64_t expect_pfn,
+                  uint64_t clear, uint64_t set, uint64_t *old);
+/* Clear the leaf at addr and return it (ptep_get_and_clear); no flush.
+ * Returns the level cleared (1 or 2), or 0 with *old = 0 if none. */
+int pg_pte_clear(pg_machine *m, uint64_t mm, uint64_t addr, uint64_t *old);
+/* folio_mkclean for one mapping (page_vma_mkclean_one): if the leaf at addr
+ * maps pfn's folio and is writable or dirty, clear it, flush the TLB on
+ * every CPU that may cache it, then reinstall it write-protected and clean.
+ * Returns 1 if cleaned (and *was_dirty = the PTE's dirty bit), 0 if not. */
+int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
+                   uint64_t pfn, int *was_dirty);
+/* Zap [start, end): clear every leaf, flush the TLBs, then for each old
+ * leaf that is not SPECIAL: transfer the PTE dirty bit to a non-anon
+ * folio (PG_F_DIRTY), drop the page's mapcount and one folio reference.  A
+ * PMD leaf is one mapping of its folio (as hugetlb): the head's mapcount
+ * and one reference.  Returns the number of 4 KiB pages unmapped.
+ * Leaves of the zero page count as SPECIAL; non-zero leaves that are
+ * neither PRESENT nor PROTNONE (swap-like) are cleared without counts.
+ * A PMD leaf only partly inside the range: -PG_EINVAL, nothing changed
+ * (the same for pg_copy_range and pg_change_protection).  The caller's
+ * IRQs must be enabled (-PG_EBUSY): every flushing call waits for IPIs. */
+int64_t pg_zap_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                     uint64_t end);
+/* Free page-table pages that map nothing any more inside [start, end)
+ * (only tables wholly inside the range), deferred by the machine's
+ * table_free mode.  Returns the number of tables freed or queued. */
+int64_t pg_free_pgtables(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                         uint64_t end);
+/* Fork's copy_page_range for [start, end) from src to dst:
+ * cow != 0 (private writable mapping): every present leaf is
+ *   write-protected in src and installed write-protected in dst; an
+ *   anonymous page loses PG_F_ANON_EXCLUSIVE; refcount +1 and mapcount +1
+ *   per mapping (a PMD leaf counts once, on its head).  The src TLBs are
+ *   flushed.  SPECIAL leaves are copied without touching any count.
+ * cow == 0: leaves are copied as they are (refcount / mapcount +1).
+ * copy_pinned != 0 (the parent mm has MMF_HAS_PINNED) with cow: an
+ *   anonymous folio that folio_maybe_dma_pinned() is not shared but copied
+ *   for the child (copy_present_page): the child maps a new exclusive anon
+ *   folio with mapping word child_mapping; the parent keeps its entry.
+ * Returns the number of pages copied, or -PG_ENOMEM. */
+int64_t pg_copy_range(pg_machine *m, int cpu, uint64_t src, uint64_t dst,
+                      uint64_t start, uint64_t end, int cow, int copy_pinned,
+                      uint64_t child_mapping);
+/* change_protection over [start, end): on every leaf (non-zero entry)
+ * new = (old & ~clear) | set, then flush the TLBs if any entry changed.
+ * Returns the number of pages whose entry changed. */
+int64_t pg_change_protection(pg_machine *m, int cpu, uint64_t mm,
+                             uint64_t start, uint64_t end, uint64_t clear,
+                             uint64_t set);
+/* Every leaf (non-zero entry) in [start, end), in address order: stores up
+ * to max (address, entry) pairs, one per PTE-sized page (a PMD leaf gives
+ * PG_PMD_NR pairs with the entry's pfn adjusted to each subpage), and
+ * returns how many it stored. */
+int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
+                        uint64_t end, uint64_t *addrs, uint64_t *ptes,
+                        int64_t max);
+
+/* ---- GUP reference counting (gup_fast.c) ------------------------------- */
+/* try_grab_page() of the slow path on the folio containing pfn: pin == 0
+ * takes a plain reference (FOLL_GET); pin != 0 a pin (FOLL_PIN): refcount
+ * + PG_GUP_PIN_COUNTING_BIAS on a small folio, refcount + 1 and pincount + 1
+ * on a large one; the zero page is never counted.  -PG_ENOMEM when the
+ * folio's refcount is <= 0 (it is being freed). */
+int pg_try_grab_page(pg_machine *m, uint64_t pfn, int pin);
+/* gup_put_folio(): drop what refs grabs of the given kind took. */
+int pg_gup_put(pg_machine *m, uint64_t pfn, int refs, int pin);
+/* 1 if every page of pfns[0..n) holds what pg_gup_put_pages would drop
+ * (consecutive pages of one folio counted together), else 0; -PG_EINVAL
+ * for a bad pfn.  Nothing changes. */
+int pg_gup_can_put(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
+/* unpin_user_pages() / put_page() over an array, folio run by folio run. */
+int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
+
+/* ---- emulated CPUs, IRQs, IPIs, TLBs (cpu.c) --------------------------- */
+int pg_local_irq_disable(pg_machine *m, int cpu);
+int pg_local_irq_enable(pg_machine *m, int cpu);
+int pg_irqs_disabled(pg_machine *m, int cpu);
+/* flush_tlb_range: flush cpu's own TLB for the range, then IPI every other
+ * CPU that has had mm active and wait for each acknowledgement.  A CPU with
+ * IRQs disabled acknowledges only when it enables them.  The caller must
+ * have IRQs enabled (-PG_EBUSY otherwise: it would deadlock). */
+int pg_flush_tlb_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                       uint64_t end);
+/* An empty IPI to every other CPU, waiting for each (tlb_remove_table_sync_one). */
+int pg_ipi_sync_all(pg_machine *m, int cpu);
+/* A user load or store at addr on cpu, as the MMU does: IRQs off, TLB
+ * lookup, page-table walk on a miss setting ACCESSED (and DIRTY on a
+ * write) with a compare-and-swap, TLB fill, then the access to the frame's
+ * content.  Returns PG_FAULT_NONE with *out = the value read (or written),
+ * a positive PG_FAULT_* when the OS must handle a fault first, or -errno. */
+int pg_user_access(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
+                   int write, uint64_t value, uint64_t *out);
+/* number of valid TLB entries cpu holds for mm at addr (0 or 1) */
+int pg_tlb_probe(pg_machine *m, int cpu, uint64_t mm, uint64_t addr);
+
+/* ---- RCU (rcu.c) -------------------------------------------------------- */
+int pg_rcu_read_lock(pg_machine *m, int cpu);
+int pg_rcu_read_unlock(pg_machine *m, int cpu);
+/* wait until every CPU has left the read-side section it was in (IRQs-off
+ * regions count); the caller must not be in one itself (-PG_EBUSY) */
+int pg_synchronize_rcu(pg_machine *m, int cpu);
+/* run every callback whose grace period has ended; never waits */
+int pg_rcu_poll(pg_machine *m);
+/* wait for a grace period and run every callback queued before the call */
+int pg_rcu_barrier(pg_machine *m, int cpu);
+
+/* PYGUP_CDEF_END */
+
+#endif /* PYGUP_H */

@@ -1,0 +1,27 @@
+"""pygup: a Linux get_user_pages (GUP) emulator.
+
+The public API: a ``Machine`` with memory, CPUs, file systems and processes;
+the flag sets; and the patch-1 predicates of the Linux 6.5 series.
+"""
+from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
+from pygup.fs import PRESETS, File, FileSystem, FsType, FsWarning
+from pygup.machine import Folio, FolioFlag, Machine
+from pygup.mm import MM, PTE, Process
+from pygup.policy import POLICIES, Policy
+from pygup.vma import (
+    VMA,
+    vma_fs_can_writeback,
+    vma_is_anonymous,
+    vma_is_shared_writable,
+    vma_needs_dirty_tracking,
+    vma_wants_writenotify,
+)
+
+__all__ = [
+    "FOLL", "MAP", "MS", "PROT", "VM", "GupError", "InvariantError",
+    "PRESETS", "File", "FileSystem", "FsType", "FsWarning",
+    "Folio", "FolioFlag", "Machine", "MM", "PTE", "Process", "POLICIES", "Policy",
+    "VMA", "vma_fs_can_writeback", "vma_is_anonymous", "vma_is_shared_writable",
+    "vma_needs_dirty_tracking", "vma_wants_writenotify",
+]
+__version__ = "0.1.0"

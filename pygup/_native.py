@@ -1,0 +1,298 @@
+"""The only module that touches the compiled core (``pygup._core``).
+
+``Core`` owns one ``pg_machine`` and wraps every C entry point the model
+uses: arguments go in as Python ints, results come back as ints, tuples or
+numpy arrays, failures as ``GupError`` (negative errno) and invariant
+violations recorded by C as ``InvariantError``.  Nothing above this module
+sees cdata.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+
+from pygup._core import ffi, lib
+from pygup.flags import GupError, InvariantError
+
+__all__ = ["Core", "C", "FrameInfo", "ffi", "lib"]
+
+
+class _Constants:
+    """Every ``#define PG_*`` of csrc/pygup.h, read from the compiled module
+    (``C.PAGE_SIZE``, ``C.F_DIRTY``, ...): Python never restates them."""
+
+    def __init__(self) -> None:
+        for name in dir(lib):
+            if name.startswith("PG_") and isinstance(getattr(lib, name), int):
+                setattr(self, name[3:], getattr(lib, name))
+
+
+C = _Constants()
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameInfo:
+    pfn: int
+    head: int
+    index: int
+    mapping: int
+    content: int
+    refcount: int
+    pincount: int
+    mapcount: int
+    flags: int
+    order: int
+    zone: int
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise GupError(-rc, what)
+    return rc
+
+
+class Core:
+    """One emulated machine's C state."""
+
+    def __init__(self, nr_frames: int, nr_movable: int, nr_cpus: int, table_free_rcu: bool):
+        mode = lib.PG_TABLE_FREE_RCU if table_free_rcu else lib.PG_TABLE_FREE_IPI
+        ptr = lib.pg_machine_new(nr_frames, nr_movable, nr_cpus, mode)
+        if ptr == ffi.NULL:
+            raise MemoryError("the C core could not create the machine")
+        self._m = ffi.gc(ptr, lib.pg_machine_free)
+        self.nr_frames = nr_frames
+        self.nr_cpus = nr_cpus
+        self._u64 = threading.local()
+
+    # -- helpers --------------------------------------------------------------
+    def _out(self, kind: str = "uint64_t *"):
+        return ffi.new(kind)
+
+    def violations(self) -> list[str]:
+        """Pop every recorded violation message."""
+        out = []
+        buf = ffi.new("char[]", 512)
+        while lib.pg_violation_count(self._m) > 0:
+            if lib.pg_violation_pop(self._m, buf, 512) <= 0:
+                break
+            out.append(ffi.string(buf).decode(errors="replace"))
+        return out
+
+    def raise_violations(self) -> None:
+        if lib.pg_violation_count(self._m) > 0:
+            msgs = self.violations()
+            if msgs:
+                raise InvariantError("; ".join(msgs))
+
+    def stats(self) -> dict[str, int]:
+        st = ffi.new("struct pg_stats *")
+        lib.pg_stats_get(self._m, st)
+        out = {}
+        for name, _ in ffi.typeof("struct pg_stats").fields:
+            v = getattr(st, name)
+            if name == "nr_free":
+                out["nr_free_normal"] = v[0]
+                out["nr_free_movable"] = v[1]
+            else:
+                out[name] = v
+        return out
+
+    # -- frames ---------------------------------------------------------------
+    def folio_alloc(self, order: int, zone: int) -> int:
+        return _check(lib.pg_folio_alloc(self._m, order, zone), "folio_alloc")
+
+    def folio_get(self, pfn: int, refs: int = 1) -> int:
+        return _check(lib.pg_folio_get(self._m, pfn, refs), f"folio_get({pfn:#x})")
+
+    def folio_put(self, pfn: int, refs: int = 1) -> int:
+        rc = lib.pg_folio_put(self._m, pfn, refs)
+        self.raise_violations()
+        return _check(rc, f"folio_put({pfn:#x})")
+
+    def frame_info(self, pfn: int) -> FrameInfo:
+        fi = ffi.new("struct pg_frame_info *")
+        _check(lib.pg_frame_info(self._m, pfn, fi), f"pfn {pfn:#x}")
+        return FrameInfo(fi.pfn, fi.head, fi.index, fi.mapping, fi.content, fi.refcount,
+                         fi.pincount, fi.mapcount, fi.flags, fi.order, fi.zone)
+
+    def flags_update(self, pfn: int, set_: int = 0, clear: int = 0) -> int:
+        """Set/clear folio flags; returns the old flags."""
+        return _check(lib.pg_folio_flags_update(self._m, pfn, set_, clear), "flags")
+
+    def set_mapping(self, pfn: int, mapping: int, index: int) -> None:
+        _check(lib.pg_folio_set_mapping(self._m, pfn, mapping, index), "set_mapping")
+
+    def mapcount_add(self, pfn: int, delta: int) -> int:
+        return lib.pg_frame_mapcount_add(self._m, pfn, delta)
+
+    def frame_read(self, pfn: int) -> int:
+        out = self._out()
+        _check(lib.pg_frame_read(self._m, pfn, out), f"read pfn {pfn:#x}")
+        return out[0]
+
+    def frame_write(self, pfn: int, value: int) -> None:
+        _check(lib.pg_frame_write(self._m, pfn, value), f"write pfn {pfn:#x}")
+
+    def folio_copy(self, dst: int, src: int) -> None:
+        _check(lib.pg_folio_copy(self._m, dst, src), "folio_copy")
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        n = self.nr_frames
+        arrays = {
+            "refcount": np.zeros(n, np.int32), "mapcount": np.zeros(n, np.int32),
+            "flags": np.zeros(n, np.uint32), "mapping": np.zeros(n, np.uint64),
+            "content": np.zeros(n, np.uint64),
+        }
+        ptr = {k: ffi.from_buffer(v) for k, v in arrays.items()}
+        _check(lib.pg_frames_snapshot(
+            self._m, ffi.cast("int32_t *", ptr["refcount"]), ffi.cast("int32_t *", ptr["mapcount"]),
+            ffi.cast("uint32_t *", ptr["flags"]), ffi.cast("uint64_t *", ptr["mapping"]),
+            ffi.cast("uint64_t *", ptr["content"])), "snapshot")
+        return arrays
+
+    # -- address_space records ----------------------------------------------
+    def as_new(self, kind: int) -> int:
+        return _check(lib.pg_as_new(self._m, kind), "as_new")
+
+    def as_release(self, as_id: int) -> None:
+        _check(lib.pg_as_release(self._m, as_id), "as_release")
+
+    def as_kind(self, as_id: int) -> int:
+        return lib.pg_as_kind(self._m, as_id)
+
+    # -- mm and page tables ----------------------------------------------------
+    def mm_new(self) -> int:
+        return _check(lib.pg_mm_new(self._m), "mm_new")
+
+    def mm_destroy(self, cpu: int, mm: int) -> None:
+        rc = lib.pg_mm_destroy(self._m, cpu, mm)
+        self.raise_violations()
+        _check(rc, "mm_destroy")
+
+    def pte_set(self, mm: int, addr: int, pte: int, level: int) -> None:
+        _check(lib.pg_pte_set(self._m, mm, addr, pte, level), f"pte_set {addr:#x}")
+
+    def pte_lookup(self, mm: int, addr: int) -> tuple[int, int]:
+        """(level, entry): level 0 when nothing is mapped."""
+        out = self._out()
+        level = lib.pg_pte_lookup(self._m, mm, addr, out)
+        self.raise_violations()
+        return _check(level, f"pte_lookup {addr:#x}"), out[0]
+
+    def pte_modify(self, mm: int, addr: int, clear: int, set_: int,
+                   expect_pfn: int = -1) -> tuple[int, int]:
+        """(level, old entry); level 0 if nothing (matching) was there."""
+        out = self._out()
+        rc = lib.pg_pte_modify(self._m, mm, addr, expect_pfn, clear, set_, out)
+        if rc == -lib.PG_ENOENT:
+            return 0, 0
+        return _check(rc, f"pte_modify {addr:#x}"), out[0]
+
+    def pte_clear(self, mm: int, addr: int) -> int:
+        out = self._out()
+        rc = lib.pg_pte_clear(self._m, mm, addr, out)
+        if rc == -lib.PG_ENOENT:
+            return 0
+        _check(rc, f"pte_clear {addr:#x}")
+        return out[0]
+
+    def pte_mkclean(self, cpu: int, mm: int, addr: int, pfn: int) -> tuple[bool, bool]:
+        dirty = ffi.new("int *")
+        rc = _check(lib.pg_pte_mkclean(self._m, cpu, mm, addr, pfn, dirty), "mkclean")
+        return bool(rc), bool(dirty[0])
+
+    def zap_range(self, cpu: int, mm: int, start: int, end: int) -> int:
+        rc = lib.pg_zap_range(self._m, cpu, mm, start, end)
+        self.raise_violations()
+        return _check(rc, f"zap {start:#x}-{end:#x}")
+
+    def free_pgtables(self, cpu: int, mm: int, start: int, end: int) -> int:
+        return _check(lib.pg_free_pgtables(self._m, cpu, mm, start, end), "free_pgtables")
+
+    def copy_range(self, cpu: int, src: int, dst: int, start: int, end: int, cow: bool,
+                   copy_pinned: bool = False, child_mapping: int = 0) -> int:
+        rc = lib.pg_copy_range(self._m, cpu, src, dst, start, end, int(cow), int(copy_pinned),
+                               child_mapping)
+        self.raise_violations()
+        return _check(rc, "copy_range")
+
+    def change_protection(self, cpu: int, mm: int, start: int, end: int,
+                          clear: int, set_: int) -> int:
+        return _check(lib.pg_change_protection(self._m, cpu, mm, start, end, clear, set_),
+                      "change_protection")
+
+    def range_leaves(self, mm: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        n = max(0, (end - start) >> lib.PG_PAGE_SHIFT)
+        addrs = np.zeros(n, np.uint64)
+        ptes = np.zeros(n, np.uint64)
+        got = _check(lib.pg_range_leaves(
+            self._m, mm, start, end, ffi.cast("uint64_t *", ffi.from_buffer(addrs)),
+            ffi.cast("uint64_t *", ffi.from_buffer(ptes)), n), "range_leaves")
+        return addrs[:got], ptes[:got]
+
+    # -- GUP reference counting ------------------------------------------------
+    def try_grab_page(self, pfn: int, pin: bool) -> int:
+        """0, or a negative errno (the caller stops, as the kernel does)."""
+        return lib.pg_try_grab_page(self._m, pfn, int(bool(pin)))
+
+    def gup_put(self, pfn: int, refs: int, pin: bool) -> None:
+        rc = lib.pg_gup_put(self._m, pfn, refs, int(bool(pin)))
+        self.raise_violations()
+        _check(rc, "gup_put")
+
+    def _pfn_array(self, pfns: np.ndarray):
+        arr = np.ascontiguousarray(pfns, dtype=np.uint64)
+        return arr, ffi.cast("uint64_t *", ffi.from_buffer(arr))
+
+    def gup_can_put(self, pfns: np.ndarray, pin: bool) -> bool:
+        arr, ptr = self._pfn_array(pfns)
+        return _check(lib.pg_gup_can_put(self._m, ptr, len(arr), int(bool(pin))), "gup_can_put") == 1
+
+    def gup_put_pages(self, pfns: np.ndarray, pin: bool) -> None:
+        arr, ptr = self._pfn_array(pfns)
+        rc = lib.pg_gup_put_pages(self._m, ptr, len(arr), int(bool(pin)))
+        self.raise_violations()
+        _check(rc, "unpin_user_pages")
+
+    # -- CPUs ------------------------------------------------------------------
+    def irq_disable(self, cpu: int) -> None:
+        _check(lib.pg_local_irq_disable(self._m, cpu), "local_irq_disable")
+
+    def irq_enable(self, cpu: int) -> None:
+        _check(lib.pg_local_irq_enable(self._m, cpu), "local_irq_enable")
+
+    def irqs_disabled(self, cpu: int) -> bool:
+        return lib.pg_irqs_disabled(self._m, cpu) > 0
+
+    def flush_tlb_range(self, cpu: int, mm: int, start: int, end: int) -> None:
+        _check(lib.pg_flush_tlb_range(self._m, cpu, mm, start, end), "flush_tlb_range")
+
+    def user_access(self, cpu: int, mm: int, addr: int, write: bool, value: int) -> tuple[int, int]:
+        """(fault code or 0, value); raises on a negative errno."""
+        out = self._out()
+        rc = lib.pg_user_access(self._m, cpu, mm, addr, int(write), value, out)
+        if rc < 0:
+            self.raise_violations()
+            raise GupError(-rc, f"user access {addr:#x}")
+        return rc, out[0]
+
+    def tlb_probe(self, cpu: int, mm: int, addr: int) -> bool:
+        return lib.pg_tlb_probe(self._m, cpu, mm, addr) > 0
+
+    # -- RCU -------------------------------------------------------------------
+    def rcu_read_lock(self, cpu: int) -> None:
+        _check(lib.pg_rcu_read_lock(self._m, cpu), "rcu_read_lock")
+
+    def rcu_read_unlock(self, cpu: int) -> None:
+        _check(lib.pg_rcu_read_unlock(self._m, cpu), "rcu_read_unlock")
+
+    def synchronize_rcu(self, cpu: int) -> None:
+        _check(lib.pg_synchronize_rcu(self._m, cpu), "synchronize_rcu")
+
+    def rcu_poll(self) -> int:
+        return _check(lib.pg_rcu_poll(self._m), "rcu_poll")
+
+    def rcu_barrier(self, cpu: int) -> None:
+        _check(lib.pg_rcu_barrier(self._m, cpu), "rcu_barrier")

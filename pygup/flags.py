@@ -1,0 +1,126 @@
+"""Flag sets (FOLL_*, VM_*, PROT_*, MAP_*, MS_*) and pygup's exceptions.
+
+FOLL values are Linux 6.5's (include/linux/mm_types.h and mm/internal.h,
+SPEC §1.1); VM/PROT/MAP/MS values are the x86-64 uapi and mm.h ones.
+Constants that the C core defines (page size, PTE and folio bits) are read
+from it in ``pygup._native`` and never restated here.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import enum
+
+
+class FOLL(enum.IntFlag):
+    """gup_flags, with Linux 6.5's values (SPEC §1.1)."""
+
+    WRITE = 0x1
+    GET = 0x2
+    DUMP = 0x4
+    FORCE = 0x8
+    NOWAIT = 0x10
+    NOFAULT = 0x20
+    HWPOISON = 0x40
+    ANON = 0x80
+    LONGTERM = 0x100
+    SPLIT_PMD = 0x200
+    PCI_P2PDMA = 0x400
+    INTERRUPTIBLE = 0x800
+    HONOR_NUMA_FAULT = 0x1000
+    # internal flags (mm/internal.h)
+    TOUCH = 0x10000
+    TRIED = 0x20000
+    REMOTE = 0x40000
+    PIN = 0x80000
+    FAST_ONLY = 0x100000
+    UNLOCKABLE = 0x200000
+
+
+class VM(enum.IntFlag):
+    """vm_area_struct.vm_flags (include/linux/mm.h)."""
+
+    NONE = 0
+    READ = 0x1
+    WRITE = 0x2
+    EXEC = 0x4
+    SHARED = 0x8
+    MAYREAD = 0x10
+    MAYWRITE = 0x20
+    MAYEXEC = 0x40
+    MAYSHARE = 0x80
+    GROWSDOWN = 0x100
+    PFNMAP = 0x400
+    LOCKED = 0x2000
+    IO = 0x4000
+    DONTCOPY = 0x20000
+    DONTEXPAND = 0x40000
+    HUGETLB = 0x400000
+    DONTDUMP = 0x4000000
+    SOFTDIRTY = 0x8000000
+    MIXEDMAP = 0x10000000
+
+
+class PROT(enum.IntFlag):
+    NONE = 0
+    READ = 0x1
+    WRITE = 0x2
+    EXEC = 0x4
+
+
+class MAP(enum.IntFlag):
+    SHARED = 0x01
+    PRIVATE = 0x02
+    FIXED = 0x10
+    ANONYMOUS = 0x20
+    NORESERVE = 0x4000
+    POPULATE = 0x8000
+    HUGETLB = 0x40000
+    FIXED_NOREPLACE = 0x100000
+
+
+class MS(enum.IntFlag):
+    ASYNC = 1
+    INVALIDATE = 2
+    SYNC = 4
+
+
+class GupError(OSError):
+    """A kernel-style failure: ``errno`` is the Linux errno (positive)."""
+
+    def __init__(self, err: int, what: str = ""):
+        msg = _errno.errorcode.get(err, str(err))
+        super().__init__(err, f"{msg}: {what}" if what else msg)
+
+
+class InvariantError(AssertionError):
+    """The C core (or a model check) caught an invariant violation."""
+
+
+def check_flags(value, enum_type: type[enum.IntFlag], name: str) -> int:
+    """Return ``value`` as an int, or raise ValueError naming ``name`` when it
+    is not an int or has bits ``enum_type`` does not define."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or {enum_type.__name__}, got {type(value).__name__}")
+    known = 0
+    for member in enum_type:
+        known |= int(member)
+    if value < 0 or value & ~known:
+        raise ValueError(f"{name} has unknown {enum_type.__name__} bits: {value & ~known:#x}"
+                         if value >= 0 else f"{name} must not be negative")
+    return int(value)
+
+
+def errno_name(err: int) -> str:
+    """'EFAULT' for 14 (or -14); '0' for success."""
+    err = abs(err)
+    return _errno.errorcode.get(err, str(err)) if err else "0"
+
+
+def flag_names(enum_type: type[enum.IntFlag], value: int) -> str:
+    """'LONGTERM|WRITE' for FOLL(0x101); '0' for no bits."""
+    names = [m.name for m in enum_type if m.value and int(value) & m.value == m.value
+             and m.value & (m.value - 1) == 0]
+    rest = int(value) & ~sum(m.value for m in enum_type if m.value & (m.value - 1) == 0)
+    if rest:
+        names.append(hex(rest))
+    return "|".join(names) or "0"

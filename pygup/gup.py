@@ -1,0 +1,612 @@
+"""The GUP slow path (mm/gup.c, Linux 6.5): argument checks, the per-VMA
+``check_vma_flags`` with the seed's ``writable_file_mapping_allowed``, the
+``__get_user_pages`` loop with ``follow_page_mask`` / ``faultin_page``,
+FOLL_LONGTERM migration, and the kernel-style entry points.
+
+Every rule is a function named after the kernel function it mirrors; each
+records what it checked in a ``Trace`` so that ``explain`` can say which rule
+decided.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from pygup._native import C
+from pygup.fault import handle_mm_fault, pte_pfn
+from pygup.flags import FOLL, VM, GupError, errno_name, flag_names
+from pygup.vma import (
+    VMA,
+    is_cow_mapping,
+    vma_is_anonymous,
+    vma_is_fsdax,
+    vma_is_secretmem,
+    vma_needs_dirty_tracking,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pygup.mm import MM
+
+PAGE_SHIFT = C.PAGE_SHIFT
+PAGE_SIZE = C.PAGE_SIZE
+TASK_SIZE_MAX = C.TASK_SIZE_MAX
+MAX_LONGTERM_RETRIES = 8      # 6.5 retries without bound; pygup gives up (BUGS #11)
+
+# flags a caller may not pass (is_valid_gup_args(), 6.5: no FOLL_TOUCH here)
+_INTERNAL_GUP_FLAGS = FOLL.PIN | FOLL.TRIED | FOLL.UNLOCKABLE | FOLL.REMOTE | FOLL.FAST_ONLY
+
+
+# ---------------------------------------------------------------------------
+# decision traces
+
+@dataclasses.dataclass
+class Step:
+    rule: str                 # the kernel function / check, by name
+    inputs: dict[str, Any]
+    verdict: str              # "pass", "fail", "skip"
+    errno: int = 0            # negative errno when it failed
+
+
+@dataclasses.dataclass
+class Trace:
+    steps: list[Step] = dataclasses.field(default_factory=list)
+
+    def check(self, rule: str, failed: bool, err: int = 0, **inputs: Any) -> bool:
+        self.steps.append(Step(rule, inputs, "fail" if failed else "pass", -err if failed else 0))
+        return failed
+
+    @property
+    def decided(self) -> Optional[Step]:
+        """The step that refused, or None if every step passed."""
+        for s in self.steps:
+            if s.verdict == "fail":
+                return s
+        return None
+
+    def format(self) -> str:
+        lines = []
+        for s in self.steps:
+            args = ", ".join(f"{k}={v}" for k, v in s.inputs.items())
+            res = s.verdict if s.verdict != "fail" else f"FAIL -> -{errno_name(s.errno)}"
+            lines.append(f"  {s.rule:<38} {res:<16} {args}")
+        d = self.decided
+        lines.append(f"  decided by: {d.rule} (-{errno_name(d.errno)})" if d else "  decided: allowed")
+        return "\n".join(lines)
+
+
+class _NullTrace(Trace):
+    def check(self, rule: str, failed: bool, err: int = 0, **inputs: Any) -> bool:
+        return failed
+
+
+NO_TRACE = _NullTrace()
+
+
+# ---------------------------------------------------------------------------
+# argument validation
+
+def is_valid_gup_args(has_pages: bool, locked: Optional[int], gup_flags: int,
+                      to_set: int, policy=None) -> Optional[int]:
+    """/* mirrors is_valid_gup_args() */ (SPEC §1.3): the flags to use, or
+    None when the combination is refused."""
+    internal = _INTERNAL_GUP_FLAGS
+    if policy is not None and policy.touch_is_internal:
+        internal |= FOLL.TOUCH
+    if gup_flags & internal:
+        return None
+    gup_flags |= to_set
+    if locked is not None:
+        if locked != 1:
+            return None
+        gup_flags |= FOLL.UNLOCKABLE
+    if gup_flags & FOLL.GET and gup_flags & FOLL.PIN:
+        return None
+    if gup_flags & FOLL.LONGTERM and not gup_flags & FOLL.PIN:
+        return None
+    if gup_flags & (FOLL.GET | FOLL.PIN) and not has_pages:
+        return None
+    if gup_flags & FOLL.LONGTERM and gup_flags & FOLL.PCI_P2PDMA:
+        return None
+    return int(gup_flags)
+
+
+# ---------------------------------------------------------------------------
+# VMA checks
+
+def writable_file_mapping_allowed(vma: VMA, gup_flags: int) -> bool:
+    """/* mirrors writable_file_mapping_allowed() */ (6.5, patch 2): only a
+    long-term pin (PIN *and* LONGTERM) of a dirty-tracked mapping is refused."""
+    if (gup_flags & (FOLL.PIN | FOLL.LONGTERM)) != (FOLL.PIN | FOLL.LONGTERM):
+        return True
+    return not vma_needs_dirty_tracking(vma)
+
+
+def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -> int:
+    """/* mirrors check_vma_flags() */ (SPEC §2.3): 0 or a negative errno,
+    checking in the kernel's order."""
+    F = vma.vm_flags
+    write = bool(gup_flags & FOLL.WRITE)
+    anon = vma_is_anonymous(vma)
+    if trace.check("VM_IO|VM_PFNMAP", bool(F & (VM.IO | VM.PFNMAP)), errno.EFAULT,
+                   vm_flags=flag_names(VM, F)):
+        return -errno.EFAULT
+    if trace.check("FOLL_ANON on a non-anonymous VMA", bool(gup_flags & FOLL.ANON) and not anon,
+                   errno.EFAULT, anon=anon):
+        return -errno.EFAULT
+    if trace.check("FOLL_LONGTERM on fsdax", bool(gup_flags & FOLL.LONGTERM) and vma_is_fsdax(vma),
+                   errno.EOPNOTSUPP, fsdax=vma_is_fsdax(vma)):
+        return -errno.EOPNOTSUPP
+    if trace.check("vma_is_secretmem", vma_is_secretmem(vma), errno.EFAULT):
+        return -errno.EFAULT
+    if write:
+        if policy.writable_file_mapping_check:
+            allowed = anon or writable_file_mapping_allowed(vma, gup_flags)
+            fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
+            if trace.check("writable_file_mapping_allowed", not allowed, errno.EFAULT,
+                           anon=anon, longterm_pin=(gup_flags & (FOLL.PIN | FOLL.LONGTERM))
+                           == (FOLL.PIN | FOLL.LONGTERM),
+                           needs_dirty_tracking=vma_needs_dirty_tracking(vma),
+                           fs=fs.name if fs else None,
+                           page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
+                                                             or vma.vm_ops.pfn_mkwrite)),
+                           writeback=bool(fs and fs.writeback)):
+                return -errno.EFAULT
+        if not F & VM.WRITE:
+            force = bool(gup_flags & FOLL.FORCE)
+            if trace.check("write to a !VM_WRITE VMA without FOLL_FORCE", not force, errno.EFAULT):
+                return -errno.EFAULT
+            if not policy.hugetlb_force_write and trace.check(
+                    "FOLL_FORCE write to hugetlb", vma.is_hugetlb, errno.EFAULT):
+                return -errno.EFAULT
+            if trace.check("FOLL_FORCE write to a non-COW mapping", not is_cow_mapping(F),
+                           errno.EFAULT, cow=is_cow_mapping(F)):
+                return -errno.EFAULT
+    elif not F & VM.READ:
+        if trace.check("read of a !VM_READ VMA without FOLL_FORCE",
+                       not gup_flags & FOLL.FORCE, errno.EFAULT):
+            return -errno.EFAULT
+        if trace.check("FOLL_FORCE read of a !VM_MAYREAD VMA", not F & VM.MAYREAD, errno.EFAULT):
+            return -errno.EFAULT
+    trace.check("arch_vma_access_permitted", False)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# the per-page rules
+
+def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int) -> bool:
+    """/* mirrors can_follow_write_pte() */ (SPEC §3.3)."""
+    if pte & C.PTE_WRITE:
+        return True
+    if not gup_flags & FOLL.FORCE:
+        return False
+    F = vma.vm_flags
+    if F & (VM.SHARED | VM.MAYSHARE) or not F & VM.MAYWRITE or F & VM.WRITE:
+        return False
+    if fi is None or fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON:
+        return False
+    return bool(fi.flags & C.F_ANON_EXCLUSIVE)
+
+
+def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi) -> bool:
+    """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only PTEs."""
+    if (gup_flags & (FOLL.PIN | FOLL.WRITE)) != FOLL.PIN:
+        return False
+    if fi is None or fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON:
+        if not gup_flags & FOLL.LONGTERM:
+            return False
+        if vma is None:
+            return True
+        return is_cow_mapping(vma.vm_flags)
+    return not fi.flags & C.F_ANON_EXCLUSIVE
+
+
+def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
+    """/* mirrors gup_can_follow_protnone() */ (6.5 final)."""
+    if not gup_flags & FOLL.HONOR_NUMA_FAULT:
+        return True
+    return not vma.vm_flags & (VM.READ | VM.WRITE | VM.EXEC)
+
+
+_FOLLOW_FAULT, _FOLLOW_UNSHARE = -1000, -1001
+
+
+def follow_page_mask(mm: "MM", vma: VMA, addr: int, gup_flags: int) -> int:
+    """/* mirrors follow_page_mask() */ for one page: the pfn grabbed, or
+    _FOLLOW_FAULT (fault it in), _FOLLOW_UNSHARE, or a negative errno."""
+    core = mm.machine._core
+    level, pte = core.pte_lookup(mm.id, addr & ~(PAGE_SIZE - 1))
+    if pte == 0 or (not pte & C.PTE_PRESENT and not pte & C.PTE_PROTNONE):
+        # no_page_table(): FOLL_DUMP refuses holes that would be zero-filled
+        if gup_flags & FOLL.DUMP and vma_is_anonymous(vma):
+            return -errno.EFAULT
+        return _FOLLOW_FAULT
+    if pte & C.PTE_PROTNONE and not gup_can_follow_protnone(vma, gup_flags):
+        return _FOLLOW_FAULT
+    pfn = pte_pfn(pte)
+    if level == C.LEVEL_PMD:
+        pfn += (addr >> PAGE_SHIFT) & (C.PMD_NR - 1)
+    special = bool(pte & C.PTE_SPECIAL)
+    fi = None if special else core.frame_info(pfn)
+    if gup_flags & FOLL.WRITE and not can_follow_write_pte(pte, fi, vma, gup_flags):
+        return _FOLLOW_FAULT
+    if special:
+        if pfn != C.ZERO_PFN:
+            return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
+        if gup_flags & FOLL.DUMP:
+            return -errno.EFAULT
+    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi):
+        return _FOLLOW_UNSHARE
+    rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
+    if rc < 0:
+        return rc
+    if gup_flags & FOLL.TOUCH and fi is not None:
+        if gup_flags & FOLL.WRITE and not pte & C.PTE_DIRTY and not fi.flags & C.F_DIRTY:
+            mark_folio_dirty(mm.machine, fi, "FOLL_TOUCH write")
+        core.flags_update(pfn, C.F_REFERENCED, 0)
+    return pfn
+
+
+def mark_folio_dirty(m, fi, why: str) -> None:
+    """set_page_dirty(): through the file system for a file folio (which
+    records a dirtying it was not prepared for), a flag for anon."""
+    if fi.mapping & C.MAPPING_FLAGS == 0 and fi.mapping:
+        inode = m._inode_by_as(fi.mapping >> 2)
+        if inode is not None:
+            inode.fs.folio_mark_dirty(inode, fi.head, fi.index, why)
+            return
+    m._core.flags_update(fi.head, C.F_DIRTY, 0)
+
+
+def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -> int:
+    """/* mirrors faultin_page() */: 0 or a negative errno."""
+    if gup_flags & FOLL.NOFAULT:
+        return -errno.EFAULT
+    try:
+        handle_mm_fault(vma, addr, bool(gup_flags & FOLL.WRITE) and not unshare, cpu,
+                        unshare=unshare)
+    except GupError as e:
+        # vm_fault_to_errno(): OOM -> ENOMEM, SIGBUS/SIGSEGV -> EFAULT
+        return -errno.ENOMEM if e.errno == errno.ENOMEM else -errno.EFAULT
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# the loop
+
+def __get_user_pages(mm: "MM", start: int, nr_pages: int, gup_flags: int,
+                     out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
+    """/* mirrors __get_user_pages() */: count done, or a negative errno if
+    nothing was done."""
+    policy = mm.machine.policy
+    i = 0
+    ret = 0
+    vma: Optional[VMA] = None
+    while nr_pages:
+        if vma is None or start >= vma.vm_end:
+            vma = mm.find_vma(start)
+            if trace.check("find_vma", vma is None, errno.EFAULT, addr=hex(start)):
+                ret = -errno.EFAULT
+                break
+            ret = check_vma_flags(vma, gup_flags, policy, trace)
+            if ret:
+                break
+        for _ in range(8):                       # fault, then retry the lookup
+            r = follow_page_mask(mm, vma, start, gup_flags)
+            if r >= 0:
+                break
+            if r in (_FOLLOW_FAULT, _FOLLOW_UNSHARE):
+                r = faultin_page(vma, start, gup_flags, r == _FOLLOW_UNSHARE, cpu)
+                if r == 0:
+                    continue
+            break
+        else:
+            r = -errno.EFAULT                    # the fault handler made no progress
+        if r < 0:
+            if r == -errno.EEXIST and out is None:
+                r = 0                            # a raw pfn: fine without pages
+            else:
+                ret = r
+                break
+        elif out is not None:
+            out.append(r)
+        elif gup_flags & (FOLL.GET | FOLL.PIN):
+            mm.machine._core.gup_put(r, 1, bool(gup_flags & FOLL.PIN))
+        i += 1
+        start += PAGE_SIZE
+        nr_pages -= 1
+    return i if i else ret
+
+
+def __get_user_pages_locked(mm: "MM", start: int, nr_pages: int, gup_flags: int,
+                            out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
+    """/* mirrors __get_user_pages_locked() */.  pygup's fault handler never
+    drops the (machine) lock, so VM_FAULT_RETRY and the retry machine do not
+    arise: one pass decides."""
+    if gup_flags & FOLL.PIN:
+        mm.has_pinned = True                     # MMF_HAS_PINNED, sticky
+    if out is not None and not gup_flags & FOLL.PIN:
+        gup_flags |= FOLL.GET
+    return __get_user_pages(mm, start, nr_pages, gup_flags, out, cpu, trace)
+
+
+def folio_is_longterm_pinnable(fi) -> bool:
+    """/* mirrors folio_is_longterm_pinnable() */: not in ZONE_MOVABLE (the
+    zero page always is)."""
+    if fi.flags & C.F_ZERO:
+        return True
+    return fi.zone != C.ZONE_MOVABLE
+
+
+def check_and_migrate_movable_pages(mm: "MM", pfns: list[int], cpu: int) -> int:
+    """/* mirrors check_and_migrate_movable_pages() */: 0 if every folio may
+    stay pinned; otherwise unpin everything, migrate the movable folios to
+    ZONE_NORMAL and return -EAGAIN (the caller re-pins), or -ENOMEM."""
+    from pygup.migrate import migrate_folio
+    core = mm.machine._core
+    collect: list[int] = []
+    for pfn in pfns:
+        fi = core.frame_info(pfn)
+        if not folio_is_longterm_pinnable(fi) and fi.head not in collect:
+            collect.append(fi.head)
+    if not collect:
+        return 0
+    for pfn in pfns:
+        core.gup_put(pfn, 1, True)
+    pfns.clear()
+    for head in collect:
+        if not migrate_folio(mm.machine, head, cpu):
+            return -errno.ENOMEM
+    return -errno.EAGAIN
+
+
+def __gup_longterm_locked(mm: "MM", start: int, nr_pages: int, gup_flags: int,
+                          out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
+    """/* mirrors __gup_longterm_locked() */: re-pin the whole range until
+    nothing is left in ZONE_MOVABLE."""
+    if not gup_flags & FOLL.LONGTERM:
+        return __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+    m = mm.machine
+    m._pin_scope += 1          # memalloc_pin_save(): faults avoid ZONE_MOVABLE
+    try:
+        for _ in range(MAX_LONGTERM_RETRIES):
+            assert out is not None
+            out.clear()
+            n = __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+            if n <= 0:
+                return n
+            rc = check_and_migrate_movable_pages(mm, out, cpu)
+            if rc != -errno.EAGAIN:
+                return rc if rc else n
+            trace.steps.append(Step("check_and_migrate_movable_pages", {}, "retry"))
+        return -errno.ENOMEM
+    finally:
+        m._pin_scope -= 1
+
+
+# ---------------------------------------------------------------------------
+# the result: pages held by the caller
+
+class Pages:
+    """The ``pages`` array of a GUP call: frame numbers (a numpy array inside,
+    a sequence outside) and access through the kernel's direct mapping."""
+
+    def __init__(self, machine, pfns, pinned: bool) -> None:
+        self._machine = machine
+        self._pfns = np.asarray(pfns, dtype=np.uint64)
+        self.pinned = pinned          # FOLL_PIN (else FOLL_GET)
+        self.released = False
+
+    def __len__(self) -> int:
+        return len(self._pfns)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self._pfns[i])
+
+    def __iter__(self):
+        return (int(p) for p in self._pfns)
+
+    @property
+    def pfns(self) -> np.ndarray:
+        view = self._pfns.view()
+        view.flags.writeable = False
+        return view
+
+    def _frame(self, i: int) -> int:
+        if self.released:
+            raise ValueError("these pages were already released")
+        if isinstance(i, bool) or not isinstance(i, int) or not -len(self) <= i < len(self):
+            raise IndexError(f"page index {i!r} out of range for {len(self)} pages")
+        return int(self._pfns[i])
+
+    def read(self, i: int) -> int:
+        """Read page i through the direct mapping (no PTE, no TLB)."""
+        return self._machine._core.frame_read(self._frame(i))
+
+    def write(self, i: int, value: int) -> None:
+        """Write page i through the direct mapping: no PTE, no TLB, no dirty
+        tracking — the pin holder's write that the seed is about."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"value must be a 64-bit unsigned int, got {value!r}")
+        self._machine._core.frame_write(self._frame(i), value)
+
+    def __repr__(self) -> str:
+        kind = "pinned" if self.pinned else "got"
+        return f"<Pages {len(self)} {kind}{' released' if self.released else ''}>"
+
+
+# ---------------------------------------------------------------------------
+# entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
+
+def _check_call(mm: "MM", start: int, nr_pages: int, gup_flags: int) -> None:
+    for name, v in (("start", start), ("nr_pages", nr_pages), ("gup_flags", gup_flags)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if start < 0:
+        raise ValueError(f"start must be a user address, got {start:#x}")
+    if nr_pages < 0:
+        raise ValueError(f"nr_pages must not be negative, got {nr_pages}")
+    if gup_flags < 0 or gup_flags & ~sum(int(f) for f in FOLL):
+        raise ValueError(f"gup_flags has bits no FOLL flag defines: {gup_flags:#x}")
+    if not mm.alive:
+        raise GupError(errno.ESRCH, "the mm has exited")
+
+
+def gup_slow(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
+             pin_api: bool, want_pages: bool = True, locked: Optional[int] = None,
+             trace: Trace = NO_TRACE) -> tuple[int, Pages]:
+    """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
+    _check_call(mm, start, nr_pages, gup_flags)
+    m = mm.machine
+    flags = is_valid_gup_args(want_pages, locked, gup_flags, to_set, m.policy)
+    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
+                   gup_flags=flag_names(FOLL, gup_flags), to_set=flag_names(FOLL, to_set)):
+        return (0 if pin_api else -errno.EINVAL), Pages(m, [], pinned=pin_api)
+    if nr_pages == 0:
+        return 0, Pages(m, [], pinned=bool(flags & FOLL.PIN))
+    out: Optional[list[int]] = [] if want_pages else None
+    with m._op() as cpu:
+        if flags & FOLL.PIN:
+            ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
+        else:
+            ret = __get_user_pages_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
+    return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL.PIN))
+
+
+def gup_fast_fallback(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
+                      trace: Trace = NO_TRACE) -> tuple[int, Pages]:
+    """/* mirrors internal_get_user_pages_fast() */ (SPEC §1.4, §4.1): the
+    entry checks, then the slow path for everything (the lockless walk is
+    the GUP-fast issue's)."""
+    _check_call(mm, start, nr_pages, gup_flags)
+    m = mm.machine
+    flags = is_valid_gup_args(True, None, gup_flags, to_set, m.policy)
+    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
+                   gup_flags=flag_names(FOLL, gup_flags)):
+        return -errno.EINVAL, Pages(m, [], pinned=False)
+    fast_mask = (FOLL.WRITE | FOLL.LONGTERM | FOLL.FORCE | FOLL.PIN | FOLL.GET | FOLL.FAST_ONLY
+                 | FOLL.NOFAULT | FOLL.PCI_P2PDMA | FOLL.HONOR_NUMA_FAULT)
+    pinned = bool(flags & FOLL.PIN)
+    if trace.check("gup_flags outside the fast-path mask", bool(flags & ~fast_mask), errno.EINVAL,
+                   extra=flag_names(FOLL, flags & ~fast_mask)):
+        return -errno.EINVAL, Pages(m, [], pinned)
+    if pinned:
+        mm.has_pinned = True
+    start &= ~(PAGE_SIZE - 1)
+    if nr_pages == 0:
+        return 0, Pages(m, [], pinned)      # pygup: the kernel never sees 0 here
+    end = start + (nr_pages << PAGE_SHIFT)
+    if trace.check("start + len overflows", end >= 1 << 64, errno.EOVERFLOW):
+        return -errno.EOVERFLOW, Pages(m, [], pinned)
+    if trace.check("end > TASK_SIZE_MAX (access_ok)", end > TASK_SIZE_MAX, errno.EFAULT,
+                   end=hex(end)):
+        return -errno.EFAULT, Pages(m, [], pinned)
+    if flags & FOLL.FAST_ONLY:
+        return 0, Pages(m, [], pinned)      # no lockless walk yet: nothing taken
+    out: list[int] = []
+    with m._op() as cpu:
+        ret = __gup_longterm_locked(mm, start, nr_pages, flags | FOLL.TOUCH | FOLL.UNLOCKABLE,
+                                    out, cpu, trace)
+    return ret, Pages(m, out[:max(ret, 0)], pinned)
+
+
+def _release_check(mm_machine, pages: Pages, pinned: bool, what: str) -> None:
+    if not isinstance(pages, Pages):
+        raise TypeError(f"pages must be a Pages object, got {type(pages).__name__}")
+    if pages._machine is not mm_machine:
+        raise ValueError("pages belong to another machine")
+    if pages.released:
+        raise ValueError("these pages were already released")
+    if pages.pinned != pinned:
+        raise ValueError(f"{what} needs {'pinned (FOLL_PIN)' if pinned else 'got (FOLL_GET)'} pages")
+
+
+def unpin_user_pages_dirty_lock(machine, pages: Pages, make_dirty: bool) -> None:
+    """/* mirrors unpin_user_pages_dirty_lock() */: dirty each folio that is
+    clean through set_page_dirty (a file system with page_mkwrite records a
+    dirtying it never prepared for), then drop the pins."""
+    _release_check(machine, pages, True, "unpin_user_pages")
+    with machine._op():
+        core = machine._core
+        if not core.gup_can_put(pages._pfns, True):
+            raise GupError(errno.EINVAL, "unpin of pages that hold no pin")
+        if make_dirty:
+            last = -1
+            for pfn in pages:
+                fi = core.frame_info(pfn)
+                if fi.head == last:
+                    continue
+                last = fi.head
+                if not fi.flags & C.F_DIRTY:
+                    mark_folio_dirty(machine, fi, "unpin_user_pages_dirty_lock")
+        core.gup_put_pages(pages._pfns, True)
+        pages.released = True
+
+
+def unpin_user_pages(machine, pages: Pages) -> None:
+    """/* mirrors unpin_user_pages() */."""
+    unpin_user_pages_dirty_lock(machine, pages, False)
+
+
+def put_pages(machine, pages: Pages) -> None:
+    """put_page() on every page a FOLL_GET call returned."""
+    _release_check(machine, pages, False, "put_page")
+    with machine._op():
+        if not machine._core.gup_can_put(pages._pfns, False):
+            raise GupError(errno.EINVAL, "put of pages that hold no reference")
+        machine._core.gup_put_pages(pages._pfns, False)
+        pages.released = True
+
+
+# ---------------------------------------------------------------------------
+# explain
+
+_APIS = {
+    "get_user_pages": (FOLL.TOUCH, False, False),
+    "get_user_pages_remote": (FOLL.TOUCH | FOLL.REMOTE, False, False),
+    "pin_user_pages": (FOLL.PIN, True, False),
+    "pin_user_pages_remote": (FOLL.PIN | FOLL.TOUCH | FOLL.REMOTE, True, False),
+    "get_user_pages_fast": (FOLL.GET, False, True),
+    "pin_user_pages_fast": (FOLL.PIN, True, True),
+}
+
+
+@dataclasses.dataclass
+class Explanation:
+    api: str
+    gup_flags: int
+    ret: int
+    trace: Trace
+
+    @property
+    def decided(self) -> Optional[Step]:
+        return self.trace.decided
+
+    def format(self) -> str:
+        res = f"{self.ret}" if self.ret >= 0 else f"-{errno_name(self.ret)}"
+        return (f"{self.api}(gup_flags={flag_names(FOLL, self.gup_flags)}) = {res}\n"
+                + self.trace.format())
+
+
+def explain(mm: "MM", start: int, nr_pages: int, gup_flags: int,
+            api: str = "pin_user_pages") -> Explanation:
+    """Run the GUP call as the kernel would, recording every rule checked
+    (its inputs, its verdict) and which one decided; then release whatever
+    it took.  Faults it takes stay taken, as after a real call."""
+    if api not in _APIS:
+        raise ValueError(f"api must be one of {sorted(_APIS)}, got {api!r}")
+    to_set, pin_api, fast = _APIS[api]
+    trace = Trace()
+    if fast:
+        ret, pages = gup_fast_fallback(mm, start, nr_pages, gup_flags, to_set, trace)
+    else:
+        ret, pages = gup_slow(mm, start, nr_pages, gup_flags, to_set, pin_api, trace=trace)
+    if len(pages):
+        if pages.pinned:
+            unpin_user_pages(mm.machine, pages)
+        else:
+            put_pages(mm.machine, pages)
+    return Explanation(api, gup_flags, ret, trace)

@@ -1,0 +1,43 @@
+"""Kernel-behaviour presets.
+
+A policy is a set of named switches, one per behavioural difference between
+kernel versions, so a user can also build their own (``Policy(...)`` or
+``dataclasses.replace(POLICIES["6.5"], ...)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    name: str
+    # patch 2 of the seed: check_vma_flags() calls writable_file_mapping_allowed()
+    writable_file_mapping_check: bool
+    # patch 3 of the seed: GUP-fast's folio_fast_pin_allowed() whitelist
+    fast_pin_whitelist: bool
+    # ≈6.14 "mm/hugetlb: support FOLL_FORCE|FOLL_WRITE": check_vma_flags()
+    # stops refusing forced writes to private hugetlb mappings
+    hugetlb_force_write: bool = False
+    # io_uring's io_pin_pages(): pin_user_pages() under mmap_lock in 6.5,
+    # pin_user_pages_fast() later
+    io_uring_pin_fast: bool = False
+    # ≈6.8 INTERNAL_GUP_FLAGS: is_valid_gup_args() refuses FOLL_TOUCH too
+    touch_is_internal: bool = False
+
+
+POLICIES: dict[str, Policy] = {
+    "6.4": Policy("6.4", writable_file_mapping_check=False, fast_pin_whitelist=False),
+    "6.5": Policy("6.5", writable_file_mapping_check=True, fast_pin_whitelist=True),
+    # the newest mm/gup.c read for SPEC §9; the seed's two checks are unchanged
+    "6.14": Policy("6.14", writable_file_mapping_check=True, fast_pin_whitelist=True,
+                   hugetlb_force_write=True, io_uring_pin_fast=True, touch_is_internal=True),
+}
+
+
+def resolve(policy: str | Policy) -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str) and policy in POLICIES:
+        return POLICIES[policy]
+    raise ValueError(f"policy must be one of {sorted(POLICIES)} or a Policy, got {policy!r}")

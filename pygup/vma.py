@@ -1,0 +1,205 @@
+"""``VMA`` and the patch-1 policy layer of the seed series.
+
+"mm/mmap: separate writenotify and dirty tracking logic" (Linux 6.5) split
+``vma_needs_dirty_tracking()`` out of ``vma_wants_writenotify()``: GUP only
+cares whether the *file system* must observe writes, while write-notify is
+also driven by soft-dirty and userfaultfd-wp tracking.  The predicates below
+mirror mm/mmap.c one for one (SPEC §2.1).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Optional
+
+from pygup.flags import VM
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pygup.fs import Inode
+    from pygup.mm import MM
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+# VM_UFFD_WP has no other use in pygup; kept out of the VM enum's hot paths.
+VM_UFFD_WP = 0x1000
+
+
+@dataclasses.dataclass(frozen=True)
+class VmOps:
+    """What pygup needs to know of a ``vm_operations_struct``."""
+
+    name: str
+    page_mkwrite: bool = False
+    pfn_mkwrite: bool = False
+
+
+# the vm_ops the presets use (SPEC §8)
+SHMEM_VM_OPS = VmOps("shmem_vm_ops")
+HUGETLB_VM_OPS = VmOps("hugetlb_vm_ops")
+SECRETMEM_VM_OPS = VmOps("secretmem_vm_ops")
+DEVICE_VM_OPS = VmOps("device_vm_ops")        # a driver's remap_pfn_range() VMA
+
+
+class AnonVma:
+    """An anon_vma: the reverse-map root of anonymous folios.
+
+    ``vmas`` is every VMA that may map a folio tagged with this anon_vma (the
+    kernel's anon_vma_chain, flattened): the owner VMA, and after fork the
+    children's copies of it."""
+
+    _next_id = 1
+
+    def __init__(self) -> None:
+        self.id = AnonVma._next_id
+        AnonVma._next_id += 1
+        self.vmas: set[VMA] = set()
+
+
+class VMA:
+    """A vm_area_struct: [start, end) with flags, an optional file and an
+    anon_vma chain."""
+
+    __slots__ = ("vm_mm", "vm_start", "vm_end", "vm_flags", "vm_file", "vm_pgoff",
+                 "vm_ops", "anon_vmas", "own_anon_vma", "pgprot_customised")
+
+    def __init__(self, mm: "MM", start: int, end: int, flags: int,
+                 file: "Optional[Inode]" = None, pgoff: int = 0,
+                 vm_ops: Optional[VmOps] = None) -> None:
+        self.vm_mm = mm
+        self.vm_start = start
+        self.vm_end = end
+        self.vm_flags = VM(flags)
+        self.vm_file = file
+        self.vm_pgoff = pgoff       # in pages
+        self.vm_ops = vm_ops
+        # anon_vmas whose folios this VMA may map (own first, then inherited)
+        self.anon_vmas: list[AnonVma] = []
+        self.own_anon_vma: Optional[AnonVma] = None
+        # a driver's ->mmap changed vm_page_prot (vma_wants_writenotify step 3)
+        self.pgprot_customised = False
+
+    # -- geometry -----------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return self.vm_end - self.vm_start
+
+    def contains(self, addr: int) -> bool:
+        return self.vm_start <= addr < self.vm_end
+
+    def page_index(self, addr: int) -> int:
+        """linear_page_index(): the file page (or anon index) behind addr."""
+        return ((addr - self.vm_start) >> PAGE_SHIFT) + self.vm_pgoff
+
+    def address_of(self, index: int) -> Optional[int]:
+        """vma_address(): where file page ``index`` is mapped, if it is."""
+        addr = self.vm_start + ((index - self.vm_pgoff) << PAGE_SHIFT)
+        return addr if self.vm_start <= addr < self.vm_end else None
+
+    def anon_vma_prepare(self) -> AnonVma:
+        """The anon_vma new anonymous folios of this VMA are tagged with."""
+        if self.own_anon_vma is None:
+            av = AnonVma()
+            self.vm_mm.machine._anon_vmas[av.id] = av
+            av.vmas.add(self)
+            self.own_anon_vma = av
+            self.anon_vmas.insert(0, av)
+        return self.own_anon_vma
+
+    @property
+    def is_hugetlb(self) -> bool:
+        return bool(self.vm_flags & VM.HUGETLB)
+
+    def __repr__(self) -> str:
+        what = self.vm_file.describe() if self.vm_file is not None else "anon"
+        return f"<VMA {self.vm_start:#x}-{self.vm_end:#x} {vm_flags_str(self.vm_flags)} {what}>"
+
+
+def vm_flags_str(flags: int) -> str:
+    f = VM(flags)
+    return ("r" if f & VM.READ else "-") + ("w" if f & VM.WRITE else "-") + \
+        ("x" if f & VM.EXEC else "-") + ("s" if f & VM.SHARED else "p")
+
+
+# ---------------------------------------------------------------------------
+# predicates (mm.h / mm/mmap.c)
+
+def is_cow_mapping(flags: int) -> bool:
+    """/* mirrors is_cow_mapping() */: private and may become writable."""
+    return (flags & (VM.SHARED | VM.MAYWRITE)) == VM.MAYWRITE
+
+
+def vma_is_anonymous(vma: VMA) -> bool:
+    """/* mirrors vma_is_anonymous() */: no vm_ops.  Shared anonymous
+    mappings are shmem files with vm_ops, so they are not anonymous."""
+    return vma.vm_ops is None
+
+
+def vma_is_shared_writable(vma: VMA) -> bool:
+    """/* mirrors vma_is_shared_writable() */: VM_SHARED, not VM_MAYSHARE —
+    a shared mapping of a read-only file has VM_MAYSHARE only."""
+    return (vma.vm_flags & (VM.WRITE | VM.SHARED)) == (VM.WRITE | VM.SHARED)
+
+
+def vm_ops_needs_writenotify(vm_ops: Optional[VmOps]) -> bool:
+    """/* mirrors vm_ops_needs_writenotify() */"""
+    return vm_ops is not None and (vm_ops.page_mkwrite or vm_ops.pfn_mkwrite)
+
+
+def mapping_can_writeback(inode: "Inode") -> bool:
+    """/* mirrors mapping_can_writeback() */: BDI_CAP_WRITEBACK on the bdi."""
+    return inode.fs.fstype.writeback
+
+
+def vma_fs_can_writeback(vma: VMA) -> bool:
+    """/* mirrors vma_fs_can_writeback() */"""
+    if vma.vm_flags & VM.PFNMAP:        # no managed pages to write back
+        return False
+    return vma.vm_file is not None and mapping_can_writeback(vma.vm_file)
+
+
+def vma_needs_dirty_tracking(vma: VMA) -> bool:
+    """/* mirrors vma_needs_dirty_tracking() */ (Linux 6.5, patch 1)."""
+    if not vma_is_shared_writable(vma):
+        return False
+    if vm_ops_needs_writenotify(vma.vm_ops):
+        return True
+    return vma_fs_can_writeback(vma)
+
+
+def vma_soft_dirty_enabled(vma: VMA) -> bool:
+    """/* mirrors vma_soft_dirty_enabled() */: tracking is on once
+    clear_refs has cleared VM_SOFTDIRTY (mmap sets it)."""
+    return not (vma.vm_flags & VM.SOFTDIRTY)
+
+
+def vma_wants_writenotify(vma: VMA) -> bool:
+    """/* mirrors vma_wants_writenotify() */: should PTEs of this VMA be
+    installed read-only so that the first write faults?"""
+    if not vma_is_shared_writable(vma):
+        return False
+    if vm_ops_needs_writenotify(vma.vm_ops):
+        return True
+    if vma.pgprot_customised:        # the driver's ->mmap chose the prot
+        return False
+    if vma_soft_dirty_enabled(vma) and not vma.is_hugetlb:
+        return True
+    if vma.vm_flags & VM_UFFD_WP:
+        return True
+    return vma_fs_can_writeback(vma)
+
+
+def vma_is_secretmem(vma: VMA) -> bool:
+    """/* mirrors vma_is_secretmem() */ (6.5: compares vm_ops)."""
+    return vma.vm_ops is SECRETMEM_VM_OPS
+
+
+def vma_is_fsdax(vma: VMA) -> bool:
+    """/* mirrors vma_is_fsdax() */: a DAX file that is not device-dax."""
+    return vma.vm_file is not None and vma.vm_file.fs.fstype.kind == "dax"
+
+
+def vma_pte_writable(vma: VMA) -> bool:
+    """Does vm_page_prot carry the write bit?  Only for shared writable VMAs
+    that do not want write-notify (vma_set_page_prot()); private mappings
+    never do (writes COW)."""
+    return vma_is_shared_writable(vma) and not vma_wants_writenotify(vma)

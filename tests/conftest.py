@@ -1,0 +1,72 @@
+"""Shared fixtures for the C-core tests (tests/test_core_*.py).
+
+``core_machine`` / ``make_core_machine`` create raw ``pg_machine`` objects
+through ``pygup._native`` and, at teardown, fail the test if the core
+recorded an invariant violation that the test did not pop itself.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pygup._native import ffi, lib
+
+
+def core_pop_violations(m) -> list[str]:
+    """Drain the machine's violation ring; returns the messages."""
+    out = []
+    buf = ffi.new("char[512]")
+    while lib.pg_violation_pop(m, buf, 512) == 1:
+        out.append(ffi.string(buf).decode())
+    return out
+
+
+def core_stats(m) -> dict[str, int]:
+    s = ffi.new("struct pg_stats *")
+    lib.pg_stats_get(m, s)
+    d = {name: getattr(s, name) for name, _ in ffi.typeof("struct pg_stats").fields}
+    d["nr_free"] = list(s.nr_free)
+    return d
+
+
+def core_frame_info(m, pfn: int):
+    info = ffi.new("struct pg_frame_info *")
+    assert lib.pg_frame_info(m, pfn, info) == 0
+    return info
+
+
+@pytest.fixture
+def make_core_machine():
+    """Factory: make_core_machine(nr_frames=4096, nr_movable=1024,
+    nr_cpus=4, mode=lib.PG_TABLE_FREE_IPI) -> pg_machine *."""
+    made = []
+
+    def make(nr_frames=4096, nr_movable=1024, nr_cpus=4,
+             mode=lib.PG_TABLE_FREE_IPI):
+        m = lib.pg_machine_new(nr_frames, nr_movable, nr_cpus, mode)
+        assert m != ffi.NULL
+        made.append(m)
+        return m
+
+    yield make
+    failures = []
+    for m in made:
+        if lib.pg_violation_count(m):
+            failures.extend(core_pop_violations(m))
+        lib.pg_machine_free(m)
+    assert not failures, f"unexpected invariant violations: {failures}"
+
+
+@pytest.fixture
+def core_machine(make_core_machine):
+    """A 16 MiB machine (4096 frames, top 1024 movable), 4 CPUs, IPI mode."""
+    return make_core_machine()
+
+
+@pytest.fixture
+def machine():
+    """A small pygup Machine (64 MiB, 16 MiB movable, 4 CPUs); its C core
+    must have recorded no violation by the end of the test."""
+    from pygup import Machine
+    m = Machine(memory="64MiB", movable="16MiB", cpus=4)
+    yield m
+    m.check()

@@ -1,0 +1,57 @@
+"""build.py: the PYGUP_SANITIZE parser and the cdef extraction."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def build():
+    spec = importlib.util.spec_from_file_location("pygup_build", ROOT / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_no_sanitizer(build, value):
+    assert build.sanitize_flags(value) == ([], [])
+
+
+def test_address_undefined(build):
+    cflags, ldflags = build.sanitize_flags("address,undefined")
+    assert cflags[0] == "-fsanitize=address,undefined"
+    assert {"-fno-omit-frame-pointer", "-g", "-O1"} <= set(cflags)
+    assert ldflags == ["-fsanitize=address,undefined"]
+
+
+def test_thread_and_normalisation(build):
+    assert build.sanitize_flags(" Thread ")[1] == ["-fsanitize=thread"]
+    assert build.sanitize_flags("undefined, undefined")[1] == ["-fsanitize=undefined"]
+
+
+@pytest.mark.parametrize("value", ["adress", "address,", "memory", "thread,address",
+                                   "leak,thread", ",undefined"])
+def test_rejects_unknown_or_impossible(build, value):
+    with pytest.raises(ValueError):
+        build.sanitize_flags(value)
+
+
+def test_read_cdef(build, tmp_path):
+    cdef = build.read_cdef()
+    assert "pg_machine_new" in cdef and "#include" not in cdef
+    assert "_Atomic" not in cdef
+    bad = tmp_path / "x.h"
+    bad.write_text("int f(void);\n")
+    with pytest.raises(RuntimeError):
+        build.read_cdef(bad)
+
+
+def test_sources_cover_every_c_file(build):
+    srcs = build.make_ffibuilder()._assigned_source[3]["sources"]
+    names = sorted(Path(s).name for s in srcs)
+    assert names == sorted(p.name for p in (ROOT / "csrc").glob("*.c"))
