@@ -129,3 +129,61 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
     }
     return 0;
 }
+
+/* PageAnonExclusive(), which hugetlb keeps on the head page */
+static bool anon_exclusive(pg_machine *m, uint64_t pfn, uint64_t head)
+{
+    uint64_t which = pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB ? head : pfn;
+    return pg_load_acquire(&m->frames[which].flags) & PG_F_ANON_EXCLUSIVE;
+}
+
+/* mirrors follow_page_pte() for the pages it can take without a fault */
+int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                        int64_t nr, uint32_t how, uint64_t *out)
+{
+    if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
+        start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
+        ((how & PG_FOLLOW_GET) && (how & PG_FOLLOW_PIN)))
+        return -PG_EINVAL;
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    int64_t i;
+    for (i = 0; i < nr; i++) {
+        uint64_t addr = start + ((uint64_t)i << PG_PAGE_SHIFT), pte;
+        int level = pg_walk_lockless(m, cpu, mm, addr, &pte, NULL);
+        if (level <= 0)
+            break;
+        if (!(pte & PG_PTE_PRESENT) || (pte & (PG_PTE_PROTNONE | PG_PTE_SPECIAL)) ||
+            !(pte & PG_PTE_USER))
+            break;
+        uint64_t pfn = pg_pte_pfn(pte);
+        if (level == PG_LEVEL_PMD)
+            pfn += (addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1);
+        if (PG_BUG_ON(m, pfn >= m->nr_frames, "leaf at %#llx maps pfn %llu past memory",
+                      (unsigned long long)addr, (unsigned long long)pfn))
+            break;
+        uint64_t head = pg_frame_head(m, pfn);
+        bool writable = pte & PG_PTE_WRITE;
+        if ((how & PG_FOLLOW_WRITE) && !writable)
+            break; /* can_follow_write_pte(): FOLL_FORCE and faults are Python's */
+        if ((how & PG_FOLLOW_PIN) && !(how & PG_FOLLOW_WRITE) && !writable) {
+            /* gup_must_unshare() */
+            bool anon = (pg_load_acquire(&m->frames[head].mapping) & PG_MAPPING_FLAGS) ==
+                        PG_MAPPING_ANON;
+            if (anon ? !anon_exclusive(m, pfn, head) : (how & PG_FOLLOW_UNSHARE_FILE))
+                break;
+        }
+        if ((how & PG_FOLLOW_TOUCH) && (how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_DIRTY) &&
+            !(pg_load_acquire(&m->frames[head].flags) & PG_F_DIRTY))
+            break; /* set_page_dirty() goes through the file system */
+        if ((how & (PG_FOLLOW_GET | PG_FOLLOW_PIN)) &&
+            pg_try_grab_page(m, pfn, how & PG_FOLLOW_PIN) < 0)
+            break;
+        if (how & PG_FOLLOW_TOUCH)
+            pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
+        out[i] = pfn;
+    }
+    pg_spin_unlock(&mm->lock);
+    return i;
+}

@@ -349,6 +349,8 @@ struct pg_as *pg_as_lookup_rcu(pg_machine *m, int cpu, uint64_t id);
 int pg_pgtable_init(pg_machine *m);
 void pg_pgtable_fini(pg_machine *m);
 struct pg_mm *pg_mm_get(pg_machine *m, uint64_t id);
+/* pg_mm_get + take the mm's page-table lock (NULL if the id is stale) */
+struct pg_mm *pg_mm_lock(pg_machine *m, uint64_t id);
 struct pg_table *pg_table_get(pg_machine *m, uint64_t id);
 void pg_mm_cpumask_set(pg_machine *m, struct pg_mm *mm, int cpu);
 /* Lockless walk (the MMU's and GUP-fast's): reads each level once with

@@ -201,7 +201,7 @@ struct pg_mm *pg_mm_get(pg_machine *m, uint64_t id)
 
 /* look up and lock; re-checks after locking because a destroy may have
  * won the lock meanwhile */
-static struct pg_mm *mm_lock(pg_machine *m, uint64_t id)
+struct pg_mm *pg_mm_lock(pg_machine *m, uint64_t id)
 {
     struct pg_mm *mm = pg_mm_get(m, id);
     if (!mm)
@@ -476,7 +476,7 @@ int pg_pte_set(pg_machine *m, uint64_t mmid, uint64_t addr, uint64_t pte,
             pfn + PG_PMD_NR > m->nr_frames)
             return -PG_EINVAL;
     }
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     struct pg_table *t;
@@ -503,7 +503,7 @@ int pg_pte_modify(pg_machine *m, uint64_t mmid, uint64_t addr, int64_t expect_pf
     /* only flag bits change; the pfn and the level marker stay */
     if ((clear | set) & PTE_FIXED_BITS)
         return -PG_EINVAL;
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     _Atomic uint64_t *s;
@@ -538,7 +538,7 @@ int pg_pte_clear(pg_machine *m, uint64_t mmid, uint64_t addr, uint64_t *old)
 {
     if (addr >= PG_VA_LIMIT)
         return -PG_EFAULT;
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     _Atomic uint64_t *s;
@@ -564,7 +564,7 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
         return -PG_EFAULT;
     if (pg_cpu_irqs_off(m, cpu))
         return -PG_EBUSY; /* the flush would wait on ourselves */
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     _Atomic uint64_t *s;
@@ -697,7 +697,7 @@ int64_t pg_zap_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
         return -PG_EINVAL;
     if (pg_cpu_irqs_off(m, cpu))
         return -PG_EBUSY;
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     int64_t ret = check_no_partial_huge(m, mm, start, end);
@@ -782,7 +782,7 @@ int64_t pg_free_pgtables(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
         return -PG_EINVAL;
     if (pg_cpu_irqs_off(m, cpu))
         return -PG_EBUSY;
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     struct pg_table *list = NULL;
@@ -988,7 +988,7 @@ int64_t pg_change_protection(pg_machine *m, int cpu, uint64_t mmid,
         return -PG_EINVAL;
     if (pg_cpu_irqs_off(m, cpu))
         return -PG_EBUSY;
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     int64_t ret = check_no_partial_huge(m, mm, start, end);
@@ -1045,7 +1045,7 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mmid, uint64_t start,
         return rc;
     if (max < 0 || (max > 0 && (!addrs || !ptes)))
         return -PG_EINVAL;
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     struct leaves_ctx l = {.start = start, .end = end, .addrs = addrs,
@@ -1063,7 +1063,7 @@ int pg_mm_destroy(pg_machine *m, int cpu, uint64_t mmid)
         return -PG_EINVAL;
     if (pg_cpu_irqs_off(m, cpu))
         return -PG_EBUSY;
-    struct pg_mm *mm = mm_lock(m, mmid);
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     /* new lookups fail from here; the id stays in the TLB tags until the

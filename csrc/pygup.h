@@ -297,6 +297,22 @@ int pg_gup_can_put(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 /* unpin_user_pages() / put_page() over an array, folio run by folio run. */
 int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 
+/* The slow path's batch follow_page_mask(): from start, for up to nr pages
+ * of one VMA, grab every page whose leaf lets GUP take it without the
+ * fault handler, under the mm's page-table lock, and store its pfn in
+ * out[].  Stops at the first page that needs Python (not present, PROTNONE,
+ * special, not writable for a write, an unshare, a TOUCH that must dirty a
+ * clean folio through its file system).  Returns pages taken. */
+#define PG_FOLLOW_WRITE 0x1
+#define PG_FOLLOW_GET 0x2
+#define PG_FOLLOW_PIN 0x4
+#define PG_FOLLOW_TOUCH 0x8
+/* a read-only FOLL_PIN|FOLL_LONGTERM in a COW mapping must unshare non-anon
+ * pages too (gup_must_unshare() with a VMA) */
+#define PG_FOLLOW_UNSHARE_FILE 0x10
+int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                        int64_t nr, uint32_t how, uint64_t *out);
+
 /* ---- emulated CPUs, IRQs, IPIs, TLBs (cpu.c) --------------------------- */
 int pg_local_irq_disable(pg_machine *m, int cpu);
 int pg_local_irq_enable(pg_machine *m, int cpu);

@@ -256,6 +256,14 @@ class Core:
         self.raise_violations()
         _check(rc, "unpin_user_pages")
 
+    def follow_range(self, cpu: int, mm: int, start: int, nr: int, how: int) -> np.ndarray:
+        """pg_follow_range(): the pfns taken from start on (maybe none)."""
+        out = np.empty(nr, np.uint64)
+        got = lib.pg_follow_range(self._m, cpu, mm, start, nr, how,
+                                  ffi.cast("uint64_t *", ffi.from_buffer(out)))
+        self.raise_violations()
+        return out[:_check(got, "follow_range")]
+
     # -- CPUs ------------------------------------------------------------------
     def irq_disable(self, cpu: int) -> None:
         _check(lib.pg_local_irq_disable(self._m, cpu), "local_irq_disable")

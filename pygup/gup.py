@@ -177,7 +177,18 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
 # ---------------------------------------------------------------------------
 # the per-page rules
 
-def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int) -> bool:
+def page_anon_exclusive(core, fi) -> bool:
+    """PageAnonExclusive(): per page, but on the head for hugetlb (6.5-rc7)."""
+    if fi.flags & C.F_HUGETLB and fi.head != fi.pfn:
+        return bool(core.frame_info(fi.head).flags & C.F_ANON_EXCLUSIVE)
+    return bool(fi.flags & C.F_ANON_EXCLUSIVE)
+
+
+def _is_anon(fi) -> bool:
+    return fi is not None and fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON
+
+
+def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int, core=None) -> bool:
     """/* mirrors can_follow_write_pte() */ (SPEC §3.3)."""
     if pte & C.PTE_WRITE:
         return True
@@ -186,22 +197,22 @@ def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int) -> bool:
     F = vma.vm_flags
     if F & (VM.SHARED | VM.MAYSHARE) or not F & VM.MAYWRITE or F & VM.WRITE:
         return False
-    if fi is None or fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON:
+    if not _is_anon(fi):
         return False
-    return bool(fi.flags & C.F_ANON_EXCLUSIVE)
+    return page_anon_exclusive(core, fi)
 
 
-def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi) -> bool:
+def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi, core=None) -> bool:
     """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only PTEs."""
     if (gup_flags & (FOLL.PIN | FOLL.WRITE)) != FOLL.PIN:
         return False
-    if fi is None or fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON:
+    if not _is_anon(fi):
         if not gup_flags & FOLL.LONGTERM:
             return False
         if vma is None:
             return True
         return is_cow_mapping(vma.vm_flags)
-    return not fi.flags & C.F_ANON_EXCLUSIVE
+    return not page_anon_exclusive(core, fi)
 
 
 def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
@@ -231,14 +242,14 @@ def follow_page_mask(mm: "MM", vma: VMA, addr: int, gup_flags: int) -> int:
         pfn += (addr >> PAGE_SHIFT) & (C.PMD_NR - 1)
     special = bool(pte & C.PTE_SPECIAL)
     fi = None if special else core.frame_info(pfn)
-    if gup_flags & FOLL.WRITE and not can_follow_write_pte(pte, fi, vma, gup_flags):
+    if gup_flags & FOLL.WRITE and not can_follow_write_pte(pte, fi, vma, gup_flags, core):
         return _FOLLOW_FAULT
     if special:
         if pfn != C.ZERO_PFN:
             return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
         if gup_flags & FOLL.DUMP:
             return -errno.EFAULT
-    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi):
+    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core):
         return _FOLLOW_UNSHARE
     rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
     if rc < 0:
@@ -277,11 +288,26 @@ def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -
 # ---------------------------------------------------------------------------
 # the loop
 
+def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
+    """The PG_FOLLOW_* bits for pg_follow_range()."""
+    how = 0
+    if gup_flags & FOLL.WRITE:
+        how |= C.FOLLOW_WRITE
+    if want_pages:
+        how |= C.FOLLOW_PIN if gup_flags & FOLL.PIN else C.FOLLOW_GET
+    if gup_flags & FOLL.TOUCH:
+        how |= C.FOLLOW_TOUCH
+    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags):
+        how |= C.FOLLOW_UNSHARE_FILE
+    return how
+
+
 def __get_user_pages(mm: "MM", start: int, nr_pages: int, gup_flags: int,
                      out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
     """/* mirrors __get_user_pages() */: count done, or a negative errno if
     nothing was done."""
     policy = mm.machine.policy
+    core = mm.machine._core
     i = 0
     ret = 0
     vma: Optional[VMA] = None
@@ -294,6 +320,18 @@ def __get_user_pages(mm: "MM", start: int, nr_pages: int, gup_flags: int,
             ret = check_vma_flags(vma, gup_flags, policy, trace)
             if ret:
                 break
+        # the pages that need no fault, in one C call (follow_page_mask's
+        # common case); the first one that needs more goes the slow way
+        taken = core.follow_range(cpu, mm.id, start,
+                                  min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT),
+                                  _follow_how(vma, gup_flags, out is not None))
+        if len(taken):
+            if out is not None:
+                out.extend(taken.tolist())
+            i += len(taken)
+            start += len(taken) << PAGE_SHIFT
+            nr_pages -= len(taken)
+            continue
         for _ in range(8):                       # fault, then retry the lookup
             r = follow_page_mask(mm, vma, start, gup_flags)
             if r >= 0:

@@ -129,29 +129,33 @@ class Machine:
     # -- CPUs ------------------------------------------------------------------
     @contextlib.contextmanager
     def cpu(self, k: int) -> Iterator[int]:
-        """Run the calling thread as emulated CPU ``k`` inside the block."""
+        """Run the calling thread as emulated CPU ``k`` inside the block.  A
+        CPU belongs to one thread at a time (EBUSY otherwise); the thread's
+        previous CPU stays its own and is current again after the block."""
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.nr_cpus:
             raise ValueError(f"cpu must be in 0..{self.nr_cpus - 1}, got {k!r}")
-        me = threading.get_ident()
-        prev = getattr(self._tls, "slot", None)
-        with self._lock:
-            owner = self._cpu_owner[k]
-            if owner is not None and owner != me:
-                raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
-            if prev is not None and prev.cpu != k:
-                self._cpu_owner[prev.cpu] = None
-            self._cpu_owner[k] = me
-        self._tls.slot = _Slot(self, k)
+        outer = getattr(self._tls, "slot", None)
+        if outer is not None and outer.cpu == k:
+            yield k
+            return
+        self._tls.slot = self._claim(k)
         try:
             yield k
         finally:
             self._tls.slot.detach()
-            if prev is not None and prev.cpu != k:
-                with self._lock:
-                    self._cpu_owner[prev.cpu] = me
-                self._tls.slot = prev
+            if outer is not None:
+                self._tls.slot = outer
             else:
                 del self._tls.slot
+
+    def _claim(self, k: int) -> "_Slot":
+        me = threading.get_ident()
+        with self._lock:
+            owner = self._cpu_owner[k]
+            if owner is not None and owner != me and _thread_alive(owner):
+                raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
+            self._cpu_owner[k] = me
+        return _Slot(self, k)
 
     def current_cpu(self) -> int:
         """The emulated CPU of the calling thread; a thread that never chose
@@ -159,13 +163,12 @@ class Machine:
         slot = getattr(self._tls, "slot", None)
         if slot is not None:
             return slot.cpu
-        me = threading.get_ident()
-        with self._lock:
-            for k, owner in enumerate(self._cpu_owner):
-                if owner is None or not _thread_alive(owner):
-                    self._cpu_owner[k] = me
-                    self._tls.slot = _Slot(self, k)
-                    return k
+        for k in range(self.nr_cpus):
+            try:
+                self._tls.slot = self._claim(k)
+                return k
+            except GupError:
+                continue
         raise GupError(errno.EBUSY, f"all {self.nr_cpus} emulated CPUs are bound to other threads")
 
     def local_irq_disable(self) -> None:
