@@ -544,6 +544,10 @@ int pg_as_release(pg_machine *m, uint64_t id)
     pg_fetch_sub_relaxed(&m->as_live, 1);
     pg_fetch_add_relaxed(&m->as_pending, 1);
     PG_YIELD(m, -1, "as_release_before_call_rcu");
+    if (pg_mutant(m, PG_MUT_AS_FREE_NO_RCU)) {
+        as_free_rcu(m, &a->rcu); /* the bug: no grace period */
+        return 0;
+    }
     pg_call_rcu(m, &a->rcu, as_free_rcu);
     pg_rcu_poll(m); /* starts the grace period; frees only if no reader */
     return 0;

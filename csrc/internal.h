@@ -255,6 +255,7 @@ struct pg_mm {
     _Atomic uint64_t cpumask;  /* CPUs that may cache this mm's entries */
     _Atomic uint32_t pgd;      /* table id of the PGD */
     uint32_t free_next;        /* under mm_table_lock */
+    _Atomic uint32_t wp_seq;   /* write_protect_seq: odd while fork copies */
 };
 
 /* ---- CPUs ----------------------------------------------------------------- */
@@ -314,6 +315,7 @@ struct pg_machine {
     _Atomic uint64_t ipis_sent, tlb_shootdowns, tlb_flushed_entries;
     _Atomic uint64_t rcu_grace_periods, rcu_callbacks_run;
     _Atomic uint64_t pins_acquired, pins_released;
+    _Atomic uint32_t mutants;  /* PG_MUT_* protection switches */
 
     pg_spinlock viol_lock;
     _Atomic int viol_pending; /* recorded and not popped */
@@ -323,6 +325,12 @@ struct pg_machine {
 };
 
 /* ---- cross-file internals ------------------------------------------------ */
+/* is a protection switch (PG_MUT_*) on?  One predictable branch. */
+static inline bool pg_mutant(pg_machine *m, uint32_t bit)
+{
+    return __builtin_expect(pg_load_relaxed(&m->mutants) & bit, 0) != 0;
+}
+
 static inline bool pg_cpu_ok(pg_machine *m, int cpu)
 {
     return cpu >= 0 && cpu < m->nr_cpus;
@@ -359,6 +367,15 @@ void pg_mm_cpumask_set(pg_machine *m, struct pg_mm *mm, int cpu);
  * (*pte = the none entry), -PG_EFAULT after a use-after-free violation. */
 int pg_walk_lockless(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
                      uint64_t *pte, _Atomic uint64_t **slot);
+/* The same walk, also reporting the PMD-level entry and its slot (a table
+ * entry or a PMD leaf), which GUP-fast re-checks after its grab. */
+struct pg_walk {
+    uint64_t pmd, pte;
+    _Atomic uint64_t *pmd_slot, *pte_slot;
+    int level;
+};
+int pg_walk_lockless_ex(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
+                        struct pg_walk *w);
 
 /* cpu.c */
 void pg_cpus_init(pg_machine *m);

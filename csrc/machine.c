@@ -153,3 +153,10 @@ int pg_violation_pop(pg_machine *m, char *buf, int buflen)
     pg_spin_unlock(&m->viol_lock);
     return got;
 }
+
+int64_t pg_set_mutants(pg_machine *m, uint32_t mutants)
+{
+    if (mutants & ~(uint32_t)PG_MUT_ALL)
+        return -PG_EINVAL;
+    return pg_xchg(&m->mutants, mutants);
+}

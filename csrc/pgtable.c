@@ -251,6 +251,7 @@ int64_t pg_mm_new(pg_machine *m)
         return -PG_ENOMEM;
     }
     pg_store_relaxed(&mm->cpumask, 0);
+    pg_store_relaxed(&mm->wp_seq, 0);
     pg_store_relaxed(&mm->pgd, pgd->id);
     pg_store_release(&mm->state, PG_MM_LIVE);
     return (int64_t)id;
@@ -258,11 +259,13 @@ int64_t pg_mm_new(pg_machine *m)
 
 /* ---- walks ----------------------------------------------------------------- */
 
-int pg_walk_lockless(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
-                     uint64_t *pte, _Atomic uint64_t **slotp)
+int pg_walk_lockless_ex(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
+                        struct pg_walk *w)
 {
     uint64_t mmid = mm_id(m, mm);
     struct pg_table *t = pg_table_get(m, pg_load_acquire(&mm->pgd));
+    w->pmd = 0;
+    w->pmd_slot = NULL;
     if (PG_BUG_ON(m, !t || pg_load_acquire(&t->magic) != PG_TABLE_MAGIC_LIVE,
                   "cpu %d: walk of mm %llu found its PGD freed", cpu,
                   (unsigned long long)mmid))
@@ -280,11 +283,15 @@ int pg_walk_lockless(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
                       "magic %#x) in mm %llu at %#llx", cpu, t->id, level, magic,
                       (unsigned long long)mmid, (unsigned long long)addr))
             return -PG_EFAULT;
+        if (level == PG_LEVEL_PMD) {
+            w->pmd = e;
+            w->pmd_slot = slot;
+        }
         if (e == 0 || is_leaf(e, level)) {
-            *pte = e;
-            if (slotp)
-                *slotp = slot;
-            return e == 0 ? 0 : level;
+            w->pte = e;
+            w->pte_slot = slot;
+            w->level = e == 0 ? 0 : level;
+            return w->level;
         }
         if (level == PG_LEVEL_PTE)
             break; /* unreachable: every non-zero PTE is a leaf */
@@ -293,6 +300,47 @@ int pg_walk_lockless(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
             return -PG_EFAULT;
     }
     return -PG_EFAULT;
+}
+
+int pg_walk_entries(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr, uint64_t *out)
+{
+    if (!pg_cpu_ok(m, cpu) || !out)
+        return -PG_EINVAL;
+    if (addr >= PG_VA_LIMIT)
+        return -PG_EFAULT;
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    uint64_t mmid_ = mm_id(m, mm);
+    struct pg_table *t = pg_table_get(m, pg_load_acquire(&mm->pgd));
+    for (int i = 0; i < 4; i++)
+        out[i] = 0;
+    for (int level = PG_LEVEL_PGD; t; level--) {
+        uint64_t e = pg_load_acquire(&t->e[level_index(addr, level)]);
+        if (PG_BUG_ON(m, pg_load_acquire(&t->magic) != PG_TABLE_MAGIC_LIVE,
+                      "cpu %d: use-after-free of table page %u", cpu, t->id))
+            return -PG_EFAULT;
+        out[PG_LEVEL_PGD - level] = e;
+        if (e == 0 || is_leaf(e, level))
+            return e == 0 ? 0 : level;
+        if (level == PG_LEVEL_PTE)
+            break;
+        t = child_table(m, cpu, e, level - 1, mmid_);
+    }
+    return -PG_EFAULT;
+}
+
+int pg_walk_lockless(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
+                     uint64_t *pte, _Atomic uint64_t **slotp)
+{
+    struct pg_walk w;
+    int level = pg_walk_lockless_ex(m, cpu, mm, addr, &w);
+    if (level >= 0) {
+        *pte = w.pte;
+        if (slotp)
+            *slotp = w.pte_slot;
+    }
+    return level;
 }
 
 /* Locked walk down to the slot at `level` covering addr.  With alloc, missing
@@ -585,7 +633,8 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
              * write-protected entry: the next write faults (page_mkwrite) */
             e = pg_xchg(s, 0);
             PG_YIELD(m, cpu, "mkclean_cleared");
-            pg_flush_tlb_mm_range(m, cpu, mm, mmid, base, base + size, false);
+            if (!pg_mutant(m, PG_MUT_MKCLEAN_NO_FLUSH))
+                pg_flush_tlb_mm_range(m, cpu, mm, mmid, base, base + size, false);
             PG_YIELD(m, cpu, "mkclean_flushed");
             pg_store_release(s, e & ~(uint64_t)(PG_PTE_WRITE | PG_PTE_DIRTY));
             if (was_dirty)
@@ -752,10 +801,12 @@ static void free_unlinked(pg_machine *m, int cpu, struct pg_table *list,
         return;
     pg_fetch_add_relaxed(&m->table_pages_pending, (uint64_t)n);
     PG_YIELD(m, cpu, "free_pgtables_unlinked");
-    if (m->table_free_mode == PG_TABLE_FREE_IPI) {
+    if (m->table_free_mode == PG_TABLE_FREE_IPI ||
+        pg_mutant(m, PG_MUT_TABLE_FREE_NO_SYNC)) {
         /* tlb_remove_table_sync_one: every CPU that could be walking with
          * IRQs off has acknowledged, so none still holds a pointer */
-        pg_ipi_sync_internal(m, cpu);
+        if (!pg_mutant(m, PG_MUT_TABLE_FREE_NO_SYNC))
+            pg_ipi_sync_internal(m, cpu);
         PG_YIELD(m, cpu, "free_pgtables_synced");
         while (list) {
             struct pg_table *next = (struct pg_table *)list->rcu.next;
@@ -939,9 +990,17 @@ int64_t pg_copy_range(pg_machine *m, int cpu, uint64_t src, uint64_t dst,
             struct copy_ctx c = {.cpu = cpu, .dst = dm, .cow = cow,
                                  .copy_pinned = copy_pinned,
                                  .child_mapping = child_mapping};
+            /* raw_write_seqcount_begin(&src_mm->write_protect_seq): a
+             * FOLL_PIN GUP-fast that overlaps this copy backs off */
+            if (cow)
+                pg_fetch_add_seqcst(&sm->wp_seq, 1);
+            PG_YIELD(m, cpu, "fork_wp_seq_begin");
             ret = walk_range(m, sm, start, end, copy_cb, &c);
             if (c.wrprotected)
                 pg_flush_tlb_mm_range(m, cpu, sm, src, start, end, false);
+            PG_YIELD(m, cpu, "fork_wp_seq_end");
+            if (cow)
+                pg_fetch_add_seqcst(&sm->wp_seq, 1);
             if (ret == 0)
                 ret = c.pages;
         }
@@ -1094,4 +1153,12 @@ int pg_mm_destroy(pg_machine *m, int cpu, uint64_t mmid)
     pg_spin_unlock(&m->mm_table_lock);
     pg_rcu_poll(m);
     return rc < 0 ? (int)rc : 0;
+}
+
+int64_t pg_mm_wp_seq(pg_machine *m, uint64_t mmid)
+{
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    return pg_load_acquire(&mm->wp_seq);
 }

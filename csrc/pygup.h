@@ -39,6 +39,42 @@
 /* frame 0 is the shared zero page: PG_F_ZERO, never allocated or freed */
 #define PG_ZERO_PFN 0
 
+/* ---- gup_flags (Linux 6.5 values, SPEC §1.1) --------------------------- */
+#define PG_FOLL_WRITE 0x1
+#define PG_FOLL_GET 0x2
+#define PG_FOLL_DUMP 0x4
+#define PG_FOLL_FORCE 0x8
+#define PG_FOLL_NOWAIT 0x10
+#define PG_FOLL_NOFAULT 0x20
+#define PG_FOLL_HWPOISON 0x40
+#define PG_FOLL_ANON 0x80
+#define PG_FOLL_LONGTERM 0x100
+#define PG_FOLL_SPLIT_PMD 0x200
+#define PG_FOLL_PCI_P2PDMA 0x400
+#define PG_FOLL_INTERRUPTIBLE 0x800
+#define PG_FOLL_HONOR_NUMA_FAULT 0x1000
+#define PG_FOLL_TOUCH 0x10000
+#define PG_FOLL_TRIED 0x20000
+#define PG_FOLL_REMOTE 0x40000
+#define PG_FOLL_PIN 0x80000
+#define PG_FOLL_FAST_ONLY 0x100000
+#define PG_FOLL_UNLOCKABLE 0x200000
+
+/* ---- protection switches: each re-plants one historic bug (BUGS.md) ---- */
+#define PG_MUT_NO_PTE_RECHECK 0x1        /* GUP-fast skips the PTE re-check */
+#define PG_MUT_NO_PMD_RECHECK 0x2        /* GUP-fast skips the PMD re-check */
+#define PG_MUT_WHITELIST_BEFORE_RECHECK 0x4 /* v8 review: allowed-check first */
+#define PG_MUT_WHITELIST_INVERTED 0x8    /* v7 review: allowed-check inverted */
+#define PG_MUT_NULL_MAPPING_OK 0x10      /* v8 review: NULL mapping accepted */
+#define PG_MUT_TABLE_FREE_NO_SYNC 0x20   /* tables freed with no IPI/RCU */
+#define PG_MUT_AS_FREE_NO_RCU 0x40       /* address_space freed at once */
+#define PG_MUT_NO_WP_SEQ 0x80            /* fork race (57efa1fe5957) */
+#define PG_MUT_MKCLEAN_NO_FLUSH 0x100    /* folio_mkclean without shootdown */
+#define PG_MUT_FAST_NO_UNSHARE 0x200     /* GUP-fast skips gup_must_unshare */
+#define PG_MUT_FAST_SECRETMEM 0x400      /* 65291dcfcf89: secretmem passes */
+#define PG_MUT_UNPIN_NO_BIAS 0x800       /* unpin drops 1, not the bias */
+#define PG_MUT_ALL 0xfff
+
 /* ---- errno values (Linux) used across the boundary --------------------- */
 #define PG_EPERM 1
 #define PG_ENOENT 2
@@ -157,6 +193,9 @@ int pg_machine_nr_cpus(pg_machine *m);
 void pg_stats_get(pg_machine *m, struct pg_stats *out);
 /* violations recorded by PG_BUG_ON / PG_WARN_ON and not yet popped */
 int pg_violation_count(pg_machine *m);
+/* Set the machine's protection switches (PG_MUT_* bits); returns the old
+ * set, or -PG_EINVAL for unknown bits. */
+int64_t pg_set_mutants(pg_machine *m, uint32_t mutants);
 /* copy the oldest message into buf (NUL-terminated), drop it; 0 if none.
  * The ring keeps the oldest 64 messages; once drained, one summary message
  * accounts for those that did not fit. */
@@ -312,6 +351,28 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 #define PG_FOLLOW_UNSHARE_FILE 0x10
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out);
+
+/* ---- GUP-fast (gup_fast.c) ---------------------------------------------- */
+/* policy bits for pg_gup_fast */
+#define PG_GUPF_WHITELIST 0x1       /* 6.5 folio_fast_pin_allowed() */
+#define PG_GUPF_SECRETMEM_LRU 0x2   /* 6.5's page_is_secretmem() LRU shortcut */
+/* lockless_pages_from_mm(): with IRQs disabled on cpu, walk [start, start +
+ * nr pages) reading each level once, grabbing pages as the kernel does
+ * (SPEC §4.2-4.6); stops at the first page it cannot take.  The pages
+ * taken form a prefix, stored in out[]; returns how many (0 when a
+ * FOLL_PIN walk saw fork's write_protect_seq odd or changed, after dropping
+ * its pins).  Never faults, never sleeps, takes no mm lock. */
+int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                    int64_t nr, uint32_t gup_flags, uint32_t policy,
+                    uint64_t *out);
+/* The entries on the path to addr, read once each without a lock, as a
+ * walker sees them: out[0] = PGD entry ... out[3] = PTE entry (0 past the
+ * leaf or the first none entry).  Returns the leaf level (1 or 2), 0 if
+ * nothing is mapped.  For pygup/_reference.py, the plain-Python GUP-fast. */
+int pg_walk_entries(pg_machine *m, int cpu, uint64_t mm, uint64_t addr, uint64_t *out);
+/* fork's raw_write_seqcount_begin/end on mm->write_protect_seq (pg_copy_range
+ * does it itself for COW ranges; exposed for tests and the scheduler) */
+int64_t pg_mm_wp_seq(pg_machine *m, uint64_t mm);
 
 /* ---- emulated CPUs, IRQs, IPIs, TLBs (cpu.c) --------------------------- */
 int pg_local_irq_disable(pg_machine *m, int cpu);

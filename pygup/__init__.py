@@ -7,6 +7,7 @@ from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
 from pygup.fs import PRESETS, File, FileSystem, FsType, FsWarning
 from pygup.machine import Folio, FolioFlag, Machine
 from pygup.mm import MM, PTE, Process
+from pygup.mutants import MUTANTS
 from pygup.policy import POLICIES, Policy
 from pygup.vma import (
     VMA,
@@ -20,7 +21,7 @@ from pygup.vma import (
 __all__ = [
     "FOLL", "MAP", "MS", "PROT", "VM", "GupError", "InvariantError",
     "PRESETS", "File", "FileSystem", "FsType", "FsWarning",
-    "Folio", "FolioFlag", "Machine", "MM", "PTE", "Process", "POLICIES", "Policy",
+    "Folio", "FolioFlag", "Machine", "MM", "MUTANTS", "PTE", "Process", "POLICIES", "Policy",
     "VMA", "vma_fs_can_writeback", "vma_is_anonymous", "vma_is_shared_writable",
     "vma_needs_dirty_tracking", "vma_wants_writenotify",
 ]

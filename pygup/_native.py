@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from pygup._core import ffi, lib
-from pygup.flags import GupError, InvariantError
+from pygup.errors import GupError, InvariantError
 
 __all__ = ["Core", "C", "FrameInfo", "ffi", "lib"]
 
@@ -98,6 +98,9 @@ class Core:
             else:
                 out[name] = v
         return out
+
+    def set_mutants(self, bits: int) -> None:
+        _check(lib.pg_set_mutants(self._m, bits), "set_mutants")
 
     # -- frames ---------------------------------------------------------------
     def folio_alloc(self, order: int, zone: int) -> int:
@@ -263,6 +266,25 @@ class Core:
                                   ffi.cast("uint64_t *", ffi.from_buffer(out)))
         self.raise_violations()
         return out[:_check(got, "follow_range")]
+
+    def gup_fast(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
+                 policy_bits: int) -> np.ndarray:
+        """lockless_pages_from_mm(): the pfns GUP-fast took (a prefix)."""
+        out = np.empty(nr, np.uint64)
+        got = lib.pg_gup_fast(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
+                              ffi.cast("uint64_t *", ffi.from_buffer(out)))
+        self.raise_violations()
+        return out[:_check(got, "gup_fast")]
+
+    def walk_entries(self, cpu: int, mm: int, addr: int) -> tuple[int, list[int]]:
+        """(leaf level, [pgd, pud, pmd, pte] entries) on the path to addr."""
+        out = ffi.new("uint64_t[4]")
+        level = lib.pg_walk_entries(self._m, cpu, mm, addr, out)
+        self.raise_violations()
+        return _check(level, "walk_entries"), list(out)
+
+    def mm_wp_seq(self, mm: int) -> int:
+        return _check(lib.pg_mm_wp_seq(self._m, mm), "wp_seq")
 
     # -- CPUs ------------------------------------------------------------------
     def irq_disable(self, cpu: int) -> None:

@@ -2,38 +2,24 @@
 
 FOLL values are Linux 6.5's (include/linux/mm_types.h and mm/internal.h,
 SPEC §1.1); VM/PROT/MAP/MS values are the x86-64 uapi and mm.h ones.
-Constants that the C core defines (page size, PTE and folio bits) are read
-from it in ``pygup._native`` and never restated here.
+Constants that the C core defines (FOLL values, page size, PTE and folio
+bits) are read from it through ``pygup._native`` and never restated here.
 """
 from __future__ import annotations
 
 import errno as _errno
 import enum
 
+from pygup._native import C
+from pygup.errors import GupError, InvariantError  # noqa: F401  (re-exported)
 
-class FOLL(enum.IntFlag):
-    """gup_flags, with Linux 6.5's values (SPEC §1.1)."""
 
-    WRITE = 0x1
-    GET = 0x2
-    DUMP = 0x4
-    FORCE = 0x8
-    NOWAIT = 0x10
-    NOFAULT = 0x20
-    HWPOISON = 0x40
-    ANON = 0x80
-    LONGTERM = 0x100
-    SPLIT_PMD = 0x200
-    PCI_P2PDMA = 0x400
-    INTERRUPTIBLE = 0x800
-    HONOR_NUMA_FAULT = 0x1000
-    # internal flags (mm/internal.h)
-    TOUCH = 0x10000
-    TRIED = 0x20000
-    REMOTE = 0x40000
-    PIN = 0x80000
-    FAST_ONLY = 0x100000
-    UNLOCKABLE = 0x200000
+# gup_flags: the values are the C core's (csrc/pygup.h), which are Linux
+# 6.5's (SPEC §1.1); tests/test_flags.py checks them against SPEC's table.
+FOLL = enum.IntFlag("FOLL", {name[len("FOLL_"):]: getattr(C, name)
+                             for name in sorted(vars(C), key=lambda n: getattr(C, n))
+                             if name.startswith("FOLL_")})
+FOLL.__doc__ = "gup_flags, with Linux 6.5's values (SPEC §1.1)."
 
 
 class VM(enum.IntFlag):
@@ -82,18 +68,6 @@ class MS(enum.IntFlag):
     ASYNC = 1
     INVALIDATE = 2
     SYNC = 4
-
-
-class GupError(OSError):
-    """A kernel-style failure: ``errno`` is the Linux errno (positive)."""
-
-    def __init__(self, err: int, what: str = ""):
-        msg = _errno.errorcode.get(err, str(err))
-        super().__init__(err, f"{msg}: {what}" if what else msg)
-
-
-class InvariantError(AssertionError):
-    """The C core (or a model check) caught an invariant violation."""
 
 
 def check_flags(value, enum_type: type[enum.IntFlag], name: str) -> int:

@@ -517,8 +517,8 @@ def gup_slow(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
 def gup_fast_fallback(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
                       trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """/* mirrors internal_get_user_pages_fast() */ (SPEC §1.4, §4.1): the
-    entry checks, then the slow path for everything (the lockless walk is
-    the GUP-fast issue's)."""
+    entry checks, the lockless walk in C (one call for the whole range),
+    then the slow path for whatever it could not take."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.machine
     flags = is_valid_gup_args(True, None, gup_flags, to_set, m.policy)
@@ -542,13 +542,29 @@ def gup_fast_fallback(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_se
     if trace.check("end > TASK_SIZE_MAX (access_ok)", end > TASK_SIZE_MAX, errno.EFAULT,
                    end=hex(end)):
         return -errno.EFAULT, Pages(m, [], pinned)
-    if flags & FOLL.FAST_ONLY:
-        return 0, Pages(m, [], pinned)      # no lockless walk yet: nothing taken
+    cpu = m.current_cpu()
+    if m._core.irqs_disabled(cpu) and not flags & FOLL.FAST_ONLY:
+        raise RuntimeError("GUP-fast with fallback may sleep: IRQs are disabled")
+    fast = m._core.gup_fast(cpu, mm.id, start, nr_pages, flags, _fast_policy_bits(m.policy))
+    trace.steps.append(Step("lockless_pages_from_mm", {"taken": len(fast), "of": nr_pages},
+                            "pass" if len(fast) == nr_pages else "fallback"))
+    if len(fast) == nr_pages or flags & FOLL.FAST_ONLY:
+        return len(fast), Pages(m, fast, pinned)
     out: list[int] = []
     with m._op() as cpu:
-        ret = __gup_longterm_locked(mm, start, nr_pages, flags | FOLL.TOUCH | FOLL.UNLOCKABLE,
-                                    out, cpu, trace)
-    return ret, Pages(m, out[:max(ret, 0)], pinned)
+        ret = __gup_longterm_locked(mm, start + (len(fast) << PAGE_SHIFT), nr_pages - len(fast),
+                                    flags | FOLL.TOUCH | FOLL.UNLOCKABLE, out, cpu, trace)
+    pfns = fast.tolist() + out[:max(ret, 0)]
+    if ret < 0:
+        return (len(fast) if len(fast) else ret), Pages(m, pfns, pinned)
+    return ret + len(fast), Pages(m, pfns, pinned)
+
+
+def _fast_policy_bits(policy) -> int:
+    bits = C.GUPF_WHITELIST if policy.fast_pin_whitelist else 0
+    if policy.secretmem_lru_shortcut:
+        bits |= C.GUPF_SECRETMEM_LRU
+    return bits
 
 
 def _release_check(mm_machine, pages: Pages, pinned: bool, what: str) -> None:

@@ -17,11 +17,12 @@ import errno
 import re
 import threading
 import weakref
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 from pygup._native import C, Core
 from pygup.flags import GupError
 from pygup.fs import PRESETS, File, FileSystem, FsType
+from pygup.mutants import mutant_bits
 from pygup.policy import Policy, resolve
 
 FolioFlag = enum.IntFlag("FolioFlag", {name[2:]: getattr(C, name)
@@ -92,7 +93,8 @@ class Machine:
     """
 
     def __init__(self, policy: str | Policy = "6.5", memory: int | str = "1GiB",
-                 movable: int | str = "64MiB", cpus: int = 2, table_free: str = "rcu") -> None:
+                 movable: int | str = "64MiB", cpus: int = 2, table_free: str = "rcu",
+                 mutants: Iterable[str] = ()) -> None:
         self.policy = resolve(policy)
         mem = parse_size(memory, "memory")
         mov = parse_size(movable, "movable")
@@ -107,7 +109,10 @@ class Machine:
             raise ValueError(f"table_free must be 'rcu' or 'ipi', got {table_free!r}")
         self.memory = mem
         self.table_free = table_free
+        bits = mutant_bits(mutants)
         self._core = Core(mem // C.PAGE_SIZE, mov // C.PAGE_SIZE, cpus, table_free == "rcu")
+        self._core.set_mutants(bits)
+        self.mutants = frozenset([mutants] if isinstance(mutants, str) else mutants)
         self._lock = threading.RLock()
         self._cpu_owner: list[Optional[int]] = [None] * cpus   # thread ident per slot
         self._tls = threading.local()
@@ -346,8 +351,9 @@ class Machine:
             return evict_inode(file.inode)
 
     def __repr__(self) -> str:
+        muts = f" mutants={sorted(self.mutants)}" if self.mutants else ""
         return (f"<Machine policy={self.policy.name} memory={self.memory >> 20}MiB "
-                f"cpus={self.nr_cpus} table_free={self.table_free}>")
+                f"cpus={self.nr_cpus} table_free={self.table_free}{muts}>")
 
 
 class _Slot:

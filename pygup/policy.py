@@ -24,6 +24,9 @@ class Policy:
     io_uring_pin_fast: bool = False
     # ≈6.8 INTERNAL_GUP_FLAGS: is_valid_gup_args() refuses FOLL_TOUCH too
     touch_is_internal: bool = False
+    # 6.5's page_is_secretmem() only looked at folios on the LRU (fixed by
+    # 65291dcfcf89); off by default: pygup models the intended rule
+    secretmem_lru_shortcut: bool = False
 
 
 POLICIES: dict[str, Policy] = {

@@ -1,0 +1,16 @@
+"""pygup's exceptions (kept apart so the lowest layer can raise them)."""
+from __future__ import annotations
+
+import errno as _errno
+
+
+class GupError(OSError):
+    """A kernel-style failure: ``errno`` is the Linux errno (positive)."""
+
+    def __init__(self, err: int, what: str = ""):
+        msg = _errno.errorcode.get(err, str(err))
+        super().__init__(err, f"{msg}: {what}" if what else msg)
+
+
+class InvariantError(AssertionError):
+    """The C core (or a model check) caught an invariant violation."""

@@ -1,0 +1,57 @@
+"""Protection switches: each re-plants one historic GUP bug (../shared/
+BUGS.md), off by default, so the fuzz harness and the tests can prove their
+checks catch it.  ``Machine(mutants={"no_pte_recheck"})``."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from pygup._native import C
+
+# name -> (C bit, one-line story)
+MUTANTS: dict[str, tuple[int, str]] = {
+    "no_pte_recheck": (C.MUT_NO_PTE_RECHECK,
+                       "GUP-fast skips the PTE re-check after the grab: a page unmapped "
+                       "meanwhile is pinned anyway (BUGS #6/#7)"),
+    "no_pmd_recheck": (C.MUT_NO_PMD_RECHECK,
+                       "GUP-fast re-checks only the PTE, not the PMD: THP collapse "
+                       "(70cbc3cc78a9, BUGS #7)"),
+    "whitelist_before_recheck": (C.MUT_WHITELIST_BEFORE_RECHECK,
+                                 "the seed's v8 review: folio_fast_pin_allowed() read "
+                                 "->mapping before the PTE was re-validated (BUGS #2)"),
+    "whitelist_inverted": (C.MUT_WHITELIST_INVERTED,
+                           "the seed's v7 review: the allowed-check inverted (BUGS #2)"),
+    "null_mapping_ok": (C.MUT_NULL_MAPPING_OK,
+                        "the seed's v8 review: a NULL (truncated) mapping passes the fast "
+                        "whitelist (BUGS #2)"),
+    "table_free_no_sync": (C.MUT_TABLE_FREE_NO_SYNC,
+                           "page tables freed with neither the IPI sync nor an RCU grace "
+                           "period while a walker may hold them (BUGS #6)"),
+    "as_free_no_rcu": (C.MUT_AS_FREE_NO_RCU,
+                       "address_space freed at once, not by RCU: GUP-fast's ->mapping "
+                       "read becomes a use-after-free (the seed's safety argument)"),
+    "no_wp_seq": (C.MUT_NO_WP_SEQ,
+                  "GUP-fast ignores fork's write_protect_seq (57efa1fe5957, BUGS #3)"),
+    "mkclean_no_flush": (C.MUT_MKCLEAN_NO_FLUSH,
+                         "folio_mkclean() write-protects without a TLB shootdown: a stale "
+                         "writable TLB entry writes behind write-notify (invariant 5)"),
+    "fast_no_unshare": (C.MUT_FAST_NO_UNSHARE,
+                        "GUP-fast skips gup_must_unshare(): a R/O pin of a COW-shared anon "
+                        "page (CVE-2020-29374, BUGS #5)"),
+    "fast_secretmem": (C.MUT_FAST_SECRETMEM,
+                       "GUP-fast lets secretmem folios through (65291dcfcf89, BUGS #9)"),
+    "unpin_no_bias": (C.MUT_UNPIN_NO_BIAS,
+                      "unpin drops 1 instead of GUP_PIN_COUNTING_BIAS: refcounts never "
+                      "balance (BUGS #10)"),
+}
+
+
+def mutant_bits(names: Iterable[str]) -> int:
+    """The C bit mask for a set of switch names; ValueError for unknown ones."""
+    if isinstance(names, str):
+        names = [names]
+    bits = 0
+    for name in names:
+        if name not in MUTANTS:
+            raise ValueError(f"mutants: unknown switch {name!r} (known: {', '.join(MUTANTS)})")
+        bits |= MUTANTS[name][0]
+    return bits
