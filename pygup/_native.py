@@ -261,7 +261,7 @@ class Core:
 
     def follow_range(self, cpu: int, mm: int, start: int, nr: int, how: int) -> np.ndarray:
         """pg_follow_range(): the pfns taken from start on (maybe none)."""
-        out = np.empty(nr, np.uint64)
+        out = np.empty(max(nr, 0), np.uint64)
         got = lib.pg_follow_range(self._m, cpu, mm, start, nr, how,
                                   ffi.cast("uint64_t *", ffi.from_buffer(out)))
         self.raise_violations()
@@ -270,7 +270,7 @@ class Core:
     def gup_fast(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
                  policy_bits: int) -> np.ndarray:
         """lockless_pages_from_mm(): the pfns GUP-fast took (a prefix)."""
-        out = np.empty(nr, np.uint64)
+        out = np.empty(max(nr, 0), np.uint64)
         got = lib.pg_gup_fast(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
                               ffi.cast("uint64_t *", ffi.from_buffer(out)))
         self.raise_violations()
