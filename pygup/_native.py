@@ -47,6 +47,12 @@ class FrameInfo:
     zone: int
 
 
+def _out_len(nr: int) -> int:
+    """Buffer length for a per-page output array; out-of-range counts get an
+    empty buffer and the C core's own -EINVAL."""
+    return nr if 0 <= nr <= (lib.PG_TASK_SIZE_MAX >> lib.PG_PAGE_SHIFT) + 1 else 0
+
+
 def _check(rc: int, what: str) -> int:
     if rc < 0:
         raise GupError(-rc, what)
@@ -261,7 +267,7 @@ class Core:
 
     def follow_range(self, cpu: int, mm: int, start: int, nr: int, how: int) -> np.ndarray:
         """pg_follow_range(): the pfns taken from start on (maybe none)."""
-        out = np.empty(max(nr, 0), np.uint64)
+        out = np.empty(_out_len(nr), np.uint64)
         got = lib.pg_follow_range(self._m, cpu, mm, start, nr, how,
                                   ffi.cast("uint64_t *", ffi.from_buffer(out)))
         self.raise_violations()
@@ -270,7 +276,7 @@ class Core:
     def gup_fast(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
                  policy_bits: int) -> np.ndarray:
         """lockless_pages_from_mm(): the pfns GUP-fast took (a prefix)."""
-        out = np.empty(max(nr, 0), np.uint64)
+        out = np.empty(_out_len(nr), np.uint64)
         got = lib.pg_gup_fast(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
                               ffi.cast("uint64_t *", ffi.from_buffer(out)))
         self.raise_violations()
