@@ -45,7 +45,7 @@ int pg_try_grab_page(pg_machine *m, uint64_t pfn, int pin)
     } else if (pg_folio_try_get(m, pfn, PG_GUP_PIN_COUNTING_BIAS) < 0) {
         return -PG_ENOMEM;
     }
-    pg_fetch_add_relaxed(&m->pins_acquired, 1);
+    pg_count_pins(m, true, 1);
     return 0;
 }
 
@@ -57,7 +57,7 @@ static int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin)
     if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
         return 0;
     if (pin) {
-        pg_fetch_add_relaxed(&m->pins_released, (uint64_t)refs);
+        pg_count_pins(m, false, (uint64_t)refs);
         if (folio_is_large(m, head)) {
             int32_t old = pg_fetch_add(&h->pincount, -refs);
             PG_BUG_ON(m, old < refs, "unpin of %d from folio %llu with pincount %d",
@@ -230,8 +230,15 @@ static int grab_folio_fast(pg_machine *m, uint64_t pfn, int refs, uint32_t flags
     else
         pg_fetch_add(&h->refcount, refs * (PG_GUP_PIN_COUNTING_BIAS - 1));
     pg_smp_mb(); /* the pin is visible before the PTE re-check */
-    pg_fetch_add_relaxed(&m->pins_acquired, (uint64_t)refs);
+    pg_count_pins(m, true, (uint64_t)refs);
     return 0;
+}
+
+/* folio_set_referenced(), skipping the atomic when the bit is already set */
+static inline void mark_referenced(pg_machine *m, uint64_t head)
+{
+    if (!(pg_load_relaxed(&m->frames[head].flags) & PG_F_REFERENCED))
+        pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
 }
 
 static void ungrab(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
@@ -354,7 +361,7 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
         goto drop;
     if (!(pte & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
         goto drop;
-    pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
+    mark_referenced(m, head);
     fw->out[fw->nr++] = pfn;
     return true;
 drop:
@@ -392,7 +399,7 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
         goto drop;
     if (!(pmd & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
         goto drop;
-    pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
+    mark_referenced(m, head);
     for (int i = 0; i < refs; i++)
         fw->out[fw->nr++] = pfn + (uint64_t)i;
     return refs;
@@ -435,11 +442,30 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
             if (!got)
                 break;
             addr += (uint64_t)got << PG_PAGE_SHIFT;
-        } else {
-            if (!w.pmd_slot || !fast_pte(&fw, addr, &w))
+            continue;
+        }
+        if (!w.pmd_slot || !fast_pte(&fw, addr, &w))
+            break;
+        addr += PG_PAGE_SIZE;
+        /* the rest of this PTE table without walking down again (what
+         * gup_pte_range() does): each entry read once, the table checked
+         * live after every read */
+        bool stop = false;
+        while (addr < end && (addr & (PG_PMD_SIZE - 1))) {
+            w.pte_slot++;
+            w.pte = pg_load_acquire(w.pte_slot);
+            PG_YIELD(m, cpu, "walk_entry_read");
+            if (PG_BUG_ON(m, pg_load_acquire(&w.table->magic) != PG_TABLE_MAGIC_LIVE,
+                          "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
+                          cpu, w.table->id, (unsigned long long)addr) ||
+                w.pte == 0 || !fast_pte(&fw, addr, &w)) {
+                stop = true;
                 break;
+            }
             addr += PG_PAGE_SIZE;
         }
+        if (stop)
+            break;
     }
     pg_local_irq_enable(m, cpu);
     PG_YIELD(m, cpu, "fast_wp_seq_recheck");

@@ -285,6 +285,7 @@ struct pg_cpu {
 };
 
 /* ---- the machine ---------------------------------------------------------- */
+#define PG_PIN_STAT_SHARDS 16
 struct pg_machine {
     uint64_t nr_frames, nr_movable;
     int nr_cpus;
@@ -314,7 +315,12 @@ struct pg_machine {
 
     _Atomic uint64_t ipis_sent, tlb_shootdowns, tlb_flushed_entries;
     _Atomic uint64_t rcu_grace_periods, rcu_callbacks_run;
-    _Atomic uint64_t pins_acquired, pins_released;
+    /* nr_foll_pin_acquired / _released, sharded per thread so that pinners
+     * on different CPUs do not fight over one cache line */
+    struct {
+        _Atomic uint64_t acquired, released;
+        char pad[48];
+    } pin_stats[PG_PIN_STAT_SHARDS];
     _Atomic uint32_t mutants;  /* PG_MUT_* protection switches */
 
     pg_spinlock viol_lock;
@@ -329,6 +335,14 @@ struct pg_machine {
 static inline bool pg_mutant(pg_machine *m, uint32_t bit)
 {
     return __builtin_expect(pg_load_relaxed(&m->mutants) & bit, 0) != 0;
+}
+
+/* this thread's shard of the pin statistics */
+unsigned pg_stat_shard(void);
+static inline void pg_count_pins(pg_machine *m, bool acquired, uint64_t n)
+{
+    unsigned s = pg_stat_shard();
+    pg_fetch_add_relaxed(acquired ? &m->pin_stats[s].acquired : &m->pin_stats[s].released, n);
 }
 
 static inline bool pg_cpu_ok(pg_machine *m, int cpu)
@@ -372,6 +386,7 @@ int pg_walk_lockless(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
 struct pg_walk {
     uint64_t pmd, pte;
     _Atomic uint64_t *pmd_slot, *pte_slot;
+    struct pg_table *table; /* the table holding the leaf */
     int level;
 };
 int pg_walk_lockless_ex(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,

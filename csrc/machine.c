@@ -82,8 +82,11 @@ void pg_stats_get(pg_machine *m, struct pg_stats *out)
     out->tlb_flushed_entries = pg_load_relaxed(&m->tlb_flushed_entries);
     out->rcu_grace_periods = pg_load_relaxed(&m->rcu_grace_periods);
     out->rcu_callbacks_run = pg_load_relaxed(&m->rcu_callbacks_run);
-    out->pins_acquired = pg_load_relaxed(&m->pins_acquired);
-    out->pins_released = pg_load_relaxed(&m->pins_released);
+    out->pins_acquired = out->pins_released = 0;
+    for (int i = 0; i < PG_PIN_STAT_SHARDS; i++) {
+        out->pins_acquired += pg_load_relaxed(&m->pin_stats[i].acquired);
+        out->pins_released += pg_load_relaxed(&m->pin_stats[i].released);
+    }
 }
 
 /* ---- violations --------------------------------------------------------- */
@@ -159,4 +162,13 @@ int64_t pg_set_mutants(pg_machine *m, uint32_t mutants)
     if (mutants & ~(uint32_t)PG_MUT_ALL)
         return -PG_EINVAL;
     return pg_xchg(&m->mutants, mutants);
+}
+
+unsigned pg_stat_shard(void)
+{
+    static _Atomic unsigned next;
+    static _Thread_local unsigned shard = ~0u;
+    if (shard == ~0u)
+        shard = pg_fetch_add_relaxed(&next, 1) % PG_PIN_STAT_SHARDS;
+    return shard;
 }

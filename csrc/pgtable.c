@@ -290,6 +290,7 @@ int pg_walk_lockless_ex(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
         if (e == 0 || is_leaf(e, level)) {
             w->pte = e;
             w->pte_slot = slot;
+            w->table = t;
             w->level = e == 0 ? 0 : level;
             return w->level;
         }
