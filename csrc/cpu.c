@@ -276,6 +276,27 @@ int pg_user_access(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
             rc = -PG_EFAULT;
             goto out;
         }
+        /* invariant 5: no write through a stale TLB entry to a freed frame */
+        if (PG_BUG_ON(m, pg_load_relaxed(&f->flags) & PG_F_FREE,
+                      "cpu %d: write through a stale TLB entry to freed frame %llu "
+                      "(mm %llu %#llx)", cpu, (unsigned long long)pfn,
+                      (unsigned long long)mmid, (unsigned long long)addr)) {
+            rc = -PG_EFAULT;
+            goto out;
+        }
+        /* invariant 3: a folio of a dirty-tracked mapping is never written
+         * through a PTE without a page_mkwrite since its last clean */
+        uint64_t head = pg_frame_head(m, pfn);
+        uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
+        if (mapping && !(mapping & PG_MAPPING_FLAGS) &&
+            !(pg_load_acquire(&m->frames[head].flags) & PG_F_MKWRITE)) {
+            struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
+            PG_BUG_ON(m, a && (pg_load_relaxed(&a->kind) & PG_AS_DIRTY_TRACKED),
+                      "cpu %d: write-notify bypass: user write to clean folio %llu of "
+                      "a dirty-tracked file without page_mkwrite (mm %llu %#llx)", cpu,
+                      (unsigned long long)head, (unsigned long long)mmid,
+                      (unsigned long long)addr);
+        }
         pg_store_release(&f->content, value);
         if (out)
             *out = value;

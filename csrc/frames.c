@@ -480,7 +480,8 @@ static struct pg_as *as_slot(pg_machine *m, uint64_t id)
 
 int64_t pg_as_new(pg_machine *m, uint32_t kind)
 {
-    if (kind & ~(uint32_t)(PG_AS_SHMEM | PG_AS_HUGETLB | PG_AS_SECRETMEM | PG_AS_DAX))
+    if (kind & ~(uint32_t)(PG_AS_SHMEM | PG_AS_HUGETLB | PG_AS_SECRETMEM | PG_AS_DAX |
+                            PG_AS_DIRTY_TRACKED))
         return -PG_EINVAL;
     uint32_t i;
     pg_spin_lock(&m->as_lock);

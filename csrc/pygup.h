@@ -125,6 +125,9 @@
 #define PG_AS_HUGETLB 0x2
 #define PG_AS_SECRETMEM 0x4
 #define PG_AS_DAX 0x8
+/* its file system has page_mkwrite or writes back: every write must follow
+ * a page_mkwrite since the folio's last clean (DESIGN invariant 3) */
+#define PG_AS_DIRTY_TRACKED 0x10
 
 /* ---- PTE bits (x86-like) ----------------------------------------------- */
 #define PG_PTE_PRESENT 0x1

@@ -113,7 +113,10 @@ class Inode:
         self.disk: dict[int, int] = {}
         self.i_mmap: set["VMA"] = set()       # every VMA mapping this file
         self.unlinked = False
-        self.as_id = fs.machine._core.as_new(_AS_KIND[fs.fstype.kind])
+        kind = _AS_KIND[fs.fstype.kind]
+        if fs.fstype.page_mkwrite or fs.fstype.writeback:
+            kind |= C.AS_DIRTY_TRACKED
+        self.as_id = fs.machine._core.as_new(kind)
         fs.machine._inodes[self.as_id] = self
         self.released = False
 

@@ -82,3 +82,46 @@ def test_sleeping_op_with_irqs_off_is_refused(machine):
     with machine.irqs_off():
         with pytest.raises(RuntimeError, match="IRQs disabled"):
             p.mmap(4096, PROT.READ, MAP.PRIVATE | MAP.ANONYMOUS)
+
+
+def test_mkclean_without_shootdown_is_a_write_notify_bypass():
+    """mkclean_no_flush: folio_mkclean write-protects the PTE but leaves the
+    writer's TLB entry; the next write goes through it to a clean folio
+    without page_mkwrite.  The MMU's invariant-3 check catches it; with the
+    shootdown in place the write faults and notifies instead."""
+    import pytest
+
+    from pygup import InvariantError, Machine
+    for mutants in ((), ("mkclean_no_flush",)):
+        m = Machine(memory="64MiB", movable="8MiB", mutants=mutants)
+        fs = m.mount("ext4")
+        f = fs.create("f", 4096)
+        p = m.spawn()
+        a = p.mmap(4096, PROT.READ | PROT.WRITE, MAP.SHARED, file=f)
+        p.write(a, 1)
+        f.writeback()
+        if mutants:
+            with pytest.raises(InvariantError, match="write-notify bypass"):
+                p.write(a, 2)
+        else:
+            p.write(a, 2)
+            assert fs.stats()["page_mkwrite"] == 2
+
+
+def test_write_through_stale_tlb_to_freed_frame_is_caught():
+    """A PTE cleared and its frame freed without a shootdown: the old TLB
+    entry would write into freed memory.  The core's own zap always flushes,
+    so this plants the bug by hand: clear the PTE, drop the page, no flush."""
+    import pytest
+
+    from pygup import InvariantError, Machine
+    m = Machine(memory="64MiB", movable="8MiB")
+    p = m.spawn()
+    a = p.mmap(4096, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    p.write(a, 1)
+    pfn = p.mm.pte(a).pfn
+    m._core.pte_clear(p.mm.id, a)               # no flush_tlb_range()
+    m._core.mapcount_add(pfn, -1)
+    m._core.folio_put(pfn, 1)                   # the frame is free now
+    with pytest.raises(InvariantError, match="stale TLB entry to freed frame"):
+        p.write(a, 2)
