@@ -309,8 +309,8 @@ class Core:
         """(fault code or 0, value); raises on a negative errno."""
         out = self._out()
         rc = lib.pg_user_access(self._m, cpu, mm, addr, int(write), value, out)
+        self.raise_violations()
         if rc < 0:
-            self.raise_violations()
             raise GupError(-rc, f"user access {addr:#x}")
         return rc, out[0]
 
