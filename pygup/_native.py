@@ -332,3 +332,51 @@ class Core:
 
     def rcu_barrier(self, cpu: int) -> None:
         _check(lib.pg_rcu_barrier(self._m, cpu), "rcu_barrier")
+
+
+class HostProbes:
+    """The live-kernel probes of csrc/host.c (used by ``pygup.host``): real
+    system calls on this machine, never an emulated one.  Each returns the
+    kernel's answer as an int (0, a count, or -errno); values read come back
+    as (ret, value)."""
+
+    available = staticmethod(lambda: lib.pg_host_io_uring_available())
+
+    @staticmethod
+    def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> tuple[int, int]:
+        """(0, addr) or (-errno, 0)."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pg_host_mmap(length, prot, flags, fd, offset, out)
+        return rc, out[0] if rc == 0 else 0
+
+    munmap = staticmethod(lambda addr, length: lib.pg_host_munmap(addr, length))
+    mprotect = staticmethod(lambda addr, length, prot: lib.pg_host_mprotect(addr, length, prot))
+    msync = staticmethod(lambda addr, length, flags: lib.pg_host_msync(addr, length, flags))
+    touch = staticmethod(lambda addr, length, write, value=0:
+                         lib.pg_host_touch(addr, length, int(bool(write)), value))
+    memfd_secret = staticmethod(lambda flags=0: lib.pg_host_memfd_secret(flags))
+    io_uring_register = staticmethod(lambda addr, length: lib.pg_host_io_uring_register(addr, length))
+    proc_mem_write = staticmethod(lambda addr, value: lib.pg_host_proc_mem_write(addr, value))
+    process_vm_writev = staticmethod(lambda addr, value: lib.pg_host_process_vm_writev(addr, value))
+    o_direct_read = staticmethod(lambda fd, addr, length, offset=0:
+                                 lib.pg_host_o_direct_read(fd, addr, length, offset))
+    vmsplice = staticmethod(lambda addr, length: lib.pg_host_vmsplice(addr, length))
+
+    @staticmethod
+    def proc_mem_read(addr: int) -> tuple[int, int]:
+        out = ffi.new("uint64_t *")
+        rc = lib.pg_host_proc_mem_read(addr, out)
+        return rc, out[0]
+
+    @staticmethod
+    def process_vm_readv(addr: int) -> tuple[int, int]:
+        out = ffi.new("uint64_t *")
+        rc = lib.pg_host_process_vm_readv(addr, out)
+        return rc, out[0]
+
+    @staticmethod
+    def io_uring_register_ns(addr: int, length: int, iterations: int) -> tuple[int, int, int]:
+        """(rc, total_ns, min_ns) of `iterations` register+unregister pairs."""
+        total, best = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        rc = lib.pg_host_io_uring_register_ns(addr, length, iterations, total, best)
+        return rc, total[0], best[0]

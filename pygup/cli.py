@@ -175,6 +175,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     e.add_argument("--api", default="pin_user_pages")
     e.add_argument("--policy", default="6.5")
     e.add_argument("--prefault", action="store_true", help="fault the page in first")
+    o = sub.add_parser("oracle", help="compare pygup with this machine's real kernel")
+    o.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    o.add_argument("--only", metavar="BACKING",
+                   help="comma-separated backings (anon, memfd, tmpfs, workdir, ext2, ext4, "
+                        "xfs, btrfs, ramfs, hugetlbfs, secretmem, readonly)")
+    o.add_argument("--policy", default=None,
+                   help="pygup policy (default: the preset nearest the host kernel)")
     args = parser.parse_args(argv)
     if args.cmd == "demo":
         demo()
@@ -182,6 +189,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         world(fs_name=args.fs)
     elif args.cmd == "explain":
         return explain_cmd(args)
+    elif args.cmd == "oracle":
+        from pygup.host import oracle_main
+        try:
+            return oracle_main(only=args.only, policy=args.policy, json_out=args.json)
+        except ValueError as exc:
+            parser.error(str(exc))
     return 0
 
 

@@ -40,6 +40,9 @@ class FsType:
       state warns, clears dirty and skips it — ext4 since commit
       cc5095747edf (before, a BUG); the data is lost.
     magic: statfs f_type.
+    fsync: its file_operations have ->fsync; without one vfs_fsync_range()
+      fails, so msync(MS_SYNC) of a shared mapping gives -EINVAL
+      (secretmem: only .release and .mmap).
     """
 
     name: str
@@ -50,6 +53,7 @@ class FsType:
     attaches_private: bool = False
     skip_dirty_without_private: bool = False
     magic: int = 0
+    fsync: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -84,7 +88,7 @@ PRESETS: dict[str, FsType] = {p.name: p for p in [
     # filemap_page_mkwrite; its bdi is noop (no writeback)
     FsType("ramfs", True, False, False, magic=0x858458F6),
     FsType("hugetlbfs", False, False, False, kind="hugetlb", magic=0x958458F6),
-    FsType("secretmem", False, False, False, kind="secretmem", magic=0x5345434D),
+    FsType("secretmem", False, False, False, kind="secretmem", magic=0x5345434D, fsync=False),
     FsType("fsdax", True, True, True, kind="dax", attaches_private=True, magic=0xEF53),
 ]}
 
