@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from pygup.vma import VMA
 
 import errno
+import itertools
+
+_inode_numbers = itertools.count(1)
 
 KINDS = ("regular", "shmem", "hugetlb", "secretmem", "dax")
 _AS_KIND = {"regular": 0, "shmem": C.AS_SHMEM, "hugetlb": C.AS_HUGETLB,
@@ -112,6 +115,7 @@ class Inode:
     def __init__(self, fs: "FileSystem", name: str, size: int) -> None:
         self.fs = fs
         self.name = name
+        self.ino = next(_inode_numbers)     # never reused, unlike as_id
         self.size = size
         self.page_cache: dict[int, int] = {}
         self.disk: dict[int, int] = {}

@@ -1,0 +1,161 @@
+"""Campaigns: run seeded random sequences against a World with the oracles
+after every step, shrink a failing sequence to a minimal reproducer (delta
+debugging), replay reproducers deterministically."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from typing import Iterable, Optional
+
+from pygup.fuzz.ops import apply, generate
+from pygup.errors import InvariantError
+from pygup.fuzz.world import Violation, World, core_violation
+
+FULL_CHECK_EVERY = 8      # the refcount audit runs in full every N steps
+
+
+@dataclasses.dataclass
+class Failure:
+    invariant: str
+    detail: str
+    step: int                      # index of the failing op (len(ops) = final check)
+    ops: list[dict]
+    policy: str
+    mutants: list[str]
+    seed: Optional[int] = None
+    log: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"invariant": self.invariant, "detail": self.detail, "step": self.step,
+                "policy": self.policy, "mutants": self.mutants, "seed": self.seed,
+                "ops": self.ops}
+
+
+def _classify(e: Exception) -> Violation:
+    """An exception out of an operation: a C-core invariant, or the model
+    itself misbehaving (also a finding, never swallowed)."""
+    if isinstance(e, InvariantError):
+        return core_violation(e)
+    return Violation("model-error", f"{type(e).__name__}: {e}")
+
+
+def _fail(v: Violation, step: int, ops, policy, mutants, seed, log) -> Failure:
+    return Failure(v.invariant, v.detail, step, list(ops), policy, sorted(mutants), seed, log)
+
+
+def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = True,
+            check_every: int = 1, log: Optional[list] = None) -> Optional[Failure]:
+    """Execute a fixed sequence (a replay); the first violation, or None."""
+    ops = list(ops)
+    world = World(policy, mutants)
+    for i, op in enumerate(ops):
+        try:
+            what = apply(world, op)
+            if log is not None:
+                log.append(f"{i:5d} {json.dumps(op)} -> {what}")
+            if (i + 1) % check_every == 0:
+                world.check_step()
+        except Violation as v:
+            if log is not None:
+                log.append(f"{i:5d} {json.dumps(op)} -> VIOLATION {v}")
+            return _fail(v, i, ops, policy, mutants, None, log or [])
+        except Exception as e:         # the model itself broke: also a finding
+            if log is not None:
+                log.append(f"{i:5d} {json.dumps(op)} -> {type(e).__name__} {e}")
+            return _fail(_classify(e), i, ops, policy, mutants, None, log or [])
+    if final:
+        try:
+            world.check_step()
+            world.final_check()
+        except Violation as v:
+            return _fail(v, len(ops), ops, policy, mutants, None, log or [])
+        except Exception as e:
+            return _fail(_classify(e), len(ops), ops, policy, mutants, None, log or [])
+    return None
+
+
+def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
+             deadline: Optional[float] = None) -> tuple[Optional[Failure], int]:
+    """One random sequence from `seed`, generated against the live world;
+    (failure or None, ops executed)."""
+    rng = random.Random(seed)
+    world = World(policy, mutants)
+    ops: list[dict] = []
+    for i in range(max_ops):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        op = generate(rng, world)
+        ops.append(op)
+        try:
+            apply(world, op)
+            if (i + 1) % FULL_CHECK_EVERY == 0:
+                world.check_step()
+        except Violation as v:
+            f = _fail(v, i, ops, policy, mutants, seed, [])
+            return f, len(ops)
+        except Exception as e:
+            return _fail(_classify(e), i, ops, policy, mutants, seed, []), len(ops)
+    try:
+        world.check_step()
+        world.final_check()
+    except Violation as v:
+        return _fail(v, len(ops), ops, policy, mutants, seed, []), len(ops)
+    except Exception as e:
+        return _fail(_classify(e), len(ops), ops, policy, mutants, seed, []), len(ops)
+    return None, len(ops)
+
+
+def shrink(failure: Failure, budget_s: float = 30.0) -> Failure:
+    """ddmin: the smallest sub-sequence (by removing chunks, then single
+    steps) that still fails the same invariant."""
+    deadline = time.monotonic() + budget_s
+    ops = failure.ops[:failure.step + 1] if failure.step < len(failure.ops) else failure.ops
+
+    def fails(candidate: list[dict]) -> Optional[Failure]:
+        f = run_ops(candidate, failure.policy, failure.mutants)
+        return f if f is not None and f.invariant == failure.invariant else None
+
+    best = fails(ops) or failure
+    ops = best.ops[:best.step + 1] if best.step < len(best.ops) else best.ops
+    n = 2
+    while len(ops) >= 2 and time.monotonic() < deadline:
+        chunk = max(1, len(ops) // n)
+        reduced = False
+        for start in range(0, len(ops), chunk):
+            candidate = ops[:start] + ops[start + chunk:]
+            f = fails(candidate)
+            if f is not None:
+                best = f
+                ops = f.ops[:f.step + 1] if f.step < len(f.ops) else f.ops
+                n = max(n - 1, 2)
+                reduced = True
+                break
+            if time.monotonic() > deadline:
+                break
+        if not reduced:
+            if chunk == 1:
+                break
+            n = min(len(ops), n * 2)
+    best.ops = ops
+    best.seed = failure.seed
+    return best
+
+
+def save(failure: Failure, path: str) -> None:
+    with open(path, "w") as fh:
+        json.dump(failure.to_json(), fh, indent=1)
+
+
+def load(path: str) -> dict:
+    with open(path) as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict) or not isinstance(data.get("ops"), list):
+        raise ValueError(f"{path}: not a pygup fuzz reproducer")
+    return data
+
+
+def replay(path: str, log: Optional[list] = None) -> Optional[Failure]:
+    data = load(path)
+    return run_ops(data["ops"], data.get("policy", "6.5"), data.get("mutants", []), log=log)

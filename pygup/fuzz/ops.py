@@ -1,0 +1,455 @@
+"""The harness's operation vocabulary: every operation is plain JSON data,
+generated from a seeded RNG against the current world, and executed by
+``apply``.  Numbers that name things (process, region, page, hold, file) are
+taken modulo what exists when the operation runs.
+"""
+from __future__ import annotations
+
+import errno
+import random
+from typing import Callable
+
+from pygup import callers
+from pygup.errors import GupError
+from pygup.flags import FOLL, MAP, PROT
+from pygup.fuzz.world import PAGE, Held, Proc, Region, Violation, World
+
+# op name -> weight in random generation
+WEIGHTS = {
+    "mmap": 6, "munmap": 2, "mprotect": 2, "fork": 2, "exit": 1,
+    "write": 20, "read": 12, "pin": 8, "get": 2, "pin_write": 8, "unpin": 5,
+    "writeback": 4, "msync": 2, "truncate": 2, "evict": 3, "migrate": 1,
+    "caller": 8, "caller_release": 2,
+}
+CALLERS = ["io_uring", "rdma", "vfio", "proc_mem_write", "proc_mem_read", "process_vm_writev",
+           "process_vm_readv", "dio_read", "dio_write", "vmsplice"]
+
+
+def generate(rng: random.Random, world: World) -> dict:
+    """One random operation for the world as it is now."""
+    names = list(WEIGHTS)
+    name = rng.choices(names, [WEIGHTS[n] for n in names])[0]
+    if not any(p.regions for p in world.procs) and name not in ("mmap", "fork", "writeback"):
+        name = "mmap"
+    r = lambda k: rng.randrange(k)    # noqa: E731
+    op: dict = {"op": name}
+    if name == "mmap":
+        kind = rng.choice(["anon", "anon", "file", "file", "file", "shared-anon", "huge",
+                           "secret"])
+        op.update(proc=r(8), kind=kind, file=r(len(world.files)), shared=rng.random() < 0.6,
+                  prot=rng.choice(["rw", "rw", "rw", "r"]), pages=rng.randint(1, 6))
+    elif name in ("munmap", "mprotect", "write", "read", "pin", "get", "migrate", "msync"):
+        op.update(proc=r(8), region=r(8), page=r(16))
+        if name == "munmap":
+            op["whole"] = rng.random() < 0.4
+        elif name == "mprotect":
+            op["prot"] = rng.choice(["rw", "r", "none"])
+        elif name == "write":
+            op["value"] = rng.getrandbits(32) | 1
+        elif name in ("pin", "get"):
+            op.update(n=rng.randint(1, 3), fast=rng.random() < 0.5,
+                      write=rng.random() < 0.6, longterm=rng.random() < 0.6)
+    elif name in ("fork", "exit"):
+        op["proc"] = r(8)
+    elif name == "pin_write":
+        op.update(hold=r(8), page=r(4), value=rng.getrandbits(32) | 1)
+    elif name == "unpin":
+        op.update(hold=r(8), dirty=rng.random() < 0.7)
+    elif name in ("truncate", "evict"):
+        op["file"] = r(len(world.files))
+        if name == "truncate":
+            op["pages"] = rng.randint(0, 8)
+    elif name == "caller":
+        op.update(name=rng.choice(CALLERS), proc=r(8), region=r(8), page=r(16),
+                  n=rng.randint(1, 3), value=rng.getrandbits(32) | 1,
+                  writable=rng.random() < 0.7)
+    elif name == "caller_release":
+        op.update(proc=r(8), name=rng.choice(["io_uring", "rdma", "vfio", "pipe"]))
+    return op
+
+
+# ---------------------------------------------------------------------------
+# execution
+
+def apply(world: World, op: dict) -> str:
+    """Run one operation; returns a short description of what happened.
+    Raises Violation when an oracle fails."""
+    fn = _OPS.get(op.get("op"))
+    if fn is None:
+        raise ValueError(f"unknown fuzz operation {op!r}")
+    world.steps += 1
+    if op["op"] in _MAY_UNSHARE:
+        world.note_cows()          # before: COWs the harness already knows of
+        out = fn(world, op)
+        world.note_cows()
+        return out
+    return fn(world, op)
+
+
+_MAY_UNSHARE = {"pin", "get", "caller"}
+
+
+def _target(world: World, op: dict):
+    """(proc, region, page, addr) or None when there is nothing to act on."""
+    if not world.procs:
+        return None
+    proc = world.proc(op["proc"])
+    region = world.region(proc, op["region"])
+    if region is None:
+        return None
+    page = op["page"] % region.pages
+    if page in region.unmapped:
+        return None                # munmapped (its address may be reused)
+    return proc, region, page, region.page_addr(page)
+
+
+def _span(region: Region, page: int, n: int) -> int:
+    """How many of n pages from `page` on are this region's and mapped (the
+    pages after them may belong to another mapping now)."""
+    k = 0
+    while k < n and page + k < region.pages and (page + k) not in region.unmapped:
+        k += 1
+    return k
+
+
+def _quiet(fn: Callable, *a, **k):
+    """Run a model call; a kernel-style failure is an outcome, not a bug."""
+    try:
+        return fn(*a, **k), None
+    except GupError as e:
+        return None, e.errno
+
+
+def op_mmap(world: World, op: dict) -> str:
+    if not world.procs:
+        return "no process"
+    proc = world.proc(op["proc"])
+    p = proc.p
+    prot = PROT.READ | (PROT.WRITE if op["prot"] == "rw" else 0)
+    kind = op["kind"]
+    pages = op["pages"]
+    if kind == "file":
+        f = world.files[op["file"] % len(world.files)]
+        flags = MAP.SHARED if op["shared"] else MAP.PRIVATE
+        addr, err = _quiet(p.mmap, pages * PAGE, prot, flags, file=f)
+        file_idx = op["file"] % len(world.files)
+    elif kind == "secret":
+        addr, err = _quiet(p.mmap, pages * PAGE, prot, MAP.SHARED,
+                           file=world.m.memfd_secret(pages * PAGE))
+        file_idx = None
+    elif kind == "huge":
+        pages = 512
+        addr, err = _quiet(p.mmap, pages * PAGE, prot, MAP.PRIVATE | MAP.ANONYMOUS | MAP.HUGETLB)
+        file_idx = None
+    else:
+        flags = MAP.ANONYMOUS | (MAP.SHARED if kind == "shared-anon" else MAP.PRIVATE)
+        addr, err = _quiet(p.mmap, pages * PAGE, prot, flags)
+        file_idx = None
+    if err:
+        return f"mmap -> {errno.errorcode[err]}"
+    shared = kind in ("shared-anon", "secret") or (kind == "file" and op["shared"])
+    region = Region(addr, pages, {"file": "file", "huge": "anon", "secret": "shared-anon"}
+                    .get(kind, kind), file_idx, shared, op["prot"] == "rw", huge=kind == "huge")
+    for i in range(pages):
+        proc.anon_truth.pop(addr + i * PAGE, None)       # fresh memory reads 0
+    proc.regions.append(region)
+    return f"mmap {kind} {pages}p at {addr:#x}"
+
+
+def op_munmap(world: World, op: dict) -> str:
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    if op["whole"] or region.huge:
+        for start, length in region.runs():
+            _quiet(proc.p.munmap, start, length)
+        proc.regions.remove(region)
+        pages = [i for i in range(region.pages) if i not in region.unmapped]
+    else:
+        _quiet(proc.p.munmap, addr, PAGE)
+        region.unmapped.add(page)
+        pages = [page]
+    for i in pages:
+        proc.anon_truth.pop(region.page_addr(i), None)
+    return f"munmap {addr:#x}"
+
+
+def op_mprotect(world: World, op: dict) -> str:
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    prot = {"rw": PROT.READ | PROT.WRITE, "r": PROT.READ, "none": PROT.NONE}[op["prot"]]
+    errs = [_quiet(proc.p.mprotect, start, length, prot)[1] for start, length in region.runs()]
+    err = next((e for e in errs if e), None)
+    if err is None:
+        region.writable = op["prot"] == "rw"
+    return f"mprotect {region.addr:#x} {op['prot']} -> {err or 0}"
+
+
+def op_fork(world: World, op: dict) -> str:
+    if not world.procs or len(world.procs) >= 4:
+        return "no fork"
+    parent = world.proc(op["proc"])
+    child, err = _quiet(parent.p.fork)
+    if err:
+        return f"fork -> {err}"
+    regions = [Region(r.addr, r.pages, r.kind, r.file, r.shared, r.writable, r.huge,
+                      set(r.unmapped)) for r in parent.regions]
+    world.procs.append(Proc(child, regions, dict(parent.anon_truth)))
+    return f"fork pid {parent.p.pid} -> {child.pid}"
+
+
+def op_exit(world: World, op: dict) -> str:
+    if len(world.procs) <= 1:
+        return "last process stays"
+    proc = world.proc(op["proc"])
+    for h in [h for h in world.held if h.proc is proc]:
+        world.release(h, dirty=False)
+    proc.p.exit()
+    world.procs.remove(proc)
+    return f"exit pid {proc.p.pid}"
+
+
+def op_write(world: World, op: dict) -> str:
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    _, err = _quiet(proc.p.write, addr, op["value"])
+    if err is None:
+        world.record_write(proc, region, page, op["value"])
+    return f"write {addr:#x} -> {err or 0}"
+
+
+def op_read(world: World, op: dict) -> str:
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    got, err = _quiet(proc.p.read, addr)
+    if err is None:
+        want = world.expected_read(proc, region, page)
+        if want is not None and got != want:
+            inv = "no-lost-write" if region.shared else "cow-isolation"
+            raise Violation(inv, f"pid {proc.p.pid} read {addr:#x}: {got:#x}, expected {want:#x}")
+    return f"read {addr:#x} -> {err or 0}"
+
+
+def _gup(world: World, op: dict, pin: bool) -> str:
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    mm = proc.p.mm
+    n = _span(region, page, op["n"])
+    flags = (FOLL.WRITE if op["write"] else 0)
+    if pin and op["longterm"]:
+        flags |= FOLL.LONGTERM
+    if pin:
+        call = mm.pin_user_pages_fast if op["fast"] else mm.pin_user_pages
+    else:
+        call = mm.get_user_pages_fast if op["fast"] else mm.get_user_pages
+    ret, pages = call(addr, n, int(flags))
+    if ret <= 0:
+        return f"{'pin' if pin else 'get'} {addr:#x} -> {ret}"
+    world.check_no_secretmem(pages)
+    world.check_policy_pin(pages, (flags | FOLL.PIN) if pin else flags)
+    if pin and not op["longterm"]:
+        # a short-term pin lives for one I/O: the device writes, then unpin
+        if op["write"]:
+            for i in range(len(pages)):
+                world.check_pin_write(pages[i])
+                pages.write(i, 0xD10 + i)
+                _record_pin_write(world, proc, region, page + i, pages[i], 0xD10 + i)
+        mm.unpin_user_pages_dirty_lock(pages, bool(op["write"]))
+        return f"short pin {addr:#x} x{ret}"
+    world.held.append(Held(proc, region, page, pages, int(flags)))
+    return f"{'pin' if pin else 'get'} {addr:#x} x{ret} held"
+
+
+def _record_pin_write(world: World, proc: Proc, region: Region, page: int, pfn: int,
+                      value: int) -> None:
+    """A write through the direct map lands wherever the frame is now: in
+    the page cache page of some file, or in the pinner's anon page."""
+    core = world.m._core
+    fi = core.frame_info(pfn)
+    if fi.mapping and not fi.mapping & 3:
+        inode = world.m._inode_by_as(fi.mapping >> 2)
+        if inode is not None and inode.find_folio(fi.index) == fi.head:
+            world.shared_truth[(inode.ino, fi.index + (pfn - fi.head))] = value
+        return
+    if fi.mapping & 3 == 1 and proc.p.alive and page not in region.unmapped \
+            and region in proc.regions:
+        addr = region.page_addr(page)
+        pte = proc.p.mm.pte(addr)
+        if pte.level and pte.pfn + ((addr >> 12) & 511 if pte.huge else 0) == pfn:
+            proc.anon_truth[addr] = value
+            if region.shared:
+                b = world.backing(proc, addr)
+                if b:
+                    world.shared_truth[(b[0].ino, b[1])] = value
+
+
+def op_pin(world: World, op: dict) -> str:
+    return _gup(world, op, True)
+
+
+def op_get(world: World, op: dict) -> str:
+    return _gup(world, {**op, "write": False}, False)
+
+
+def op_pin_write(world: World, op: dict) -> str:
+    holds = [h for h in world.held if h.pages.pinned and h.flags & FOLL.WRITE]
+    if not holds:
+        return "no writable pin"
+    h = holds[op["hold"] % len(holds)]
+    i = op["page"] % len(h.pages)
+    world.check_pin_write(h.pages[i])
+    h.pages.write(i, op["value"])
+    _record_pin_write(world, h.proc, h.region, h.page + i, h.pages[i], op["value"])
+    return f"pin write frame {h.pages[i]:#x}"
+
+
+def op_unpin(world: World, op: dict) -> str:
+    if not world.held:
+        return "nothing held"
+    h = world.held[op["hold"] % len(world.held)]
+    dirty = op["dirty"] and bool(h.flags & FOLL.WRITE)
+    world.release(h, dirty)
+    return f"unpin x{len(h.pages)} dirty={dirty}"
+
+
+def op_writeback(world: World, op: dict) -> str:
+    return f"writeback {world.m.writeback()} pages"
+
+
+def op_msync(world: World, op: dict) -> str:
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    errs = [_quiet(proc.p.msync, start, length)[1] for start, length in region.runs()]
+    return f"msync -> {next((e for e in errs if e), 0)}"
+
+
+def op_truncate(world: World, op: dict) -> str:
+    f = world.files[op["file"] % len(world.files)]
+    pages = min(op["pages"], world.FILES[op["file"] % len(world.files)][1])
+    f.truncate(pages * PAGE)
+    world.truncate_truth(f.inode, pages)
+    # truncation zaps private COW copies too (unmap_mapping_range even_cows),
+    # pinned or not
+    for h in world.held:
+        if h.region.kind == "file" and h.region.file == op["file"] % len(world.files):
+            for i in range(len(h.pages)):
+                b = world.backing(h.proc, h.region.page_addr(h.page + i)) \
+                    if h.proc.p.alive else None
+                if b and b[1] >= pages:
+                    h.detached.add((h.page + i) % h.region.pages)
+    for proc in world.procs:
+        for region in proc.regions:
+            vma_file = region.kind == "file" and region.file == op["file"] % len(world.files)
+            if vma_file and not region.shared:
+                for i in range(region.pages):
+                    b = world.backing(proc, region.page_addr(i))
+                    if b and b[1] >= pages:
+                        proc.anon_truth.pop(region.page_addr(i), None)
+    return f"truncate {f.name} to {pages}p"
+
+
+def op_evict(world: World, op: dict) -> str:
+    f = world.files[op["file"] % len(world.files)]
+    return f"evict {world.m.evict(f)}"
+
+
+def op_migrate(world: World, op: dict) -> str:
+    from pygup.migrate import migrate_folio
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    pte = proc.p.mm.pte(addr)
+    if not pte.level or pte.special:
+        return "not mapped"
+    with world.m._op() as cpu:
+        ok = migrate_folio(world.m, pte.pfn, cpu)
+    return f"migrate {addr:#x} -> {ok}"
+
+
+def op_caller(world: World, op: dict) -> str:
+    t = _target(world, op)
+    if t is None:
+        return "nothing mapped"
+    proc, region, page, addr = t
+    p = proc.p
+    n = _span(region, page, op["n"])
+    name = op["name"]
+    value = op["value"]
+    if name in ("io_uring", "rdma", "vfio"):
+        if name == "io_uring" and p.held.get("io_uring"):
+            return "io_uring: already registered"
+        before = len(p.held.get(name, []))
+        if name == "io_uring":
+            ret = callers.io_uring_register_buffers(p, addr, n * PAGE)
+        elif name == "rdma":
+            ret = callers.rdma_umem_get(p, addr, n * PAGE, op["writable"])
+        else:
+            ret = callers.vfio_pin(p, addr, n * PAGE, op["writable"])
+        for pages in p.held.get(name, [])[before:]:
+            world.check_no_secretmem(pages)
+            if name == "io_uring" or op["writable"]:
+                world.check_policy_pin(pages, FOLL.LONGTERM | FOLL.WRITE)
+    elif name == "proc_mem_write":
+        ret = callers.proc_mem_write(p, addr, value)
+        if ret == 8:
+            world.record_write(proc, region, page, value)
+    elif name == "proc_mem_read":
+        ret = callers.proc_mem_read(p, addr)
+        want = world.expected_read(proc, region, page)
+        if ret >= 0 and want is not None and ret != want:
+            raise Violation("cow-isolation", f"/proc/pid/mem read {addr:#x}: {ret:#x}, "
+                            f"expected {want:#x}")
+    elif name == "process_vm_writev":
+        ret = callers.process_vm_writev(p, addr, value)
+        if ret == 8:
+            world.record_write(proc, region, page, value)
+    elif name == "process_vm_readv":
+        ret = callers.process_vm_readv(p, addr)
+        want = world.expected_read(proc, region, page)
+        if ret >= 0 and want is not None and ret != want:
+            raise Violation("cow-isolation", f"process_vm_readv {addr:#x}: {ret:#x}, "
+                            f"expected {want:#x}")
+    elif name == "dio_read":
+        ret = callers.o_direct_read(p, addr, n * PAGE, value)
+        for i in range(max(0, ret) // PAGE):
+            world.record_write(proc, region, page + i, value)
+    elif name == "dio_write":
+        ret = callers.o_direct_write(p, addr, n * PAGE)
+    elif name == "vmsplice":
+        before = len(p.held.get("pipe", []))
+        ret = callers.vmsplice(p, addr, n * PAGE)
+        for pages in p.held.get("pipe", [])[before:]:
+            world.check_no_secretmem(pages)
+    else:
+        raise ValueError(f"unknown caller {name!r}")
+    return f"{name} {addr:#x} -> {ret}"
+
+
+def op_caller_release(world: World, op: dict) -> str:
+    if not world.procs:
+        return "no process"
+    p = world.proc(op["proc"]).p
+    name = op["name"]
+    if name == "io_uring":
+        return f"io_uring unregister -> {callers.io_uring_unregister_buffers(p)}"
+    if name == "rdma":
+        return f"rdma release {callers.rdma_umem_release(p)}"
+    if name == "vfio":
+        return f"vfio unpin {callers.vfio_unpin(p)}"
+    callers.pipe_read(p)
+    return "pipe read"
+
+
+_OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}

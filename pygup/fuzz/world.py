@@ -1,0 +1,370 @@
+"""The fuzzing harness's world: a small machine, the harness's record of
+what every page should hold, the pins it holds, and the oracles — the seven
+invariants of DESIGN.md, checked after every step and in full at the end.
+
+Operations refer to things by small indices taken modulo what exists when
+they run (process 3 of 2 is process 1), so a sequence stays executable after
+the shrinker deletes steps from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from pygup._native import C
+from pygup.errors import GupError, InvariantError
+from pygup.flags import FOLL, MAP, PROT
+from pygup.machine import Machine
+
+PAGE = C.PAGE_SIZE
+FILE_PAGES = 8
+
+
+class Violation(Exception):
+    """An invariant failed: which one, where, and what was seen."""
+
+    def __init__(self, invariant: str, detail: str, frame: Optional[int] = None) -> None:
+        super().__init__(f"[{invariant}] {detail}")
+        self.invariant = invariant
+        self.detail = detail
+        self.frame = frame
+
+
+@dataclasses.dataclass(eq=False)
+class Region:
+    """One mmap() the harness made, and which of its pages are still mapped."""
+
+    addr: int
+    pages: int
+    kind: str              # "anon", "shared-anon", "file"
+    file: Optional[int]    # index into World.files
+    shared: bool
+    writable: bool
+    huge: bool = False
+    unmapped: set = dataclasses.field(default_factory=set)
+
+    def page_addr(self, page: int) -> int:
+        return self.addr + (page % self.pages) * PAGE
+
+    def runs(self):
+        """(address, length) of each stretch of pages still mapped: a page
+        munmapped alone may belong to a newer mapping now."""
+        start = None
+        for page in range(self.pages + 1):
+            mapped = page < self.pages and page not in self.unmapped
+            if mapped and start is None:
+                start = page
+            elif not mapped and start is not None:
+                yield self.page_addr(start), (page - start) * PAGE
+                start = None
+
+
+@dataclasses.dataclass(eq=False)
+class Held:
+    """Pages a GUP caller keeps between steps (long-term pins, vmsplice refs)."""
+
+    proc: "Proc"
+    region: Region
+    page: int              # first page of the region pinned
+    pages: object          # pygup.gup.Pages
+    flags: int
+    # pages the kernel itself unmapped from the pinner (truncate zaps private
+    # COW copies beyond EOF): the pin lives on, detached from the mapping
+    detached: set = dataclasses.field(default_factory=set)
+
+
+class Proc:
+    def __init__(self, process, regions=None, anon_truth=None) -> None:
+        self.p = process
+        self.regions: list[Region] = regions or []
+        # expected content of private pages (anon or COWed file), by address
+        self.anon_truth: dict[int, int] = anon_truth or {}
+
+
+class World:
+    FILES = [("ext4", FILE_PAGES), ("tmpfs", FILE_PAGES), ("xfs", 4), ("ramfs", 4)]
+
+    def __init__(self, policy: str = "6.5", mutants=(), table_free: str = "rcu") -> None:
+        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=4,
+                         table_free=table_free, mutants=mutants)
+        self.policy = self.m.policy
+        self.fss = {}
+        self.files = []
+        for preset, pages in self.FILES:
+            fs = self.fss.get(preset) or self.m.mount(preset)
+            self.fss[preset] = fs
+            self.files.append(fs.create(f"f{len(self.files)}", pages * PAGE))
+        # expected content of shared pages: (inode number, index) -> value
+        self.shared_truth: dict[tuple[int, int], int] = {}
+        self.procs: list[Proc] = [Proc(self.m.spawn())]
+        self.held: list[Held] = []
+        self.steps = 0
+
+    # -- lookups by index ------------------------------------------------------------
+    def proc(self, i: int) -> Proc:
+        return self.procs[i % len(self.procs)]
+
+    def region(self, proc: Proc, i: int) -> Optional[Region]:
+        return proc.regions[i % len(proc.regions)] if proc.regions else None
+
+    # -- truth ----------------------------------------------------------------------
+    def backing(self, proc: Proc, addr: int):
+        """(inode, page index) of the file (or shmem) page behind addr."""
+        vma = proc.p.mm.find_vma(addr)
+        if vma is None or vma.vm_file is None:
+            return None
+        return vma.vm_file, vma.page_index(addr)
+
+    def record_write(self, proc: Proc, region: Region, page: int, value: int) -> None:
+        addr = region.page_addr(page)
+        if region.shared:
+            inode, index = self.backing(proc, addr)
+            self.shared_truth[(inode.ino, index)] = value
+        else:
+            proc.anon_truth[addr] = value
+
+    def expected_read(self, proc: Proc, region: Region, page: int) -> Optional[int]:
+        addr = region.page_addr(page)
+        if addr in proc.anon_truth and not region.shared:
+            return proc.anon_truth[addr]           # private (or COWed) memory
+        b = self.backing(proc, addr)
+        if b is None:
+            return 0
+        inode, index = b
+        if index >= inode.nr_pages():
+            return None                            # SIGBUS territory
+        return self.shared_truth.get((inode.ino, index), 0)
+
+    def note_cows(self) -> None:
+        """GUP may break COW without a user write (an unshare for a R/O long-term
+        pin, a FOLL_FORCE fault): a private file page that is anonymous now
+        keeps what the file held when it was copied."""
+        core = self.m._core
+        for proc in self.procs:
+            for region in proc.regions:
+                if region.kind != "file" or region.shared:
+                    continue
+                for page in range(region.pages):
+                    addr = region.page_addr(page)
+                    if page in region.unmapped or addr in proc.anon_truth:
+                        continue
+                    pte = proc.p.mm.pte(addr)
+                    if pte.level and not pte.special and \
+                            core.frame_info(pte.pfn).mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
+                        b = self.backing(proc, addr)
+                        proc.anon_truth[addr] = self.shared_truth.get((b[0].ino, b[1]), 0)
+
+    def truncate_truth(self, inode, pages: int) -> None:
+        for key in [k for k in self.shared_truth if k[0] == inode.ino and k[1] >= pages]:
+            del self.shared_truth[key]
+
+    # -- the oracles ----------------------------------------------------------------------
+    def check_step(self) -> None:
+        """Invariants 1, 4, 6, 7 after every step (4 is the C core's)."""
+        try:
+            self.m.check()
+        except InvariantError as e:
+            raise core_violation(e) from None
+        self.check_refcounts()
+        self.check_pinned_anon_stays()
+
+    def expected_refcounts(self) -> tuple[np.ndarray, np.ndarray]:
+        """What every owner holds: page cache, page-table leaves, held pins,
+        device memory.  Returns (refcount per head frame, mapcount per frame)."""
+        core = self.m._core
+        n = core.nr_frames
+        ref = np.zeros(n, np.int64)
+        mapc = np.zeros(n, np.int64)
+        for inode in list(self.m._inodes.values()):
+            if inode.released:
+                continue
+            for head in inode.page_cache.values():
+                ref[head] += 1
+        for proc in self.procs:
+            mm = proc.p.mm
+            for vma in mm.vmas:
+                addrs, ptes = core.range_leaves(mm.id, vma.vm_start, vma.vm_end)
+                live = (ptes & (C.PTE_PRESENT | C.PTE_PROTNONE)) != 0
+                live &= (ptes & C.PTE_SPECIAL) == 0
+                pfns = ((ptes & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT).astype(np.int64)
+                huge = (ptes & C.PTE_HUGE) != 0
+                # a PMD leaf is one mapping of its folio, counted on the head
+                first = huge & ((addrs & ((1 << C.PMD_SHIFT) - 1)) == 0)
+                heads = np.where(huge, pfns & ~(C.PMD_NR - 1), pfns)
+                take = live & (~huge | first)
+                np.add.at(ref, heads[take], 1)
+                np.add.at(mapc, heads[take], 1)
+        for proc in self.procs:
+            for pages_list in proc.p.held.values():       # callers' holds
+                for pages in pages_list:
+                    self._count_hold(ref, pages)
+        for h in self.held:
+            self._count_hold(ref, h.pages)
+        for pfn in self.m.device_frames:
+            ref[pfn] += 1
+        return ref, mapc
+
+    def _count_hold(self, ref: np.ndarray, pages) -> None:
+        core = self.m._core
+        for pfn in pages:
+            fi = core.frame_info(pfn)
+            if fi.flags & C.F_ZERO:
+                continue
+            if pages.pinned and not fi.order:
+                ref[fi.head] += C.GUP_PIN_COUNTING_BIAS
+            else:
+                ref[fi.head] += 1
+
+    def check_refcounts(self) -> None:
+        """Invariant 1: every frame's refcount equals what its owners hold."""
+        snap = self.m._core.snapshot()
+        ref, mapc = self.expected_refcounts()
+        actual = snap["refcount"].astype(np.int64)
+        flags = snap["flags"]
+        counted = ((flags & C.F_ZERO) == 0) & ((flags & C.F_TAIL) == 0)
+        bad = np.nonzero(counted & (actual != ref))[0]
+        if len(bad):
+            pfn = int(bad[0])
+            raise Violation("refcount-balance", f"frame {pfn:#x}: refcount {int(actual[pfn])}, "
+                            f"owners hold {int(ref[pfn])} ({len(bad)} frames differ)", pfn)
+        if (actual < 0).any():
+            pfn = int(np.nonzero(actual < 0)[0][0])
+            raise Violation("refcount-balance", f"frame {pfn:#x} has a negative refcount", pfn)
+        badm = np.nonzero(((flags & C.F_ZERO) == 0) & (snap["mapcount"].astype(np.int64) != mapc))[0]
+        if len(badm):
+            pfn = int(badm[0])
+            raise Violation("refcount-balance", f"frame {pfn:#x}: mapcount "
+                            f"{int(snap['mapcount'][pfn])}, page tables map it {int(mapc[pfn])} times",
+                            pfn)
+
+    def check_pinned_anon_stays(self) -> None:
+        """Invariant 6: a pinned anonymous page stays mapped, exclusive, in
+        its pinner (unless the pinner itself unmapped it)."""
+        core = self.m._core
+        for h in self.held:
+            if not h.pages.pinned or not h.proc.p.alive or h.region not in h.proc.regions:
+                continue
+            for i, pfn in enumerate(h.pages):
+                page = (h.page + i) % h.region.pages
+                if page in h.region.unmapped or page in h.detached:
+                    continue
+                fi = core.frame_info(pfn)
+                if fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON:
+                    continue
+                addr = h.region.page_addr(page)
+                pte = h.proc.p.mm.pte(addr)
+                if pte.level == 0:
+                    continue                        # reclaimed nothing: anon stays
+                mapped = pte.pfn + (((addr >> C.PAGE_SHIFT) & (C.PMD_NR - 1)) if pte.huge else 0)
+                if mapped != pfn:
+                    raise Violation("pinned-anon-stays",
+                                    f"pid {h.proc.p.pid} {addr:#x}: pinned frame {pfn:#x} but "
+                                    f"maps {mapped:#x} (COW took it away)", pfn)
+                head = core.frame_info(fi.head)
+                excl = (head if fi.flags & C.F_HUGETLB else fi).flags & C.F_ANON_EXCLUSIVE
+                if not excl:
+                    raise Violation("pinned-anon-stays",
+                                    f"pid {h.proc.p.pid} {addr:#x}: pinned frame {pfn:#x} is "
+                                    "not exclusive (shared with a child)", pfn)
+
+    def check_policy_pin(self, pages, flags: int) -> None:
+        """Invariant 7: under the 6.5 policy no FOLL_LONGTERM|FOLL_WRITE pin
+        exists on a folio of a dirty-tracked mapping."""
+        if not self.policy.writable_file_mapping_check:
+            return
+        if (flags & (FOLL.LONGTERM | FOLL.WRITE)) != FOLL.LONGTERM | FOLL.WRITE:
+            return
+        core = self.m._core
+        for pfn in pages:
+            fi = core.frame_info(pfn)
+            if fi.mapping and not fi.mapping & C.MAPPING_FLAGS:
+                kind = core.as_kind(fi.mapping >> 2)
+                if kind >= 0 and kind & C.AS_DIRTY_TRACKED:
+                    raise Violation("policy", f"long-term writable pin of frame {pfn:#x} of a "
+                                    "dirty-tracked file", pfn)
+
+    def check_no_secretmem(self, pages) -> None:
+        """BUGS #9: no GUP ever returns a secretmem folio (it is not in the
+        kernel's direct map; touching it through the pin would crash)."""
+        core = self.m._core
+        for pfn in pages:
+            fi = core.frame_info(pfn)
+            if fi.mapping and not fi.mapping & C.MAPPING_FLAGS:
+                kind = core.as_kind(fi.mapping >> 2)
+                if kind >= 0 and kind & C.AS_SECRETMEM:
+                    raise Violation("no-secretmem", f"GUP returned secretmem frame {pfn:#x}", pfn)
+
+    def check_pin_write(self, pfn: int) -> None:
+        """Invariant 3 for the direct map: a write through a pin to a clean
+        folio of a dirty-tracked file, with no page_mkwrite since its clean."""
+        core = self.m._core
+        fi = core.frame_info(pfn)
+        if not fi.mapping or fi.mapping & C.MAPPING_FLAGS:
+            return
+        kind = core.as_kind(fi.mapping >> 2)
+        if kind >= 0 and kind & C.AS_DIRTY_TRACKED and not fi.flags & (C.F_DIRTY | C.F_MKWRITE):
+            raise Violation("write-notify-bypass", f"write through a pin to clean frame "
+                            f"{pfn:#x} of a dirty-tracked file (no page_mkwrite since writeback)",
+                            pfn)
+
+    def final_check(self) -> None:
+        """In full at the end: release every hold, sync, drop the page cache,
+        compare every file page with the last write, exit, audit, leak check."""
+        for h in list(self.held):
+            self.release(h, dirty=True)
+        self.check_step()
+        self.m.writeback()
+        for i, f in enumerate(self.files):
+            self.m.evict(f)
+        for i, f in enumerate(self.files):
+            for page in range(f.inode.nr_pages()):
+                want = self.shared_truth.get((f.inode.ino, page), 0)
+                pfn = f.inode.find_folio(page)
+                got = (self.m._core.frame_read(pfn + page - f.inode.folio_start(page))
+                       if pfn is not None else f.disk(page))
+                if got != want:
+                    raise Violation("no-lost-write", f"{f.inode.describe()} page {page}: "
+                                    f"last write {want:#x}, file holds {got:#x}")
+        for proc in list(self.procs):
+            proc.p.exit()
+        self.procs = []
+        for f in self.files:
+            f.truncate(0)
+        self.m._core.rcu_barrier(0)
+        self.check_step()
+        st = self.m.stats()
+        free = st["nr_free_normal"] + st["nr_free_movable"]
+        want_free = st["nr_frames"] - 1 - len(self.m.device_frames)   # the zero page
+        if free != want_free:
+            raise Violation("refcount-balance", f"leak: {want_free - free} frames still "
+                            "allocated after every process exited and every file was emptied")
+
+    # -- holds ---------------------------------------------------------------------------
+    def release(self, h: Held, dirty: bool) -> None:
+        self.held.remove(h)
+        mm = h.proc.p.mm
+        if h.pages.pinned:
+            mm.unpin_user_pages_dirty_lock(h.pages, dirty)
+        else:
+            mm.put_page(h.pages)
+
+
+def core_violation(e: InvariantError) -> Violation:
+    """Name the invariant a C-core violation message is about."""
+    text = str(e)
+    for needle, inv in (("write-notify bypass", "write-notify-bypass"),
+                        ("stale TLB", "no-stale-tlb"), ("use-after-free", "no-use-after-free"),
+                        ("refcount", "refcount-balance"), ("put of", "refcount-balance")):
+        if needle in text:
+            return Violation(inv, text)
+    return Violation("core-invariant", text)
+
+
+def new_region(addr: int, pages: int, kind: str, file: Optional[int], shared: bool,
+               writable: bool, huge: bool = False) -> Region:
+    return Region(addr, pages, kind, file, shared, writable, huge)
+
+
+__all__ = ["World", "Region", "Held", "Proc", "Violation", "GupError", "MAP", "PROT"]
