@@ -404,6 +404,24 @@ def io_uring_status() -> Optional[str]:
     return None if rc == 0 else f"io_uring_setup: {errno_name(rc)}"
 
 
+def proc_mem_force_status() -> Optional[str]:
+    """None when /proc/self/mem writes use FOLL_FORCE here (a forced write
+    into a read-only private page works), else why not: kernels built with
+    PROC_MEM_NO_FORCE / PROC_MEM_FORCE_PTRACE or booted with
+    proc_mem.force_override=never|ptrace do not force."""
+    rc, addr = H.mmap(PAGE, int(PROT.READ), int(MAP.PRIVATE | MAP.ANONYMOUS))
+    if rc:
+        return f"mmap: {errno_name(rc)}"
+    try:
+        ret = H.proc_mem_write(addr, VALUE)
+    finally:
+        H.munmap(addr, PAGE)
+    if ret == 8:
+        return None
+    return (f"/proc/self/mem does not force writes here ({errno_name(ret)}): "
+            "proc_mem.force_override / CONFIG_PROC_MEM_*")
+
+
 class HostBacking:
     """How to get a fresh file (an fd) of one backing for each cell."""
 
@@ -534,6 +552,8 @@ class HostEnv:
         out = {}
         for name, b in self.backings.items():
             out[name] = f"{b.fs or name} (pygup {b.preset or name})"
+        if self.odirect_where:
+            out["O_DIRECT source"] = self.odirect_where
         return out
 
     # -- set-up ----------------------------------------------------------------
@@ -544,6 +564,10 @@ class HostEnv:
         why = io_uring_status()
         if why:
             self.method_skipped["io_uring"] = why
+        why = proc_mem_force_status()
+        if why:
+            self.method_skipped["proc_mem_write"] = why
+            self.method_skipped["proc_mem_read"] = why
         self._setup_workdir()
         self._setup_odirect()
         for name in self.wanted:
