@@ -182,7 +182,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "xfs, btrfs, ramfs, hugetlbfs, secretmem, readonly)")
     o.add_argument("--policy", default=None,
                    help="pygup policy (default: the preset nearest the host kernel)")
+    fz = sub.add_parser("fuzz", help="the fuzzing harness: seeded campaigns, replay, selftest")
+    from pygup.fuzz.campaign import add_arguments as fuzz_arguments
+    fuzz_arguments(fz)
     args = parser.parse_args(argv)
+    if args.cmd == "fuzz":
+        from pygup.fuzz.campaign import run as fuzz_run
+        return fuzz_run(args)
     if args.cmd == "demo":
         demo()
     elif args.cmd == "world":

@@ -559,6 +559,9 @@ class Process:
             vmas = self.mm.vmas_in(start, end)
             for vma in vmas:
                 if flags & MS.SYNC and vma.vm_file is not None and vma.vm_flags & VM.SHARED:
+                    if not vma.vm_file.fs.fstype.fsync:
+                        # vfs_fsync_range(): no ->fsync (secretmem) is -EINVAL
+                        raise GupError(errno.EINVAL, f"{vma.vm_file.describe()} has no fsync")
                     first = vma.page_index(max(start, vma.vm_start))
                     last = vma.page_index(min(end, vma.vm_end) - 1)
                     writeback_inode(vma.vm_file, first, last + 1)

@@ -270,20 +270,6 @@ def _live_reason():
 
 LIVE_SKIP = _live_reason()
 
-# pygup bugs the oracle found that live outside callers.py / fs.py, reported
-# for a fix in the core; remove an entry when its cells agree (the xfail
-# below turns into an error then).
-PENDING = {
-    ("secretmem", "msync"): "Process.msync (mm.py) ignores FsType.fsync: msync(MS_SYNC) of "
-                            "a shared secretmem mapping is -EINVAL (no ->fsync), pygup "
-                            "succeeds",
-}
-
-
-def _pending(r: CellResult) -> bool:
-    return (r.cell.backing, r.cell.variant) in PENDING
-
-
 @pytest.fixture(scope="module")
 def live_report() -> Report:
     if LIVE_SKIP:
@@ -299,7 +285,7 @@ def live_report() -> Report:
 def test_live_matrix_agrees(live_report):
     rep = live_report
     assert rep.policy == host.nearest_policy(os.uname().release)
-    wrong = [r for r in rep.undocumented if not _pending(r)]
+    wrong = list(rep.undocumented)
     assert not wrong, "\n".join(f"{r.cell.key}: host {r.host}, pygup {r.pygup}\n{r.explain}"
                                 for r in wrong)
     compared = sum(c["compared"] for c in rep.counts().values())
@@ -315,11 +301,6 @@ def test_live_seed_cells(live_report):
         if r is None:
             pytest.skip(live_report.skipped.get(backing, f"{backing} not run"))
         assert (r.host, r.pygup) == (want, want)
-
-
-@pytest.mark.xfail(reason="pending core fixes, see PENDING", strict=True)
-def test_live_pending_fixed(live_report):
-    assert not [r for r in live_report.disagreements if _pending(r)]
 
 
 @pytest.mark.skipif(not LINUX, reason="Linux only")

@@ -206,3 +206,15 @@ def test_private_hugetlb_cow(machine):
     c.write(a, 2)
     assert (p.read(a), c.read(a)) == (1, 2)
     assert p.mm.pte(a).pfn != c.mm.pte(a).pfn
+
+
+def test_msync_of_secretmem_is_einval(machine):
+    """vfs_fsync_range() refuses a file without ->fsync (secretmem_fops has
+    none): msync(MS_SYNC) of a shared secretmem mapping is -EINVAL.  Found by
+    the live-kernel oracle."""
+    p = machine.spawn()
+    a = p.mmap(4096, RW, MAP.SHARED, file=machine.memfd_secret(4096))
+    with pytest.raises(GupError) as e:
+        p.msync(a, 4096)
+    assert e.value.errno == errno.EINVAL
+    p.msync(a, 4096, MS.ASYNC)           # MS_ASYNC does not fsync

@@ -1,0 +1,221 @@
+"""``pygup fuzz``: seeded campaigns over worker processes and shards, a
+progress bar, a summary, reproducers for what is found, and ``--selftest``,
+which proves the harness finds the 6.4 bug and every protection switch."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+from typing import Optional
+
+from pygup.fuzz.driver import Failure, replay, run_seed, save, shrink
+from pygup.mutants import MUTANTS
+
+OPS_PER_SEED = 300
+
+
+@dataclasses.dataclass
+class Result:
+    policy: str
+    mutants: list[str]
+    ops: int
+    seeds: int
+    seconds: float
+    failure: Optional[dict] = None       # the shrunk reproducer, as saved
+    reproducer: Optional[str] = None
+    found_after_ops: Optional[int] = None
+    found_after_s: Optional[float] = None
+
+
+def _seeds(seed: int, shard: tuple[int, int], worker: int, workers: int):
+    """Seeds of one worker of one shard: disjoint across both."""
+    i, n = shard
+    k = 0
+    while True:
+        yield seed + i + n * (worker + workers * k)
+        k += 1
+
+
+def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q) -> None:
+    done = 0
+    for s in _seeds(seed, shard, worker, workers):
+        if time.monotonic() > deadline or (max_ops and done >= max_ops):
+            break
+        failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline)
+        done += n
+        q.put(("ops", n))
+        if failure is not None:
+            q.put(("failure", failure))
+            return
+    q.put(("done", worker))
+
+
+def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: int = 1,
+             seed: int = 0, shard: tuple[int, int] = (0, 1), max_ops: int = 0,
+             out_dir: str = ".", progress: bool = True, shrink_s: float = 30.0) -> Result:
+    """Run until the time budget (or max_ops in total) is spent or a
+    violation is found; a violation is shrunk and saved as JSON."""
+    start = time.monotonic()
+    deadline = start + seconds
+    per_worker = -(-max_ops // workers) if max_ops else 0
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(policy, list(mutants), seed, shard, w, workers,
+                                               deadline, per_worker, q), daemon=True)
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=max_ops or None, unit="op", desc=f"fuzz {policy}"
+                   + (f" +{','.join(mutants)}" if mutants else ""), file=sys.stderr,
+                   dynamic_ncols=True)
+    ops = seeds = finished = 0
+    failure: Optional[Failure] = None
+    found_after = None
+    while finished < workers and failure is None:
+        try:
+            kind, val = q.get(timeout=0.5)
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):
+                break
+            continue
+        if kind == "ops":
+            ops += val
+            seeds += 1
+            if bar is not None:
+                bar.update(val)
+                bar.set_postfix(violations=0)
+        elif kind == "failure":
+            failure = val
+            found_after = (ops, time.monotonic() - start)
+        else:
+            finished += 1
+    for p in procs:
+        p.terminate() if failure is not None else None
+        p.join(timeout=5)
+    if bar is not None:
+        bar.set_postfix(violations=int(failure is not None))
+        bar.close()
+    res = Result(policy, sorted(mutants), ops, seeds, time.monotonic() - start)
+    if failure is not None:
+        small = shrink(failure, shrink_s)
+        os.makedirs(out_dir, exist_ok=True)
+        tag = "-".join([policy] + sorted(mutants))
+        path = os.path.join(out_dir, f"pygup-repro-{tag}-{small.invariant}.json")
+        save(small, path)
+        res.failure = small.to_json()
+        res.reproducer = path
+        res.found_after_ops, res.found_after_s = found_after
+    return res
+
+
+# ---------------------------------------------------------------------------
+# selftest
+
+def selftest(budget_s: float = 60.0, clean_ops: int = 1_000_000, workers: int = 1,
+             out_dir: str = ".", progress: bool = False) -> tuple[list[dict], bool]:
+    """For the 6.4 policy and each protection switch: run until the first
+    violation (at most budget_s).  Then the 6.5 policy with no switch for
+    clean_ops operations: it must stay clean."""
+    rows = []
+    ok = True
+    targets = [("6.4", ())] + [("6.5", (name,)) for name in MUTANTS]
+    for policy, mutants in targets:
+        r = campaign(policy, mutants, budget_s, workers, 0, (0, 1), 0, out_dir, progress)
+        found = r.failure is not None
+        ok &= found
+        rows.append({"target": f"policy {policy}" if not mutants else mutants[0],
+                     "found": found, "invariant": r.failure["invariant"] if found else "-",
+                     "seconds": round(r.found_after_s, 2) if found else round(r.seconds, 1),
+                     "ops": r.found_after_ops if found else r.ops,
+                     "reproducer_ops": len(r.failure["ops"]) if found else None})
+    clean = campaign("6.5", (), 10 * 3600, workers, 10_000, (0, 1), clean_ops, out_dir, progress)
+    ok &= clean.failure is None
+    rows.append({"target": "policy 6.5 (clean run)", "found": clean.failure is not None,
+                 "invariant": clean.failure["invariant"] if clean.failure else "none",
+                 "seconds": round(clean.seconds, 1), "ops": clean.ops, "reproducer_ops": None})
+    return rows, ok
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"| {'target':<26} | {'invariant that fired':<22} | {'seconds':>8} | {'ops':>9} | {'repro ops':>9} |"
+    sep = "|" + "|".join("-" * (w + 2) for w in (26, 22, 8, 9, 9)) + "|"
+    lines = [head, sep]
+    for r in rows:
+        repro = "-" if r["reproducer_ops"] is None else str(r["reproducer_ops"])
+        inv = r["invariant"] if r["found"] or r["target"].startswith("policy 6.5 (clean") \
+            else "NOT FOUND"
+        lines.append(f"| {r['target']:<26} | {inv:<22} | {r['seconds']:>8} | {r['ops']:>9} | "
+                     f"{repro:>9} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# the command
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
+    ap.add_argument("--policy", default="6.5", choices=["6.4", "6.5", "6.14"])
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="worker processes (default: every core)")
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--mutant", action="append", default=[], choices=sorted(MUTANTS),
+                    help="re-plant a historic bug (repeatable)")
+    ap.add_argument("--shard", default="0/1", help="I/N: this machine's share of the seeds")
+    ap.add_argument("--max-ops", type=int, default=0, help="stop after this many operations")
+    ap.add_argument("--replay", metavar="FILE", help="rerun a reproducer deterministically")
+    ap.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    ap.add_argument("--out-dir", default=".", help="where reproducers go")
+    ap.add_argument("--selftest", action="store_true",
+                    help="prove the harness finds the 6.4 bug and every protection switch")
+    ap.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.replay:
+        log: list[str] = []
+        f = replay(args.replay, log)
+        print("\n".join(log))
+        if f is None:
+            print("replay: no violation")
+            return 0
+        print(f"replay: [{f.invariant}] {f.detail} at step {f.step}")
+        return 1
+    if args.workers < 1:
+        raise SystemExit("pygup fuzz: --workers must be >= 1")
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise SystemExit(f"pygup fuzz: --shard must be I/N with 0 <= I < N, got {args.shard!r}")
+    if args.selftest:
+        rows, ok = selftest(args.seconds, args.max_ops or 1_000_000, args.workers, args.out_dir,
+                            not args.no_progress)
+        print(format_table(rows))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=1)
+        return 0 if ok else 1
+    r = campaign(args.policy, args.mutant, args.seconds, args.workers, args.seed, (i, n),
+                 args.max_ops, args.out_dir, not args.no_progress)
+    rate = r.ops / r.seconds if r.seconds else 0
+    print(f"pygup fuzz: policy {r.policy}{' mutants ' + ','.join(r.mutants) if r.mutants else ''}:"
+          f" {r.ops} ops over {r.seeds} seeds in {r.seconds:.1f}s ({rate:.0f} ops/s, "
+          f"{args.workers} workers)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dataclasses.asdict(r), fh, indent=1)
+    if r.failure:
+        print(f"VIOLATION [{r.failure['invariant']}] {r.failure['detail']}")
+        print(f"reproducer ({len(r.failure['ops'])} ops): {r.reproducer}")
+        print(f"replay with: pygup fuzz --replay {r.reproducer}")
+        return 1
+    print("no violation")
+    return 0
