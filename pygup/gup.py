@@ -17,7 +17,7 @@ import numpy as np
 
 from pygup._native import C
 from pygup.fault import handle_mm_fault, pte_pfn
-from pygup.flags import FOLL, VM, GupError, errno_name, flag_names
+from pygup.flags import FOLL, VM, GupError, InvariantError, errno_name, flag_names
 from pygup.vma import (
     VMA,
     is_cow_mapping,
@@ -116,11 +116,19 @@ def is_valid_gup_args(has_pages: bool, locked: Optional[int], gup_flags: int,
 # ---------------------------------------------------------------------------
 # VMA checks
 
-def writable_file_mapping_allowed(vma: VMA, gup_flags: int) -> bool:
+def writable_file_mapping_allowed(vma: VMA, gup_flags: int, mutants=frozenset()) -> bool:
     """/* mirrors writable_file_mapping_allowed() */ (6.5, patch 2): only a
     long-term pin (PIN *and* LONGTERM) of a dirty-tracked mapping is refused."""
-    if (gup_flags & (FOLL.PIN | FOLL.LONGTERM)) != (FOLL.PIN | FOLL.LONGTERM):
+    both = FOLL.PIN | FOLL.LONGTERM
+    if "pin_or_longterm" in mutants:             # v7: either flag was enough
+        if not gup_flags & both:
+            return True
+    elif (gup_flags & both) != both:
         return True
+    if "private_not_excluded" in mutants:        # v8: private mappings not excluded
+        return not (vma.vm_file is not None and vma.vm_flags & VM.MAYWRITE
+                    and vma.vm_ops is not None and (vma.vm_ops.page_mkwrite
+                                                    or vma.vm_file.fs.fstype.writeback))
     return not vma_needs_dirty_tracking(vma)
 
 
@@ -143,7 +151,8 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
         return -errno.EFAULT
     if write:
         if policy.writable_file_mapping_check:
-            allowed = anon or writable_file_mapping_allowed(vma, gup_flags)
+            allowed = anon or writable_file_mapping_allowed(vma, gup_flags,
+                                                            vma.vm_mm.machine.mutants)
             fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
             if trace.check("writable_file_mapping_allowed", not allowed, errno.EFAULT,
                            anon=anon, longterm_pin=(gup_flags & (FOLL.PIN | FOLL.LONGTERM))
@@ -197,6 +206,8 @@ def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int, core=None) -> b
     F = vma.vm_flags
     if F & (VM.SHARED | VM.MAYSHARE) or not F & VM.MAYWRITE or F & VM.WRITE:
         return False
+    if "force_write_any_page" in vma.vm_mm.machine.mutants:
+        return True                  # Dirty COW: the COW is not required
     if not _is_anon(fi):
         return False
     return page_anon_exclusive(core, fi)
@@ -249,7 +260,8 @@ def follow_page_mask(mm: "MM", vma: VMA, addr: int, gup_flags: int) -> int:
             return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
         if gup_flags & FOLL.DUMP:
             return -errno.EFAULT
-    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core):
+    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core) \
+            and "no_unshare" not in mm.machine.mutants:
         return _FOLLOW_UNSHARE
     rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
     if rc < 0:
@@ -469,7 +481,14 @@ class Pages:
         tracking — the pin holder's write that the seed is about."""
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
             raise ValueError(f"value must be a 64-bit unsigned int, got {value!r}")
-        self._machine._core.frame_write(self._frame(i), value)
+        pfn = self._frame(i)
+        try:
+            self._machine._core.frame_write(pfn, value)
+        except GupError as e:
+            if e.errno == errno.EPERM:     # the core refuses: it is the zero page
+                raise InvariantError(f"write through a pin to the shared zero page "
+                                     f"(frame {pfn:#x}): a write pin must COW first") from None
+            raise
 
     def __repr__(self) -> str:
         kind = "pinned" if self.pinned else "got"

@@ -355,6 +355,7 @@ def core_violation(e: InvariantError) -> Violation:
     """Name the invariant a C-core violation message is about."""
     text = str(e)
     for needle, inv in (("write-notify bypass", "write-notify-bypass"),
+                        ("zero page", "cow-isolation"),
                         ("stale TLB", "no-stale-tlb"), ("use-after-free", "no-use-after-free"),
                         ("refcount", "refcount-balance"), ("put of", "refcount-balance")):
         if needle in text:
