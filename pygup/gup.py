@@ -263,9 +263,10 @@ def follow_page_mask(mm: "MM", vma: VMA, addr: int, gup_flags: int) -> int:
     if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core) \
             and "no_unshare" not in mm.machine.mutants:
         return _FOLLOW_UNSHARE
-    rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
-    if rc < 0:
-        return rc
+    if gup_flags & (FOLL.GET | FOLL.PIN):        # try_grab_page(): else a no-op
+        rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
+        if rc < 0:
+            return rc
     if gup_flags & FOLL.TOUCH and fi is not None:
         if gup_flags & FOLL.WRITE and not pte & C.PTE_DIRTY and not fi.flags & C.F_DIRTY:
             mark_folio_dirty(mm.machine, fi, "FOLL_TOUCH write")

@@ -170,3 +170,15 @@ def test_read_only_pin_unshares_cow_shared_anon(m):
     assert p.mm.pte(a).pfn == pages[0]
     p.write(a, 3)
     assert pages.read(0) == 3 and c.read(a) == 1
+
+
+def test_fault_in_only_takes_no_reference(m):
+    """get_user_pages() without pages (FOLL_GET not implied) faults the
+    range in and holds nothing: try_grab_page() with neither GET nor PIN is a
+    no-op."""
+    p = m.spawn()
+    a = p.mmap(4 * 4096, RW, MAP.PRIVATE | MAP.ANONYMOUS)
+    assert p.mm.get_user_pages(a, 4, FOLL.WRITE, pages=False)[0] == 4
+    for i in range(4):
+        f = m.folio(p.mm.pte(a + i * 4096).pfn)
+        assert f.refcount == 1 and f.mapcount == 1

@@ -49,6 +49,8 @@ def generate(rng: random.Random, world: World) -> dict:
         elif name in ("pin", "get"):
             op.update(n=rng.randint(1, 3), fast=rng.random() < 0.5,
                       write=rng.random() < 0.6, longterm=rng.random() < 0.6)
+            if name == "get":
+                op["nopages"] = rng.random() < 0.3
     elif name in ("fork", "exit"):
         op["proc"] = r(8)
     elif name == "pin_write":
@@ -247,6 +249,11 @@ def _gup(world: World, op: dict, pin: bool) -> str:
     flags = (FOLL.WRITE if op["write"] else 0)
     if pin and op["longterm"]:
         flags |= FOLL.LONGTERM
+    if not pin and op.get("nopages"):
+        # get_user_pages() with no pages array: fault in only (MADV_POPULATE)
+        ret, pages = mm.get_user_pages(addr, n, int(FOLL.WRITE if op["write"] else 0),
+                                       pages=False)
+        return f"populate {addr:#x} -> {ret}"
     if pin:
         call = mm.pin_user_pages_fast if op["fast"] else mm.pin_user_pages
     else:
@@ -297,7 +304,7 @@ def op_pin(world: World, op: dict) -> str:
 
 
 def op_get(world: World, op: dict) -> str:
-    return _gup(world, {**op, "write": False}, False)
+    return _gup(world, {**op, "write": op.get("nopages", False) and op["write"]}, False)
 
 
 def op_pin_write(world: World, op: dict) -> str:
