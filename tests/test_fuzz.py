@@ -26,7 +26,7 @@ TARGETS = [
 ]
 
 
-def first_failure(policy, mutants, seeds=60):
+def first_failure(policy, mutants, seeds=150):
     for seed in range(seeds):
         f, _ = run_seed(seed, 300, policy, mutants)
         if f is not None:
