@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Optional
 
 import numpy as np
 
@@ -274,9 +275,13 @@ class Core:
         return out[:_check(got, "follow_range")]
 
     def gup_fast(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
-                 policy_bits: int) -> np.ndarray:
-        """lockless_pages_from_mm(): the pfns GUP-fast took (a prefix)."""
-        out = np.empty(_out_len(nr), np.uint64)
+                 policy_bits: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """lockless_pages_from_mm(): the pfns GUP-fast took (a prefix), in a
+        view of ``out`` when the caller passes a reusable uint64 buffer."""
+        if out is None:
+            out = np.empty(_out_len(nr), np.uint64)
+        elif out.dtype != np.uint64 or not out.flags.c_contiguous or len(out) < _out_len(nr):
+            raise ValueError("out must be a contiguous uint64 array of at least nr entries")
         got = lib.pg_gup_fast(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
                               ffi.cast("uint64_t *", ffi.from_buffer(out)))
         self.raise_violations()

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Optional
 
+import numpy as np
+
 from pygup.flags import FOLL, MAP, PROT
 from pygup.machine import Machine
 
@@ -46,10 +48,11 @@ def pygup_fast_ns(m: Machine, p, a: int, pages: int, reps: int) -> float:
     """Best ns/page of GUP-fast pin + unpin over the whole range (C)."""
     core = m._core
     cpu = m.current_cpu()
+    buf = np.empty(pages, np.uint64)
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter_ns()
-        got = core.gup_fast(cpu, p.mm.id, a, pages, LT_W, 1)
+        got = core.gup_fast(cpu, p.mm.id, a, pages, LT_W, 1, buf)
         core.gup_put_pages(got, True)
         best = min(best, time.perf_counter_ns() - t0)
         assert len(got) == pages
@@ -93,9 +96,10 @@ def thread_scaling(pages: int, threads: int, reps: int) -> list[float]:
             with m.cpu(k + 1):
                 core = m._core
                 start = a + k * share * PAGE
+                buf = np.empty(share, np.uint64)     # reused: no allocation per call
                 go.wait()
                 for _ in range(reps):
-                    got = core.gup_fast(k + 1, p.mm.id, start, share, LT_W, 1)
+                    got = core.gup_fast(k + 1, p.mm.id, start, share, LT_W, 1, buf)
                     core.gup_put_pages(got, True)
 
         ts = [threading.Thread(target=work, args=(k,)) for k in range(n)]
