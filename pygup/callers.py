@@ -61,6 +61,13 @@ def io_uring_register_buffers(p: "Process", addr: int, length: int) -> int:
         if ret > 0:
             p.mm.unpin_user_pages(pages)
         return ret if ret < 0 else -errno.EFAULT
+    if p.machine.policy.io_uring_file_check:
+        # up to 6.4: "don't support file backed memory" (shmem, hugetlbfs ok)
+        for vma in p.mm.vmas_in(addr, addr + nr * PAGE_SIZE):
+            f = vma.vm_file
+            if f is not None and f.fs.fstype.kind not in ("shmem", "hugetlb"):
+                p.mm.unpin_user_pages(pages)
+                return -errno.EOPNOTSUPP
     _hold(p, "io_uring", pages)
     return 0
 

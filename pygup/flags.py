@@ -84,10 +84,16 @@ def check_flags(value, enum_type: type[enum.IntFlag], name: str) -> int:
     return int(value)
 
 
+# where Python's table has a synonym, the name the kernel's code uses
+_KERNEL_NAMES = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN"}
+
+
 def errno_name(err: int) -> str:
     """'EFAULT' for 14 (or -14); '0' for success."""
     err = abs(err)
-    return _errno.errorcode.get(err, str(err)) if err else "0"
+    if not err:
+        return "0"
+    return _KERNEL_NAMES.get(err) or _errno.errorcode.get(err, str(err))
 
 
 def flag_names(enum_type: type[enum.IntFlag], value: int) -> str:

@@ -155,11 +155,10 @@ DELIBERATE: list[Deliberate] = [
                "(\"mm/hugetlb: support FOLL_FORCE|FOLL_WRITE\"); 6.4/6.5 refuse",
                backing="hugetlbfs", map="private", prot="r", method="proc_mem_write",
                policies=("6.4", "6.5"), host="ok", pygup="EIO"),
-    Deliberate("policy 6.4 is mm/gup.c before the seed patch (no writable_file_mapping_allowed): "
-               "long-term writable pins of dirty-tracked file mappings succeed, to show the bug "
-               "(real 6.4's io_uring refused non-shmem file buffers itself, -EOPNOTSUPP)",
-               map="shared", prot="rw", method="io_uring", policies=("6.4",),
-               host="EFAULT", pygup="ok"),
+    Deliberate("6.4's io_uring refused file-backed buffers itself (anything but shmem and "
+               "hugetlbfs: -EOPNOTSUPP); 6.5 delegated the check to GUP, which refuses only "
+               "shared writable dirty-tracked mappings (-EFAULT)",
+               method="io_uring", policies=("6.4",), pygup="EOPNOTSUPP"),
 ]
 
 

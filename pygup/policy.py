@@ -22,6 +22,10 @@ class Policy:
     # io_uring's io_pin_pages(): pin_user_pages() under mmap_lock in 6.5,
     # pin_user_pages_fast() later
     io_uring_pin_fast: bool = False
+    # io_uring's own file-backed check (io_sqe_buffer_register() up to 6.4:
+    # any file VMA but shmem and hugetlbfs is -EOPNOTSUPP); 6.5 dropped it in
+    # favour of GUP's ("io_uring: rsrc: delegate VMA file-backed check to GUP")
+    io_uring_file_check: bool = False
     # ≈6.8 INTERNAL_GUP_FLAGS: is_valid_gup_args() refuses FOLL_TOUCH too
     touch_is_internal: bool = False
     # 6.5's page_is_secretmem() only looked at folios on the LRU (fixed by
@@ -30,7 +34,8 @@ class Policy:
 
 
 POLICIES: dict[str, Policy] = {
-    "6.4": Policy("6.4", writable_file_mapping_check=False, fast_pin_whitelist=False),
+    "6.4": Policy("6.4", writable_file_mapping_check=False, fast_pin_whitelist=False,
+                  io_uring_file_check=True),
     "6.5": Policy("6.5", writable_file_mapping_check=True, fast_pin_whitelist=True),
     # the newest mm/gup.c read for SPEC §9; the seed's two checks are unchanged
     "6.14": Policy("6.14", writable_file_mapping_check=True, fast_pin_whitelist=True,

@@ -70,3 +70,23 @@ def machine():
     m = Machine(memory="64MiB", movable="16MiB", cpus=4)
     yield m
     m.check()
+
+
+@pytest.fixture
+def reproducer():
+    """For tests/regressions: reproducer(name) loads regressions/<name>.json
+    (a reproducer the fuzzing harness shrank) and returns (data, failure with
+    the bug planted, failure with it fixed: no switch, and 6.5 for 6.4)."""
+    import json
+    import pathlib
+
+    from pygup.fuzz import run_ops
+
+    def run(name: str):
+        path = pathlib.Path(__file__).parent / "regressions" / f"{name}.json"
+        data = json.loads(path.read_text())
+        planted = run_ops(data["ops"], data["policy"], data["mutants"])
+        fixed_policy = "6.5" if data["policy"] == "6.4" else data["policy"]
+        return data, planted, run_ops(data["ops"], fixed_policy, [])
+
+    return run
