@@ -257,6 +257,7 @@ static bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy)
     if ((policy & PG_GUPF_SECRETMEM_LRU) && !(pg_load_acquire(&h->flags) & PG_F_LRU))
         return false;
     uint64_t mapping = pg_load_acquire(&h->mapping);
+    PG_STRESS_WINDOW(m);
     if (!mapping || (mapping & PG_MAPPING_FLAGS))
         return false;
     struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
@@ -283,6 +284,7 @@ static bool fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t fla
     /* READ_ONCE: truncation may clear it under us; read it exactly once */
     uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
     PG_YIELD(m, cpu, "fast_mapping_read");
+    PG_STRESS_WINDOW(m);
     if (!mapping)
         return pg_mutant(m, PG_MUT_NULL_MAPPING_OK);
     if (mapping & PG_MAPPING_FLAGS)
@@ -341,6 +343,7 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
                   (unsigned long long)addr, (unsigned long long)pfn))
         return false;
     PG_YIELD(m, fw->cpu, "fast_pte_read");
+    PG_STRESS_WINDOW(m);
     if (grab_folio_fast(m, pfn, 1, flags) < 0)
         return false;
     uint64_t head = pg_frame_head(m, pfn);
@@ -388,6 +391,7 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
     if (PG_BUG_ON(m, pfn + (uint64_t)refs > m->nr_frames, "GUP-fast: PMD maps past memory"))
         return 0;
     PG_YIELD(m, fw->cpu, "fast_pte_read");
+    PG_STRESS_WINDOW(m);
     if (grab_folio_fast(m, pfn, refs, flags) < 0)
         return 0;
     uint64_t head = pg_frame_head(m, pfn);
@@ -455,6 +459,7 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
             w.pte_slot++;
             w.pte = pg_load_acquire(w.pte_slot);
             PG_YIELD(m, cpu, "walk_entry_read");
+            PG_STRESS_WINDOW(m);
             if (PG_BUG_ON(m, pg_load_acquire(&w.table->magic) != PG_TABLE_MAGIC_LIVE,
                           "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
                           cpu, w.table->id, (unsigned long long)addr) ||

@@ -118,6 +118,18 @@ void pg_violation_record(pg_machine *m, const char *kind, const char *file,
  * scheduler step ("cpu" may be -1 where the caller has no CPU). */
 #define PG_YIELD(m, cpu, name) ((void)(m), (void)(cpu), (void)(name))
 
+/* ---- stress race amplifier (stress.c) -----------------------------------
+ * pg_stress_run()'s window_spins knob, off (0) unless such a run is in
+ * progress: a stress pinner spins at GUP-fast's read-then-use windows
+ * (entry read -> next check, PTE read -> grab, ->mapping read -> record
+ * lookup) so that real-thread races land in them more often.  Timing only:
+ * no decision of the walk changes.  Otherwise one relaxed load. */
+void pg_stress_window(struct pg_machine *m);
+#define PG_STRESS_WINDOW(m)                                                    \
+    (__builtin_expect(pg_load_relaxed(&(m)->stress_window) != 0, 0)            \
+         ? pg_stress_window(m)                                                 \
+         : (void)0)
+
 /* ---- geometry helpers --------------------------------------------------- */
 #define PG_VA_LIMIT ((uint64_t)PG_TASK_SIZE_MAX + PG_PAGE_SIZE) /* 1 << 47 */
 #define PG_PMD_SIZE ((uint64_t)1 << PG_PMD_SHIFT)
@@ -322,6 +334,7 @@ struct pg_machine {
         char pad[48];
     } pin_stats[PG_PIN_STAT_SHARDS];
     _Atomic uint32_t mutants;  /* PG_MUT_* protection switches */
+    _Atomic uint32_t stress_window; /* stress.c's window_spins; 0 = off */
 
     pg_spinlock viol_lock;
     _Atomic int viol_pending; /* recorded and not popped */

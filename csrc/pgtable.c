@@ -275,6 +275,7 @@ int pg_walk_lockless_ex(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
         /* READ_ONCE: each level is read exactly once */
         uint64_t e = pg_load_acquire(slot);
         PG_YIELD(m, cpu, "walk_entry_read");
+        PG_STRESS_WINDOW(m);
         /* the table must still be live after the read: a read from a
          * freed table is what IRQs-off / RCU are there to prevent */
         uint32_t magic = pg_load_acquire(&t->magic);

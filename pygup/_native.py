@@ -338,6 +338,33 @@ class Core:
     def rcu_barrier(self, cpu: int) -> None:
         _check(lib.pg_rcu_barrier(self._m, cpu), "rcu_barrier")
 
+    # -- native stress drivers (csrc/stress.c; pygup/stress.py) ----------------
+    @staticmethod
+    def stress_defaults(scenario: int) -> dict[str, int]:
+        """pg_stress_defaults(): the parameters of a scenario, as a dict."""
+        p = ffi.new("struct pg_stress_params *")
+        _check(lib.pg_stress_defaults(p, scenario), "stress_defaults")
+        return {name: getattr(p, name) for name, _ in ffi.typeof("struct pg_stress_params").fields}
+
+    @staticmethod
+    def stress_nr_threads(params: dict[str, int]) -> int:
+        p = ffi.new("struct pg_stress_params *", params)
+        return _check(lib.pg_stress_nr_threads(p), "stress_nr_threads")
+
+    def stress_run(self, params: dict[str, int]) -> dict:
+        """pg_stress_run(): runs the campaign (the GIL is released meanwhile)
+        and returns the result fields as Python values.  Violations stay in
+        the ring for the caller to pop."""
+        p = ffi.new("struct pg_stress_params *", params)
+        r = ffi.new("struct pg_stress_result *")
+        _check(lib.pg_stress_run(self._m, p, r), "stress_run")
+        return {"ops": list(r.ops), "fails": list(r.fails),
+                "first_fail_ns": list(r.first_fail_ns),
+                "first_fail_iter": list(r.first_fail_iter), "elapsed_ns": r.elapsed_ns,
+                "iters_pinners": r.iters_pinners, "iters_workers": r.iters_workers,
+                "nr_threads": r.nr_threads,
+                "messages": ffi.string(r.msgs, r.msg_len).decode(errors="replace")}
+
 
 class HostProbes:
     """The live-kernel probes of csrc/host.c (used by ``pygup.host``): real
