@@ -8,7 +8,10 @@
  * target's IRQs are enabled it runs the handler for it right there; if not
  * it queues a request, which the target runs when it enables IRQs, and then
  * waits.  So a CPU with IRQs off (a user access, GUP-fast) holds off every
- * shootdown and IPI sync that targets it, as in the kernel.
+ * shootdown and IPI sync that targets it, as in the kernel.  A user access
+ * also holds its CPU's lock while it uses the TLB.  In the BROADCAST flush
+ * mode a shootdown invalidates a target's TLB under its lock whatever its
+ * IRQs (so it waits only for a user access in flight); IPI syncs stay IPIs.
  */
 #include <string.h>
 
@@ -113,8 +116,13 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
         struct pg_cpu *c = &m->cpus[t];
         pg_fetch_add_relaxed(&m->ipis_sent, 1);
         pg_spin_lock(&c->lock);
-        if (pg_load_relaxed(&c->irq_nesting) == 0) {
-            /* IRQs enabled: the handler runs at once */
+        if (pg_load_relaxed(&c->irq_nesting) == 0 ||
+            (kind != PG_IPI_SYNC &&
+             pg_load_relaxed(&m->tlb_flush_mode) == PG_TLB_FLUSH_BROADCAST)) {
+            /* IRQs enabled: the handler runs at once.  A broadcast
+             * invalidation needs no handler: it lands even in an IRQs-off
+             * section (a user access in flight holds the CPU lock, so it
+             * completes first) */
             tlb_flush_local(m, c, kind, mmid, svpn, evpn);
         } else {
             struct pg_ipi_req *r = &reqs[nq++];
@@ -130,10 +138,8 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
     }
     for (int i = 0; i < nq; i++) {
         unsigned spins = 0;
-        while (!pg_load_acquire(&reqs[i].done)) {
-            PG_YIELD(m, cpu, "ipi_wait");
-            pg_cpu_relax(&spins);
-        }
+        while (!pg_load_acquire(&reqs[i].done))
+            pg_cpu_wait(&spins, "ipi_wait");
     }
 }
 
@@ -170,6 +176,13 @@ int pg_flush_tlb_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
     if (!mm)
         return -PG_EINVAL;
     return pg_flush_tlb_mm_range(m, cpu, mm, mmid, start, end, false);
+}
+
+int pg_set_tlb_flush_mode(pg_machine *m, int mode)
+{
+    if (mode != PG_TLB_FLUSH_IPI && mode != PG_TLB_FLUSH_BROADCAST)
+        return -PG_EINVAL;
+    return atomic_exchange_explicit(&m->tlb_flush_mode, mode, memory_order_acq_rel);
 }
 
 int pg_ipi_sync_internal(pg_machine *m, int cpu)
@@ -218,6 +231,10 @@ int pg_user_access(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
     uint64_t pfn;
 
     pg_mm_cpumask_set(m, mm, cpu);
+    /* the access holds its CPU's lock: a broadcast invalidation (which does
+     * not wait for IRQs to come on) waits for the access in flight, as a
+     * TLBI's completion waits for the translations it kills */
+    pg_spin_lock(&c->lock);
     if (te->mm_plus1 == mmid + 1 && te->vpn == vpn &&
         (!write || (te->writable && te->dirty))) {
         /* TLB hit: no walk, whatever the page table says now.  This is
@@ -305,6 +322,7 @@ int pg_user_access(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
     }
     rc = PG_FAULT_NONE;
 out:
+    pg_spin_unlock(&c->lock);
     /* enabling IRQs runs the shootdowns that waited for this access */
     pg_local_irq_enable(m, cpu);
     return rc;

@@ -380,6 +380,9 @@ int pg_folio_set_mapping(pg_machine *m, uint64_t pfn, uint64_t mapping,
     pg_store_release(&h->index, index);
     /* mapping last: a lockless reader that sees it sees the index too */
     pg_store_release(&h->mapping, mapping);
+    /* truncation clears it here while GUP-fast may be between its
+     * re-check and its read of ->mapping */
+    PG_YIELD(m, -1, "folio_mapping_set");
     return 0;
 }
 

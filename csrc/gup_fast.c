@@ -359,6 +359,7 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
         goto drop;
     if (!pg_mutant(m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
         goto drop;
+    PG_YIELD(m, fw->cpu, "fast_rechecked");
     if (!pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
         !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
         goto drop;

@@ -64,12 +64,34 @@ static inline void pg_spin_init(pg_spinlock *l)
     atomic_init(&l->locked, 0);
 }
 
-static inline void pg_cpu_relax(unsigned *spins)
+/* ---- scheduled mode (sched.c) ---------------------------------------------
+ * The thread-local machine is set only on a thread that runs as a CPU of a
+ * deterministic-scheduler session; every spin-wait step of such a thread
+ * hands the turn back (it cannot progress until another CPU acts). */
+struct pg_machine;
+extern _Thread_local struct pg_machine *pg_sched_tls_machine;
+/* park the calling CPU at a yield point (spin: it is waiting, not runnable)
+ * and return when the scheduler picks it again; a no-op on a thread that is
+ * not a scheduled CPU of m, or a point the session's filter leaves out */
+void pg_sched_hook(struct pg_machine *m, const char *name, int spin);
+
+/* one step of a spin-wait on another CPU (IPI acknowledgement, grace
+ * period, spinlock): a scheduling point in scheduled mode, else relax */
+static inline void pg_cpu_wait(unsigned *spins, const char *why)
 {
+    if (__builtin_expect(pg_sched_tls_machine != NULL, 0)) {
+        pg_sched_hook(pg_sched_tls_machine, why, 1);
+        return;
+    }
     if (++*spins >= 64) {
         *spins = 0;
         sched_yield();
     }
+}
+
+static inline void pg_cpu_relax(unsigned *spins)
+{
+    pg_cpu_wait(spins, "spin_lock");
 }
 
 static inline void pg_spin_lock(pg_spinlock *l)
@@ -114,9 +136,14 @@ void pg_violation_record(pg_machine *m, const char *kind, const char *file,
 
 /* ---- race-window hook ---------------------------------------------------
  * Named yield points at every window where another CPU's step changes the
- * outcome.  A no-op for now; sched.c will turn it into a deterministic
- * scheduler step ("cpu" may be -1 where the caller has no CPU). */
-#define PG_YIELD(m, cpu, name) ((void)(m), (void)(cpu), (void)(name))
+ * outcome.  Outside scheduled mode one predictable branch on a relaxed load
+ * of the machine's flag; in scheduled mode a scheduler step (sched.c),
+ * taken by the calling thread's CPU ("cpu" is informative only and may be
+ * -1 where the caller has no CPU). */
+#define PG_YIELD(m, cpu, name)                                            \
+    ((void)(cpu), __builtin_expect(pg_load_relaxed(&(m)->sched_on), 0)    \
+                      ? pg_sched_hook((m), (name), 0)                     \
+                      : (void)0)
 
 /* ---- stress race amplifier (stress.c) -----------------------------------
  * pg_stress_run()'s window_spins knob, off (0) unless such a run is in
@@ -335,6 +362,10 @@ struct pg_machine {
     } pin_stats[PG_PIN_STAT_SHARDS];
     _Atomic uint32_t mutants;  /* PG_MUT_* protection switches */
     _Atomic uint32_t stress_window; /* stress.c's window_spins; 0 = off */
+    /* deterministic scheduler (sched.c): PG_YIELD tests sched_on only */
+    _Atomic int sched_on;
+    struct pg_sched *sched;    /* the session, while sched_on */
+    _Atomic int tlb_flush_mode; /* PG_TLB_FLUSH_IPI / _BROADCAST */
 
     pg_spinlock viol_lock;
     _Atomic int viol_pending; /* recorded and not popped */
@@ -418,6 +449,9 @@ static inline bool pg_cpu_irqs_off(pg_machine *m, int cpu)
 {
     return pg_load_acquire(&m->cpus[cpu].irq_nesting) > 0;
 }
+
+/* sched.c */
+void pg_sched_fini(pg_machine *m);
 
 /* rcu.c */
 void pg_rcu_init(pg_machine *m);

@@ -49,6 +49,7 @@ void pg_machine_free(pg_machine *m)
     if (!m)
         return;
     /* pending RCU callbacks only recycle pool memory, which goes anyway */
+    pg_sched_fini(m);
     pg_pgtable_fini(m);
     pg_as_fini(m);
     pg_frames_fini(m);

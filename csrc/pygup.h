@@ -399,6 +399,67 @@ int pg_user_access(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
 /* number of valid TLB entries cpu holds for mm at addr (0 or 1) */
 int pg_tlb_probe(pg_machine *m, int cpu, uint64_t mm, uint64_t addr);
 
+/* How a TLB shootdown reaches the other CPUs (pg_set_tlb_flush_mode):
+ * IPI (x86): an interrupt each target acknowledges, so a CPU with IRQs off
+ * (GUP-fast) holds the flush - and so the page frees after it - off;
+ * BROADCAST (arm64 TLBI, paravirt flushes): the hardware invalidates every
+ * TLB without interrupting anyone; it waits only for a user access in
+ * flight, never for an IRQs-off section.  There only RCU (and the
+ * tlb_remove_table_sync_one IPI, which stays an IPI) protects GUP-fast. */
+#define PG_TLB_FLUSH_IPI 0
+#define PG_TLB_FLUSH_BROADCAST 1
+/* returns the old mode, -PG_EINVAL for an unknown one */
+int pg_set_tlb_flush_mode(pg_machine *m, int mode);
+
+/* ==== deterministic interleavings (sched.c; pygup/sched.py) ==============
+ * A session runs nr CPUs, each an OS thread that attached as CPU k, one at
+ * a time: the running CPU goes on until it reaches a scheduling point (a
+ * PG_YIELD race window the filter selects, a Python-level point, or any
+ * step of a spin-wait on another CPU: IPI acknowledgement, grace period,
+ * spinlock, the Python machine lock), parks there, and the scheduler picks
+ * the next CPU.  Picks follow the explicit schedule while it lasts (entries
+ * naming a finished CPU are skipped), then: with a schedule, the last CPU
+ * again while it is runnable, else the lowest runnable one; without one, a
+ * seeded choice among the runnable CPUs.  A spinning CPU is runnable only
+ * when no other is; when every live CPU has only spun for spin_limit
+ * consecutive picks the session is deadlocked: every CPU stays parked and
+ * pg_sched_status() reports it.  Each pick is traced as (cpu, the point it
+ * resumes from, spun); replaying the cpu column as a schedule reproduces
+ * the run.  Outside a session PG_YIELD is one relaxed load and a branch. */
+#define PG_SCHED_ACTIVE 0x1    /* a session exists */
+#define PG_SCHED_DONE 0x2      /* every CPU attached and detached */
+#define PG_SCHED_DEADLOCK 0x4  /* every live CPU spun for spin_limit picks */
+#define PG_SCHED_TRUNCATED 0x8 /* the trace outgrew its bound (not replayable) */
+#define PG_SCHED_NAME_MAX 64
+/* Start a session of nr CPUs (0..nr-1).  schedule: NULL for seeded picks,
+ * else len CPU ids to follow first.  spin_limit 0: the default (100000).
+ * -PG_EBUSY if a session exists, -PG_EINVAL on bad arguments. */
+int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule,
+                   int64_t len, uint64_t spin_limit);
+/* Make a yield point name a scheduling point.  Before any attach; once one
+ * name is given, PG_YIELD points outside the set run through. */
+int pg_sched_filter(pg_machine *m, const char *name);
+/* The calling thread becomes CPU cpu of the session; returns once it is
+ * picked the first time (the first pick waits for all nr to attach).
+ * -PG_EINVAL without a session or for a bad cpu, -PG_EBUSY if taken. */
+int pg_sched_attach(pg_machine *m, int cpu);
+/* The calling CPU is done: pass the turn on, leave the session. */
+int pg_sched_detach(pg_machine *m);
+/* A named scheduling point in code outside C (Python): 1 if the caller is
+ * a scheduled CPU (it parked and was picked again), else 0 at once.  spin:
+ * the caller waits on another CPU (it is retrying a try-lock). */
+int pg_sched_yield(pg_machine *m, const char *name, int spin);
+int pg_sched_status(pg_machine *m);
+/* picks so far (the trace length) */
+int64_t pg_sched_steps(pg_machine *m);
+/* trace entry i: cpu, whether it was spinning, the point's name */
+int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
+                   char *name, int namelen);
+/* End the session (the trace goes with it).  -PG_EBUSY while a CPU is
+ * attached and the session is not deadlocked (a deadlocked one cannot end:
+ * its CPUs stay parked on it). */
+int pg_sched_end(pg_machine *m);
+
 /* ---- RCU (rcu.c) -------------------------------------------------------- */
 int pg_rcu_read_lock(pg_machine *m, int cpu);
 int pg_rcu_read_unlock(pg_machine *m, int cpu);

@@ -79,16 +79,15 @@ static bool gp_done(pg_machine *m, const uint64_t *snap)
 
 static void wait_gp(pg_machine *m, int cpu)
 {
+    (void)cpu; /* the waiting CPU is the calling thread's */
     uint64_t snap[PG_MAX_CPUS];
     snapshot(m, snap);
     for (int i = 0; i < m->nr_cpus; i++) {
         unsigned spins = 0;
         if (!(snap[i] & 1))
             continue;
-        while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i]) {
-            PG_YIELD(m, cpu, "rcu_gp_wait");
-            pg_cpu_relax(&spins);
-        }
+        while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i])
+            pg_cpu_wait(&spins, "rcu_gp_wait");
     }
     pg_smp_mb(); /* the readers' sections before what the caller frees */
     pg_fetch_add_relaxed(&m->rcu_grace_periods, 1);

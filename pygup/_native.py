@@ -338,6 +338,53 @@ class Core:
     def rcu_barrier(self, cpu: int) -> None:
         _check(lib.pg_rcu_barrier(self._m, cpu), "rcu_barrier")
 
+    def set_tlb_flush_mode(self, broadcast: bool) -> None:
+        mode = lib.PG_TLB_FLUSH_BROADCAST if broadcast else lib.PG_TLB_FLUSH_IPI
+        _check(lib.pg_set_tlb_flush_mode(self._m, mode), "set_tlb_flush_mode")
+
+    # -- deterministic scheduler (csrc/sched.c; pygup/sched.py) ----------------
+    def sched_begin(self, nr: int, seed: int, schedule, spin_limit: int = 0) -> None:
+        """A session of nr CPUs; schedule None (seeded picks) or CPU ids."""
+        plan = ffi.NULL
+        n = 0
+        if schedule is not None:
+            n = len(schedule)
+            plan = ffi.new("int32_t[]", list(schedule) or [0])
+        _check(lib.pg_sched_begin(self._m, nr, seed & (2**64 - 1), plan, n, spin_limit),
+               "sched_begin")
+
+    def sched_filter(self, name: str) -> None:
+        _check(lib.pg_sched_filter(self._m, name.encode()), f"sched_filter {name!r}")
+
+    def sched_attach(self, cpu: int) -> None:
+        _check(lib.pg_sched_attach(self._m, cpu), f"sched_attach({cpu})")
+
+    def sched_detach(self) -> None:
+        _check(lib.pg_sched_detach(self._m), "sched_detach")
+
+    def sched_yield(self, name: bytes, spin: bool) -> bool:
+        """True if the calling thread is a scheduled CPU (it parked and was
+        picked again), False at once otherwise."""
+        return lib.pg_sched_yield(self._m, name, int(spin)) == 1
+
+    def sched_status(self) -> int:
+        return lib.pg_sched_status(self._m)
+
+    def sched_trace(self) -> list[tuple[int, str, bool]]:
+        """Every pick so far: (cpu, point it resumed from, was spinning)."""
+        n = lib.pg_sched_steps(self._m)
+        cpu, spun = ffi.new("int32_t *"), ffi.new("int32_t *")
+        buf = ffi.new("char[]", lib.PG_SCHED_NAME_MAX)
+        out = []
+        for i in range(max(n, 0)):
+            _check(lib.pg_sched_trace(self._m, i, cpu, spun, buf, lib.PG_SCHED_NAME_MAX),
+                   "sched_trace")
+            out.append((cpu[0], ffi.string(buf).decode(), bool(spun[0])))
+        return out
+
+    def sched_end(self) -> None:
+        _check(lib.pg_sched_end(self._m), "sched_end")
+
     # -- native stress drivers (csrc/stress.c; pygup/stress.py) ----------------
     @staticmethod
     def stress_defaults(scenario: int) -> dict[str, int]:

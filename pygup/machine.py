@@ -24,6 +24,7 @@ from pygup.flags import GupError
 from pygup.fs import PRESETS, File, FileSystem, FsType
 from pygup.mutants import mutant_bits
 from pygup.policy import Policy, resolve
+from pygup.sched import Interleaving, SchedLock
 
 FolioFlag = enum.IntFlag("FolioFlag", {name[2:]: getattr(C, name)
                                       for name in sorted(vars(C)) if name.startswith("F_")})
@@ -94,7 +95,7 @@ class Machine:
 
     def __init__(self, policy: str | Policy = "6.5", memory: int | str = "1GiB",
                  movable: int | str = "64MiB", cpus: int = 2, table_free: str = "rcu",
-                 mutants: Iterable[str] = ()) -> None:
+                 mutants: Iterable[str] = (), tlb_flush: str = "ipi") -> None:
         self.policy = resolve(policy)
         mem = parse_size(memory, "memory")
         mov = parse_size(movable, "movable")
@@ -107,13 +108,22 @@ class Machine:
             raise ValueError(f"cpus must be an int in 1..{C.MAX_CPUS}, got {cpus!r}")
         if table_free not in ("rcu", "ipi"):
             raise ValueError(f"table_free must be 'rcu' or 'ipi', got {table_free!r}")
+        # "ipi": shootdowns interrupt and wait for every target (x86), so
+        # IRQs-off GUP-fast holds them off; "broadcast": they invalidate
+        # without waiting for IRQs-off CPUs (arm64 TLBI), and only RCU and
+        # the re-checks protect GUP-fast (csrc/pygup.h PG_TLB_FLUSH_*)
+        if tlb_flush not in ("ipi", "broadcast"):
+            raise ValueError(f"tlb_flush must be 'ipi' or 'broadcast', got {tlb_flush!r}")
         self.memory = mem
         self.table_free = table_free
         bits = mutant_bits(mutants)
         self._core = Core(mem // C.PAGE_SIZE, mov // C.PAGE_SIZE, cpus, table_free == "rcu")
         self._core.set_mutants(bits)
+        self._core.set_tlb_flush_mode(tlb_flush == "broadcast")
+        self.tlb_flush = tlb_flush
         self.mutants = frozenset([mutants] if isinstance(mutants, str) else mutants)
-        self._lock = threading.RLock()
+        # an RLock that scheduled CPUs take by trying (pygup/sched.py)
+        self._lock = SchedLock(self._core)
         self._cpu_owner: list[Optional[int]] = [None] * cpus   # thread ident per slot
         self._tls = threading.local()
         self.filesystems: list[FileSystem] = []
@@ -205,6 +215,16 @@ class Machine:
             yield cpu
             self._core.rcu_poll()
         self._core.raise_violations()
+
+    def run_concurrently(self, ops, seed: Optional[int] = 0, schedule=None,
+                         points: Optional[Iterable[str]] = None, spin_limit: int = 0,
+                         timeout: float = 60.0) -> Interleaving:
+        """Run ``ops[i](machine)`` as CPU i, interleaved step by step at the
+        race windows by a seeded, replayable scheduler: returns each op's
+        result (or exception) and the schedule taken (``pygup.sched``)."""
+        from pygup.sched import run_concurrently
+        return run_concurrently(self, ops, seed=seed, schedule=schedule, points=points,
+                                spin_limit=spin_limit, timeout=timeout)
 
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:

@@ -1,0 +1,284 @@
+"""Deterministic interleavings: ``Machine.run_concurrently`` over the C
+scheduler (csrc/sched.c).
+
+Real threads find races by luck.  Here each operation runs as its own
+emulated CPU (op i on CPU i, on its own Python thread), but only one CPU
+runs at a time: the running CPU goes on until it reaches a *scheduling
+point* — a named race window in the C core (``PG_YIELD``: ``fast_pte_read``,
+``zap_cleared``, ``folio_mapping_set``...), a Python-level point
+(:func:`yield_point`), or any step of a wait on another CPU — parks there,
+and a seeded choice (or an explicit schedule) says which CPU takes the next
+step.  The same seed, or the schedule a run returns, gives the same run::
+
+    >>> from pygup import Machine, MAP, PROT
+    >>> def world():
+    ...     m = Machine(memory="64MiB", movable="8MiB", cpus=2)
+    ...     p = m.spawn()
+    ...     a = p.mmap(4096, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    ...     p.write(a, 1)
+    ...     return m, [lambda m: p.read(a), lambda m: p.write(a, 2)]
+    >>> m, ops = world()
+    >>> run = m.run_concurrently(ops, seed=7)
+    >>> m, ops = world()
+    >>> again = m.run_concurrently(ops, schedule=run.schedule)
+    >>> again.schedule == run.schedule and again.results == run.results
+    True
+
+The Python machine lock: the classic trap, and the decision
+---------------------------------------------------------------
+Model updates run under one Python lock (``Machine._op()``).  A CPU can park
+at a C yield point *while holding it* (a munmap parked between its PTE clear
+and its flush).  If another CPU were then picked and blocked on that lock in
+Python, nothing would ever run again: the lock holder waits for its turn,
+the turn's owner waits for the lock.  So the machine lock is scheduler-aware
+(:class:`SchedLock`, installed by ``Machine`` for its whole life): it first
+tries to take the lock without blocking; a scheduled CPU that fails parks
+at a *spin* point named ``machine_lock`` and tries again when picked.  A
+spinning CPU is picked only when no CPU is runnable, so the holder runs on
+and releases it.  Spinning through the scheduler, rather than blocking, also
+keeps runs deterministic: whether the try fails depends only on the
+schedule.  Threads that are not scheduled CPUs (everything outside
+``run_concurrently``) block on the lock as before.
+
+The same rule covers every wait in C (IPI acknowledgement, RCU grace period,
+spinlocks): each step of the wait is a spin point.  When every live CPU only
+spins for ``spin_limit`` picks, nothing can change any more; the scheduler
+marks the session deadlocked and :class:`SchedDeadlock` is raised (the parked
+threads cannot be resumed safely, so they stay parked and the machine is kept
+alive on purpose).  A CPU that blocks on something *outside* the emulator
+(another Python lock, I/O) while it holds the turn stalls the run:
+``timeout`` turns that into :class:`SchedTimeout`.
+
+Rules for ops: touch only the machine (the main thread must not use it
+meanwhile); CPU binding is done for you (op i is CPU i for the whole op: a
+CPU the calling thread holds is lent to the op and given back).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
+
+from pygup._native import C
+from pygup.flags import GupError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pygup._native import Core
+    from pygup.machine import Machine
+
+__all__ = ["SchedLock", "Interleaving", "SchedError", "SchedDeadlock", "SchedTimeout",
+           "ScheduleDiverged", "run_concurrently", "yield_point"]
+
+_MACHINE_LOCK_POINT = b"machine_lock"
+# machines whose CPUs are parked forever (deadlock, timeout): their memory
+# must outlive the parked threads
+_KEEP_ALIVE: list = []
+
+
+class SchedError(RuntimeError):
+    """A scheduled run that could not finish as asked."""
+
+
+class SchedDeadlock(SchedError):
+    """Every live CPU only spun for ``spin_limit`` picks."""
+
+
+class SchedTimeout(SchedError):
+    """A CPU blocked outside the emulator while it held the turn."""
+
+
+class ScheduleDiverged(SchedError):
+    """A replayed schedule of (cpu, point) pairs met different points."""
+
+
+class SchedLock:
+    """The machine lock: a re-entrant lock that a scheduled CPU takes by
+    trying and parking at the ``machine_lock`` spin point between tries
+    (see the module docstring); anyone else blocks as on an RLock."""
+
+    def __init__(self, core: "Core") -> None:
+        self._lock = threading.RLock()
+        self._core = core
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
+            if self._lock.acquire(blocking=False):
+                return True
+        return self._lock.acquire(True, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@dataclasses.dataclass
+class Interleaving:
+    """What ``run_concurrently`` returns: ``results[i]`` is op i's return
+    value or the exception it raised; ``schedule`` the picks taken, as
+    (cpu, point the CPU resumed from), replayable with ``schedule=``;
+    ``trace`` the same with a third field, True where the CPU was spinning.
+    Unpacks as ``results, schedule``."""
+
+    results: list
+    schedule: list
+    trace: list
+    seed: Optional[int]
+
+    def __iter__(self):
+        return iter((self.results, self.schedule))
+
+    def raised(self, i: int) -> Optional[BaseException]:
+        r = self.results[i]
+        return r if isinstance(r, BaseException) else None
+
+
+def yield_point(machine: "Machine", name: str) -> bool:
+    """A scheduling point in Python code (an op's own race window, e.g.
+    between two user writes).  True if the caller is a scheduled CPU."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    return machine._core.sched_yield(name.encode(), False)
+
+
+ScheduleArg = Optional[Sequence[Union[int, tuple]]]
+
+
+def _plan(schedule: ScheduleArg) -> tuple[Optional[list[int]], Optional[list[Optional[str]]]]:
+    if schedule is None:
+        return None, None
+    cpus, names = [], []
+    for entry in schedule:
+        if isinstance(entry, tuple):
+            cpu, name = entry[0], entry[1]
+        else:
+            cpu, name = entry, None
+        if isinstance(cpu, bool) or not isinstance(cpu, int):
+            raise ValueError(f"schedule entries must be CPU ids or (cpu, point) pairs, got {entry!r}")
+        cpus.append(cpu)
+        names.append(name)
+    return cpus, names
+
+
+def run_concurrently(machine: "Machine", ops: Sequence[Callable[["Machine"], Any]],
+                     seed: Optional[int] = 0, schedule: ScheduleArg = None,
+                     points: Optional[Iterable[str]] = None, spin_limit: int = 0,
+                     timeout: float = 60.0) -> Interleaving:
+    """Run ``ops`` (each called as ``op(machine)``) as CPUs 0..n-1, one step
+    at a time (module docstring).  ``seed`` drives the picks; ``schedule``
+    (CPU ids, or (cpu, point) pairs as a run returns them) is followed
+    first, then the last CPU runs on while it can, then the lowest runnable
+    one.  ``points``: if given, only these C / Python yield points are
+    scheduling points (spin waits always are), which keeps schedules short
+    and robust to new yield points elsewhere."""
+    ops = list(ops)
+    n = len(ops)
+    if not 1 <= n <= machine.nr_cpus:
+        raise ValueError(f"ops: 1..{machine.nr_cpus} callables (one per CPU), got {n}")
+    if not all(callable(op) for op in ops):
+        raise TypeError("ops must be callables taking the machine")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    plan, want_names = _plan(schedule)
+    core = machine._core
+    me = threading.get_ident()
+    # lend the CPUs the calling thread holds to the ops
+    with machine._lock:
+        lent = []
+        for k in range(n):
+            owner = machine._cpu_owner[k]
+            if owner == me:
+                machine._cpu_owner[k] = None
+                lent.append(k)
+            elif owner is not None and any(t.ident == owner for t in threading.enumerate()):
+                for j in lent:
+                    machine._cpu_owner[j] = me
+                raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
+    stuck = False
+    try:
+        core.sched_begin(n, seed or 0, plan, spin_limit)
+        try:
+            for name in points or ():
+                core.sched_filter(name)
+            results: list = [None] * n
+            threads = [threading.Thread(target=_cpu_body, args=(machine, i, ops[i], results),
+                                        name=f"pygup-cpu{i}", daemon=True) for i in range(n)]
+            for t in threads:
+                t.start()
+            stuck = _join(core, threads, timeout)
+            trace = core.sched_trace()
+            status = core.sched_status()
+        except BaseException:
+            if core.sched_status() & C.SCHED_DONE or not core.sched_status():
+                _end(core)
+            raise
+        if stuck:
+            _KEEP_ALIVE.append(machine)
+            tail = ", ".join(f"{c}@{p}{'~' if s else ''}" for c, p, s in trace[-12:])
+            if status & C.SCHED_DEADLOCK:
+                raise SchedDeadlock(f"every CPU spins, none can progress (last picks: {tail})")
+            raise SchedTimeout(f"a CPU blocked outside the emulator for {timeout}s "
+                               f"(last picks: {tail})")
+        _end(core)
+    finally:
+        # a stuck run's CPUs may hold the machine lock for ever: the
+        # machine is lost anyway, do not wait for it
+        if not stuck:
+            with machine._lock:
+                for k in lent:
+                    if machine._cpu_owner[k] is None:
+                        machine._cpu_owner[k] = me
+    if status & C.SCHED_TRUNCATED:
+        raise SchedError("the run outgrew the trace bound: not replayable")
+    taken = [(c, p) for c, p, _ in trace]
+    if want_names is not None:
+        for i, (want, got) in enumerate(zip(want_names, taken)):
+            if want is not None and (plan[i], want) != got:
+                raise ScheduleDiverged(f"step {i}: the schedule says {(plan[i], want)}, "
+                                       f"the run took {got}")
+    return Interleaving(results, taken, trace, seed if schedule is None else None)
+
+
+def _end(core: "Core") -> None:
+    try:
+        core.sched_end()
+    except GupError:
+        pass
+
+
+def _join(core: "Core", threads: list, timeout: float) -> bool:
+    """Wait for the CPU threads; True if they cannot finish (deadlock or
+    timeout)."""
+    import time
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        while t.is_alive():
+            t.join(0.02)
+            if core.sched_status() & C.SCHED_DEADLOCK or time.monotonic() > deadline:
+                return any(x.is_alive() for x in threads)
+    return False
+
+
+def _cpu_body(machine: "Machine", i: int, op: Callable, results: list) -> None:
+    core = machine._core
+    try:
+        core.sched_attach(i)
+    except BaseException as e:  # pragma: no cover - argument errors only
+        results[i] = e
+        return
+    try:
+        with machine.cpu(i):
+            results[i] = op(machine)
+    except BaseException as e:
+        results[i] = e
+    finally:
+        core.sched_detach()
