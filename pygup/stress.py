@@ -35,6 +35,7 @@ page tables, uses CPUs 0..threads-1, and gives everything back at the end.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterable, Mapping, Optional, Union
 
 from pygup._native import C, Core
@@ -137,7 +138,10 @@ def stress_params(scenario: str = "unmap", *, seconds: float = 1.0, seed: int = 
     """The C parameter block of a campaign (see ``struct pg_stress_params``).
 
     ``threads``: an int (one worker - for writeback a cleaner and a writer -
-    and the rest pinners) or ``{"pinners": n, "workers": k}``."""
+    and the rest pinners) or ``{"pinners": n, "workers": k}``.  By default
+    one worker and as many pinners as the host has cores left (1 to 4):
+    more threads than cores thin the races out, since a thread that waits
+    for an IPI acknowledgement then waits for a descheduled one."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {sorted(SCENARIOS)}, got {scenario!r}")
     p = Core.stress_defaults(SCENARIOS[scenario])
@@ -155,6 +159,10 @@ def stress_params(scenario: str = "unmap", *, seconds: float = 1.0, seed: int = 
             raise ValueError(f"threads must be at least {per_worker} for {scenario}")
         p["nr_workers"] = 1
         p["nr_pinners"] = threads - per_worker
+    else:
+        per_worker = 2 if scenario == "writeback" else 1
+        p["nr_workers"] = 1
+        p["nr_pinners"] = max(1, min(4, (os.cpu_count() or 2) - per_worker))
     if not isinstance(seconds, (int, float)) or seconds < 0:
         raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
     p["duration_ns"] = int(seconds * 1e9)
