@@ -387,16 +387,26 @@ class _Slot:
         self._ident = threading.get_ident()
         self._attached = True
 
-    def detach(self) -> None:
+    def detach(self, locked: bool = True) -> None:
         if self._attached:
             self._attached = False
-            with self._machine_lock:
-                if self._owners[self.cpu] == self._ident:
-                    self._owners[self.cpu] = None
+            if locked:
+                with self._machine_lock:
+                    self._release()
+            else:
+                self._release()
+
+    def _release(self) -> None:
+        if self._owners[self.cpu] == self._ident:
+            self._owners[self.cpu] = None
 
     def __del__(self) -> None:
+        # a finalizer must never block: the machine lock may be held by a
+        # thread that waits on something this one holds (or is parked for
+        # good by the scheduler).  One list store is atomic under the GIL,
+        # and _claim() treats a slot of a dead thread as free anyway.
         try:
-            self.detach()
+            self.detach(locked=False)
         except Exception:  # interpreter shutdown
             pass
 
