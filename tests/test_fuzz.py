@@ -154,3 +154,20 @@ class GupMachine(RuleBasedStateMachine):
 TestGupStateMachine = GupMachine.TestCase
 TestGupStateMachine.settings = settings(max_examples=25, stateful_step_count=40, deadline=None,
                                         suppress_health_check=list(HealthCheck))
+
+
+def test_concurrent_steps_find_race_switches():
+    """The race-window switches need concurrency: a batch of scheduled races
+    (deterministic) finds no_wp_seq, a native stress campaign finds
+    no_pte_recheck; with no switch both are clean."""
+    from pygup.fuzz.driver import run_race_seed, run_stress_seed
+    found = [run_race_seed(s, "6.5", ("no_wp_seq",))[0] for s in range(3)]
+    f = next(f for f in found if f is not None)
+    assert f.invariant == "pinned-anon-stays" and f.ops[0]["op"] == "race"
+    again = run_ops(f.ops, "6.5", ["no_wp_seq"])         # a scheduled race replays exactly
+    assert again is not None and again.invariant == f.invariant
+    assert all(run_race_seed(s, "6.5")[0] is None for s in range(3))
+    op = {"op": "stress", "scenario": "unmap", "seed": 1, "seconds": 1.0, "window_spins": 100}
+    hit = run_ops([op], "6.5", ["no_pte_recheck"])
+    assert hit is not None and hit.invariant == "stress:stale_ref"
+    assert run_stress_seed(0, "6.5")[0] is None

@@ -13,10 +13,13 @@ import sys
 import time
 from typing import Optional
 
-from pygup.fuzz.driver import Failure, replay, run_seed, save, shrink
+from pygup.fuzz.driver import (Failure, replay, run_race_seed, run_seed, run_stress_seed,
+                                save, shrink)
 from pygup.mutants import MUTANTS, OVER_REFUSAL
 
 OPS_PER_SEED = 300
+STRESS_EVERY = 4          # seeds 4k+3: a native race campaign (stress.c);
+                          # seeds 4k+1: a batch of scheduled races (sched.c)
 
 
 @dataclasses.dataclass
@@ -46,7 +49,12 @@ def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q)
     for s in _seeds(seed, shard, worker, workers):
         if time.monotonic() > deadline or (max_ops and done >= max_ops):
             break
-        failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline)
+        if s % STRESS_EVERY == STRESS_EVERY - 1:
+            failure, n = run_stress_seed(s, policy, mutants)
+        elif s % STRESS_EVERY == 1:
+            failure, n = run_race_seed(s, policy, mutants)
+        else:
+            failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline)
         done += n
         q.put(("ops", n))
         if failure is not None:

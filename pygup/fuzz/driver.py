@@ -107,6 +107,31 @@ def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
     return None, len(ops)
 
 
+def run_stress_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
+    """A native race campaign as a one-operation sequence (see ops.op_stress)."""
+    from pygup.fuzz.ops import stress_op
+    f = run_ops([stress_op(seed)], policy, mutants)
+    if f is not None:
+        f.seed = seed
+    return f, 1
+
+
+RACES_PER_SEED = 32
+
+
+def run_race_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
+    """A batch of scheduled two-CPU races (ops.op_race), each a one-operation
+    sequence of its own: (the first failure or None, races run)."""
+    from pygup.fuzz.ops import race_op
+    for k in range(RACES_PER_SEED):
+        s = seed * RACES_PER_SEED + k
+        f = run_ops([race_op(s)], policy, mutants)
+        if f is not None:
+            f.seed = seed
+            return f, k + 1
+    return None, RACES_PER_SEED
+
+
 def shrink(failure: Failure, budget_s: float = 30.0) -> Failure:
     """ddmin: the smallest sub-sequence (by removing chunks, then single
     steps) that still fails the same invariant."""

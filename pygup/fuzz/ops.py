@@ -12,6 +12,7 @@ from typing import Callable
 from pygup import callers
 from pygup.errors import GupError
 from pygup.flags import FOLL, MAP, PROT
+from pygup._native import C
 from pygup.fuzz.world import PAGE, Held, Proc, Region, Violation, World
 
 # op name -> weight in random generation
@@ -457,6 +458,129 @@ def op_caller_release(world: World, op: dict) -> str:
         return f"vfio unpin {callers.vfio_unpin(p)}"
     callers.pipe_read(p)
     return "pipe read"
+
+
+RACES = ["fork", "munmap_reuse", "truncate", "writeback"]
+
+
+def op_race(world: World, op: dict) -> str:
+    """Two operations on two CPUs under the deterministic scheduler (seeded:
+    the same op replays the same interleaving), on a fresh two-CPU machine
+    with the world's policy and switches: GUP-fast (CPU 0) against fork,
+    munmap with the frame reused, truncate, or writeback (CPU 1).  The checks
+    are the world's oracles, applied to what the race left behind."""
+    from pygup.flags import FOLL
+    from pygup.machine import Machine
+    kind = op["kind"]
+    m = Machine(policy=world.policy, memory="64MiB", movable="0MiB", cpus=2,
+                mutants=world.m.mutants, tlb_flush=op.get("tlb_flush", "ipi"))
+    p = m.spawn()
+    flags = FOLL.WRITE | (FOLL.LONGTERM if op.get("longterm") else 0)
+    if kind in ("truncate", "writeback"):
+        fs = m.mount("tmpfs" if op.get("shmem") else "ext4")
+        f = fs.create("f", PAGE)
+        a = p.mmap(PAGE, PROT.READ | PROT.WRITE, MAP.SHARED, file=f)
+    else:
+        a = p.mmap(PAGE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    p.write(a, 0x1111)
+    pinner = (lambda m: p.mm.pin_user_pages_fast(a, 1, int(flags)))
+    if kind == "fork":
+        other = lambda m: p.fork()                                  # noqa: E731
+    elif kind == "munmap_reuse":
+        def other(m):
+            p.munmap(a, PAGE)
+            new = m.alloc_folio(0, movable=False)       # a kernel (slab) page now
+            m._core.flags_update(new, C.F_SLAB, 0)
+            return new
+    elif kind == "truncate":
+        other = lambda m: f.truncate(0)                             # noqa: E731
+    else:
+        other = lambda m: f.writeback()                             # noqa: E731
+    from pygup.errors import InvariantError
+    run = m.run_concurrently([pinner, other], seed=op["seed"], timeout=20,
+                             points=set(op.get("points") or _FAST_POINTS | _RACE_POINTS[kind]))
+    for i in (0, 1):
+        err = run.raised(i)
+        if isinstance(err, InvariantError):
+            from pygup.fuzz.world import core_violation
+            raise core_violation(err)
+    ret, pages = run.results[0]
+    if ret == 1:
+        pfn = pages[0]
+        pte = p.mm.pte(a)
+        fi = m._core.frame_info(pfn)
+        if kind == "fork":
+            child = run.results[1]
+            if child.mm.pte(a).level and child.mm.pte(a).pfn == pfn:
+                raise Violation("pinned-anon-stays", f"race fork: pinned frame {pfn:#x} is "
+                                "mapped in the child")
+        if kind == "munmap_reuse" and pfn == run.results[1]:
+            raise Violation("pinned-page-mapped", f"race munmap: GUP-fast pinned frame "
+                            f"{pfn:#x} after it was unmapped and reused")
+        if fi.mapping and not fi.mapping & 3 and flags & FOLL.LONGTERM:
+            kind_bits = m._core.as_kind(fi.mapping >> 2)
+            if world.policy.writable_file_mapping_check and kind_bits >= 0 and \
+                    kind_bits & C.AS_DIRTY_TRACKED:
+                raise Violation("policy", f"race {kind}: long-term writable pin of frame "
+                                f"{pfn:#x} of a dirty-tracked file")
+        p.mm.unpin_user_pages(pages)
+    if kind == "munmap_reuse":
+        m._core.flags_update(run.results[1], 0, C.F_SLAB)
+        m._core.folio_put(run.results[1])
+    m.check()
+    return f"race {kind} seed {op['seed']} -> {ret}"
+
+
+# the scheduling points of each race: GUP-fast's windows and the other side's
+_FAST_POINTS = {"fast_wp_seq_read", "fast_pte_read", "fast_grabbed", "fast_before_recheck",
+                "fast_mapping_read", "fast_wp_seq_recheck"}
+_RACE_POINTS = {
+    "fork": {"fork_wp_seq_begin", "fork_pin_check", "copy_before_wrprotect", "fork_wp_seq_end"},
+    "munmap_reuse": {"zap_cleared", "zap_flushed", "free_pgtables_unlinked"},
+    "truncate": {"zap_cleared", "zap_flushed", "folio_mapping_set",
+                 "as_release_before_call_rcu"},
+    "writeback": {"mkclean_cleared", "mkclean_flushed"},
+}
+
+
+def race_op(seed: int) -> dict:
+    rng = random.Random(seed)
+    kind = RACES[seed % len(RACES)]
+    # one window on each side keeps the schedule short, so a seeded pick
+    # lands in the narrow interleavings often
+    points = [rng.choice(sorted(_FAST_POINTS)), rng.choice(sorted(_RACE_POINTS[kind]))]
+    return {"op": "race", "kind": kind, "seed": seed, "points": points,
+            "longterm": rng.random() < 0.6, "shmem": rng.random() < 0.5,
+            "tlb_flush": rng.choice(["ipi", "broadcast"])}
+
+
+STRESS_SCENARIOS = ["unmap", "collapse", "truncate", "writeback", "fork"]
+
+
+def op_stress(world: World, op: dict) -> str:
+    """A native race campaign (csrc/stress.c) with the world's policy and
+    protection switches, on a machine of its own: GUP-fast on one CPU against
+    unmap / collapse / truncate / writeback / fork on another, at C speed.
+    Replaying it reruns the same campaign (same seed), but real threads do
+    not promise the same interleaving."""
+    from pygup.stress import run_stress
+    r = run_stress({"mutants": sorted(world.m.mutants), "policy": world.policy,
+                    "table_free": op.get("table_free", "rcu")},
+                   scenario=op["scenario"], seconds=op["seconds"], seed=op["seed"],
+                   threads=2 if op["scenario"] != "writeback" else 3,
+                   window_spins=op.get("window_spins", 0), stop_on_failure=1)
+    if not r.clean:
+        check = sorted(r.failures)[0] if r.failures else "violation"
+        detail = (r.messages or r.violations or [str(r.failures)])[0]
+        raise Violation(f"stress:{check}", f"{op['scenario']}: {detail}")
+    return f"stress {op['scenario']} clean ({sum(r.iterations.values())} iterations)"
+
+
+def stress_op(seed: int) -> dict:
+    rng = random.Random(seed)
+    return {"op": "stress", "scenario": STRESS_SCENARIOS[seed % len(STRESS_SCENARIOS)],
+            "seed": seed, "seconds": 0.1, "window_spins": rng.choice([0, 100, 1000]),
+            "table_free": rng.choice(["rcu", "ipi"])}
 
 
 _OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}
