@@ -386,6 +386,14 @@ def op_migrate(world: World, op: dict) -> str:
     return f"migrate {addr:#x} -> {ok}"
 
 
+def _check_remote_read(world: World, proc: Proc, region: Region, page: int, got: int,
+                       what: str) -> None:
+    want = world.expected_read(proc, region, page)
+    if got >= 0 and want is not None and got != want:
+        raise Violation("cow-isolation", f"{what} {region.page_addr(page):#x}: {got:#x}, "
+                        f"expected {want:#x}")
+
+
 def op_caller(world: World, op: dict) -> str:
     t = _target(world, op)
     if t is None:
@@ -415,20 +423,14 @@ def op_caller(world: World, op: dict) -> str:
             world.record_write(proc, region, page, value)
     elif name == "proc_mem_read":
         ret = callers.proc_mem_read(p, addr)
-        want = world.expected_read(proc, region, page)
-        if ret >= 0 and want is not None and ret != want:
-            raise Violation("cow-isolation", f"/proc/pid/mem read {addr:#x}: {ret:#x}, "
-                            f"expected {want:#x}")
+        _check_remote_read(world, proc, region, page, ret, "/proc/pid/mem read")
     elif name == "process_vm_writev":
         ret = callers.process_vm_writev(p, addr, value)
         if ret == 8:
             world.record_write(proc, region, page, value)
     elif name == "process_vm_readv":
         ret = callers.process_vm_readv(p, addr)
-        want = world.expected_read(proc, region, page)
-        if ret >= 0 and want is not None and ret != want:
-            raise Violation("cow-isolation", f"process_vm_readv {addr:#x}: {ret:#x}, "
-                            f"expected {want:#x}")
+        _check_remote_read(world, proc, region, page, ret, "process_vm_readv")
     elif name == "dio_read":
         ret = callers.o_direct_read(p, addr, n * PAGE, value)
         for i in range(max(0, ret) // PAGE):

@@ -269,6 +269,13 @@ class World:
                                     f"pid {h.proc.p.pid} {addr:#x}: pinned frame {pfn:#x} is "
                                     "not exclusive (shared with a child)", pfn)
 
+    def file_kind(self, pfn: int) -> int:
+        """PG_AS_* kind bits of the file folio holding pfn (0 for anon/none)."""
+        fi = self.m._core.frame_info(pfn)
+        if not fi.mapping or fi.mapping & C.MAPPING_FLAGS:
+            return 0
+        return max(self.m._core.as_kind(fi.mapping >> 2), 0)
+
     def check_policy_pin(self, pages, flags: int) -> None:
         """Invariant 7: under the 6.5 policy no FOLL_LONGTERM|FOLL_WRITE pin
         exists on a folio of a dirty-tracked mapping."""
@@ -276,35 +283,23 @@ class World:
             return
         if (flags & (FOLL.LONGTERM | FOLL.WRITE)) != FOLL.LONGTERM | FOLL.WRITE:
             return
-        core = self.m._core
         for pfn in pages:
-            fi = core.frame_info(pfn)
-            if fi.mapping and not fi.mapping & C.MAPPING_FLAGS:
-                kind = core.as_kind(fi.mapping >> 2)
-                if kind >= 0 and kind & C.AS_DIRTY_TRACKED:
-                    raise Violation("policy", f"long-term writable pin of frame {pfn:#x} of a "
-                                    "dirty-tracked file", pfn)
+            if self.file_kind(pfn) & C.AS_DIRTY_TRACKED:
+                raise Violation("policy", f"long-term writable pin of frame {pfn:#x} of a "
+                                "dirty-tracked file", pfn)
 
     def check_no_secretmem(self, pages) -> None:
         """BUGS #9: no GUP ever returns a secretmem folio (it is not in the
         kernel's direct map; touching it through the pin would crash)."""
-        core = self.m._core
         for pfn in pages:
-            fi = core.frame_info(pfn)
-            if fi.mapping and not fi.mapping & C.MAPPING_FLAGS:
-                kind = core.as_kind(fi.mapping >> 2)
-                if kind >= 0 and kind & C.AS_SECRETMEM:
-                    raise Violation("no-secretmem", f"GUP returned secretmem frame {pfn:#x}", pfn)
+            if self.file_kind(pfn) & C.AS_SECRETMEM:
+                raise Violation("no-secretmem", f"GUP returned secretmem frame {pfn:#x}", pfn)
 
     def check_pin_write(self, pfn: int) -> None:
         """Invariant 3 for the direct map: a write through a pin to a clean
         folio of a dirty-tracked file, with no page_mkwrite since its clean."""
-        core = self.m._core
-        fi = core.frame_info(pfn)
-        if not fi.mapping or fi.mapping & C.MAPPING_FLAGS:
-            return
-        kind = core.as_kind(fi.mapping >> 2)
-        if kind >= 0 and kind & C.AS_DIRTY_TRACKED and not fi.flags & (C.F_DIRTY | C.F_MKWRITE):
+        fi = self.m._core.frame_info(pfn)
+        if self.file_kind(pfn) & C.AS_DIRTY_TRACKED and not fi.flags & (C.F_DIRTY | C.F_MKWRITE):
             raise Violation("write-notify-bypass", f"write through a pin to clean frame "
                             f"{pfn:#x} of a dirty-tracked file (no page_mkwrite since writeback)",
                             pfn)
