@@ -18,8 +18,8 @@ from pygup.fuzz.driver import (Failure, replay, run_race_seed, run_seed, run_str
 from pygup.mutants import MUTANTS, OVER_REFUSAL
 
 OPS_PER_SEED = 300
-STRESS_EVERY = 4          # seeds 4k+3: a native race campaign (stress.c);
-                          # seeds 4k+1: a batch of scheduled races (sched.c)
+CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c);
+                          # seeds 12k+5: a batch of scheduled races (sched.c)
 
 
 @dataclasses.dataclass
@@ -49,9 +49,9 @@ def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q)
     for s in _seeds(seed, shard, worker, workers):
         if time.monotonic() > deadline or (max_ops and done >= max_ops):
             break
-        if s % STRESS_EVERY == STRESS_EVERY - 1:
+        if s % CONCURRENT_EVERY == CONCURRENT_EVERY - 1:
             failure, n = run_stress_seed(s, policy, mutants)
-        elif s % STRESS_EVERY == 1:
+        elif s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
             failure, n = run_race_seed(s, policy, mutants)
         else:
             failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline)
