@@ -171,3 +171,26 @@ def test_concurrent_steps_find_race_switches():
     hit = run_ops([op], "6.5", ["no_pte_recheck"])
     assert hit is not None and hit.invariant == "stress:stale_ref"
     assert run_stress_seed(0, "6.5")[0] is None
+
+
+def test_byte_stream_decoder():
+    """Coverage-guided fuzzers drive the same vocabulary: any bytes decode
+    to a runnable sequence; 6.5 stays clean on random bytes, and the bytes
+    of the seed's scenario find the 6.4 bug."""
+    import random
+
+    from pygup.fuzz.bytestream import decode, test_one_input
+    rng = random.Random(3)
+    for _ in range(30):
+        data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300)))
+        ops = decode(data)
+        assert all(json.loads(json.dumps(op)) == op for op in ops)
+        test_one_input(data)                              # no violation under 6.5
+    seed_bug = bytes([0, 0, 1, 0, 1, 0, 1,               # mmap: ext4 file f0, shared, rw
+                      7, 0, 0, 0, 0, 1, 1, 1,            # pin: 1 page, fast, write, longterm
+                      11,                                # writeback
+                      9, 0, 0, 1, 2, 3, 4])              # pin_write
+    assert [op["op"] for op in decode(seed_bug)] == ["mmap", "pin", "writeback", "pin_write"]
+    with pytest.raises(AssertionError, match="write-notify-bypass"):
+        test_one_input(seed_bug, "6.4")
+    test_one_input(seed_bug, "6.5")
