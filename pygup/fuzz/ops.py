@@ -6,6 +6,7 @@ taken modulo what exists when the operation runs.
 from __future__ import annotations
 
 import errno
+import functools
 import random
 from typing import Callable
 
@@ -106,6 +107,18 @@ def _target(world: World, op: dict):
     return proc, region, page, region.page_addr(page)
 
 
+def _on_page(fn: Callable) -> Callable:
+    """An operation on one page of one region: resolve op's (proc, region,
+    page) first, and do nothing when there is nothing mapped to act on."""
+    @functools.wraps(fn)
+    def run(world: World, op: dict, *args):
+        t = _target(world, op)
+        if t is None:
+            return "nothing mapped"
+        return fn(world, op, *t, *args)
+    return run
+
+
 def _span(region: Region, page: int, n: int) -> int:
     """How many of n pages from `page` on are this region's and mapped (the
     pages after them may belong to another mapping now)."""
@@ -159,11 +172,9 @@ def op_mmap(world: World, op: dict) -> str:
     return f"mmap {kind} {pages}p at {addr:#x}"
 
 
-def op_munmap(world: World, op: dict) -> str:
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
+@_on_page
+def op_munmap(world: World, op: dict, proc: Proc, region: Region, page: int,
+              addr: int) -> str:
     if op["whole"] or region.huge:
         for start, length in region.runs():
             _quiet(proc.p.munmap, start, length)
@@ -178,11 +189,9 @@ def op_munmap(world: World, op: dict) -> str:
     return f"munmap {addr:#x}"
 
 
-def op_mprotect(world: World, op: dict) -> str:
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
+@_on_page
+def op_mprotect(world: World, op: dict, proc: Proc, region: Region, page: int,
+                addr: int) -> str:
     prot = {"rw": PROT.READ | PROT.WRITE, "r": PROT.READ, "none": PROT.NONE}[op["prot"]]
     errs = [_quiet(proc.p.mprotect, start, length, prot)[1] for start, length in region.runs()]
     err = next((e for e in errs if e), None)
@@ -215,22 +224,18 @@ def op_exit(world: World, op: dict) -> str:
     return f"exit pid {proc.p.pid}"
 
 
-def op_write(world: World, op: dict) -> str:
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
+@_on_page
+def op_write(world: World, op: dict, proc: Proc, region: Region, page: int,
+             addr: int) -> str:
     _, err = _quiet(proc.p.write, addr, op["value"])
     if err is None:
         world.record_write(proc, region, page, op["value"])
     return f"write {addr:#x} -> {err or 0}"
 
 
-def op_read(world: World, op: dict) -> str:
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
+@_on_page
+def op_read(world: World, op: dict, proc: Proc, region: Region, page: int,
+            addr: int) -> str:
     got, err = _quiet(proc.p.read, addr)
     if err is None:
         want = world.expected_read(proc, region, page)
@@ -240,11 +245,9 @@ def op_read(world: World, op: dict) -> str:
     return f"read {addr:#x} -> {err or 0}"
 
 
-def _gup(world: World, op: dict, pin: bool) -> str:
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
+@_on_page
+def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: int,
+         pin: bool) -> str:
     mm = proc.p.mm
     n = _span(region, page, op["n"])
     flags = (FOLL.WRITE if op["write"] else 0)
@@ -333,11 +336,9 @@ def op_writeback(world: World, op: dict) -> str:
     return f"writeback {world.m.writeback()} pages"
 
 
-def op_msync(world: World, op: dict) -> str:
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
+@_on_page
+def op_msync(world: World, op: dict, proc: Proc, region: Region, page: int,
+             addr: int) -> str:
     errs = [_quiet(proc.p.msync, start, length)[1] for start, length in region.runs()]
     return f"msync -> {next((e for e in errs if e), 0)}"
 
@@ -372,12 +373,10 @@ def op_evict(world: World, op: dict) -> str:
     return f"evict {world.m.evict(f)}"
 
 
-def op_migrate(world: World, op: dict) -> str:
+@_on_page
+def op_migrate(world: World, op: dict, proc: Proc, region: Region, page: int,
+               addr: int) -> str:
     from pygup.migrate import migrate_folio
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
     pte = proc.p.mm.pte(addr)
     if not pte.level or pte.special:
         return "not mapped"
@@ -394,11 +393,9 @@ def _check_remote_read(world: World, proc: Proc, region: Region, page: int, got:
                         f"expected {want:#x}")
 
 
-def op_caller(world: World, op: dict) -> str:
-    t = _target(world, op)
-    if t is None:
-        return "nothing mapped"
-    proc, region, page, addr = t
+@_on_page
+def op_caller(world: World, op: dict, proc: Proc, region: Region, page: int,
+              addr: int) -> str:
     p = proc.p
     n = _span(region, page, op["n"])
     name = op["name"]
