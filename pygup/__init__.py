@@ -7,8 +7,8 @@ from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
 from pygup.fs import PRESETS, File, FileSystem, FsType, FsWarning
 from pygup.machine import Folio, FolioFlag, Machine
 from pygup.mm import MM, PTE, Process
-from pygup.mutants import MUTANTS
-from pygup.policy import POLICIES, Policy
+from pygup.config.mutants import MUTANTS
+from pygup.config.policy import POLICIES, Policy
 from pygup.vma import (
     VMA,
     vma_fs_can_writeback,

@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol
 
 from pygup._native import HostProbes as H
 from pygup.flags import FOLL, MAP, MS, PROT, GupError, errno_name, flag_names
-from pygup.policy import POLICIES
+from pygup.config.policy import POLICIES
 
 PAGE = 4096
 HPAGE = 2 << 20

@@ -22,8 +22,8 @@ from typing import Iterable, Iterator, Optional
 from pygup._native import C, Core
 from pygup.flags import GupError
 from pygup.fs import PRESETS, File, FileSystem, FsType
-from pygup.mutants import mutant_bits
-from pygup.policy import Policy, resolve
+from pygup.config.mutants import mutant_bits
+from pygup.config.policy import Policy, resolve
 from pygup.sched import Interleaving, SchedLock
 
 FolioFlag = enum.IntFlag("FolioFlag", {name[2:]: getattr(C, name)

@@ -124,7 +124,7 @@ def _variant_bits(variants: Union[int, Iterable[str], None]) -> int:
 def _policy_bits(policy) -> int:
     if isinstance(policy, int) and not isinstance(policy, bool):
         return policy
-    from pygup.policy import resolve
+    from pygup.config.policy import resolve
     pol = resolve(policy)
     bits = C.GUPF_WHITELIST if pol.fast_pin_whitelist else 0
     if pol.secretmem_lru_shortcut:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from pygup.fuzz.driver import (Failure, replay, run_race_seed, run_seed, run_stress_seed,
                                 save, shrink)
-from pygup.mutants import MUTANTS, OVER_REFUSAL
+from pygup.config.mutants import MUTANTS, OVER_REFUSAL
 
 OPS_PER_SEED = 300
 CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c);
