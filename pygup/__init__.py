@@ -4,12 +4,12 @@ The public API: a ``Machine`` with memory, CPUs, file systems and processes;
 the flag sets; and the patch-1 predicates of the Linux 6.5 series.
 """
 from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
-from pygup.fs import PRESETS, File, FileSystem, FsType, FsWarning
+from pygup.kernel.fs import PRESETS, File, FileSystem, FsType, FsWarning
 from pygup.machine import Folio, FolioFlag, Machine
-from pygup.mm import MM, PTE, Process
+from pygup.kernel.mm import MM, PTE, Process
 from pygup.config.mutants import MUTANTS
 from pygup.config.policy import POLICIES, Policy
-from pygup.vma import (
+from pygup.kernel.vma import (
     VMA,
     vma_fs_can_writeback,
     vma_is_anonymous,

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from pygup.flags import FOLL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pygup.gup import Pages
-    from pygup.mm import Process
+    from pygup.kernel.gup import Pages
+    from pygup.kernel.mm import Process
 
 PAGE_SIZE = 4096
 SZ_1G = 1 << 30
@@ -157,7 +157,7 @@ def _access_remote_vm(p: "Process", addr: int, write: bool, value: int) -> int:
     ret, pages = p.mm.get_user_pages_remote(addr & ~(PAGE_SIZE - 1), 1, flags)
     if ret <= 0:
         return -errno.EIO          # mem_rw(): nothing copied
-    from pygup.gup import mark_folio_dirty
+    from pygup.kernel.gup import mark_folio_dirty
     try:
         if write:
             pages.write(0, value)

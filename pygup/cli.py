@@ -22,7 +22,7 @@ def world(out: Callable[[str], None] = print, fs_name: str = "ext4") -> dict:
     p = m.spawn()
     addr = p.mmap(4096, PROT.READ | PROT.WRITE, MAP.SHARED, file=f)
     vma = p.mm.find_vma(addr)
-    from pygup.vma import vma_needs_dirty_tracking, vma_wants_writenotify
+    from pygup.kernel.vma import vma_needs_dirty_tracking, vma_wants_writenotify
     obs: dict = {"needs_dirty_tracking": vma_needs_dirty_tracking(vma),
                  "wants_writenotify": vma_wants_writenotify(vma)}
     out(f"pygup world: a MAP_SHARED mapping of {fs.name}:data at {addr:#x}  ({m!r})")
@@ -67,7 +67,7 @@ def seed_story(policy: str, fs_name: str = "ext4", out: Callable[[str], None] = 
     pin of a MAP_SHARED file page, writeback, a write through the pin, unpin
     with dirty.  Returns what happened (the tests check it)."""
     from pygup.flags import FOLL
-    from pygup.gup import explain
+    from pygup.kernel.gup import explain
     m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2)
     fs = m.mount(fs_name)
     f = fs.create("data", 4096)
@@ -128,7 +128,7 @@ def demo(out: Callable[[str], None] = print) -> list[dict]:
 
 def explain_cmd(args) -> int:
     from pygup.flags import FOLL
-    from pygup.gup import explain
+    from pygup.kernel.gup import explain
     m = Machine(policy=args.policy, memory="64MiB", movable="8MiB")
     size = 2 << 20 if args.fs == "hugetlbfs" else 4096
     if args.fs == "anon":

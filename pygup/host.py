@@ -238,7 +238,7 @@ def backing_size(backing: str) -> int:
 
 class PygupSide:
     """One cell on a fresh pygup ``Machine``.  ``explain=True`` replaces the
-    method by ``pygup.gup.explain`` with the method's entry point and flags,
+    method by ``pygup.kernel.gup.explain`` with the method's entry point and flags,
     keeping the formatted trace in ``self.explanation``."""
 
     def __init__(self, cell: Cell, policy: str, workdir_preset: str = "ext4",
@@ -305,7 +305,7 @@ class PygupSide:
         from pygup import callers
         p = self.p
         if self.explain:
-            from pygup.gup import explain
+            from pygup.kernel.gup import explain
             api, flags = METHOD_GUP[method]
             if method == "io_uring" and self.m.policy.io_uring_pin_fast:
                 api = "pin_user_pages_fast"
@@ -583,7 +583,7 @@ class HostEnv:
 
     def _setup_workdir(self) -> None:
         kind = fs_type(self.workdir)
-        from pygup.fs import PRESETS
+        from pygup.kernel.fs import PRESETS
         self.workdir_fs = kind
         if kind is None or kind not in PRESETS:
             reason = f"no pygup preset for the working directory's file system ({kind})"
@@ -641,7 +641,7 @@ class HostEnv:
         return d
 
     def _setup_one(self, name: str, each: contextlib.ExitStack) -> HostBacking:
-        from pygup.fs import PRESETS
+        from pygup.kernel.fs import PRESETS
         if name == "anon":
             return HostBacking(name, None, None)
         if name == "memfd":

@@ -21,10 +21,10 @@ from typing import Iterable, Iterator, Optional
 
 from pygup._native import C, Core
 from pygup.flags import GupError
-from pygup.fs import PRESETS, File, FileSystem, FsType
+from pygup.kernel.fs import PRESETS, File, FileSystem, FsType
 from pygup.config.mutants import mutant_bits
 from pygup.config.policy import Policy, resolve
-from pygup.sched import Interleaving, SchedLock
+from pygup.kernel.sched import Interleaving, SchedLock
 
 FolioFlag = enum.IntFlag("FolioFlag", {name[2:]: getattr(C, name)
                                       for name in sorted(vars(C)) if name.startswith("F_")})
@@ -221,8 +221,8 @@ class Machine:
                          timeout: float = 60.0) -> Interleaving:
         """Run ``ops[i](machine)`` as CPU i, interleaved step by step at the
         race windows by a seeded, replayable scheduler: returns each op's
-        result (or exception) and the schedule taken (``pygup.sched``)."""
-        from pygup.sched import run_concurrently
+        result (or exception) and the schedule taken (``pygup.kernel.sched``)."""
+        from pygup.kernel.sched import run_concurrently
         return run_concurrently(self, ops, seed=seed, schedule=schedule, points=points,
                                 spin_limit=spin_limit, timeout=timeout)
 
@@ -277,7 +277,7 @@ class Machine:
 
     # -- file systems ------------------------------------------------------------
     def mount(self, preset: str, name: Optional[str] = None) -> FileSystem:
-        """Mount a new file system of a preset type (``pygup.fs.PRESETS``)."""
+        """Mount a new file system of a preset type (``pygup.kernel.fs.PRESETS``)."""
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         return self._mount(PRESETS[preset], name)
@@ -333,7 +333,7 @@ class Machine:
     # -- processes ---------------------------------------------------------------
     def spawn(self) -> "Process":
         """A new process with an empty address space."""
-        from pygup.mm import Process
+        from pygup.kernel.mm import Process
         with self._op():
             p = Process(self, self._next_pid)
             self._next_pid += 1
@@ -356,7 +356,7 @@ class Machine:
     def writeback(self) -> int:
         """sync(): write back every dirty folio of every file.  Returns pages
         written."""
-        from pygup.writeback import writeback_inode
+        from pygup.kernel.writeback import writeback_inode
         with self._op():
             return sum(writeback_inode(inode) for inode in self.all_inodes())
 
@@ -364,7 +364,7 @@ class Machine:
         """Reclaim the file's clean folios (unmapping them); pinned or otherwise
         referenced folios stay, but lose their fs-private state.  Returns
         folios evicted."""
-        from pygup.writeback import evict_inode
+        from pygup.kernel.writeback import evict_inode
         if not isinstance(file, File):
             raise ValueError(f"file must be a pygup File, got {file!r}")
         with self._op():

@@ -97,7 +97,7 @@ def test_differential_c_vs_reference(seed):
 
 
 def _bits(m):
-    from pygup.gup import _fast_policy_bits
+    from pygup.kernel.gup import _fast_policy_bits
     return _fast_policy_bits(m.policy)
 
 

@@ -342,5 +342,5 @@ def test_live_cleanup_after_failure(monkeypatch):
 def test_fs_presets_fsync():
     """secretmem's file_operations have no ->fsync (msync(MS_SYNC) -> EINVAL
     on the host); every other preset has one."""
-    from pygup.fs import PRESETS
+    from pygup.kernel.fs import PRESETS
     assert [n for n, t in PRESETS.items() if not t.fsync] == ["secretmem"]

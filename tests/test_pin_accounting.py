@@ -77,7 +77,7 @@ def test_double_unpin_refused(m):
 
 def test_unpin_of_a_page_without_pin_refused_by_the_core(m):
     """A forged Pages object: the C core refuses and nothing changes."""
-    from pygup.gup import Pages
+    from pygup.kernel.gup import Pages
     p, a = anon(m)
     pfn = p.mm.pte(a).pfn
     with pytest.raises(GupError) as e:

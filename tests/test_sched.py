@@ -18,7 +18,7 @@ import pytest
 
 from pygup import FOLL, MAP, PROT, InvariantError, Machine
 from pygup._native import C
-from pygup.sched import SchedDeadlock, ScheduleDiverged, yield_point
+from pygup.kernel.sched import SchedDeadlock, ScheduleDiverged, yield_point
 
 RW = PROT.READ | PROT.WRITE
 P = 4096

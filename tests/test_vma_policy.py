@@ -4,8 +4,8 @@ every file-system preset, against SPEC §8's table."""
 import pytest
 
 from pygup import MAP, PROT, Machine, vma_needs_dirty_tracking, vma_wants_writenotify
-from pygup.fs import PRESETS
-from pygup.vma import vma_fs_can_writeback, vma_is_shared_writable, vm_ops_needs_writenotify
+from pygup.kernel.fs import PRESETS
+from pygup.kernel.vma import vma_fs_can_writeback, vma_is_shared_writable, vm_ops_needs_writenotify
 
 # SPEC §8: does a MAP_SHARED + PROT_WRITE mapping need dirty tracking?
 EXPECTED_DIRTY_TRACKING = {

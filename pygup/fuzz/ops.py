@@ -376,7 +376,7 @@ def op_evict(world: World, op: dict) -> str:
 @_on_page
 def op_migrate(world: World, op: dict, proc: Proc, region: Region, page: int,
                addr: int) -> str:
-    from pygup.migrate import migrate_folio
+    from pygup.kernel.migrate import migrate_folio
     pte = proc.p.mm.pte(addr)
     if not pte.level or pte.special:
         return "not mapped"

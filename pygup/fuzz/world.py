@@ -68,7 +68,7 @@ class Held:
     proc: "Proc"
     region: Region
     page: int              # first page of the region pinned
-    pages: object          # pygup.gup.Pages
+    pages: object          # pygup.kernel.gup.Pages
     flags: int
     # pages the kernel itself unmapped from the pinner (truncate zaps private
     # COW copies beyond EOF): the pin lives on, detached from the mapping

@@ -10,7 +10,7 @@ stops after MAX_LONGTERM_RETRIES re-pins.
 import errno
 
 from pygup import FOLL, MAP, PROT, Machine
-from pygup.gup import MAX_LONGTERM_RETRIES
+from pygup.kernel.gup import MAX_LONGTERM_RETRIES
 
 
 def test_longterm_pin_migrates():

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from pygup._native import C
-from pygup.fault import handle_mm_fault, pte_pfn
+from pygup.kernel.fault import handle_mm_fault, pte_pfn
 from pygup.flags import FOLL, VM, GupError, InvariantError, errno_name, flag_names
-from pygup.vma import (
+from pygup.kernel.vma import (
     VMA,
     is_cow_mapping,
     vma_is_anonymous,
@@ -28,7 +28,7 @@ from pygup.vma import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pygup.mm import MM
+    from pygup.kernel.mm import MM
 
 PAGE_SHIFT = C.PAGE_SHIFT
 PAGE_SIZE = C.PAGE_SIZE
@@ -396,7 +396,7 @@ def check_and_migrate_movable_pages(mm: "MM", pfns: list[int], cpu: int) -> int:
     """/* mirrors check_and_migrate_movable_pages() */: 0 if every folio may
     stay pinned; otherwise unpin everything, migrate the movable folios to
     ZONE_NORMAL and return -EAGAIN (the caller re-pins), or -ENOMEM."""
-    from pygup.migrate import migrate_folio
+    from pygup.kernel.migrate import migrate_folio
     core = mm.machine._core
     collect: list[int] = []
     for pfn in pfns:

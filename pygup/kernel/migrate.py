@@ -9,7 +9,7 @@ references it cannot account for (someone else pinned it).
 from __future__ import annotations
 
 from pygup._native import C
-from pygup.fault import pte_pfn
+from pygup.kernel.fault import pte_pfn
 
 _MIGRATED_FLAGS = (C.F_DIRTY | C.F_UPTODATE | C.F_LRU | C.F_PRIVATE | C.F_MKWRITE
                    | C.F_REFERENCED | C.F_HUGETLB)

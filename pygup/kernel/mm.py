@@ -9,14 +9,14 @@ import errno
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from pygup._native import C
-from pygup.fault import handle_user_fault, pte_pfn
-from pygup import gup
+from pygup.kernel.fault import handle_user_fault, pte_pfn
+from pygup.kernel import gup
 from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, check_flags
-from pygup.fs import File
-from pygup.vma import DEVICE_VM_OPS, VMA, is_cow_mapping
+from pygup.kernel.fs import File
+from pygup.kernel.vma import DEVICE_VM_OPS, VMA, is_cow_mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pygup.gup import Pages
+    from pygup.kernel.gup import Pages
     from pygup.machine import Machine
 
 PAGE_SIZE = C.PAGE_SIZE
@@ -397,7 +397,7 @@ class Process:
                 vma = self.mm.find_vma(addr)
                 if vma is None:
                     break
-                from pygup.fault import handle_mm_fault
+                from pygup.kernel.fault import handle_mm_fault
                 try:
                     handle_mm_fault(vma, addr, write, cpu)
                 except GupError:
@@ -549,7 +549,7 @@ class Process:
 
     def msync(self, addr: int, length: int, flags: int = MS.SYNC) -> None:
         """msync(2): MS_SYNC writes back the shared file pages in the range."""
-        from pygup.writeback import writeback_inode
+        from pygup.kernel.writeback import writeback_inode
         self._live()
         start, end = self._check_range(addr, length)
         flags = check_flags(flags, MS, "flags")

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
 from pygup.flags import GupError
-from pygup.vma import HUGETLB_VM_OPS, SECRETMEM_VM_OPS, SHMEM_VM_OPS, VmOps
+from pygup.kernel.vma import HUGETLB_VM_OPS, SECRETMEM_VM_OPS, SHMEM_VM_OPS, VmOps
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup.machine import Machine
-    from pygup.vma import VMA
+    from pygup.kernel.vma import VMA
 
 import errno
 import itertools
@@ -180,7 +180,7 @@ class Inode:
 
     def maybe_release(self) -> None:
         if self.unlinked and not self.i_mmap:
-            from pygup.writeback import truncate_inode_pages
+            from pygup.kernel.writeback import truncate_inode_pages
             truncate_inode_pages(self, 0)
             self.release()
 
@@ -218,14 +218,14 @@ class File:
     def writeback(self) -> int:
         """Write back every dirty folio (filemap_write_and_wait).  Returns
         pages written to disk."""
-        from pygup.writeback import writeback_inode
+        from pygup.kernel.writeback import writeback_inode
         with self.fs.machine._op():
             return writeback_inode(self.inode)
 
     def truncate(self, size: int) -> None:
         """ftruncate(): shrink or grow; pages past the end are unmapped and
         dropped from the page cache (their mapping word cleared)."""
-        from pygup.writeback import truncate_inode
+        from pygup.kernel.writeback import truncate_inode
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"size must be a non-negative int, got {size!r}")
         with self.fs.machine._op():
@@ -263,7 +263,7 @@ class FileSystem:
                 inode = Inode(self, name, size)
                 self.files[name] = inode
             else:
-                from pygup.writeback import truncate_inode
+                from pygup.kernel.writeback import truncate_inode
                 truncate_inode(inode, size)
             return File(inode, writable=True)
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
 from pygup.flags import VM
-from pygup.vma import mapping_can_writeback
+from pygup.kernel.vma import mapping_can_writeback
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pygup.fs import Inode
+    from pygup.kernel.fs import Inode
 
 
 def _cpu(inode: "Inode") -> int:

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from pygup._native import C
 from pygup.flags import VM, GupError
-from pygup.vma import VMA, vma_is_anonymous, vma_pte_writable
+from pygup.kernel.vma import VMA, vma_is_anonymous, vma_pte_writable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pygup.mm import MM
+    from pygup.kernel.mm import MM
 
 PTE_BASE = C.PTE_PRESENT | C.PTE_USER | C.PTE_ACCESSED
 PMD_SIZE = 1 << C.PMD_SHIFT

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Optional
 from pygup.flags import VM
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pygup.fs import Inode
-    from pygup.mm import MM
+    from pygup.kernel.fs import Inode
+    from pygup.kernel.mm import MM
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
