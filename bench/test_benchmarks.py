@@ -4,7 +4,7 @@ come from ``pygup bench``, which measures everything in one run."""
 import pytest
 
 from pygup import FOLL, MAP, PROT, Machine
-from pygup.bench import LT_W, machine_for, mapped
+from pygup.tools.bench import LT_W, machine_for, mapped
 
 PAGES = 1 << 14
 RW = PROT.READ | PROT.WRITE
@@ -28,7 +28,7 @@ def test_fast_pin_unpin(benchmark, populated):
 
 
 def test_reference_fast_pin_unpin(benchmark, populated):
-    from pygup._reference import gup_fast_reference
+    from pygup.tools.reference import gup_fast_reference
     m, p, a = populated
 
     def once():
@@ -99,5 +99,5 @@ def test_user_writes_through_tlb(benchmark, populated):
 
 
 def test_fuzz_operations(benchmark):
-    from pygup.fuzz import run_seed
+    from pygup.tools.fuzz import run_seed
     benchmark.pedantic(lambda: run_seed(1, 300, "6.5"), rounds=5)

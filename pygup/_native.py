@@ -414,7 +414,7 @@ class Core:
 
 
 class HostProbes:
-    """The live-kernel probes of csrc/host.c (used by ``pygup.host``): real
+    """The live-kernel probes of csrc/host.c (used by ``pygup.tools.oracle.host``): real
     system calls on this machine, never an emulated one.  Each returns the
     kernel's answer as an int (0, a count, or -errno); values read come back
     as (ret, value)."""

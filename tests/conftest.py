@@ -80,7 +80,7 @@ def reproducer():
     import json
     import pathlib
 
-    from pygup.fuzz import run_ops
+    from pygup.tools.fuzz import run_ops
 
     def run(name: str):
         path = pathlib.Path(__file__).parent / "regressions" / f"{name}.json"

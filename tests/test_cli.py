@@ -1,6 +1,6 @@
 """The demo's stories, checked: the world (write-notify), and the seed's
 scenario under both policies."""
-from pygup.cli import main, seed_story, world
+from pygup.tools.cli import main, seed_story, world
 
 
 def test_world_ext4():

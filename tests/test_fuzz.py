@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from pygup.fuzz import replay, run_ops, run_seed, shrink
-from pygup.fuzz.driver import save
-from pygup.fuzz.ops import apply, generate
-from pygup.fuzz.world import World
+from pygup.tools.fuzz import replay, run_ops, run_seed, shrink
+from pygup.tools.fuzz.driver import save
+from pygup.tools.fuzz.ops import apply, generate
+from pygup.tools.fuzz.world import World
 
 # (policy, mutants) -> the invariant the harness must report; each is found
 # by a deterministic seed within the first few dozen (sequential targets;
@@ -160,7 +160,7 @@ def test_concurrent_steps_find_race_switches():
     """The race-window switches need concurrency: a batch of scheduled races
     (deterministic) finds no_wp_seq, a native stress campaign finds
     no_pte_recheck; with no switch both are clean."""
-    from pygup.fuzz.driver import run_race_seed, run_stress_seed
+    from pygup.tools.fuzz.driver import run_race_seed, run_stress_seed
     found = [run_race_seed(s, "6.5", ("no_wp_seq",))[0] for s in range(3)]
     f = next(f for f in found if f is not None)
     assert f.invariant == "pinned-anon-stays" and f.ops[0]["op"] == "race"
@@ -179,7 +179,7 @@ def test_byte_stream_decoder():
     of the seed's scenario find the 6.4 bug."""
     import random
 
-    from pygup.fuzz.bytestream import decode, test_one_input
+    from pygup.tools.fuzz.bytestream import decode, test_one_input
     rng = random.Random(3)
     for _ in range(30):
         data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300)))

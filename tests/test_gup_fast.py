@@ -9,7 +9,7 @@ import pytest
 
 from pygup import FOLL, MAP, PROT, Machine
 from pygup._native import C
-from pygup._reference import gup_fast_reference
+from pygup.tools.reference import gup_fast_reference
 
 RW = PROT.READ | PROT.WRITE
 P = 4096

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from pygup import host
-from pygup.cli import main
-from pygup.host import Cell, CellResult, Deliberate, Outcome, Report
+from pygup.tools.oracle import host
+from pygup.tools.cli import main
+from pygup.tools.oracle.host import Cell, CellResult, Deliberate, Outcome, Report
 
 LINUX = sys.platform.startswith("linux")
 

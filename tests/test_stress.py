@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 
 from pygup import Machine
-from pygup.stress import CHECKS, SCENARIOS, run_stress, stress_params
+from pygup.tools.stress import CHECKS, SCENARIOS, run_stress, stress_params
 
 pytestmark = pytest.mark.stress
 

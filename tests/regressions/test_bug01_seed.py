@@ -28,7 +28,7 @@ def test_replays_under_6_4_and_6_5_refuses(reproducer):
 
 def test_the_lost_write_itself():
     """Without the write-notify check the data is lost: the demo's story."""
-    from pygup.cli import seed_story
+    from pygup.tools.cli import seed_story
     obs = seed_story("6.4", "ext4", out=lambda s: None)
     assert obs["lost"] and obs["warnings"] == 2
     assert not seed_story("6.5", "ext4", out=lambda s: None)["lost"]

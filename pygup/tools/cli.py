@@ -183,17 +183,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     o.add_argument("--policy", default=None,
                    help="pygup policy (default: the preset nearest the host kernel)")
     bn = sub.add_parser("bench", help="benchmarks: ratios to the reference and the kernel")
-    from pygup.bench import add_arguments as bench_arguments
+    from pygup.tools.bench import add_arguments as bench_arguments
     bench_arguments(bn)
     fz = sub.add_parser("fuzz", help="the fuzzing harness: seeded campaigns, replay, selftest")
-    from pygup.fuzz.campaign import add_arguments as fuzz_arguments
+    from pygup.tools.fuzz.campaign import add_arguments as fuzz_arguments
     fuzz_arguments(fz)
     args = parser.parse_args(argv)
     if args.cmd == "bench":
-        from pygup.bench import main as bench_main
+        from pygup.tools.bench import main as bench_main
         return bench_main(args)
     if args.cmd == "fuzz":
-        from pygup.fuzz.campaign import run as fuzz_run
+        from pygup.tools.fuzz.campaign import run as fuzz_run
         return fuzz_run(args)
     if args.cmd == "demo":
         demo()
@@ -202,7 +202,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.cmd == "explain":
         return explain_cmd(args)
     elif args.cmd == "oracle":
-        from pygup.host import oracle_main
+        from pygup.tools.oracle.host import oracle_main
         try:
             return oracle_main(only=args.only, policy=args.policy, json_out=args.json)
         except ValueError as exc:

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Optional
 
-from pygup.fuzz.driver import (Failure, replay, run_race_seed, run_seed, run_stress_seed,
+from pygup.tools.fuzz.driver import (Failure, replay, run_race_seed, run_seed, run_stress_seed,
                                 save, shrink)
 from pygup.config.mutants import MUTANTS, OVER_REFUSAL
 

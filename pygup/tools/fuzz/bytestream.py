@@ -3,13 +3,13 @@ valid operation sequence of the harness's vocabulary (the same one the
 seeded driver generates), so libFuzzer/atheris mutations explore it.  The
 native stress campaigns stay out: their outcome is timing, not data.
 
-    python -m pygup.fuzz.bytestream CORPUS_DIR...   # with atheris installed
+    python -m pygup.tools.fuzz.bytestream CORPUS_DIR...   # with atheris installed
 """
 from __future__ import annotations
 
 import sys
 
-from pygup.fuzz.ops import CALLERS, RACES
+from pygup.tools.fuzz.ops import CALLERS, RACES
 
 _KINDS = ["anon", "file", "shared-anon", "huge", "secret"]
 _PROTS = ["rw", "r", "none"]
@@ -90,7 +90,7 @@ def decode(data: bytes, max_ops: int = 200) -> list[dict]:
 
 def test_one_input(data: bytes, policy: str = "6.5", mutants=()) -> None:
     """The fuzz target: raise AssertionError on any violation."""
-    from pygup.fuzz.driver import run_ops
+    from pygup.tools.fuzz.driver import run_ops
     f = run_ops(decode(data), policy, mutants)
     if f is not None:
         raise AssertionError(f"[{f.invariant}] {f.detail} at step {f.step}")

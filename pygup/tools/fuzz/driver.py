@@ -9,9 +9,9 @@ import random
 import time
 from typing import Iterable, Optional
 
-from pygup.fuzz.ops import apply, generate
+from pygup.tools.fuzz.ops import apply, generate
 from pygup.errors import InvariantError
-from pygup.fuzz.world import Violation, World, core_violation
+from pygup.tools.fuzz.world import Violation, World, core_violation
 
 FULL_CHECK_EVERY = 8      # the refcount audit runs in full every N steps
 
@@ -109,7 +109,7 @@ def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
 
 def run_stress_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
     """A native race campaign as a one-operation sequence (see ops.op_stress)."""
-    from pygup.fuzz.ops import stress_op
+    from pygup.tools.fuzz.ops import stress_op
     f = run_ops([stress_op(seed)], policy, mutants)
     if f is not None:
         f.seed = seed
@@ -122,7 +122,7 @@ RACES_PER_SEED = 32
 def run_race_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
     """A batch of scheduled two-CPU races (ops.op_race), each a one-operation
     sequence of its own: (the first failure or None, races run)."""
-    from pygup.fuzz.ops import race_op
+    from pygup.tools.fuzz.ops import race_op
     for k in range(RACES_PER_SEED):
         s = seed * RACES_PER_SEED + k
         f = run_ops([race_op(s)], policy, mutants)

@@ -60,7 +60,7 @@ def pygup_fast_ns(m: Machine, p, a: int, pages: int, reps: int) -> float:
 
 
 def reference_ns(m: Machine, p, a: int, pages: int) -> float:
-    from pygup._reference import gup_fast_reference
+    from pygup.tools.reference import gup_fast_reference
     t0 = time.perf_counter_ns()
     got = gup_fast_reference(m, p.mm, a, pages, int(LT_W))
     core = m._core
@@ -119,7 +119,7 @@ def bytes_per_page(pages: int) -> float:
 
 
 def fuzz_ops_per_s(seconds: float) -> float:
-    from pygup.fuzz import run_seed
+    from pygup.tools.fuzz import run_seed
     t0 = time.monotonic()
     ops = seed = 0
     while time.monotonic() - t0 < seconds:
@@ -134,20 +134,20 @@ def fuzz_ops_per_s(seconds: float) -> float:
 
 def kernel_status() -> Optional[str]:
     try:
-        from pygup import host
+        from pygup.tools.oracle import host
     except Exception as e:            # the host probes did not build here
-        return f"pygup.host unavailable: {e}"
+        return f"pygup.tools.oracle.host unavailable: {e}"
     return host.io_uring_status()
 
 
 def kernel_fast_ns(pages: int, reps: int) -> float:
-    from pygup import host
+    from pygup.tools.oracle import host
     return host.io_uring_register_timing(pages, reps)["ns_per_page"]
 
 
 def kernel_faultin_ns(pages: int) -> float:
     """io_uring registration of a fresh, untouched region: GUP faults it in."""
-    from pygup import host
+    from pygup.tools.oracle import host
     size = pages * PAGE
     rc, addr = host.H.mmap(size, int(PROT.READ | PROT.WRITE), int(MAP.PRIVATE | MAP.ANONYMOUS))
     if rc:

@@ -14,7 +14,7 @@ from pygup import callers
 from pygup.errors import GupError
 from pygup.flags import FOLL, MAP, PROT
 from pygup._native import C
-from pygup.fuzz.world import PAGE, Held, Proc, Region, Violation, World
+from pygup.tools.fuzz.world import PAGE, Held, Proc, Region, Violation, World
 
 # op name -> weight in random generation
 WEIGHTS = {
@@ -501,7 +501,7 @@ def op_race(world: World, op: dict) -> str:
     for i in (0, 1):
         err = run.raised(i)
         if isinstance(err, InvariantError):
-            from pygup.fuzz.world import core_violation
+            from pygup.tools.fuzz.world import core_violation
             raise core_violation(err)
     ret, pages = run.results[0]
     if ret == 1:
@@ -562,7 +562,7 @@ def op_stress(world: World, op: dict) -> str:
     unmap / collapse / truncate / writeback / fork on another, at C speed.
     Replaying it reruns the same campaign (same seed), but real threads do
     not promise the same interleaving."""
-    from pygup.stress import run_stress
+    from pygup.tools.stress import run_stress
     r = run_stress({"mutants": sorted(world.m.mutants), "policy": world.policy,
                     "table_free": op.get("table_free", "rcu")},
                    scenario=op["scenario"], seconds=op["seconds"], seed=op["seed"],
