@@ -3,12 +3,14 @@
 The public API: a ``Machine`` with memory, CPUs, file systems and processes;
 the flag sets; and the patch-1 predicates of the Linux 6.5 series.
 """
-from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
-from pygup.kernel.fs import PRESETS, File, FileSystem, FsType, FsWarning
-from pygup.machine import Folio, FolioFlag, Machine
-from pygup.kernel.mm import MM, PTE, Process
-from pygup.config.mutants import MUTANTS
+from pygup.config.mutants import MUTANTS, Mutant
 from pygup.config.policy import POLICIES, Policy
+from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
+from pygup.kernel.fs import PRESETS, FsType, FsWarning
+from pygup.kernel.mm import MM, PTE
+from pygup.kernel.process import Process
+from pygup.kernel.vfs import File, FileSystem
+from pygup.machine import Folio, FolioFlag, Machine
 from pygup.kernel.vma import (
     VMA,
     vma_fs_can_writeback,
@@ -21,7 +23,7 @@ from pygup.kernel.vma import (
 __all__ = [
     "FOLL", "MAP", "MS", "PROT", "VM", "GupError", "InvariantError",
     "PRESETS", "File", "FileSystem", "FsType", "FsWarning",
-    "Folio", "FolioFlag", "Machine", "MM", "MUTANTS", "PTE", "Process", "POLICIES", "Policy",
+    "Folio", "FolioFlag", "Machine", "MM", "MUTANTS", "Mutant", "PTE", "Process", "POLICIES", "Policy",
     "VMA", "vma_fs_can_writeback", "vma_is_anonymous", "vma_is_shared_writable",
     "vma_needs_dirty_tracking", "vma_wants_writenotify",
 ]

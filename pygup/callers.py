@@ -11,18 +11,17 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from pygup.flags import FOLL
+from pygup.flags import FOLL, PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.gup import Pages
-    from pygup.kernel.mm import Process
+    from pygup.kernel.process import Process
 
-PAGE_SIZE = 4096
 SZ_1G = 1 << 30
 
 
 def _nr_pages(addr: int, length: int) -> int:
-    return ((addr + length + PAGE_SIZE - 1) >> 12) - (addr >> 12)
+    return ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (addr >> PAGE_SHIFT)
 
 
 def _hold(p: "Process", kind: str, pages: "Pages") -> None:
@@ -53,7 +52,7 @@ def io_uring_register_buffers(p: "Process", addr: int, length: int) -> int:
         return -errno.EOVERFLOW
     nr = _nr_pages(addr, length)
     flags = FOLL.WRITE | FOLL.LONGTERM
-    if p.machine.policy.io_uring_pin_fast:
+    if p.kernel.policy.io_uring_pin_fast:
         ret, pages = p.mm.pin_user_pages_fast(addr, nr, flags)
     else:
         ret, pages = p.mm.pin_user_pages(addr, nr, flags)
@@ -61,7 +60,7 @@ def io_uring_register_buffers(p: "Process", addr: int, length: int) -> int:
         if ret > 0:
             p.mm.unpin_user_pages(pages)
         return ret if ret < 0 else -errno.EFAULT
-    if p.machine.policy.io_uring_file_check:
+    if p.kernel.policy.io_uring_file_check:
         # up to 6.4: "don't support file backed memory" (shmem, hugetlbfs ok)
         for vma in p.mm.vmas_in(addr, addr + nr * PAGE_SIZE):
             f = vma.vm_file
@@ -161,8 +160,8 @@ def _access_remote_vm(p: "Process", addr: int, write: bool, value: int) -> int:
     try:
         if write:
             pages.write(0, value)
-            with p.machine._op():
-                mark_folio_dirty(p.machine, p.machine._core.frame_info(pages[0]),
+            with p.kernel.op():
+                mark_folio_dirty(p.kernel, p.kernel.core.frame_info(pages[0]),
                                  "set_page_dirty_lock (/proc/pid/mem)")
             return 8
         return pages.read(0)

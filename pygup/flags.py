@@ -13,6 +13,17 @@ import enum
 from pygup._native import C
 from pygup.errors import GupError, InvariantError  # noqa: F401  (re-exported)
 
+# sizes, read from the C core once (csrc/pygup.h); every module takes them
+# from here
+PAGE_SHIFT: int = C.PAGE_SHIFT
+PAGE_SIZE: int = C.PAGE_SIZE
+PAGE_MASK: int = ~(PAGE_SIZE - 1)
+PMD_SHIFT: int = C.PMD_SHIFT
+PMD_ORDER: int = C.PMD_ORDER
+PMD_NR: int = C.PMD_NR
+PMD_SIZE: int = 1 << C.PMD_SHIFT           # HPAGE_PMD_SIZE: a THP / hugetlb page
+TASK_SIZE: int = C.TASK_SIZE_MAX
+
 
 # gup_flags: the values are the C core's (csrc/pygup.h), which are Linux
 # 6.5's (SPEC §1.1); tests/test_flags.py checks them against SPEC's table.
@@ -68,6 +79,13 @@ class MS(enum.IntFlag):
     ASYNC = 1
     INVALIDATE = 2
     SYNC = 4
+
+
+def int_arg(value, name: str) -> int:
+    """``value`` if it is an int (not a bool), else a TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
 
 
 def check_flags(value, enum_type: type[enum.IntFlag], name: str) -> int:

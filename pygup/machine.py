@@ -1,30 +1,28 @@
-"""``Machine``: physical memory, CPUs, policy, mounted file systems, processes.
+"""``Machine``: the user's front door — physical memory, CPUs, policy,
+mounted file systems, processes, and inspection of frames and counters.
 
-Locking model (a deliberate simplification of the kernel's): every model
-update that Python performs — faults, mmap/munmap/mprotect/fork, writeback,
-truncate, eviction — runs under one machine lock (``_op()``), standing in for
-mmap_lock, the PTE locks, the folio locks and i_mmap_rwsem together.  What
-the kernel does *without* those locks runs in C without this one: the MMU's
-user accesses through the TLB, IPI handling, RCU, and (later) GUP-fast.
-Those are the paths whose races pygup exists to study.
+The emulated kernel behind it is a ``pygup.kernel.context.Kernel``
+(``machine.kernel``), which every model object holds; the Machine only
+builds it and offers the user's calls (the locking model is described
+there).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import enum
-import errno
 import re
-import threading
-import weakref
 from typing import Iterable, Iterator, Optional
 
 from pygup._native import C, Core
-from pygup.flags import GupError
-from pygup.kernel.fs import PRESETS, File, FileSystem, FsType
-from pygup.config.mutants import mutant_bits
+from pygup.config.mutants import resolve_mutants
 from pygup.config.policy import Policy, resolve
-from pygup.kernel.sched import Interleaving, SchedLock
+from pygup.kernel.context import Kernel
+from pygup.kernel.fs import PRESETS, FsType
+from pygup.kernel.process import Process
+from pygup.kernel.sched import Interleaving, run_concurrently
+from pygup.kernel.vfs import File, FileSystem, anon_inode_file, mount
+from pygup.kernel.writeback import evict_inode, writeback_inode
 
 FolioFlag = enum.IntFlag("FolioFlag", {name[2:]: getattr(C, name)
                                       for name in sorted(vars(C)) if name.startswith("F_")})
@@ -116,75 +114,46 @@ class Machine:
             raise ValueError(f"tlb_flush must be 'ipi' or 'broadcast', got {tlb_flush!r}")
         self.memory = mem
         self.table_free = table_free
-        bits = mutant_bits(mutants)
-        self._core = Core(mem // C.PAGE_SIZE, mov // C.PAGE_SIZE, cpus, table_free == "rcu")
-        self._core.set_mutants(bits)
-        self._core.set_tlb_flush_mode(tlb_flush == "broadcast")
         self.tlb_flush = tlb_flush
-        self.mutants = frozenset([mutants] if isinstance(mutants, str) else mutants)
-        # an RLock that scheduled CPUs take by trying (pygup/sched.py)
-        self._lock = SchedLock(self._core)
-        self._cpu_owner: list[Optional[int]] = [None] * cpus   # thread ident per slot
-        self._tls = threading.local()
-        self.filesystems: list[FileSystem] = []
-        self.processes: list = []
-        self._next_pid = 1
-        self._internal: dict[str, FileSystem] = {}
-        self._next_anon_inode = 0
-        self.device_frames: list[int] = []   # memory behind mmap_pfn() mappings
-        self._pin_scope = 0        # memalloc_pin_save() nesting (under _lock)
-        # reverse maps from a folio's mapping word to the model objects
-        self._inodes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._anon_vmas: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        switches = resolve_mutants(mutants)
+        core = Core(mem // C.PAGE_SIZE, mov // C.PAGE_SIZE, cpus, table_free == "rcu")
+        core.set_mutants(sum(m.bit for m in switches))
+        core.set_tlb_flush_mode(tlb_flush == "broadcast")
+        self.kernel = Kernel(core, self.policy, switches)
+        self._core = core          # the C core, for tests and tools that drive it directly
+
+    @property
+    def mutants(self) -> frozenset:
+        """The protection switches planted in this machine (names)."""
+        return frozenset(m.value for m in self.kernel.mutants)
 
     @property
     def nr_cpus(self) -> int:
-        return self._core.nr_cpus
+        return self.kernel.nr_cpus
+
+    @property
+    def filesystems(self) -> list[FileSystem]:
+        return self.kernel.filesystems
+
+    @property
+    def processes(self) -> list[Process]:
+        return self.kernel.processes
+
+    @property
+    def device_frames(self) -> list[int]:
+        return self.kernel.device_frames
 
     # -- CPUs ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def cpu(self, k: int) -> Iterator[int]:
-        """Run the calling thread as emulated CPU ``k`` inside the block.  A
-        CPU belongs to one thread at a time (EBUSY otherwise); the thread's
-        previous CPU stays its own and is current again after the block."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.nr_cpus:
-            raise ValueError(f"cpu must be in 0..{self.nr_cpus - 1}, got {k!r}")
-        outer = getattr(self._tls, "slot", None)
-        if outer is not None and outer.cpu == k:
-            yield k
-            return
-        self._tls.slot = self._claim(k)
-        try:
-            yield k
-        finally:
-            self._tls.slot.detach()
-            if outer is not None:
-                self._tls.slot = outer
-            else:
-                del self._tls.slot
-
-    def _claim(self, k: int) -> "_Slot":
-        me = threading.get_ident()
-        with self._lock:
-            owner = self._cpu_owner[k]
-            if owner is not None and owner != me and _thread_alive(owner):
-                raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
-            self._cpu_owner[k] = me
-        return _Slot(self, k)
+    def cpu(self, k: int):
+        """Run the calling thread as emulated CPU ``k`` inside the block (a
+        context manager).  A CPU belongs to one thread at a time (EBUSY
+        otherwise); the thread's previous CPU is current again after it."""
+        return self.kernel.cpu(k)
 
     def current_cpu(self) -> int:
         """The emulated CPU of the calling thread; a thread that never chose
         one gets the lowest free slot, held until the thread ends."""
-        slot = getattr(self._tls, "slot", None)
-        if slot is not None:
-            return slot.cpu
-        for k in range(self.nr_cpus):
-            try:
-                self._tls.slot = self._claim(k)
-                return k
-            except GupError:
-                continue
-        raise GupError(errno.EBUSY, f"all {self.nr_cpus} emulated CPUs are bound to other threads")
+        return self.kernel.current_cpu()
 
     def local_irq_disable(self) -> None:
         self._core.irq_disable(self.current_cpu())
@@ -203,43 +172,20 @@ class Machine:
         finally:
             self._core.irq_enable(cpu)
 
-    @contextlib.contextmanager
-    def _op(self) -> Iterator[int]:
-        """A model update: the machine lock, on this thread's CPU.  Like the
-        kernel's might_sleep(), it refuses to run with IRQs off: it may wait
-        for other CPUs' IPI acknowledgements."""
-        cpu = self.current_cpu()
-        if self._core.irqs_disabled(cpu):
-            raise RuntimeError("a sleeping model operation was called with IRQs disabled")
-        with self._lock:
-            yield cpu
-            self._core.rcu_poll()
-        self._core.raise_violations()
-
     def run_concurrently(self, ops, seed: Optional[int] = 0, schedule=None,
                          points: Optional[Iterable[str]] = None, spin_limit: int = 0,
                          timeout: float = 60.0) -> Interleaving:
         """Run ``ops[i](machine)`` as CPU i, interleaved step by step at the
         race windows by a seeded, replayable scheduler: returns each op's
         result (or exception) and the schedule taken (``pygup.kernel.sched``)."""
-        from pygup.kernel.sched import run_concurrently
-        return run_concurrently(self, ops, seed=seed, schedule=schedule, points=points,
-                                spin_limit=spin_limit, timeout=timeout)
+        return run_concurrently(self.kernel, ops, seed=seed, schedule=schedule, points=points,
+                                spin_limit=spin_limit, timeout=timeout, op_arg=self)
 
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:
         """Allocate a folio; movable allocations (GFP_HIGHUSER_MOVABLE) try
         ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL."""
-        if self._pin_scope:       # memalloc_pin_save(): no movable allocations
-            movable = False
-        zones = (C.ZONE_MOVABLE, C.ZONE_NORMAL) if movable else (C.ZONE_NORMAL,)
-        for zone in zones:
-            try:
-                return self._core.folio_alloc(order, zone)
-            except GupError as e:
-                if e.errno != errno.ENOMEM:
-                    raise
-        raise GupError(errno.ENOMEM, f"no free order-{order} folio")
+        return self.kernel.alloc_folio(order, movable)
 
     def folio(self, pfn: int) -> Folio:
         """Inspect frame ``pfn`` and its folio."""
@@ -255,13 +201,6 @@ class Machine:
                      "movable" if fi.zone == C.ZONE_MOVABLE else "normal",
                      fi.refcount, fi.pincount, fi.mapcount, FolioFlag(fi.flags), kind,
                      fi.mapping >> 2, fi.index, fi.content)
-
-    def _inode_by_as(self, as_id: int):
-        """The Inode whose address_space record is as_id, if it still exists."""
-        return self._inodes.get(as_id)
-
-    def _anon_vma_by_id(self, av_id: int):
-        return self._anon_vmas.get(av_id)
 
     def stats(self) -> dict[str, float]:
         """Counters of the C core plus ``bytes_per_page``: host bytes spent
@@ -294,50 +233,27 @@ class Machine:
         return self._mount(fstype, name)
 
     def _mount(self, fstype: FsType, name: Optional[str]) -> FileSystem:
-        base = name or fstype.name
-        taken = {fs.name for fs in self.filesystems}
-        unique, n = base, 1
-        while unique in taken:
-            unique, n = f"{base}-{n}", n + 1
-        fs = FileSystem(self, unique, fstype)
-        self.filesystems.append(fs)
-        return fs
-
-    def _internal_fs(self, preset: str) -> FileSystem:
-        """The kernel-internal mounts: shm_mnt, hugetlbfs_vfsmount, secretmem_mnt."""
-        fs = self._internal.get(preset)
-        if fs is None:
-            fs = self._mount(PRESETS[preset], f"[{preset}]")
-            self._internal[preset] = fs
-        return fs
-
-    def _anon_inode(self, preset: str, name: str, size: int) -> File:
-        fs = self._internal_fs(preset)
-        self._next_anon_inode += 1
-        file = fs.create(f"{name}#{self._next_anon_inode}", size)
-        # unnamed: it lives only as long as its mappings and handles
-        fs.files.pop(file.inode.name)
-        file.inode.unlinked = True
-        return file
+        return mount(self.kernel, fstype, name)
 
     def memfd_create(self, name: str, size: int, hugetlb: bool = False) -> File:
         """memfd_create() + ftruncate(): a shmem (or hugetlbfs) file."""
         if not isinstance(name, str):
             raise ValueError(f"name must be a string, got {name!r}")
-        return self._anon_inode("hugetlbfs" if hugetlb else "tmpfs", f"memfd:{name}", size)
+        return anon_inode_file(self.kernel, "hugetlbfs" if hugetlb else "tmpfs",
+                               f"memfd:{name}", size)
 
     def memfd_secret(self, size: int) -> File:
         """memfd_secret() + ftruncate(): memory removed from the direct map."""
-        return self._anon_inode("secretmem", "secretmem", size)
+        return anon_inode_file(self.kernel, "secretmem", "secretmem", size)
 
     # -- processes ---------------------------------------------------------------
-    def spawn(self) -> "Process":
+    def spawn(self) -> Process:
         """A new process with an empty address space."""
-        from pygup.kernel.mm import Process
-        with self._op():
-            p = Process(self, self._next_pid)
-            self._next_pid += 1
-            self.processes.append(p)
+        k = self.kernel
+        with k.op():
+            p = Process(k, k.next_pid)
+            k.next_pid += 1
+            k.processes.append(p)
             return p
 
     # -- writeback ---------------------------------------------------------------
@@ -356,18 +272,16 @@ class Machine:
     def writeback(self) -> int:
         """sync(): write back every dirty folio of every file.  Returns pages
         written."""
-        from pygup.kernel.writeback import writeback_inode
-        with self._op():
+        with self.kernel.op():
             return sum(writeback_inode(inode) for inode in self.all_inodes())
 
     def evict(self, file: File) -> int:
         """Reclaim the file's clean folios (unmapping them); pinned or otherwise
         referenced folios stay, but lose their fs-private state.  Returns
         folios evicted."""
-        from pygup.kernel.writeback import evict_inode
         if not isinstance(file, File):
             raise ValueError(f"file must be a pygup File, got {file!r}")
-        with self._op():
+        with self.kernel.op():
             return evict_inode(file.inode)
 
     def __repr__(self) -> str:
@@ -376,43 +290,3 @@ class Machine:
                 f"cpus={self.nr_cpus} table_free={self.table_free}{muts}>")
 
 
-class _Slot:
-    """A thread's binding to a CPU slot; frees the slot when the thread's
-    thread-local storage (and so this object) goes away."""
-
-    def __init__(self, machine: Machine, cpu: int) -> None:
-        self._machine_lock = machine._lock
-        self._owners = machine._cpu_owner
-        self.cpu = cpu
-        self._ident = threading.get_ident()
-        self._attached = True
-
-    def detach(self, locked: bool = True) -> None:
-        if self._attached:
-            self._attached = False
-            if locked:
-                with self._machine_lock:
-                    self._release()
-            else:
-                self._release()
-
-    def _release(self) -> None:
-        if self._owners[self.cpu] == self._ident:
-            self._owners[self.cpu] = None
-
-    def __del__(self) -> None:
-        # a finalizer must never block: the machine lock may be held by a
-        # thread that waits on something this one holds (or is parked for
-        # good by the scheduler).  One list store is atomic under the GIL,
-        # and _claim() treats a slot of a dead thread as free anyway.
-        try:
-            self.detach(locked=False)
-        except Exception:  # interpreter shutdown
-            pass
-
-
-def _thread_alive(ident: int) -> bool:
-    return any(t.ident == ident for t in threading.enumerate())
-
-
-from pygup.flags import MAP, PROT  # noqa: E402  (doctest names)

@@ -6,7 +6,7 @@ import errno
 import pytest
 
 from pygup import FOLL, MAP, PROT, VM, Machine
-from pygup.kernel.gup import explain
+from pygup.explain import explain
 
 RW = PROT.READ | PROT.WRITE
 LT_W = FOLL.LONGTERM | FOLL.WRITE

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from pygup._native import ffi, lib
-from conftest import core_frame_info, core_pop_violations, core_stats
+from conftest import core_frame_info, core_stats
 
 P = lib.PG_PAGE_SIZE
 PMD = 1 << lib.PG_PMD_SHIFT

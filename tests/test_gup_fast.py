@@ -97,8 +97,7 @@ def test_differential_c_vs_reference(seed):
 
 
 def _bits(m):
-    from pygup.kernel.gup import _fast_policy_bits
-    return _fast_policy_bits(m.policy)
+    return m.policy.gup_fast_bits
 
 
 def _shared(m, preset, n=4):

@@ -15,7 +15,7 @@ import pytest
 
 from pygup.tools.oracle import host
 from pygup.tools.cli import main
-from pygup.tools.oracle.host import Cell, CellResult, Deliberate, Outcome, Report
+from pygup.tools.oracle.host import Cell, Deliberate, Outcome, Report
 
 LINUX = sys.platform.startswith("linux")
 

@@ -81,7 +81,7 @@ def test_unpin_of_a_page_without_pin_refused_by_the_core(m):
     p, a = anon(m)
     pfn = p.mm.pte(a).pfn
     with pytest.raises(GupError) as e:
-        p.mm.unpin_user_pages(Pages(m, [pfn], pinned=True))
+        p.mm.unpin_user_pages(Pages(m.kernel, [pfn], pinned=True))
     assert e.value.errno == errno.EINVAL
     assert m.folio(pfn).refcount == 1
 

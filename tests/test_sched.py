@@ -201,7 +201,7 @@ def test_true_deadlock_is_reported_not_hung():
         p.read(a)
         with m.irqs_off():
             yield_point(m, "irqs_off")
-            with m._lock:
+            with m.kernel.lock:
                 pass
 
     t0 = time.monotonic()

@@ -3,7 +3,7 @@ tracking logic): vma_needs_dirty_tracking() and vma_wants_writenotify() for
 every file-system preset, against SPEC §8's table."""
 import pytest
 
-from pygup import MAP, PROT, Machine, vma_needs_dirty_tracking, vma_wants_writenotify
+from pygup import MAP, PROT, vma_needs_dirty_tracking, vma_wants_writenotify
 from pygup.kernel.fs import PRESETS
 from pygup.kernel.vma import vma_fs_can_writeback, vma_is_shared_writable, vm_ops_needs_writenotify
 

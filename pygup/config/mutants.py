@@ -3,6 +3,7 @@ BUGS.md), off by default, so the fuzz harness and the tests can prove their
 checks catch it.  ``Machine(mutants={"no_pte_recheck"})``."""
 from __future__ import annotations
 
+import enum
 from typing import Iterable
 
 from pygup._native import C
@@ -60,14 +61,33 @@ MUTANTS: dict[str, tuple[int, str]] = {
 
 OVER_REFUSAL = frozenset({"pin_or_longterm", "private_not_excluded"})
 
+# The switches as an enum, so that a rule testing one names a member that
+# exists (``Mutant.NO_UNSHARE``): a misspelt switch is an AttributeError at
+# import, not a test that is silently never true.  A str enum: members
+# compare and hash as their names.
+Mutant = enum.Enum("Mutant", {name.upper(): name for name in MUTANTS}, type=str)
+Mutant.__doc__ = "A protection switch (a re-planted historic bug), by name."
+Mutant.bit = property(lambda self: MUTANTS[self.value][0])
+Mutant.story = property(lambda self: MUTANTS[self.value][1])
 
-def mutant_bits(names: Iterable[str]) -> int:
-    """The C bit mask for a set of switch names; ValueError for unknown ones."""
+
+def resolve_mutants(names: Iterable[str] | str) -> frozenset:
+    """The Mutant members for switch names; ValueError naming an unknown one."""
     if isinstance(names, str):
         names = [names]
-    bits = 0
+    out = set()
     for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"mutants: switch names are strings, got {name!r}")
         if name not in MUTANTS:
             raise ValueError(f"mutants: unknown switch {name!r} (known: {', '.join(MUTANTS)})")
-        bits |= MUTANTS[name][0]
+        out.add(Mutant(name))
+    return frozenset(out)
+
+
+def mutant_bits(names: Iterable[str] | str) -> int:
+    """The C bit mask for a set of switch names; ValueError for unknown ones."""
+    bits = 0
+    for m in resolve_mutants(names):
+        bits |= m.bit
     return bits

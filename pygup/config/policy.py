@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pygup._native import C
+
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
@@ -31,6 +33,15 @@ class Policy:
     # 6.5's page_is_secretmem() only looked at folios on the LRU (fixed by
     # 65291dcfcf89); off by default: pygup models the intended rule
     secretmem_lru_shortcut: bool = False
+
+    @property
+    def gup_fast_bits(self) -> int:
+        """The PG_GUPF_* bits that tell the C GUP-fast walk this policy's
+        rules (the one place that maps the policy onto them)."""
+        bits = C.GUPF_WHITELIST if self.fast_pin_whitelist else 0
+        if self.secretmem_lru_shortcut:
+            bits |= C.GUPF_SECRETMEM_LRU
+        return bits
 
 
 POLICIES: dict[str, Policy] = {

@@ -7,17 +7,12 @@ clean.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
 
 from pygup._native import C
-from pygup.flags import VM, GupError
+from pygup.flags import PAGE_SIZE, PMD_SIZE, VM, GupError
 from pygup.kernel.vma import VMA, vma_is_anonymous, vma_pte_writable
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pygup.kernel.mm import MM
-
 PTE_BASE = C.PTE_PRESENT | C.PTE_USER | C.PTE_ACCESSED
-PMD_SIZE = 1 << C.PMD_SHIFT
 
 
 def maybe_mkwrite(vma: VMA) -> int:
@@ -41,7 +36,7 @@ def vma_is_accessible(vma: VMA, write: bool) -> bool:
     return bool(vma.vm_flags & (VM.READ | VM.WRITE | VM.EXEC))
 
 
-def handle_user_fault(mm: "MM", addr: int, write: bool, cpu: int) -> None:
+def handle_user_fault(mm, addr: int, write: bool, cpu: int) -> None:
     """do_user_addr_fault(): find the VMA, check access, handle the fault.
     A bad access is the process's SIGSEGV, reported as EFAULT."""
     vma = mm.find_vma(addr)
@@ -57,10 +52,10 @@ def handle_mm_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool = 
     """/* mirrors handle_mm_fault() */: make the page at addr present (and
     writable for a write, exclusive for an unshare)."""
     mm = vma.vm_mm
-    core = mm.machine._core
+    core = mm.kernel.core
     if vma.is_hugetlb:
         return hugetlb_fault(vma, addr, write, cpu, unshare)
-    addr &= ~(C.PAGE_SIZE - 1)
+    addr &= ~(PAGE_SIZE - 1)
     _, pte = core.pte_lookup(mm.id, addr)
     if pte == 0:
         if vma_is_anonymous(vma):
@@ -82,10 +77,10 @@ def handle_mm_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool = 
 
 def _new_anon_folio(vma: VMA, addr: int, order: int = 0) -> int:
     """Allocate a folio and make it an exclusive anonymous folio of vma."""
-    m = vma.vm_mm.machine
-    core = m._core
+    kernel = vma.vm_mm.kernel
+    core = kernel.core
     huge = order > 0
-    pfn = m.alloc_folio(order, movable=not huge)    # hugetlb pages are not movable
+    pfn = kernel.alloc_folio(order, movable=not huge)    # hugetlb pages are not movable
     av = vma.anon_vma_prepare()
     core.set_mapping(pfn, (av.id << 2) | C.MAPPING_ANON, vma.page_index(addr))
     core.flags_update(pfn, C.F_UPTODATE | (C.F_HUGETLB if huge else C.F_LRU), 0)
@@ -96,7 +91,7 @@ def _new_anon_folio(vma: VMA, addr: int, order: int = 0) -> int:
 def do_anonymous_page(vma: VMA, addr: int, write: bool) -> None:
     """/* mirrors do_anonymous_page() */: a read maps the shared zero page
     (special, read-only, uncounted); a write a new exclusive anon page."""
-    core = vma.vm_mm.machine._core
+    core = vma.vm_mm.kernel.core
     if not write:
         core.pte_set(vma.vm_mm.id, addr, mk_pte(C.ZERO_PFN, PTE_BASE | C.PTE_SPECIAL),
                      C.LEVEL_PTE)
@@ -120,7 +115,7 @@ def _file_page(vma: VMA, addr: int) -> tuple[int, int]:
 def do_fault(vma: VMA, addr: int, write: bool) -> None:
     """/* mirrors do_fault() */: read, COW or shared fault on a file page."""
     mm = vma.vm_mm
-    core = mm.machine._core
+    core = mm.kernel.core
     inode = vma.vm_file
     pfn, index = _file_page(vma, addr)
     if not write:
@@ -151,7 +146,7 @@ def do_fault(vma: VMA, addr: int, write: bool) -> None:
 def do_wp_page(vma: VMA, addr: int, pte: int, write: bool, unshare: bool, cpu: int) -> None:
     """/* mirrors do_wp_page() */: a write (or unshare) hit a read-only PTE."""
     mm = vma.vm_mm
-    core = mm.machine._core
+    core = mm.kernel.core
     pfn = pte_pfn(pte)
     if pte & C.PTE_SPECIAL:                       # the zero page: always copy
         return wp_page_copy(vma, addr, pte, write, cpu)
@@ -182,14 +177,14 @@ def wp_page_copy(vma: VMA, addr: int, old_pte: int, write: bool, cpu: int) -> No
     """/* mirrors wp_page_copy() */: COW into a new exclusive anon page; the
     old entry is cleared and flushed before the new one is installed."""
     mm = vma.vm_mm
-    core = mm.machine._core
+    core = mm.kernel.core
     old = pte_pfn(old_pte)
     new = _new_anon_folio(vma, addr)
     if not old_pte & C.PTE_SPECIAL:
         core.frame_write(new, core.frame_read(old))
     core.mapcount_add(new, 1)
     core.pte_clear(mm.id, addr)                       # ptep_clear_flush()
-    core.flush_tlb_range(cpu, mm.id, addr, addr + C.PAGE_SIZE)
+    core.flush_tlb_range(cpu, mm.id, addr, addr + PAGE_SIZE)
     bits = PTE_BASE | C.PTE_DIRTY | (maybe_mkwrite(vma) if write else 0)
     core.pte_set(mm.id, addr, mk_pte(new, bits), C.LEVEL_PTE)
     if not old_pte & C.PTE_SPECIAL:
@@ -200,7 +195,7 @@ def wp_page_copy(vma: VMA, addr: int, old_pte: int, write: bool, cpu: int) -> No
 def hugetlb_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool) -> None:
     """/* mirrors hugetlb_fault() */ for 2 MiB pages mapped by PMD leaves."""
     mm = vma.vm_mm
-    core = mm.machine._core
+    core = mm.kernel.core
     haddr = addr & ~(PMD_SIZE - 1)
     _, pmd = core.pte_lookup(mm.id, haddr)
     shared = bool(vma.vm_flags & VM.SHARED)

@@ -6,24 +6,41 @@ A file system type is, as in the kernel, two independent capabilities
 (``BDI_CAP_WRITEBACK``) — plus what kind of memory it is (regular page
 cache, shmem, hugetlb, secretmem, DAX).  The presets below follow SPEC's
 table; ``Machine.mount_custom`` builds any other combination.
+
+This file holds what the memory-management side sees of a file system:
+its type, its ``vm_ops``, its inodes with their page cache and disk, and
+the superblock that observes ``page_mkwrite`` and dirtying.  File handles
+and the namespace (create, open, unlink) are ``vfs.py``.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING, Optional
 
-from pygup._native import C
-from pygup.flags import GupError
-from pygup.kernel.vma import HUGETLB_VM_OPS, SECRETMEM_VM_OPS, SHMEM_VM_OPS, VmOps
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pygup.machine import Machine
-    from pygup.kernel.vma import VMA
-
-import errno
 import itertools
 
+from pygup._native import C
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pygup.kernel.context import Kernel
+
 _inode_numbers = itertools.count(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class VmOps:
+    """What pygup needs to know of a ``vm_operations_struct``."""
+
+    name: str
+    page_mkwrite: bool = False
+    pfn_mkwrite: bool = False
+
+
+# the vm_ops the presets use (SPEC §8)
+SHMEM_VM_OPS = VmOps("shmem_vm_ops")
+HUGETLB_VM_OPS = VmOps("hugetlb_vm_ops")
+SECRETMEM_VM_OPS = VmOps("secretmem_vm_ops")
+DEVICE_VM_OPS = VmOps("device_vm_ops")        # a driver's remap_pfn_range() VMA
 
 KINDS = ("regular", "shmem", "hugetlb", "secretmem", "dax")
 _AS_KIND = {"regular": 0, "shmem": C.AS_SHMEM, "hugetlb": C.AS_HUGETLB,
@@ -112,20 +129,20 @@ class Inode:
     (hugetlb folios cover 512 indices).  The page cache holds one reference
     on each folio.  ``disk`` maps page index -> content word (absent = 0)."""
 
-    def __init__(self, fs: "FileSystem", name: str, size: int) -> None:
+    def __init__(self, fs: "SuperBlock", name: str, size: int) -> None:
         self.fs = fs
         self.name = name
         self.ino = next(_inode_numbers)     # never reused, unlike as_id
         self.size = size
         self.page_cache: dict[int, int] = {}
         self.disk: dict[int, int] = {}
-        self.i_mmap: set["VMA"] = set()       # every VMA mapping this file
+        self.i_mmap: set = set()       # every VMA mapping this file (i_mmap)
         self.unlinked = False
         kind = _AS_KIND[fs.fstype.kind]
         if fs.fstype.page_mkwrite or fs.fstype.writeback:
             kind |= C.AS_DIRTY_TRACKED
-        self.as_id = fs.machine._core.as_new(kind)
-        fs.machine._inodes[self.as_id] = self
+        self.as_id = fs.kernel.core.as_new(kind)
+        fs.kernel.inodes[self.as_id] = self
         self.released = False
 
     @property
@@ -157,9 +174,10 @@ class Inode:
         pfn = self.page_cache.get(start)
         if pfn is not None:
             return pfn
-        core = self.fs.machine._core
+        kernel = self.fs.kernel
+        core = kernel.core
         movable = self.fs.fstype.kind in ("regular", "shmem", "dax")
-        pfn = self.fs.machine.alloc_folio(self.order, movable=movable)
+        pfn = kernel.alloc_folio(self.order, movable=movable)
         for i in range(1 << self.order):
             value = self.disk.get(start + i, 0)
             if value:
@@ -176,119 +194,27 @@ class Inode:
         """The inode is gone: free the address_space record by RCU."""
         if not self.released:
             self.released = True
-            self.fs.machine._core.as_release(self.as_id)
-
-    def maybe_release(self) -> None:
-        if self.unlinked and not self.i_mmap:
-            from pygup.kernel.writeback import truncate_inode_pages
-            truncate_inode_pages(self, 0)
-            self.release()
+            self.fs.kernel.core.as_release(self.as_id)
 
 
-class File:
-    """An open file: an inode and the mode it was opened with."""
+class SuperBlock:
+    """A mounted file system as mm sees it: its type, the counters of what
+    it observed and the warnings it logged (vfs.FileSystem adds the
+    namespace)."""
 
-    def __init__(self, inode: Inode, writable: bool) -> None:
-        self.inode = inode
-        self.writable = writable
-
-    @property
-    def fs(self) -> "FileSystem":
-        return self.inode.fs
-
-    @property
-    def name(self) -> str:
-        return self.inode.name
-
-    @property
-    def size(self) -> int:
-        return self.inode.size
-
-    def disk(self, index: int) -> int:
-        """The content word of page ``index`` on the backing store."""
-        _check_index(index)
-        return self.inode.disk.get(index, 0)
-
-    def cached(self, index: int) -> Optional[int]:
-        """pfn of the page-cache page for ``index``, or None."""
-        _check_index(index)
-        pfn = self.inode.find_folio(index)
-        return None if pfn is None else pfn + (index - self.inode.folio_start(index))
-
-    def writeback(self) -> int:
-        """Write back every dirty folio (filemap_write_and_wait).  Returns
-        pages written to disk."""
-        from pygup.kernel.writeback import writeback_inode
-        with self.fs.machine._op():
-            return writeback_inode(self.inode)
-
-    def truncate(self, size: int) -> None:
-        """ftruncate(): shrink or grow; pages past the end are unmapped and
-        dropped from the page cache (their mapping word cleared)."""
-        from pygup.kernel.writeback import truncate_inode
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size must be a non-negative int, got {size!r}")
-        with self.fs.machine._op():
-            truncate_inode(self.inode, size)
-
-    def __repr__(self) -> str:
-        return f"<File {self.inode.describe()} size={self.size} {'rw' if self.writable else 'ro'}>"
-
-
-def _check_index(index: int) -> None:
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"index must be a non-negative int, got {index!r}")
-
-
-class FileSystem:
-    """A mounted file system: files, counters and the warnings it logged."""
-
-    def __init__(self, machine: "Machine", name: str, fstype: FsType) -> None:
-        self.machine = machine
+    def __init__(self, kernel: "Kernel", name: str, fstype: FsType) -> None:
+        self.kernel = kernel
         self.name = name
         self.fstype = fstype
-        self.files: dict[str, Inode] = {}
         self.warnings: list[FsWarning] = []
         self.counters = {"page_mkwrite": 0, "pages_written": 0, "folios_dirtied": 0}
-
-    # -- files ---------------------------------------------------------------
-    def create(self, name: str, size: int) -> File:
-        """Create (or truncate) ``name`` with ``size`` bytes; opened read-write."""
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ValueError(f"name must be a non-empty file name, got {name!r}")
-        _check_size(size, self.fstype.huge)
-        with self.machine._op():
-            inode = self.files.get(name)
-            if inode is None:
-                inode = Inode(self, name, size)
-                self.files[name] = inode
-            else:
-                from pygup.kernel.writeback import truncate_inode
-                truncate_inode(inode, size)
-            return File(inode, writable=True)
-
-    def open(self, name: str, writable: bool = True) -> File:
-        inode = self.files.get(name)
-        if inode is None:
-            raise GupError(errno.ENOENT, f"{self.name}:{name}")
-        return File(inode, writable=bool(writable))
-
-    def unlink(self, name: str) -> None:
-        """Remove the name; the inode (and its address_space record, by RCU)
-        goes when the last mapping of it does."""
-        with self.machine._op():
-            inode = self.files.pop(name, None)
-            if inode is None:
-                raise GupError(errno.ENOENT, f"{self.name}:{name}")
-            inode.unlinked = True
-            inode.maybe_release()
 
     # -- what the file system observes ---------------------------------------
     def page_mkwrite(self, inode: Inode, pfn: int, index: int) -> None:
         """->page_mkwrite: the file system hears of the coming write: it
         reserves blocks, attaches its private state, and the folio is
         dirtied (do_page_mkwrite + fault_dirty_shared_page)."""
-        core = self.machine._core
+        core = self.kernel.core
         self.counters["page_mkwrite"] += 1
         set_ = C.F_MKWRITE | (C.F_PRIVATE if self.fstype.attaches_private else 0)
         core.flags_update(pfn, set_, 0)
@@ -296,7 +222,7 @@ class FileSystem:
     def folio_mark_dirty(self, inode: Inode, pfn: int, index: int, why: str) -> None:
         """folio_mark_dirty(): a file system with page_mkwrite expects every
         dirtying to follow one since the last clean; record when not."""
-        core = self.machine._core
+        core = self.kernel.core
         old = core.flags_update(pfn, C.F_DIRTY, 0)
         if not old & C.F_DIRTY:
             self.counters["folios_dirtied"] += 1
@@ -307,14 +233,4 @@ class FileSystem:
         self.warnings.append(FsWarning(inode.describe(), index, what))
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "warnings": len(self.warnings), "files": len(self.files)}
-
-    def __repr__(self) -> str:
-        return f"<FileSystem {self.name} ({self.fstype.name})>"
-
-
-def _check_size(size: int, huge: bool) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ValueError(f"size must be a non-negative int, got {size!r}")
-    if huge and size % (C.PMD_NR * C.PAGE_SIZE):
-        raise ValueError("size of a hugetlbfs file must be a multiple of 2 MiB")
+        return {**self.counters, "warnings": len(self.warnings)}

@@ -9,15 +9,17 @@ decided.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from pygup._native import C
+from pygup.config.mutants import Mutant
+from pygup.flags import FOLL, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, GupError, InvariantError, flag_names
 from pygup.kernel.fault import handle_mm_fault, pte_pfn
-from pygup.flags import FOLL, VM, GupError, InvariantError, errno_name, flag_names
+from pygup.kernel.migrate import migrate_folio
+from pygup.kernel.trace import NO_TRACE, Step, Trace
 from pygup.kernel.vma import (
     VMA,
     is_cow_mapping,
@@ -28,61 +30,13 @@ from pygup.kernel.vma import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pygup.kernel.mm import MM
+    from pygup.kernel.context import Kernel
 
-PAGE_SHIFT = C.PAGE_SHIFT
-PAGE_SIZE = C.PAGE_SIZE
-TASK_SIZE_MAX = C.TASK_SIZE_MAX
+TASK_SIZE_MAX = TASK_SIZE
 MAX_LONGTERM_RETRIES = 8      # 6.5 retries without bound; pygup gives up (BUGS #11)
 
 # flags a caller may not pass (is_valid_gup_args(), 6.5: no FOLL_TOUCH here)
 _INTERNAL_GUP_FLAGS = FOLL.PIN | FOLL.TRIED | FOLL.UNLOCKABLE | FOLL.REMOTE | FOLL.FAST_ONLY
-
-
-# ---------------------------------------------------------------------------
-# decision traces
-
-@dataclasses.dataclass
-class Step:
-    rule: str                 # the kernel function / check, by name
-    inputs: dict[str, Any]
-    verdict: str              # "pass", "fail", "skip"
-    errno: int = 0            # negative errno when it failed
-
-
-@dataclasses.dataclass
-class Trace:
-    steps: list[Step] = dataclasses.field(default_factory=list)
-
-    def check(self, rule: str, failed: bool, err: int = 0, **inputs: Any) -> bool:
-        self.steps.append(Step(rule, inputs, "fail" if failed else "pass", -err if failed else 0))
-        return failed
-
-    @property
-    def decided(self) -> Optional[Step]:
-        """The step that refused, or None if every step passed."""
-        for s in self.steps:
-            if s.verdict == "fail":
-                return s
-        return None
-
-    def format(self) -> str:
-        lines = []
-        for s in self.steps:
-            args = ", ".join(f"{k}={v}" for k, v in s.inputs.items())
-            res = s.verdict if s.verdict != "fail" else f"FAIL -> -{errno_name(s.errno)}"
-            lines.append(f"  {s.rule:<38} {res:<16} {args}")
-        d = self.decided
-        lines.append(f"  decided by: {d.rule} (-{errno_name(d.errno)})" if d else "  decided: allowed")
-        return "\n".join(lines)
-
-
-class _NullTrace(Trace):
-    def check(self, rule: str, failed: bool, err: int = 0, **inputs: Any) -> bool:
-        return failed
-
-
-NO_TRACE = _NullTrace()
 
 
 # ---------------------------------------------------------------------------
@@ -116,16 +70,17 @@ def is_valid_gup_args(has_pages: bool, locked: Optional[int], gup_flags: int,
 # ---------------------------------------------------------------------------
 # VMA checks
 
-def writable_file_mapping_allowed(vma: VMA, gup_flags: int, mutants=frozenset()) -> bool:
+def writable_file_mapping_allowed(vma: VMA, gup_flags: int, mutants: frozenset = frozenset()
+                                  ) -> bool:
     """/* mirrors writable_file_mapping_allowed() */ (6.5, patch 2): only a
     long-term pin (PIN *and* LONGTERM) of a dirty-tracked mapping is refused."""
     both = FOLL.PIN | FOLL.LONGTERM
-    if "pin_or_longterm" in mutants:             # v7: either flag was enough
+    if Mutant.PIN_OR_LONGTERM in mutants:             # v7: either flag was enough
         if not gup_flags & both:
             return True
     elif (gup_flags & both) != both:
         return True
-    if "private_not_excluded" in mutants:        # v8: private mappings not excluded
+    if Mutant.PRIVATE_NOT_EXCLUDED in mutants:        # v8: private mappings not excluded
         return not (vma.vm_file is not None and vma.vm_flags & VM.MAYWRITE
                     and vma.vm_ops is not None and (vma.vm_ops.page_mkwrite
                                                     or vma.vm_file.fs.fstype.writeback))
@@ -152,7 +107,7 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
     if write:
         if policy.writable_file_mapping_check:
             allowed = anon or writable_file_mapping_allowed(vma, gup_flags,
-                                                            vma.vm_mm.machine.mutants)
+                                                            vma.vm_mm.kernel.mutants)
             fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
             if trace.check("writable_file_mapping_allowed", not allowed, errno.EFAULT,
                            anon=anon, longterm_pin=(gup_flags & (FOLL.PIN | FOLL.LONGTERM))
@@ -206,7 +161,7 @@ def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int, core=None) -> b
     F = vma.vm_flags
     if F & (VM.SHARED | VM.MAYSHARE) or not F & VM.MAYWRITE or F & VM.WRITE:
         return False
-    if "force_write_any_page" in vma.vm_mm.machine.mutants:
+    if Mutant.FORCE_WRITE_ANY_PAGE in vma.vm_mm.kernel.mutants:
         return True                  # Dirty COW: the COW is not required
     if not _is_anon(fi):
         return False
@@ -236,10 +191,10 @@ def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
 _FOLLOW_FAULT, _FOLLOW_UNSHARE = -1000, -1001
 
 
-def follow_page_mask(mm: "MM", vma: VMA, addr: int, gup_flags: int) -> int:
+def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
     """/* mirrors follow_page_mask() */ for one page: the pfn grabbed, or
     _FOLLOW_FAULT (fault it in), _FOLLOW_UNSHARE, or a negative errno."""
-    core = mm.machine._core
+    core = mm.kernel.core
     level, pte = core.pte_lookup(mm.id, addr & ~(PAGE_SIZE - 1))
     if pte == 0 or (not pte & C.PTE_PRESENT and not pte & C.PTE_PROTNONE):
         # no_page_table(): FOLL_DUMP refuses holes that would be zero-filled
@@ -261,7 +216,7 @@ def follow_page_mask(mm: "MM", vma: VMA, addr: int, gup_flags: int) -> int:
         if gup_flags & FOLL.DUMP:
             return -errno.EFAULT
     if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core) \
-            and "no_unshare" not in mm.machine.mutants:
+            and Mutant.NO_UNSHARE not in mm.kernel.mutants:
         return _FOLLOW_UNSHARE
     if gup_flags & (FOLL.GET | FOLL.PIN):        # try_grab_page(): else a no-op
         rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
@@ -269,20 +224,20 @@ def follow_page_mask(mm: "MM", vma: VMA, addr: int, gup_flags: int) -> int:
             return rc
     if gup_flags & FOLL.TOUCH and fi is not None:
         if gup_flags & FOLL.WRITE and not pte & C.PTE_DIRTY and not fi.flags & C.F_DIRTY:
-            mark_folio_dirty(mm.machine, fi, "FOLL_TOUCH write")
+            mark_folio_dirty(mm.kernel, fi, "FOLL_TOUCH write")
         core.flags_update(pfn, C.F_REFERENCED, 0)
     return pfn
 
 
-def mark_folio_dirty(m, fi, why: str) -> None:
+def mark_folio_dirty(kernel: "Kernel", fi, why: str) -> None:
     """set_page_dirty(): through the file system for a file folio (which
     records a dirtying it was not prepared for), a flag for anon."""
     if fi.mapping & C.MAPPING_FLAGS == 0 and fi.mapping:
-        inode = m._inode_by_as(fi.mapping >> 2)
+        inode = kernel.inode_by_as(fi.mapping >> 2)
         if inode is not None:
             inode.fs.folio_mark_dirty(inode, fi.head, fi.index, why)
             return
-    m._core.flags_update(fi.head, C.F_DIRTY, 0)
+    kernel.core.flags_update(fi.head, C.F_DIRTY, 0)
 
 
 def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -> int:
@@ -315,12 +270,12 @@ def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
     return how
 
 
-def __get_user_pages(mm: "MM", start: int, nr_pages: int, gup_flags: int,
+def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
                      out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
     """/* mirrors __get_user_pages() */: count done, or a negative errno if
     nothing was done."""
-    policy = mm.machine.policy
-    core = mm.machine._core
+    policy = mm.kernel.policy
+    core = mm.kernel.core
     i = 0
     ret = 0
     vma: Optional[VMA] = None
@@ -365,14 +320,14 @@ def __get_user_pages(mm: "MM", start: int, nr_pages: int, gup_flags: int,
         elif out is not None:
             out.append(r)
         elif gup_flags & (FOLL.GET | FOLL.PIN):
-            mm.machine._core.gup_put(r, 1, bool(gup_flags & FOLL.PIN))
+            core.gup_put(r, 1, bool(gup_flags & FOLL.PIN))
         i += 1
         start += PAGE_SIZE
         nr_pages -= 1
     return i if i else ret
 
 
-def __get_user_pages_locked(mm: "MM", start: int, nr_pages: int, gup_flags: int,
+def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
                             out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
     """/* mirrors __get_user_pages_locked() */.  pygup's fault handler never
     drops the (machine) lock, so VM_FAULT_RETRY and the retry machine do not
@@ -392,12 +347,11 @@ def folio_is_longterm_pinnable(fi) -> bool:
     return fi.zone != C.ZONE_MOVABLE
 
 
-def check_and_migrate_movable_pages(mm: "MM", pfns: list[int], cpu: int) -> int:
+def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     """/* mirrors check_and_migrate_movable_pages() */: 0 if every folio may
     stay pinned; otherwise unpin everything, migrate the movable folios to
     ZONE_NORMAL and return -EAGAIN (the caller re-pins), or -ENOMEM."""
-    from pygup.kernel.migrate import migrate_folio
-    core = mm.machine._core
+    core = mm.kernel.core
     collect: list[int] = []
     for pfn in pfns:
         fi = core.frame_info(pfn)
@@ -409,19 +363,19 @@ def check_and_migrate_movable_pages(mm: "MM", pfns: list[int], cpu: int) -> int:
         core.gup_put(pfn, 1, True)
     pfns.clear()
     for head in collect:
-        if not migrate_folio(mm.machine, head, cpu):
+        if not migrate_folio(mm.kernel, head, cpu):
             return -errno.ENOMEM
     return -errno.EAGAIN
 
 
-def __gup_longterm_locked(mm: "MM", start: int, nr_pages: int, gup_flags: int,
+def __gup_longterm_locked(mm, start: int, nr_pages: int, gup_flags: int,
                           out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
     """/* mirrors __gup_longterm_locked() */: re-pin the whole range until
     nothing is left in ZONE_MOVABLE."""
     if not gup_flags & FOLL.LONGTERM:
         return __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
-    m = mm.machine
-    m._pin_scope += 1          # memalloc_pin_save(): faults avoid ZONE_MOVABLE
+    kernel = mm.kernel
+    kernel.pin_scope += 1      # memalloc_pin_save(): faults avoid ZONE_MOVABLE
     try:
         for _ in range(MAX_LONGTERM_RETRIES):
             assert out is not None
@@ -435,7 +389,7 @@ def __gup_longterm_locked(mm: "MM", start: int, nr_pages: int, gup_flags: int,
             trace.steps.append(Step("check_and_migrate_movable_pages", {}, "retry"))
         return -errno.ENOMEM
     finally:
-        m._pin_scope -= 1
+        kernel.pin_scope -= 1
 
 
 # ---------------------------------------------------------------------------
@@ -445,8 +399,8 @@ class Pages:
     """The ``pages`` array of a GUP call: frame numbers (a numpy array inside,
     a sequence outside) and access through the kernel's direct mapping."""
 
-    def __init__(self, machine, pfns, pinned: bool) -> None:
-        self._machine = machine
+    def __init__(self, kernel: "Kernel", pfns, pinned: bool) -> None:
+        self._kernel = kernel
         self._pfns = np.asarray(pfns, dtype=np.uint64)
         self.pinned = pinned          # FOLL_PIN (else FOLL_GET)
         self.released = False
@@ -475,7 +429,7 @@ class Pages:
 
     def read(self, i: int) -> int:
         """Read page i through the direct mapping (no PTE, no TLB)."""
-        return self._machine._core.frame_read(self._frame(i))
+        return self._kernel.core.frame_read(self._frame(i))
 
     def write(self, i: int, value: int) -> None:
         """Write page i through the direct mapping: no PTE, no TLB, no dirty
@@ -484,7 +438,7 @@ class Pages:
             raise ValueError(f"value must be a 64-bit unsigned int, got {value!r}")
         pfn = self._frame(i)
         try:
-            self._machine._core.frame_write(pfn, value)
+            self._kernel.core.frame_write(pfn, value)
         except GupError as e:
             if e.errno == errno.EPERM:     # the core refuses: it is the zero page
                 raise InvariantError(f"write through a pin to the shared zero page "
@@ -499,7 +453,7 @@ class Pages:
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
 
-def _check_call(mm: "MM", start: int, nr_pages: int, gup_flags: int) -> None:
+def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> None:
     for name, v in (("start", start), ("nr_pages", nr_pages), ("gup_flags", gup_flags)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
@@ -513,12 +467,12 @@ def _check_call(mm: "MM", start: int, nr_pages: int, gup_flags: int) -> None:
         raise GupError(errno.ESRCH, "the mm has exited")
 
 
-def gup_slow(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
+def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
              pin_api: bool, want_pages: bool = True, locked: Optional[int] = None,
              trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
     _check_call(mm, start, nr_pages, gup_flags)
-    m = mm.machine
+    m = mm.kernel
     flags = is_valid_gup_args(want_pages, locked, gup_flags, to_set, m.policy)
     if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
                    gup_flags=flag_names(FOLL, gup_flags), to_set=flag_names(FOLL, to_set)):
@@ -526,7 +480,7 @@ def gup_slow(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
     if nr_pages == 0:
         return 0, Pages(m, [], pinned=bool(flags & FOLL.PIN))
     out: Optional[list[int]] = [] if want_pages else None
-    with m._op() as cpu:
+    with m.op() as cpu:
         if flags & FOLL.PIN:
             ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
         else:
@@ -534,13 +488,14 @@ def gup_slow(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
     return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL.PIN))
 
 
-def gup_fast_fallback(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_set: int,
-                      trace: Trace = NO_TRACE) -> tuple[int, Pages]:
-    """/* mirrors internal_get_user_pages_fast() */ (SPEC §1.4, §4.1): the
-    entry checks, the lockless walk in C (one call for the whole range),
-    then the slow path for whatever it could not take."""
+def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
+                                 to_set: int, trace: Trace = NO_TRACE) -> tuple[int, Pages]:
+    """/* mirrors internal_get_user_pages_fast() */ (gup_fast_fallback()
+    since 6.11; SPEC §1.4, §4.1): the entry checks, the lockless walk in C
+    (one call for the whole range), then the slow path for whatever it
+    could not take."""
     _check_call(mm, start, nr_pages, gup_flags)
-    m = mm.machine
+    m = mm.kernel
     flags = is_valid_gup_args(True, None, gup_flags, to_set, m.policy)
     if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
                    gup_flags=flag_names(FOLL, gup_flags)):
@@ -563,15 +518,15 @@ def gup_fast_fallback(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_se
                    end=hex(end)):
         return -errno.EFAULT, Pages(m, [], pinned)
     cpu = m.current_cpu()
-    if m._core.irqs_disabled(cpu) and not flags & FOLL.FAST_ONLY:
+    if m.core.irqs_disabled(cpu) and not flags & FOLL.FAST_ONLY:
         raise RuntimeError("GUP-fast with fallback may sleep: IRQs are disabled")
-    fast = m._core.gup_fast(cpu, mm.id, start, nr_pages, flags, _fast_policy_bits(m.policy))
+    fast = m.core.gup_fast(cpu, mm.id, start, nr_pages, flags, m.policy.gup_fast_bits)
     trace.steps.append(Step("lockless_pages_from_mm", {"taken": len(fast), "of": nr_pages},
                             "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL.FAST_ONLY:
         return len(fast), Pages(m, fast, pinned)
     out: list[int] = []
-    with m._op() as cpu:
+    with m.op() as cpu:
         ret = __gup_longterm_locked(mm, start + (len(fast) << PAGE_SHIFT), nr_pages - len(fast),
                                     flags | FOLL.TOUCH | FOLL.UNLOCKABLE, out, cpu, trace)
     pfns = fast.tolist() + out[:max(ret, 0)]
@@ -580,17 +535,10 @@ def gup_fast_fallback(mm: "MM", start: int, nr_pages: int, gup_flags: int, to_se
     return ret + len(fast), Pages(m, pfns, pinned)
 
 
-def _fast_policy_bits(policy) -> int:
-    bits = C.GUPF_WHITELIST if policy.fast_pin_whitelist else 0
-    if policy.secretmem_lru_shortcut:
-        bits |= C.GUPF_SECRETMEM_LRU
-    return bits
-
-
-def _release_check(mm_machine, pages: Pages, pinned: bool, what: str) -> None:
+def _release_check(kernel: "Kernel", pages: Pages, pinned: bool, what: str) -> None:
     if not isinstance(pages, Pages):
         raise TypeError(f"pages must be a Pages object, got {type(pages).__name__}")
-    if pages._machine is not mm_machine:
+    if pages._kernel is not kernel:
         raise ValueError("pages belong to another machine")
     if pages.released:
         raise ValueError("these pages were already released")
@@ -598,13 +546,13 @@ def _release_check(mm_machine, pages: Pages, pinned: bool, what: str) -> None:
         raise ValueError(f"{what} needs {'pinned (FOLL_PIN)' if pinned else 'got (FOLL_GET)'} pages")
 
 
-def unpin_user_pages_dirty_lock(machine, pages: Pages, make_dirty: bool) -> None:
+def unpin_user_pages_dirty_lock(kernel: "Kernel", pages: Pages, make_dirty: bool) -> None:
     """/* mirrors unpin_user_pages_dirty_lock() */: dirty each folio that is
     clean through set_page_dirty (a file system with page_mkwrite records a
     dirtying it never prepared for), then drop the pins."""
-    _release_check(machine, pages, True, "unpin_user_pages")
-    with machine._op():
-        core = machine._core
+    _release_check(kernel, pages, True, "unpin_user_pages")
+    with kernel.op():
+        core = kernel.core
         if not core.gup_can_put(pages._pfns, True):
             raise GupError(errno.EINVAL, "unpin of pages that hold no pin")
         if make_dirty:
@@ -615,72 +563,21 @@ def unpin_user_pages_dirty_lock(machine, pages: Pages, make_dirty: bool) -> None
                     continue
                 last = fi.head
                 if not fi.flags & C.F_DIRTY:
-                    mark_folio_dirty(machine, fi, "unpin_user_pages_dirty_lock")
+                    mark_folio_dirty(kernel, fi, "unpin_user_pages_dirty_lock")
         core.gup_put_pages(pages._pfns, True)
         pages.released = True
 
 
-def unpin_user_pages(machine, pages: Pages) -> None:
+def unpin_user_pages(kernel: "Kernel", pages: Pages) -> None:
     """/* mirrors unpin_user_pages() */."""
-    unpin_user_pages_dirty_lock(machine, pages, False)
+    unpin_user_pages_dirty_lock(kernel, pages, False)
 
 
-def put_pages(machine, pages: Pages) -> None:
+def put_pages(kernel: "Kernel", pages: Pages) -> None:
     """put_page() on every page a FOLL_GET call returned."""
-    _release_check(machine, pages, False, "put_page")
-    with machine._op():
-        if not machine._core.gup_can_put(pages._pfns, False):
+    _release_check(kernel, pages, False, "put_page")
+    with kernel.op():
+        if not kernel.core.gup_can_put(pages._pfns, False):
             raise GupError(errno.EINVAL, "put of pages that hold no reference")
-        machine._core.gup_put_pages(pages._pfns, False)
+        kernel.core.gup_put_pages(pages._pfns, False)
         pages.released = True
-
-
-# ---------------------------------------------------------------------------
-# explain
-
-_APIS = {
-    "get_user_pages": (FOLL.TOUCH, False, False),
-    "get_user_pages_remote": (FOLL.TOUCH | FOLL.REMOTE, False, False),
-    "pin_user_pages": (FOLL.PIN, True, False),
-    "pin_user_pages_remote": (FOLL.PIN | FOLL.TOUCH | FOLL.REMOTE, True, False),
-    "get_user_pages_fast": (FOLL.GET, False, True),
-    "pin_user_pages_fast": (FOLL.PIN, True, True),
-}
-
-
-@dataclasses.dataclass
-class Explanation:
-    api: str
-    gup_flags: int
-    ret: int
-    trace: Trace
-
-    @property
-    def decided(self) -> Optional[Step]:
-        return self.trace.decided
-
-    def format(self) -> str:
-        res = f"{self.ret}" if self.ret >= 0 else f"-{errno_name(self.ret)}"
-        return (f"{self.api}(gup_flags={flag_names(FOLL, self.gup_flags)}) = {res}\n"
-                + self.trace.format())
-
-
-def explain(mm: "MM", start: int, nr_pages: int, gup_flags: int,
-            api: str = "pin_user_pages") -> Explanation:
-    """Run the GUP call as the kernel would, recording every rule checked
-    (its inputs, its verdict) and which one decided; then release whatever
-    it took.  Faults it takes stay taken, as after a real call."""
-    if api not in _APIS:
-        raise ValueError(f"api must be one of {sorted(_APIS)}, got {api!r}")
-    to_set, pin_api, fast = _APIS[api]
-    trace = Trace()
-    if fast:
-        ret, pages = gup_fast_fallback(mm, start, nr_pages, gup_flags, to_set, trace)
-    else:
-        ret, pages = gup_slow(mm, start, nr_pages, gup_flags, to_set, pin_api, trace=trace)
-    if len(pages):
-        if pages.pinned:
-            unpin_user_pages(mm.machine, pages)
-        else:
-            put_pages(mm.machine, pages)
-    return Explanation(api, gup_flags, ret, trace)

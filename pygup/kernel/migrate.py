@@ -8,22 +8,28 @@ references it cannot account for (someone else pinned it).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pygup._native import C
+from pygup.flags import PAGE_SIZE
 from pygup.kernel.fault import pte_pfn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pygup.kernel.context import Kernel
 
 _MIGRATED_FLAGS = (C.F_DIRTY | C.F_UPTODATE | C.F_LRU | C.F_PRIVATE | C.F_MKWRITE
                    | C.F_REFERENCED | C.F_HUGETLB)
 
 
-def _rmap_candidates(machine, fi) -> list:
+def _rmap_candidates(kernel: "Kernel", fi) -> list:
     """(vma, address) pairs that may map the folio's pages (rmap_walk)."""
     nr = 1 << fi.order
     out = []
     if fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
-        av = machine._anon_vma_by_id(fi.mapping >> 2)
+        av = kernel.anon_vma_by_id(fi.mapping >> 2)
         vmas = list(av.vmas) if av is not None else []
     elif fi.mapping:
-        inode = machine._inode_by_as(fi.mapping >> 2)
+        inode = kernel.inode_by_as(fi.mapping >> 2)
         vmas = list(inode.i_mmap) if inode is not None else []
     else:
         vmas = []
@@ -36,17 +42,17 @@ def _rmap_candidates(machine, fi) -> list:
     return out
 
 
-def migrate_folio(machine, head: int, cpu: int) -> bool:
+def migrate_folio(kernel: "Kernel", head: int, cpu: int) -> bool:
     """Move the folio at ``head`` to ZONE_NORMAL.  False (nothing changed) if
     it holds unexplained references or no memory is free."""
-    core = machine._core
+    core = kernel.core
     fi = core.frame_info(head)
     head = fi.head
     nr = 1 << fi.order
     file_backed = fi.mapping != 0 and fi.mapping & C.MAPPING_FLAGS == 0
     # every leaf that maps this folio now
     mapped = []
-    for vma, addr, i in _rmap_candidates(machine, fi):
+    for vma, addr, i in _rmap_candidates(kernel, fi):
         level, pte = core.pte_lookup(vma.vm_mm.id, addr)
         if level and pte_pfn(pte) == head + i:
             mapped.append((vma, addr, i, level))
@@ -54,7 +60,7 @@ def migrate_folio(machine, head: int, cpu: int) -> bool:
     if fi.refcount != expected:        # folio_migrate_mapping(): -EAGAIN
         return False
     try:
-        new = machine.alloc_folio(fi.order, movable=False)
+        new = kernel.alloc_folio(fi.order, movable=False)
     except OSError:
         return False
     core.folio_copy(new, head)
@@ -65,7 +71,7 @@ def migrate_folio(machine, head: int, cpu: int) -> bool:
     core.set_mapping(new, fi.mapping, fi.index)
     for vma, addr, i, level in mapped:
         mm = vma.vm_mm.id
-        size = C.PAGE_SIZE << (C.PMD_ORDER if level == C.LEVEL_PMD else 0)
+        size = PAGE_SIZE << (C.PMD_ORDER if level == C.LEVEL_PMD else 0)
         old = core.pte_clear(mm, addr)                  # try_to_migrate_one()
         core.flush_tlb_range(cpu, mm, addr, addr + size)
         bits = old & ~C.PTE_PFN_MASK
@@ -75,7 +81,7 @@ def migrate_folio(machine, head: int, cpu: int) -> bool:
         core.mapcount_add(head + i, -1)
         core.folio_put(head, 1)
     if file_backed:
-        inode = machine._inode_by_as(fi.mapping >> 2)
+        inode = kernel.inode_by_as(fi.mapping >> 2)
         inode.page_cache[inode.folio_start(fi.index)] = new   # the alloc ref moves here
         core.set_mapping(head, 0, fi.index)
         core.folio_put(head, 1)

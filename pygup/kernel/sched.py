@@ -1,5 +1,5 @@
 """Deterministic interleavings: ``Machine.run_concurrently`` over the C
-scheduler (csrc/sched.c).
+scheduler (csrc/kernel/sched.c).
 
 Real threads find races by luck.  Here each operation runs as its own
 emulated CPU (op i on CPU i, on its own Python thread), but only one CPU
@@ -31,7 +31,7 @@ at a C yield point *while holding it* (a munmap parked between its PTE clear
 and its flush).  If another CPU were then picked and blocked on that lock in
 Python, nothing would ever run again: the lock holder waits for its turn,
 the turn's owner waits for the lock.  So the machine lock is scheduler-aware
-(:class:`SchedLock`, installed by ``Machine`` for its whole life): it first
+(``pygup.kernel.context.SchedLock``, the Kernel's lock for its whole life): it first
 tries to take the lock without blocking; a scheduled CPU that fails parks
 at a *spin* point named ``machine_lock`` and tries again when picked.  A
 spinning CPU is picked only when no CPU is runnable, so the holder runs on
@@ -65,12 +65,11 @@ from pygup.flags import GupError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup._native import Core
-    from pygup.machine import Machine
+    from pygup.kernel.context import Kernel
 
-__all__ = ["SchedLock", "Interleaving", "SchedError", "SchedDeadlock", "SchedTimeout",
+__all__ = ["Interleaving", "SchedError", "SchedDeadlock", "SchedTimeout",
            "ScheduleDiverged", "run_concurrently", "yield_point"]
 
-_MACHINE_LOCK_POINT = b"machine_lock"
 # machines whose CPUs are parked forever (deadlock, timeout): their memory
 # must outlive the parked threads
 _KEEP_ALIVE: list = []
@@ -90,35 +89,6 @@ class SchedTimeout(SchedError):
 
 class ScheduleDiverged(SchedError):
     """A replayed schedule of (cpu, point) pairs met different points."""
-
-
-class SchedLock:
-    """The machine lock: a re-entrant lock that a scheduled CPU takes by
-    trying and parking at the ``machine_lock`` spin point between tries
-    (see the module docstring); anyone else blocks as on an RLock."""
-
-    def __init__(self, core: "Core") -> None:
-        self._lock = threading.RLock()
-        self._core = core
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if self._lock.acquire(blocking=False):
-            return True
-        if not blocking:
-            return False
-        while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
-            if self._lock.acquire(blocking=False):
-                return True
-        return self._lock.acquire(True, timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 @dataclasses.dataclass
@@ -142,12 +112,14 @@ class Interleaving:
         return r if isinstance(r, BaseException) else None
 
 
-def yield_point(machine: "Machine", name: str) -> bool:
+def yield_point(machine, name: str) -> bool:
     """A scheduling point in Python code (an op's own race window, e.g.
-    between two user writes).  True if the caller is a scheduled CPU."""
+    between two user writes).  True if the caller is a scheduled CPU.
+    ``machine``: a Machine or a Kernel."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    return machine._core.sched_yield(name.encode(), False)
+    core = getattr(machine, "kernel", machine).core
+    return core.sched_yield(name.encode(), False)
 
 
 ScheduleArg = Optional[Sequence[Union[int, tuple]]]
@@ -169,12 +141,13 @@ def _plan(schedule: ScheduleArg) -> tuple[Optional[list[int]], Optional[list[Opt
     return cpus, names
 
 
-def run_concurrently(machine: "Machine", ops: Sequence[Callable[["Machine"], Any]],
+def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
                      seed: Optional[int] = 0, schedule: ScheduleArg = None,
                      points: Optional[Iterable[str]] = None, spin_limit: int = 0,
-                     timeout: float = 60.0) -> Interleaving:
-    """Run ``ops`` (each called as ``op(machine)``) as CPUs 0..n-1, one step
-    at a time (module docstring).  ``seed`` drives the picks; ``schedule``
+                     timeout: float = 60.0, op_arg: Any = None) -> Interleaving:
+    """Run ``ops`` (each called as ``op(op_arg)``: ``Machine.run_concurrently``
+    passes the machine) as CPUs 0..n-1, one step at a time (module
+    docstring).  ``seed`` drives the picks; ``schedule``
     (CPU ids, or (cpu, point) pairs as a run returns them) is followed
     first, then the last CPU runs on while it can, then the lowest runnable
     one.  ``points``: if given, only these C / Python yield points are
@@ -182,26 +155,26 @@ def run_concurrently(machine: "Machine", ops: Sequence[Callable[["Machine"], Any
     and robust to new yield points elsewhere."""
     ops = list(ops)
     n = len(ops)
-    if not 1 <= n <= machine.nr_cpus:
-        raise ValueError(f"ops: 1..{machine.nr_cpus} callables (one per CPU), got {n}")
+    if not 1 <= n <= kernel.nr_cpus:
+        raise ValueError(f"ops: 1..{kernel.nr_cpus} callables (one per CPU), got {n}")
     if not all(callable(op) for op in ops):
         raise TypeError("ops must be callables taking the machine")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an int, got {seed!r}")
     plan, want_names = _plan(schedule)
-    core = machine._core
+    core = kernel.core
     me = threading.get_ident()
     # lend the CPUs the calling thread holds to the ops
-    with machine._lock:
+    with kernel.lock:
         lent = []
         for k in range(n):
-            owner = machine._cpu_owner[k]
+            owner = kernel.cpu_owner[k]
             if owner == me:
-                machine._cpu_owner[k] = None
+                kernel.cpu_owner[k] = None
                 lent.append(k)
             elif owner is not None and any(t.ident == owner for t in threading.enumerate()):
                 for j in lent:
-                    machine._cpu_owner[j] = me
+                    kernel.cpu_owner[j] = me
                 raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
     stuck = False
     try:
@@ -210,7 +183,7 @@ def run_concurrently(machine: "Machine", ops: Sequence[Callable[["Machine"], Any
             for name in points or ():
                 core.sched_filter(name)
             results: list = [None] * n
-            threads = [threading.Thread(target=_cpu_body, args=(machine, i, ops[i], results),
+            threads = [threading.Thread(target=_cpu_body, args=(kernel, i, ops[i], op_arg, results),
                                         name=f"pygup-cpu{i}", daemon=True) for i in range(n)]
             for t in threads:
                 t.start()
@@ -222,7 +195,7 @@ def run_concurrently(machine: "Machine", ops: Sequence[Callable[["Machine"], Any
                 _end(core)
             raise
         if stuck:
-            _KEEP_ALIVE.append(machine)
+            _KEEP_ALIVE.append((kernel, op_arg))
             tail = ", ".join(f"{c}@{p}{'~' if s else ''}" for c, p, s in trace[-12:])
             if status & C.SCHED_DEADLOCK:
                 raise SchedDeadlock(f"every CPU spins, none can progress (last picks: {tail})")
@@ -233,10 +206,10 @@ def run_concurrently(machine: "Machine", ops: Sequence[Callable[["Machine"], Any
         # a stuck run's CPUs may hold the machine lock for ever: the
         # machine is lost anyway, do not wait for it
         if not stuck:
-            with machine._lock:
+            with kernel.lock:
                 for k in lent:
-                    if machine._cpu_owner[k] is None:
-                        machine._cpu_owner[k] = me
+                    if kernel.cpu_owner[k] is None:
+                        kernel.cpu_owner[k] = me
     if status & C.SCHED_TRUNCATED:
         raise SchedError("the run outgrew the trace bound: not replayable")
     taken = [(c, p) for c, p, _ in trace]
@@ -268,16 +241,16 @@ def _join(core: "Core", threads: list, timeout: float) -> bool:
     return False
 
 
-def _cpu_body(machine: "Machine", i: int, op: Callable, results: list) -> None:
-    core = machine._core
+def _cpu_body(kernel: "Kernel", i: int, op: Callable, op_arg: Any, results: list) -> None:
+    core = kernel.core
     try:
         core.sched_attach(i)
     except BaseException as e:  # pragma: no cover - argument errors only
         results[i] = e
         return
     try:
-        with machine.cpu(i):
-            results[i] = op(machine)
+        with kernel.cpu(i):
+            results[i] = op(op_arg)
     except BaseException as e:
         results[i] = e
     finally:

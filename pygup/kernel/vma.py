@@ -8,36 +8,18 @@ mirror mm/mmap.c one for one (SPEC §2.1).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from pygup.flags import VM
+from sortedcontainers import SortedKeyList
+
+from pygup.flags import PAGE_SHIFT, VM
+from pygup.kernel.fs import SECRETMEM_VM_OPS, VmOps
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.fs import Inode
-    from pygup.kernel.mm import MM
-
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 
 # VM_UFFD_WP has no other use in pygup; kept out of the VM enum's hot paths.
 VM_UFFD_WP = 0x1000
-
-
-@dataclasses.dataclass(frozen=True)
-class VmOps:
-    """What pygup needs to know of a ``vm_operations_struct``."""
-
-    name: str
-    page_mkwrite: bool = False
-    pfn_mkwrite: bool = False
-
-
-# the vm_ops the presets use (SPEC §8)
-SHMEM_VM_OPS = VmOps("shmem_vm_ops")
-HUGETLB_VM_OPS = VmOps("hugetlb_vm_ops")
-SECRETMEM_VM_OPS = VmOps("secretmem_vm_ops")
-DEVICE_VM_OPS = VmOps("device_vm_ops")        # a driver's remap_pfn_range() VMA
 
 
 class AnonVma:
@@ -62,7 +44,7 @@ class VMA:
     __slots__ = ("vm_mm", "vm_start", "vm_end", "vm_flags", "vm_file", "vm_pgoff",
                  "vm_ops", "anon_vmas", "own_anon_vma", "pgprot_customised")
 
-    def __init__(self, mm: "MM", start: int, end: int, flags: int,
+    def __init__(self, mm, start: int, end: int, flags: int,
                  file: "Optional[Inode]" = None, pgoff: int = 0,
                  vm_ops: Optional[VmOps] = None) -> None:
         self.vm_mm = mm
@@ -99,7 +81,7 @@ class VMA:
         """The anon_vma new anonymous folios of this VMA are tagged with."""
         if self.own_anon_vma is None:
             av = AnonVma()
-            self.vm_mm.machine._anon_vmas[av.id] = av
+            self.vm_mm.kernel.anon_vmas[av.id] = av
             av.vmas.add(self)
             self.own_anon_vma = av
             self.anon_vmas.insert(0, av)
@@ -112,6 +94,89 @@ class VMA:
     def __repr__(self) -> str:
         what = self.vm_file.describe() if self.vm_file is not None else "anon"
         return f"<VMA {self.vm_start:#x}-{self.vm_end:#x} {vm_flags_str(self.vm_flags)} {what}>"
+
+
+class VmaTree:
+    """The mm's VMAs in address order (the kernel's maple tree): lookup,
+    range queries, neighbours and the free-gap search.  Insertion, removal
+    and lookup are O(log n) (a sorted list keyed by vm_start); callers
+    remove a VMA before changing its vm_start."""
+
+    def __init__(self) -> None:
+        self._vmas = SortedKeyList(key=_vm_start)
+
+    def __len__(self) -> int:
+        return len(self._vmas)
+
+    def __iter__(self) -> Iterator[VMA]:
+        return iter(self._vmas)
+
+    def __getitem__(self, i: int) -> VMA:
+        return self._vmas[i]
+
+    def __contains__(self, vma: object) -> bool:
+        return vma in self._vmas
+
+    def insert(self, vma: VMA) -> None:
+        self._vmas.add(vma)
+
+    def remove(self, vma: VMA) -> None:
+        self._vmas.remove(vma)
+
+    def find(self, addr: int) -> Optional[VMA]:
+        """The VMA containing addr, or None (unlike the kernel's find_vma,
+        never the next one above: that is ``vma_lookup()``)."""
+        i = self._vmas.bisect_key_right(addr) - 1
+        if i >= 0 and addr < self._vmas[i].vm_end:
+            return self._vmas[i]
+        return None
+
+    def range(self, start: int, end: int) -> list[VMA]:
+        """VMAs intersecting [start, end), in address order."""
+        i = max(0, self._vmas.bisect_key_right(start) - 1)
+        out = []
+        for vma in self._vmas.islice(i):
+            if vma.vm_start >= end:
+                break
+            if vma.vm_end > start:
+                out.append(vma)
+        return out
+
+    def prev(self, vma: VMA) -> Optional[VMA]:
+        i = self._vmas.index(vma)
+        return self._vmas[i - 1] if i > 0 else None
+
+    def next(self, vma: VMA) -> Optional[VMA]:
+        i = self._vmas.index(vma)
+        return self._vmas[i + 1] if i + 1 < len(self._vmas) else None
+
+    def first_at_or_above(self, addr: int) -> Optional[VMA]:
+        i = self._vmas.bisect_key_left(addr)
+        return self._vmas[i] if i < len(self._vmas) else None
+
+    def last_below(self, addr: int) -> Optional[VMA]:
+        """The VMA ending at or below addr with the highest start."""
+        i = self._vmas.bisect_key_left(addr) - 1
+        return self._vmas[i] if i >= 0 else None
+
+    def unmapped_area_topdown(self, length: int, align: int, high: int, low: int) -> Optional[int]:
+        """/* mirrors unmapped_area_topdown() */: the highest aligned start
+        of a free gap of ``length`` bytes in [low, high), or None."""
+        top = high
+        for vma in reversed(self._vmas):
+            if vma.vm_start >= top:
+                top = min(top, vma.vm_start)
+                continue
+            cand = (top - length) & ~(align - 1)
+            if cand >= vma.vm_end:
+                return cand
+            top = vma.vm_start
+        cand = (top - length) & ~(align - 1)
+        return cand if cand >= low else None
+
+
+def _vm_start(vma: VMA) -> int:
+    return vma.vm_start
 
 
 def vm_flags_str(flags: int) -> str:

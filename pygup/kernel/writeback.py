@@ -20,14 +20,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _cpu(inode: "Inode") -> int:
-    return inode.fs.machine.current_cpu()
+    return inode.fs.kernel.current_cpu()
 
 
 def folio_mkclean(inode: "Inode", head: int, start: int) -> int:
     """/* mirrors folio_mkclean() */: write-protect and clean every PTE that
     maps the folio in a VM_SHARED VMA (private VMAs are skipped).  Returns
     how many entries were cleaned."""
-    core = inode.fs.machine._core
+    core = inode.fs.kernel.core
     cpu = _cpu(inode)
     nr = 1 << inode.order
     cleaned = 0
@@ -48,7 +48,7 @@ def folio_clear_dirty_for_io(inode: "Inode", head: int, start: int) -> bool:
     """/* mirrors folio_clear_dirty_for_io() */: move PTE dirtiness to the
     folio (mkclean), then test-and-clear the folio's dirty flag.  A cleaned
     folio needs a new page_mkwrite before it may be written again."""
-    core = inode.fs.machine._core
+    core = inode.fs.kernel.core
     if mapping_can_writeback(inode):
         if folio_mkclean(inode, head, start):
             core.flags_update(head, C.F_DIRTY, 0)
@@ -60,7 +60,7 @@ def writeback_folio(inode: "Inode", head: int, start: int) -> int:
     """Write one folio back if it is dirty (->writepages for one folio).
     Returns pages written to disk."""
     fs = inode.fs
-    core = fs.machine._core
+    core = fs.kernel.core
     if not folio_clear_dirty_for_io(inode, head, start):
         return 0
     flags = core.flags_update(head, C.F_WRITEBACK, 0)
@@ -98,7 +98,7 @@ def writeback_inode(inode: "Inode", first: int = 0, last: Optional[int] = None) 
 def unmap_mapping_pages(inode: "Inode", first: int, last: Optional[int] = None) -> None:
     """/* mirrors unmap_mapping_pages() */ with even_cows: zap every mapping of
     file pages [first, last), private COW copies included."""
-    core = inode.fs.machine._core
+    core = inode.fs.kernel.core
     cpu = _cpu(inode)
     for vma in list(inode.i_mmap):
         lo = vma.address_of(max(first, vma.vm_pgoff))
@@ -118,7 +118,7 @@ def unmap_mapping_pages(inode: "Inode", first: int, last: Optional[int] = None) 
 def try_to_unmap(inode: "Inode", head: int, start: int) -> None:
     """/* mirrors try_to_unmap() */ for a file folio: clear every PTE that maps
     it (not the private copies made from it), with the TLB flush."""
-    core = inode.fs.machine._core
+    core = inode.fs.kernel.core
     cpu = _cpu(inode)
     nr = 1 << inode.order
     for vma in list(inode.i_mmap):
@@ -135,7 +135,7 @@ def try_to_unmap(inode: "Inode", head: int, start: int) -> None:
 def _delete_from_page_cache(inode: "Inode", start: int) -> None:
     """filemap_remove_folio(): mapping word cleared (GUP-fast then sees a
     truncated folio), dirty cancelled, the page cache's reference dropped."""
-    core = inode.fs.machine._core
+    core = inode.fs.kernel.core
     pfn = inode.page_cache.pop(start)
     core.set_mapping(pfn, 0, start)
     core.flags_update(pfn, 0, C.F_DIRTY | C.F_LRU)
@@ -169,7 +169,7 @@ def evict_inode(inode: "Inode") -> int:
     else holds.  A folio with extra references — a GUP pin — stays in the
     page cache, unmapped and stripped of its buffers (Jan Kara's 2018
     scenario).  Returns folios freed."""
-    core = inode.fs.machine._core
+    core = inode.fs.kernel.core
     if not mapping_can_writeback(inode):
         return 0               # shmem/ramfs/hugetlbfs: memory is the only copy
     freed = 0

@@ -67,7 +67,7 @@ def seed_story(policy: str, fs_name: str = "ext4", out: Callable[[str], None] = 
     pin of a MAP_SHARED file page, writeback, a write through the pin, unpin
     with dirty.  Returns what happened (the tests check it)."""
     from pygup.flags import FOLL
-    from pygup.kernel.gup import explain
+    from pygup.explain import explain
     m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2)
     fs = m.mount(fs_name)
     f = fs.create("data", 4096)
@@ -128,7 +128,7 @@ def demo(out: Callable[[str], None] = print) -> list[dict]:
 
 def explain_cmd(args) -> int:
     from pygup.flags import FOLL
-    from pygup.kernel.gup import explain
+    from pygup.explain import explain
     m = Machine(policy=args.policy, memory="64MiB", movable="8MiB")
     size = 2 << 20 if args.fs == "hugetlbfs" else 4096
     if args.fs == "anon":

@@ -125,11 +125,7 @@ def _policy_bits(policy) -> int:
     if isinstance(policy, int) and not isinstance(policy, bool):
         return policy
     from pygup.config.policy import resolve
-    pol = resolve(policy)
-    bits = C.GUPF_WHITELIST if pol.fast_pin_whitelist else 0
-    if pol.secretmem_lru_shortcut:
-        bits |= C.GUPF_SECRETMEM_LRU
-    return bits
+    return resolve(policy).gup_fast_bits
 
 
 def stress_params(scenario: str = "unmap", *, seconds: float = 1.0, seed: int = 0,

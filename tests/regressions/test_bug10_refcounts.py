@@ -5,7 +5,7 @@ each), so about two million pins overflow a 32-bit count; pins must then
 fail cleanly.  The zero page is never counted.  Re-planted: unpin_no_bias
 (unpin drops 1 instead of the bias) — the refcount audit finds the leak.
 """
-from pygup import FOLL, MAP, PROT, Machine
+from pygup import MAP, PROT, Machine
 
 
 def test_unpin_without_bias(reproducer):

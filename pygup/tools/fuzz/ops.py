@@ -287,7 +287,7 @@ def _record_pin_write(world: World, proc: Proc, region: Region, page: int, pfn: 
     core = world.m._core
     fi = core.frame_info(pfn)
     if fi.mapping and not fi.mapping & 3:
-        inode = world.m._inode_by_as(fi.mapping >> 2)
+        inode = world.m.kernel.inode_by_as(fi.mapping >> 2)
         if inode is not None and inode.find_folio(fi.index) == fi.head:
             world.shared_truth[(inode.ino, fi.index + (pfn - fi.head))] = value
         return
@@ -380,8 +380,8 @@ def op_migrate(world: World, op: dict, proc: Proc, region: Region, page: int,
     pte = proc.p.mm.pte(addr)
     if not pte.level or pte.special:
         return "not mapped"
-    with world.m._op() as cpu:
-        ok = migrate_folio(world.m, pte.pfn, cpu)
+    with world.m.kernel.op() as cpu:
+        ok = migrate_folio(world.m.kernel, pte.pfn, cpu)
     return f"migrate {addr:#x} -> {ok}"
 
 

@@ -177,7 +177,7 @@ class World:
         n = core.nr_frames
         ref = np.zeros(n, np.int64)
         mapc = np.zeros(n, np.int64)
-        for inode in list(self.m._inodes.values()):
+        for inode in list(self.m.kernel.inodes.values()):
             if inode.released:
                 continue
             for head in inode.page_cache.values():

@@ -36,7 +36,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Callable, Iterable, Iterator, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol
 
 from pygup._native import HostProbes as H
 from pygup.flags import FOLL, MAP, MS, PROT, GupError, errno_name, flag_names
@@ -238,7 +238,7 @@ def backing_size(backing: str) -> int:
 
 class PygupSide:
     """One cell on a fresh pygup ``Machine``.  ``explain=True`` replaces the
-    method by ``pygup.kernel.gup.explain`` with the method's entry point and flags,
+    method by ``pygup.explain.explain`` with the method's entry point and flags,
     keeping the formatted trace in ``self.explanation``."""
 
     def __init__(self, cell: Cell, policy: str, workdir_preset: str = "ext4",
@@ -305,7 +305,7 @@ class PygupSide:
         from pygup import callers
         p = self.p
         if self.explain:
-            from pygup.kernel.gup import explain
+            from pygup.explain import explain
             api, flags = METHOD_GUP[method]
             if method == "io_uring" and self.m.policy.io_uring_pin_fast:
                 api = "pin_user_pages_fast"

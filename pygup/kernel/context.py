@@ -1,0 +1,212 @@
+"""``Kernel``: the emulated kernel's own state, held by every model object.
+
+The C core, the machine lock, the CPU slots of the threads that enter the
+emulator, the page allocator's entry, the policy and protection switches,
+and the reverse maps from a folio's mapping word back to model objects.
+``Machine`` (the user's front door) owns one ``Kernel``; a model object
+(``MM``, ``VMA``, ``Inode``, ``Pages``...) reaches the core through
+``self.kernel`` and never through the Machine.
+
+Locking model (a deliberate simplification of the kernel's): every model
+update that Python performs — faults, mmap/munmap/mprotect/fork, writeback,
+truncate, eviction — runs under one lock (``Kernel.op()``), standing in for
+mmap_lock, the PTE locks, the folio locks and i_mmap_rwsem together.  What
+the kernel does *without* those locks runs in C without this one: the MMU's
+user accesses through the TLB, IPI handling, RCU and GUP-fast.  Those are
+the paths whose races pygup exists to study.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+import weakref
+from typing import Iterator, Optional
+
+from pygup._native import C, Core
+from pygup.config.mutants import Mutant
+from pygup.config.policy import Policy
+from pygup.flags import GupError
+
+
+# the spin point a scheduled CPU parks at between tries of the machine lock
+_MACHINE_LOCK_POINT = b"machine_lock"
+
+
+class SchedLock:
+    """The machine lock: a re-entrant lock that a scheduled CPU takes by
+    trying and parking at the ``machine_lock`` spin point between tries
+    (see the module docstring); anyone else blocks as on an RLock."""
+
+    def __init__(self, core: Core) -> None:
+        self._lock = threading.RLock()
+        self._core = core
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
+            if self._lock.acquire(blocking=False):
+                return True
+        return self._lock.acquire(True, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Kernel:
+    """One emulated kernel's state (see the module docstring)."""
+
+    def __init__(self, core: Core, policy: Policy, mutants: frozenset[Mutant]) -> None:
+        self.core = core
+        self.policy = policy
+        self.mutants = mutants
+        # an RLock that scheduled CPUs take by trying (kernel/sched.py's docstring)
+        self.lock = SchedLock(core)
+        self.cpu_owner: list[Optional[int]] = [None] * core.nr_cpus  # thread ident per slot
+        self._tls = threading.local()
+        self.pin_scope = 0            # memalloc_pin_save() nesting (under the lock)
+        self.filesystems: list = []          # every vfs.FileSystem mounted
+        self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
+        self.next_anon_inode = 0
+        self.processes: list = []            # every process.Process, exited ones too
+        self.next_pid = 1
+        self.device_frames: list[int] = []   # memory behind mmap_pfn() mappings
+        # reverse maps from a folio's mapping word to the model objects
+        self.inodes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.anon_vmas: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    @property
+    def nr_cpus(self) -> int:
+        return self.core.nr_cpus
+
+    # -- CPUs ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def cpu(self, k: int) -> Iterator[int]:
+        """Run the calling thread as emulated CPU ``k`` inside the block.  A
+        CPU belongs to one thread at a time (EBUSY otherwise); the thread's
+        previous CPU stays its own and is current again after the block."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.nr_cpus:
+            raise ValueError(f"cpu must be in 0..{self.nr_cpus - 1}, got {k!r}")
+        outer = getattr(self._tls, "slot", None)
+        if outer is not None and outer.cpu == k:
+            yield k
+            return
+        self._tls.slot = self._claim(k)
+        try:
+            yield k
+        finally:
+            self._tls.slot.detach()
+            if outer is not None:
+                self._tls.slot = outer
+            else:
+                del self._tls.slot
+
+    def _claim(self, k: int) -> "_Slot":
+        me = threading.get_ident()
+        with self.lock:
+            owner = self.cpu_owner[k]
+            if owner is not None and owner != me and thread_alive(owner):
+                raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
+            self.cpu_owner[k] = me
+        return _Slot(self, k)
+
+    def current_cpu(self) -> int:
+        """The emulated CPU of the calling thread; a thread that never chose
+        one gets the lowest free slot, held until the thread ends."""
+        slot = getattr(self._tls, "slot", None)
+        if slot is not None:
+            return slot.cpu
+        for k in range(self.nr_cpus):
+            try:
+                self._tls.slot = self._claim(k)
+                return k
+            except GupError:
+                continue
+        raise GupError(errno.EBUSY, f"all {self.nr_cpus} emulated CPUs are bound to other threads")
+
+    @contextlib.contextmanager
+    def op(self) -> Iterator[int]:
+        """A model update: the machine lock, on this thread's CPU.  Like the
+        kernel's might_sleep(), it refuses to run with IRQs off: it may wait
+        for other CPUs' IPI acknowledgements."""
+        cpu = self.current_cpu()
+        if self.core.irqs_disabled(cpu):
+            raise RuntimeError("a sleeping model operation was called with IRQs disabled")
+        with self.lock:
+            yield cpu
+            self.core.rcu_poll()
+        self.core.raise_violations()
+
+    # -- memory ------------------------------------------------------------------
+    def alloc_folio(self, order: int = 0, movable: bool = True) -> int:
+        """Allocate a folio; movable allocations (GFP_HIGHUSER_MOVABLE) try
+        ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL."""
+        if self.pin_scope:       # memalloc_pin_save(): no movable allocations
+            movable = False
+        zones = (C.ZONE_MOVABLE, C.ZONE_NORMAL) if movable else (C.ZONE_NORMAL,)
+        for zone in zones:
+            try:
+                return self.core.folio_alloc(order, zone)
+            except GupError as e:
+                if e.errno != errno.ENOMEM:
+                    raise
+        raise GupError(errno.ENOMEM, f"no free order-{order} folio")
+
+    # -- reverse maps --------------------------------------------------------------
+    def inode_by_as(self, as_id: int):
+        """The Inode whose address_space record is as_id, if it still exists."""
+        return self.inodes.get(as_id)
+
+    def anon_vma_by_id(self, av_id: int):
+        return self.anon_vmas.get(av_id)
+
+    def has_mutant(self, m: Mutant) -> bool:
+        return m in self.mutants
+
+
+class _Slot:
+    """A thread's binding to a CPU slot; frees the slot when the thread's
+    thread-local storage (and so this object) goes away."""
+
+    def __init__(self, kernel: Kernel, cpu: int) -> None:
+        self._lock = kernel.lock
+        self._owners = kernel.cpu_owner
+        self.cpu = cpu
+        self._ident = threading.get_ident()
+        self._attached = True
+
+    def detach(self, locked: bool = True) -> None:
+        if self._attached:
+            self._attached = False
+            if locked:
+                with self._lock:
+                    self._release()
+            else:
+                self._release()
+
+    def _release(self) -> None:
+        if self._owners[self.cpu] == self._ident:
+            self._owners[self.cpu] = None
+
+    def __del__(self) -> None:
+        # a finalizer must never block: the machine lock may be held by a
+        # thread that waits on something this one holds (or is parked for
+        # good by the scheduler).  One list store is atomic under the GIL,
+        # and _claim() treats a slot of a dead thread as free anyway.
+        try:
+            self.detach(locked=False)
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def thread_alive(ident: int) -> bool:
+    return any(t.ident == ident for t in threading.enumerate())

@@ -1,0 +1,356 @@
+"""``Process``: a task with an ``MM`` and the system calls that change it —
+mmap / mmap_pfn / munmap / mprotect / msync / fork / exit — and user reads
+and writes through the emulated MMU.
+"""
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Iterator, Optional
+
+from pygup._native import C
+from pygup.flags import (MAP, MS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PROT, TASK_SIZE,
+                         VM, GupError, check_flags, int_arg)
+from pygup.kernel.fault import handle_mm_fault, handle_user_fault
+from pygup.kernel.fs import DEVICE_VM_OPS
+from pygup.kernel.mm import MM
+from pygup.kernel.vfs import File, anon_inode_file, iput
+from pygup.kernel.vma import VMA, is_cow_mapping
+from pygup.kernel.writeback import writeback_inode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pygup.kernel.context import Kernel
+    from pygup.kernel.gup import Pages
+
+HPAGE_SIZE = PMD_SIZE
+_MAX_FAULT_RETRIES = 16
+
+
+def _page_count(length: int) -> int:
+    return (length + PAGE_SIZE - 1) // PAGE_SIZE
+
+
+def calc_vm_prot_bits(prot: int) -> VM:
+    return VM((VM.READ if prot & PROT.READ else 0) | (VM.WRITE if prot & PROT.WRITE else 0)
+              | (VM.EXEC if prot & PROT.EXEC else 0))
+
+
+class Process:
+    """A process: an ``MM`` and the syscalls that change it."""
+
+    def __init__(self, kernel: "Kernel", pid: int) -> None:
+        self.kernel = kernel
+        self.pid = pid
+        self.mm = MM(kernel)
+        self.alive = True
+        # pages kept by GUP callers (io_uring, rdma, vfio, pipe): see callers.py
+        self.held: dict[str, list["Pages"]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Process {self.pid}{'' if self.alive else ' (exited)'} vmas={len(self.mm.vmas)}>"
+
+    def _live(self) -> None:
+        if not self.alive:
+            raise GupError(errno.ESRCH, f"process {self.pid} has exited")
+
+    # -- mmap ------------------------------------------------------------------
+    def mmap(self, length: int, prot: int, flags: int, file: Optional[File] = None,
+             offset: int = 0, addr: int = 0) -> int:
+        """mmap(2); returns the address.  VMA flags are derived as do_mmap()
+        does: VM_MAY* from the file's open mode, VM_SHARED only for a shared
+        mapping of a writable file."""
+        self._live()
+        length = int_arg(length, "length")
+        offset = int_arg(offset, "offset")
+        addr = int_arg(addr, "addr")
+        prot = check_flags(prot, PROT, "prot")
+        flags = check_flags(flags, MAP, "flags")
+        if file is not None and not isinstance(file, File):
+            raise TypeError(f"file must be a pygup File, got {type(file).__name__}")
+        if length <= 0 or offset < 0 or offset % PAGE_SIZE or addr % PAGE_SIZE or addr < 0:
+            raise GupError(errno.EINVAL, "length, offset and addr must be aligned and in range")
+        kind = flags & (MAP.SHARED | MAP.PRIVATE)
+        if kind not in (MAP.SHARED, MAP.PRIVATE):
+            raise GupError(errno.EINVAL, "exactly one of MAP_SHARED and MAP_PRIVATE")
+        k = self.kernel
+        with k.op() as cpu:
+            if flags & MAP.ANONYMOUS:
+                file = None
+                offset = 0
+                if flags & MAP.HUGETLB:
+                    file = anon_inode_file(k, "hugetlbfs", "anon_hugepage",
+                                           -(-length // HPAGE_SIZE) * HPAGE_SIZE)
+                elif kind == MAP.SHARED:
+                    # shmem_zero_setup(): shared anonymous memory is a shmem file
+                    file = anon_inode_file(k, "tmpfs", "dev-zero", _page_count(length) * PAGE_SIZE)
+            elif file is None:
+                raise GupError(errno.EBADF, "a file mapping needs a file")
+            huge = file is not None and file.fs.fstype.huge
+            align = HPAGE_SIZE if huge else PAGE_SIZE
+            length = -(-length // align) * align
+            if huge and (addr % HPAGE_SIZE or offset % HPAGE_SIZE):
+                raise GupError(errno.EINVAL, "hugetlb mappings need 2 MiB alignment")
+            if length > TASK_SIZE or (addr and addr + length > TASK_SIZE):
+                raise GupError(errno.ENOMEM, "range past the end of the address space")
+            vm_flags = calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC
+            vm_flags |= VM.SOFTDIRTY                         # new VMAs start "all dirty"
+            if file is not None:
+                if kind == MAP.SHARED:
+                    if prot & PROT.WRITE and not file.writable:
+                        raise GupError(errno.EACCES, "shared writable mapping of a read-only file")
+                    vm_flags |= VM.SHARED | VM.MAYSHARE
+                    if not file.writable:
+                        vm_flags &= ~(VM.MAYWRITE | VM.SHARED)
+                if file.fs.fstype.kind == "secretmem":
+                    if kind != MAP.SHARED:
+                        raise GupError(errno.EINVAL, "secretmem needs MAP_SHARED")
+                    vm_flags |= VM.LOCKED | VM.DONTDUMP
+                if huge:
+                    vm_flags |= VM.HUGETLB
+            if flags & MAP.FIXED or flags & MAP.FIXED_NOREPLACE:
+                if addr == 0 and not flags & MAP.FIXED_NOREPLACE:
+                    raise GupError(errno.EPERM, "MAP_FIXED at address 0")
+                if self.mm.vmas_in(addr, addr + length):
+                    if flags & MAP.FIXED_NOREPLACE:
+                        raise GupError(errno.EEXIST, f"{addr:#x} is already mapped")
+                    self._unmap(addr, addr + length, cpu)
+                start = addr
+            else:
+                start = self.mm.get_unmapped_area(length, align)
+            inode = file.inode if file is not None else None
+            pgoff = offset >> PAGE_SHIFT if inode is not None else start >> PAGE_SHIFT
+            vm_ops = inode.fs.fstype.vm_ops if inode is not None else None
+            vma = VMA(self.mm, start, start + length, vm_flags, inode, pgoff, vm_ops)
+            self.mm.vma_link(vma)
+            self.mm.vma_merge(vma)
+        if flags & MAP.POPULATE:
+            self._populate(start, start + length, write=bool(prot & PROT.WRITE) and
+                           bool(vm_flags & VM.SHARED or not file))
+        return start
+
+    def mmap_pfn(self, length: int, prot: int) -> int:
+        """A device mapping as a driver's ->mmap makes it with
+        remap_pfn_range(): VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP,
+        every page mapped at once by a special PTE to device memory (frames
+        the device owns; no struct-page reference counting)."""
+        self._live()
+        length = int_arg(length, "length")
+        prot = check_flags(prot, PROT, "prot")
+        if length <= 0:
+            raise GupError(errno.EINVAL, "length must be positive")
+        length = _page_count(length) * PAGE_SIZE
+        k = self.kernel
+        with k.op():
+            start = self.mm.get_unmapped_area(length, PAGE_SIZE)
+            flags = (calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC | VM.SHARED
+                     | VM.MAYSHARE | VM.IO | VM.PFNMAP | VM.DONTEXPAND | VM.DONTDUMP)
+            vma = VMA(self.mm, start, start + length, flags, None, 0, DEVICE_VM_OPS)
+            self.mm.vma_link(vma)
+            bits = C.PTE_PRESENT | C.PTE_USER | C.PTE_SPECIAL | C.PTE_ACCESSED
+            if prot & PROT.WRITE:
+                bits |= C.PTE_WRITE | C.PTE_DIRTY
+            for addr in range(start, start + length, PAGE_SIZE):
+                pfn = k.alloc_folio(0, movable=False)
+                k.device_frames.append(pfn)
+                k.core.pte_set(self.mm.id, addr, (pfn << C.PTE_PFN_SHIFT) | bits, C.LEVEL_PTE)
+        return start
+
+    def _populate(self, start: int, end: int, write: bool) -> None:
+        """MAP_POPULATE: fault every page in (writes only where that breaks no
+        COW: a private file mapping is populated for read)."""
+        step = PAGE_SIZE
+        with self.kernel.op() as cpu:
+            for addr in range(start, end, step):
+                vma = self.mm.find_vma(addr)
+                if vma is None:
+                    break
+                try:
+                    handle_mm_fault(vma, addr, write, cpu)
+                except GupError:
+                    break            # SIGBUS past EOF: populate stops quietly
+
+    # -- munmap / mprotect -------------------------------------------------------
+    def _check_range(self, addr: int, length: int) -> tuple[int, int]:
+        addr = int_arg(addr, "addr")
+        length = int_arg(length, "length")
+        if addr % PAGE_SIZE or addr < 0 or length <= 0 or addr + length > TASK_SIZE:
+            raise GupError(errno.EINVAL, "addr must be page aligned and length positive")
+        return addr, addr + _page_count(length) * PAGE_SIZE
+
+    def munmap(self, addr: int, length: int) -> None:
+        """munmap(2)."""
+        self._live()
+        start, end = self._check_range(addr, length)
+        with self.kernel.op() as cpu:
+            self._unmap(start, end, cpu)
+
+    def _unmap(self, start: int, end: int, cpu: int) -> None:
+        """do_vmi_munmap(): detach the VMAs, zap the pages, free the tables."""
+        mm = self.mm
+        core = self.kernel.core
+        vmas = mm.split_range(start, end)
+        if not vmas:
+            return
+        lo, hi = vmas[0].vm_start, vmas[-1].vm_end
+        for vma in vmas:
+            mm.vma_unlink(vma)
+        core.zap_range(cpu, mm.id, lo, hi)
+        # free_pgtables(): tables wholly inside the hole left behind
+        prev = mm.vmas.last_below(lo)
+        floor = prev.vm_end if prev is not None else 0
+        after = mm.vmas.first_at_or_above(hi)
+        ceiling = after.vm_start if after is not None else TASK_SIZE
+        core.free_pgtables(cpu, mm.id, floor, ceiling)
+        for vma in vmas:
+            if vma.vm_file is not None:
+                iput(vma.vm_file)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        """mprotect(2): new VM_READ/WRITE/EXEC; PTEs are downgraded at once
+        (and flushed); upgrades happen lazily at the next fault."""
+        self._live()
+        start, end = self._check_range(addr, length)
+        prot = check_flags(prot, PROT, "prot")
+        with self.kernel.op() as cpu:
+            mm = self.mm
+            covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in mm.vmas_in(start, end))
+            if covered != end - start:
+                raise GupError(errno.ENOMEM, "range not fully mapped")
+            newbits = calc_vm_prot_bits(prot)
+            for vma in mm.vmas_in(start, end):
+                if newbits & VM.WRITE and not vma.vm_flags & VM.MAYWRITE:
+                    raise GupError(errno.EACCES, f"{vma!r} may not become writable")
+                if vma.is_hugetlb and (max(start, vma.vm_start) % HPAGE_SIZE
+                                       or min(end, vma.vm_end) % HPAGE_SIZE):
+                    raise GupError(errno.EINVAL, "hugetlb VMAs change only in 2 MiB units")
+            core = self.kernel.core
+            for vma in mm.split_range(start, end):
+                vma.vm_flags = VM((vma.vm_flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | newbits)
+                if not newbits & (VM.READ | VM.WRITE | VM.EXEC):
+                    # PROT_NONE: keep the mapping, make it inaccessible
+                    core.change_protection(cpu, mm.id, vma.vm_start, vma.vm_end,
+                                           C.PTE_PRESENT | C.PTE_WRITE, C.PTE_PROTNONE)
+                else:
+                    core.change_protection(cpu, mm.id, vma.vm_start, vma.vm_end,
+                                           C.PTE_PROTNONE | (0 if newbits & VM.WRITE else C.PTE_WRITE),
+                                           C.PTE_PRESENT)
+            for vma in mm.vmas_in(start, end):
+                if vma in mm.vmas:
+                    mm.vma_merge(vma)
+
+    # -- fork / exit ---------------------------------------------------------------
+    def fork(self) -> "Process":
+        """fork(2): copy the VMAs; copy_page_range() where the kernel does
+        (anonymous memory, PFN maps), write-protecting COW mappings."""
+        self._live()
+        k = self.kernel
+        with k.op() as cpu:
+            child = Process(k, k.next_pid)
+            k.next_pid += 1
+            core = k.core
+            for vma in self.mm.vmas:
+                if vma.vm_flags & VM.DONTCOPY:
+                    continue
+                new = VMA(child.mm, vma.vm_start, vma.vm_end, vma.vm_flags, vma.vm_file,
+                          vma.vm_pgoff, vma.vm_ops)
+                new.anon_vmas = list(vma.anon_vmas)       # anon_vma_fork()
+                new.pgprot_customised = vma.pgprot_customised
+                child.mm.vma_link(new)
+                # vma_needs_copy(): shared file pages fault in lazily
+                if vma.anon_vmas or vma.vm_flags & (VM.PFNMAP | VM.MIXEDMAP):
+                    # page_needs_cow_for_dma(): with MMF_HAS_PINNED, pinned
+                    # anon pages are copied for the child, not shared
+                    copy_pinned = self.mm.has_pinned and is_cow_mapping(vma.vm_flags)
+                    child_mapping = 0
+                    if copy_pinned:
+                        child_mapping = (new.anon_vma_prepare().id << 2) | C.MAPPING_ANON
+                    core.copy_range(cpu, self.mm.id, child.mm.id, vma.vm_start, vma.vm_end,
+                                    is_cow_mapping(vma.vm_flags), copy_pinned, child_mapping)
+            k.processes.append(child)
+            return child
+
+    def exit(self) -> None:
+        """exit(2): close what holds pages (io_uring rings, MRs, pipes), unmap
+        everything and free the page tables."""
+        self._live()
+        for kind in list(self.held):
+            for pages in self.held.pop(kind):
+                if pages.pinned:
+                    self.mm.unpin_user_pages(pages)
+                else:
+                    self.mm.put_page(pages)
+        with self.kernel.op() as cpu:
+            if self.mm.vmas:
+                self._unmap(self.mm.vmas[0].vm_start, self.mm.vmas[-1].vm_end, cpu)
+            self.kernel.core.mm_destroy(cpu, self.mm.id)
+            self.alive = False
+            self.mm.alive = False
+
+    # -- user memory access ----------------------------------------------------------
+    def _access(self, addr: int, write: bool, value: int) -> int:
+        self._live()
+        addr = int_arg(addr, "addr")
+        if not 0 <= addr < TASK_SIZE:
+            raise GupError(errno.EFAULT, f"SIGSEGV: {addr:#x} is not a user address")
+        k = self.kernel
+        core = k.core
+        cpu = k.current_cpu()
+        for _ in range(_MAX_FAULT_RETRIES):
+            code, out = core.user_access(cpu, self.mm.id, addr, write, value)
+            if code == C.FAULT_NONE:
+                return out
+            with k.op() as cpu:
+                handle_user_fault(self.mm, addr, write, cpu)
+        raise RuntimeError(f"user access at {addr:#x} kept faulting")
+
+    def read(self, addr: int) -> int:
+        """A user load: the content word of the page at addr."""
+        return self._access(addr, False, 0)
+
+    def write(self, addr: int, value: int) -> None:
+        """A user store of a 64-bit value into the page at addr."""
+        value = int_arg(value, "value")
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"value must fit in 64 bits, got {value}")
+        self._access(addr, True, value)
+
+    def msync(self, addr: int, length: int, flags: int = MS.SYNC) -> None:
+        """msync(2): MS_SYNC writes back the shared file pages in the range."""
+        self._live()
+        start, end = self._check_range(addr, length)
+        flags = check_flags(flags, MS, "flags")
+        if flags & MS.ASYNC and flags & MS.SYNC:
+            raise GupError(errno.EINVAL, "MS_ASYNC and MS_SYNC together")
+        with self.kernel.op():
+            vmas = self.mm.vmas_in(start, end)
+            for vma in vmas:
+                if flags & MS.SYNC and vma.vm_file is not None and vma.vm_flags & VM.SHARED:
+                    if not vma.vm_file.fs.fstype.fsync:
+                        # vfs_fsync_range(): no ->fsync (secretmem) is -EINVAL
+                        raise GupError(errno.EINVAL, f"{vma.vm_file.describe()} has no fsync")
+                    first = vma.page_index(max(start, vma.vm_start))
+                    last = vma.page_index(min(end, vma.vm_end) - 1)
+                    writeback_inode(vma.vm_file, first, last + 1)
+            covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in vmas)
+            if covered != end - start:
+                raise GupError(errno.ENOMEM, "range not fully mapped")
+
+    def vmas(self) -> Iterator[VMA]:
+        return iter(list(self.mm.vmas))
+
+    def pin(self, addr: int, length: int, gup_flags: int = 0, fast: bool = False) -> "Pages":
+        """Pythonic pin_user_pages(): every page of [addr, addr+length) or a
+        GupError with the errno (a partial pin is released first)."""
+        self._live()
+        addr = int_arg(addr, "addr")
+        length = int_arg(length, "length")
+        if length <= 0:
+            raise ValueError(f"length must be positive, got {length}")
+        nr = (addr + length - (addr & PAGE_MASK) + PAGE_SIZE - 1) // PAGE_SIZE
+        call = self.mm.pin_user_pages_fast if fast else self.mm.pin_user_pages
+        ret, pages = call(addr, nr, gup_flags)
+        if ret == nr:
+            return pages
+        if ret > 0:
+            self.mm.unpin_user_pages(pages)
+        err = -ret if ret < 0 else errno.EFAULT
+        raise GupError(err, f"pin of {nr} pages at {addr:#x} got {ret}")
