@@ -1,4 +1,10 @@
-"""Shared fixtures for the C-core tests (tests/test_core_*.py).
+"""Shared fixtures, and the test tiers.
+
+Tiers are folders, each marked by its name so ``.ci/run`` (or you) can
+select them: ``unit`` (the C core and the ground, seconds), ``model`` (the
+emulated kernel through its public API), ``regressions`` (one story per
+historic bug), ``stress`` (native threads: throughput and ThreadSanitizer),
+``host`` (the live-kernel oracle).  ``python -m pytest -m unit`` runs one.
 
 ``core_machine`` / ``make_core_machine`` create raw ``pg_machine`` objects
 through ``pygup._native`` and, at teardown, fail the test if the core
@@ -6,9 +12,24 @@ recorded an invariant violation that the test did not pop itself.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pygup._native import ffi, lib
+
+TIERS = ("unit", "model", "regressions", "stress", "host")
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            tier = Path(item.fspath).resolve().relative_to(here).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 def core_pop_violations(m) -> list[str]:
