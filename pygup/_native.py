@@ -21,7 +21,7 @@ __all__ = ["Core", "C", "FrameInfo", "ffi", "lib"]
 
 
 class _Constants:
-    """Every ``#define PG_*`` of csrc/pygup.h, read from the compiled module
+    """Every ``#define PG_*`` of the cdef headers (csrc/pygup.h, csrc/tools/), read from the compiled module
     (``C.PAGE_SIZE``, ``C.F_DIRTY``, ...): Python never restates them."""
 
     def __init__(self) -> None:
@@ -342,7 +342,7 @@ class Core:
         mode = lib.PG_TLB_FLUSH_BROADCAST if broadcast else lib.PG_TLB_FLUSH_IPI
         _check(lib.pg_set_tlb_flush_mode(self._m, mode), "set_tlb_flush_mode")
 
-    # -- deterministic scheduler (csrc/sched.c; pygup/sched.py) ----------------
+    # -- deterministic scheduler (csrc/kernel/sched.c; pygup/sched.py) ----------------
     def sched_begin(self, nr: int, seed: int, schedule, spin_limit: int = 0) -> None:
         """A session of nr CPUs; schedule None (seeded picks) or CPU ids."""
         plan = ffi.NULL
@@ -385,7 +385,7 @@ class Core:
     def sched_end(self) -> None:
         _check(lib.pg_sched_end(self._m), "sched_end")
 
-    # -- native stress drivers (csrc/stress.c; pygup/stress.py) ----------------
+    # -- native stress drivers (csrc/tools/stress/; pygup/stress.py) ----------------
     @staticmethod
     def stress_defaults(scenario: int) -> dict[str, int]:
         """pg_stress_defaults(): the parameters of a scenario, as a dict."""
@@ -414,7 +414,7 @@ class Core:
 
 
 class HostProbes:
-    """The live-kernel probes of csrc/host.c (used by ``pygup.host``): real
+    """The live-kernel probes of csrc/tools/host.c (used by ``pygup.host``): real
     system calls on this machine, never an emulated one.  Each returns the
     kernel's answer as an int (0, a count, or -errno); values read come back
     as (ret, value)."""

@@ -1,5 +1,5 @@
 /*
- * rcu.c - read-side sections, grace periods and call_rcu.
+ * kernel/rcu.c - read-side sections, grace periods and call_rcu.
  *
  * Each CPU has a sequence word that is odd while it is inside a read-side
  * section (IRQs disabled or rcu_read_lock, counted together).  A grace
@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kernel/sched.h"
+#include "kernel/rcu.h"
 
 void pg_rcu_init(pg_machine *m)
 {

@@ -1,5 +1,5 @@
 /*
- * sched.c - deterministic interleavings: the scheduler behind PG_YIELD.
+ * kernel/sched.c - deterministic interleavings: the scheduler behind PG_YIELD.
  *
  * A session (pg_sched_begin .. pg_sched_end) runs nr emulated CPUs, each an
  * OS thread that attached itself as CPU k, strictly one at a time.  The
@@ -10,7 +10,7 @@
  * mutex, by the CPU that gives the turn away, so a run is a pure function
  * of (seed or schedule, the operations), whatever the OS does.
  *
- * Spin-waits yield too (pg_cpu_wait in internal.h: IPI acknowledgements,
+ * Spin-waits yield too (pg_cpu_wait in kernel/sched.h: IPI acknowledgements,
  * grace periods, spinlocks; pg_sched_yield(spin) from Python for the
  * machine lock): a CPU that waits on a parked one hands the turn back, and
  * is picked only when no runnable CPU is left.  When every live CPU has only
@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kernel/sched.h"
 
 _Thread_local struct pg_machine *pg_sched_tls_machine;
 static _Thread_local int tls_cpu = -1;

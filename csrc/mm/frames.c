@@ -1,5 +1,5 @@
 /*
- * frames.c - physical memory: the frame (folio) table, the two zones and
+ * mm/frames.c - physical memory: the frame (folio) table, the two zones and
  * their allocator (orders 0 and 9), reference / pin / map counts, flags, the
  * encoded mapping word, page content, and the address_space records that
  * mapping words point to.
@@ -8,6 +8,10 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "mm/frames.h"
 
 static inline bool pfn_ok(pg_machine *m, uint64_t pfn)
 {
@@ -466,6 +470,17 @@ int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
             content[pfn] = pg_load_relaxed(&f->content);
     }
     return 0;
+}
+
+/* mirrors folio_maybe_dma_pinned(): a large folio counts pins exactly; a
+ * small one may be pinned once its refcount reaches the bias (or has that
+ * many plain references: "maybe") */
+bool folio_maybe_dma_pinned(pg_machine *m, uint64_t head)
+{
+    struct pg_frame *h = &m->frames[head];
+    if (pg_load_relaxed(&h->order) > 0)
+        return pg_load_acquire(&h->pincount) > 0;
+    return (uint32_t)pg_load_acquire(&h->refcount) >= PG_GUP_PIN_COUNTING_BIAS;
 }
 
 /* ---- address_space records ----------------------------------------------- */

@@ -1,5 +1,5 @@
 /*
- * gup_fast.c - GUP in C: reference counting (try_grab_page,
+ * mm/gup.c - GUP in C: reference counting (try_grab_page,
  * try_grab_folio, gup_put_folio, unpin over arrays), the slow path's batch
  * follow helper, and GUP-fast, the lockless walk with IRQs disabled.
  *
@@ -12,6 +12,11 @@
  * counted.
  */
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
+#include "mm/frames.h"
+#include "mm/pgtable.h"
 
 static inline bool pfn_valid(pg_machine *m, uint64_t pfn)
 {
@@ -433,7 +438,7 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
     }
     PG_YIELD(m, cpu, "fast_wp_seq_read");
     /* walking current->mm: this CPU has it active (shootdowns reach us) */
-    pg_mm_cpumask_set(m, mm, cpu);
+    pg_mm_cpumask_set(mm, cpu);
     pg_local_irq_disable(m, cpu);
     struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0};
     uint64_t end = start + ((uint64_t)nr << PG_PAGE_SHIFT);

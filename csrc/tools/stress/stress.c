@@ -1,5 +1,5 @@
 /*
- * stress.c - native multi-threaded race drivers for the fuzz harness.
+ * tools/stress/stress.c - native multi-threaded race drivers for the fuzz harness.
  *
  * pg_stress_run() builds a private world on the machine (one mm, ranges of
  * anonymous or file pages, each range in its own 1 GiB region so that its
@@ -51,6 +51,13 @@
 #include <time.h>
 
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
+#include "mm/frames.h"
+#include "mm/pgtable.h"
+#include "tools/stress/stress.h"
 
 #define REGION_SHIFT 30 /* one range per 1 GiB: its own PMD and PTE tables */
 #define MSGS_PER_CHECK 3
@@ -960,7 +967,7 @@ static int setup(struct srun *run)
     /* every pinner's and writer's CPU walks this mm: in its cpumask from the
      * start, so the first flush already waits for them */
     for (int c = 0; c < pg_stress_nr_threads(p); c++)
-        pg_mm_cpumask_set(m, run->mmp, c);
+        pg_mm_cpumask_set(run->mmp, c);
     return 0;
 }
 
