@@ -298,7 +298,7 @@ struct pg_machine {
         char pad[48];
     } pin_stats[PG_PIN_STAT_SHARDS];
     _Atomic uint32_t mutants;  /* PG_MUT_* protection switches */
-    _Atomic uint32_t stress_window; /* stress.c's window_spins; 0 = off */
+    _Atomic uint32_t race_amplify; /* the stress amplifier's knob (kernel/race.c) */
     /* deterministic scheduler (sched.c): PG_YIELD tests sched_on only */
     _Atomic int sched_on;
     struct pg_sched *sched;    /* the session, while sched_on */

@@ -436,8 +436,10 @@ int pg_set_tlb_flush_mode(pg_machine *m, int mode);
  * -PG_EBUSY if a session exists, -PG_EINVAL on bad arguments. */
 int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule,
                    int64_t len, uint64_t spin_limit);
-/* Make a yield point name a scheduling point.  Before any attach; once one
- * name is given, PG_YIELD points outside the set run through. */
+/* Make a registered point (pg_race_window_name) a scheduling point.
+ * Before any attach (-PG_EBUSY after); -PG_EINVAL for a name that is not
+ * registered.  Once one name is given, PG_YIELD points and Python points
+ * outside the set run through (spin points always schedule). */
 int pg_sched_filter(pg_machine *m, const char *name);
 /* The calling thread becomes CPU cpu of the session; returns once it is
  * picked the first time (the first pick waits for all nr to attach).
@@ -447,7 +449,9 @@ int pg_sched_attach(pg_machine *m, int cpu);
 int pg_sched_detach(pg_machine *m);
 /* A named scheduling point in code outside C (Python): 1 if the caller is
  * a scheduled CPU (it parked and was picked again), else 0 at once.  spin:
- * the caller waits on another CPU (it is retrying a try-lock). */
+ * the caller waits on another CPU (it is retrying a try-lock).  The name
+ * may be a registered one or a free one (traced as given; a filter can
+ * select only registered names). */
 int pg_sched_yield(pg_machine *m, const char *name, int spin);
 int pg_sched_status(pg_machine *m);
 /* picks so far (the trace length) */
@@ -459,6 +463,18 @@ int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
  * attached and the session is not deadlocked (a deadlocked one cannot end:
  * its CPUs stay parked on it). */
 int pg_sched_end(pg_machine *m);
+
+/* ---- the race-window registry (kernel/race.h) --------------------------
+ * Every registered scheduling point, by id 0 .. count-1.  name / reason:
+ * NULL for a bad id; flags: PG_RACE_* bits, -PG_EINVAL for a bad id. */
+#define PG_RACE_YIELD 0x1 /* a race window in C (PG_YIELD) */
+#define PG_RACE_SPIN 0x2  /* a step of a wait on another CPU */
+#define PG_RACE_PY 0x4    /* a fixed name Python code yields at */
+#define PG_RACE_AMP 0x8   /* the stress amplifier spins here */
+int pg_race_window_count(void);
+const char *pg_race_window_name(int id);
+const char *pg_race_window_reason(int id);
+int pg_race_window_flags(int id);
 
 /* ---- RCU (kernel/rcu.c) ------------------------------------------------- */
 int pg_rcu_read_lock(pg_machine *m, int cpu);

@@ -143,7 +143,7 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
     for (int i = 0; i < nq; i++) {
         unsigned spins = 0;
         while (!pg_load_acquire(&reqs[i].done))
-            pg_cpu_wait(&spins, "ipi_wait");
+            pg_cpu_wait(&spins, PG_W_IPI_WAIT);
     }
 }
 

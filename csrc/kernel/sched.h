@@ -1,7 +1,8 @@
 /*
  * kernel/sched.h - the deterministic scheduler's hooks, seen from the rest
  * of the core: PG_YIELD at a race window, pg_cpu_wait for each step of a
- * wait on another CPU, and the spinlock whose wait is such a step.
+ * wait on another CPU, and the spinlock whose wait is such a step.  The
+ * points themselves are kernel/race.h's registry, below this.
  *
  * The thread-local machine is set only on a thread that runs as a CPU of a
  * deterministic-scheduler session; every spin-wait step of such a thread
@@ -11,20 +12,22 @@
 #define PYGUP_KERNEL_SCHED_H
 
 #include "internal.h"
+#include "kernel/race.h"
 
 extern _Thread_local struct pg_machine *pg_sched_tls_machine;
-/* park the calling CPU at a yield point (spin: it is waiting, not runnable)
- * and return when the scheduler picks it again; a no-op on a thread that is
- * not a scheduled CPU of m, or a point the session's filter leaves out */
-void pg_sched_hook(struct pg_machine *m, const char *name, int spin);
+/* park the calling CPU at registered point `window` (enum pg_race_window;
+ * spin: it is waiting, not runnable) and return when the scheduler picks it
+ * again; a no-op on a thread that is not a scheduled CPU of m, or a point
+ * the session's filter leaves out */
+void pg_sched_hook(struct pg_machine *m, int window, int spin);
 void pg_sched_fini(pg_machine *m);
 
 /* one step of a spin-wait on another CPU (IPI acknowledgement, grace
  * period, spinlock): a scheduling point in scheduled mode, else relax */
-static inline void pg_cpu_wait(unsigned *spins, const char *why)
+static inline void pg_cpu_wait(unsigned *spins, enum pg_race_window why)
 {
     if (__builtin_expect(pg_sched_tls_machine != NULL, 0)) {
-        pg_sched_hook(pg_sched_tls_machine, why, 1);
+        pg_sched_hook(pg_sched_tls_machine, (int)why, 1);
         return;
     }
     if (++*spins >= 64) {
@@ -35,7 +38,7 @@ static inline void pg_cpu_wait(unsigned *spins, const char *why)
 
 static inline void pg_cpu_relax(unsigned *spins)
 {
-    pg_cpu_wait(spins, "spin_lock");
+    pg_cpu_wait(spins, PG_W_SPIN_LOCK);
 }
 
 static inline void pg_spin_lock(pg_spinlock *l)
@@ -55,23 +58,17 @@ static inline void pg_spin_unlock(pg_spinlock *l)
 }
 
 /* ---- race-window hook ---------------------------------------------------
- * Named yield points at every window where another CPU's step changes the
- * outcome.  Outside scheduled mode one predictable branch on a relaxed load
- * of the machine's flag; in scheduled mode a scheduler step (sched.c),
+ * PG_YIELD(m, cpu, PG_W_...) at every registered window (kernel/race.h)
+ * where another CPU's step changes the outcome.  Outside scheduled mode and
+ * stress runs it costs one predictable branch on a relaxed load (two at the
+ * PG_RACE_AMP windows); in scheduled mode a scheduler step (sched.c),
  * taken by the calling thread's CPU ("cpu" is informative only and may be
- * -1 where the caller has no CPU). */
-#define PG_YIELD(m, cpu, name)                                            \
-    ((void)(cpu), __builtin_expect(pg_load_relaxed(&(m)->sched_on), 0)    \
-                      ? pg_sched_hook((m), (name), 0)                     \
-                      : (void)0)
-
-/* ---- stress race amplifier (stress.c) -----------------------------------
- * pg_stress_run()'s window_spins knob, off (0) unless such a run is in
- * progress: a stress pinner spins at GUP-fast's read-then-use windows. */
-void pg_stress_window(struct pg_machine *m);
-#define PG_STRESS_WINDOW(m)                                                    \
-    (__builtin_expect(pg_load_relaxed(&(m)->stress_window) != 0, 0)            \
-         ? pg_stress_window(m)                                                 \
+ * -1 where the caller has no CPU).  The window must be an enum constant:
+ * a misspelt one does not compile. */
+#define PG_YIELD(m, cpu, window)                                              \
+    ((void)(cpu), PG_RACE_AMPLIFY((m), window),                               \
+     __builtin_expect(pg_load_relaxed(&(m)->sched_on), 0)                     \
+         ? pg_sched_hook((m), (window), 0)                                    \
          : (void)0)
 
 #endif /* PYGUP_KERNEL_SCHED_H */

@@ -386,7 +386,7 @@ int pg_folio_set_mapping(pg_machine *m, uint64_t pfn, uint64_t mapping,
     pg_store_release(&h->mapping, mapping);
     /* truncation clears it here while GUP-fast may be between its
      * re-check and its read of ->mapping */
-    PG_YIELD(m, -1, "folio_mapping_set");
+    PG_YIELD(m, -1, PG_W_FOLIO_MAPPING_SET);
     return 0;
 }
 
@@ -543,7 +543,7 @@ static void as_free_rcu(pg_machine *m, struct pg_rcu_head *h)
     pg_store_release(&a->magic, PG_AS_MAGIC_FREED);
     pg_store_relaxed(&a->kind, 0);
     pg_fetch_add_relaxed(&a->generation, 1);
-    PG_YIELD(m, -1, "as_rcu_freed");
+    PG_YIELD(m, -1, PG_W_AS_RCU_FREED);
     pg_spin_lock(&m->as_lock);
     a->free_next = m->as_free;
     m->as_free = i;
@@ -562,7 +562,7 @@ int pg_as_release(pg_machine *m, uint64_t id)
         return -PG_EINVAL;
     pg_fetch_sub_relaxed(&m->as_live, 1);
     pg_fetch_add_relaxed(&m->as_pending, 1);
-    PG_YIELD(m, -1, "as_release_before_call_rcu");
+    PG_YIELD(m, -1, PG_W_AS_RELEASE_BEFORE_CALL_RCU);
     if (pg_mutant(m, PG_MUT_AS_FREE_NO_RCU)) {
         as_free_rcu(m, &a->rcu); /* the bug: no grace period */
         return 0;

@@ -45,10 +45,10 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
              * then shoot down cached copies, then put back a clean,
              * write-protected entry: the next write faults (page_mkwrite) */
             e = pg_xchg(s, 0);
-            PG_YIELD(m, cpu, "mkclean_cleared");
+            PG_YIELD(m, cpu, PG_W_MKCLEAN_CLEARED);
             if (!pg_mutant(m, PG_MUT_MKCLEAN_NO_FLUSH))
                 pg_flush_tlb_mm_range(m, cpu, mm, mmid, base, base + size, false);
-            PG_YIELD(m, cpu, "mkclean_flushed");
+            PG_YIELD(m, cpu, PG_W_MKCLEAN_FLUSHED);
             pg_store_release(s, e & ~(uint64_t)(PG_PTE_WRITE | PG_PTE_DIRTY));
             if (was_dirty)
                 *was_dirty = (e & PG_PTE_DIRTY) != 0;
@@ -99,9 +99,9 @@ static void zap_flush_batch(pg_machine *m, struct zap_ctx *z)
 {
     if (z->n == 0)
         return;
-    PG_YIELD(m, z->cpu, "zap_cleared");
+    PG_YIELD(m, z->cpu, PG_W_ZAP_CLEARED);
     pg_flush_tlb_mm_range(m, z->cpu, z->mm, z->mmid, z->lo, z->hi, false);
-    PG_YIELD(m, z->cpu, "zap_flushed");
+    PG_YIELD(m, z->cpu, PG_W_ZAP_FLUSHED);
     for (int i = 0; i < z->n; i++)
         zap_release(m, z->b[i].e, z->b[i].level);
     z->n = 0;
@@ -291,7 +291,7 @@ static int copy_cb(pg_machine *m, void *ctx, struct pg_table *t,
     bool counted = maps && !(e & PG_PTE_SPECIAL) && pfn != PG_ZERO_PFN;
     if (counted && c->cow && c->copy_pinned) {
         uint64_t head = pg_frame_head(m, pfn);
-        PG_YIELD(m, c->cpu, "fork_pin_check");
+        PG_YIELD(m, c->cpu, PG_W_FORK_PIN_CHECK);
         if ((pg_load_acquire(&m->frames[head].mapping) & PG_MAPPING_FLAGS) ==
                 PG_MAPPING_ANON && folio_maybe_dma_pinned(m, head)) {
             uint64_t ce = copy_pinned_page(m, c, e, head, level);
@@ -312,7 +312,7 @@ static int copy_cb(pg_machine *m, void *ctx, struct pg_table *t,
         pg_mapcount_add_internal(m, level == PG_LEVEL_PMD ? head : pfn, 1);
     }
     if (c->cow && maps) {
-        PG_YIELD(m, c->cpu, "copy_before_wrprotect");
+        PG_YIELD(m, c->cpu, PG_W_COPY_BEFORE_WRPROTECT);
         /* CAS: the MMU may set ACCESSED / DIRTY meanwhile */
         while ((e & PG_PTE_WRITE) && !pg_cas(slot, &e, e & ~(uint64_t)PG_PTE_WRITE))
             ;
@@ -368,11 +368,11 @@ int64_t pg_copy_range(pg_machine *m, int cpu, uint64_t src, uint64_t dst,
              * FOLL_PIN GUP-fast that overlaps this copy backs off */
             if (cow)
                 pg_fetch_add_seqcst(&sm->wp_seq, 1);
-            PG_YIELD(m, cpu, "fork_wp_seq_begin");
+            PG_YIELD(m, cpu, PG_W_FORK_WP_SEQ_BEGIN);
             ret = pg_walk_range(m, sm, start, end, copy_cb, &c);
             if (c.wrprotected)
                 pg_flush_tlb_mm_range(m, cpu, sm, src, start, end, false);
-            PG_YIELD(m, cpu, "fork_wp_seq_end");
+            PG_YIELD(m, cpu, PG_W_FORK_WP_SEQ_END);
             if (cow)
                 pg_fetch_add_seqcst(&sm->wp_seq, 1);
             if (ret == 0)

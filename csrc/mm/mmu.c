@@ -81,7 +81,7 @@ int pg_user_access(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
              * the walk read it, walk again */
             if (n == e || pg_cas(slot, &e, n))
                 break;
-            PG_YIELD(m, cpu, "walk_ad_cas_failed");
+            PG_YIELD(m, cpu, PG_W_WALK_AD_CAS_FAILED);
         }
         pfn = pg_pte_pfn(n);
         if (level == PG_LEVEL_PMD)

@@ -132,14 +132,14 @@ void pg_tlb_remove_tables(pg_machine *m, int cpu, struct pg_table *list, int64_t
     if (n == 0)
         return;
     pg_fetch_add_relaxed(&m->table_pages_pending, (uint64_t)n);
-    PG_YIELD(m, cpu, "free_pgtables_unlinked");
+    PG_YIELD(m, cpu, PG_W_FREE_PGTABLES_UNLINKED);
     if (m->table_free_mode == PG_TABLE_FREE_IPI ||
         pg_mutant(m, PG_MUT_TABLE_FREE_NO_SYNC)) {
         /* tlb_remove_table_sync_one: every CPU that could be walking with
          * IRQs off has acknowledged, so none still holds a pointer */
         if (!pg_mutant(m, PG_MUT_TABLE_FREE_NO_SYNC))
             pg_ipi_sync_internal(m, cpu);
-        PG_YIELD(m, cpu, "free_pgtables_synced");
+        PG_YIELD(m, cpu, PG_W_FREE_PGTABLES_SYNCED);
         while (list) {
             struct pg_table *next = (struct pg_table *)list->rcu.next;
             table_free_now(m, list);
@@ -266,8 +266,7 @@ int pg_walk_lockless_ex(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
         _Atomic uint64_t *slot = &t->e[pg_level_index(addr, level)];
         /* READ_ONCE: each level is read exactly once */
         uint64_t e = pg_load_acquire(slot);
-        PG_YIELD(m, cpu, "walk_entry_read");
-        PG_STRESS_WINDOW(m);
+        PG_YIELD(m, cpu, PG_W_WALK_ENTRY_READ);
         /* the table must still be live after the read: a read from a
          * freed table is what IRQs-off / RCU are there to prevent */
         uint32_t magic = pg_load_acquire(&t->magic);
