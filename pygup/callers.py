@@ -24,6 +24,14 @@ def _nr_pages(addr: int, length: int) -> int:
     return ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (addr >> PAGE_SHIFT)
 
 
+def _caller_check(p: "Process", rule: str, failed: bool, err: int, **inputs) -> bool:
+    """A check the caller makes itself (not GUP): recorded in the active
+    trace (explain's trace_calls) so that the refusal names its rule."""
+    if p.kernel.trace_sink is not None:
+        p.kernel.trace_sink.check(rule, failed, err, **inputs)
+    return failed
+
+
 def _hold(p: "Process", kind: str, pages: "Pages") -> None:
     p.held.setdefault(kind, []).append(pages)
 
@@ -64,7 +72,9 @@ def io_uring_register_buffers(p: "Process", addr: int, length: int) -> int:
         # up to 6.4: "don't support file backed memory" (shmem, hugetlbfs ok)
         for vma in p.mm.vmas_in(addr, addr + nr * PAGE_SIZE):
             f = vma.vm_file
-            if f is not None and f.fs.fstype.kind not in ("shmem", "hugetlb"):
+            if _caller_check(p, "io_sqe_buffer_register: file-backed buffer",
+                             f is not None and f.fs.fstype.kind not in ("shmem", "hugetlb"),
+                             errno.EOPNOTSUPP, fs=f.fs.name if f is not None else None):
                 p.mm.unpin_user_pages(pages)
                 return -errno.EOPNOTSUPP
     _hold(p, "io_uring", pages)

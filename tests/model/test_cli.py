@@ -45,7 +45,7 @@ def test_main_demo_and_explain(capsys):
     assert main(["demo"]) == 0
     text = capsys.readouterr().out
     assert "WRITE LOST" in text and "writable_file_mapping_allowed" in text
-    assert main(["explain", "--fs", "ext4", "--flags", "LONGTERM,WRITE"]) == 0
+    assert main(["explain", "--fs", "ext4", "--flags", "LONGTERM,WRITE"]) == 1   # refused
     assert "decided by: writable_file_mapping_allowed" in capsys.readouterr().out
     assert main(["explain", "--fs", "tmpfs"]) == 0
     assert "decided: allowed" in capsys.readouterr().out
