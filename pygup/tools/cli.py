@@ -137,7 +137,8 @@ def _state(m: Machine, p, f, fs, addr: int, pfn: Optional[int]) -> dict:
     return {"PTE write bit": bool(pte.present and pte.write),
             "folio dirty": bool(folio and folio.dirty),
             "pinned": bool(folio and folio.maybe_dma_pinned),
-            "disk": f"{f.disk(0):#x}",
+            # a file system without writeback has no disk copy to show
+            "disk": f"{f.disk(0):#x}" if fs.fstype.writeback else "none",
             "page_mkwrite calls": fs.stats()["page_mkwrite"],
             "fs warnings": len(fs.warnings)}
 

@@ -127,8 +127,8 @@ def plot_stories(stories: Sequence[Story], path: str) -> str:
                     continue
                 ax.add_patch(Rectangle((j * col_w + 0.05, y + 0.06), col_w - 0.1, 0.88,
                                        facecolor=colour[actor], edgecolor="none", alpha=0.9))
-                ax.text(j * col_w + col_w / 2, y + 0.5, "\n".join(textwrap.wrap(st.label, 30)),
-                        fontsize=6.8, ha="center", va="center", color="white")
+                ax.text(j * col_w + col_w / 2, y + 0.5, "\n".join(textwrap.wrap(st.label, 28)),
+                        fontsize=7.4, ha="center", va="center", color="white")
         base = len(actors) + 0.5
         ax.plot([-label_w + 0.1, ncols * col_w], [base + 0.02, base + 0.02], color="#999999",
                 lw=0.6)
@@ -180,7 +180,7 @@ def plot_interleaving(trace: Iterable, path: str, title: str = "",
     fig_h = (len(cpus) + 1.6) * row_h + 0.22 * len(legend) + 0.4
     fig, ax = plt.subplots(figsize=(fig_w, fig_h))
     ax.set_xlim(-label_w, max(len(picks), 1) * col_w)
-    ax.set_ylim(len(cpus) + 0.8 + 0.32 * len(legend), -0.9)
+    ax.set_ylim(len(cpus) + 1.2 + 0.32 * len(legend), -0.9)
     ax.axis("off")
     if title:
         ax.text(-label_w + 0.05, -0.5, title, fontsize=11, fontweight="bold", va="center")
@@ -201,11 +201,11 @@ def plot_interleaving(trace: Iterable, path: str, title: str = "",
                 fontsize=6.8, ha="center", va="center", color="white")
         ax.text(j * col_w + col_w / 2, len(cpus) + 0.2, str(j + 1), fontsize=7,
                 ha="center", color="#555555")
-    for k, text in enumerate(legend):
-        ax.text(-label_w + 0.05, len(cpus) + 0.7 + 0.32 * k, text, fontsize=7.5, va="center")
     if outcome:
-        ax.text(len(picks) * col_w, -0.5, outcome, fontsize=9, ha="right", va="center",
-                style="italic", color="#d62728")
+        ax.text(-label_w + 0.05, len(cpus) + 0.65, outcome, fontsize=9, va="center",
+                style="italic", color="#d62728" if "VIOLATION" in outcome else "#2c7a2c")
+    for k, text in enumerate(legend):
+        ax.text(-label_w + 0.05, len(cpus) + 1.05 + 0.32 * k, text, fontsize=7.5, va="center")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -89,6 +89,7 @@ class World:
     def __init__(self, policy: str = "6.5", mutants=(), table_free: str = "rcu") -> None:
         self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=4,
                          table_free=table_free, mutants=mutants)
+        self.races: Optional[list] = None   # a replay's record of scheduled races
         self.policy = self.m.policy
         self.fss = {}
         self.files = []
