@@ -40,6 +40,9 @@ class Explanation:
     def decided(self) -> Optional[Step]:
         return self.trace.decided
 
+    def _repr_html_(self) -> str:
+        return self.trace._repr_html_()
+
     def format(self) -> str:
         res = f"{self.ret}" if self.ret >= 0 else f"-{errno_name(self.ret)}"
         return (f"{self.api}(gup_flags={flag_names(FOLL, self.gup_flags)}) = {res}\n"

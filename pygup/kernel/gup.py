@@ -449,6 +449,13 @@ class Pages:
         kind = "pinned" if self.pinned else "got"
         return f"<Pages {len(self)} {kind}{' released' if self.released else ''}>"
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import grid_table
+        kind = "pinned (FOLL_PIN)" if self.pinned else "referenced (FOLL_GET)"
+        title = f"{len(self)} pages, {kind}{', released' if self.released else ''}"
+        rows = [(i, hex(pfn)) for i, pfn in enumerate(self)][:64]
+        return grid_table(title, ["index", "pfn"], rows)
+
 
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
