@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 from typing import Callable, Iterable, Optional
 
 from pygup import callers
@@ -364,7 +365,8 @@ def format_matrix(cells: list[Cell]) -> str:
             head += f"; {'' if when.startswith('dropped') else 'refused since '}{when}"
         lines.append(head)
         if text:
-            lines.append(f"    {text}")
+            lines.append(textwrap.fill(text, 96, initial_indent="    ",
+                                       subsequent_indent="    "))
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -101,7 +101,7 @@ def world(out: Callable[[str], None] = print, fs_name: str = "ext4") -> dict:
     if obs["needs_dirty_tracking"]:
         out("  A GUP pin writes through the kernel's direct mapping instead, where none of")
         out("  this happens: that is what Linux 6.5 refuses to long-term pin")
-        out("  (docs/kernel-rules.md, 'The seed').")
+        out("  (docs/kernel-rules.md §7).")
     else:
         out(f"  {fs.name} does not track dirty pages: a long-term writable pin is allowed.")
     p.exit()
@@ -144,7 +144,7 @@ def _state(m: Machine, p, f, fs, addr: int, pfn: Optional[int]) -> dict:
 
 
 def seed_story(policy: str, fs_name: str = "ext4", out: Callable[[str], None] = print) -> dict:
-    """The seed's scenario (docs/kernel-rules.md, "The seed") on one machine:
+    """The seed's scenario (docs/kernel-rules.md §7.2) on one machine:
     a long-term writable pin of a MAP_SHARED file page, writeback, a write
     through the pin, unpin with dirty.  Returns what happened (the tests
     check it); ``obs["story"]`` is the timeline (``pygup.tools.timeline``)."""
