@@ -97,6 +97,8 @@ def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Opt
     per-API checks before."""
     if kernel.policy.valid_gup_args:
         return is_valid_gup_args(has_pages, locked, gup_flags, to_set, kernel.policy)
+    if kernel.policy.touch_is_internal and gup_flags & FOLL.TOUCH:
+        return None                       # 0f20bba1688b's rule, wherever it is set
     return is_valid_gup_flags_legacy(pin_api, has_pages, locked, gup_flags, to_set)
 
 
