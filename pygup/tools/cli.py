@@ -213,7 +213,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.cmd == "explain":
         return explain_cmd(args)
     elif args.cmd == "oracle":
-        from pygup.tools.oracle.host import oracle_main
+        from pygup.tools.oracle.report import oracle_main
         try:
             return oracle_main(only=args.only, policy=args.policy, json_out=args.json)
         except ValueError as exc:

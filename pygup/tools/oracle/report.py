@@ -1,0 +1,200 @@
+"""The comparison and its report: every cell on both sides, outcomes compared
+by class (success, or which errno at which step), deliberate differences
+set apart, every other disagreement shown with pygup's ``explain`` trace;
+``pygup oracle`` is ``oracle_main``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Iterable, Optional, Protocol
+
+from pygup.config.policy import POLICIES
+
+from pygup.tools.oracle.cells import (
+    BACKINGS, Cell, DELIBERATE, Outcome, deliberate_for, enumerate_cells, nearest_policy)
+from pygup.tools.oracle.host import HostEnv
+from pygup.tools.oracle.pygup_side import run_pygup_cell
+
+# ---------------------------------------------------------------------------
+# the comparison
+
+@dataclasses.dataclass
+class CellResult:
+    cell: Cell
+    host: str                     # outcome class, or "skip"
+    pygup: str
+    host_ret: Optional[int] = None
+    pygup_ret: Optional[int] = None
+    deliberate: Optional[str] = None
+    explain: Optional[str] = None
+
+    @property
+    def compared(self) -> bool:
+        return self.host != "skip"
+
+    @property
+    def agree(self) -> bool:
+        return self.host == self.pygup
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self.cell)
+        d.update(host=self.host, pygup=self.pygup, host_ret=self.host_ret,
+                 pygup_ret=self.pygup_ret, agree=self.agree if self.compared else None,
+                 deliberate=self.deliberate, explain=self.explain)
+        return d
+
+
+@dataclasses.dataclass
+class Report:
+    kernel: str
+    policy: str
+    results: list[CellResult]
+    skipped: dict[str, str]              # backing -> reason
+    method_skipped: dict[str, str]       # method -> reason
+    backings: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """backing -> compared / agree / deliberate / disagree."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.results:
+            c = out.setdefault(r.cell.backing, {"compared": 0, "agree": 0, "deliberate": 0,
+                                                "disagree": 0})
+            if not r.compared:
+                continue
+            c["compared"] += 1
+            if r.agree:
+                c["agree"] += 1
+            elif r.deliberate:
+                c["deliberate"] += 1
+            else:
+                c["disagree"] += 1
+        return out
+
+    @property
+    def disagreements(self) -> list[CellResult]:
+        return [r for r in self.results if r.compared and not r.agree]
+
+    @property
+    def undocumented(self) -> list[CellResult]:
+        return [r for r in self.disagreements if not r.deliberate]
+
+    @property
+    def ok(self) -> bool:
+        return not self.undocumented
+
+    def to_json(self) -> dict:
+        return {"kernel": self.kernel, "policy": self.policy, "backings": self.backings,
+                "skipped": self.skipped, "method_skipped": self.method_skipped,
+                "counts": self.counts(),
+                "deliberate_differences": [dataclasses.asdict(d) for d in DELIBERATE],
+                "cells": [r.to_json() for r in self.results]}
+
+
+class HostRunner(Protocol):
+    skipped: dict[str, str]
+    method_skipped: dict[str, str]
+    def __enter__(self) -> "HostRunner": ...
+    def __exit__(self, *exc) -> None: ...
+    def preset(self, backing: str) -> str: ...
+    def describe(self) -> dict[str, str]: ...
+    def run(self, cell: Cell) -> Optional[Outcome]: ...
+
+
+def run_oracle(backings: Optional[Iterable[str]] = None, policy: Optional[str] = None,
+               host: Optional[HostRunner] = None, release: Optional[str] = None,
+               progress: Optional[Callable[[CellResult], None]] = None) -> Report:
+    """Every cell of ``backings`` on the host (``HostEnv`` unless ``host``
+    is given) and on pygup under ``policy`` (default: the preset nearest
+    the host kernel)."""
+    release = release or os.uname().release
+    policy = policy or nearest_policy(release)
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {policy!r}")
+    cells = enumerate_cells(backings)
+    runner = host if host is not None else HostEnv(sorted({c.backing for c in cells},
+                                                          key=list(BACKINGS).index))
+    results: list[CellResult] = []
+    with runner as env:
+        for cell in cells:
+            if cell.backing in env.skipped:
+                continue
+            preset = env.preset(cell.backing)
+            h = env.run(cell)
+            g, _ = run_pygup_cell(cell, policy, preset)
+            r = CellResult(cell, "skip" if h is None else h.cls, g.cls,
+                           None if h is None else h.ret, g.ret)
+            if r.compared and not r.agree:
+                d = deliberate_for(cell, policy, r.host, r.pygup)
+                r.deliberate = d.reason if d else None
+                if g.stage == "call":
+                    _, r.explain = run_pygup_cell(cell, policy, preset, explain=True)
+            results.append(r)
+            if progress:
+                progress(r)
+        return Report(release, policy, results, dict(env.skipped), dict(env.method_skipped),
+                      env.describe())
+
+
+# ---------------------------------------------------------------------------
+# output
+
+COLUMNS = (("backing", 10), ("map", 8), ("prot", 5), ("method", 18), ("variant", 11),
+           ("host", 13), ("pygup", 13), ("agree", 5))
+
+
+def format_row(r: CellResult) -> str:
+    c = r.cell
+    agree = "-" if not r.compared else "yes" if r.agree else "DELIB" if r.deliberate else "NO"
+    vals = (c.backing, c.map, c.prot, c.method, c.variant, r.host, r.pygup, agree)
+    return " ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, COLUMNS)).rstrip()
+
+
+def format_report(rep: Report) -> str:
+    lines = [f"pygup oracle: host kernel {rep.kernel}, pygup policy {rep.policy}",
+             " ".join(f"{name:<{w}}" for name, w in COLUMNS).rstrip(),
+             " ".join("-" * w for _, w in COLUMNS)]
+    lines += [format_row(r) for r in rep.results]
+    lines.append("")
+    if rep.backings:
+        lines.append("backings: " + ", ".join(f"{k}={v}" for k, v in rep.backings.items()))
+    for name, why in rep.skipped.items():
+        lines.append(f"skipped backing {name}: {why}")
+    for name, why in rep.method_skipped.items():
+        lines.append(f"skipped method {name}: {why}")
+    lines.append("cells compared by backing:")
+    total = {"compared": 0, "agree": 0, "deliberate": 0, "disagree": 0}
+    for name, c in rep.counts().items():
+        lines.append(f"  {name:<10} {c['compared']:>4} compared, {c['agree']:>4} agree, "
+                     f"{c['deliberate']:>3} deliberate, {c['disagree']:>3} disagree")
+        for k in total:
+            total[k] += c[k]
+    lines.append(f"  {'total':<10} {total['compared']:>4} compared, {total['agree']:>4} agree, "
+                 f"{total['deliberate']:>3} deliberate, {total['disagree']:>3} disagree")
+    if rep.disagreements:
+        lines.append("")
+        lines.append("disagreements:")
+        for r in rep.disagreements:
+            tag = f"deliberate: {r.deliberate}" if r.deliberate else "NOT DOCUMENTED"
+            lines.append(f"  {r.cell.key}: host {r.host} ({r.host_ret}), pygup {r.pygup} "
+                         f"({r.pygup_ret}) -- {tag}")
+            if r.explain:
+                lines += ["    " + ln for ln in r.explain.splitlines()]
+    return "\n".join(lines)
+
+
+def oracle_main(only: Optional[str] = None, policy: Optional[str] = None,
+                json_out: Optional[str] = None, out: Callable[[str], None] = print,
+                host: Optional[HostRunner] = None, release: Optional[str] = None) -> int:
+    """``pygup oracle``: 0 when every disagreement is documented, else 1."""
+    backings = None
+    if only:
+        backings = [b.strip() for b in only.split(",") if b.strip()]
+    rep = run_oracle(backings, policy, host=host, release=release)
+    out(format_report(rep))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(rep.to_json(), f, indent=1)
+    return 0 if rep.ok else 1
+
+
