@@ -31,7 +31,8 @@ class File:
         kernel = inode.fs.kernel
         with kernel.lock:
             inode.i_count += 1
-        self._fput = weakref.finalize(self, kernel.delayed_fput.append, functools.partial(fput, inode))
+        self._fput = weakref.finalize(self, kernel.delayed_fput.append,
+                                      functools.partial(fput, inode))
         self._fput.atexit = False
 
     @property
