@@ -72,6 +72,21 @@ def _race_window_names() -> frozenset[str]:
     return frozenset(n for n, _, _ in _race_registry())
 
 
+def _u64(v, name: str, limit: int = 2**64) -> int:
+    """v as a C unsigned argument: an int in [0, limit), else ValueError /
+    TypeError naming the argument (cffi would raise OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    v = int(v)
+    if not 0 <= v < limit:
+        raise ValueError(f"{name} out of range: {v:#x}")
+    return v
+
+
+def _u32(v, name: str) -> int:
+    return _u64(v, name, 2**32)
+
+
 def _check(rc: int, what: str) -> int:
     if rc < 0:
         raise GupError(-rc, what)
@@ -179,6 +194,42 @@ class Core:
             ffi.cast("uint32_t *", ptr["flags"]), ffi.cast("uint64_t *", ptr["mapping"]),
             ffi.cast("uint64_t *", ptr["content"])), "snapshot")
         return arrays
+
+    # -- the per-page rules (one implementation each, in C) -----------------
+    def _rule(self, rc: int, what: str) -> bool:
+        return _check(rc, what) == 1
+
+    def page_anon_exclusive(self, pfn: int) -> bool:
+        """PageAnonExclusive() of the page (hugetlb: of its head page)."""
+        return self._rule(lib.pg_page_anon_exclusive(self._m, _u64(pfn, "pfn")),
+                          f"page_anon_exclusive({pfn:#x})")
+
+    def folio_is_longterm_pinnable(self, pfn: int) -> bool:
+        return self._rule(lib.pg_folio_is_longterm_pinnable(self._m, _u64(pfn, "pfn")),
+                          f"folio_is_longterm_pinnable({pfn:#x})")
+
+    def folio_maybe_dma_pinned(self, pfn: int) -> bool:
+        return self._rule(lib.pg_folio_maybe_dma_pinned(self._m, _u64(pfn, "pfn")),
+                          f"folio_maybe_dma_pinned({pfn:#x})")
+
+    def gup_must_unshare(self, pfn: int, gup_flags: int, vma_is_cow: Optional[bool]) -> bool:
+        """gup_must_unshare() for a read-only entry mapping pfn; vma_is_cow
+        is the VMA's is_cow_mapping(), None for GUP-fast (no VMA).  The
+        no_unshare / fast_no_unshare switches apply (C bits)."""
+        cow = -1 if vma_is_cow is None else int(bool(vma_is_cow))
+        return self._rule(lib.pg_gup_must_unshare(self._m, _u64(pfn, "pfn"),
+                                                  _u32(gup_flags, "gup_flags"), cow),
+                          f"gup_must_unshare({pfn:#x})")
+
+    def can_follow_write_pte(self, pte: int, pfn: Optional[int], gup_flags: int,
+                             vm_flags: int) -> bool:
+        """can_follow_write_pte(): pfn None when the entry maps no normal
+        page (special); the force_write_any_page switch applies (C bit)."""
+        p = -1 if pfn is None else _u64(pfn, "pfn", limit=2**63)
+        return self._rule(lib.pg_can_follow_write_pte(self._m, _u64(pte, "pte"), p,
+                                                      _u32(gup_flags, "gup_flags"),
+                                                      _u64(vm_flags, "vm_flags")),
+                          f"can_follow_write_pte({pte:#x})")
 
     # -- address_space records ----------------------------------------------
     def as_new(self, kind: int) -> int:

@@ -483,6 +483,52 @@ bool folio_maybe_dma_pinned(pg_machine *m, uint64_t head)
     return (uint32_t)pg_load_acquire(&h->refcount) >= PG_GUP_PIN_COUNTING_BIAS;
 }
 
+/* mirrors PageAnonExclusive(): per page, but hugetlb keeps it on the head
+ * page (6.5-rc7) */
+bool page_anon_exclusive(pg_machine *m, uint64_t pfn, uint64_t head)
+{
+    uint64_t which = pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB ? head : pfn;
+    return pg_load_acquire(&m->frames[which].flags) & PG_F_ANON_EXCLUSIVE;
+}
+
+/* mirrors folio_is_longterm_pinnable() (6.5): not in ZONE_MOVABLE; the
+ * zero page always is */
+bool folio_is_longterm_pinnable(pg_machine *m, uint64_t head)
+{
+    if (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO)
+        return true;
+    return m->frames[head].zone != PG_ZONE_MOVABLE;
+}
+
+/* the rules asked from Python: a frame of a live folio, else -EINVAL */
+static int64_t live_head(pg_machine *m, uint64_t pfn)
+{
+    if (!pfn_ok(m, pfn))
+        return -PG_EINVAL;
+    uint64_t head = pg_frame_head(m, pfn);
+    if (pg_load_acquire(&m->frames[head].flags) & PG_F_FREE)
+        return -PG_EINVAL;
+    return (int64_t)head;
+}
+
+int pg_page_anon_exclusive(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : page_anon_exclusive(m, pfn, (uint64_t)head);
+}
+
+int pg_folio_is_longterm_pinnable(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : folio_is_longterm_pinnable(m, (uint64_t)head);
+}
+
+int pg_folio_maybe_dma_pinned(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : folio_maybe_dma_pinned(m, (uint64_t)head);
+}
+
 /* ---- address_space records ----------------------------------------------- */
 
 static struct pg_as *as_slot(pg_machine *m, uint64_t id)

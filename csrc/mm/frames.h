@@ -20,7 +20,15 @@ int64_t pg_mapcount_add_internal(pg_machine *m, uint64_t pfn, int delta);
  * if it is poisoned: the lockless mapping check of GUP-fast uses it */
 struct pg_as *pg_as_lookup_rcu(pg_machine *m, int cpu, uint64_t id);
 
-/* folio_maybe_dma_pinned() of the folio whose head is head */
+/* ---- the per-page rules, one implementation each (Python asks the
+ * pg_* versions in pygup.h); head is pfn's folio head ---- */
+/* folio_test_anon(): the mapping word names an anon_vma */
+static inline bool folio_test_anon(pg_machine *m, uint64_t head)
+{
+    return (pg_load_acquire(&m->frames[head].mapping) & PG_MAPPING_FLAGS) == PG_MAPPING_ANON;
+}
+bool page_anon_exclusive(pg_machine *m, uint64_t pfn, uint64_t head);
+bool folio_is_longterm_pinnable(pg_machine *m, uint64_t head);
 bool folio_maybe_dma_pinned(pg_machine *m, uint64_t head);
 
 #endif /* PYGUP_MM_FRAMES_H */
