@@ -214,6 +214,20 @@ int pg_violation_pop(pg_machine *m, char *buf, int buflen);
 /* every violation ever recorded (popped or not) */
 uint64_t pg_violation_total(pg_machine *m);
 
+/* ---- failure injection (lib/fault_inject.c) ---------------------------
+ * pg_fail_nth(kind, nth): the nth allocation of that kind from this call
+ * on fails (once) as a real one does: -PG_ENOMEM from the call that needed
+ * it.  nth 0 turns the knob off; -PG_EINVAL for a bad kind or nth < 0.
+ * pg_fail_pending: what is left of the countdown (0: off or fired);
+ * pg_fail_fired: how many injected failures of that kind ever fired. */
+#define PG_FAIL_FOLIO 0   /* pg_folio_alloc (faults, fork's copy, migration) */
+#define PG_FAIL_TABLE 1   /* a page-table page (pg_mm_new, pg_pte_set, fork) */
+#define PG_FAIL_AS 2      /* an address_space record (pg_as_new) */
+#define PG_FAIL_NR 3
+int pg_fail_nth(pg_machine *m, int kind, int64_t nth);
+int64_t pg_fail_pending(pg_machine *m, int kind);
+int64_t pg_fail_fired(pg_machine *m, int kind);
+
 /* ---- frames / folios (mm/frames.c) ------------------------------------- */
 /* Allocate a folio of order 0 or PG_PMD_ORDER in a zone.  The new folio has
  * refcount 1, no mapping, content 0 in every frame, flags HEAD (|TAIL on the

@@ -142,6 +142,37 @@ class Core:
     def set_mutants(self, bits: int) -> None:
         _check(lib.pg_set_mutants(self._m, bits), "set_mutants")
 
+    # -- failure injection (csrc/lib/fault_inject.c) ---------------------------
+    FAIL_KINDS = {"folio": lib.PG_FAIL_FOLIO, "table": lib.PG_FAIL_TABLE,
+                  "as": lib.PG_FAIL_AS}
+
+    def _fail_kind(self, kind: str) -> int:
+        if kind not in self.FAIL_KINDS:
+            raise ValueError(f"fail_nth: unknown kind {kind!r} "
+                             f"(known: {', '.join(self.FAIL_KINDS)})")
+        return self.FAIL_KINDS[kind]
+
+    def fail_nth(self, kind: str, nth: int) -> None:
+        """The nth allocation of ``kind`` ("folio", "table", "as") from now
+        on fails once, as a real allocation failure does (-ENOMEM); nth 0
+        turns the knob off."""
+        k = self._fail_kind(kind)
+        if isinstance(nth, bool) or not isinstance(nth, int):
+            raise TypeError(f"fail_nth: nth must be an int, got {nth!r}")
+        if not 0 <= nth < 2**63:
+            raise ValueError(f"fail_nth: nth must be >= 0, got {nth}")
+        _check(lib.pg_fail_nth(self._m, k, nth), "fail_nth")
+
+    def fail_pending(self, kind: str) -> int:
+        """What is left of kind's countdown (0: off, or it fired)."""
+        return _check(lib.pg_fail_pending(self._m, self._fail_kind(kind)), "fail_pending")
+
+    def fail_fired(self, kind: Optional[str] = None) -> int:
+        """How many injected failures fired (of one kind, or all)."""
+        kinds = [kind] if kind is not None else list(self.FAIL_KINDS)
+        return sum(_check(lib.pg_fail_fired(self._m, self._fail_kind(k)), "fail_fired")
+                   for k in kinds)
+
     # -- frames ---------------------------------------------------------------
     def folio_alloc(self, order: int, zone: int) -> int:
         return _check(lib.pg_folio_alloc(self._m, order, zone), "folio_alloc")

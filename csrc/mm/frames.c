@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lib/fault_inject.h"
 #include "lib/report.h"
 #include "kernel/rcu.h"
 #include "kernel/sched.h"
@@ -181,6 +182,8 @@ int64_t pg_folio_alloc(pg_machine *m, int order, int zone_id)
         return -PG_EINVAL;
     struct pg_zone *zone = &m->zones[zone_id];
     int64_t pfn;
+    if (pg_should_fail(m, PG_FAIL_FOLIO))
+        return -PG_ENOMEM;
 
     pg_spin_lock(&zone->lock);
     if (order == 0) {
@@ -547,6 +550,8 @@ int64_t pg_as_new(pg_machine *m, uint32_t kind)
     if (kind & ~(uint32_t)(PG_AS_SHMEM | PG_AS_HUGETLB | PG_AS_SECRETMEM | PG_AS_DAX |
                             PG_AS_DIRTY_TRACKED))
         return -PG_EINVAL;
+    if (pg_should_fail(m, PG_FAIL_AS))
+        return -PG_ENOMEM;
     uint32_t i;
     pg_spin_lock(&m->as_lock);
     if (m->as_free != PG_NIL) {
