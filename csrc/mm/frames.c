@@ -475,34 +475,6 @@ int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
     return 0;
 }
 
-/* mirrors folio_maybe_dma_pinned(): a large folio counts pins exactly; a
- * small one may be pinned once its refcount reaches the bias (or has that
- * many plain references: "maybe") */
-bool folio_maybe_dma_pinned(pg_machine *m, uint64_t head)
-{
-    struct pg_frame *h = &m->frames[head];
-    if (pg_load_relaxed(&h->order) > 0)
-        return pg_load_acquire(&h->pincount) > 0;
-    return (uint32_t)pg_load_acquire(&h->refcount) >= PG_GUP_PIN_COUNTING_BIAS;
-}
-
-/* mirrors PageAnonExclusive(): per page, but hugetlb keeps it on the head
- * page (6.5-rc7) */
-bool page_anon_exclusive(pg_machine *m, uint64_t pfn, uint64_t head)
-{
-    uint64_t which = pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB ? head : pfn;
-    return pg_load_acquire(&m->frames[which].flags) & PG_F_ANON_EXCLUSIVE;
-}
-
-/* mirrors folio_is_longterm_pinnable() (6.5): not in ZONE_MOVABLE; the
- * zero page always is */
-bool folio_is_longterm_pinnable(pg_machine *m, uint64_t head)
-{
-    if (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO)
-        return true;
-    return m->frames[head].zone != PG_ZONE_MOVABLE;
-}
-
 /* the rules asked from Python: a frame of a live folio, else -EINVAL */
 static int64_t live_head(pg_machine *m, uint64_t pfn)
 {
