@@ -90,6 +90,34 @@ def proc_mem_force_status() -> Optional[str]:
             "proc_mem.force_override / CONFIG_PROC_MEM_*")
 
 
+def loop_mount(fstype: str, image_dir: str, mount_dir: str, stack: contextlib.ExitStack) -> str:
+    """A fresh ``fstype`` file system on a sparse image in ``image_dir``,
+    loop-mounted at ``mount_dir``; ``stack`` unmounts and removes it.
+    RuntimeError naming the missing tool or the failing step."""
+    mkfs = shutil.which(f"mkfs.{fstype}")
+    if mkfs is None:
+        pkg = {"xfs": "xfsprogs", "btrfs": "btrfs-progs"}.get(fstype, "e2fsprogs")
+        raise RuntimeError(f"mkfs.{fstype} not installed (apt-get install {pkg})")
+    if shutil.which("losetup") is None:
+        raise RuntimeError("losetup not installed")
+    img = os.path.join(image_dir, f"{fstype}.img")
+    with open(img, "wb") as f:
+        # xfs and btrfs refuse small file systems
+        f.truncate((512 if fstype in ("xfs", "btrfs") else 64) << 20)   # sparse
+    stack.callback(_unlink_quietly, img)
+    force = {"xfs": "-f", "btrfs": "-f"}.get(fstype, "-F")
+    _run([mkfs, "-q", force, img])
+    dev = _run(["losetup", "--find", "--show", img])
+    stack.callback(_run, ["losetup", "-d", dev])
+    os.makedirs(mount_dir, exist_ok=True)
+    _run(["mount", "-t", fstype, dev, mount_dir])
+    stack.callback(_run, ["umount", "-l", mount_dir])
+    got = fs_type(mount_dir)
+    if got != fstype:
+        raise RuntimeError(f"mounted {fstype} at {mount_dir}, but it reads as {got}")
+    return mount_dir
+
+
 class HostBacking:
     """How to get a fresh file (an fd) of one backing for each cell."""
 
@@ -336,22 +364,8 @@ class HostEnv:
         if name in LOOP_FS:
             if not self.root:
                 raise RuntimeError(f"loop-mounting {name} needs root")
-            mkfs = shutil.which(f"mkfs.{name}")
-            if mkfs is None:
-                pkg = {"xfs": "xfsprogs", "btrfs": "btrfs-progs"}.get(name, "e2fsprogs")
-                raise RuntimeError(f"mkfs.{name} not installed (apt-get install {pkg})")
-            if shutil.which("losetup") is None:
-                raise RuntimeError("losetup not installed")
-            img = os.path.join(self.tmp, f"{name}.img")
-            with open(img, "wb") as f:
-                f.truncate((512 if name in ("xfs", "btrfs") else 64) << 20)   # sparse
-            each.callback(_unlink_quietly, img)
-            force = {"xfs": "-f", "btrfs": "-f"}.get(name, "-F")
-            _run([mkfs, "-q", force, img])
-            dev = _run(["losetup", "--find", "--show", img])
-            each.callback(_run, ["losetup", "-d", dev])
-            d = self._mount(name, dev, each)
-            return HostBacking(name, name, name, d)
+            d = os.path.join(self.tmp, f"mnt-{name}")
+            return HostBacking(name, name, name, loop_mount(name, self.tmp, d, each))
         if name == "hugetlbfs":
             self._reserve_huge_pages(2, each)
             fd = os.memfd_create("probe", os.MFD_CLOEXEC | os.MFD_HUGETLB)

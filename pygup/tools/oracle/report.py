@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from typing import Callable, Iterable, Optional, Protocol
 
 from pygup.config.policy import POLICIES
@@ -53,6 +54,9 @@ class Report:
     skipped: dict[str, str]              # backing -> reason
     method_skipped: dict[str, str]       # method -> reason
     backings: dict[str, str] = dataclasses.field(default_factory=dict)
+    # where the host side ran and how long it took: {"where": "host" or
+    # "guest (tcg)", "boot_s": ..., "probe_s": ...}
+    timing: dict[str, object] = dataclasses.field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """backing -> compared / agree / deliberate / disagree."""
@@ -84,7 +88,8 @@ class Report:
         return not self.undocumented
 
     def to_json(self) -> dict:
-        return {"kernel": self.kernel, "policy": self.policy, "backings": self.backings,
+        return {"kernel": self.kernel, "policy": self.policy, "timing": self.timing,
+                "backings": self.backings,
                 "skipped": self.skipped, "method_skipped": self.method_skipped,
                 "counts": self.counts(),
                 "deliberate_differences": [dataclasses.asdict(d) for d in DELIBERATE],
@@ -151,7 +156,8 @@ def format_row(r: CellResult) -> str:
 
 
 def format_report(rep: Report) -> str:
-    lines = [f"pygup oracle: host kernel {rep.kernel}, pygup policy {rep.policy}",
+    where = str(rep.timing.get("where", "host"))
+    lines = [f"pygup oracle: {where} kernel {rep.kernel}, pygup policy {rep.policy}",
              " ".join(f"{name:<{w}}" for name, w in COLUMNS).rstrip(),
              " ".join("-" * w for _, w in COLUMNS)]
     lines += [format_row(r) for r in rep.results]
@@ -171,6 +177,9 @@ def format_report(rep: Report) -> str:
             total[k] += c[k]
     lines.append(f"  {'total':<10} {total['compared']:>4} compared, {total['agree']:>4} agree, "
                  f"{total['deliberate']:>3} deliberate, {total['disagree']:>3} disagree")
+    if rep.timing:
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in rep.timing.items()
+                                          if isinstance(v, float)))
     if rep.disagreements:
         lines.append("")
         lines.append("disagreements:")
@@ -185,16 +194,33 @@ def format_report(rep: Report) -> str:
 
 def oracle_main(only: Optional[str] = None, policy: Optional[str] = None,
                 json_out: Optional[str] = None, out: Callable[[str], None] = print,
-                host: Optional[HostRunner] = None, release: Optional[str] = None) -> int:
-    """``pygup oracle``: 0 when every disagreement is documented, else 1."""
+                host: Optional[HostRunner] = None, release: Optional[str] = None,
+                kernel: Optional[str] = None) -> int:
+    """``pygup oracle``: 0 when every disagreement is documented, else 1.
+    ``kernel``: None or "host" for this machine's kernel; "6.1", "6.12", a
+    release, a package or a vmlinuz path for a guest booted under qemu
+    (GuestSetupError, before any work, when that cannot be done here)."""
     backings = None
     if only:
         backings = [b.strip() for b in only.split(",") if b.strip()]
+        enumerate_cells(backings)                   # unknown backing: ValueError now
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {policy!r}")
+    timing: dict[str, object] = {}
+    if kernel not in (None, "host"):
+        from pygup.tools.oracle.guest_side import RecordedHost, record_in_guest
+        record, res, _ = record_in_guest(kernel, backings)
+        host = RecordedHost(record)
+        release = record["release"]
+        timing = {"where": f"guest ({res.accel})", "boot_s": res.boot_seconds,
+                  "probe_s": res.run_seconds}
+    t0 = time.monotonic()
     rep = run_oracle(backings, policy, host=host, release=release)
+    if not timing:
+        timing = {"where": "host", "probe_s": time.monotonic() - t0}
+    rep.timing = timing
     out(format_report(rep))
     if json_out:
         with open(json_out, "w") as f:
             json.dump(rep.to_json(), f, indent=1)
     return 0 if rep.ok else 1
-
-
