@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from pygup.tools.oracle.cells import BACKINGS, Cell, Outcome, enumerate_cells
+from pygup.tools.oracle.scenarios import SCENARIOS, Scenario
 
-FORMAT = 1                    # version of the JSON a guest writes
+FORMAT = 2                    # version of the JSON a guest writes
 WORKDIR_FS = "ext4"           # the guest's working directory's file system
 # kernel command line words for the guest: secretmem is off by default
 # before 6.5 ("mm/secretmem: make it on by default")
@@ -52,12 +53,15 @@ def record_host_side(backings: Optional[Iterable[str]] = None,
                 continue
             h = env.run(cell)
             outcomes[cell.key] = None if h is None else [h.stage, h.ret]
+        scenarios = {name: env.run_scenario(sc) for name, sc in SCENARIOS.items()}
         if progress:
-            progress(f"{len(outcomes)} cells in {time.monotonic() - t0:.1f}s")
+            progress(f"{len(outcomes)} cells, {len(scenarios)} scenarios in "
+                     f"{time.monotonic() - t0:.1f}s")
         return {"format": FORMAT, "release": os.uname().release, "backings": names,
                 "presets": presets, "skipped": dict(env.skipped),
                 "method_skipped": dict(env.method_skipped), "describe": env.describe(),
-                "outcomes": outcomes, "seconds": time.monotonic() - t0}
+                "outcomes": outcomes, "scenarios": scenarios,
+                "seconds": time.monotonic() - t0}
 
 
 @contextlib.contextmanager
@@ -127,6 +131,9 @@ class RecordedHost:
             raise KeyError(f"the guest recorded no outcome for {cell.key}")
         got = self._outcomes[cell.key]
         return None if got is None else Outcome(got[0], int(got[1]))
+
+    def run_scenario(self, scenario: Scenario) -> Optional[list]:
+        return self.record.get("scenarios", {}).get(scenario.name)
 
 
 def checkout_root() -> Path:
