@@ -164,7 +164,7 @@ CI_BACKINGS = "anon,memfd,ext4"
 
 
 @pytest.mark.guest
-def test_guest_oracle_agrees_on_a_subset(tmp_path):
+def test_guest_oracle_agrees_on_a_subset(tmp_path, capsys):
     if os.environ.get("PYGUP_GUEST") != "1":
         pytest.skip("boots a guest kernel under qemu (a minute or more): set PYGUP_GUEST=1")
     missing = guest.check_setup()
@@ -177,12 +177,18 @@ def test_guest_oracle_agrees_on_a_subset(tmp_path):
     out = tmp_path / "oracle.json"
     t0 = time.monotonic()
     rc = main(["oracle", "--kernel", CI_KERNEL, "--only", CI_BACKINGS, "--json", str(out)])
+    if not out.exists():
+        pytest.fail(f"pygup oracle --kernel {CI_KERNEL} exited {rc} without a report:\n"
+                    + capsys.readouterr().err[-4000:])
     rep = json.loads(Path(out).read_text())
     print(f"guest oracle {CI_KERNEL} ({CI_BACKINGS}): {time.monotonic() - t0:.0f}s, "
           f"timing {rep['timing']}")
     assert rep["kernel"].startswith("6.1.")
-    bad = [c for c in rep["cells"] if c["agree"] is False and not c["deliberate"]]
+    # 6.1 has its own preset: not even a documented difference is expected
+    bad = [c for c in rep["cells"] if c["agree"] is False]
     assert bad == [] and rc == 0
+    assert [x["name"] for x in rep["scenarios"] if x["agree"] is False] == []
+    assert sum(x["agree"] is True for x in rep["scenarios"]) >= 9
     compared = sum(c["compared"] for c in rep["counts"].values())
     assert compared >= 3 * 84 - 3 * 12          # at most the io_uring/proc_mem columns skipped
     assert not rep["skipped"]

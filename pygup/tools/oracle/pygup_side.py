@@ -21,7 +21,9 @@ class PygupSide:
                  explain: bool = False) -> None:
         from pygup.machine import Machine
         self.cell = cell
-        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2)
+        # secretmem.enable=1: the kernel side runs the secretmem cells only
+        # where memfd_secret works (guests boot with it), else skips them
+        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2, secretmem=True)
         self.file = self._file(cell.backing, workdir_preset)
         self.p = self.m.spawn()
         self.explain = explain
