@@ -551,7 +551,18 @@ class HostProbes:
         rc = lib.pg_host_mmap(length, prot, flags, fd, offset, out)
         return rc, out[0] if rc == 0 else 0
 
+    mmap_fixed = staticmethod(lambda addr, length, prot, flags, fd=-1, offset=0:
+                              lib.pg_host_mmap_fixed(addr, length, prot, flags, fd, offset))
     munmap = staticmethod(lambda addr, length: lib.pg_host_munmap(addr, length))
+    process_vm_readv_range = staticmethod(
+        lambda addr, length: lib.pg_host_process_vm_readv_range(addr, length))
+
+    @staticmethod
+    def load(addr: int) -> tuple[int, int]:
+        """A user load of 8 bytes: (0, value) or (-EFAULT / -EIO, 0)."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pg_host_load(addr, out)
+        return rc, out[0]
     mprotect = staticmethod(lambda addr, length, prot: lib.pg_host_mprotect(addr, length, prot))
     msync = staticmethod(lambda addr, length, flags: lib.pg_host_msync(addr, length, flags))
     touch = staticmethod(lambda addr, length, write, value=0:
@@ -563,6 +574,16 @@ class HostProbes:
     o_direct_read = staticmethod(lambda fd, addr, length, offset=0:
                                  lib.pg_host_o_direct_read(fd, addr, length, offset))
     vmsplice = staticmethod(lambda addr, length: lib.pg_host_vmsplice(addr, length))
+    # a ring kept across calls (slot or -errno), its one registered buffer,
+    # fixed-buffer I/O on it (write=True: the buffer into the file), its close
+    ring_setup = staticmethod(lambda: lib.pg_host_ring_setup())
+    ring_register = staticmethod(lambda slot, addr, length:
+                                 lib.pg_host_ring_register(slot, addr, length))
+    ring_unregister = staticmethod(lambda slot: lib.pg_host_ring_unregister(slot))
+    ring_rw_fixed = staticmethod(lambda slot, write, fd, addr, length, offset=0:
+                                 lib.pg_host_ring_rw_fixed(slot, int(bool(write)), fd, addr,
+                                                           length, offset))
+    ring_close = staticmethod(lambda slot: lib.pg_host_ring_close(slot))
 
     @staticmethod
     def proc_mem_read(addr: int) -> tuple[int, int]:
