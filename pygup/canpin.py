@@ -269,12 +269,22 @@ def _check_choice(value: str, choices: Iterable[str], what: str) -> None:
         raise ValueError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_policy(policy: str) -> None:
+    """A preset name, or any version the policy module can compute."""
+    if policy in POLICIES:
+        return
+    resolve = getattr(policy_mod, "resolve", None)
+    if resolve is None or not isinstance(policy, str):
+        _check_choice(policy, POLICIES, "policy")
+    resolve(policy)                # its ValueError says what it accepts
+
+
 def run_cell(backing: str, caller: str, policy: str, prot: str = "rw",
              prefault: bool = True) -> Cell:
     """One backing, one caller, one policy on a fresh machine."""
     _check_choice(backing, BACKINGS, "backing")
     _check_choice(caller, CALLERS, "caller")
-    _check_choice(policy, POLICIES, "policy")
+    _check_policy(policy)
     b, c = BACKINGS[backing], CALLERS[caller]
     m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2)
     trace = Trace()
@@ -314,7 +324,7 @@ def can_pin(backings: Iterable[str], callers_: Iterable[str],
     for c in callers_:
         _check_choice(c, CALLERS, "caller")
     for pol in policies:
-        _check_choice(pol, POLICIES, "policy")
+        _check_policy(pol)
     if not set(prot) <= set("rwx"):
         raise ValueError(f"prot must be letters from 'rwx', got {prot!r}")
     return [run_cell(b, c, pol, prot, prefault) for b in backings for c in callers_

@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Optional
 
 from pygup.config.policy import POLICIES
-from pygup.flags import FOLL, MAP, PROT
+from pygup.flags import FOLL, MADV, MAP, MREMAP, PROT
 from pygup.kernel.fs import PRESETS
 from pygup.machine import Machine
 from pygup.tools.timeline import Story
@@ -109,19 +109,62 @@ def world(out: Callable[[str], None] = print, fs_name: str = "ext4") -> dict:
     return obs
 
 
+def pin_story(out: Callable[[str], None] = print) -> dict:
+    """A long-term pin across MADV_DONTNEED and mremap: the pin holder
+    keeps its page, the mapping moves on.  Returns the observations."""
+    m = Machine(memory="64MiB", movable="0MiB", cpus=2)
+    p = m.spawn()
+    a = p.mmap(2 * 4096, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    p.write(a, 0x1111)
+    pages = p.pin(a, 4096, FOLL.WRITE | FOLL.LONGTERM)     # an RDMA MR, say
+    pfn = pages[0]
+    out(f"pygup world --story pin: a long-term pin of the anon page at {a:#x} (frame {pfn:#x})")
+    obs: dict = {}
+
+    # a neighbour right above leaves no room to grow in place: mremap moves
+    p.mmap(4096, PROT.READ, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED, addr=a + 2 * 4096)
+    b = p.mremap(a, 2 * 4096, 4 * 4096, MREMAP.MAYMOVE)
+    obs["mremap"] = (b != a, p.mm.pte(b).pfn == pfn, m.folio(pfn).refcount)
+    _say(out, f"1. mremap grows and moves it to {b:#x}: page tables move",
+         f"same frame={p.mm.pte(b).pfn == pfn} refcount={m.folio(pfn).refcount}")
+    pages.write(0, 0x2222)
+    obs["pin_write_seen"] = p.read(b)
+    _say(out, "2. the device writes 0x2222 through the pin", f"read at new address={p.read(b):#x}")
+
+    p.madvise(b, 4096, MADV.DONTNEED)
+    obs["dontneed"] = (p.read(b), pages.read(0), m.folio(pfn).mapcount)
+    _say(out, "3. MADV_DONTNEED: the mapping lets the page go",
+         f"read={p.read(b):#x} (zero page) pin reads={pages.read(0):#x} "
+         f"mapcount={m.folio(pfn).mapcount}")
+    p.write(b, 0x3333)
+    pages.write(0, 0x4444)
+    obs["diverged"] = (p.read(b), pages.read(0), p.mm.pte(b).pfn != pfn)
+    _say(out, "4. the process writes 0x3333, the device 0x4444",
+         f"process reads={p.read(b):#x} device holds={pages.read(0):#x}: two pages now")
+    out("  The pin never follows the mapping once it is zapped: a user of")
+    out("  MADV_DONTNEED on registered memory silently stops sharing it with the device.")
+    p.mm.unpin_user_pages(pages)
+    obs["freed"] = m.folio(pfn).refcount == 0
+    p.exit()
+    m.check()
+    return obs
+
+
 def add_world(sub) -> None:
     w = sub.add_parser("world", help="write-notify on a MAP_SHARED file mapping, step by step")
     w.add_argument("--fs", default="ext4", choices=sorted(PRESETS),
                    help="file-system preset (default ext4)")
+    w.add_argument("--story", choices=["writenotify", "pin"], default="writenotify",
+                   help="writenotify (default), or pin: a pin across mremap and MADV_DONTNEED")
     w.add_argument("--json", action="store_true", help="print the observations as JSON")
 
 
 def cmd_world(args) -> int:
+    story = pin_story if args.story == "pin" else (lambda out: world(out, fs_name=args.fs))
     if args.json:
-        obs = world(out=lambda s: None, fs_name=args.fs)
-        print(json.dumps(obs, indent=1, default=str))
+        print(json.dumps(story(lambda s: None), indent=1, default=str))
     else:
-        world(fs_name=args.fs)
+        story(print)
     return EXIT_OK
 
 
@@ -288,6 +331,16 @@ def _backing_for(fs: str, mapping: str) -> str:
     return name
 
 
+def _policy_version(text: str) -> str:
+    """argparse type: a version policy_for() knows (its message otherwise)."""
+    from pygup.config.policy import policy_for
+    try:
+        policy_for(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _parse_foll(text: str) -> int:
     flags = 0
     for name in filter(None, (n.strip() for n in text.split(","))):
@@ -324,8 +377,8 @@ def add_explain(sub) -> None:
     e.add_argument("--caller", choices=sorted(CALLERS), metavar="CALLER",
                    help="run a real caller instead of a bare entry point, with the flags it "
                         f"uses; one of {', '.join(sorted(CALLERS))}")
-    e.add_argument("--policy", default="6.5", choices=_policies(),
-                   help="kernel policy (default 6.5)")
+    e.add_argument("--policy", default="6.5", type=_policy_version,
+                   help="kernel version 6.1 .. 6.18, e.g. 6.1, 6.12, 6.1.192 (default 6.5)")
     e.add_argument("--prefault", action="store_true", help="fault the page in first (with "
                    "--caller the page is always read in first)")
     e.add_argument("--json", action="store_true", help="print the decision and trace as JSON")
@@ -400,8 +453,9 @@ def add_can_pin(sub) -> None:
     c.add_argument("--caller", nargs="+", choices=sorted(CALLERS), metavar="C", default=None,
                    help=f"callers (default {' '.join(CAN_PIN_CALLERS)}); from "
                         f"{', '.join(sorted(CALLERS))}")
-    c.add_argument("--policy", nargs="+", choices=_policies(), metavar="P", default=None,
-                   help=f"kernel policies (default: every preset, {' '.join(_policies())})")
+    c.add_argument("--policy", nargs="+", type=_policy_version, metavar="P", default=None,
+                   help="kernel versions 6.1 .. 6.18, e.g. 6.1 6.12 6.1.192 (default: every "
+                        f"preset, {' '.join(_policies())})")
     c.add_argument("--prot", default="rw", type=_parse_prot,
                    help="protection of the mapping (default rw)")
     c.add_argument("--no-prefault", action="store_true",
@@ -431,12 +485,26 @@ def add_oracle(sub) -> None:
                    help="comma-separated backings (anon, memfd, tmpfs, workdir, ext2, ext4, "
                         "xfs, btrfs, ramfs, hugetlbfs, secretmem, readonly)")
     o.add_argument("--policy", default=None,
-                   help="pygup policy (default: the preset nearest the host kernel)")
+                   help="pygup policy (default: the preset nearest the kernel's release)")
+    o.add_argument("--kernel", default=None, metavar="6.1|6.12|host|PATH",
+                   help="run the kernel side in a guest booted under qemu (virtme-ng): a "
+                        "Debian kernel version, release or package (downloaded once into "
+                        "~/.cache/pygup/kernels), or a vmlinuz path; default: this host")
 
 
 def cmd_oracle(args) -> int:
+    from pygup.tools.oracle.guest import GuestError
+    from pygup.tools.oracle.guest_side import GuestSetupError
     from pygup.tools.oracle.report import oracle_main
-    return oracle_main(only=args.only, policy=args.policy, json_out=args.json)
+    try:
+        return oracle_main(only=args.only, policy=args.policy, json_out=args.json,
+                           kernel=args.kernel)
+    except GuestSetupError as exc:
+        print(f"pygup oracle: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except GuestError as exc:
+        print(f"pygup oracle: the guest failed: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def add_bench(sub) -> None:
