@@ -5,7 +5,7 @@ the flag sets; and the patch-1 predicates of the Linux 6.5 series.
 """
 from pygup.config.mutants import MUTANTS, Mutant
 from pygup.config.policy import POLICIES, Policy
-from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
+from pygup.flags import FALLOC, FOLL, MADV, MAP, MCL, MLOCK, MREMAP, MS, PROT, VM, GupError, InvariantError
 from pygup.kernel.fs import PRESETS, FsType, FsWarning
 from pygup.kernel.mm import MM, PTE
 from pygup.kernel.process import Process
@@ -21,7 +21,7 @@ from pygup.kernel.vma import (
 )
 
 __all__ = [
-    "FOLL", "MAP", "MS", "PROT", "VM", "GupError", "InvariantError",
+    "FALLOC", "FOLL", "MADV", "MAP", "MCL", "MLOCK", "MREMAP", "MS", "PROT", "VM", "GupError", "InvariantError",
     "PRESETS", "File", "FileSystem", "FsType", "FsWarning",
     "Folio", "FolioFlag", "Machine", "MM", "MUTANTS", "Mutant", "PTE", "Process", "POLICIES", "Policy",
     "VMA", "vma_fs_can_writeback", "vma_is_anonymous", "vma_is_shared_writable",
