@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # VM_SPECIAL (include/linux/mm.h)
 VM_SPECIAL = VM.IO | VM.DONTEXPAND | VM.PFNMAP | VM.MIXEDMAP
+EHWPOISON = 133                               # Linux; Python's errno lacks it
 _DONTNEED_ZAP = b"madv_dontneed_zap"           # a registered window (csrc/kernel/race.h)
 
 
@@ -269,9 +270,11 @@ def madvise_cold_or_pageout(vma: VMA, start: int, end: int, pageout: bool, cpu: 
         if not pageout:
             continue
         if fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
-            # shrink_folio_list() -> try_to_unmap_one() for a lazyfree folio
+            # try_to_unmap_one() for a lazyfree folio: discarded when the
+            # mappings hold every reference (the kernel counts its isolation
+            # reference too) and it is still clean
             dirty = pte & C.PTE_DIRTY or fi.flags & C.F_DIRTY
-            if fi.flags & C.F_LAZYFREE and not dirty and fi.refcount == 1 + fi.mapcount:
+            if fi.flags & C.F_LAZYFREE and not dirty and fi.refcount == fi.mapcount:
                 core.zap_range(cpu, mm.id, addr, addr + PAGE_SIZE)
             elif fi.flags & C.F_LAZYFREE:
                 core.flags_update(pfn, 0, C.F_LAZYFREE)   # written again or held: keep
@@ -306,7 +309,7 @@ def madvise_populate(mm: "MM", start: int, end: int, advice: int, cpu: int) -> N
         pages = faultin_vma_page_range(vma, start, tmp_end, write, cpu)
         if pages < 0:
             err = -pages
-            if err not in (errno.EINTR, errno.EINVAL, errno.EHWPOISON, errno.EFAULT):
+            if err not in (errno.EINTR, errno.EINVAL, EHWPOISON, errno.EFAULT):
                 err = errno.ENOMEM
             raise GupError(err, f"MADV_POPULATE at {start:#x}")
         start += pages << PAGE_SHIFT

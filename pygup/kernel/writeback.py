@@ -164,7 +164,7 @@ def truncate_inode_pages_range(inode: "Inode", first: int, last: Optional[int] =
     nr = 1 << inode.order
     for start in sorted(inode.page_cache):
         if start >= first and (last is None or start + nr <= last):
-            unmap_mapping_pages(inode, start, start + nr)
+            unmap_mapping_pages(inode, start, start + nr, even_cows=False)
             _delete_from_page_cache(inode, start)
 
 
