@@ -407,6 +407,7 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
 /* policy bits for pg_gup_fast */
 #define PG_GUPF_WHITELIST 0x1       /* 6.5 folio_fast_pin_allowed() */
 #define PG_GUPF_SECRETMEM_LRU 0x2   /* 6.5's page_is_secretmem() LRU shortcut */
+#define PG_GUPF_UNSHARE_COW 0x4     /* 6.2 gup_must_unshare(): non-anon R/O long-term pins */
 /* lockless_pages_from_mm(): with IRQs disabled on cpu, walk [start, start +
  * nr pages) reading each level once, grabbing pages as the kernel does
  * (SPEC §4.2-4.6); stops at the first page it cannot take.  The pages

@@ -306,8 +306,11 @@ static bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
     return pg_mutant(m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
 }
 
-/* mirrors gup_must_unshare(NULL, flags, page): the fast path has no VMA */
-static bool fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags)
+/* mirrors gup_must_unshare(NULL, flags, page): the fast path has no VMA.
+ * A non-anon page needs the VMA's COW test only from 6.2 (84209e87c696,
+ * PG_GUPF_UNSHARE_COW); 6.1's gup_must_unshare() passed every non-anon page. */
+static bool fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags,
+                              uint32_t policy)
 {
     if ((flags & (PG_FOLL_PIN | PG_FOLL_WRITE)) != PG_FOLL_PIN)
         return false;
@@ -315,7 +318,7 @@ static bool fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32
         return false;
     uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
     if ((mapping & PG_MAPPING_FLAGS) != PG_MAPPING_ANON)
-        return (flags & PG_FOLL_LONGTERM) != 0; /* no VMA: let the slow path see */
+        return (policy & PG_GUPF_UNSHARE_COW) && (flags & PG_FOLL_LONGTERM); /* slow path sees */
     pg_smp_mb(); /* pairs with the sharing side's barrier */
     return !anon_exclusive(m, pfn, head);
 }
@@ -366,7 +369,7 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
     if (!pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
         !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
         goto drop;
-    if (!(pte & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
+    if (!(pte & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags, fw->policy))
         goto drop;
     mark_referenced(m, head);
     fw->out[fw->nr++] = pfn;
@@ -404,7 +407,7 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
         goto drop;
     if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy))
         goto drop;
-    if (!(pmd & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
+    if (!(pmd & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags, fw->policy))
         goto drop;
     mark_referenced(m, head);
     for (int i = 0; i < refs; i++)

@@ -17,7 +17,7 @@ from pygup.flags import (MADV, MAP, MCL, MLOCK, MREMAP, MS, PAGE_MASK, PAGE_SHIF
 from pygup.kernel import madvise as madv
 from pygup.kernel import mlock as mlk
 from pygup.kernel import mremap as mrp
-from pygup.kernel.fault import handle_mm_fault, handle_user_fault
+from pygup.kernel.fault import handle_user_fault
 from pygup.kernel.fs import DEVICE_VM_OPS
 from pygup.kernel.gup import __mm_populate as mm_populate_range
 from pygup.kernel.mm import MM
@@ -149,13 +149,11 @@ class Process:
                     self.mm.locked_vm += length >> PAGE_SHIFT
             self.mm.vma_link(vma)
             self.mm.vma_merge(vma)
-            populate_locked = bool(vm_flags & VM.LOCKED) and bool(vma.vm_flags & VM.LOCKED)
-            if populate_locked:
-                # mm_populate() (errors ignored): through GUP, as mlock does
+            if flags & MAP.POPULATE or vma.vm_flags & VM.LOCKED:
+                # do_mmap() -> mm_populate() (errors ignored): through GUP,
+                # populate_vma_page_range()'s flags — the one populate that
+                # mlock and MAP_POPULATE share
                 mm_populate_range(self.mm, start, length, True, cpu)
-        if flags & MAP.POPULATE and not populate_locked:
-            self._populate(start, start + length, write=bool(prot & PROT.WRITE) and
-                           bool(vm_flags & VM.SHARED or not file))
         return start
 
     def mmap_pfn(self, length: int, prot: int) -> int:
@@ -184,20 +182,6 @@ class Process:
                 k.device_frames.append(pfn)
                 k.core.pte_set(self.mm.id, addr, (pfn << C.PTE_PFN_SHIFT) | bits, C.LEVEL_PTE)
         return start
-
-    def _populate(self, start: int, end: int, write: bool) -> None:
-        """MAP_POPULATE: fault every page in (writes only where that breaks no
-        COW: a private file mapping is populated for read)."""
-        step = PAGE_SIZE
-        with self.kernel.op() as cpu:
-            for addr in range(start, end, step):
-                vma = self.mm.find_vma(addr)
-                if vma is None:
-                    break
-                try:
-                    handle_mm_fault(vma, addr, write, cpu)
-                except GupError:
-                    break            # SIGBUS past EOF: populate stops quietly
 
     # -- munmap / mprotect -------------------------------------------------------
     def _check_range(self, addr: int, length: int) -> tuple[int, int]:

@@ -1,5 +1,7 @@
 """The demo's stories, checked: the world (write-notify), and the seed's
 scenario under both policies."""
+import pytest
+
 from pygup.tools.cli import main, pin_story, seed_story, world
 
 
@@ -60,3 +62,19 @@ def test_pin_story():
     assert obs["diverged"] == (0x3333, 0x4444, True)
     assert obs["freed"] and any("MADV_DONTNEED" in line for line in lines)
     assert main(["world", "--story", "pin"]) == 0
+
+
+@pytest.mark.parametrize("version, decided", [
+    ("6.1", "decided: allowed"), ("6.12", "decided by: writable_file_mapping_allowed"),
+    ("6.18", "decided by: writable_file_mapping_allowed"), ("6.1.192", "decided: allowed")])
+def test_explain_takes_any_known_version(capsys, version, decided):
+    assert main(["explain", "--policy", version]) == 0
+    out = capsys.readouterr().out
+    assert f"policy={version}" in out and decided in out
+
+
+def test_explain_refuses_an_unknown_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["explain", "--policy", "6.99"])
+    assert e.value.code == 2
+    assert "6.1 to 6.18" in capsys.readouterr().err
