@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable, Optional
 
-from pygup.flags import MAP, PROT
+from pygup.flags import FOLL, MADV, MAP, MREMAP, PROT
 from pygup.machine import Machine
 
 
@@ -57,6 +57,47 @@ def world(out: Callable[[str], None] = print, fs_name: str = "ext4") -> dict:
          f"disk={f.disk(0):#x} warnings={len(fs.warnings)}")
     out("  A GUP pin writes through the kernel's direct mapping instead, where none of")
     out("  this happens: that is what Linux 6.5 refuses to long-term pin (see SPEC §7).")
+    p.exit()
+    m.check()
+    return obs
+
+
+def pin_story(out: Callable[[str], None] = print) -> dict:
+    """A long-term pin across MADV_DONTNEED and mremap: the pin holder
+    keeps its page, the mapping moves on.  Returns the observations."""
+    m = Machine(memory="64MiB", movable="0MiB", cpus=2)
+    p = m.spawn()
+    a = p.mmap(2 * 4096, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    p.write(a, 0x1111)
+    pages = p.pin(a, 4096, FOLL.WRITE | FOLL.LONGTERM)     # an RDMA MR, say
+    pfn = pages[0]
+    out(f"pygup world --story pin: a long-term pin of the anon page at {a:#x} (frame {pfn:#x})")
+    obs: dict = {}
+
+    # a neighbour right above leaves no room to grow in place: mremap moves
+    p.mmap(4096, PROT.READ, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED, addr=a + 2 * 4096)
+    b = p.mremap(a, 2 * 4096, 4 * 4096, MREMAP.MAYMOVE)
+    obs["mremap"] = (b != a, p.mm.pte(b).pfn == pfn, m.folio(pfn).refcount)
+    _say(out, f"1. mremap grows and moves it to {b:#x}: page tables move",
+         f"same frame={p.mm.pte(b).pfn == pfn} refcount={m.folio(pfn).refcount}")
+    pages.write(0, 0x2222)
+    obs["pin_write_seen"] = p.read(b)
+    _say(out, "2. the device writes 0x2222 through the pin", f"read at new address={p.read(b):#x}")
+
+    p.madvise(b, 4096, MADV.DONTNEED)
+    obs["dontneed"] = (p.read(b), pages.read(0), m.folio(pfn).mapcount)
+    _say(out, "3. MADV_DONTNEED: the mapping lets the page go",
+         f"read={p.read(b):#x} (zero page) pin reads={pages.read(0):#x} "
+         f"mapcount={m.folio(pfn).mapcount}")
+    p.write(b, 0x3333)
+    pages.write(0, 0x4444)
+    obs["diverged"] = (p.read(b), pages.read(0), p.mm.pte(b).pfn != pfn)
+    _say(out, "4. the process writes 0x3333, the device 0x4444",
+         f"process reads={p.read(b):#x} device holds={pages.read(0):#x}: two pages now")
+    out("  The pin never follows the mapping once it is zapped: a user of")
+    out("  MADV_DONTNEED on registered memory silently stops sharing it with the device.")
+    p.mm.unpin_user_pages(pages)
+    obs["freed"] = m.folio(pfn).refcount == 0
     p.exit()
     m.check()
     return obs
@@ -177,6 +218,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub.add_parser("demo", help="the seed's story under 6.4 and 6.5")
     w = sub.add_parser("world", help="write-notify on a dirty-tracked file mapping")
     w.add_argument("--fs", default="ext4", help="file-system preset (default ext4)")
+    w.add_argument("--story", choices=["writenotify", "pin"], default="writenotify",
+                   help="writenotify (default), or pin: a pin across mremap and MADV_DONTNEED")
     e = sub.add_parser("explain", help="which rule decides a GUP call, and why")
     e.add_argument("--fs", default="ext4", help="preset, or 'anon' (default ext4)")
     e.add_argument("--map", choices=["shared", "private"], default="shared")
@@ -213,7 +256,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.cmd == "demo":
         demo()
     elif args.cmd == "world":
-        world(fs_name=args.fs)
+        if args.story == "pin":
+            pin_story()
+        else:
+            world(fs_name=args.fs)
     elif args.cmd == "explain":
         return explain_cmd(args)
     elif args.cmd == "oracle":
