@@ -60,6 +60,40 @@
 #define PG_FOLL_FAST_ONLY 0x100000
 #define PG_FOLL_UNLOCKABLE 0x200000
 
+/* ---- madvise(2) advice, mremap(2) / mlock2(2) / mlockall(2) / fallocate(2)
+ * flags (x86-64 uapi values: asm-generic/mman-common.h, linux/mman.h,
+ * linux/falloc.h) ---------------------------------------------------------- */
+#define PG_MADV_NORMAL 0
+#define PG_MADV_RANDOM 1
+#define PG_MADV_SEQUENTIAL 2
+#define PG_MADV_WILLNEED 3
+#define PG_MADV_DONTNEED 4
+#define PG_MADV_FREE 8
+#define PG_MADV_REMOVE 9
+#define PG_MADV_DONTFORK 10
+#define PG_MADV_DOFORK 11
+#define PG_MADV_HUGEPAGE 14
+#define PG_MADV_NOHUGEPAGE 15
+#define PG_MADV_DONTDUMP 16
+#define PG_MADV_DODUMP 17
+#define PG_MADV_WIPEONFORK 18
+#define PG_MADV_KEEPONFORK 19
+#define PG_MADV_COLD 20
+#define PG_MADV_PAGEOUT 21
+#define PG_MADV_POPULATE_READ 22
+#define PG_MADV_POPULATE_WRITE 23
+#define PG_MADV_DONTNEED_LOCKED 24
+#define PG_MADV_COLLAPSE 25
+#define PG_MREMAP_MAYMOVE 1
+#define PG_MREMAP_FIXED 2
+#define PG_MREMAP_DONTUNMAP 4
+#define PG_MLOCK_ONFAULT 1
+#define PG_MCL_CURRENT 1
+#define PG_MCL_FUTURE 2
+#define PG_MCL_ONFAULT 4
+#define PG_FALLOC_FL_KEEP_SIZE 0x1
+#define PG_FALLOC_FL_PUNCH_HOLE 0x2
+
 /* ---- protection switches: each re-plants one historic bug (BUGS.md) ---- */
 #define PG_MUT_NO_PTE_RECHECK 0x1        /* GUP-fast skips the PTE re-check */
 #define PG_MUT_NO_PMD_RECHECK 0x2        /* GUP-fast skips the PMD re-check */
@@ -119,6 +153,9 @@
 #define PG_F_MKWRITE 0x1000    /* page_mkwrite called since the last clean */
 #define PG_F_ZERO 0x2000       /* the shared zero page */
 #define PG_F_SLAB 0x4000
+/* MADV_FREE'd anon folio (the kernel's !PG_swapbacked): reclaim discards it
+ * while it stays clean and no one else holds it */
+#define PG_F_LAZYFREE 0x8000
 
 /* ---- the mapping word -------------------------------------------------- */
 /* 0 = none (or truncated); (id << 2) = address_space record id;
@@ -333,6 +370,17 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
  * IRQs must be enabled (-PG_EBUSY): every flushing call waits for IPIs. */
 int64_t pg_zap_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                      uint64_t end);
+/* mremap's move_page_tables: move every entry of [old_addr, old_addr +
+ * len) to the same offset from new_addr (the ranges may not overlap:
+ * -PG_EINVAL), a whole PTE table at once where both extents are
+ * PMD-aligned (move_normal_pmd), else leaf by leaf (move_ptes, a PMD leaf
+ * as move_huge_pmd: only to a PMD-aligned address, -PG_EINVAL).  Counts
+ * do not change: the pages, and every pin on them, stay.  The destination
+ * must map nothing (-PG_EEXIST; the caller unmaps it first).  The old
+ * range's TLBs are flushed after the move when it moved a present entry.
+ * Returns the number of 4 KiB pages (or empty table slots) moved. */
+int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mm, uint64_t old_addr,
+                      uint64_t new_addr, uint64_t len);
 /* Free page-table pages that map nothing any more inside [start, end)
  * (only tables wholly inside the range), deferred by the machine's
  * table_free mode.  Returns the number of tables freed or queued. */

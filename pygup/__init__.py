@@ -5,7 +5,8 @@ the flag sets; and the patch-1 predicates of the Linux 6.5 series.
 """
 from pygup.config.mutants import MUTANTS, Mutant
 from pygup.config.policy import CHANGES, POLICIES, Change, Policy, policy_for
-from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
+from pygup.flags import (FALLOC, FOLL, MADV, MAP, MCL, MLOCK, MREMAP, MS, PROT, VM, GupError,
+                         InvariantError)
 from pygup.kernel.fs import PRESETS, FsType, FsWarning
 from pygup.kernel.mm import MM, PTE
 from pygup.kernel.process import Process
@@ -21,7 +22,7 @@ from pygup.kernel.vma import (
 )
 
 __all__ = [
-    "FOLL", "MAP", "MS", "PROT", "VM", "GupError", "InvariantError",
+    "FALLOC", "FOLL", "MADV", "MAP", "MCL", "MLOCK", "MREMAP", "MS", "PROT", "VM", "GupError", "InvariantError",
     "PRESETS", "File", "FileSystem", "FsType", "FsWarning",
     "Folio", "FolioFlag", "Machine", "MM", "MUTANTS", "Mutant", "PTE", "Process", "POLICIES", "Policy",
     "CHANGES", "Change", "policy_for",

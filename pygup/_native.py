@@ -318,6 +318,15 @@ class Core:
         self.raise_violations()
         return _check(rc, f"zap {start:#x}-{end:#x}")
 
+    def move_range(self, cpu: int, mm: int, old_addr: int, new_addr: int, length: int) -> int:
+        """pg_move_range(): mremap's move_page_tables; pages moved."""
+        for name, v in (("old_addr", old_addr), ("new_addr", new_addr), ("length", length)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
+                raise ValueError(f"{name} must be a 64-bit unsigned int, got {v!r}")
+        rc = lib.pg_move_range(self._m, cpu, mm, old_addr, new_addr, length)
+        self.raise_violations()
+        return _check(rc, f"move {old_addr:#x} -> {new_addr:#x} ({length:#x})")
+
     def free_pgtables(self, cpu: int, mm: int, start: int, end: int) -> int:
         return _check(lib.pg_free_pgtables(self._m, cpu, mm, start, end), "free_pgtables")
 

@@ -66,6 +66,10 @@
       "zap cleared the entries, no flush yet: TLBs and GUP-fast walkers see the old pages") \
     X(PG_W_ZAP_FLUSHED, "zap_flushed", PG_RACE_YIELD,                               \
       "TLBs flushed, counts not dropped: a grab that missed the clear must be gone") \
+    X(PG_W_MREMAP_MOVED, "mremap_moved", PG_RACE_YIELD,                             \
+      "mremap moved the entries, old TLBs not flushed: a CPU can still use the old address") \
+    X(PG_W_MREMAP_FLUSHED, "mremap_flushed", PG_RACE_YIELD,                         \
+      "mremap flushed the old range: a GUP-fast walk that read the old entry must back off") \
     X(PG_W_MKCLEAN_CLEARED, "mkclean_cleared", PG_RACE_YIELD,                       \
       "folio_mkclean cleared the entry, no shootdown yet: a stale writable TLB entry can write") \
     X(PG_W_MKCLEAN_FLUSHED, "mkclean_flushed", PG_RACE_YIELD,                       \
@@ -100,6 +104,10 @@
       "waiting for the Python machine lock (pygup/sched.py SchedLock) another CPU holds") \
     X(PG_W_IRQS_OFF, "irqs_off", PG_RACE_PY,                                        \
       "an op parked inside an IRQs-off section: shootdowns and IPI syncs to it wait") \
+    X(PG_W_GUP_FAULTED_IN, "gup_faulted_in", PG_RACE_PY,                            \
+      "GUP faulted a page in, not looked it up again: mmap_lock is shared, MADV_DONTNEED can zap it") \
+    X(PG_W_MADV_DONTNEED_ZAP, "madv_dontneed_zap", PG_RACE_PY,                      \
+      "MADV_DONTNEED about to zap under mmap_lock for read: GUP and faults run beside it") \
     X(PG_W_BETWEEN_WRITES, "between_writes", PG_RACE_PY,                            \
       "an op parked between two user writes: writeback can clean the folio between")
 

@@ -437,6 +437,141 @@ int64_t pg_change_protection(pg_machine *m, int cpu, uint64_t mmid,
     return ret;
 }
 
+/* ---- move_page_tables (mremap) --------------------------------------------------- */
+
+struct move_ctx {
+    struct pg_mm *mm;
+    int64_t delta; /* new address - old address */
+    int64_t pages;
+    int present;   /* a present entry moved: the old range must be flushed */
+};
+
+/* move_ptes() / move_huge_pmd() for one leaf: clear the old entry, install
+ * it at the new address.  The folio's counts do not change: the mapping
+ * moves, the page (and every pin on it) stays. */
+static int move_cb(pg_machine *m, void *ctx, struct pg_table *t,
+                   _Atomic uint64_t *slot, uint64_t addr, int level)
+{
+    struct move_ctx *c = ctx;
+    struct pg_table *dt;
+    int err;
+    uint64_t to = (uint64_t)((int64_t)addr + c->delta);
+    _Atomic uint64_t *ds = pg_walk_to_level(m, c->mm, to, level, true, &dt, &err);
+    if (!ds)
+        return err < 0 ? err : -PG_EFAULT;
+    if (pg_load_acquire(ds) != 0)
+        return -PG_EEXIST; /* the caller unmapped the destination first */
+    uint64_t e = pg_xchg(slot, 0);
+    if (e == 0)
+        return 0;
+    t->nr_used--;
+    if (e & (PG_PTE_PRESENT | PG_PTE_PROTNONE))
+        c->present = 1;
+    pg_store_release(ds, e);
+    dt->nr_used++;
+    c->pages += (int64_t)pg_leaf_pages(level);
+    return 0;
+}
+
+/* move_normal_pmd(): a whole PTE table moves by moving the PMD entry that
+ * points to it, when both extents are PMD-aligned and the destination has
+ * no table yet.  Returns 1 when it moved one, 0 when the caller must move
+ * the leaves one by one, <0 on error. */
+static int move_normal_pmd(pg_machine *m, struct move_ctx *c, uint64_t from)
+{
+    struct pg_table *st, *dt;
+    int err;
+    _Atomic uint64_t *ss = pg_walk_to_level(m, c->mm, from, PG_LEVEL_PMD, false, &st, &err);
+    if (!ss)
+        return err == -PG_EEXIST ? 0 : err;
+    uint64_t e = pg_load_acquire(ss);
+    if (e == 0 || pg_is_leaf(e, PG_LEVEL_PMD))
+        return 0; /* nothing, or a huge leaf: moved as a leaf */
+    uint64_t to = (uint64_t)((int64_t)from + c->delta);
+    _Atomic uint64_t *ds = pg_walk_to_level(m, c->mm, to, PG_LEVEL_PMD, true, &dt, &err);
+    if (!ds)
+        return err == -PG_EEXIST ? 0 : err;
+    if (pg_load_acquire(ds) != 0)
+        return 0;
+    struct pg_table *pte_table = pg_child_table(m, -1, e, PG_LEVEL_PTE, pg_mm_id(m, c->mm));
+    if (!pte_table)
+        return -PG_EFAULT;
+    /* clear first: a lockless walker that read the old entry still holds a
+     * live table (nothing is freed here), and GUP-fast's PMD re-check sees
+     * the entry change and backs off */
+    pg_store_release(ss, 0);
+    st->nr_used--;
+    pg_store_release(ds, e);
+    dt->nr_used++;
+    if (pte_table->nr_used)
+        c->present = 1;
+    c->pages += PG_PMD_NR;
+    return 1;
+}
+
+int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t old_addr,
+                      uint64_t new_addr, uint64_t len)
+{
+    if (old_addr > PG_VA_LIMIT || new_addr > PG_VA_LIMIT || len > PG_VA_LIMIT)
+        return -PG_EFAULT;
+    int rc = pg_check_range(old_addr, old_addr + len);
+    if (rc == 0)
+        rc = pg_check_range(new_addr, new_addr + len);
+    if (rc < 0)
+        return rc;
+    /* the ranges may not overlap (mremap_to() refuses it before this) */
+    if (len && old_addr < new_addr + len && new_addr < old_addr + len)
+        return -PG_EINVAL;
+    if (!pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    if (pg_cpu_irqs_off(m, cpu))
+        return -PG_EBUSY;
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    int64_t ret = pg_check_no_partial_huge(m, mm, old_addr, old_addr + len);
+    /* a huge leaf moves only to a PMD-aligned address */
+    if (ret == 0 && ((old_addr ^ new_addr) & (PG_PMD_SIZE - 1))) {
+        for (uint64_t a = (old_addr + PG_PMD_SIZE - 1) & ~(PG_PMD_SIZE - 1);
+             a < old_addr + len; a += PG_PMD_SIZE) {
+            _Atomic uint64_t *s;
+            struct pg_table *t;
+            if (pg_find_leaf(m, mm, a, &s, &t) == PG_LEVEL_PMD) {
+                ret = -PG_EINVAL;
+                break;
+            }
+        }
+    }
+    struct move_ctx c = {.mm = mm, .delta = (int64_t)(new_addr - old_addr)};
+    /* move_page_tables(): extent by extent, a whole table where it can */
+    uint64_t a = old_addr, end = old_addr + len;
+    while (ret == 0 && a < end) {
+        uint64_t next = (a + PG_PMD_SIZE) & ~(PG_PMD_SIZE - 1);
+        if (next > end)
+            next = end;
+        int moved = 0;
+        if (!((a | (new_addr + (a - old_addr))) & (PG_PMD_SIZE - 1)) && next - a == PG_PMD_SIZE)
+            moved = move_normal_pmd(m, &c, a);
+        if (moved < 0)
+            ret = moved;
+        else if (!moved)
+            ret = pg_walk_range(m, mm, a, next, move_cb, &c);
+        a = next;
+    }
+    if (c.present) {
+        /* the new entries are in, the old TLB entries not gone yet: a CPU
+         * may still reach the pages through the old address */
+        PG_YIELD(m, cpu, PG_W_MREMAP_MOVED);
+        pg_flush_tlb_mm_range(m, cpu, mm, mmid, old_addr, end, false);
+        PG_YIELD(m, cpu, PG_W_MREMAP_FLUSHED);
+    }
+    if (ret == 0)
+        ret = c.pages;
+    pg_spin_unlock(&mm->lock);
+    pg_rcu_poll(m);
+    return ret;
+}
+
 /* ---- range_leaves ---------------------------------------------------------------- */
 
 struct leaves_ctx {

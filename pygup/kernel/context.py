@@ -42,18 +42,32 @@ class SchedLock:
     def __init__(self, core: Core) -> None:
         self._lock = threading.RLock()
         self._core = core
+        self._owner: Optional[int] = None     # thread ident of the holder
+        self.depth = 0                        # its nesting (written by the holder only)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if self._lock.acquire(blocking=False):
-            return True
+            return self._took()
         if not blocking:
             return False
         while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
             if self._lock.acquire(blocking=False):
-                return True
-        return self._lock.acquire(True, timeout)
+                return self._took()
+        return self._lock.acquire(True, timeout) and self._took()
+
+    def _took(self) -> bool:
+        self._owner = threading.get_ident()
+        self.depth += 1
+        return True
+
+    def held_once(self) -> bool:
+        """Does the calling thread hold the lock, and only once?"""
+        return self._owner == threading.get_ident() and self.depth == 1
 
     def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self._owner = None
         self._lock.release()
 
     def __enter__(self) -> bool:
@@ -159,6 +173,27 @@ class Kernel:
                 self._op_depth -= 1
             self.core.rcu_poll()
         self.core.raise_violations()
+
+    def mmap_lock_break(self, point: bytes) -> None:
+        """A registered Python race window (csrc/kernel/race.h) where the
+        kernel holds mmap_lock only for read, or may drop it: there other
+        readers — faults, GUP, MADV_DONTNEED — run beside this operation.
+        pygup's one machine lock stands for mmap_lock held for write, so
+        here it is released (when this thread holds it once), the CPU may
+        be switched, and it is taken back; the caller looks its VMA up again,
+        as the kernel does after the lock was dropped.  Where the lock is
+        nested only the scheduling point remains."""
+        lock = self.lock
+        if not lock.held_once():
+            self.core.sched_yield(point, False)
+            return
+        scope, self.pin_scope = self.pin_scope, 0      # memalloc_pin_save() is per task
+        lock.release()
+        try:
+            self.core.sched_yield(point, False)
+        finally:
+            lock.acquire()
+            self.pin_scope = scope
 
     def _run_delayed_fput(self) -> None:
         """/* mirrors delayed_fput() */: the File handles Python dropped since

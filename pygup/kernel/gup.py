@@ -206,6 +206,7 @@ def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
 
 
 _FOLLOW_FAULT, _FOLLOW_UNSHARE = -1000, -1001
+_GUP_FAULTED_IN = b"gup_faulted_in"           # a registered window (csrc/kernel/race.h)
 
 
 def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
@@ -318,6 +319,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
             start += len(taken) << PAGE_SHIFT
             nr_pages -= len(taken)
             continue
+        relookup = False
         for _ in range(8):                       # fault, then retry the lookup
             r = follow_page_mask(mm, vma, start, gup_flags)
             if r >= 0:
@@ -325,10 +327,21 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
             if r in (_FOLLOW_FAULT, _FOLLOW_UNSHARE):
                 r = faultin_page(vma, start, gup_flags, r == _FOLLOW_UNSHARE, cpu)
                 if r == 0:
+                    # the cond_resched() between the fault and the retried
+                    # lookup: mmap_lock is only read-held, so MADV_DONTNEED
+                    # or a fault on another CPU can run here (the Dirty COW
+                    # window, BUGS #4)
+                    mm.kernel.mmap_lock_break(_GUP_FAULTED_IN)
+                    if mm.find_vma(start) is not vma:
+                        relookup = True
+                        break
                     continue
             break
         else:
             r = -errno.EFAULT                    # the fault handler made no progress
+        if relookup:
+            vma = None                           # find_vma + check_vma_flags again
+            continue
         if r < 0:
             if r == -errno.EEXIST and out is None:
                 r = 0                            # a raw pfn: fine without pages
@@ -355,6 +368,65 @@ def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
     if out is not None and not gup_flags & FOLL.PIN:
         gup_flags |= FOLL.GET
     return __get_user_pages(mm, start, nr_pages, gup_flags, out, cpu, trace)
+
+
+# ---------------------------------------------------------------------------
+# populate: mlock, MAP_LOCKED, MADV_POPULATE_(READ|WRITE)
+
+def populate_vma_page_range(vma: VMA, start: int, end: int, cpu: int) -> int:
+    """/* mirrors populate_vma_page_range() */: fault [start, end) of one VMA
+    in through __get_user_pages() with no pages array.  Returns pages done
+    or a negative errno."""
+    nr_pages = (end - start) >> PAGE_SHIFT
+    if vma.vm_flags & VM.LOCKONFAULT:
+        return nr_pages               # VM_LOCKONFAULT: pages lock as they fault
+    gup_flags = FOLL.TOUCH
+    # break COW now in private writable mappings; shared ones would only be
+    # dirtied for nothing
+    if (vma.vm_flags & (VM.WRITE | VM.SHARED)) == VM.WRITE:
+        gup_flags |= FOLL.WRITE
+    # mlock must succeed on any mapping that is not PROT_NONE
+    if vma.vm_flags & (VM.READ | VM.WRITE | VM.EXEC):
+        gup_flags |= FOLL.FORCE
+    return __get_user_pages(vma.vm_mm, start, nr_pages, int(gup_flags), None, cpu)
+
+
+def __mm_populate(mm, start: int, length: int, ignore_errors: bool, cpu: int) -> int:
+    """/* mirrors __mm_populate() */: populate every VMA part of [start,
+    start+length) but VM_IO / VM_PFNMAP ones; 0 or the first negative errno
+    (with ignore_errors, as mm_populate() after mmap, none)."""
+    end = start + length
+    nstart = start
+    while nstart < end:
+        vmas = mm.vmas_in(nstart, end)
+        if not vmas:
+            break
+        vma = vmas[0]
+        nend = min(end, vma.vm_end)
+        if vma.vm_flags & (VM.IO | VM.PFNMAP):
+            nstart = nend
+            continue
+        nstart = max(nstart, vma.vm_start)
+        ret = populate_vma_page_range(vma, nstart, nend, cpu)
+        if ret < 0:
+            if ignore_errors:
+                nstart = nend
+                continue
+            return ret
+        nstart = nstart + ret * PAGE_SIZE if ret else nend      # a short count: the next try fails
+    return 0
+
+
+def faultin_vma_page_range(vma: VMA, start: int, end: int, write: bool, cpu: int) -> int:
+    """/* mirrors faultin_vma_page_range() */ (faultin_page_range() since
+    6.9): MADV_POPULATE_(READ|WRITE) faults pages in with FOLL_TOUCH and
+    the VMA's own permissions (no FOLL_FORCE).  Pages done, or -EINVAL for
+    a VMA GUP refuses, or GUP's errno."""
+    gup_flags = FOLL.TOUCH | FOLL.HWPOISON | FOLL.UNLOCKABLE | (FOLL.WRITE if write else 0)
+    if check_vma_flags(vma, int(gup_flags), vma.vm_mm.kernel.policy):
+        return -errno.EINVAL
+    return __get_user_pages(vma.vm_mm, start, (end - start) >> PAGE_SHIFT, int(gup_flags),
+                            None, cpu)
 
 
 def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:

@@ -9,7 +9,7 @@ import errno
 from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
-from pygup.flags import FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, GupError, int_arg
+from pygup.flags import FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError, int_arg
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
 from pygup.kernel.vma import VMA, VmaTree
@@ -92,6 +92,8 @@ class MM:
         self.vmas = VmaTree()
         self.has_pinned = False           # MMF_HAS_PINNED, sticky
         self.alive = True
+        self.locked_vm = 0                # pages of VM_LOCKED VMAs (mm->locked_vm)
+        self.def_flags = VM.NONE          # flags every new VMA gets (mlockall(MCL_FUTURE))
 
     # -- GUP entry points (SPEC §1.2): (ret, Pages), ret as the kernel's ---------
     def get_user_pages(self, start: int, nr_pages: int, gup_flags: int = 0,

@@ -10,9 +10,13 @@ import functools
 import weakref
 from typing import TYPE_CHECKING, Optional
 
-from pygup.flags import PMD_SIZE, GupError
+from pygup.flags import FALLOC, PAGE_SIZE, PMD_SIZE, GupError, int_arg
 from pygup.kernel.fs import PRESETS, FsType, Inode, SuperBlock
-from pygup.kernel.writeback import truncate_inode, truncate_inode_pages, writeback_inode
+from pygup.kernel.writeback import (punch_hole, truncate_inode, truncate_inode_pages,
+                                    writeback_inode)
+
+# s_maxbytes of the emulated file systems (MAX_LFS_FILESIZE on 64-bit)
+MAX_LFS_FILESIZE = (1 << 63) - 1
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.context import Kernel
@@ -115,6 +119,55 @@ class File:
             raise ValueError(f"size must be a non-negative int, got {size!r}")
         with self.fs.kernel.op():
             truncate_inode(self.inode, size)
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) as vfs_fallocate() checks it, then the file system's
+        ->fallocate: FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE unmaps the range
+        (private COW copies stay), drops it from the page cache and frees
+        its blocks — a pinned folio leaves the cache but keeps its frame and
+        its pin; mode 0 / KEEP_SIZE allocates (shmem and hugetlbfs: page
+        cache folios; disk file systems: blocks) and, without KEEP_SIZE,
+        extends the size.  Modes pygup does not model (ZERO_RANGE,
+        COLLAPSE_RANGE...) are EOPNOTSUPP."""
+        mode = int_arg(mode, "mode")
+        offset = int_arg(offset, "offset")
+        length = int_arg(length, "length")
+        known = sum(int(f) for f in FALLOC)
+        # vfs_fallocate(), in its order
+        if offset < 0 or length <= 0:
+            raise GupError(errno.EINVAL, "offset must be >= 0 and length > 0")
+        if mode < 0 or mode & ~known:
+            raise GupError(errno.EOPNOTSUPP, f"fallocate mode {mode:#x} is not modelled")
+        if mode & FALLOC.PUNCH_HOLE and not mode & FALLOC.KEEP_SIZE:
+            raise GupError(errno.EOPNOTSUPP, "FALLOC_FL_PUNCH_HOLE needs FALLOC_FL_KEEP_SIZE")
+        if not self.writable:
+            raise GupError(errno.EBADF, f"{self.inode.describe()} is not open for writing")
+        if offset + length > MAX_LFS_FILESIZE:
+            raise GupError(errno.EFBIG, "offset + length past the maximum file size")
+        fstype = self.fs.fstype
+        if not fstype.fallocate or (mode & FALLOC.PUNCH_HOLE and not fstype.punch_hole):
+            raise GupError(errno.EOPNOTSUPP, f"{fstype.name} has no fallocate for mode {mode:#x}")
+        inode = self.inode
+        unit = PAGE_SIZE << inode.order
+        with self.fs.kernel.op():
+            if mode & FALLOC.PUNCH_HOLE:
+                # whole pages (folios) only; a partial one is zeroed in
+                # place, which the content-word model keeps as it is
+                first = -(-offset // unit) * (1 << inode.order)
+                last = ((offset + length) // unit) * (1 << inode.order)
+                punch_hole(inode, first, min(last, max(inode.nr_pages(), first)))
+                return
+            end = offset + length
+            if inode.fs.fstype.kind in ("shmem", "hugetlb"):
+                # shmem_fallocate() / hugetlbfs_fallocate(): folios now
+                if not mode & FALLOC.KEEP_SIZE and end > inode.size:
+                    inode.size = -(-end // unit) * unit if fstype.huge else end
+                # past EOF (KEEP_SIZE) pygup allocates nothing: a fault there is SIGBUS
+                lim = -(-min(end, inode.size) // PAGE_SIZE)
+                for index in range(offset // PAGE_SIZE, lim, 1 << inode.order):
+                    inode.get_folio(index)
+            elif not mode & FALLOC.KEEP_SIZE and end > inode.size:
+                inode.size = end                 # blocks: nothing pygup keeps
 
     def __repr__(self) -> str:
         return f"<File {self.inode.describe()} size={self.size} {'rw' if self.writable else 'ro'}>"

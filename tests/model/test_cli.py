@@ -2,7 +2,7 @@
 scenario under both policies."""
 import pytest
 
-from pygup.tools.cli import main, seed_story, world
+from pygup.tools.cli import main, pin_story, seed_story, world
 
 
 def test_world_ext4():
@@ -51,6 +51,17 @@ def test_main_demo_and_explain(capsys):
     assert "decided by: writable_file_mapping_allowed" in capsys.readouterr().out
     assert main(["explain", "--fs", "tmpfs"]) == 0
     assert "decided: allowed" in capsys.readouterr().out
+
+
+def test_pin_story():
+    lines = []
+    obs = pin_story(out=lines.append)
+    assert obs["mremap"] == (True, True, 1025)        # moved, same frame, pin + mapping
+    assert obs["pin_write_seen"] == 0x2222
+    assert obs["dontneed"] == (0, 0x2222, 0)
+    assert obs["diverged"] == (0x3333, 0x4444, True)
+    assert obs["freed"] and any("MADV_DONTNEED" in line for line in lines)
+    assert main(["world", "--story", "pin"]) == 0
 
 
 @pytest.mark.parametrize("version, decided", [

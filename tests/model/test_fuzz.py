@@ -194,3 +194,29 @@ def test_byte_stream_decoder():
     with pytest.raises(AssertionError, match="write-notify-bypass"):
         test_one_input(seed_bug, "6.4")
     test_one_input(seed_bug, "6.5")
+
+
+def test_mm_ops_seeded_run_is_clean(monkeypatch):
+    """The issue-13 vocabulary (madvise, mlock, munlock, mremap, fallocate)
+    weighted up: seeded runs stay clean under 6.5 and each new operation
+    succeeds at least once."""
+    import random
+    from pygup.tools.fuzz import ops
+    monkeypatch.setitem(ops.WEIGHTS, "madvise", 20)
+    monkeypatch.setitem(ops.WEIGHTS, "mremap", 10)
+    monkeypatch.setitem(ops.WEIGHTS, "mlock", 6)
+    monkeypatch.setitem(ops.WEIGHTS, "fallocate", 8)
+    done = set()
+    for seed in range(6):
+        rng = random.Random(seed)
+        w = World()
+        for _ in range(150):
+            op = generate(rng, w)
+            out = apply(w, op)
+            w.check_step()
+            if op["op"] in ("madvise", "mlock", "munlock", "mremap", "fallocate") \
+                    and (out.endswith("-> 0") or "p)" in out):
+                done.add(op["op"] if op["op"] != "madvise" else op["advice"])
+        w.final_check()
+    assert {"mlock", "munlock", "mremap", "fallocate", "DONTNEED", "POPULATE_WRITE",
+            "PAGEOUT"} <= done, done

@@ -84,3 +84,55 @@ def test_dirty_cow_reproducer(reproducer):
     data, planted, fixed = reproducer("bug04_dirty_cow")
     assert planted is not None and planted.invariant == "cow-isolation"
     assert fixed is None
+
+
+# ---------------------------------------------------------------------------
+# the second scenario: the real race, with MADV_DONTNEED
+#
+#    CPU 0: write(/proc/P/mem, a, 0xBAD)      CPU 1: P's other thread
+#    __get_user_pages(FOLL_FORCE|FOLL_WRITE)
+#      follow_page_mask: no PTE -> fault:
+#      COW: P gets an anon copy F' (read-only:
+#      the VMA is not VM_WRITE)
+#      cond_resched()  <- gup_faulted_in ------> madvise(a, MADV_DONTNEED): F' zapped
+#                                                read a: the page cache page F mapped
+#                                                read-only
+#      follow_page_mask again: a read-only PTE
+#      of F.  can_follow_write_pte()?
+#        fixed: F is no exclusive anon page -> fault, COW again: F'' gets the write
+#        planted (force_write_any_page): yes -> the write lands in F, the file
+#
+# mmap_lock is only read-held by both sides, so the kernel lets CPU 1 run
+# in that window; pygup drops its machine lock there (Kernel.mmap_lock_break).
+
+@pytest.mark.parametrize("buggy", [False, True], ids=["fixed", "planted"])
+def test_forced_write_races_madv_dontneed(buggy):
+    from pygup import MADV
+    m = Machine(memory="64MiB", movable="0MiB", cpus=2,
+                mutants={"force_write_any_page"} if buggy else ())
+    fs = m.mount("ext4")
+    f = fs.create("passwd", P)
+    w = m.spawn()
+    wa = w.mmap(P, PROT.READ | PROT.WRITE, MAP.SHARED, file=f)
+    w.write(wa, 0x600D)
+    w.exit()
+    m.writeback()
+    p = m.spawn()
+    a = p.mmap(P, PROT.READ, MAP.PRIVATE, file=fs.open("passwd", writable=False))
+
+    def other_thread(m):
+        p.madvise(a, P, MADV.DONTNEED)
+        return p.read(a)
+
+    run = m.run_concurrently([lambda m: proc_mem_write(p, a, 0xBAD), other_thread],
+                             schedule=[0, 1, 1, 1, 0], timeout=20,
+                             points={"gup_faulted_in", "madv_dontneed_zap"})
+    assert run.results[0] == 8 and run.results[1] == 0x600D
+    assert (0, "gup_faulted_in") in run.schedule        # CPU 1 ran inside the window
+    m.writeback()
+    if buggy:
+        assert f.disk(0) == 0xBAD                        # the read-only file changed
+    else:
+        assert f.disk(0) == 0x600D and p.read(a) == 0xBAD
+        assert m.folio(p.mm.pte(a).pfn).mapping == "anon"
+    m.check()

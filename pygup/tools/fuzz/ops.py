@@ -12,7 +12,7 @@ from typing import Callable
 
 from pygup import callers
 from pygup.errors import GupError
-from pygup.flags import FOLL, MAP, PROT
+from pygup.flags import FALLOC, FOLL, MADV, MAP, MREMAP, PROT
 from pygup._native import C
 from pygup.tools.fuzz.world import PAGE, Held, Proc, Region, Violation, World
 
@@ -22,7 +22,12 @@ WEIGHTS = {
     "write": 20, "read": 12, "pin": 8, "get": 2, "pin_write": 8, "unpin": 5,
     "writeback": 4, "msync": 2, "truncate": 2, "evict": 3, "migrate": 1,
     "caller": 8, "caller_release": 2,
+    "madvise": 4, "mlock": 2, "munlock": 1, "mremap": 2, "fallocate": 2,
 }
+# the advice the harness gives: each keeps the world's record of what a
+# page holds computable (MADV_FREE's "maybe discarded" would not)
+ADVICE = ["DONTNEED", "DONTNEED", "POPULATE_READ", "POPULATE_WRITE", "COLD", "PAGEOUT",
+          "DONTFORK", "DOFORK", "DONTNEED_LOCKED"]
 CALLERS = ["io_uring", "rdma", "vfio", "proc_mem_write", "proc_mem_read", "process_vm_writev",
            "process_vm_readv", "dio_read", "dio_write", "vmsplice"]
 
@@ -69,6 +74,14 @@ def generate(rng: random.Random, world: World) -> dict:
                   writable=rng.random() < 0.7)
     elif name == "caller_release":
         op.update(proc=r(8), name=rng.choice(["io_uring", "rdma", "vfio", "pipe"]))
+    elif name in ("madvise", "mlock", "munlock", "mremap"):
+        op.update(proc=r(8), region=r(8), page=r(16), n=rng.randint(1, 3))
+        if name == "madvise":
+            op["advice"] = rng.choice(ADVICE)
+        elif name == "mremap":
+            op["grow"] = rng.randint(0, 2)
+    elif name == "fallocate":
+        op.update(file=r(len(world.files)), page=r(8), n=rng.randint(1, 3))
     return op
 
 
@@ -457,6 +470,97 @@ def op_caller_release(world: World, op: dict) -> str:
         return f"vfio unpin {callers.vfio_unpin(p)}"
     callers.pipe_read(p)
     return "pipe read"
+
+
+def _forget(world: World, proc: Proc, region: Region, pages: range) -> None:
+    """The kernel dropped these pages from the process (zap): private pages
+    refault from the file or as zeroes; a pin on one lives on, detached."""
+    for i in pages:
+        proc.anon_truth.pop(region.page_addr(i), None)
+    for h in world.held:
+        if h.proc is proc and h.region is region:
+            h.detached.update(h.page + k for k in range(len(h.pages)) if h.page + k in pages)
+
+
+@_on_page
+def op_madvise(world: World, op: dict, proc: Proc, region: Region, page: int,
+               addr: int) -> str:
+    n = _span(region, page, op["n"])
+    advice = MADV[op["advice"]]
+    if region.huge and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED):
+        addr, n = region.addr, region.pages                 # whole huge pages only
+        page = 0
+    _, err = _quiet(proc.p.madvise, addr, n * PAGE, advice)
+    if err is None and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED) and not region.shared:
+        _forget(world, proc, region, range(page, page + n))
+    elif err is None and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED):
+        _forget(world, proc, region, range(0))            # shared pages stay in the file
+    world.note_cows()                                      # POPULATE_WRITE breaks COW
+    return f"madvise {advice.name} {addr:#x} x{n} -> {err or 0}"
+
+
+@_on_page
+def op_mlock(world: World, op: dict, proc: Proc, region: Region, page: int,
+             addr: int) -> str:
+    n = _span(region, page, op["n"])
+    _, err = _quiet(proc.p.mlock, addr, n * PAGE)
+    world.note_cows()                                      # populate breaks COW
+    return f"mlock {addr:#x} x{n} -> {err or 0}"
+
+
+@_on_page
+def op_munlock(world: World, op: dict, proc: Proc, region: Region, page: int,
+               addr: int) -> str:
+    n = _span(region, page, op["n"])
+    _, err = _quiet(proc.p.munlock, addr, n * PAGE)
+    return f"munlock {addr:#x} x{n} -> {err or 0}"
+
+
+@_on_page
+def op_mremap(world: World, op: dict, proc: Proc, region: Region, page: int,
+              addr: int) -> str:
+    """Grow a whole region (moving it when there is no room), or move it as
+    it is (MREMAP_FIXED to a fresh address): its pages — pinned ones too —
+    must be found at the new address."""
+    if region.unmapped or region.huge:
+        return "mremap: region has holes"
+    p = proc.p
+    old, length = region.addr, region.pages * PAGE
+    new_len = length + op["grow"] * PAGE
+    if op["grow"]:
+        new, err = _quiet(p.mremap, old, length, new_len, MREMAP.MAYMOVE)
+    else:
+        spot, err = _quiet(p.mmap, length, PROT.READ, MAP.PRIVATE | MAP.ANONYMOUS)
+        new = None
+        if err is None:
+            new, err = _quiet(p.mremap, old, length, length, MREMAP.MAYMOVE | MREMAP.FIXED, spot)
+            if err is not None:
+                _quiet(p.munmap, spot, length)
+    if err is not None:
+        return f"mremap {old:#x} -> {errno.errorcode[err]}"
+    moved = {old + i * PAGE: new + i * PAGE for i in range(region.pages)}
+    truth = {moved.get(a, a): v for a, v in proc.anon_truth.items() if a in moved}
+    for a in list(proc.anon_truth):
+        if a in moved or new <= a < new + new_len:
+            del proc.anon_truth[a]
+    proc.anon_truth.update(truth)
+    region.addr, region.pages = new, new_len // PAGE
+    return f"mremap {old:#x} -> {new:#x} ({region.pages}p)"
+
+
+def op_fallocate(world: World, op: dict) -> str:
+    """Punch a hole in a world file: the pages read zero, private COW
+    copies stay, a pinned folio leaves the cache with its pin."""
+    i = op["file"] % len(world.files)
+    f = world.files[i]
+    first = op["page"] % max(f.inode.nr_pages(), 1)
+    _, err = _quiet(f.fallocate, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, first * PAGE,
+                    op["n"] * PAGE)
+    if err is None:
+        last = first + op["n"]
+        for key in [k for k in world.shared_truth if k[0] == f.inode.ino and first <= k[1] < last]:
+            del world.shared_truth[key]
+    return f"fallocate punch f{i} {first}+{op['n']} -> {err or 0}"
 
 
 RACES = ["fork", "munmap_reuse", "truncate", "writeback"]
