@@ -68,7 +68,8 @@ def test_pin_story():
     ("6.1", "decided: allowed"), ("6.12", "decided by: writable_file_mapping_allowed"),
     ("6.18", "decided by: writable_file_mapping_allowed"), ("6.1.192", "decided: allowed")])
 def test_explain_takes_any_known_version(capsys, version, decided):
-    assert main(["explain", "--policy", version]) == 0
+    # exit status: 0 allowed, 1 refused
+    assert main(["explain", "--policy", version]) == (0 if decided.startswith("decided:") else 1)
     out = capsys.readouterr().out
     assert f"policy={version}" in out and decided in out
 

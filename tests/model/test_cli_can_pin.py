@@ -114,7 +114,7 @@ def test_fast_path_trace_says_why_it_fell_back(capsys):
     (["explain", "--fs", "nosuchfs"], "hugetlbfs"),
     (["explain", "--caller", "nosuch"], "io_uring"),
     (["explain", "--flags", "LONGTERM,BOGUS"], "LONGTERM"),
-    (["explain", "--policy", "9.9"], "6.5"),
+    (["explain", "--policy", "9.9"], "6.18"),
     (["can-pin", "--backing", "zfs"], "ext4"),
     (["can-pin", "--caller", "nvme"], "vfio"),
     (["world", "--fs", "dax"], "tmpfs"),
