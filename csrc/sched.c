@@ -41,9 +41,15 @@ struct sched_step {
     uint8_t spun;
     uint8_t pad;
     uint16_t name;
+    uint64_t runnable; /* the CPUs that could have been picked (explorer) */
+    uint64_t digest;   /* the machine's state digest at the pick, 0 if off */
+    /* the watched address's leaf and the folio behind it, at the pick */
+    uint64_t w_pte, w_pfn, w_mapping;
+    int32_t w_ref, w_pin, w_map;
 };
 
 struct pg_sched {
+    pg_machine *m;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int nr, attached, detached;
@@ -55,7 +61,9 @@ struct pg_sched {
     int32_t *plan;
     int64_t plan_len, plan_pos;
     uint64_t spin_run, spin_limit;
-    bool deadlock, truncated, filter_on;
+    bool deadlock, truncated, filter_on, digest_on, watch_on;
+    uint64_t watch_mm, watch_addr, watch_pfn; /* pfn: the last one mapped there */
+    uint64_t py_epoch; /* machine-lock takes and drops of scheduled CPUs */
     struct sched_step *trace;
     int64_t trace_len, trace_cap;
     int nr_names;
@@ -107,7 +115,108 @@ static bool waiting(int st)
     return st == CS_READY || st == CS_POINT || st == CS_SPIN;
 }
 
-static void trace_add(struct pg_sched *s, int cpu, bool spun)
+/* FNV-1a over 64-bit words: deterministic, cheap, good enough to tell
+ * states apart (a collision only prunes one branch of the explorer) */
+static inline uint64_t mix(uint64_t h, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        h = (h ^ (v & 0xff)) * 0x100000001b3ULL;
+    return h;
+}
+
+/* The explorer's state hash: everything in the C core a later step can
+ * read -- frames in use (counts, flags, mapping word, content), live table
+ * pages' entries, freed-but-pending tables and address_space records, each
+ * CPU's IRQ / RCU nesting, pending IPIs and TLB, each live mm's
+ * write_protect_seq and CPU mask.  Monotonic statistics are left out: they
+ * differ between orders that reach the same state.  Called by the CPU that
+ * gives the turn away, under s->lock: every other CPU is parked, so the
+ * relaxed reads see a quiescent machine.  (Not included, and so the
+ * explorer's caveat: the parked CPUs' C locals and the Python model.) */
+static uint64_t state_digest(pg_machine *m)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (uint64_t pfn = 0; pfn < m->nr_frames; pfn++) {
+        struct pg_frame *f = &m->frames[pfn];
+        uint32_t flags = pg_load_relaxed(&f->flags);
+        int32_t ref = pg_load_relaxed(&f->refcount);
+        if ((flags & PG_F_FREE) && ref == 0)
+            continue;
+        h = mix(h, pfn);
+        h = mix(h, ((uint64_t)(uint32_t)ref << 32) | (uint32_t)pg_load_relaxed(&f->pincount));
+        h = mix(h, ((uint64_t)(uint32_t)pg_load_relaxed(&f->mapcount) << 32) | flags);
+        h = mix(h, pg_load_relaxed(&f->mapping));
+        h = mix(h, pg_load_relaxed(&f->content));
+        h = mix(h, pg_load_relaxed(&f->index));
+    }
+    for (int c = 0; c < PG_TABLE_MAX_CHUNKS; c++) {
+        struct pg_table *chunk = pg_load_acquire(&m->table_chunks[c]);
+        if (!chunk)
+            break;
+        for (int t = 0; t < PG_TABLE_CHUNK; t++) {
+            struct pg_table *tb = &chunk[t];
+            uint32_t magic = pg_load_relaxed(&tb->magic);
+            if (magic != PG_TABLE_MAGIC_LIVE)
+                continue;
+            h = mix(h, ((uint64_t)tb->id << 8) | (uint64_t)pg_load_relaxed(&tb->level));
+            for (int e = 0; e < PG_PTRS_PER_TABLE; e++) {
+                uint64_t v = pg_load_relaxed(&tb->e[e]);
+                if (v)
+                    h = mix(mix(h, (uint64_t)e), v);
+            }
+        }
+    }
+    h = mix(h, pg_load_relaxed(&m->as_live));
+    h = mix(h, pg_load_relaxed(&m->as_pending));
+    h = mix(h, pg_load_relaxed(&m->table_pages_live));
+    h = mix(h, pg_load_relaxed(&m->table_pages_pending));
+    for (int c = 0; c < m->nr_cpus; c++) {
+        struct pg_cpu *cpu = &m->cpus[c];
+        h = mix(h, (uint64_t)(uint32_t)pg_load_relaxed(&cpu->irq_nesting));
+        h = mix(h, ((uint64_t)(uint32_t)cpu->rcu_nesting << 1) |
+                       (pg_load_relaxed(&cpu->rcu_seq) & 1));
+        h = mix(h, cpu->pending != NULL);
+        for (int e = 0; e < PG_TLB_ENTRIES; e++) {
+            struct pg_tlb_entry *te = &cpu->tlb[e];
+            if (!te->mm_plus1)
+                continue;
+            h = mix(mix(mix(h, te->mm_plus1), te->vpn), te->pfn);
+            h = mix(h, ((uint64_t)te->writable << 8) | te->dirty);
+        }
+    }
+    for (uint32_t i = 0; i < PG_MM_MAX && i < m->mm_next; i++) {
+        struct pg_mm *mm = &m->mms[i];
+        if (pg_load_relaxed(&mm->state) == PG_MM_FREE)
+            continue;
+        h = mix(h, ((uint64_t)i << 32) | pg_load_relaxed(&mm->wp_seq));
+        h = mix(h, pg_load_relaxed(&mm->cpumask));
+    }
+    h = mix(h, m->rcu.count);
+    return h ? h : 1;
+}
+
+/* The leaf that maps addr in mm, read quietly: no violation is recorded
+ * for a dead table (the walk the race makes is the one that must see it);
+ * 0 when nothing live maps it. */
+static uint64_t peek_leaf(pg_machine *m, uint64_t mmid, uint64_t addr)
+{
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm)
+        return 0;
+    struct pg_table *t = pg_table_get(m, pg_load_relaxed(&mm->pgd));
+    for (int l = PG_LEVEL_PGD; t && l >= PG_LEVEL_PTE; l--) {
+        if (pg_load_relaxed(&t->magic) != PG_TABLE_MAGIC_LIVE)
+            return 0;
+        unsigned shift = PG_PAGE_SHIFT + 9u * (unsigned)(l - 1);
+        uint64_t e = pg_load_acquire(&t->e[(addr >> shift) & (PG_PTRS_PER_TABLE - 1)]);
+        if (!e || l == PG_LEVEL_PTE || (l == PG_LEVEL_PMD && (e & PG_PTE_HUGE)))
+            return e;
+        t = pg_table_get(m, pg_pte_pfn(e));
+    }
+    return 0;
+}
+
+static void trace_add(struct pg_sched *s, int cpu, bool spun, uint64_t runnable)
 {
     if (s->trace_len == s->trace_cap) {
         int64_t cap = s->trace_cap ? s->trace_cap * 2 : 256;
@@ -122,7 +231,38 @@ static void trace_add(struct pg_sched *s, int cpu, bool spun)
         s->trace_cap = cap;
     }
     s->trace[s->trace_len++] = (struct sched_step){
-        .cpu = (int16_t)cpu, .spun = spun, .name = s->where[cpu]};
+        .cpu = (int16_t)cpu, .spun = spun, .name = s->where[cpu],
+        .runnable = runnable};
+    struct sched_step *st = &s->trace[s->trace_len - 1];
+    if (s->digest_on) {
+        /* the machine, the Python model's lock traffic and where every CPU
+         * stands: two picks with equal digests face the same choice */
+        uint64_t h = mix(state_digest(s->m), s->py_epoch);
+        for (int c = 0; c < s->nr; c++)
+            h = mix(h, ((uint64_t)s->state[c] << 16) | s->where[c]);
+        st->digest = h ? h : 1;
+    }
+    if (s->watch_on) {
+        pg_machine *m = s->m;
+        uint64_t e = peek_leaf(m, s->watch_mm, s->watch_addr);
+        if (pg_pte_maps_frame(e)) {
+            uint64_t pfn = pg_pte_pfn(e);
+            if (e & PG_PTE_HUGE)
+                pfn += (s->watch_addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1);
+            s->watch_pfn = pfn;
+        }
+        st->w_pte = e;
+        st->w_pfn = s->watch_pfn;
+        if (s->watch_pfn < m->nr_frames) {
+            struct pg_frame *f = &m->frames[s->watch_pfn];
+            uint32_t head = pg_load_relaxed(&f->head);
+            struct pg_frame *hf = head < m->nr_frames ? &m->frames[head] : f;
+            st->w_ref = pg_load_relaxed(&hf->refcount);
+            st->w_pin = pg_load_relaxed(&hf->pincount);
+            st->w_map = pg_load_relaxed(&f->mapcount);
+            st->w_mapping = pg_load_relaxed(&hf->mapping);
+        }
+    }
 }
 
 /* Under s->lock: choose who runs next and hand it the turn.  The caller
@@ -130,12 +270,15 @@ static void trace_add(struct pg_sched *s, int cpu, bool spun)
 static void pick_next(struct pg_sched *s)
 {
     int live = 0, runnable = 0;
+    uint64_t mask = 0; /* the alternatives: spinning CPUs are none */
     for (int c = 0; c < s->nr; c++) {
         if (!waiting(s->state[c]))
             continue;
         live++;
-        if (s->state[c] != CS_SPIN)
+        if (s->state[c] != CS_SPIN) {
             runnable++;
+            mask |= (uint64_t)1 << c;
+        }
     }
     s->turn = -1;
     if (!live || s->deadlock)
@@ -185,7 +328,7 @@ static void pick_next(struct pg_sched *s)
     } else if (s->state[pick] != CS_SPIN) {
         s->spin_run = 0;
     }
-    trace_add(s, pick, s->state[pick] == CS_SPIN);
+    trace_add(s, pick, s->state[pick] == CS_SPIN, mask);
     s->last = pick;
     s->turn = pick;
 }
@@ -241,6 +384,7 @@ int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    s->m = m;
     s->nr = nr;
     s->turn = -1;
     s->last = -1;
@@ -365,6 +509,83 @@ int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
             n = (size_t)namelen - 1;
         memcpy(name, s->name[st.name], n);
         name[n] = '\0';
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_explore(pg_machine *m)
+{
+    struct pg_sched *s = m->sched;
+    if (!s)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = s->attached == 0 ? 0 : -PG_EBUSY;
+    if (rc == 0)
+        s->digest_on = true;
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_watch(pg_machine *m, uint64_t mmid, uint64_t addr)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || !pg_mm_get(m, mmid) || addr >= PG_VA_LIMIT)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = s->attached == 0 ? 0 : -PG_EBUSY;
+    if (rc == 0) {
+        s->watch_on = true;
+        s->watch_mm = mmid;
+        s->watch_addr = addr;
+        s->watch_pfn = UINT64_MAX;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_trace_watch(pg_machine *m, int64_t i, uint64_t *out)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || !out)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = -PG_EINVAL;
+    if (i >= 0 && i < s->trace_len && s->watch_on) {
+        struct sched_step *st = &s->trace[i];
+        out[0] = st->w_pte;
+        out[1] = st->w_pfn;
+        out[2] = (uint64_t)(int64_t)st->w_ref;
+        out[3] = (uint64_t)(int64_t)st->w_pin;
+        out[4] = (uint64_t)(int64_t)st->w_map;
+        out[5] = st->w_mapping;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void pg_sched_note_model(pg_machine *m)
+{
+    if (pg_sched_tls_machine != m)
+        return; /* not a CPU of this machine's session: m->sched is not ours to read */
+    struct pg_sched *s = m->sched;
+    pthread_mutex_lock(&s->lock);
+    s->py_epoch++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int pg_sched_trace_choice(pg_machine *m, int64_t i, uint64_t *runnable, uint64_t *digest)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || !runnable || !digest)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = -PG_EINVAL;
+    if (i >= 0 && i < s->trace_len) {
+        *runnable = s->trace[i].runnable;
+        *digest = s->trace[i].digest;
         rc = 0;
     }
     pthread_mutex_unlock(&s->lock);

@@ -44,15 +44,20 @@ class SchedLock:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if self._lock.acquire(blocking=False):
+            self._core.sched_note_model()
             return True
         if not blocking:
             return False
         while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
             if self._lock.acquire(blocking=False):
+                self._core.sched_note_model()
                 return True
         return self._lock.acquire(True, timeout)
 
     def release(self) -> None:
+        # the model may have changed under the lock: a scheduled CPU tells
+        # the schedule explorer's state digest (a no-op for anyone else)
+        self._core.sched_note_model()
         self._lock.release()
 
     def __enter__(self) -> bool:
