@@ -627,7 +627,7 @@ def explore(race: str, bound: int = DEFAULT_BOUND, policy: str = "6.5", mutants:
     r, muts = _resolve(race, policy, mutants)
     if isinstance(max_schedules, bool) or not isinstance(max_schedules, int) or max_schedules < 0:
         raise ValueError(f"max_schedules must be an int >= 0, got {max_schedules!r}")
-    res = ExploreResult(r.name, policy, sorted(muts), bound, por=por, state_hash=state_hash)
+    res = ExploreResult(r.name, policy, sorted(x.value for x in muts), bound, por=por, state_hash=state_hash)
     t0 = time.monotonic()
     digests = por or state_hash
     # a node: (prefix of CPU picks, preemptions in it, sleep set at the
@@ -721,7 +721,7 @@ def explore(race: str, bound: int = DEFAULT_BOUND, policy: str = "6.5", mutants:
             counts[p_i] += 1
     res.seconds = round(time.monotonic() - t0, 3)
     if best is not None:
-        best.steps = replay(r.name, best.schedule, policy, sorted(muts))["steps"] \
+        best.steps = replay(r.name, best.schedule, policy, res.mutants)["steps"] \
             if all(p is not None for _, p in best.schedule) else []
     res.failing = best
     return res
@@ -777,3 +777,81 @@ def load(path: str) -> dict:
     if not isinstance(data, dict) or "race" not in data or "policy" not in data:
         raise ValueError(f"{path}: not a pygup explore result")
     return data
+
+
+# ---------------------------------------------------------------------------
+# the command: pygup explore
+
+def add_arguments(ap) -> None:
+    ap.add_argument("--list", action="store_true", help="print the built-in races, one a line")
+    ap.add_argument("--race", choices=list(RACES), help="the race to explore")
+    ap.add_argument("--mutant", action="append", default=[], choices=sorted(MUTANTS),
+                    help="re-plant a historic bug (repeatable)")
+    ap.add_argument("--policy", default="6.5", choices=sorted(POLICIES))
+    ap.add_argument("--bound", type=int, default=DEFAULT_BOUND, choices=range(0, 17),
+                    metavar="K", help=f"preemption bound, 0..16 (default {DEFAULT_BOUND})")
+    ap.add_argument("--no-por", action="store_true", help="turn partial-order reduction off")
+    ap.add_argument("--no-state-hash", action="store_true", help="turn state hashing off")
+    ap.add_argument("--json", metavar="OUT", help="write the result (and its failing "
+                                                  "schedule) as JSON, for --replay")
+    ap.add_argument("--replay", metavar="FILE", help="re-run the failing schedule of a --json "
+                                                     "result, step by step")
+
+
+def _print_failing(f: dict) -> None:
+    print(f"shortest failing schedule: {len(f['schedule'])} picks, "
+          f"{f['preemptions']} preemption(s)")
+    print(f"  what broke: {f['detail']}")
+    if f.get("steps"):
+        print(format_steps(f["steps"]))
+
+
+def run_cli(args) -> int:
+    """0: no failing schedule; 1: one found; 2: usage error (argparse
+    handles its own, exiting 2)."""
+    if args.list:
+        for r in RACES.values():
+            sw = f" [switches: {', '.join(r.switches)}]" if r.switches else ""
+            print(f"{r.name}  {r.doc}{sw}")
+        return 0
+    if args.replay:
+        try:
+            data = load(args.replay)
+        except (OSError, ValueError) as e:
+            print(f"pygup explore: {e}")
+            return 2
+        f = data.get("failing")
+        if not f:
+            print(f"{args.replay}: race {data['race']} had no failing schedule; nothing to replay")
+            return 0
+        try:
+            out = replay(data["race"], f["schedule"], data["policy"], data.get("mutants", []))
+        except ScheduleDiverged as e:
+            print(f"replay diverged: {e}")
+            return 1
+        print(f"replay of {data['race']} (policy {data['policy']}"
+              f"{', switches ' + ','.join(data['mutants']) if data.get('mutants') else ''}):")
+        print(format_steps(out["steps"]))
+        print(f"result: {out['failed'] or 'no failure (the schedule no longer fails)'}")
+        return 1 if out["failed"] else 0
+    if not args.race:
+        print("pygup explore: --race NAME (or --list / --replay FILE) is required")
+        return 2
+    res = explore(args.race, args.bound, args.policy, args.mutant, por=not args.no_por,
+                  state_hash=not args.no_state_hash)
+    sw = f" +{','.join(res.mutants)}" if res.mutants else ""
+    rate = res.explored / res.seconds if res.seconds else 0.0
+    print(f"pygup explore {res.race} (policy {res.policy}{sw}, bound {res.bound}): "
+          f"{res.explored} schedules explored, {res.pruned} pruned (bound {res.pruned_bound}, "
+          f"POR {res.pruned_por}, state hash {res.pruned_state}) in {res.seconds:.2f}s "
+          f"({rate:.0f} schedules/s)")
+    if args.json:
+        save(res, args.json)
+    if res.failing is None:
+        print("0 failing")
+        return 0
+    print(f"{res.failing_schedules} failing")
+    _print_failing(dataclasses.asdict(res.failing))
+    if args.json:
+        print(f"replay with: pygup explore --replay {args.json}")
+    return 1
