@@ -119,6 +119,16 @@ def run_stress_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optiona
 RACES_PER_SEED = 32
 
 
+def run_explore_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
+    """One built-in race explored to bound 2 (ops.op_explore): deterministic,
+    and a finding replays with its schedule."""
+    from pygup.tools.fuzz.ops import explore_op
+    f = run_ops([explore_op(seed)], policy, mutants)
+    if f is not None:
+        f.seed = seed
+    return f, 1
+
+
 def run_race_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
     """A batch of scheduled two-CPU races (ops.op_race), each a one-operation
     sequence of its own: (the first failure or None, races run)."""
