@@ -78,8 +78,8 @@ def test_the_bound_is_honoured(bound, monkeypatch):
     ran = []
     real = E._run
 
-    def spy(race, policy, mutants, schedule, digests, watch=False):
-        run, bad = real(race, policy, mutants, schedule, digests, watch)
+    def spy(race, policy, mutants, schedule, digests, **kw):
+        run, bad = real(race, policy, mutants, schedule, digests, **kw)
         picks = [c for c, _ in run.schedule]
         masks = [mk for mk, _ in run.choices]
         ran.append(sum(E._preempts(picks, masks, i, c) for i, c in enumerate(picks)))
@@ -122,6 +122,50 @@ def test_state_hashing_prunes_a_revisited_state():
     assert hashed.pruned_state > 0 and hashed.explored < plain.explored
 
 
+@pytest.mark.parametrize("switch,race", SWITCH_RACES)
+def test_switch_found_at_the_races_own_windows_too(switch, race):
+    focused = E.explore(race, bound=2, mutants=[switch], windows="race")
+    assert focused.failing is not None
+    everywhere = E.explore(race, bound=2, mutants=[switch])
+    assert len(focused.failing.schedule) <= len(everywhere.failing.schedule)
+
+
+def test_migration_counts_references_after_unmapping():
+    """What exploration found in the model (pygup/kernel/migrate.py): the
+    reference count was checked on a snapshot taken before the rmap walk and
+    the unmap, so a GUP-fast pin taken while migration walked the rmap
+    was lost -- the pinner kept the old folio, the mapping moved to the new
+    one.  mm/migrate.c unmaps first, then freezes the count.
+
+        CPU 0: pin_user_pages_fast(a)        CPU 1: migrate_folio(F)
+        walk PGD..PMD
+                                             snapshot: refcount 1 = expected
+                                             rmap walk (walk_entry_read x4)
+        read PTE (F)
+                                             (old) copy; CPU 0 grabs F and its
+                                             re-check passes; remap to F': the
+                                             pin holds an orphan
+                                             (fixed) unmap F, flush: waits
+        grab F, re-check: none -> drop;
+        the slow path waits for the lock
+                                             count final (1): F' mapped
+        slow path: pin F', the mapped page
+
+    Written schedule: CPU 0 to its PMD read, CPU 1 through its walk, CPU 0
+    to the end, then CPU 1."""
+    w = E.RACES["fast-migrate"].setup("6.5", frozenset())
+    m, (pin, migrate) = w.machine, w.ops
+    p = m.processes[0]
+    a = w.watch[1]
+    run = m.run_concurrently([pin, migrate], schedule=[0] * 6 + [1] * 5 + [0] * 6,
+                             points=E.window_names() - {"start"})
+    ret, pages = run.results[0]
+    assert ret == 1 and run.results[1] is True          # migrated, then pinned
+    assert p.mm.pte(a).pfn == pages[0]                  # the pin is on the mapped page
+    p.mm.unpin_user_pages(pages)
+    m.check()
+
+
 def test_bad_names_are_errors():
     with pytest.raises(ValueError, match="unknown race"):
         E.explore("no-such-race")
@@ -137,6 +181,8 @@ def test_bad_names_are_errors():
         E.replay("fast-munmap", [(0, "no_such_window")])
     with pytest.raises(ValueError, match="unknown window"):
         E.Race("r", "doc", lambda p, m: None, frozenset({"no_such_window"}), ())
+    with pytest.raises(ValueError, match="windows"):
+        E.explore("fast-munmap", windows="some")
 
 
 def test_cli(tmp_path, capsys):

@@ -565,7 +565,8 @@ def op_explore(world: World, op: dict) -> str:
     if op.get("schedule"):
         from pygup.kernel.sched import ScheduleDiverged
         try:
-            out = explore.replay(op["race"], op["schedule"], policy, mutants)
+            out = explore.replay(op["race"], op["schedule"], policy, mutants,
+                                 op.get("windows", "all"))
         except ScheduleDiverged as e:
             # the world takes another path now (a fix removed the window's
             # outcome): that interleaving no longer exists
