@@ -1,14 +1,18 @@
 /*
- * machine.c - the machine as a whole: creation and teardown (each subsystem
- * initialises its own part), statistics, and the violation ring that
- * PG_BUG_ON / PG_WARN_ON write and Python drains.
+ * machine.c - the top of the core: the machine as a whole, created and torn
+ * down here (each layer initialises its own part), its statistics and its
+ * protection switches.
  */
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
+#include "mm/frames.h"
+#include "mm/pgtable.h"
 
 pg_machine *pg_machine_new(uint64_t nr_frames, uint64_t nr_movable,
                            int nr_cpus, int table_free_mode)
@@ -33,7 +37,7 @@ pg_machine *pg_machine_new(uint64_t nr_frames, uint64_t nr_movable,
     m->nr_movable = nr_movable;
     m->nr_cpus = nr_cpus;
     m->table_free_mode = table_free_mode;
-    pg_spin_init(&m->viol_lock);
+    pg_report_init(m);
 
     pg_rcu_init(m);
     pg_cpus_init(m);
@@ -90,86 +94,9 @@ void pg_stats_get(pg_machine *m, struct pg_stats *out)
     }
 }
 
-/* ---- violations --------------------------------------------------------- */
-
-void pg_violation_record(pg_machine *m, const char *kind, const char *file,
-                         int line, const char *fmt, ...)
-{
-    char msg[PG_VIOL_MSG];
-    const char *base = strrchr(file, '/');
-    int n = snprintf(msg, sizeof(msg), "%s %s:%d: ", kind,
-                     base ? base + 1 : file, line);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n < sizeof(msg)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-
-    pg_spin_lock(&m->viol_lock);
-    if (m->viol_count < PG_VIOL_RING) {
-        unsigned slot = (m->viol_first + m->viol_count) % PG_VIOL_RING;
-        memcpy(m->viol_msg[slot], msg, sizeof(msg));
-        m->viol_count++;
-    } else {
-        /* keep the oldest messages (the first failure explains the rest);
-         * count what did not fit */
-        m->viol_dropped++;
-    }
-    pg_fetch_add_relaxed(&m->viol_pending, 1);
-    pg_fetch_add_relaxed(&m->viol_total, 1);
-    pg_spin_unlock(&m->viol_lock);
-}
-
-int pg_violation_count(pg_machine *m)
-{
-    return pg_load_acquire(&m->viol_pending);
-}
-
-uint64_t pg_violation_total(pg_machine *m)
-{
-    return pg_load_acquire(&m->viol_total);
-}
-
-int pg_violation_pop(pg_machine *m, char *buf, int buflen)
-{
-    int got = 0;
-    if (!buf || buflen <= 0)
-        return -PG_EINVAL;
-    buf[0] = '\0';
-    pg_spin_lock(&m->viol_lock);
-    if (m->viol_count) {
-        snprintf(buf, (size_t)buflen, "%s", m->viol_msg[m->viol_first]);
-        m->viol_first = (m->viol_first + 1) % PG_VIOL_RING;
-        m->viol_count--;
-        pg_fetch_sub_relaxed(&m->viol_pending, 1);
-        got = 1;
-    } else if (m->viol_dropped) {
-        snprintf(buf, (size_t)buflen,
-                 "%u more violations (ring of %d full, messages dropped)",
-                 m->viol_dropped, PG_VIOL_RING);
-        pg_fetch_sub_relaxed(&m->viol_pending, (int)m->viol_dropped);
-        m->viol_dropped = 0;
-        got = 1;
-    }
-    pg_spin_unlock(&m->viol_lock);
-    return got;
-}
-
 int64_t pg_set_mutants(pg_machine *m, uint32_t mutants)
 {
     if (mutants & ~(uint32_t)PG_MUT_ALL)
         return -PG_EINVAL;
     return pg_xchg(&m->mutants, mutants);
-}
-
-unsigned pg_stat_shard(void)
-{
-    static _Atomic unsigned next;
-    static _Thread_local unsigned shard = ~0u;
-    if (shard == ~0u)
-        shard = pg_fetch_add_relaxed(&next, 1) % PG_PIN_STAT_SHARDS;
-    return shard;
 }

@@ -206,7 +206,7 @@ int pg_violation_pop(pg_machine *m, char *buf, int buflen);
 /* every violation ever recorded (popped or not) */
 uint64_t pg_violation_total(pg_machine *m);
 
-/* ---- frames / folios (frames.c) ---------------------------------------- */
+/* ---- frames / folios (mm/frames.c) ------------------------------------- */
 /* Allocate a folio of order 0 or PG_PMD_ORDER in a zone.  The new folio has
  * refcount 1, no mapping, content 0 in every frame, flags HEAD (|TAIL on the
  * rest).  Returns the head pfn or -PG_ENOMEM. */
@@ -238,7 +238,7 @@ int pg_folio_copy(pg_machine *m, uint64_t dst, uint64_t src);
 int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
                        uint32_t *flags, uint64_t *mapping, uint64_t *content);
 
-/* ---- address_space records (frames.c) ---------------------------------- */
+/* ---- address_space records (mm/frames.c) ------------------------------- */
 /* New record of the given PG_AS_* kind; returns its id (>= 1). */
 int64_t pg_as_new(pg_machine *m, uint32_t kind);
 /* The record stops being live now and is freed after an RCU grace period
@@ -247,7 +247,7 @@ int pg_as_release(pg_machine *m, uint64_t id);
 /* kind of a live record, -PG_ENOENT if it is freed / pending */
 int64_t pg_as_kind(pg_machine *m, uint64_t id);
 
-/* ---- mm and page tables (pgtable.c) ------------------------------------ */
+/* ---- mm and page tables (mm/pgtable.c; range operations: mm/memory.c) */
 /* New empty address space (a PGD table).  Returns the mm id (>= 0). */
 int64_t pg_mm_new(pg_machine *m);
 /* Tear down: zap every leaf (dropping refs / mapcounts as pg_zap_range
@@ -323,7 +323,7 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
                         uint64_t end, uint64_t *addrs, uint64_t *ptes,
                         int64_t max);
 
-/* ---- GUP reference counting (gup_fast.c) ------------------------------- */
+/* ---- GUP reference counting (mm/gup.c) ------------------------------- */
 /* try_grab_page() of the slow path on the folio containing pfn: pin == 0
  * takes a plain reference (FOLL_GET); pin != 0 a pin (FOLL_PIN): refcount
  * + PG_GUP_PIN_COUNTING_BIAS on a small folio, refcount + 1 and pincount + 1
@@ -355,10 +355,11 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out);
 
-/* ---- GUP-fast (gup_fast.c) ---------------------------------------------- */
+/* ---- GUP-fast (mm/gup.c) ---------------------------------------------- */
 /* policy bits for pg_gup_fast */
 #define PG_GUPF_WHITELIST 0x1       /* 6.5 folio_fast_pin_allowed() */
 #define PG_GUPF_SECRETMEM_LRU 0x2   /* 6.5's page_is_secretmem() LRU shortcut */
+#define PG_GUPF_UNSHARE_COW 0x4     /* 6.2 gup_must_unshare(): non-anon R/O long-term pins */
 /* lockless_pages_from_mm(): with IRQs disabled on cpu, walk [start, start +
  * nr pages) reading each level once, grabbing pages as the kernel does
  * (SPEC §4.2-4.6); stops at the first page it cannot take.  The pages
@@ -377,7 +378,7 @@ int pg_walk_entries(pg_machine *m, int cpu, uint64_t mm, uint64_t addr, uint64_t
  * does it itself for COW ranges; exposed for tests and the scheduler) */
 int64_t pg_mm_wp_seq(pg_machine *m, uint64_t mm);
 
-/* ---- emulated CPUs, IRQs, IPIs, TLBs (cpu.c) --------------------------- */
+/* ---- emulated CPUs, IRQs, IPIs, TLBs (arch/cpu.c; user access: mm/mmu.c) */
 int pg_local_irq_disable(pg_machine *m, int cpu);
 int pg_local_irq_enable(pg_machine *m, int cpu);
 int pg_irqs_disabled(pg_machine *m, int cpu);
@@ -411,7 +412,7 @@ int pg_tlb_probe(pg_machine *m, int cpu, uint64_t mm, uint64_t addr);
 /* returns the old mode, -PG_EINVAL for an unknown one */
 int pg_set_tlb_flush_mode(pg_machine *m, int mode);
 
-/* ==== deterministic interleavings (sched.c; pygup/sched.py) ==============
+/* ==== deterministic interleavings (kernel/sched.c; pygup/sched.py) ==============
  * A session runs nr CPUs, each an OS thread that attached as CPU k, one at
  * a time: the running CPU goes on until it reaches a scheduling point (a
  * PG_YIELD race window the filter selects, a Python-level point, or any
@@ -436,8 +437,10 @@ int pg_set_tlb_flush_mode(pg_machine *m, int mode);
  * -PG_EBUSY if a session exists, -PG_EINVAL on bad arguments. */
 int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule,
                    int64_t len, uint64_t spin_limit);
-/* Make a yield point name a scheduling point.  Before any attach; once one
- * name is given, PG_YIELD points outside the set run through. */
+/* Make a registered point (pg_race_window_name) a scheduling point.
+ * Before any attach (-PG_EBUSY after); -PG_EINVAL for a name that is not
+ * registered.  Once one name is given, PG_YIELD points and Python points
+ * outside the set run through (spin points always schedule). */
 int pg_sched_filter(pg_machine *m, const char *name);
 /* The calling thread becomes CPU cpu of the session; returns once it is
  * picked the first time (the first pick waits for all nr to attach).
@@ -447,7 +450,9 @@ int pg_sched_attach(pg_machine *m, int cpu);
 int pg_sched_detach(pg_machine *m);
 /* A named scheduling point in code outside C (Python): 1 if the caller is
  * a scheduled CPU (it parked and was picked again), else 0 at once.  spin:
- * the caller waits on another CPU (it is retrying a try-lock). */
+ * the caller waits on another CPU (it is retrying a try-lock).  The name
+ * may be a registered one or a free one (traced as given; a filter can
+ * select only registered names). */
 int pg_sched_yield(pg_machine *m, const char *name, int spin);
 int pg_sched_status(pg_machine *m);
 /* picks so far (the trace length) */
@@ -479,7 +484,19 @@ void pg_sched_note_model(pg_machine *m);
  * its CPUs stay parked on it). */
 int pg_sched_end(pg_machine *m);
 
-/* ---- RCU (rcu.c) -------------------------------------------------------- */
+/* ---- the race-window registry (kernel/race.h) --------------------------
+ * Every registered scheduling point, by id 0 .. count-1.  name / reason:
+ * NULL for a bad id; flags: PG_RACE_* bits, -PG_EINVAL for a bad id. */
+#define PG_RACE_YIELD 0x1 /* a race window in C (PG_YIELD) */
+#define PG_RACE_SPIN 0x2  /* a step of a wait on another CPU */
+#define PG_RACE_PY 0x4    /* a fixed name Python code yields at */
+#define PG_RACE_AMP 0x8   /* the stress amplifier spins here */
+int pg_race_window_count(void);
+const char *pg_race_window_name(int id);
+const char *pg_race_window_reason(int id);
+int pg_race_window_flags(int id);
+
+/* ---- RCU (kernel/rcu.c) ------------------------------------------------- */
 int pg_rcu_read_lock(pg_machine *m, int cpu);
 int pg_rcu_read_unlock(pg_machine *m, int cpu);
 /* wait until every CPU has left the read-side section it was in (IRQs-off
@@ -490,137 +507,8 @@ int pg_rcu_poll(pg_machine *m);
 /* wait for a grace period and run every callback queued before the call */
 int pg_rcu_barrier(pg_machine *m, int cpu);
 
-/* ==== native stress drivers (stress.c; pygup/stress.py) =================
- * pg_stress_run() builds its own mm, page tables and frames on the machine,
- * runs real threads (each its own emulated CPU: thread k is CPU k, so the
- * machine needs nr_pinners + the scenario's workers CPUs) against one
- * another for a time / iteration budget, checks what the races produced,
- * tears everything down and reports counters.  Nothing else may use the
- * machine meanwhile.  Core violations (use-after-free, negative counts,
- * write-notify bypass) stay in the machine's ring for the caller to pop;
- * the result counts them. */
-/* scenarios: pinners (pg_gup_fast, verify, unpin) against ... */
-#define PG_STRESS_UNMAP 0     /* unmappers: zap + flush, free_pgtables, repopulate */
-#define PG_STRESS_COLLAPSE 1  /* THP collapse: detach a full PTE table, flush, huge PMD; split back */
-#define PG_STRESS_TRUNCATE 2  /* truncaters: clear mapping, release the record (RCU), zap, refill */
-#define PG_STRESS_WRITEBACK 3 /* mkclean loops against a user writer (+ pinners) */
-#define PG_STRESS_FORK 4      /* forkers: COW copy_range into a scratch mm, check, destroy */
-#define PG_STRESS_NR_SCENARIOS 5
-/* pin variants the pinners rotate through (bit i = variant i) */
-#define PG_STRESS_V_PIN 0x1              /* FOLL_PIN */
-#define PG_STRESS_V_PIN_WRITE 0x2        /* FOLL_PIN | FOLL_WRITE */
-#define PG_STRESS_V_PIN_LONGTERM 0x4     /* FOLL_PIN | FOLL_LONGTERM */
-#define PG_STRESS_V_PIN_LT_WRITE 0x8     /* FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE */
-#define PG_STRESS_V_GET 0x10             /* FOLL_GET */
-#define PG_STRESS_V_GET_WRITE 0x20       /* FOLL_GET | FOLL_WRITE */
-#define PG_STRESS_V_ALL 0x3f
-/* operation counters (pg_stress_result.ops) */
-#define PG_STRESS_OP_FAST_CALLS 0    /* pg_gup_fast calls */
-#define PG_STRESS_OP_PAGES_TAKEN 1   /* pages pinned / got (and later released) */
-#define PG_STRESS_OP_FAST_EMPTY 2    /* calls that took nothing (the slow path's turn) */
-#define PG_STRESS_OP_UNMAPS 3        /* unmap cycles (zap, free tables, refill) */
-#define PG_STRESS_OP_TABLES_FREED 4  /* page-table pages freed or queued */
-#define PG_STRESS_OP_COLLAPSES 5     /* collapse + split cycles */
-#define PG_STRESS_OP_TRUNCATES 6
-#define PG_STRESS_OP_MKCLEANS 7      /* pg_pte_mkclean calls */
-#define PG_STRESS_OP_WRITES 8        /* user writes that landed */
-#define PG_STRESS_OP_WRITE_FAULTS 9  /* write faults handled (page_mkwrite) */
-#define PG_STRESS_OP_FORKS 10
-#define PG_STRESS_OP_PAGES_MAPPED 11 /* fresh frames mapped by refills */
-#define PG_STRESS_OP_BACKOFFS 12     /* collapses given up (no huge folio free) */
-#define PG_STRESS_NR_OPS 16
-/* checks (pg_stress_result.fails / first_fail_*) */
-#define PG_STRESS_CHK_STALE_REF 0     /* a reference taken after the PTE/PMD was cleared outlived the flush */
-#define PG_STRESS_CHK_PIN_MISMATCH 1  /* stable range: the page taken is not the page mapped there */
-#define PG_STRESS_CHK_PIN_LOST 2      /* a held pin/ref is not (any more) in the folio's counts */
-#define PG_STRESS_CHK_WHITELIST 3     /* 6.5: PIN|LONGTERM|WRITE fast pin of a non-shmem file folio */
-#define PG_STRESS_CHK_SECRETMEM 4     /* GUP-fast returned a secretmem folio */
-#define PG_STRESS_CHK_FORK_SHARED 5   /* a pinned page is mapped (shared) in the fork's child */
-#define PG_STRESS_CHK_NOT_EXCLUSIVE 6 /* a pinned anon page lost PageAnonExclusive while pinned */
-#define PG_STRESS_CHK_WB_BYPASS 7     /* a write landed after mkclean without a write fault */
-#define PG_STRESS_CHK_BALANCE 8       /* end of run: counts != what tables + cache hold; leaks */
-#define PG_STRESS_CHK_VIOLATION 9     /* core violations recorded during the run */
-#define PG_STRESS_CHK_ERROR 10        /* a core call failed unexpectedly */
-#define PG_STRESS_NR_CHECKS 12
-#define PG_STRESS_MSG_BYTES 4096
-
-struct pg_stress_params {
-    int scenario;           /* PG_STRESS_* */
-    int nr_pinners;         /* >= 0 */
-    int nr_workers;         /* unmappers / collapsers / truncaters / cleaners (each
-                               with its own writer) / forkers, >= 1 */
-    int ranges_per_worker;  /* each range lives in its own 1 GiB region */
-    int range_pages;        /* pages per range, 1..512 (collapse: always 512) */
-    int max_pin_pages;      /* pages per pg_gup_fast call, 1..64 */
-    uint32_t variants;      /* PG_STRESS_V_* mask */
-    uint32_t policy;        /* PG_GUPF_* bits for pg_gup_fast */
-    uint64_t seed;
-    uint64_t duration_ns;   /* wall-clock budget (0: only max_iters) */
-    uint64_t max_iters;     /* per thread (0: only the duration) */
-    uint32_t hold_spins;    /* pinners hold what they took this long */
-    uint32_t dwell_spins;   /* truncate: time a truncated folio stays mapped */
-    uint32_t window_spins;  /* race amplifier: pinners spin this long inside
-                               GUP-fast's read-then-use windows (entry read ->
-                               check, PTE read -> grab, ->mapping read ->
-                               lookup); timing only, 0 = off */
-    int stop_on_failure;    /* stop every thread at the first failed check */
-};
-
-struct pg_stress_result {
-    uint64_t ops[PG_STRESS_NR_OPS];
-    uint64_t fails[PG_STRESS_NR_CHECKS];
-    uint64_t first_fail_ns[PG_STRESS_NR_CHECKS];   /* since the start; 0 = never */
-    uint64_t first_fail_iter[PG_STRESS_NR_CHECKS]; /* the detecting thread's iteration */
-    uint64_t elapsed_ns;
-    uint64_t iters_pinners;  /* iterations, all pinners together */
-    uint64_t iters_workers;  /* iterations, all other threads together */
-    int nr_threads;
-    int msg_len;
-    char msgs[PG_STRESS_MSG_BYTES]; /* the first few failures, one per line */
-};
-
-/* fill p with the defaults of a scenario (-PG_EINVAL for an unknown one) */
-int pg_stress_defaults(struct pg_stress_params *p, int scenario);
-/* the CPUs a run with these parameters needs */
-int pg_stress_nr_threads(const struct pg_stress_params *p);
-/* Run one campaign.  0 (whatever the checks found: see r), or -PG_EINVAL
- * for bad parameters / too few CPUs, -PG_ENOMEM when the setup does not
- * fit, -PG_EAGAIN when a thread cannot be started. */
-int pg_stress_run(pg_machine *m, const struct pg_stress_params *p,
-                  struct pg_stress_result *r);
-
-/* ---- live-kernel probes (host.c; pygup/host.py, the oracle) ------------- */
-/* These make real system calls on the machine running pygup; they never
- * touch an emulated machine.  Each returns what the kernel returned: 0, a
- * byte count, an fd, or -errno.  Addresses are the process's own. */
-int pg_host_mmap(uint64_t len, int prot, int flags, int fd, int64_t offset,
-                 uint64_t *addr);
-int pg_host_munmap(uint64_t addr, uint64_t len);
-int pg_host_mprotect(uint64_t addr, uint64_t len, int prot);
-int pg_host_msync(uint64_t addr, uint64_t len, int flags);
-/* a user load (write=0) or store of value at every 4 KiB page of the range,
- * as memset() faults pages in; a SIGSEGV gives -EFAULT, a SIGBUS -EIO */
-int pg_host_touch(uint64_t addr, uint64_t len, int write, uint64_t value);
-int pg_host_memfd_secret(unsigned int flags);
-/* io_uring_setup(1) works: 0, or -ENOSYS / -EPERM ... */
-int pg_host_io_uring_available(void);
-/* IORING_REGISTER_BUFFERS of one iovec on a fresh ring, then
- * IORING_UNREGISTER_BUFFERS: FOLL_WRITE | FOLL_PIN | FOLL_LONGTERM */
-int pg_host_io_uring_register(uint64_t addr, uint64_t len);
-/* register + unregister of one iovec `iterations` times on one ring, each
- * timed with CLOCK_MONOTONIC: the sum and the fastest, in ns */
-int pg_host_io_uring_register_ns(uint64_t addr, uint64_t len, int iterations,
-                                 uint64_t *total_ns, uint64_t *min_ns);
-/* 8 bytes through /proc/self/mem (FOLL_FORCE [| FOLL_WRITE]) */
-int64_t pg_host_proc_mem_write(uint64_t addr, uint64_t value);
-int64_t pg_host_proc_mem_read(uint64_t addr, uint64_t *value);
-/* 8 bytes with process_vm_writev / readv on this process */
-int64_t pg_host_process_vm_writev(uint64_t addr, uint64_t value);
-int64_t pg_host_process_vm_readv(uint64_t addr, uint64_t *value);
-/* pread(fd, addr, len, offset) on an fd the caller opened O_DIRECT */
-int64_t pg_host_o_direct_read(int fd, uint64_t addr, uint64_t len, int64_t offset);
-/* vmsplice one iovec into a fresh (non-blocking) pipe, then close it */
-int64_t pg_host_vmsplice(uint64_t addr, uint64_t len);
+/* The tools (tools/host.h, tools/stress/stress.h) have their own headers
+ * and cdef sections: the emulator never includes them. */
 
 /* PYGUP_CDEF_END */
 

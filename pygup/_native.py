@@ -21,7 +21,7 @@ __all__ = ["Core", "C", "FrameInfo", "ffi", "lib"]
 
 
 class _Constants:
-    """Every ``#define PG_*`` of csrc/pygup.h, read from the compiled module
+    """Every ``#define PG_*`` of the cdef headers (csrc/pygup.h, csrc/tools/), read from the compiled module
     (``C.PAGE_SIZE``, ``C.F_DIRTY``, ...): Python never restates them."""
 
     def __init__(self) -> None:
@@ -52,6 +52,24 @@ def _out_len(nr: int) -> int:
     """Buffer length for a per-page output array; out-of-range counts get an
     empty buffer and the C core's own -EINVAL."""
     return nr if 0 <= nr <= (lib.PG_TASK_SIZE_MAX >> lib.PG_PAGE_SHIFT) + 1 else 0
+
+
+_RACE_REGISTRY: Optional[list[tuple[str, str, int]]] = None
+
+
+def _race_registry() -> list[tuple[str, str, int]]:
+    """(name, reason, flags) of every registered point, read from C once."""
+    global _RACE_REGISTRY
+    if _RACE_REGISTRY is None:
+        _RACE_REGISTRY = [
+            (ffi.string(lib.pg_race_window_name(i)).decode(),
+             ffi.string(lib.pg_race_window_reason(i)).decode(), lib.pg_race_window_flags(i))
+            for i in range(lib.pg_race_window_count())]
+    return _RACE_REGISTRY
+
+
+def _race_window_names() -> frozenset[str]:
+    return frozenset(n for n, _, _ in _race_registry())
 
 
 def _check(rc: int, what: str) -> int:
@@ -342,7 +360,7 @@ class Core:
         mode = lib.PG_TLB_FLUSH_BROADCAST if broadcast else lib.PG_TLB_FLUSH_IPI
         _check(lib.pg_set_tlb_flush_mode(self._m, mode), "set_tlb_flush_mode")
 
-    # -- deterministic scheduler (csrc/sched.c; pygup/sched.py) ----------------
+    # -- deterministic scheduler (csrc/kernel/sched.c; pygup/sched.py) ----------------
     def sched_begin(self, nr: int, seed: int, schedule, spin_limit: int = 0) -> None:
         """A session of nr CPUs; schedule None (seeded picks) or CPU ids."""
         plan = ffi.NULL
@@ -354,7 +372,30 @@ class Core:
                "sched_begin")
 
     def sched_filter(self, name: str) -> None:
-        _check(lib.pg_sched_filter(self._m, name.encode()), f"sched_filter {name!r}")
+        """Make a registered point (``Core.race_windows()``) a scheduling
+        point of the session.  ValueError for a name that is not registered
+        (a misspelt window would never stop); the session, which no CPU has
+        joined yet, is ended first so the machine stays usable."""
+        if not isinstance(name, str):
+            raise TypeError(f"points: a point name is a str, got {name!r}")
+        rc = lib.pg_sched_filter(self._m, name.encode())
+        if rc == -lib.PG_EINVAL and name not in _race_window_names():
+            if lib.pg_sched_status(self._m):
+                lib.pg_sched_end(self._m)     # -EBUSY once a CPU joined: the caller ends it
+            known = ", ".join(sorted(_race_window_names()))
+            raise ValueError(f"points: unknown scheduling point {name!r} (known: {known})")
+        _check(rc, f"sched_filter {name!r}")
+
+    @staticmethod
+    def race_windows() -> list[tuple[str, str]]:
+        """The race-window registry (csrc/kernel/race.h): (name, reason) of
+        every registered scheduling point, in registry order."""
+        return [(n, r) for n, r, _ in _race_registry()]
+
+    @staticmethod
+    def race_window_flags() -> dict[str, int]:
+        """name -> its PG_RACE_* kind bits (C.RACE_YIELD, C.RACE_SPIN, ...)."""
+        return {n: f for n, _, f in _race_registry()}
 
     def sched_attach(self, cpu: int) -> None:
         _check(lib.pg_sched_attach(self._m, cpu), f"sched_attach({cpu})")
@@ -422,7 +463,7 @@ class Core:
     def sched_end(self) -> None:
         _check(lib.pg_sched_end(self._m), "sched_end")
 
-    # -- native stress drivers (csrc/stress.c; pygup/stress.py) ----------------
+    # -- native stress drivers (csrc/tools/stress/; pygup/stress.py) ----------------
     @staticmethod
     def stress_defaults(scenario: int) -> dict[str, int]:
         """pg_stress_defaults(): the parameters of a scenario, as a dict."""
@@ -451,7 +492,7 @@ class Core:
 
 
 class HostProbes:
-    """The live-kernel probes of csrc/host.c (used by ``pygup.tools.oracle.host``): real
+    """The live-kernel probes of csrc/tools/host.c (used by ``pygup.tools.oracle.host``): real
     system calls on this machine, never an emulated one.  Each returns the
     kernel's answer as an int (0, a count, or -errno); values read come back
     as (ret, value)."""

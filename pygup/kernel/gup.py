@@ -67,6 +67,41 @@ def is_valid_gup_args(has_pages: bool, locked: Optional[int], gup_flags: int,
     return int(gup_flags)
 
 
+def is_valid_gup_flags_legacy(pin_api: bool, has_pages: bool, locked: Optional[int],
+                              gup_flags: int, to_set: int) -> Optional[int]:
+    """/* mirrors 6.1's is_valid_gup_flags() and the WARN_ON_ONCE checks of
+    pin_user_pages*(), get_user_pages_unlocked() and __get_user_pages_remote() */
+    (before is_valid_gup_args(), d64e2dbc33a1, 6.3): the flags to use, or
+    None for -EINVAL.  Internal flags such as FOLL_REMOTE pass; a pin API
+    refuses FOLL_GET and a missing pages array; a get API refuses FOLL_PIN
+    and FOLL_LONGTERM; FOLL_LONGTERM cannot be combined with ``locked``
+    (pin_user_pages_remote) or the unlocked variants."""
+    if pin_api:
+        if gup_flags & FOLL.GET or not has_pages:
+            return None
+    elif gup_flags & (FOLL.PIN | FOLL.LONGTERM):
+        return None
+    gup_flags |= to_set
+    if locked is not None:
+        if locked != 1:                   # the lock must be held on entry
+            return None
+        gup_flags |= FOLL.UNLOCKABLE
+    if gup_flags & FOLL.LONGTERM and gup_flags & FOLL.UNLOCKABLE:
+        return None
+    return int(gup_flags)
+
+
+def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Optional[int],
+                   gup_flags: int, to_set: int) -> Optional[int]:
+    """The era's argument check: is_valid_gup_args() from 6.3, 6.1's
+    per-API checks before."""
+    if kernel.policy.valid_gup_args:
+        return is_valid_gup_args(has_pages, locked, gup_flags, to_set, kernel.policy)
+    if kernel.policy.touch_is_internal and gup_flags & FOLL.TOUCH:
+        return None                       # 0f20bba1688b's rule, wherever it is set
+    return is_valid_gup_flags_legacy(pin_api, has_pages, locked, gup_flags, to_set)
+
+
 # ---------------------------------------------------------------------------
 # VMA checks
 
@@ -168,12 +203,14 @@ def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int, core=None) -> b
     return page_anon_exclusive(core, fi)
 
 
-def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi, core=None) -> bool:
+def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi, policy, core=None) -> bool:
     """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only PTEs."""
     if (gup_flags & (FOLL.PIN | FOLL.WRITE)) != FOLL.PIN:
         return False
     if not _is_anon(fi):
-        if not gup_flags & FOLL.LONGTERM:
+        # 6.2 (84209e87c696): a R/O long-term pin in a COW mapping must not
+        # pin the page-cache page (or zero page); 6.1 passed any non-anon page
+        if not gup_flags & FOLL.LONGTERM or not policy.cow_ro_longterm_unshare:
             return False
         if vma is None:
             return True
@@ -215,7 +252,7 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
             return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
         if gup_flags & FOLL.DUMP:
             return -errno.EFAULT
-    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core) \
+    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, mm.kernel.policy, core) \
             and Mutant.NO_UNSHARE not in mm.kernel.mutants:
         return _FOLLOW_UNSHARE
     if gup_flags & (FOLL.GET | FOLL.PIN):        # try_grab_page(): else a no-op
@@ -256,7 +293,7 @@ def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -
 # ---------------------------------------------------------------------------
 # the loop
 
-def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
+def _follow_how(vma: VMA, gup_flags: int, want_pages: bool, policy) -> int:
     """The PG_FOLLOW_* bits for pg_follow_range()."""
     how = 0
     if gup_flags & FOLL.WRITE:
@@ -265,7 +302,8 @@ def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
         how |= C.FOLLOW_PIN if gup_flags & FOLL.PIN else C.FOLLOW_GET
     if gup_flags & FOLL.TOUCH:
         how |= C.FOLLOW_TOUCH
-    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags):
+    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags) \
+            and policy.cow_ro_longterm_unshare:      # gup_must_unshare(), 6.2 on
         how |= C.FOLLOW_UNSHARE_FILE
     return how
 
@@ -292,7 +330,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
         # common case); the first one that needs more goes the slow way
         taken = core.follow_range(cpu, mm.id, start,
                                   min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT),
-                                  _follow_how(vma, gup_flags, out is not None))
+                                  _follow_how(vma, gup_flags, out is not None, policy))
         if len(taken):
             if out is not None:
                 out.extend(taken.tolist())
@@ -473,10 +511,13 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
-    flags = is_valid_gup_args(want_pages, locked, gup_flags, to_set, m.policy)
-    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
+    flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
+    if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
+                   flags is None, errno.EINVAL,
                    gup_flags=flag_names(FOLL, gup_flags), to_set=flag_names(FOLL, to_set)):
-        return (0 if pin_api else -errno.EINVAL), Pages(m, [], pinned=pin_api)
+        # from 6.3 pin_user_pages{,_remote,_unlocked} answer 0; 6.1's WARNs -EINVAL
+        ret = 0 if pin_api and m.policy.valid_gup_args else -errno.EINVAL
+        return ret, Pages(m, [], pinned=pin_api)
     if nr_pages == 0:
         return 0, Pages(m, [], pinned=bool(flags & FOLL.PIN))
     out: Optional[list[int]] = [] if want_pages else None
@@ -496,10 +537,17 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     could not take."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
-    flags = is_valid_gup_args(True, None, gup_flags, to_set, m.policy)
-    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
-                   gup_flags=flag_names(FOLL, gup_flags)):
-        return -errno.EINVAL, Pages(m, [], pinned=False)
+    pin_api = bool(to_set & FOLL.PIN)
+    flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
+    if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
+                   flags is None, errno.EINVAL, gup_flags=flag_names(FOLL, gup_flags)):
+        if to_set & FOLL.FAST_ONLY and not m.policy.valid_gup_args:
+            ret = 0          # 6.1's get_user_pages_fast_only() never answers < 0
+        elif pin_api and not m.policy.pin_fast_bad_args_einval:
+            ret = 0          # 6.3 and 6.4.0-9: pin_user_pages_fast() answered 0
+        else:
+            ret = -errno.EINVAL
+        return ret, Pages(m, [], pinned=pin_api)
     fast_mask = (FOLL.WRITE | FOLL.LONGTERM | FOLL.FORCE | FOLL.PIN | FOLL.GET | FOLL.FAST_ONLY
                  | FOLL.NOFAULT | FOLL.PCI_P2PDMA | FOLL.HONOR_NUMA_FAULT)
     pinned = bool(flags & FOLL.PIN)

@@ -123,8 +123,8 @@ class Process:
             self.mm.vma_link(vma)
             self.mm.vma_merge(vma)
         if flags & MAP.POPULATE:
-            self._populate(start, start + length, write=bool(prot & PROT.WRITE) and
-                           bool(vm_flags & VM.SHARED or not file))
+            self._populate(start, start + length,
+                           write=(vm_flags & (VM.WRITE | VM.SHARED)) == VM.WRITE)
         return start
 
     def mmap_pfn(self, length: int, prot: int) -> int:
@@ -155,8 +155,11 @@ class Process:
         return start
 
     def _populate(self, start: int, end: int, write: bool) -> None:
-        """MAP_POPULATE: fault every page in (writes only where that breaks no
-        COW: a private file mapping is populated for read)."""
+        """MAP_POPULATE: fault every page in.  /* mirrors
+        populate_vma_page_range() */: a write fault only for a private
+        writable mapping ((vm_flags & (VM_WRITE|VM_SHARED)) == VM_WRITE), which
+        breaks COW up front (a private file page becomes a dirty anon copy);
+        shared mappings, file or anon, get read faults and stay clean."""
         step = PAGE_SIZE
         with self.kernel.op() as cpu:
             for addr in range(start, end, step):

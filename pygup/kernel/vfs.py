@@ -6,6 +6,8 @@ memfd_secret.
 from __future__ import annotations
 
 import errno
+import functools
+import weakref
 from typing import TYPE_CHECKING, Optional
 
 from pygup.flags import PMD_SIZE, GupError
@@ -17,11 +19,33 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class File:
-    """An open file: an inode and the mode it was opened with."""
+    """An open file: an inode and the mode it was opened with.  Like a
+    struct file, it holds its inode: an unlinked file (a memfd) keeps its
+    data while the File is open, mapped or not.  ``close()`` (or dropping
+    the last Python reference: then at the next model operation, as the
+    kernel's delayed fput) lets it go."""
 
     def __init__(self, inode: Inode, writable: bool) -> None:
         self.inode = inode
         self.writable = writable
+        kernel = inode.fs.kernel
+        with kernel.lock:
+            inode.i_count += 1
+        self._fput = weakref.finalize(self, kernel.delayed_fput.append,
+                                      functools.partial(fput, inode))
+        self._fput.atexit = False
+
+    @property
+    def closed(self) -> bool:
+        return not self._fput.alive
+
+    def close(self) -> None:
+        """close(2) of the last descriptor: fput() now.  Mappings keep the
+        inode as they did; closing twice is EBADF."""
+        if not self._fput.detach():
+            raise GupError(errno.EBADF, f"{self.inode.describe()} is already closed")
+        with self.fs.kernel.op():
+            fput(self.inode)
 
     @property
     def fs(self) -> "FileSystem":
@@ -114,11 +138,17 @@ class FileSystem(SuperBlock):
         return f"<FileSystem {self.name} ({self.fstype.name})>"
 
 
+def fput(inode: Inode) -> None:
+    """/* mirrors fput() -> __fput() */: drop an open file's hold on its inode."""
+    inode.i_count -= 1
+    iput(inode)
+
+
 def iput(inode: Inode) -> None:
     """/* mirrors iput() -> evict() */ for what pygup tracks: an unlinked
-    inode that nothing maps any more loses its page cache, and its
-    address_space record is freed by RCU."""
-    if inode.unlinked and not inode.i_mmap:
+    inode that no open file holds and nothing maps any more loses its page
+    cache, and its address_space record is freed by RCU."""
+    if inode.unlinked and not inode.i_mmap and inode.i_count <= 0 and not inode.released:
         truncate_inode_pages(inode, 0)
         inode.release()
 

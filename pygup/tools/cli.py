@@ -154,6 +154,16 @@ def explain_cmd(args) -> int:
     return 0
 
 
+def _policy_version(text: str) -> str:
+    """argparse type: a version policy_for() knows (its message otherwise)."""
+    from pygup.config.policy import policy_for
+    try:
+        policy_for(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _prot(text: str) -> int:
     prot = PROT.NONE
     for ch in text:
@@ -173,7 +183,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     e.add_argument("--prot", default="rw", help="r, w, x letters (default rw)")
     e.add_argument("--flags", default="LONGTERM,WRITE", help="FOLL flags, comma separated")
     e.add_argument("--api", default="pin_user_pages")
-    e.add_argument("--policy", default="6.5")
+    e.add_argument("--policy", default="6.5", type=_policy_version,
+                   help="kernel version 6.1 .. 6.18, e.g. 6.1, 6.12, 6.1.192 (default 6.5)")
     e.add_argument("--prefault", action="store_true", help="fault the page in first")
     o = sub.add_parser("oracle", help="compare pygup with this machine's real kernel")
     o.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")

@@ -25,7 +25,7 @@ def random_world(seed: int):
     made read-only or PROT_NONE, some COW-shared with a child."""
     rng = random.Random(seed)
     m = Machine(policy=rng.choice(["6.4", "6.5"]), memory="64MiB",
-                movable=rng.choice(["0MiB", "8MiB"]), cpus=2)
+                movable=rng.choice(["0MiB", "8MiB"]), cpus=2, secretmem=True)
     p = m.spawn()
     ext4, tmpfs = m.mount("ext4"), m.mount("tmpfs")
     regions = []

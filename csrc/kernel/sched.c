@@ -1,5 +1,5 @@
 /*
- * sched.c - deterministic interleavings: the scheduler behind PG_YIELD.
+ * kernel/sched.c - deterministic interleavings: the scheduler behind PG_YIELD.
  *
  * A session (pg_sched_begin .. pg_sched_end) runs nr emulated CPUs, each an
  * OS thread that attached itself as CPU k, strictly one at a time.  The
@@ -10,7 +10,7 @@
  * mutex, by the CPU that gives the turn away, so a run is a pure function
  * of (seed or schedule, the operations), whatever the OS does.
  *
- * Spin-waits yield too (pg_cpu_wait in internal.h: IPI acknowledgements,
+ * Spin-waits yield too (pg_cpu_wait in kernel/sched.h: IPI acknowledgements,
  * grace periods, spinlocks; pg_sched_yield(spin) from Python for the
  * machine lock): a CPU that waits on a parked one hands the turn back, and
  * is picked only when no runnable CPU is left.  When every live CPU has only
@@ -18,14 +18,17 @@
  * session is marked deadlocked and everyone stays parked (there is nothing
  * safe to resume), which Python reports instead of hanging.
  *
- * Yield-point names are interned per session (copied: names from Python
- * live in reused buffers), so the trace stores small ids.
+ * Points are small ids: the race-window registry's (kernel/race.h), then
+ * the free names Python yields at, interned per session, so the trace
+ * stores ids and the filter accepts only registered names.
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+#include "kernel/race.h"
+#include "kernel/sched.h"
 
 _Thread_local struct pg_machine *pg_sched_tls_machine;
 static _Thread_local int tls_cpu = -1;
@@ -66,10 +69,11 @@ struct pg_sched {
     uint64_t py_epoch; /* machine-lock takes and drops of scheduled CPUs */
     struct sched_step *trace;
     int64_t trace_len, trace_cap;
+    /* ids below PG_NR_RACE_WINDOWS are the registry's (kernel/race.h);
+     * Python's free names are interned after them */
     int nr_names;
-    const char *name_key[SCHED_MAX_NAMES]; /* the pointer first seen */
-    char *name[SCHED_MAX_NAMES];           /* owned copy */
-    bool is_point[SCHED_MAX_NAMES];        /* in the filter */
+    char *name[SCHED_MAX_NAMES];    /* owned copies, from PG_NR_RACE_WINDOWS on */
+    bool is_point[SCHED_MAX_NAMES]; /* in the filter */
 };
 
 /* splitmix64: tiny, seedable, good enough to spread picks */
@@ -81,16 +85,15 @@ static uint64_t rng_next(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-/* under s->lock; the id of name (interned on first sight), 0 when the
- * table is full (id 0 is "start", which every session has) */
+/* under s->lock; the id of a Python-level point name: its registry id if
+ * it is registered, else interned on first sight (copied: names from
+ * Python live in reused buffers); 0 ("start") when the table is full */
 static uint16_t intern(struct pg_sched *s, const char *name)
 {
-    /* the pointer alone proves nothing: Python's names live in buffers
-     * that are reused */
-    for (int i = 0; i < s->nr_names; i++)
-        if (s->name_key[i] == name && strcmp(s->name[i], name) == 0)
-            return (uint16_t)i;
-    for (int i = 0; i < s->nr_names; i++)
+    int id = pg_race_window_lookup(name);
+    if (id >= 0)
+        return (uint16_t)id;
+    for (int i = PG_NR_RACE_WINDOWS; i < s->nr_names; i++)
         if (strcmp(s->name[i], name) == 0)
             return (uint16_t)i;
     if (s->nr_names == SCHED_MAX_NAMES)
@@ -103,11 +106,10 @@ static uint16_t intern(struct pg_sched *s, const char *name)
         return 0;
     memcpy(copy, name, n);
     copy[n] = '\0';
-    int id = s->nr_names++;
-    s->name_key[id] = name;
-    s->name[id] = copy;
-    s->is_point[id] = false;
-    return (uint16_t)id;
+    int i = s->nr_names++;
+    s->name[i] = copy;
+    s->is_point[i] = false;
+    return (uint16_t)i;
 }
 
 static bool waiting(int st)
@@ -341,24 +343,38 @@ static void wait_turn(struct pg_sched *s, int me)
     s->state[me] = CS_RUNNING;
 }
 
-void pg_sched_hook(pg_machine *m, const char *name, int spin)
+/* under s->lock */
+static const char *point_name(struct pg_sched *s, int id)
 {
-    if (pg_sched_tls_machine != m)
-        return; /* not a CPU of this machine's session */
-    struct pg_sched *s = m->sched;
+    return id < PG_NR_RACE_WINDOWS ? pg_race_window_name(id) : s->name[id];
+}
+
+/* park at registry point id, or at Python's point name when it is not NULL */
+static void hook(struct pg_sched *s, int id, const char *name, int spin)
+{
     int me = tls_cpu;
     pthread_mutex_lock(&s->lock);
-    uint16_t id = intern(s, name);
+    if (name)
+        id = intern(s, name);
     if (!spin && s->filter_on && !s->is_point[id]) {
         pthread_mutex_unlock(&s->lock);
         return;
     }
     s->state[me] = spin ? CS_SPIN : CS_POINT;
-    s->where[me] = id;
+    s->where[me] = (uint16_t)id;
     pick_next(s);
     pthread_cond_broadcast(&s->cond);
     wait_turn(s, me);
     pthread_mutex_unlock(&s->lock);
+}
+
+void pg_sched_hook(pg_machine *m, int window, int spin)
+{
+    if (pg_sched_tls_machine != m)
+        return; /* not a CPU of this machine's session */
+    if (window < 0 || window >= PG_NR_RACE_WINDOWS)
+        window = PG_W_START; /* unreachable: every caller passes an enum */
+    hook(m->sched, window, NULL, spin);
 }
 
 int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule,
@@ -390,7 +406,7 @@ int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule
     s->last = -1;
     s->rng = seed;
     s->spin_limit = spin_limit ? spin_limit : SCHED_SPIN_LIMIT_DEFAULT;
-    intern(s, "start"); /* id 0 */
+    s->nr_names = PG_NR_RACE_WINDOWS; /* id 0 is "start" */
     m->sched = s;
     /* the session before the flag: a thread that attaches synchronises on
      * the session mutex anyway; unattached threads never look further */
@@ -403,15 +419,16 @@ int pg_sched_filter(pg_machine *m, const char *name)
     struct pg_sched *s = m->sched;
     if (!s || !name || !*name)
         return -PG_EINVAL;
+    /* only registered points: a misspelt name would never stop */
+    int id = pg_race_window_lookup(name);
+    if (id < 0)
+        return -PG_EINVAL;
     pthread_mutex_lock(&s->lock);
     int rc = -PG_EBUSY;
     if (s->attached == 0) {
-        uint16_t id = intern(s, name);
-        rc = id == 0 && strcmp(name, "start") != 0 ? -PG_ENOSPC : 0;
-        if (rc == 0) {
-            s->is_point[id] = true;
-            s->filter_on = true;
-        }
+        s->is_point[id] = true;
+        s->filter_on = true;
+        rc = 0;
     }
     pthread_mutex_unlock(&s->lock);
     return rc;
@@ -460,7 +477,7 @@ int pg_sched_yield(pg_machine *m, const char *name, int spin)
 {
     if (!name || pg_sched_tls_machine != m)
         return 0;
-    pg_sched_hook(m, name, spin != 0);
+    hook(m->sched, 0, name, spin != 0);
     return 1;
 }
 
@@ -504,10 +521,11 @@ int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
         struct sched_step st = s->trace[i];
         *cpu = st.cpu;
         *spun = st.spun;
-        size_t n = strlen(s->name[st.name]);
+        const char *pn = point_name(s, st.name);
+        size_t n = strlen(pn);
         if (n >= (size_t)namelen)
             n = (size_t)namelen - 1;
-        memcpy(name, s->name[st.name], n);
+        memcpy(name, pn, n);
         name[n] = '\0';
         rc = 0;
     }
@@ -594,7 +612,7 @@ int pg_sched_trace_choice(pg_machine *m, int64_t i, uint64_t *runnable, uint64_t
 
 static void sched_free(struct pg_sched *s)
 {
-    for (int i = 0; i < s->nr_names; i++)
+    for (int i = PG_NR_RACE_WINDOWS; i < s->nr_names; i++)
         free(s->name[i]);
     free(s->trace);
     free(s->plan);

@@ -1,5 +1,5 @@
 /*
- * frames.c - physical memory: the frame (folio) table, the two zones and
+ * mm/frames.c - physical memory: the frame (folio) table, the two zones and
  * their allocator (orders 0 and 9), reference / pin / map counts, flags, the
  * encoded mapping word, page content, and the address_space records that
  * mapping words point to.
@@ -8,6 +8,10 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "mm/frames.h"
 
 static inline bool pfn_ok(pg_machine *m, uint64_t pfn)
 {
@@ -382,7 +386,7 @@ int pg_folio_set_mapping(pg_machine *m, uint64_t pfn, uint64_t mapping,
     pg_store_release(&h->mapping, mapping);
     /* truncation clears it here while GUP-fast may be between its
      * re-check and its read of ->mapping */
-    PG_YIELD(m, -1, "folio_mapping_set");
+    PG_YIELD(m, -1, PG_W_FOLIO_MAPPING_SET);
     return 0;
 }
 
@@ -468,6 +472,17 @@ int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
     return 0;
 }
 
+/* mirrors folio_maybe_dma_pinned(): a large folio counts pins exactly; a
+ * small one may be pinned once its refcount reaches the bias (or has that
+ * many plain references: "maybe") */
+bool folio_maybe_dma_pinned(pg_machine *m, uint64_t head)
+{
+    struct pg_frame *h = &m->frames[head];
+    if (pg_load_relaxed(&h->order) > 0)
+        return pg_load_acquire(&h->pincount) > 0;
+    return (uint32_t)pg_load_acquire(&h->refcount) >= PG_GUP_PIN_COUNTING_BIAS;
+}
+
 /* ---- address_space records ----------------------------------------------- */
 
 static struct pg_as *as_slot(pg_machine *m, uint64_t id)
@@ -528,7 +543,7 @@ static void as_free_rcu(pg_machine *m, struct pg_rcu_head *h)
     pg_store_release(&a->magic, PG_AS_MAGIC_FREED);
     pg_store_relaxed(&a->kind, 0);
     pg_fetch_add_relaxed(&a->generation, 1);
-    PG_YIELD(m, -1, "as_rcu_freed");
+    PG_YIELD(m, -1, PG_W_AS_RCU_FREED);
     pg_spin_lock(&m->as_lock);
     a->free_next = m->as_free;
     m->as_free = i;
@@ -547,7 +562,7 @@ int pg_as_release(pg_machine *m, uint64_t id)
         return -PG_EINVAL;
     pg_fetch_sub_relaxed(&m->as_live, 1);
     pg_fetch_add_relaxed(&m->as_pending, 1);
-    PG_YIELD(m, -1, "as_release_before_call_rcu");
+    PG_YIELD(m, -1, PG_W_AS_RELEASE_BEFORE_CALL_RCU);
     if (pg_mutant(m, PG_MUT_AS_FREE_NO_RCU)) {
         as_free_rcu(m, &a->rcu); /* the bug: no grace period */
         return 0;

@@ -1,5 +1,5 @@
 /*
- * rcu.c - read-side sections, grace periods and call_rcu.
+ * kernel/rcu.c - read-side sections, grace periods and call_rcu.
  *
  * Each CPU has a sequence word that is odd while it is inside a read-side
  * section (IRQs disabled or rcu_read_lock, counted together).  A grace
@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kernel/sched.h"
+#include "kernel/rcu.h"
 
 void pg_rcu_init(pg_machine *m)
 {
@@ -87,7 +89,7 @@ static void wait_gp(pg_machine *m, int cpu)
         if (!(snap[i] & 1))
             continue;
         while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i])
-            pg_cpu_wait(&spins, "rcu_gp_wait");
+            pg_cpu_wait(&spins, PG_W_RCU_GP_WAIT);
     }
     pg_smp_mb(); /* the readers' sections before what the caller frees */
     pg_fetch_add_relaxed(&m->rcu_grace_periods, 1);
@@ -118,7 +120,7 @@ static int run_callbacks(pg_machine *m, struct pg_rcu_head *h)
     int n = 0;
     while (h) {
         struct pg_rcu_head *next = h->next;
-        PG_YIELD(m, -1, "rcu_before_callback");
+        PG_YIELD(m, -1, PG_W_RCU_BEFORE_CALLBACK);
         h->func(m, h);
         n++;
         h = next;

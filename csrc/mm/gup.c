@@ -1,5 +1,5 @@
 /*
- * gup_fast.c - GUP in C: reference counting (try_grab_page,
+ * mm/gup.c - GUP in C: reference counting (try_grab_page,
  * try_grab_folio, gup_put_folio, unpin over arrays), the slow path's batch
  * follow helper, and GUP-fast, the lockless walk with IRQs disabled.
  *
@@ -12,6 +12,11 @@
  * counted.
  */
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
+#include "mm/frames.h"
+#include "mm/pgtable.h"
 
 static inline bool pfn_valid(pg_machine *m, uint64_t pfn)
 {
@@ -257,7 +262,7 @@ static bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy)
     if ((policy & PG_GUPF_SECRETMEM_LRU) && !(pg_load_acquire(&h->flags) & PG_F_LRU))
         return false;
     uint64_t mapping = pg_load_acquire(&h->mapping);
-    PG_STRESS_WINDOW(m);
+    PG_RACE_AMPLIFY(m, PG_W_FAST_SECRETMEM_MAPPING_READ);
     if (!mapping || (mapping & PG_MAPPING_FLAGS))
         return false;
     struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
@@ -283,8 +288,7 @@ static bool fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t fla
     PG_BUG_ON(m, !pg_cpu_irqs_off(m, cpu), "folio_fast_pin_allowed with IRQs on");
     /* READ_ONCE: truncation may clear it under us; read it exactly once */
     uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
-    PG_YIELD(m, cpu, "fast_mapping_read");
-    PG_STRESS_WINDOW(m);
+    PG_YIELD(m, cpu, PG_W_FAST_MAPPING_READ);
     if (!mapping)
         return pg_mutant(m, PG_MUT_NULL_MAPPING_OK);
     if (mapping & PG_MAPPING_FLAGS)
@@ -302,8 +306,11 @@ static bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
     return pg_mutant(m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
 }
 
-/* mirrors gup_must_unshare(NULL, flags, page): the fast path has no VMA */
-static bool fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags)
+/* mirrors gup_must_unshare(NULL, flags, page): the fast path has no VMA.
+ * A non-anon page needs the VMA's COW test only from 6.2 (84209e87c696,
+ * PG_GUPF_UNSHARE_COW); 6.1's gup_must_unshare() passed every non-anon page. */
+static bool fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags,
+                              uint32_t policy)
 {
     if ((flags & (PG_FOLL_PIN | PG_FOLL_WRITE)) != PG_FOLL_PIN)
         return false;
@@ -311,7 +318,7 @@ static bool fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32
         return false;
     uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
     if ((mapping & PG_MAPPING_FLAGS) != PG_MAPPING_ANON)
-        return (flags & PG_FOLL_LONGTERM) != 0; /* no VMA: let the slow path see */
+        return (policy & PG_GUPF_UNSHARE_COW) && (flags & PG_FOLL_LONGTERM); /* slow path sees */
     pg_smp_mb(); /* pairs with the sharing side's barrier */
     return !anon_exclusive(m, pfn, head);
 }
@@ -342,28 +349,27 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
     if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
                   (unsigned long long)addr, (unsigned long long)pfn))
         return false;
-    PG_YIELD(m, fw->cpu, "fast_pte_read");
-    PG_STRESS_WINDOW(m);
+    PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
     if (grab_folio_fast(m, pfn, 1, flags) < 0)
         return false;
     uint64_t head = pg_frame_head(m, pfn);
-    PG_YIELD(m, fw->cpu, "fast_grabbed");
+    PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
     if (!pg_mutant(m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy))
         goto drop;
     if (pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
         !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
         goto drop;
-    PG_YIELD(m, fw->cpu, "fast_before_recheck");
+    PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
     /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
     if (!pg_mutant(m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
         goto drop;
     if (!pg_mutant(m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
         goto drop;
-    PG_YIELD(m, fw->cpu, "fast_rechecked");
+    PG_YIELD(m, fw->cpu, PG_W_FAST_RECHECKED);
     if (!pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
         !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
         goto drop;
-    if (!(pte & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
+    if (!(pte & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags, fw->policy))
         goto drop;
     mark_referenced(m, head);
     fw->out[fw->nr++] = pfn;
@@ -391,18 +397,17 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
     uint64_t pfn = pg_pte_pfn(pmd) + ((addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1));
     if (PG_BUG_ON(m, pfn + (uint64_t)refs > m->nr_frames, "GUP-fast: PMD maps past memory"))
         return 0;
-    PG_YIELD(m, fw->cpu, "fast_pte_read");
-    PG_STRESS_WINDOW(m);
+    PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
     if (grab_folio_fast(m, pfn, refs, flags) < 0)
         return 0;
     uint64_t head = pg_frame_head(m, pfn);
-    PG_YIELD(m, fw->cpu, "fast_before_recheck");
+    PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
     if (!(pg_mutant(m, PG_MUT_NO_PMD_RECHECK) || pg_mutant(m, PG_MUT_NO_PTE_RECHECK)) &&
         pg_load_acquire(w->pmd_slot) != pmd)
         goto drop;
     if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy))
         goto drop;
-    if (!(pmd & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
+    if (!(pmd & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags, fw->policy))
         goto drop;
     mark_referenced(m, head);
     for (int i = 0; i < refs; i++)
@@ -431,9 +436,9 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
         if (seq & 1)
             return 0; /* fork is write-protecting right now */
     }
-    PG_YIELD(m, cpu, "fast_wp_seq_read");
+    PG_YIELD(m, cpu, PG_W_FAST_WP_SEQ_READ);
     /* walking current->mm: this CPU has it active (shootdowns reach us) */
-    pg_mm_cpumask_set(m, mm, cpu);
+    pg_mm_cpumask_set(mm, cpu);
     pg_local_irq_disable(m, cpu);
     struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0};
     uint64_t end = start + ((uint64_t)nr << PG_PAGE_SHIFT);
@@ -459,8 +464,7 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
         while (addr < end && (addr & (PG_PMD_SIZE - 1))) {
             w.pte_slot++;
             w.pte = pg_load_acquire(w.pte_slot);
-            PG_YIELD(m, cpu, "walk_entry_read");
-            PG_STRESS_WINDOW(m);
+            PG_YIELD(m, cpu, PG_W_WALK_ENTRY_READ);
             if (PG_BUG_ON(m, pg_load_acquire(&w.table->magic) != PG_TABLE_MAGIC_LIVE,
                           "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
                           cpu, w.table->id, (unsigned long long)addr) ||
@@ -474,7 +478,7 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
             break;
     }
     pg_local_irq_enable(m, cpu);
-    PG_YIELD(m, cpu, "fast_wp_seq_recheck");
+    PG_YIELD(m, cpu, PG_W_FAST_WP_SEQ_RECHECK);
     if (check_seq && pg_load_acquire(&mm->wp_seq) != seq) {
         /* a fork overlapped: its copy may have shared what we pinned */
         for (int64_t i = 0; i < fw.nr; i++)

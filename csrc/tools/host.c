@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "pygup.h"
+#include "tools/host.h"
 
 #define HOST_PAGE 4096u
 
