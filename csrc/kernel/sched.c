@@ -46,9 +46,7 @@ struct sched_step {
     uint16_t name;
     uint64_t runnable; /* the CPUs that could have been picked (explorer) */
     uint64_t digest;   /* the machine's state digest at the pick, 0 if off */
-    /* the watched address's leaf and the folio behind it, at the pick */
-    uint64_t w_pte, w_pfn, w_mapping;
-    int32_t w_ref, w_pin, w_map;
+    struct pg_sched_watch watch; /* the watched address, at the pick */
 };
 
 struct pg_sched {
@@ -126,98 +124,6 @@ static inline uint64_t mix(uint64_t h, uint64_t v)
     return h;
 }
 
-/* The explorer's state hash: everything in the C core a later step can
- * read -- frames in use (counts, flags, mapping word, content), live table
- * pages' entries, freed-but-pending tables and address_space records, each
- * CPU's IRQ / RCU nesting, pending IPIs and TLB, each live mm's
- * write_protect_seq and CPU mask.  Monotonic statistics are left out: they
- * differ between orders that reach the same state.  Called by the CPU that
- * gives the turn away, under s->lock: every other CPU is parked, so the
- * relaxed reads see a quiescent machine.  (Not included, and so the
- * explorer's caveat: the parked CPUs' C locals and the Python model.) */
-static uint64_t state_digest(pg_machine *m)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (uint64_t pfn = 0; pfn < m->nr_frames; pfn++) {
-        struct pg_frame *f = &m->frames[pfn];
-        uint32_t flags = pg_load_relaxed(&f->flags);
-        int32_t ref = pg_load_relaxed(&f->refcount);
-        if ((flags & PG_F_FREE) && ref == 0)
-            continue;
-        h = mix(h, pfn);
-        h = mix(h, ((uint64_t)(uint32_t)ref << 32) | (uint32_t)pg_load_relaxed(&f->pincount));
-        h = mix(h, ((uint64_t)(uint32_t)pg_load_relaxed(&f->mapcount) << 32) | flags);
-        h = mix(h, pg_load_relaxed(&f->mapping));
-        h = mix(h, pg_load_relaxed(&f->content));
-        h = mix(h, pg_load_relaxed(&f->index));
-    }
-    for (int c = 0; c < PG_TABLE_MAX_CHUNKS; c++) {
-        struct pg_table *chunk = pg_load_acquire(&m->table_chunks[c]);
-        if (!chunk)
-            break;
-        for (int t = 0; t < PG_TABLE_CHUNK; t++) {
-            struct pg_table *tb = &chunk[t];
-            uint32_t magic = pg_load_relaxed(&tb->magic);
-            if (magic != PG_TABLE_MAGIC_LIVE)
-                continue;
-            h = mix(h, ((uint64_t)tb->id << 8) | (uint64_t)pg_load_relaxed(&tb->level));
-            for (int e = 0; e < PG_PTRS_PER_TABLE; e++) {
-                uint64_t v = pg_load_relaxed(&tb->e[e]);
-                if (v)
-                    h = mix(mix(h, (uint64_t)e), v);
-            }
-        }
-    }
-    h = mix(h, pg_load_relaxed(&m->as_live));
-    h = mix(h, pg_load_relaxed(&m->as_pending));
-    h = mix(h, pg_load_relaxed(&m->table_pages_live));
-    h = mix(h, pg_load_relaxed(&m->table_pages_pending));
-    for (int c = 0; c < m->nr_cpus; c++) {
-        struct pg_cpu *cpu = &m->cpus[c];
-        h = mix(h, (uint64_t)(uint32_t)pg_load_relaxed(&cpu->irq_nesting));
-        h = mix(h, ((uint64_t)(uint32_t)cpu->rcu_nesting << 1) |
-                       (pg_load_relaxed(&cpu->rcu_seq) & 1));
-        h = mix(h, cpu->pending != NULL);
-        for (int e = 0; e < PG_TLB_ENTRIES; e++) {
-            struct pg_tlb_entry *te = &cpu->tlb[e];
-            if (!te->mm_plus1)
-                continue;
-            h = mix(mix(mix(h, te->mm_plus1), te->vpn), te->pfn);
-            h = mix(h, ((uint64_t)te->writable << 8) | te->dirty);
-        }
-    }
-    for (uint32_t i = 0; i < PG_MM_MAX && i < m->mm_next; i++) {
-        struct pg_mm *mm = &m->mms[i];
-        if (pg_load_relaxed(&mm->state) == PG_MM_FREE)
-            continue;
-        h = mix(h, ((uint64_t)i << 32) | pg_load_relaxed(&mm->wp_seq));
-        h = mix(h, pg_load_relaxed(&mm->cpumask));
-    }
-    h = mix(h, m->rcu.count);
-    return h ? h : 1;
-}
-
-/* The leaf that maps addr in mm, read quietly: no violation is recorded
- * for a dead table (the walk the race makes is the one that must see it);
- * 0 when nothing live maps it. */
-static uint64_t peek_leaf(pg_machine *m, uint64_t mmid, uint64_t addr)
-{
-    struct pg_mm *mm = pg_mm_get(m, mmid);
-    if (!mm)
-        return 0;
-    struct pg_table *t = pg_table_get(m, pg_load_relaxed(&mm->pgd));
-    for (int l = PG_LEVEL_PGD; t && l >= PG_LEVEL_PTE; l--) {
-        if (pg_load_relaxed(&t->magic) != PG_TABLE_MAGIC_LIVE)
-            return 0;
-        unsigned shift = PG_PAGE_SHIFT + 9u * (unsigned)(l - 1);
-        uint64_t e = pg_load_acquire(&t->e[(addr >> shift) & (PG_PTRS_PER_TABLE - 1)]);
-        if (!e || l == PG_LEVEL_PTE || (l == PG_LEVEL_PMD && (e & PG_PTE_HUGE)))
-            return e;
-        t = pg_table_get(m, pg_pte_pfn(e));
-    }
-    return 0;
-}
-
 static void trace_add(struct pg_sched *s, int cpu, bool spun, uint64_t runnable)
 {
     if (s->trace_len == s->trace_cap) {
@@ -239,32 +145,13 @@ static void trace_add(struct pg_sched *s, int cpu, bool spun, uint64_t runnable)
     if (s->digest_on) {
         /* the machine, the Python model's lock traffic and where every CPU
          * stands: two picks with equal digests face the same choice */
-        uint64_t h = mix(state_digest(s->m), s->py_epoch);
+        uint64_t h = mix(s->m->sched_digest ? s->m->sched_digest(s->m) : 0, s->py_epoch);
         for (int c = 0; c < s->nr; c++)
             h = mix(h, ((uint64_t)s->state[c] << 16) | s->where[c]);
         st->digest = h ? h : 1;
     }
-    if (s->watch_on) {
-        pg_machine *m = s->m;
-        uint64_t e = peek_leaf(m, s->watch_mm, s->watch_addr);
-        if (pg_pte_maps_frame(e)) {
-            uint64_t pfn = pg_pte_pfn(e);
-            if (e & PG_PTE_HUGE)
-                pfn += (s->watch_addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1);
-            s->watch_pfn = pfn;
-        }
-        st->w_pte = e;
-        st->w_pfn = s->watch_pfn;
-        if (s->watch_pfn < m->nr_frames) {
-            struct pg_frame *f = &m->frames[s->watch_pfn];
-            uint32_t head = pg_load_relaxed(&f->head);
-            struct pg_frame *hf = head < m->nr_frames ? &m->frames[head] : f;
-            st->w_ref = pg_load_relaxed(&hf->refcount);
-            st->w_pin = pg_load_relaxed(&hf->pincount);
-            st->w_map = pg_load_relaxed(&f->mapcount);
-            st->w_mapping = pg_load_relaxed(&hf->mapping);
-        }
-    }
+    if (s->watch_on && s->m->sched_observe)
+        s->m->sched_observe(s->m, s->watch_mm, s->watch_addr, &s->watch_pfn, &st->watch);
 }
 
 /* Under s->lock: choose who runs next and hand it the turn.  The caller
@@ -549,8 +436,8 @@ int pg_sched_explore(pg_machine *m)
 int pg_sched_watch(pg_machine *m, uint64_t mmid, uint64_t addr)
 {
     struct pg_sched *s = m->sched;
-    if (!s || !pg_mm_get(m, mmid) || addr >= PG_VA_LIMIT)
-        return -PG_EINVAL;
+    if (!s || addr >= PG_VA_LIMIT)
+        return -PG_EINVAL; /* the mm id is the observer's to check: a stale one reads nothing */
     pthread_mutex_lock(&s->lock);
     int rc = s->attached == 0 ? 0 : -PG_EBUSY;
     if (rc == 0) {
@@ -571,13 +458,13 @@ int pg_sched_trace_watch(pg_machine *m, int64_t i, uint64_t *out)
     pthread_mutex_lock(&s->lock);
     int rc = -PG_EINVAL;
     if (i >= 0 && i < s->trace_len && s->watch_on) {
-        struct sched_step *st = &s->trace[i];
-        out[0] = st->w_pte;
-        out[1] = st->w_pfn;
-        out[2] = (uint64_t)(int64_t)st->w_ref;
-        out[3] = (uint64_t)(int64_t)st->w_pin;
-        out[4] = (uint64_t)(int64_t)st->w_map;
-        out[5] = st->w_mapping;
+        struct pg_sched_watch *w = &s->trace[i].watch;
+        out[0] = w->pte;
+        out[1] = w->pfn;
+        out[2] = (uint64_t)(int64_t)w->ref;
+        out[3] = (uint64_t)(int64_t)w->pin;
+        out[4] = (uint64_t)(int64_t)w->map;
+        out[5] = w->mapping;
         rc = 0;
     }
     pthread_mutex_unlock(&s->lock);

@@ -98,22 +98,8 @@ RUN_TIMEOUT_S = 30.0      # one schedule: a stall bound, not a budget
 
 
 def window_names() -> frozenset[str]:
-    """The registered race windows (the C core's registry)."""
-    reg = getattr(Core, "race_windows", None)
-    if reg is not None:
-        return frozenset(name for name, *_ in reg())
-    return _WINDOWS_BEFORE_REGISTRY
-
-
-# the C core's window names until the registry (csrc/kernel/race.h) lands
-_WINDOWS_BEFORE_REGISTRY = frozenset({
-    "start", "fast_wp_seq_read", "walk_entry_read", "fast_pte_read", "fast_grabbed",
-    "fast_before_recheck", "fast_rechecked", "fast_mapping_read", "fast_wp_seq_recheck",
-    "walk_ad_cas_failed", "free_pgtables_unlinked", "free_pgtables_synced", "zap_cleared",
-    "zap_flushed", "mkclean_cleared", "mkclean_flushed", "fork_wp_seq_begin",
-    "fork_pin_check", "copy_before_wrprotect", "fork_wp_seq_end", "folio_mapping_set",
-    "as_release_before_call_rcu", "as_rcu_freed", "rcu_before_callback", "ipi_wait",
-    "rcu_gp_wait", "spin_lock", "machine_lock", "irqs_off", "between_writes"})
+    """The registered race windows (csrc/kernel/race.h, ``Core.race_windows``)."""
+    return frozenset(name for name, *_ in Core.race_windows())
 
 
 # ---------------------------------------------------------------------------
