@@ -72,7 +72,6 @@ ScheduleDiverged instead of testing something else.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import time
 from typing import Callable, Iterable, Optional, Sequence
@@ -556,7 +555,10 @@ def _points(race: Race, windows: str) -> frozenset:
     sat in the rmap walk's), or the race's own ("race": shorter schedules)."""
     if windows not in WINDOWS:
         raise ValueError(f"windows must be one of {WINDOWS}, got {windows!r}")
-    return race.points if windows == "race" else window_names() - {"start"}
+    if windows == "race":
+        return race.points
+    kinds = C.RACE_YIELD | C.RACE_PY      # not "start", not the amplifier-only ones
+    return frozenset(n for n, f in Core.race_window_flags().items() if f & kinds)
 
 
 def _run(race: Race, policy: str, mutants: frozenset, schedule, digests: bool,

@@ -158,7 +158,7 @@ def test_migration_counts_references_after_unmapping():
     p = m.processes[0]
     a = w.watch[1]
     run = m.run_concurrently([pin, migrate], schedule=[0] * 6 + [1] * 5 + [0] * 6,
-                             points=E.window_names() - {"start"})
+                             points=E._points(E.RACES["fast-migrate"], "all"))
     ret, pages = run.results[0]
     assert ret == 1 and run.results[1] is True          # migrated, then pinned
     assert p.mm.pte(a).pfn == pages[0]                  # the pin is on the mapped page

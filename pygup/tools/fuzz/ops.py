@@ -542,17 +542,6 @@ _RACE_POINTS = {
 }
 
 
-def race_op(seed: int) -> dict:
-    rng = random.Random(seed)
-    kind = RACES[seed % len(RACES)]
-    # one window on each side keeps the schedule short, so a seeded pick
-    # lands in the narrow interleavings often
-    points = [rng.choice(sorted(_FAST_POINTS)), rng.choice(sorted(_RACE_POINTS[kind]))]
-    return {"op": "race", "kind": kind, "seed": seed, "points": points,
-            "longterm": rng.random() < 0.6, "shmem": rng.random() < 0.5,
-            "tlb_flush": rng.choice(["ipi", "broadcast"])}
-
-
 def op_explore(world: World, op: dict) -> str:
     """A built-in race (pygup/tools/explore.py) with the world's policy and
     switches, on machines of its own.  With ``schedule`` it replays that one
