@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 from pygup.flags import FOLL, PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
+
     from pygup.kernel.gup import Pages
+    from pygup.kernel.vfs import File
     from pygup.kernel.process import Process
 
 SZ_1G = 1 << 30
@@ -100,6 +103,59 @@ def io_uring_unregister_buffers(p: "Process") -> int:
         return -errno.ENXIO
     _release(p, "io_uring")
     return 0
+
+
+def _fixed_buffer(p: "Process", buf_page: int) -> "Optional[Pages]":
+    held = p.held.get("io_uring")
+    if not held or isinstance(buf_page, bool) or not isinstance(buf_page, int) \
+            or not 0 <= buf_page < len(held[0]):
+        return None
+    return held[0]
+
+
+def io_uring_read_fixed(p: "Process", file: "File", index: int, buf_page: int = 0) -> int:
+    """IORING_OP_READ_FIXED of one page of ``file`` (page ``index``) into
+    page ``buf_page`` of registered buffer 0: io_import_fixed() builds a
+    bvec from the pages pinned at registration (no GUP now), the file's
+    read copies into them — whatever is mapped at the address today.
+    Bytes read (0 past the end of the file), or -EFAULT (no such buffer)."""
+    pages = _fixed_buffer(p, buf_page)
+    if pages is None:
+        return -errno.EFAULT
+    value = file.pread(index)
+    if value is None:
+        return 0
+    pages.write(buf_page, value)
+    return PAGE_SIZE
+
+
+def io_uring_write_fixed(p: "Process", file: "File", index: int, buf_page: int = 0) -> int:
+    """IORING_OP_WRITE_FIXED of page ``buf_page`` of registered buffer 0
+    into page ``index`` of ``file``: the data comes from the pinned page.
+    Bytes written, -EBADF (file not writable) or -EFAULT (no such buffer)."""
+    pages = _fixed_buffer(p, buf_page)
+    if pages is None:
+        return -errno.EFAULT
+    if not file.writable:
+        return -errno.EBADF
+    file.pwrite(index, pages.read(buf_page))
+    return PAGE_SIZE
+
+
+def process_vm_readv_range(p: "Process", addr: int, nr_pages: int) -> int:
+    """process_vm_readv() of ``nr_pages`` whole pages from page-aligned
+    ``addr``: process_vm_rw_single_vec() pins and copies in chunks and stops
+    at the first failure, returning the bytes copied so far (-EFAULT when
+    none)."""
+    done = 0
+    for i in range(nr_pages):
+        ret, pages = p.mm.pin_user_pages_remote(addr + i * PAGE_SIZE, 1, 0)
+        if ret <= 0:
+            break
+        pages.read(0)
+        p.mm.unpin_user_pages(pages)
+        done += PAGE_SIZE
+    return done if done else -errno.EFAULT
 
 
 def rdma_umem_get(p: "Process", addr: int, length: int, writable: bool = True) -> int:

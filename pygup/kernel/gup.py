@@ -176,46 +176,26 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
 # ---------------------------------------------------------------------------
 # the per-page rules
 
-def page_anon_exclusive(core, fi) -> bool:
-    """PageAnonExclusive(): per page, but on the head for hugetlb (6.5-rc7)."""
-    if fi.flags & C.F_HUGETLB and fi.head != fi.pfn:
-        return bool(core.frame_info(fi.head).flags & C.F_ANON_EXCLUSIVE)
-    return bool(fi.flags & C.F_ANON_EXCLUSIVE)
+# The per-page rules -- can_follow_write_pte(), gup_must_unshare(),
+# PageAnonExclusive(), folio_is_longterm_pinnable() -- have one home, the C
+# core (csrc/mm/gup.c, csrc/mm/frames.h), which GUP-fast and the slow path's
+# batch follow use per page; the slow path's per-page fallback asks it too.
+# Only the VMA-level inputs are decided here.
+
+def can_follow_write_pte(kernel: "Kernel", pte: int, pfn: Optional[int], vma: VMA,
+                         gup_flags: int) -> bool:
+    """/* mirrors can_follow_write_pte() */ (SPEC §3.3): the C core's rule;
+    ``pfn`` None for a special entry (no normal page)."""
+    return kernel.core.can_follow_write_pte(pte, pfn, gup_flags, int(vma.vm_flags))
 
 
-def _is_anon(fi) -> bool:
-    return fi is not None and fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON
-
-
-def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int, core=None) -> bool:
-    """/* mirrors can_follow_write_pte() */ (SPEC §3.3)."""
-    if pte & C.PTE_WRITE:
-        return True
-    if not gup_flags & FOLL.FORCE:
-        return False
-    F = vma.vm_flags
-    if F & (VM.SHARED | VM.MAYSHARE) or not F & VM.MAYWRITE or F & VM.WRITE:
-        return False
-    if Mutant.FORCE_WRITE_ANY_PAGE in vma.vm_mm.kernel.mutants:
-        return True                  # Dirty COW: the COW is not required
-    if not _is_anon(fi):
-        return False
-    return page_anon_exclusive(core, fi)
-
-
-def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi, policy, core=None) -> bool:
-    """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only PTEs."""
-    if (gup_flags & (FOLL.PIN | FOLL.WRITE)) != FOLL.PIN:
-        return False
-    if not _is_anon(fi):
-        # 6.2 (84209e87c696): a R/O long-term pin in a COW mapping must not
-        # pin the page-cache page (or zero page); 6.1 passed any non-anon page
-        if not gup_flags & FOLL.LONGTERM or not policy.cow_ro_longterm_unshare:
-            return False
-        if vma is None:
-            return True
-        return is_cow_mapping(vma.vm_flags)
-    return not page_anon_exclusive(core, fi)
+def gup_must_unshare(kernel: "Kernel", vma: VMA, gup_flags: int, pfn: int) -> bool:
+    """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only entries.
+    The VMA's part is decided here: from 6.2 (84209e87c696) a R/O long-term
+    pin of a non-anon page in a COW mapping unshares; 6.1 passed every
+    non-anon page (the C rule then sees "not a COW mapping")."""
+    cow = kernel.policy.cow_ro_longterm_unshare and is_cow_mapping(vma.vm_flags)
+    return kernel.core.gup_must_unshare(pfn, gup_flags, cow)
 
 
 def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
@@ -245,15 +225,15 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
         pfn += (addr >> PAGE_SHIFT) & (C.PMD_NR - 1)
     special = bool(pte & C.PTE_SPECIAL)
     fi = None if special else core.frame_info(pfn)
-    if gup_flags & FOLL.WRITE and not can_follow_write_pte(pte, fi, vma, gup_flags, core):
+    if gup_flags & FOLL.WRITE and not can_follow_write_pte(mm.kernel, pte, None if special else pfn,
+                                                          vma, gup_flags):
         return _FOLLOW_FAULT
     if special:
         if pfn != C.ZERO_PFN:
             return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
         if gup_flags & FOLL.DUMP:
             return -errno.EFAULT
-    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, mm.kernel.policy, core) \
-            and Mutant.NO_UNSHARE not in mm.kernel.mutants:
+    if not pte & C.PTE_WRITE and gup_must_unshare(mm.kernel, vma, gup_flags, pfn):
         return _FOLLOW_UNSHARE
     if gup_flags & (FOLL.GET | FOLL.PIN):        # try_grab_page(): else a no-op
         rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
@@ -377,14 +357,6 @@ def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
     return __get_user_pages(mm, start, nr_pages, gup_flags, out, cpu, trace)
 
 
-def folio_is_longterm_pinnable(fi) -> bool:
-    """/* mirrors folio_is_longterm_pinnable() */: not in ZONE_MOVABLE (the
-    zero page always is)."""
-    if fi.flags & C.F_ZERO:
-        return True
-    return fi.zone != C.ZONE_MOVABLE
-
-
 def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     """/* mirrors check_and_migrate_movable_pages() */: 0 if every folio may
     stay pinned; otherwise unpin everything, migrate the movable folios to
@@ -392,9 +364,10 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     core = mm.kernel.core
     collect: list[int] = []
     for pfn in pfns:
-        fi = core.frame_info(pfn)
-        if not folio_is_longterm_pinnable(fi) and fi.head not in collect:
-            collect.append(fi.head)
+        if not core.folio_is_longterm_pinnable(pfn):     # /* the C core's rule */
+            head = core.frame_info(pfn).head
+            if head not in collect:
+                collect.append(head)
     if not collect:
         return 0
     for pfn in pfns:

@@ -337,6 +337,22 @@ class Process:
             if covered != end - start:
                 raise GupError(errno.ENOMEM, "range not fully mapped")
 
+    def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
+        """/proc/self/pagemap's entry for ``addr``: (present, pfn or None,
+        PM_MMAP_EXCLUSIVE) as pte_to_pagemap_entry() makes it: exclusive when
+        the page is mapped exactly once."""
+        self._live()
+        pte = self.mm.pte(addr)
+        if not pte.level or not (pte.present or pte.protnone):
+            return False, None, False
+        pfn = pte.pfn
+        if pte.level == 2:
+            pfn += (addr & (PMD_SIZE - 1)) >> PAGE_SHIFT
+        if pte.special:
+            return True, pfn, False
+        info = self.kernel.core.frame_info(pfn)
+        return True, pfn, info.mapcount == 1
+
     def vmas(self) -> Iterator[VMA]:
         return iter(list(self.mm.vmas))
 

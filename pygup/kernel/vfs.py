@@ -70,6 +70,38 @@ class File:
         pfn = self.inode.find_folio(index)
         return None if pfn is None else pfn + (index - self.inode.folio_start(index))
 
+    def pread(self, index: int) -> Optional[int]:
+        """pread(2) of page ``index``: its content word through the page
+        cache (filemap_read(): read in from disk when not cached), or None
+        past the end of the file (a 0-byte read)."""
+        _check_index(index)
+        if index >= self.inode.nr_pages():
+            return None
+        with self.fs.kernel.op():
+            pfn = self.inode.get_folio(index) + (index - self.inode.folio_start(index))
+            return self.fs.kernel.core.frame_read(pfn)
+
+    def pwrite(self, index: int, value: int) -> None:
+        """pwrite(2) of a content word into page ``index`` (inside the file)
+        through the page cache: generic_perform_write() — write_begin (the
+        file system hears of the write, as page_mkwrite would tell it of a
+        store through a mapping), the copy, write_end dirtying the folio."""
+        _check_index(index)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"value must be a 64-bit unsigned int, got {value!r}")
+        if not self.writable:
+            raise GupError(errno.EBADF, f"{self.name} is not open for writing")
+        if index >= self.inode.nr_pages():
+            raise ValueError(f"index {index} is past the end of {self.name} "
+                             f"({self.inode.nr_pages()} pages)")
+        kernel = self.fs.kernel
+        with kernel.op():
+            head = self.inode.get_folio(index)
+            pfn = head + (index - self.inode.folio_start(index))
+            self.fs.page_mkwrite(self.inode, head, index)
+            kernel.core.frame_write(pfn, value)
+            self.fs.folio_mark_dirty(self.inode, head, index, "write(2)")
+
     def writeback(self) -> int:
         """Write back every dirty folio (filemap_write_and_wait).  Returns
         pages written to disk."""

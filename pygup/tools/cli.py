@@ -192,7 +192,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="comma-separated backings (anon, memfd, tmpfs, workdir, ext2, ext4, "
                         "xfs, btrfs, ramfs, hugetlbfs, secretmem, readonly)")
     o.add_argument("--policy", default=None,
-                   help="pygup policy (default: the preset nearest the host kernel)")
+                   help="pygup policy (default: the preset nearest the kernel's release)")
+    o.add_argument("--kernel", default=None, metavar="6.1|6.12|host|PATH",
+                   help="run the kernel side in a guest booted under qemu (virtme-ng): a "
+                        "Debian kernel version, release or package (downloaded once into "
+                        "~/.cache/pygup/kernels), or a vmlinuz path; default: this host")
     bn = sub.add_parser("bench", help="benchmarks: ratios to the reference and the kernel")
     from pygup.tools.bench import add_arguments as bench_arguments
     bench_arguments(bn)
@@ -220,11 +224,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.cmd == "explain":
         return explain_cmd(args)
     elif args.cmd == "oracle":
+        from pygup.tools.oracle.guest import GuestError
+        from pygup.tools.oracle.guest_side import GuestSetupError
         from pygup.tools.oracle.report import oracle_main
         try:
-            return oracle_main(only=args.only, policy=args.policy, json_out=args.json)
+            return oracle_main(only=args.only, policy=args.policy, json_out=args.json,
+                               kernel=args.kernel)
         except ValueError as exc:
             parser.error(str(exc))
+        except GuestSetupError as exc:
+            print(f"pygup oracle: {exc}", file=sys.stderr)
+            return 2
+        except GuestError as exc:
+            print(f"pygup oracle: the guest failed: {exc}", file=sys.stderr)
+            return 3
     return 0
 
 
