@@ -569,6 +569,25 @@ int64_t pg_sched_steps(pg_machine *m);
 /* trace entry i: cpu, whether it was spinning, the point's name */
 int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
                    char *name, int namelen);
+/* For the schedule explorer (pygup/tools/explore.py): record, at every
+ * pick, a digest of the machine's state (before any attach; -PG_EBUSY
+ * after).  The runnable masks are recorded always. */
+int pg_sched_explore(pg_machine *m);
+/* trace entry i: the CPUs that could have been picked there (waiting and
+ * not spinning; 0 when only spinners were left: nothing to choose), and
+ * the state digest at the pick (0 unless pg_sched_explore) */
+int pg_sched_trace_choice(pg_machine *m, int64_t i, uint64_t *runnable, uint64_t *digest);
+/* Watch one address (before any attach): every pick records the leaf that
+ * maps addr in mm and the folio behind it (or behind the last leaf seen
+ * there); pg_sched_trace_watch fills out[6] = {leaf, pfn, refcount,
+ * pincount, mapcount, mapping word} for pick i (-PG_EINVAL unless
+ * watching).  The step-by-step story of a replayed schedule. */
+int pg_sched_watch(pg_machine *m, uint64_t mmid, uint64_t addr);
+int pg_sched_trace_watch(pg_machine *m, int64_t i, uint64_t *out);
+/* A scheduled CPU took or dropped the Python machine lock: the model may
+ * change under it, so the explorer's digest must change too.  Nothing for
+ * other threads. */
+void pg_sched_note_model(pg_machine *m);
 /* End the session (the trace goes with it).  -PG_EBUSY while a CPU is
  * attached and the session is not deadlocked (a deadlocked one cannot end:
  * its CPUs stay parked on it). */

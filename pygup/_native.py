@@ -525,6 +525,43 @@ class Core:
             out.append((cpu[0], ffi.string(buf).decode(), bool(spun[0])))
         return out
 
+    def sched_explore(self) -> None:
+        """Record a state digest at every pick (before any attach)."""
+        _check(lib.pg_sched_explore(self._m), "sched_explore")
+
+    def sched_choices(self) -> list[tuple[int, int]]:
+        """Every pick so far: (mask of the CPUs that could have been
+        picked, state digest or 0)."""
+        n = lib.pg_sched_steps(self._m)
+        mask, digest = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        out = []
+        for i in range(max(n, 0)):
+            _check(lib.pg_sched_trace_choice(self._m, i, mask, digest), "sched_choices")
+            out.append((int(mask[0]), int(digest[0])))
+        return out
+
+    def sched_watch(self, mmid: int, addr: int) -> None:
+        """Record, at every pick, the leaf mapping addr in mm and its folio."""
+        _check(lib.pg_sched_watch(self._m, mmid, addr), "sched_watch")
+
+    def sched_watches(self) -> list[dict[str, int]]:
+        """Per pick: the watched leaf, pfn, refcount, pincount, mapcount,
+        mapping word (sched_watch)."""
+        n = lib.pg_sched_steps(self._m)
+        buf = ffi.new("uint64_t[6]")
+        out = []
+        for i in range(max(n, 0)):
+            _check(lib.pg_sched_trace_watch(self._m, i, buf), "sched_watches")
+            v = [int(x) for x in buf]
+            signed = [x - (1 << 64) if x >= 1 << 63 else x for x in v[2:5]]
+            out.append({"pte": v[0], "pfn": v[1] if v[1] != 2**64 - 1 else None,
+                        "refcount": signed[0], "pincount": signed[1], "mapcount": signed[2],
+                        "mapping": v[5]})
+        return out
+
+    def sched_note_model(self) -> None:
+        lib.pg_sched_note_model(self._m)
+
     def sched_end(self) -> None:
         _check(lib.pg_sched_end(self._m), "sched_end")
 

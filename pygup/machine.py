@@ -196,12 +196,14 @@ class Machine:
 
     def run_concurrently(self, ops, seed: Optional[int] = 0, schedule=None,
                          points: Optional[Iterable[str]] = None, spin_limit: int = 0,
-                         timeout: float = 60.0) -> Interleaving:
+                         timeout: float = 60.0, digests: bool = False,
+                         watch=None) -> Interleaving:
         """Run ``ops[i](machine)`` as CPU i, interleaved step by step at the
         race windows by a seeded, replayable scheduler: returns each op's
         result (or exception) and the schedule taken (``pygup.kernel.sched``)."""
         return run_concurrently(self.kernel, ops, seed=seed, schedule=schedule, points=points,
-                                spin_limit=spin_limit, timeout=timeout, op_arg=self)
+                                spin_limit=spin_limit, timeout=timeout, op_arg=self,
+                                digests=digests, watch=watch)
 
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:

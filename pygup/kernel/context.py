@@ -56,6 +56,7 @@ class SchedLock:
         return self._lock.acquire(True, timeout) and self._took()
 
     def _took(self) -> bool:
+        self._core.sched_note_model()
         self._owner = threading.get_ident()
         self.depth += 1
         return True
@@ -65,6 +66,9 @@ class SchedLock:
         return self._owner == threading.get_ident() and self.depth == 1
 
     def release(self) -> None:
+        # the model may have changed under the lock: a scheduled CPU tells
+        # the schedule explorer's state digest (a no-op for anyone else)
+        self._core.sched_note_model()
         self.depth -= 1
         if self.depth == 0:
             self._owner = None

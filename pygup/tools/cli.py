@@ -530,6 +530,38 @@ def cmd_fuzz(args) -> int:
     return fuzz_run(args)
 
 
+def add_explore(sub) -> None:
+    from pygup.tools.explore import add_arguments
+    ex = sub.add_parser("explore", help="every interleaving of a built-in race, to a "
+                        "preemption bound: deterministic race hunting")
+    add_arguments(ex)
+    ex.add_argument("--plot", metavar="OUT.svg",
+                    help="draw the failing schedule (or the --replay file's): CPU lanes, "
+                         "the window of each step, the state it saw; .svg, .png or .pdf")
+
+
+def cmd_explore(args) -> int:
+    import os
+    from pygup.tools.explore import run_cli
+    if not args.plot:
+        return run_cli(args)
+    from pygup.tools.timeline import check_plot_path
+    check_plot_path(args.plot)
+    if not args.replay and not args.json:
+        # the schedule lands beside the picture, replayable
+        args.json = os.path.splitext(args.plot)[0] + ".json"
+    rc = run_cli(args)
+    source = args.replay or args.json
+    if rc not in (0, 1) or not source or not os.path.exists(source):
+        return rc
+    from pygup.tools.fuzz.plot import plot_explore_file
+    if plot_explore_file(source, args.plot):
+        print(f"timeline written to {args.plot}")
+    else:
+        print("no failing schedule: nothing to plot")
+    return rc
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "demo": (add_demo, cmd_demo),
     "world": (add_world, cmd_world),
@@ -538,6 +570,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "oracle": (add_oracle, cmd_oracle),
     "bench": (add_bench, cmd_bench),
     "fuzz": (add_fuzz, cmd_fuzz),
+    "explore": (add_explore, cmd_explore),
 }
 
 

@@ -161,12 +161,14 @@ def plot_stories(stories: Sequence[Story], path: str) -> str:
 def plot_interleaving(trace: Iterable, path: str, title: str = "",
                       cpu_names: Optional[Sequence[str]] = None,
                       reasons: Optional[dict[str, str]] = None,
-                      outcome: str = "") -> str:
+                      outcome: str = "", states: Optional[Sequence[dict]] = None,
+                      state_fields: Sequence[str] = ()) -> str:
     """A scheduled race: ``trace`` is ``Interleaving.trace`` ((cpu, point,
     spinning) per pick).  A lane per CPU; each pick a box in its CPU's lane
     named by the race window it resumed from (hatched while spinning);
     ``reasons`` (window -> why it is a window, from the registry) go in a
-    legend under the lanes."""
+    legend under the lanes; ``states`` (one dict per pick) adds a row per
+    ``state_fields`` name: what that step saw."""
     check_plot_path(path)
     plt = require_matplotlib()
     from matplotlib.patches import Rectangle
@@ -177,14 +179,20 @@ def plot_interleaving(trace: Iterable, path: str, title: str = "",
     used = list(dict.fromkeys(str(p[1]) for p in picks if p[1]))
     legend = [f"{w}: {reasons[w]}" for w in used if reasons and w in reasons]
     fig_w = min(label_w + max(len(picks), 1) * col_w + 0.4, 60)
-    fig_h = (len(cpus) + 1.6) * row_h + 0.22 * len(legend) + 0.4
+    fig_h = (len(cpus) + len(state_fields if states else ()) + 1.6) * row_h \
+        + 0.22 * len(legend) + 0.4
     fig, ax = plt.subplots(figsize=(fig_w, fig_h))
     ax.set_xlim(-label_w, max(len(picks), 1) * col_w)
-    ax.set_ylim(len(cpus) + 1.2 + 0.32 * len(legend), -0.9)
+    below = len(cpus) + (len(state_fields) if states else 0)
+    ax.set_ylim(below + 1.2 + 0.32 * len(legend), -0.9)
     ax.axis("off")
     if title:
         ax.text(-label_w + 0.05, -0.5, title, fontsize=11, fontweight="bold", va="center")
     lane = {c: i for i, c in enumerate(cpus)}
+    fields = list(state_fields) if states else []
+    nrows = len(cpus) + len(fields)
+    for k, name in enumerate(fields):
+        ax.text(-0.1, len(cpus) + k + 0.5, name, ha="right", va="center", fontsize=8.5)
     for c in cpus:
         ax.text(-0.1, lane[c] + 0.5, names[lane[c]] if lane[c] < len(names) else f"CPU {c}",
                 ha="right", va="center", fontsize=9, fontweight="bold",
@@ -199,13 +207,26 @@ def plot_interleaving(trace: Iterable, path: str, title: str = "",
         label = str(point) if point else "start"
         ax.text(j * col_w + col_w / 2, y + 0.5, "\n".join(textwrap.wrap(label, 16)),
                 fontsize=6.8, ha="center", va="center", color="white")
-        ax.text(j * col_w + col_w / 2, len(cpus) + 0.2, str(j + 1), fontsize=7,
+        for k, name in enumerate(fields):
+            seen = states[j] if j < len(states) else {}
+            value = seen.get(name)
+            prev = states[j - 1].get(name) if 0 < j <= len(states) else value
+            ax.add_patch(Rectangle((j * col_w + 0.05, len(cpus) + k + 0.1), col_w - 0.1, 0.8,
+                                   facecolor="white",
+                                   edgecolor="#d62728" if value != prev else "#cccccc",
+                                   lw=1.4 if value != prev else 0.6))
+            text = f"{value:#x}" if isinstance(value, int) and name in ("pte", "pfn") \
+                else _fmt(value)
+            ax.text(j * col_w + col_w / 2, len(cpus) + k + 0.5, text, fontsize=7,
+                    ha="center", va="center")
+        ax.text(j * col_w + col_w / 2, nrows + 0.2, str(j + 1), fontsize=7,
                 ha="center", color="#555555")
     if outcome:
-        ax.text(-label_w + 0.05, len(cpus) + 0.65, outcome, fontsize=9, va="center",
-                style="italic", color="#d62728" if "VIOLATION" in outcome else "#2c7a2c")
+        ax.text(-label_w + 0.05, nrows + 0.65, outcome, fontsize=9, va="center",
+                style="italic",
+                color="#d62728" if ("VIOLATION" in outcome or "FAIL" in outcome) else "#2c7a2c")
     for k, text in enumerate(legend):
-        ax.text(-label_w + 0.05, len(cpus) + 1.05 + 0.32 * k, text, fontsize=7.5, va="center")
+        ax.text(-label_w + 0.05, nrows + 1.05 + 0.32 * k, text, fontsize=7.5, va="center")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path

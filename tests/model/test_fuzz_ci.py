@@ -115,12 +115,32 @@ def test_usage_errors_exit_2():
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
-def test_internal_error_exits_3(monkeypatch, tmp_path):
+def test_crashed_worker_is_a_finding(monkeypatch, tmp_path):
     def boom(*a, **k):
-        raise RuntimeError("boom in the harness")
+        raise RuntimeError("boom in the model")
     monkeypatch.setattr(cp, "run_seed", boom)      # the forked workers inherit it
     r = cp.campaign("6.5", (), 30, 1, 0, (0, 1), 0, str(tmp_path), False)
-    assert "boom in the harness" in r.error and cp.exit_status(r) == 3
+    assert "boom in the model" in r.crashed and cp.exit_status(r) == 1
+
+
+def test_internal_error_of_the_harness_exits_3(monkeypatch, tmp_path, capsys):
+    def broken(*a, **k):
+        raise RuntimeError("the harness broke")
+    monkeypatch.setattr(cp, "shrink", broken)      # runs in the parent
+    rc = cp.run(_args("--policy", "6.4", "--seconds", "60", "--workers", "1", "--out-dir",
+                      str(tmp_path), "--no-progress"))
+    assert rc == 3 and "the harness broke" in capsys.readouterr().err
+
+
+def test_explore_plot(tmp_path, capsys):
+    from pygup.tools.cli import main
+    out = tmp_path / "race.svg"
+    assert main(["explore", "--race", "fast-munmap", "--mutant", "no_pte_recheck",
+                 "--plot", str(out)]) == 1
+    text = out.read_text()
+    for lane in ("CPU 0", "CPU 1", "refcount", "mapcount", "fast_grabbed", "FAILED"):
+        assert lane in text
+    assert (tmp_path / "race.json").exists()       # the schedule, replayable
 
 
 def _start(tmp_path, *extra):

@@ -18,13 +18,14 @@ import threading
 import time
 from typing import Optional
 
-from pygup.tools.fuzz.driver import (Failure, replay, run_race_seed, run_seed, run_stress_seed,
-                                shrink)
+from pygup.tools.fuzz.driver import (Failure, replay, run_explore_seed, run_seed,
+                                    run_stress_seed, shrink)
 from pygup.config.mutants import MUTANTS, OVER_REFUSAL
 
 OPS_PER_SEED = 300
-CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c);
-                          # seeds 12k+5: a batch of scheduled races (sched.c)
+CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c, timing:
+                          # throughput and TSan); seeds 12k+5: a built-in race
+                          # explored to bound 2 (tools/explore.py, deterministic)
 
 
 @dataclasses.dataclass
@@ -44,7 +45,8 @@ class Result:
     crashes: list[dict] = dataclasses.field(default_factory=list)   # deduplicated
     corpus: list[str] = dataclasses.field(default_factory=list)     # corpus files written
     stopped_by: Optional[str] = None     # "SIGTERM", "SIGINT" when a signal ended it
-    error: Optional[str] = None          # an internal error (a worker crashed)
+    crashed: Optional[str] = None        # a worker that died: a finding, never a clean run
+    error: Optional[str] = None          # an internal error of the harness itself
 
     def summary(self) -> dict:
         """The JSON a CI collects: the run's identity (shard, seed, policy,
@@ -60,11 +62,14 @@ SUMMARY_FORMAT = 1
 
 
 def exit_status(r: Result) -> int:
-    """0 clean, 1 a violation found, 3 an internal error (2, a usage
-    error, never gets this far)."""
+    """0 clean, 1 a violation found (a crashed worker is one, and so is a
+    run that tested nothing), 3 an internal error of the harness (2, a
+    usage error, never gets this far)."""
     if r.error:
         return 3
-    return 1 if r.crashes else 0
+    if r.crashes or r.crashed:
+        return 1
+    return 1 if r.ops == 0 and r.stopped_by is None else 0
 
 
 def _pygup_version() -> str:
@@ -131,40 +136,48 @@ def _seeds(seed: int, shard: tuple[int, int], worker: int, workers: int):
 
 
 def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
-            keep_going=False, corpus=False) -> None:
+            stress=True, keep_going=False, corpus=False) -> None:
     # the parent decides when to stop: a Ctrl-C reaches the whole process
     # group, and a worker must not die with a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        done = 0
-        seen: set = set()
-        for s in _seeds(seed, shard, worker, workers):
-            if time.monotonic() > deadline or (max_ops and done >= max_ops):
-                break
-            features: Optional[set] = set() if corpus else None
-            ops: list = []
-            if s % CONCURRENT_EVERY == CONCURRENT_EVERY - 1:
-                failure, n = run_stress_seed(s, policy, mutants)
-            elif s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
-                failure, n = run_race_seed(s, policy, mutants)
-            else:
-                failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline,
-                                      features=features, ops_out=ops)
-            done += n
-            q.put(("ops", n))
-            if features and not features <= seen and failure is None:
-                seen |= features
-                q.put(("corpus", {"invariant": None, "policy": policy, "mutants": sorted(mutants),
-                                  "seed": s, "features": sorted(features), "ops": ops}))
-            if failure is not None:
-                q.put(("failure", failure))
-                if not keep_going:
-                    return
-        q.put(("done", worker))
-    except BaseException:            # noqa: BLE001 - reported, never swallowed
+        _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q, stress,
+              keep_going, corpus)
+    except BaseException as e:           # its world failed to build, the model raised...
         import traceback
-        q.put(("error", traceback.format_exc()))
+        q.put(("crash", f"worker {worker}: {type(e).__name__}: {e}\n"
+                        f"{traceback.format_exc(limit=8)}"))
+        raise SystemExit(1)
+
+
+def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
+          stress=True, keep_going=False, corpus=False) -> None:
+    done = 0
+    seen: set = set()
+    for s in _seeds(seed, shard, worker, workers):
+        if time.monotonic() > deadline or (max_ops and done >= max_ops):
+            break
+        features: Optional[set] = set() if corpus else None
+        ops: list = []
+        if stress and s % CONCURRENT_EVERY == CONCURRENT_EVERY - 1:
+            failure, n = run_stress_seed(s, policy, mutants)
+        elif s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
+            failure, n = run_explore_seed(s, policy, mutants)
+        else:
+            failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline,
+                                  features=features, ops_out=ops)
+        done += n
+        q.put(("ops", n))
+        if features and not features <= seen and failure is None:
+            seen |= features
+            q.put(("corpus", {"invariant": None, "policy": policy, "mutants": sorted(mutants),
+                              "seed": s, "features": sorted(features), "ops": ops}))
+        if failure is not None:
+            q.put(("failure", failure))
+            if not keep_going:
+                return
+    q.put(("done", worker))
 
 
 class _Stop(Exception):
@@ -176,19 +189,23 @@ class _Stop(Exception):
 def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: int = 1,
              seed: int = 0, shard: tuple[int, int] = (0, 1), max_ops: int = 0,
              out_dir: str = ".", progress: bool = True, shrink_s: float = 30.0,
-             keep_going: bool = False, corpus_dir: Optional[str] = None) -> Result:
+             stress: bool = True, keep_going: bool = False,
+             corpus_dir: Optional[str] = None) -> Result:
     """Run until the time budget (or max_ops in total) is spent, a
-    violation is found (every violation with ``keep_going``), or SIGTERM /
-    Ctrl-C arrives; each new violation is shrunk and saved as JSON named by
-    its content; ``corpus_dir`` keeps sequences that showed a new kind of
-    outcome.  The workers are stopped whatever happens."""
+    violation is found (every violation with ``keep_going``), a worker
+    crashes, or SIGTERM / Ctrl-C arrives; each new violation is shrunk and
+    saved as JSON named by its content; ``corpus_dir`` keeps sequences that
+    showed a new kind of outcome.  The workers are stopped whatever happens.
+    ``stress``: include the native stress seeds (real threads: their
+    findings depend on timing); without, a run bounded by max_ops is a pure
+    function of the seeds."""
     start = time.monotonic()
     deadline = start + seconds
     per_worker = -(-max_ops // workers) if max_ops else 0
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(policy, list(mutants), seed, shard, w, workers,
-                                               deadline, per_worker, q, keep_going,
+                                               deadline, per_worker, q, stress, keep_going,
                                                corpus_dir is not None), daemon=True)
              for w in range(workers)]
     res = Result(policy, sorted(mutants), 0, 0, 0.0, seed=seed, shard=f"{shard[0]}/{shard[1]}",
@@ -209,16 +226,28 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
                        + (f" +{','.join(mutants)}" if mutants else ""), file=sys.stderr,
                        dynamic_ncols=True)
         finished = 0
-        while finished < workers and (keep_going or not res.crashes) and res.error is None:
+        done_workers: set = set()
+        while finished < workers and (keep_going or not res.crashes) and res.crashed is None:
             try:
                 kind, val = q.get(timeout=0.5)
             except queue.Empty:
+                # a worker that died without saying so (a segfault in the C
+                # core, the OOM killer): a finding
+                dead = [w for w, p in enumerate(procs)
+                        if not p.is_alive() and w not in done_workers and p.exitcode != 0]
+                if dead:
+                    w = dead[0]
+                    code = procs[w].exitcode
+                    res.crashed = (f"worker {w} died with exit code {code}"
+                                   f"{' (signal ' + str(-code) + ')' if code < 0 else ''}"
+                                   f" after {res.ops} operations in all")
+                    break
                 if not any(p.is_alive() for p in procs):
-                    if finished < workers and not res.crashes:
-                        dead = [p.exitcode for p in procs]
-                        res.error = f"workers exited without reporting (exit codes {dead})"
                     break
                 continue
+            if kind == "crash":
+                res.crashed = val
+                break
             if kind == "ops":
                 res.ops += val
                 res.seeds += 1
@@ -231,10 +260,9 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
             elif kind == "corpus":
                 if corpus_dir is not None:
                     res.corpus.append(save_unique(val, corpus_dir, "pygup-seq"))
-            elif kind == "error":
-                res.error = val
             else:
                 finished += 1
+                done_workers.add(val)
     except KeyboardInterrupt:
         res.stopped_by = "SIGINT"
     except _Stop as stop:
@@ -285,41 +313,93 @@ def _record_failure(res: Result, failure: Failure, seen_sites: set, out_dir: str
 # ---------------------------------------------------------------------------
 # selftest
 
-def selftest(budget_s: float = 60.0, clean_ops: int = 1_000_000, workers: int = 1,
-             out_dir: str = ".", progress: bool = False) -> tuple[list[dict], bool]:
-    """For the 6.4 policy and each protection switch: run until the first
-    violation (at most budget_s).  Then the 6.5 policy with no switch for
-    clean_ops operations: it must stay clean."""
+SEQUENTIAL_OPS = 20_000    # the op budget of a sequential switch's campaign
+
+
+def selftest(budget_s: float = 600.0, clean_ops: int = 1_000_000, workers: int = 1,
+             out_dir: str = ".", progress: bool = False,
+             seq_ops: int = SEQUENTIAL_OPS) -> tuple[list[dict], bool]:
+    """For the 6.4 policy and each protection switch, a deterministic
+    method, so that the verdict never depends on machine load:
+
+    * a switch of a race window, and the 6.4 bug: its built-in race
+      explored to bound 2 (tools/explore.py) until the first failing
+      schedule -- the same schedules on every run;
+    * a sequential switch (no interleaving needed): the seeded campaign
+      without native stress, bounded by ``seq_ops`` operations (not by time);
+
+    then every built-in race explored to bound 2 under 6.5 with no switch
+    (0 failing schedules), and the 6.5 campaign for ``clean_ops`` operations
+    (clean).  ``budget_s`` only bounds a stall."""
+    from pygup.tools import explore
     rows = []
     ok = True
     targets = [("6.4", ())] + [("6.5", (name,)) for name in MUTANTS if name not in OVER_REFUSAL]
     for policy, mutants in targets:
-        r = campaign(policy, mutants, budget_s, workers, 0, (0, 1), 0, out_dir, progress)
-        found = r.failure is not None
-        ok &= found
-        rows.append({"target": f"policy {policy}" if not mutants else mutants[0],
-                     "found": found, "invariant": r.failure["invariant"] if found else "-",
-                     "seconds": round(r.found_after_s, 2) if found else round(r.seconds, 1),
-                     "ops": r.found_after_ops if found else r.ops,
-                     "reproducer_ops": len(r.failure["ops"]) if found else None})
+        race = "pin-writeback" if not mutants else None
+        if mutants:
+            try:
+                race = explore.race_for_switch(mutants[0])
+            except ValueError:
+                race = None
+        t0 = time.monotonic()
+        if race is not None:
+            res = explore.explore(race, 2, policy, mutants, stop_at_first=True)
+            found = res.failing is not None
+            row = {"method": f"explore {race}", "found": found, "schedules": res.explored,
+                   "invariant": f"race:{race}" if found else "-", "ops": None,
+                   "detail": res.failing.detail if found else "",
+                   "reproducer_ops": len(res.failing.schedule) if found else None}
+        else:
+            r = campaign(policy, mutants, budget_s, workers, 0, (0, 1), seq_ops, out_dir,
+                         progress, stress=False)
+            found = r.failure is not None
+            row = {"method": "seeded ops", "found": found, "schedules": None,
+                   "invariant": r.failure["invariant"] if found else ("crash" if r.crashed
+                                                                      else "-"),
+                   "ops": r.found_after_ops if found else r.ops,
+                   "detail": r.failure["detail"] if found else (r.crashed or ""),
+                   "reproducer_ops": len(r.failure["ops"]) if found else None}
+        ok &= row["found"]
+        rows.append({"target": f"policy {policy}" if not mutants else mutants[0], **row,
+                     "seconds": round(time.monotonic() - t0, 2)})
+    # every race clean under 6.5
+    t0 = time.monotonic()
+    total, failing = 0, []
+    for name in explore.RACES:
+        res = explore.explore(name, 2, "6.5")
+        total += res.explored
+        if res.failing is not None:
+            failing.append(f"{name}: {res.failing.detail}")
+    ok &= not failing
+    rows.append({"target": "policy 6.5 (every race)", "method": "explore all", "found": bool(failing),
+                 "invariant": "none" if not failing else "race", "schedules": total, "ops": None,
+                 "detail": "; ".join(failing), "reproducer_ops": None,
+                 "seconds": round(time.monotonic() - t0, 2)})
     clean = campaign("6.5", (), 10 * 3600, workers, 10_000, (0, 1), clean_ops, out_dir, progress)
-    ok &= clean.failure is None
-    rows.append({"target": "policy 6.5 (clean run)", "found": clean.failure is not None,
-                 "invariant": clean.failure["invariant"] if clean.failure else "none",
-                 "seconds": round(clean.seconds, 1), "ops": clean.ops, "reproducer_ops": None})
+    bad = clean.failure is not None or clean.crashed is not None or clean.ops == 0
+    ok &= not bad
+    rows.append({"target": "policy 6.5 (clean run)", "method": "seeded ops", "found": bad,
+                 "invariant": clean.failure["invariant"] if clean.failure else
+                 ("crash" if clean.crashed else "none"),
+                 "schedules": None, "ops": clean.ops, "detail": clean.crashed or "",
+                 "seconds": round(clean.seconds, 1), "reproducer_ops": None})
     return rows, ok
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"| {'target':<26} | {'invariant that fired':<22} | {'seconds':>8} | {'ops':>9} | {'repro ops':>9} |"
-    sep = "|" + "|".join("-" * (w + 2) for w in (26, 22, 8, 9, 9)) + "|"
+    widths = (26, 28, 24, 9, 8, 8, 9)
+    head = (f"| {'target':<26} | {'method':<28} | {'invariant that fired':<24} | "
+            f"{'schedules':>9} | {'ops':>8} | {'seconds':>8} | {'repro len':>9} |")
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     lines = [head, sep]
     for r in rows:
-        repro = "-" if r["reproducer_ops"] is None else str(r["reproducer_ops"])
-        inv = r["invariant"] if r["found"] or r["target"].startswith("policy 6.5 (clean") \
-            else "NOT FOUND"
-        lines.append(f"| {r['target']:<26} | {inv:<22} | {r['seconds']:>8} | {r['ops']:>9} | "
-                     f"{repro:>9} |")
+        clean_row = r["target"].startswith("policy 6.5 (")
+        inv = r["invariant"] if r["found"] or clean_row else "NOT FOUND"
+        dash = lambda v: "-" if v is None else str(v)          # noqa: E731
+        lines.append(f"| {r['target']:<26} | {r['method']:<28} | {inv:<24} | "
+                     f"{dash(r['schedules']):>9} | {dash(r['ops']):>8} | {r['seconds']:>8} | "
+                     f"{dash(r['reproducer_ops']):>9} |")
     return "\n".join(lines)
 
 
@@ -476,8 +556,8 @@ def _run(args: argparse.Namespace) -> int:
         return _replay(args)
     i, n = args.shard
     if args.selftest:
-        rows, ok = selftest(args.seconds, args.max_ops or 1_000_000, args.workers, args.out_dir,
-                            progress)
+        rows, ok = selftest(max(args.seconds, 600.0), args.max_ops or 1_000_000, args.workers,
+                            args.out_dir, progress)
         print(format_table(rows))
         if args.json:
             with open(args.json, "w") as fh:
@@ -497,13 +577,17 @@ def _run(args: argparse.Namespace) -> int:
             json.dump(r.summary(), fh, indent=1)
     if r.error:
         print(f"INTERNAL ERROR: {r.error}", file=sys.stderr)
+    if r.crashed:
+        print(f"CRASH: {r.crashed}")
+    if r.ops == 0 and r.stopped_by is None:
+        print("pygup fuzz: no operation ran (nothing was tested)")
     for c in r.crashes:
         print(f"VIOLATION [{c['invariant']}] at {c['site']}: {c['detail']}")
         print(f"reproducer ({c['reproducer_ops']} ops): {c['reproducer']}")
         print(f"replay with: pygup fuzz --replay {c['reproducer']}")
     if r.corpus:
         print(f"corpus: {len(r.corpus)} sequences in {args.corpus}")
-    if not r.crashes and not r.error:
+    if exit_status(r) == 0:
         print("no violation")
     return exit_status(r)
 

@@ -648,15 +648,39 @@ _RACE_POINTS = {
 }
 
 
-def race_op(seed: int) -> dict:
-    rng = random.Random(seed)
-    kind = RACES[seed % len(RACES)]
-    # one window on each side keeps the schedule short, so a seeded pick
-    # lands in the narrow interleavings often
-    points = [rng.choice(sorted(_FAST_POINTS)), rng.choice(sorted(_RACE_POINTS[kind]))]
-    return {"op": "race", "kind": kind, "seed": seed, "points": points,
-            "longterm": rng.random() < 0.6, "shmem": rng.random() < 0.5,
-            "tlb_flush": rng.choice(["ipi", "broadcast"])}
+def op_explore(world: World, op: dict) -> str:
+    """A built-in race (pygup/tools/explore.py) with the world's policy and
+    switches, on machines of its own.  With ``schedule`` it replays that one
+    interleaving exactly; without, it explores every schedule to ``bound``
+    preemptions and, on a failing one, writes it into the op before raising,
+    so the reproducer replays the very interleaving (schedule included)."""
+    from pygup.tools import explore
+    mutants = sorted(getattr(x, "value", x) for x in world.m.mutants)
+    policy = world.policy.name
+    if op.get("schedule"):
+        from pygup.kernel.sched import ScheduleDiverged
+        try:
+            out = explore.replay(op["race"], op["schedule"], policy, mutants,
+                                 op.get("windows", "all"))
+        except ScheduleDiverged as e:
+            # the world takes another path now (a fix removed the window's
+            # outcome): that interleaving no longer exists
+            return f"race {op['race']}: the schedule no longer applies ({e})"
+        if out["failed"]:
+            raise Violation(f"race:{op['race']}", out["failed"])
+        return f"race {op['race']}: the schedule replays clean"
+    res = explore.explore(op["race"], op.get("bound", 2), policy, mutants,
+                          stop_at_first=True)
+    if res.failing is not None:
+        op["schedule"] = res.failing.schedule
+        raise Violation(f"race:{op['race']}", res.failing.detail)
+    return f"race {op['race']}: {res.explored} schedules, 0 failing"
+
+
+def explore_op(seed: int) -> dict:
+    from pygup.tools.explore import RACES
+    names = list(RACES)
+    return {"op": "explore", "race": names[seed % len(names)], "bound": 2}
 
 
 STRESS_SCENARIOS = ["unmap", "collapse", "truncate", "writeback", "fork"]

@@ -29,12 +29,55 @@ def _actor(op: dict) -> str:
     return f"process {op['proc']}" if "proc" in op else "user process"
 
 
+STATE_FIELDS = ("pte", "pfn", "refcount", "pincount", "mapcount")
+
+
+def plot_schedule(race: str, schedule, policy: str, mutants, windows: str, out: str,
+                  title: str) -> str:
+    """One schedule of a built-in race (tools/explore.py), replayed step by
+    step: CPU lanes, the window each step resumed from, and the watched
+    page-table entry and folio as that step saw them."""
+    from pygup.tools import explore
+    res = explore.replay(race, schedule, policy, list(mutants or ()), windows)
+    steps = res["steps"]
+    trace = [(s["cpu"], s["window"], s["spin"]) for s in steps]
+    cpus = sorted({s["cpu"] for s in steps})
+    names = [f"CPU {c}" for c in cpus]
+    doc = getattr(explore.RACES.get(race), "doc", "")
+    return plot_interleaving(trace, out, title=title + (f" — {doc}" if doc else ""),
+                             cpu_names=names, reasons=dict(Core.race_windows()),
+                             outcome=(f"FAILED: {res['failed']}" if res["failed"]
+                                      else "no failure"),
+                             states=steps, state_fields=STATE_FIELDS)
+
+
+def plot_explore_file(path: str, out: str) -> bool:
+    """``pygup explore --json`` output: plot its failing schedule (False:
+    there is none)."""
+    with open(path) as fh:
+        data = json.load(fh)
+    f = data.get("failing")
+    if not f:
+        return False
+    sw = f" +{','.join(data['mutants'])}" if data.get("mutants") else ""
+    plot_schedule(data["race"], f["schedule"], data["policy"], data.get("mutants", []),
+                  data.get("windows", "all"), out,
+                  f"explore {data['race']} (policy {data['policy']}{sw})")
+    return True
+
+
 def plot_replay(path: str, log: list[str], failure, races: list, out: str) -> str:
     with open(path) as fh:
         data = json.load(fh)
     ops = data.get("ops") or []
     verdict = (f"VIOLATION [{failure.invariant}] at step {failure.step}" if failure is not None
                else "no violation")
+    explored = [op for op in ops if op.get("op") == "explore" and op.get("schedule")]
+    if explored:
+        op = explored[-1]
+        return plot_schedule(op["race"], op["schedule"], data.get("policy", "6.5"),
+                             data.get("mutants", []), op.get("windows", "all"), out,
+                             f"{os.path.basename(path)}: race {op['race']}")
     if races:
         op, run = races[-1]
         reasons = dict(Core.race_windows())
