@@ -55,6 +55,8 @@ class VM(enum.IntFlag):
     DONTDUMP = 0x4000000
     SOFTDIRTY = 0x8000000
     MIXEDMAP = 0x10000000
+    HUGEPAGE = 0x20000000
+    NOHUGEPAGE = 0x40000000
 
 
 class PROT(enum.IntFlag):

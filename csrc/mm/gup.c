@@ -172,6 +172,9 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
                       (unsigned long long)addr, (unsigned long long)pfn))
             break;
         uint64_t head = pg_frame_head(m, pfn);
+        if (level == PG_LEVEL_PMD && (how & PG_FOLLOW_SPLIT_PMD) &&
+            !(pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB))
+            break; /* FOLL_SPLIT_PMD: the split is Python's */
         bool writable = pte & PG_PTE_WRITE;
         if ((how & PG_FOLLOW_WRITE) && !writable)
             break; /* can_follow_write_pte(): FOLL_FORCE and faults are Python's */
@@ -209,21 +212,26 @@ static bool longterm_pinnable(pg_machine *m, uint64_t head)
 }
 
 /* mirrors try_grab_folio() (6.5; try_grab_folio_fast from 6.11): refs on
- * the folio containing pfn, or -1 (nothing taken) */
-static int grab_folio_fast(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
+ * the folio containing pfn, or -1 (nothing taken).  The folio is found
+ * before the reference is taken, so a split in between can leave the
+ * reference on a folio that no longer contains the page: after taking it,
+ * look again and retry (c24d37322548; switch no_folio_recheck skips it). */
+static int grab_folio_fast(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
+                           uint32_t flags)
 {
-    uint64_t head = pg_frame_head(m, pfn);
-    struct pg_frame *h = &m->frames[head];
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
-    if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&h->flags) & PG_F_ZERO))
-        return 0; /* the zero page is never counted */
-    if (pg_folio_try_get(m, pfn, refs) < 0)
-        return -1; /* refcount zero: being freed, never resurrect */
-    if (pg_frame_head(m, pfn) != head) { /* split meanwhile: not modelled */
-        pg_folio_put_internal(m, head, refs);
-        return -1;
+    for (;;) {
+        if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO))
+            return 0; /* the zero page is never counted */
+        if (pg_folio_try_get(m, head, refs) < 0)
+            return -1; /* refcount zero: being freed (or frozen by a split) */
+        if (pg_mutant(m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
+            break;
+        pg_folio_put_internal(m, head, refs); /* split meanwhile: try its new folio */
+        head = pg_frame_head(m, pfn);
     }
+    struct pg_frame *h = &m->frames[head];
     if (!(flags & PG_FOLL_PIN))
         return 0;
     if ((flags & PG_FOLL_LONGTERM) && !longterm_pinnable(m, head)) {
@@ -346,8 +354,10 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
     if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
                   (unsigned long long)addr, (unsigned long long)pfn))
         return false;
+    /* page_folio(): found before the window, used after it */
+    uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    if (grab_folio_fast(m, pfn, 1, flags) < 0)
+    if (grab_folio_fast(m, pfn, folio, 1, flags) < 0)
         return false;
     uint64_t head = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
@@ -394,8 +404,9 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
     uint64_t pfn = pg_pte_pfn(pmd) + ((addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1));
     if (PG_BUG_ON(m, pfn + (uint64_t)refs > m->nr_frames, "GUP-fast: PMD maps past memory"))
         return 0;
+    uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    if (grab_folio_fast(m, pfn, refs, flags) < 0)
+    if (grab_folio_fast(m, pfn, folio, refs, flags) < 0)
         return 0;
     uint64_t head = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);

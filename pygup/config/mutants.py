@@ -43,6 +43,14 @@ MUTANTS: dict[str, tuple[int, str]] = {
     "unpin_no_bias": (C.MUT_UNPIN_NO_BIAS,
                       "unpin drops 1 instead of GUP_PIN_COUNTING_BIAS: refcounts never "
                       "balance (BUGS #10)"),
+    "no_folio_recheck": (C.MUT_NO_FOLIO_RECHECK,
+                         "GUP-fast keeps the reference it took on the folio it found even "
+                         "when a THP split made the page its own folio meanwhile "
+                         "(c24d37322548, BUGS #8)"),
+    "collapse_no_sync": (C.MUT_COLLAPSE_NO_SYNC,
+                         "THP collapse skips tlb_remove_table_sync_one() after clearing the "
+                         "PMD: a GUP-fast walker of the old table runs on (2ba99c5e0881, "
+                         "BUGS #6/#7)"),
     # switches of the Python slow path (no C bit)
     # these two refuse too much rather than allow too much: no safety
     # invariant can see them; the conformance tests (the gup_longterm matrix,
