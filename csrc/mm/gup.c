@@ -212,18 +212,20 @@ static bool longterm_pinnable(pg_machine *m, uint64_t head)
 }
 
 /* mirrors try_grab_folio() (6.5; try_grab_folio_fast from 6.11): refs on
- * the folio containing pfn, or -1 (nothing taken).  The folio is found
+ * the folio containing pfn; returns the head of the folio it took them on
+ * (the caller's `folio`, which its checks and its undo use), or -1
+ * (nothing taken).  The folio is found
  * before the reference is taken, so a split in between can leave the
  * reference on a folio that no longer contains the page: after taking it,
  * look again and retry (c24d37322548; switch no_folio_recheck skips it). */
-static int grab_folio_fast(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
-                           uint32_t flags)
+static int64_t grab_folio_fast(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
+                               uint32_t flags)
 {
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
     for (;;) {
         if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO))
-            return 0; /* the zero page is never counted */
+            return (int64_t)head; /* the zero page is never counted */
         if (pg_folio_try_get(m, head, refs) < 0)
             return -1; /* refcount zero: being freed (or frozen by a split) */
         if (pg_mutant(m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
@@ -233,7 +235,7 @@ static int grab_folio_fast(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
     }
     struct pg_frame *h = &m->frames[head];
     if (!(flags & PG_FOLL_PIN))
-        return 0;
+        return (int64_t)head;
     if ((flags & PG_FOLL_LONGTERM) && !longterm_pinnable(m, head)) {
         pg_folio_put_internal(m, head, refs); /* the slow path migrates it */
         return -1;
@@ -244,7 +246,7 @@ static int grab_folio_fast(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
         pg_fetch_add(&h->refcount, refs * (PG_GUP_PIN_COUNTING_BIAS - 1));
     pg_smp_mb(); /* the pin is visible before the PTE re-check */
     pg_count_pins(m, true, (uint64_t)refs);
-    return 0;
+    return (int64_t)head;
 }
 
 /* folio_set_referenced(), skipping the atomic when the bit is already set */
@@ -357,9 +359,10 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
     /* page_folio(): found before the window, used after it */
     uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    if (grab_folio_fast(m, pfn, folio, 1, flags) < 0)
+    int64_t grabbed = grab_folio_fast(m, pfn, folio, 1, flags);
+    if (grabbed < 0)
         return false;
-    uint64_t head = pg_frame_head(m, pfn);
+    uint64_t head = (uint64_t)grabbed;
     PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
     if (!pg_mutant(m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy))
         goto drop;
@@ -382,7 +385,7 @@ static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *
     fw->out[fw->nr++] = pfn;
     return true;
 drop:
-    ungrab(m, pfn, 1, flags);
+    ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the grab went */
     return false;
 }
 
@@ -406,9 +409,10 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
         return 0;
     uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    if (grab_folio_fast(m, pfn, folio, refs, flags) < 0)
+    int64_t grabbed = grab_folio_fast(m, pfn, folio, refs, flags);
+    if (grabbed < 0)
         return 0;
-    uint64_t head = pg_frame_head(m, pfn);
+    uint64_t head = (uint64_t)grabbed;
     PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
     if (!(pg_mutant(m, PG_MUT_NO_PMD_RECHECK) || pg_mutant(m, PG_MUT_NO_PTE_RECHECK)) &&
         pg_load_acquire(w->pmd_slot) != pmd)
@@ -422,7 +426,7 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
         fw->out[fw->nr++] = pfn + (uint64_t)i;
     return refs;
 drop:
-    ungrab(m, pfn, refs, flags);
+    ungrab(m, head, refs, flags);
     return 0;
 }
 

@@ -13,7 +13,7 @@ from pygup.flags import (MAP, MS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PR
 from pygup.kernel.fault import handle_mm_fault, handle_user_fault
 from pygup.kernel.fs import DEVICE_VM_OPS
 from pygup.kernel.mm import MM
-from pygup.kernel.thp import split_folio, split_huge_pmd_range
+from pygup.kernel.thp import split_folio, split_huge_pmd_range, thp_folios_at_edges
 from pygup.kernel.vfs import File, anon_inode_file, iput
 from pygup.kernel.vma import VMA, is_cow_mapping
 from pygup.kernel.writeback import writeback_inode
@@ -194,7 +194,8 @@ class Process:
         lo, hi = vmas[0].vm_start, vmas[-1].vm_end
         # a THP the range cuts: PTE-mapped first (__split_vma ->
         # vma_adjust_trans_huge), then the part inside goes like any pages
-        partial = split_huge_pmd_range(mm, lo, hi, cpu)
+        split_huge_pmd_range(mm, lo, hi, cpu)
+        partial = thp_folios_at_edges(mm, lo, hi)
         for vma in vmas:
             mm.vma_unlink(vma)
         core.zap_range(cpu, mm.id, lo, hi)

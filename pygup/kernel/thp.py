@@ -196,6 +196,29 @@ def split_huge_pmd_range(mm, start: int, end: int, cpu: int) -> list[int]:
     return heads
 
 
+def thp_folios_at_edges(mm, start: int, end: int) -> list[int]:
+    """Heads of the PTE-mapped anon THPs that [start, end) cuts: the ones
+    an unmap of the range leaves partly mapped (deferred_split_folio()'s
+    candidates)."""
+    core = mm.kernel.core
+    heads: list[int] = []
+    for edge in sorted({start, end}):
+        if edge % PMD_SIZE == 0:
+            continue
+        for addr in (edge - PAGE_SIZE, edge):
+            if mm.find_vma(addr) is None:
+                continue
+            level, pte = core.pte_lookup(mm.id, addr)
+            if level != C.LEVEL_PTE or not pte & (C.PTE_PRESENT | C.PTE_PROTNONE) \
+                    or pte & C.PTE_SPECIAL:
+                continue
+            fi = core.frame_info((pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT)
+            if fi.order == C.PMD_ORDER and not fi.flags & C.F_HUGETLB \
+                    and fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON and fi.head not in heads:
+                heads.append(fi.head)
+    return heads
+
+
 def _pmd_mappings(kernel, head: int, cpu: int) -> list:
     """(vma, address) of every PMD leaf mapping the folio (the rmap walk of
     unmap_folio with TTU_SPLIT_HUGE_PMD)."""
