@@ -299,6 +299,9 @@ struct pg_machine {
     } pin_stats[PG_PIN_STAT_SHARDS];
     _Atomic uint32_t mutants;  /* PG_MUT_* protection switches */
     _Atomic uint32_t race_amplify; /* the stress amplifier's knob (kernel/race.c) */
+    /* failure injection (lib/fault_inject.c): countdowns, and how many fired */
+    _Atomic int64_t fail_nth[PG_FAIL_NR];
+    _Atomic uint64_t fail_fired[PG_FAIL_NR];
     /* deterministic scheduler (sched.c): PG_YIELD tests sched_on only */
     _Atomic int sched_on;
     struct pg_sched *sched;    /* the session, while sched_on */

@@ -73,9 +73,17 @@
 #define PG_MUT_FAST_NO_UNSHARE 0x200     /* GUP-fast skips gup_must_unshare */
 #define PG_MUT_FAST_SECRETMEM 0x400      /* 65291dcfcf89: secretmem passes */
 #define PG_MUT_UNPIN_NO_BIAS 0x800       /* unpin drops 1, not the bias */
-#define PG_MUT_NO_FOLIO_RECHECK 0x1000   /* c24d37322548: ref on a stale head */
-#define PG_MUT_COLLAPSE_NO_SYNC 0x2000   /* 2ba99c5e0881: no IPI sync in collapse */
-#define PG_MUT_ALL 0x3fff
+#define PG_MUT_NO_UNSHARE 0x1000         /* slow path skips gup_must_unshare */
+#define PG_MUT_FORCE_WRITE_ANY_PAGE 0x2000 /* Dirty COW: FOLL_FORCE writes any page */
+#define PG_MUT_NO_FOLIO_RECHECK 0x4000   /* c24d37322548: ref on a stale head */
+#define PG_MUT_COLLAPSE_NO_SYNC 0x8000   /* 2ba99c5e0881: no IPI sync in collapse */
+#define PG_MUT_ALL 0xffff
+
+/* ---- vm_flags bits the C rules read (Linux values, as pygup.flags.VM) -- */
+#define PG_VM_WRITE 0x2
+#define PG_VM_SHARED 0x8
+#define PG_VM_MAYWRITE 0x20
+#define PG_VM_MAYSHARE 0x80
 
 /* ---- errno values (Linux) used across the boundary --------------------- */
 #define PG_EPERM 1
@@ -208,6 +216,20 @@ int pg_violation_pop(pg_machine *m, char *buf, int buflen);
 /* every violation ever recorded (popped or not) */
 uint64_t pg_violation_total(pg_machine *m);
 
+/* ---- failure injection (lib/fault_inject.c) ---------------------------
+ * pg_fail_nth(kind, nth): the nth allocation of that kind from this call
+ * on fails (once) as a real one does: -PG_ENOMEM from the call that needed
+ * it.  nth 0 turns the knob off; -PG_EINVAL for a bad kind or nth < 0.
+ * pg_fail_pending: what is left of the countdown (0: off or fired);
+ * pg_fail_fired: how many injected failures of that kind ever fired. */
+#define PG_FAIL_FOLIO 0   /* pg_folio_alloc (faults, fork's copy, migration) */
+#define PG_FAIL_TABLE 1   /* a page-table page (pg_mm_new, pg_pte_set, fork) */
+#define PG_FAIL_AS 2      /* an address_space record (pg_as_new) */
+#define PG_FAIL_NR 3
+int pg_fail_nth(pg_machine *m, int kind, int64_t nth);
+int64_t pg_fail_pending(pg_machine *m, int kind);
+int64_t pg_fail_fired(pg_machine *m, int kind);
+
 /* ---- frames / folios (mm/frames.c) ------------------------------------- */
 /* Allocate a folio of order 0 or PG_PMD_ORDER in a zone.  The new folio has
  * refcount 1, no mapping, content 0 in every frame, flags HEAD (|TAIL on the
@@ -239,6 +261,28 @@ int pg_folio_copy(pg_machine *m, uint64_t dst, uint64_t src);
  * ANON_EXCLUSIVE, not the head's folio-wide flags). */
 int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
                        uint32_t *flags, uint64_t *mapping, uint64_t *content);
+
+/* The per-page rules, one implementation each in C (mm/frames.c, mm/gup.c),
+ * for Python to ask.  Each returns 1 (true), 0 (false), or -PG_EINVAL
+ * when pfn is not a frame of a live folio. */
+/* PageAnonExclusive() (hugetlb: the head page's) */
+int pg_page_anon_exclusive(pg_machine *m, uint64_t pfn);
+/* folio_is_longterm_pinnable(): not in ZONE_MOVABLE (the zero page is) */
+int pg_folio_is_longterm_pinnable(pg_machine *m, uint64_t pfn);
+/* folio_maybe_dma_pinned() */
+int pg_folio_maybe_dma_pinned(pg_machine *m, uint64_t pfn);
+/* gup_must_unshare() for a read-only entry mapping pfn: vma_is_cow is the
+ * VMA's is_cow_mapping() (0 / 1), or -1 for GUP-fast, which has no VMA.
+ * With a VMA the PG_MUT_NO_UNSHARE switch (the slow path skips the rule)
+ * applies, without one PG_MUT_FAST_NO_UNSHARE; either makes it 0.
+ * -PG_EINVAL also for vma_is_cow outside -1..1. */
+int pg_gup_must_unshare(pg_machine *m, uint64_t pfn, uint32_t gup_flags, int vma_is_cow);
+/* can_follow_write_pte(): may a FOLL_WRITE follow entry pte without a write
+ * fault?  pfn: the normal page the entry maps, or -1 when there is none
+ * (special); vm_flags: the VMA's (PG_VM_* bits are read).  Honours
+ * PG_MUT_FORCE_WRITE_ANY_PAGE. */
+int pg_can_follow_write_pte(pg_machine *m, uint64_t pte, int64_t pfn, uint32_t gup_flags,
+                            uint64_t vm_flags);
 
 /* ---- address_space records (mm/frames.c) ------------------------------- */
 /* New record of the given PG_AS_* kind; returns its id (>= 1). */
@@ -393,6 +437,7 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
 /* policy bits for pg_gup_fast */
 #define PG_GUPF_WHITELIST 0x1       /* 6.5 folio_fast_pin_allowed() */
 #define PG_GUPF_SECRETMEM_LRU 0x2   /* 6.5's page_is_secretmem() LRU shortcut */
+#define PG_GUPF_UNSHARE_COW 0x4     /* 6.2 gup_must_unshare(): non-anon R/O long-term pins */
 /* lockless_pages_from_mm(): with IRQs disabled on cpu, walk [start, start +
  * nr pages) reading each level once, grabbing pages as the kernel does
  * (SPEC §4.2-4.6); stops at the first page it cannot take.  The pages

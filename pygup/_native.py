@@ -72,6 +72,21 @@ def _race_window_names() -> frozenset[str]:
     return frozenset(n for n, _, _ in _race_registry())
 
 
+def _u64(v, name: str, limit: int = 2**64) -> int:
+    """v as a C unsigned argument: an int in [0, limit), else ValueError /
+    TypeError naming the argument (cffi would raise OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    v = int(v)
+    if not 0 <= v < limit:
+        raise ValueError(f"{name} out of range: {v:#x}")
+    return v
+
+
+def _u32(v, name: str) -> int:
+    return _u64(v, name, 2**32)
+
+
 def _check(rc: int, what: str) -> int:
     if rc < 0:
         raise GupError(-rc, what)
@@ -127,6 +142,37 @@ class Core:
     def set_mutants(self, bits: int) -> None:
         _check(lib.pg_set_mutants(self._m, bits), "set_mutants")
 
+    # -- failure injection (csrc/lib/fault_inject.c) ---------------------------
+    FAIL_KINDS = {"folio": lib.PG_FAIL_FOLIO, "table": lib.PG_FAIL_TABLE,
+                  "as": lib.PG_FAIL_AS}
+
+    def _fail_kind(self, kind: str) -> int:
+        if kind not in self.FAIL_KINDS:
+            raise ValueError(f"fail_nth: unknown kind {kind!r} "
+                             f"(known: {', '.join(self.FAIL_KINDS)})")
+        return self.FAIL_KINDS[kind]
+
+    def fail_nth(self, kind: str, nth: int) -> None:
+        """The nth allocation of ``kind`` ("folio", "table", "as") from now
+        on fails once, as a real allocation failure does (-ENOMEM); nth 0
+        turns the knob off."""
+        k = self._fail_kind(kind)
+        if isinstance(nth, bool) or not isinstance(nth, int):
+            raise TypeError(f"fail_nth: nth must be an int, got {nth!r}")
+        if not 0 <= nth < 2**63:
+            raise ValueError(f"fail_nth: nth must be >= 0, got {nth}")
+        _check(lib.pg_fail_nth(self._m, k, nth), "fail_nth")
+
+    def fail_pending(self, kind: str) -> int:
+        """What is left of kind's countdown (0: off, or it fired)."""
+        return _check(lib.pg_fail_pending(self._m, self._fail_kind(kind)), "fail_pending")
+
+    def fail_fired(self, kind: Optional[str] = None) -> int:
+        """How many injected failures fired (of one kind, or all)."""
+        kinds = [kind] if kind is not None else list(self.FAIL_KINDS)
+        return sum(_check(lib.pg_fail_fired(self._m, self._fail_kind(k)), "fail_fired")
+                   for k in kinds)
+
     # -- frames ---------------------------------------------------------------
     def folio_alloc(self, order: int, zone: int) -> int:
         return _check(lib.pg_folio_alloc(self._m, order, zone), "folio_alloc")
@@ -179,6 +225,42 @@ class Core:
             ffi.cast("uint32_t *", ptr["flags"]), ffi.cast("uint64_t *", ptr["mapping"]),
             ffi.cast("uint64_t *", ptr["content"])), "snapshot")
         return arrays
+
+    # -- the per-page rules (one implementation each, in C) -----------------
+    def _rule(self, rc: int, what: str) -> bool:
+        return _check(rc, what) == 1
+
+    def page_anon_exclusive(self, pfn: int) -> bool:
+        """PageAnonExclusive() of the page (hugetlb: of its head page)."""
+        return self._rule(lib.pg_page_anon_exclusive(self._m, _u64(pfn, "pfn")),
+                          f"page_anon_exclusive({pfn:#x})")
+
+    def folio_is_longterm_pinnable(self, pfn: int) -> bool:
+        return self._rule(lib.pg_folio_is_longterm_pinnable(self._m, _u64(pfn, "pfn")),
+                          f"folio_is_longterm_pinnable({pfn:#x})")
+
+    def folio_maybe_dma_pinned(self, pfn: int) -> bool:
+        return self._rule(lib.pg_folio_maybe_dma_pinned(self._m, _u64(pfn, "pfn")),
+                          f"folio_maybe_dma_pinned({pfn:#x})")
+
+    def gup_must_unshare(self, pfn: int, gup_flags: int, vma_is_cow: Optional[bool]) -> bool:
+        """gup_must_unshare() for a read-only entry mapping pfn; vma_is_cow
+        is the VMA's is_cow_mapping(), None for GUP-fast (no VMA).  The
+        no_unshare / fast_no_unshare switches apply (C bits)."""
+        cow = -1 if vma_is_cow is None else int(bool(vma_is_cow))
+        return self._rule(lib.pg_gup_must_unshare(self._m, _u64(pfn, "pfn"),
+                                                  _u32(gup_flags, "gup_flags"), cow),
+                          f"gup_must_unshare({pfn:#x})")
+
+    def can_follow_write_pte(self, pte: int, pfn: Optional[int], gup_flags: int,
+                             vm_flags: int) -> bool:
+        """can_follow_write_pte(): pfn None when the entry maps no normal
+        page (special); the force_write_any_page switch applies (C bit)."""
+        p = -1 if pfn is None else _u64(pfn, "pfn", limit=2**63)
+        return self._rule(lib.pg_can_follow_write_pte(self._m, _u64(pte, "pte"), p,
+                                                      _u32(gup_flags, "gup_flags"),
+                                                      _u64(vm_flags, "vm_flags")),
+                          f"can_follow_write_pte({pte:#x})")
 
     # -- address_space records ----------------------------------------------
     def as_new(self, kind: int) -> int:
@@ -492,7 +574,18 @@ class HostProbes:
         rc = lib.pg_host_mmap(length, prot, flags, fd, offset, out)
         return rc, out[0] if rc == 0 else 0
 
+    mmap_fixed = staticmethod(lambda addr, length, prot, flags, fd=-1, offset=0:
+                              lib.pg_host_mmap_fixed(addr, length, prot, flags, fd, offset))
     munmap = staticmethod(lambda addr, length: lib.pg_host_munmap(addr, length))
+    process_vm_readv_range = staticmethod(
+        lambda addr, length: lib.pg_host_process_vm_readv_range(addr, length))
+
+    @staticmethod
+    def load(addr: int) -> tuple[int, int]:
+        """A user load of 8 bytes: (0, value) or (-EFAULT / -EIO, 0)."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pg_host_load(addr, out)
+        return rc, out[0]
     mprotect = staticmethod(lambda addr, length, prot: lib.pg_host_mprotect(addr, length, prot))
     msync = staticmethod(lambda addr, length, flags: lib.pg_host_msync(addr, length, flags))
     touch = staticmethod(lambda addr, length, write, value=0:
@@ -504,6 +597,16 @@ class HostProbes:
     o_direct_read = staticmethod(lambda fd, addr, length, offset=0:
                                  lib.pg_host_o_direct_read(fd, addr, length, offset))
     vmsplice = staticmethod(lambda addr, length: lib.pg_host_vmsplice(addr, length))
+    # a ring kept across calls (slot or -errno), its one registered buffer,
+    # fixed-buffer I/O on it (write=True: the buffer into the file), its close
+    ring_setup = staticmethod(lambda: lib.pg_host_ring_setup())
+    ring_register = staticmethod(lambda slot, addr, length:
+                                 lib.pg_host_ring_register(slot, addr, length))
+    ring_unregister = staticmethod(lambda slot: lib.pg_host_ring_unregister(slot))
+    ring_rw_fixed = staticmethod(lambda slot, write, fd, addr, length, offset=0:
+                                 lib.pg_host_ring_rw_fixed(slot, int(bool(write)), fd, addr,
+                                                           length, offset))
+    ring_close = staticmethod(lambda slot: lib.pg_host_ring_close(slot))
 
     @staticmethod
     def proc_mem_read(addr: int) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from pygup._native import C, Core
 from pygup.flags import TASK_SIZE, GupError
 from pygup.config.mutants import resolve_mutants
 from pygup.config.policy import Policy, resolve
+from pygup.flags import GupError
 from pygup.kernel.context import Kernel
 from pygup.kernel.fs import PRESETS, FsType
 from pygup.kernel.process import Process
@@ -84,7 +85,7 @@ class Folio:
 class Machine:
     """An emulated machine.
 
-    >>> m = Machine(memory="64MiB", movable="8MiB", cpus=2)
+    >>> m = Machine(memory="64MiB", cpus=2)
     >>> fs = m.mount("ext4")
     >>> f = fs.create("data", 4096)
     >>> p = m.spawn()
@@ -95,10 +96,23 @@ class Machine:
     """
 
     def __init__(self, policy: str | Policy = "6.5", memory: int | str = "1GiB",
-                 movable: int | str = "64MiB", cpus: int = 2, table_free: str = "rcu",
+                 movable: int | str = 0, cpus: int = 2, table_free: str = "rcu",
                  mutants: Iterable[str] = (), tlb_flush: str = "ipi",
-                 thp: str = "madvise") -> None:
+                 secretmem: Optional[bool] = None, thp: str = "madvise") -> None:
+        """``policy``: a kernel version from 6.1 to 6.18 ("6.8", "6.1.192") or
+        a Policy.  ``movable``: the size of ZONE_MOVABLE, as ``movablecore=``
+        asks for one (a default kernel has none, so long-term pins never
+        migrate).  ``secretmem``: the ``secretmem.enable=`` boot parameter
+        (default: the kernel's, on from 6.5).  ``thp``: the
+        ``transparent_hugepage/enabled`` setting, "always", "madvise" (the
+        default, as on this machine; Debian's kernels use "always") or
+        "never" (kernel/thp.py)."""
         self.policy = resolve(policy)
+        if secretmem is None:
+            secretmem = self.policy.secretmem_enabled_by_default
+        elif not isinstance(secretmem, bool):
+            raise ValueError(f"secretmem must be True, False or None, got {secretmem!r}")
+        self.secretmem_enabled = secretmem
         mem = parse_size(memory, "memory")
         mov = parse_size(movable, "movable")
         block = C.PMD_NR * C.PAGE_SIZE
@@ -280,7 +294,12 @@ class Machine:
                                f"memfd:{name}", size)
 
     def memfd_secret(self, size: int) -> File:
-        """memfd_secret() + ftruncate(): memory removed from the direct map."""
+        """memfd_secret() + ftruncate(): memory removed from the direct map.
+        ENOSYS unless secretmem is enabled (mirrors memfd_secret()'s
+        ``secretmem_enable`` test: off by default before 6.5)."""
+        if not self.secretmem_enabled:
+            raise GupError(errno.ENOSYS, "memfd_secret: secretmem is disabled "
+                           "(boot with secretmem.enable=1: Machine(secretmem=True))")
         return anon_inode_file(self.kernel, "secretmem", "secretmem", size)
 
     # -- processes ---------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lib/fault_inject.h"
 #include "lib/report.h"
 #include "kernel/rcu.h"
 #include "kernel/sched.h"
@@ -181,6 +182,8 @@ int64_t pg_folio_alloc(pg_machine *m, int order, int zone_id)
         return -PG_EINVAL;
     struct pg_zone *zone = &m->zones[zone_id];
     int64_t pfn;
+    if (pg_should_fail(m, PG_FAIL_FOLIO))
+        return -PG_ENOMEM;
 
     pg_spin_lock(&zone->lock);
     if (order == 0) {
@@ -472,15 +475,33 @@ int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
     return 0;
 }
 
-/* mirrors folio_maybe_dma_pinned(): a large folio counts pins exactly; a
- * small one may be pinned once its refcount reaches the bias (or has that
- * many plain references: "maybe") */
-bool folio_maybe_dma_pinned(pg_machine *m, uint64_t head)
+/* the rules asked from Python: a frame of a live folio, else -EINVAL */
+static int64_t live_head(pg_machine *m, uint64_t pfn)
 {
-    struct pg_frame *h = &m->frames[head];
-    if (pg_load_relaxed(&h->order) > 0)
-        return pg_load_acquire(&h->pincount) > 0;
-    return (uint32_t)pg_load_acquire(&h->refcount) >= PG_GUP_PIN_COUNTING_BIAS;
+    if (!pfn_ok(m, pfn))
+        return -PG_EINVAL;
+    uint64_t head = pg_frame_head(m, pfn);
+    if (pg_load_acquire(&m->frames[head].flags) & PG_F_FREE)
+        return -PG_EINVAL;
+    return (int64_t)head;
+}
+
+int pg_page_anon_exclusive(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : page_anon_exclusive(m, pfn, (uint64_t)head);
+}
+
+int pg_folio_is_longterm_pinnable(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : folio_is_longterm_pinnable(m, (uint64_t)head);
+}
+
+int pg_folio_maybe_dma_pinned(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : folio_maybe_dma_pinned(m, (uint64_t)head);
 }
 
 /* ---- address_space records ----------------------------------------------- */
@@ -501,6 +522,8 @@ int64_t pg_as_new(pg_machine *m, uint32_t kind)
     if (kind & ~(uint32_t)(PG_AS_SHMEM | PG_AS_HUGETLB | PG_AS_SECRETMEM | PG_AS_DAX |
                             PG_AS_DIRTY_TRACKED))
         return -PG_EINVAL;
+    if (pg_should_fail(m, PG_FAIL_AS))
+        return -PG_ENOMEM;
     uint32_t i;
     pg_spin_lock(&m->as_lock);
     if (m->as_free != PG_NIL) {

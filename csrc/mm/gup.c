@@ -1,10 +1,10 @@
 /*
- * mm/gup.c - GUP in C: reference counting (try_grab_page,
- * try_grab_folio, gup_put_folio, unpin over arrays), the slow path's batch
- * follow helper, and GUP-fast, the lockless walk with IRQs disabled.
- *
- * GUP-fast (lockless_pages_from_mm and its per-PTE / PMD-leaf checks) is
- * at the end of the file.
+ * mm/gup.c - GUP in C, under mm/gup.c's names: reference counting
+ * (try_grab_page, try_grab_folio, gup_put_folio, unpin over arrays), the
+ * per-page rules of both paths (can_follow_write_pte, gup_must_unshare),
+ * the slow path's batch follow helper, and GUP-fast (lockless_pages_from_mm,
+ * gup_pte_range, gup_huge_pmd, folio_fast_pin_allowed), the lockless walk
+ * with IRQs disabled.  The rules are exported at the end for Python.
  *
  * The pin scheme mirrors the kernel's (SPEC §5): a small folio folds pins
  * into its refcount with GUP_PIN_COUNTING_BIAS; a large folio keeps an
@@ -138,11 +138,54 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
     return 0;
 }
 
-/* PageAnonExclusive(), which hugetlb keeps on the head page */
-static bool anon_exclusive(pg_machine *m, uint64_t pfn, uint64_t head)
+/* ------------------------------------------------------------------------
+ * The per-page rules of the slow path and GUP-fast: one implementation
+ * each, which Python asks through the pg_* entry points at the end.
+ */
+
+/* mirrors can_follow_write_pte() (6.5): may a FOLL_WRITE follow this
+ * entry without a write fault?  pfn: the page, or -1 when there is no
+ * normal page (a special entry).  vm_flags: the VMA's.  The soft-dirty and
+ * uffd-wp tests of the kernel are not modelled. */
+static bool can_follow_write_pte(pg_machine *m, uint64_t pte, int64_t pfn,
+                                 uint32_t flags, uint64_t vm_flags)
 {
-    uint64_t which = pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB ? head : pfn;
-    return pg_load_acquire(&m->frames[which].flags) & PG_F_ANON_EXCLUSIVE;
+    if (pte & PG_PTE_WRITE)
+        return true;
+    if (!(flags & PG_FOLL_FORCE))
+        return false;
+    /* FOLL_FORCE writes only private mappings that may become writable,
+     * and only where a write fault is not needed anyway */
+    if (vm_flags & (PG_VM_SHARED | PG_VM_MAYSHARE))
+        return false;
+    if (!(vm_flags & PG_VM_MAYWRITE) || (vm_flags & PG_VM_WRITE))
+        return false;
+    if (pg_mutant(m, PG_MUT_FORCE_WRITE_ANY_PAGE))
+        return true; /* Dirty COW: the COW is not required */
+    /* COW already broken: only an exclusive anonymous page may be written */
+    if (pfn < 0)
+        return false;
+    uint64_t head = pg_frame_head(m, (uint64_t)pfn);
+    return folio_test_anon(m, head) && page_anon_exclusive(m, (uint64_t)pfn, head);
+}
+
+/* mirrors gup_must_unshare() (6.5) for a read-only entry: must a FOLL_PIN
+ * read fault to unshare the page first?  vma_is_cow: the VMA's
+ * is_cow_mapping(), or -1 for GUP-fast, which has no VMA. */
+static bool gup_must_unshare(pg_machine *m, int vma_is_cow, uint32_t flags, uint64_t pfn,
+                             uint64_t head)
+{
+    if ((flags & (PG_FOLL_PIN | PG_FOLL_WRITE)) != PG_FOLL_PIN)
+        return false;
+    if (!folio_test_anon(m, head)) {
+        /* a long-term R/O pin of a COW mapping's page cache page would
+         * miss a later COW; without a VMA the slow path decides */
+        if (!(flags & PG_FOLL_LONGTERM))
+            return false;
+        return vma_is_cow < 0 ? true : vma_is_cow != 0;
+    }
+    pg_smp_mb(); /* pairs with the sharing side's barrier (fork) */
+    return !page_anon_exclusive(m, pfn, head);
 }
 
 /* mirrors follow_page_pte() for the pages it can take without a fault */
@@ -175,16 +218,18 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
         if (level == PG_LEVEL_PMD && (how & PG_FOLLOW_SPLIT_PMD) &&
             !(pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB))
             break; /* FOLL_SPLIT_PMD: the split is Python's */
-        bool writable = pte & PG_PTE_WRITE;
-        if ((how & PG_FOLLOW_WRITE) && !writable)
-            break; /* can_follow_write_pte(): FOLL_FORCE and faults are Python's */
-        if ((how & PG_FOLLOW_PIN) && !(how & PG_FOLLOW_WRITE) && !writable) {
-            /* gup_must_unshare() */
-            bool anon = (pg_load_acquire(&m->frames[head].mapping) & PG_MAPPING_FLAGS) ==
-                        PG_MAPPING_ANON;
-            if (anon ? !anon_exclusive(m, pfn, head) : (how & PG_FOLLOW_UNSHARE_FILE))
-                break;
-        }
+        /* FOLL_FORCE and faults are Python's: without FORCE the rule is
+         * pte_write() */
+        if ((how & PG_FOLLOW_WRITE) && !can_follow_write_pte(m, pte, pfn, PG_FOLL_WRITE, 0))
+            break;
+        /* UNSHARE_FILE is FOLL_LONGTERM in a COW mapping (the caller knows
+         * the VMA): gup_must_unshare() with that VMA */
+        bool cow_longterm = how & PG_FOLLOW_UNSHARE_FILE;
+        if ((how & PG_FOLLOW_PIN) && !(how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_WRITE) &&
+            !pg_mutant(m, PG_MUT_NO_UNSHARE) &&
+            gup_must_unshare(m, cow_longterm, PG_FOLL_PIN | (cow_longterm ? PG_FOLL_LONGTERM : 0),
+                             pfn, head))
+            break;
         if ((how & PG_FOLLOW_TOUCH) && (how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_DIRTY) &&
             !(pg_load_acquire(&m->frames[head].flags) & PG_F_DIRTY))
             break; /* set_page_dirty() goes through the file system */
@@ -203,23 +248,16 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
  * GUP-fast
  */
 
-/* mirrors folio_is_longterm_pinnable() (6.5): not in ZONE_MOVABLE */
-static bool longterm_pinnable(pg_machine *m, uint64_t head)
-{
-    if (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO)
-        return true;
-    return m->frames[head].zone != PG_ZONE_MOVABLE;
-}
-
 /* mirrors try_grab_folio() (6.5; try_grab_folio_fast from 6.11): refs on
- * the folio containing pfn; returns the head of the folio it took them on
- * (the caller's `folio`, which its checks and its undo use), or -1
- * (nothing taken).  The folio is found
- * before the reference is taken, so a split in between can leave the
- * reference on a folio that no longer contains the page: after taking it,
- * look again and retry (c24d37322548; switch no_folio_recheck skips it). */
-static int64_t grab_folio_fast(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
-                               uint32_t flags)
+ * the folio containing pfn, found by the caller as head before its race
+ * window; returns the head of the folio the refs went to (the caller's
+ * `folio`, which its checks and its undo use), or -1 (nothing taken).  A
+ * split between finding the folio and taking the refs can leave them on a
+ * folio that no longer contains the page: after taking them, look again
+ * and retry on the page's folio (c24d37322548; switch no_folio_recheck
+ * skips it). */
+static int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
+                              uint32_t flags)
 {
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
@@ -236,7 +274,7 @@ static int64_t grab_folio_fast(pg_machine *m, uint64_t pfn, uint64_t head, int r
     struct pg_frame *h = &m->frames[head];
     if (!(flags & PG_FOLL_PIN))
         return (int64_t)head;
-    if ((flags & PG_FOLL_LONGTERM) && !longterm_pinnable(m, head)) {
+    if ((flags & PG_FOLL_LONGTERM) && !folio_is_longterm_pinnable(m, head)) {
         pg_folio_put_internal(m, head, refs); /* the slow path migrates it */
         return -1;
     }
@@ -284,7 +322,7 @@ static bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy)
  * shmem and hugetlb; everything else falls back to the slow path, which
  * knows the VMA.  Reading folio->mapping is safe only because IRQs are off
  * (an RCU read-side section) and address_spaces are freed by RCU. */
-static bool fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t flags)
+static bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t flags)
 {
     const uint32_t all = PG_FOLL_PIN | PG_FOLL_LONGTERM | PG_FOLL_WRITE;
     if ((flags & all) != all)
@@ -312,22 +350,22 @@ static bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
 {
     if (!(policy & PG_GUPF_WHITELIST))
         return true;
-    bool ok = fast_pin_allowed(m, cpu, head, flags);
+    bool ok = folio_fast_pin_allowed(m, cpu, head, flags);
     return pg_mutant(m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
 }
 
-/* mirrors gup_must_unshare(NULL, flags, page): the fast path has no VMA */
-static bool fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags)
+/* GUP-fast's gup_must_unshare(NULL, ...), with its protection switch.  A
+ * non-anon page needs the VMA's COW test only from 6.2 (84209e87c696,
+ * PG_GUPF_UNSHARE_COW: without a VMA that means "fall back"); 6.1's
+ * gup_must_unshare() passed every non-anon page. */
+static bool gup_fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags,
+                                  uint32_t policy)
 {
-    if ((flags & (PG_FOLL_PIN | PG_FOLL_WRITE)) != PG_FOLL_PIN)
-        return false;
     if (pg_mutant(m, PG_MUT_FAST_NO_UNSHARE))
         return false;
-    uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
-    if ((mapping & PG_MAPPING_FLAGS) != PG_MAPPING_ANON)
-        return (flags & PG_FOLL_LONGTERM) != 0; /* no VMA: let the slow path see */
-    pg_smp_mb(); /* pairs with the sharing side's barrier */
-    return !anon_exclusive(m, pfn, head);
+    if (!(policy & PG_GUPF_UNSHARE_COW) && !folio_test_anon(m, head))
+        return false;
+    return gup_must_unshare(m, -1, flags, pfn, head);
 }
 
 struct fast_walk {
@@ -339,60 +377,78 @@ struct fast_walk {
     int64_t nr;
 };
 
-/* One PTE (mirrors the body of gup_pte_range(), 6.5 order).  true = taken. */
-static bool fast_pte(struct fast_walk *fw, uint64_t addr, const struct pg_walk *w)
+/* mirrors gup_pte_range() (6.5 order): the PTEs of one table from addr to
+ * end (inside the table), w holding the first entry as the walk read it;
+ * each next entry is read once from the same table, which must still be
+ * live after the read.  true when every page was taken. */
+static bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr,
+                          uint64_t end)
 {
     pg_machine *m = fw->m;
-    uint64_t pte = w->pte;
     uint32_t flags = fw->flags;
-    if (pte & PG_PTE_PROTNONE)
-        return false; /* NUMA hinting and PROT_NONE: the slow path decides */
-    if (!(pte & PG_PTE_PRESENT) || !(pte & PG_PTE_USER) ||
-        ((flags & PG_FOLL_WRITE) && !(pte & PG_PTE_WRITE)))
-        return false; /* pte_access_permitted() */
-    if (pte & PG_PTE_SPECIAL)
-        return false;
-    uint64_t pfn = pg_pte_pfn(pte);
-    if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
-                  (unsigned long long)addr, (unsigned long long)pfn))
-        return false;
-    /* page_folio(): found before the window, used after it */
-    uint64_t folio = pg_frame_head(m, pfn);
-    PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    int64_t grabbed = grab_folio_fast(m, pfn, folio, 1, flags);
-    if (grabbed < 0)
-        return false;
-    uint64_t head = (uint64_t)grabbed;
-    PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
-    if (!pg_mutant(m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy))
-        goto drop;
-    if (pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-        !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
-        goto drop;
-    PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
-    /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
-    if (!pg_mutant(m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
-        goto drop;
-    if (!pg_mutant(m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
-        goto drop;
-    PG_YIELD(m, fw->cpu, PG_W_FAST_RECHECKED);
-    if (!pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-        !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
-        goto drop;
-    if (!(pte & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
-        goto drop;
-    mark_referenced(m, head);
-    fw->out[fw->nr++] = pfn;
-    return true;
+    for (;;) {
+        uint64_t pte = w->pte;
+        if (pte & PG_PTE_PROTNONE)
+            return false; /* NUMA hinting and PROT_NONE: the slow path decides */
+        if (!(pte & PG_PTE_PRESENT) || !(pte & PG_PTE_USER) ||
+            ((flags & PG_FOLL_WRITE) && !(pte & PG_PTE_WRITE)))
+            return false; /* pte_access_permitted() */
+        if (pte & PG_PTE_SPECIAL)
+            return false;
+        uint64_t pfn = pg_pte_pfn(pte);
+        if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
+                      (unsigned long long)addr, (unsigned long long)pfn))
+            return false;
+        /* page_folio(): found before the window, used after it */
+        uint64_t folio = pg_frame_head(m, pfn);
+        PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
+        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags);
+        if (grabbed < 0)
+            return false;
+        uint64_t head = (uint64_t)grabbed;
+        PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
+        if (!pg_mutant(m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy))
+            goto drop;
+        if (pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
+            !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+            goto drop;
+        PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
+        /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
+        if (!pg_mutant(m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
+            goto drop;
+        if (!pg_mutant(m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
+            goto drop;
+        PG_YIELD(m, fw->cpu, PG_W_FAST_RECHECKED);
+        if (!pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
+            !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+            goto drop;
+        if (!(pte & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy))
+            goto drop;
+        mark_referenced(m, head);
+        fw->out[fw->nr++] = pfn;
+
+        addr += PG_PAGE_SIZE;
+        if (addr >= end)
+            return true;
+        w->pte_slot++;
+        w->pte = pg_load_acquire(w->pte_slot);
+        PG_YIELD(m, fw->cpu, PG_W_WALK_ENTRY_READ);
+        if (PG_BUG_ON(m, pg_load_acquire(&w->table->magic) != PG_TABLE_MAGIC_LIVE,
+                      "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
+                      fw->cpu, w->table->id, (unsigned long long)addr) ||
+            w->pte == 0)
+            return false;
+        continue;
 drop:
-    ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the grab went */
-    return false;
+        ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the refs went */
+        return false;
+    }
 }
 
 /* A 2 MiB PMD leaf (mirrors gup_huge_pmd(), 6.5 order): every subpage from
  * addr to end in one grab.  Returns pages taken (0 = stop). */
-static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
-                             const struct pg_walk *w)
+static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
+                            const struct pg_walk *w)
 {
     pg_machine *m = fw->m;
     uint64_t pmd = w->pmd;
@@ -409,7 +465,7 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
         return 0;
     uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    int64_t grabbed = grab_folio_fast(m, pfn, folio, refs, flags);
+    int64_t grabbed = try_grab_folio(m, pfn, folio, refs, flags);
     if (grabbed < 0)
         return 0;
     uint64_t head = (uint64_t)grabbed;
@@ -419,7 +475,7 @@ static int64_t fast_pmd_leaf(struct fast_walk *fw, uint64_t addr, uint64_t end,
         goto drop;
     if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy))
         goto drop;
-    if (!(pmd & PG_PTE_WRITE) && fast_must_unshare(m, pfn, head, flags))
+    if (!(pmd & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy))
         goto drop;
     mark_referenced(m, head);
     for (int i = 0; i < refs; i++)
@@ -430,17 +486,11 @@ drop:
     return 0;
 }
 
-/* mirrors lockless_pages_from_mm() (6.5) */
-int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
-                    int64_t nr, uint32_t flags, uint32_t policy, uint64_t *out)
+/* mirrors lockless_pages_from_mm() (6.5): mm is live, [start, end) checked */
+static int64_t lockless_pages_from_mm(pg_machine *m, int cpu, struct pg_mm *mm,
+                                      uint64_t start, uint64_t end, uint32_t flags,
+                                      uint32_t policy, uint64_t *out)
 {
-    if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
-        start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
-        ((flags & PG_FOLL_GET) && (flags & PG_FOLL_PIN)))
-        return -PG_EINVAL;
-    struct pg_mm *mm = pg_mm_get(m, mmid);
-    if (!mm)
-        return -PG_EINVAL;
     uint32_t seq = 0;
     bool check_seq = (flags & PG_FOLL_PIN) && !pg_mutant(m, PG_MUT_NO_WP_SEQ);
     if (check_seq) {
@@ -453,41 +503,25 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
     pg_mm_cpumask_set(mm, cpu);
     pg_local_irq_disable(m, cpu);
     struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0};
-    uint64_t end = start + ((uint64_t)nr << PG_PAGE_SHIFT);
     for (uint64_t addr = start; addr < end;) {
         struct pg_walk w;
         int level = pg_walk_lockless_ex(m, cpu, mm, addr, &w);
         if (level <= 0)
             break;
         if (level == PG_LEVEL_PMD) {
-            int64_t got = fast_pmd_leaf(&fw, addr, end, &w);
+            int64_t got = gup_huge_pmd(&fw, addr, end, &w);
             if (!got)
                 break;
             addr += (uint64_t)got << PG_PAGE_SHIFT;
             continue;
         }
-        if (!w.pmd_slot || !fast_pte(&fw, addr, &w))
+        /* the rest of this PTE table without walking down again */
+        uint64_t next = (addr & ~(PG_PMD_SIZE - 1)) + PG_PMD_SIZE;
+        if (next > end)
+            next = end;
+        if (!w.pmd_slot || !gup_pte_range(&fw, &w, addr, next))
             break;
-        addr += PG_PAGE_SIZE;
-        /* the rest of this PTE table without walking down again (what
-         * gup_pte_range() does): each entry read once, the table checked
-         * live after every read */
-        bool stop = false;
-        while (addr < end && (addr & (PG_PMD_SIZE - 1))) {
-            w.pte_slot++;
-            w.pte = pg_load_acquire(w.pte_slot);
-            PG_YIELD(m, cpu, PG_W_WALK_ENTRY_READ);
-            if (PG_BUG_ON(m, pg_load_acquire(&w.table->magic) != PG_TABLE_MAGIC_LIVE,
-                          "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
-                          cpu, w.table->id, (unsigned long long)addr) ||
-                w.pte == 0 || !fast_pte(&fw, addr, &w)) {
-                stop = true;
-                break;
-            }
-            addr += PG_PAGE_SIZE;
-        }
-        if (stop)
-            break;
+        addr = next;
     }
     pg_local_irq_enable(m, cpu);
     PG_YIELD(m, cpu, PG_W_FAST_WP_SEQ_RECHECK);
@@ -498,4 +532,45 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
         return 0;
     }
     return fw.nr;
+}
+
+int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                    int64_t nr, uint32_t flags, uint32_t policy, uint64_t *out)
+{
+    if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
+        start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
+        ((flags & PG_FOLL_GET) && (flags & PG_FOLL_PIN)))
+        return -PG_EINVAL;
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    return lockless_pages_from_mm(m, cpu, mm, start, start + ((uint64_t)nr << PG_PAGE_SHIFT),
+                                  flags, policy, out);
+}
+
+/* ---- the rules, asked from Python (bounds-checked) ---------------------- */
+
+/* a frame Python may ask a rule about: in memory and part of a live folio */
+static bool rule_pfn_ok(pg_machine *m, uint64_t pfn)
+{
+    return pfn < m->nr_frames &&
+           !(pg_load_acquire(&m->frames[pg_frame_head(m, pfn)].flags) & PG_F_FREE);
+}
+
+int pg_gup_must_unshare(pg_machine *m, uint64_t pfn, uint32_t gup_flags, int vma_is_cow)
+{
+    if (!rule_pfn_ok(m, pfn) || vma_is_cow < -1 || vma_is_cow > 1)
+        return -PG_EINVAL;
+    /* the slow path's switch with a VMA, GUP-fast's without */
+    if (pg_mutant(m, vma_is_cow < 0 ? PG_MUT_FAST_NO_UNSHARE : PG_MUT_NO_UNSHARE))
+        return 0;
+    return gup_must_unshare(m, vma_is_cow, gup_flags, pfn, pg_frame_head(m, pfn));
+}
+
+int pg_can_follow_write_pte(pg_machine *m, uint64_t pte, int64_t pfn, uint32_t gup_flags,
+                            uint64_t vm_flags)
+{
+    if (pfn < -1 || (pfn >= 0 && !rule_pfn_ok(m, (uint64_t)pfn)))
+        return -PG_EINVAL;
+    return can_follow_write_pte(m, pte, pfn, gup_flags, vm_flags);
 }

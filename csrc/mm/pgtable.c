@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lib/fault_inject.h"
 #include "lib/report.h"
 #include "kernel/rcu.h"
 #include "kernel/sched.h"
@@ -33,6 +34,8 @@ struct pg_table *pg_table_get(pg_machine *m, uint64_t id)
 struct pg_table *pg_table_alloc(pg_machine *m, int level, uint64_t mmid)
 {
     uint32_t id;
+    if (pg_should_fail(m, PG_FAIL_TABLE))
+        return NULL; /* as when the pool cannot grow */
     pg_spin_lock(&m->pool_lock);
     if (m->table_free != PG_NIL) {
         id = m->table_free;

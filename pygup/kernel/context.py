@@ -17,6 +17,7 @@ the paths whose races pygup exists to study.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import threading
@@ -79,6 +80,10 @@ class Kernel:
         self.filesystems: list = []          # every vfs.FileSystem mounted
         self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
         self.next_anon_inode = 0
+        # fput()s of File handles that Python dropped (their finalizers may run
+        # on any thread, at any time: they only append here)
+        self.delayed_fput: collections.deque = collections.deque()
+        self._op_depth = 0
         self.processes: list = []            # every process.Process, exited ones too
         self.next_pid = 1
         self.device_frames: list[int] = []   # memory behind mmap_pfn() mappings
@@ -144,9 +149,21 @@ class Kernel:
         if self.core.irqs_disabled(cpu):
             raise RuntimeError("a sleeping model operation was called with IRQs disabled")
         with self.lock:
-            yield cpu
+            self._op_depth += 1
+            try:
+                if self._op_depth == 1 and self.delayed_fput:
+                    self._run_delayed_fput()
+                yield cpu
+            finally:
+                self._op_depth -= 1
             self.core.rcu_poll()
         self.core.raise_violations()
+
+    def _run_delayed_fput(self) -> None:
+        """/* mirrors delayed_fput() */: the File handles Python dropped since
+        the last operation release their inodes, under the machine lock."""
+        while self.delayed_fput:
+            self.delayed_fput.popleft()()     # vfs.fput(inode)
 
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:

@@ -137,6 +137,7 @@ class Inode:
         self.page_cache: dict[int, int] = {}
         self.disk: dict[int, int] = {}
         self.i_mmap: set = set()       # every VMA mapping this file (i_mmap)
+        self.i_count = 0               # open File handles (struct file references)
         self.unlinked = False
         kind = _AS_KIND[fs.fstype.kind]
         if fs.fstype.page_mkwrite or fs.fstype.writeback:

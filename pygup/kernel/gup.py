@@ -68,6 +68,41 @@ def is_valid_gup_args(has_pages: bool, locked: Optional[int], gup_flags: int,
     return int(gup_flags)
 
 
+def is_valid_gup_flags_legacy(pin_api: bool, has_pages: bool, locked: Optional[int],
+                              gup_flags: int, to_set: int) -> Optional[int]:
+    """/* mirrors 6.1's is_valid_gup_flags() and the WARN_ON_ONCE checks of
+    pin_user_pages*(), get_user_pages_unlocked() and __get_user_pages_remote() */
+    (before is_valid_gup_args(), d64e2dbc33a1, 6.3): the flags to use, or
+    None for -EINVAL.  Internal flags such as FOLL_REMOTE pass; a pin API
+    refuses FOLL_GET and a missing pages array; a get API refuses FOLL_PIN
+    and FOLL_LONGTERM; FOLL_LONGTERM cannot be combined with ``locked``
+    (pin_user_pages_remote) or the unlocked variants."""
+    if pin_api:
+        if gup_flags & FOLL.GET or not has_pages:
+            return None
+    elif gup_flags & (FOLL.PIN | FOLL.LONGTERM):
+        return None
+    gup_flags |= to_set
+    if locked is not None:
+        if locked != 1:                   # the lock must be held on entry
+            return None
+        gup_flags |= FOLL.UNLOCKABLE
+    if gup_flags & FOLL.LONGTERM and gup_flags & FOLL.UNLOCKABLE:
+        return None
+    return int(gup_flags)
+
+
+def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Optional[int],
+                   gup_flags: int, to_set: int) -> Optional[int]:
+    """The era's argument check: is_valid_gup_args() from 6.3, 6.1's
+    per-API checks before."""
+    if kernel.policy.valid_gup_args:
+        return is_valid_gup_args(has_pages, locked, gup_flags, to_set, kernel.policy)
+    if kernel.policy.touch_is_internal and gup_flags & FOLL.TOUCH:
+        return None                       # 0f20bba1688b's rule, wherever it is set
+    return is_valid_gup_flags_legacy(pin_api, has_pages, locked, gup_flags, to_set)
+
+
 # ---------------------------------------------------------------------------
 # VMA checks
 
@@ -142,44 +177,26 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
 # ---------------------------------------------------------------------------
 # the per-page rules
 
-def page_anon_exclusive(core, fi) -> bool:
-    """PageAnonExclusive(): per page, but on the head for hugetlb (6.5-rc7)."""
-    if fi.flags & C.F_HUGETLB and fi.head != fi.pfn:
-        return bool(core.frame_info(fi.head).flags & C.F_ANON_EXCLUSIVE)
-    return bool(fi.flags & C.F_ANON_EXCLUSIVE)
+# The per-page rules -- can_follow_write_pte(), gup_must_unshare(),
+# PageAnonExclusive(), folio_is_longterm_pinnable() -- have one home, the C
+# core (csrc/mm/gup.c, csrc/mm/frames.h), which GUP-fast and the slow path's
+# batch follow use per page; the slow path's per-page fallback asks it too.
+# Only the VMA-level inputs are decided here.
+
+def can_follow_write_pte(kernel: "Kernel", pte: int, pfn: Optional[int], vma: VMA,
+                         gup_flags: int) -> bool:
+    """/* mirrors can_follow_write_pte() */ (SPEC §3.3): the C core's rule;
+    ``pfn`` None for a special entry (no normal page)."""
+    return kernel.core.can_follow_write_pte(pte, pfn, gup_flags, int(vma.vm_flags))
 
 
-def _is_anon(fi) -> bool:
-    return fi is not None and fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON
-
-
-def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int, core=None) -> bool:
-    """/* mirrors can_follow_write_pte() */ (SPEC §3.3)."""
-    if pte & C.PTE_WRITE:
-        return True
-    if not gup_flags & FOLL.FORCE:
-        return False
-    F = vma.vm_flags
-    if F & (VM.SHARED | VM.MAYSHARE) or not F & VM.MAYWRITE or F & VM.WRITE:
-        return False
-    if Mutant.FORCE_WRITE_ANY_PAGE in vma.vm_mm.kernel.mutants:
-        return True                  # Dirty COW: the COW is not required
-    if not _is_anon(fi):
-        return False
-    return page_anon_exclusive(core, fi)
-
-
-def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi, core=None) -> bool:
-    """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only PTEs."""
-    if (gup_flags & (FOLL.PIN | FOLL.WRITE)) != FOLL.PIN:
-        return False
-    if not _is_anon(fi):
-        if not gup_flags & FOLL.LONGTERM:
-            return False
-        if vma is None:
-            return True
-        return is_cow_mapping(vma.vm_flags)
-    return not page_anon_exclusive(core, fi)
+def gup_must_unshare(kernel: "Kernel", vma: VMA, gup_flags: int, pfn: int) -> bool:
+    """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only entries.
+    The VMA's part is decided here: from 6.2 (84209e87c696) a R/O long-term
+    pin of a non-anon page in a COW mapping unshares; 6.1 passed every
+    non-anon page (the C rule then sees "not a COW mapping")."""
+    cow = kernel.policy.cow_ro_longterm_unshare and is_cow_mapping(vma.vm_flags)
+    return kernel.core.gup_must_unshare(pfn, gup_flags, cow)
 
 
 def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
@@ -219,15 +236,15 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
         pfn += (addr >> PAGE_SHIFT) & (C.PMD_NR - 1)
     special = bool(pte & C.PTE_SPECIAL)
     fi = None if special else core.frame_info(pfn)
-    if gup_flags & FOLL.WRITE and not can_follow_write_pte(pte, fi, vma, gup_flags, core):
+    if gup_flags & FOLL.WRITE and not can_follow_write_pte(mm.kernel, pte, None if special else pfn,
+                                                          vma, gup_flags):
         return _FOLLOW_FAULT
     if special:
         if pfn != C.ZERO_PFN:
             return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
         if gup_flags & FOLL.DUMP:
             return -errno.EFAULT
-    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core) \
-            and Mutant.NO_UNSHARE not in mm.kernel.mutants:
+    if not pte & C.PTE_WRITE and gup_must_unshare(mm.kernel, vma, gup_flags, pfn):
         return _FOLLOW_UNSHARE
     if gup_flags & (FOLL.GET | FOLL.PIN):        # try_grab_page(): else a no-op
         rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
@@ -267,7 +284,7 @@ def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -
 # ---------------------------------------------------------------------------
 # the loop
 
-def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
+def _follow_how(vma: VMA, gup_flags: int, want_pages: bool, policy) -> int:
     """The PG_FOLLOW_* bits for pg_follow_range()."""
     how = 0
     if gup_flags & FOLL.WRITE:
@@ -276,7 +293,8 @@ def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
         how |= C.FOLLOW_PIN if gup_flags & FOLL.PIN else C.FOLLOW_GET
     if gup_flags & FOLL.TOUCH:
         how |= C.FOLLOW_TOUCH
-    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags):
+    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags) \
+            and policy.cow_ro_longterm_unshare:      # gup_must_unshare(), 6.2 on
         how |= C.FOLLOW_UNSHARE_FILE
     if gup_flags & FOLL.SPLIT_PMD:
         how |= C.FOLLOW_SPLIT_PMD
@@ -305,7 +323,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
         # common case); the first one that needs more goes the slow way
         taken = core.follow_range(cpu, mm.id, start,
                                   min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT),
-                                  _follow_how(vma, gup_flags, out is not None))
+                                  _follow_how(vma, gup_flags, out is not None, policy))
         if len(taken):
             if out is not None:
                 out.extend(taken.tolist())
@@ -352,14 +370,6 @@ def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
     return __get_user_pages(mm, start, nr_pages, gup_flags, out, cpu, trace)
 
 
-def folio_is_longterm_pinnable(fi) -> bool:
-    """/* mirrors folio_is_longterm_pinnable() */: not in ZONE_MOVABLE (the
-    zero page always is)."""
-    if fi.flags & C.F_ZERO:
-        return True
-    return fi.zone != C.ZONE_MOVABLE
-
-
 def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     """/* mirrors check_and_migrate_movable_pages() */: 0 if every folio may
     stay pinned; otherwise unpin everything, migrate the movable folios to
@@ -367,9 +377,10 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     core = mm.kernel.core
     collect: list[int] = []
     for pfn in pfns:
-        fi = core.frame_info(pfn)
-        if not folio_is_longterm_pinnable(fi) and fi.head not in collect:
-            collect.append(fi.head)
+        if not core.folio_is_longterm_pinnable(pfn):     # /* the C core's rule */
+            head = core.frame_info(pfn).head
+            if head not in collect:
+                collect.append(head)
     if not collect:
         return 0
     for pfn in pfns:
@@ -486,10 +497,13 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
-    flags = is_valid_gup_args(want_pages, locked, gup_flags, to_set, m.policy)
-    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
+    flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
+    if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
+                   flags is None, errno.EINVAL,
                    gup_flags=flag_names(FOLL, gup_flags), to_set=flag_names(FOLL, to_set)):
-        return (0 if pin_api else -errno.EINVAL), Pages(m, [], pinned=pin_api)
+        # from 6.3 pin_user_pages{,_remote,_unlocked} answer 0; 6.1's WARNs -EINVAL
+        ret = 0 if pin_api and m.policy.valid_gup_args else -errno.EINVAL
+        return ret, Pages(m, [], pinned=pin_api)
     if nr_pages == 0:
         return 0, Pages(m, [], pinned=bool(flags & FOLL.PIN))
     out: Optional[list[int]] = [] if want_pages else None
@@ -509,10 +523,17 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     could not take."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
-    flags = is_valid_gup_args(True, None, gup_flags, to_set, m.policy)
-    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
-                   gup_flags=flag_names(FOLL, gup_flags)):
-        return -errno.EINVAL, Pages(m, [], pinned=False)
+    pin_api = bool(to_set & FOLL.PIN)
+    flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
+    if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
+                   flags is None, errno.EINVAL, gup_flags=flag_names(FOLL, gup_flags)):
+        if to_set & FOLL.FAST_ONLY and not m.policy.valid_gup_args:
+            ret = 0          # 6.1's get_user_pages_fast_only() never answers < 0
+        elif pin_api and not m.policy.pin_fast_bad_args_einval:
+            ret = 0          # 6.3 and 6.4.0-9: pin_user_pages_fast() answered 0
+        else:
+            ret = -errno.EINVAL
+        return ret, Pages(m, [], pinned=pin_api)
     fast_mask = (FOLL.WRITE | FOLL.LONGTERM | FOLL.FORCE | FOLL.PIN | FOLL.GET | FOLL.FAST_ONLY
                  | FOLL.NOFAULT | FOLL.PCI_P2PDMA | FOLL.HONOR_NUMA_FAULT)
     pinned = bool(flags & FOLL.PIN)

@@ -124,8 +124,8 @@ class Process:
             self.mm.vma_link(vma)
             self.mm.vma_merge(vma)
         if flags & MAP.POPULATE:
-            self._populate(start, start + length, write=bool(prot & PROT.WRITE) and
-                           bool(vm_flags & VM.SHARED or not file))
+            self._populate(start, start + length,
+                           write=(vm_flags & (VM.WRITE | VM.SHARED)) == VM.WRITE)
         return start
 
     def mmap_pfn(self, length: int, prot: int) -> int:
@@ -156,8 +156,11 @@ class Process:
         return start
 
     def _populate(self, start: int, end: int, write: bool) -> None:
-        """MAP_POPULATE: fault every page in (writes only where that breaks no
-        COW: a private file mapping is populated for read)."""
+        """MAP_POPULATE: fault every page in.  /* mirrors
+        populate_vma_page_range() */: a write fault only for a private
+        writable mapping ((vm_flags & (VM_WRITE|VM_SHARED)) == VM_WRITE), which
+        breaks COW up front (a private file page becomes a dirty anon copy);
+        shared mappings, file or anon, get read faults and stay clean."""
         step = PAGE_SIZE
         with self.kernel.op() as cpu:
             for addr in range(start, end, step):
@@ -343,6 +346,22 @@ class Process:
             covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in vmas)
             if covered != end - start:
                 raise GupError(errno.ENOMEM, "range not fully mapped")
+
+    def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
+        """/proc/self/pagemap's entry for ``addr``: (present, pfn or None,
+        PM_MMAP_EXCLUSIVE) as pte_to_pagemap_entry() makes it: exclusive when
+        the page is mapped exactly once."""
+        self._live()
+        pte = self.mm.pte(addr)
+        if not pte.level or not (pte.present or pte.protnone):
+            return False, None, False
+        pfn = pte.pfn
+        if pte.level == 2:
+            pfn += (addr & (PMD_SIZE - 1)) >> PAGE_SHIFT
+        if pte.special:
+            return True, pfn, False
+        info = self.kernel.core.frame_info(pfn)
+        return True, pfn, info.mapcount == 1
 
     def vmas(self) -> Iterator[VMA]:
         return iter(list(self.mm.vmas))

@@ -6,6 +6,8 @@ memfd_secret.
 from __future__ import annotations
 
 import errno
+import functools
+import weakref
 from typing import TYPE_CHECKING, Optional
 
 from pygup.flags import PMD_SIZE, GupError
@@ -17,11 +19,33 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class File:
-    """An open file: an inode and the mode it was opened with."""
+    """An open file: an inode and the mode it was opened with.  Like a
+    struct file, it holds its inode: an unlinked file (a memfd) keeps its
+    data while the File is open, mapped or not.  ``close()`` (or dropping
+    the last Python reference: then at the next model operation, as the
+    kernel's delayed fput) lets it go."""
 
     def __init__(self, inode: Inode, writable: bool) -> None:
         self.inode = inode
         self.writable = writable
+        kernel = inode.fs.kernel
+        with kernel.lock:
+            inode.i_count += 1
+        self._fput = weakref.finalize(self, kernel.delayed_fput.append,
+                                      functools.partial(fput, inode))
+        self._fput.atexit = False
+
+    @property
+    def closed(self) -> bool:
+        return not self._fput.alive
+
+    def close(self) -> None:
+        """close(2) of the last descriptor: fput() now.  Mappings keep the
+        inode as they did; closing twice is EBADF."""
+        if not self._fput.detach():
+            raise GupError(errno.EBADF, f"{self.inode.describe()} is already closed")
+        with self.fs.kernel.op():
+            fput(self.inode)
 
     @property
     def fs(self) -> "FileSystem":
@@ -45,6 +69,38 @@ class File:
         _check_index(index)
         pfn = self.inode.find_folio(index)
         return None if pfn is None else pfn + (index - self.inode.folio_start(index))
+
+    def pread(self, index: int) -> Optional[int]:
+        """pread(2) of page ``index``: its content word through the page
+        cache (filemap_read(): read in from disk when not cached), or None
+        past the end of the file (a 0-byte read)."""
+        _check_index(index)
+        if index >= self.inode.nr_pages():
+            return None
+        with self.fs.kernel.op():
+            pfn = self.inode.get_folio(index) + (index - self.inode.folio_start(index))
+            return self.fs.kernel.core.frame_read(pfn)
+
+    def pwrite(self, index: int, value: int) -> None:
+        """pwrite(2) of a content word into page ``index`` (inside the file)
+        through the page cache: generic_perform_write() — write_begin (the
+        file system hears of the write, as page_mkwrite would tell it of a
+        store through a mapping), the copy, write_end dirtying the folio."""
+        _check_index(index)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"value must be a 64-bit unsigned int, got {value!r}")
+        if not self.writable:
+            raise GupError(errno.EBADF, f"{self.name} is not open for writing")
+        if index >= self.inode.nr_pages():
+            raise ValueError(f"index {index} is past the end of {self.name} "
+                             f"({self.inode.nr_pages()} pages)")
+        kernel = self.fs.kernel
+        with kernel.op():
+            head = self.inode.get_folio(index)
+            pfn = head + (index - self.inode.folio_start(index))
+            self.fs.page_mkwrite(self.inode, head, index)
+            kernel.core.frame_write(pfn, value)
+            self.fs.folio_mark_dirty(self.inode, head, index, "write(2)")
 
     def writeback(self) -> int:
         """Write back every dirty folio (filemap_write_and_wait).  Returns
@@ -114,11 +170,17 @@ class FileSystem(SuperBlock):
         return f"<FileSystem {self.name} ({self.fstype.name})>"
 
 
+def fput(inode: Inode) -> None:
+    """/* mirrors fput() -> __fput() */: drop an open file's hold on its inode."""
+    inode.i_count -= 1
+    iput(inode)
+
+
 def iput(inode: Inode) -> None:
     """/* mirrors iput() -> evict() */ for what pygup tracks: an unlinked
-    inode that nothing maps any more loses its page cache, and its
-    address_space record is freed by RCU."""
-    if inode.unlinked and not inode.i_mmap:
+    inode that no open file holds and nothing maps any more loses its page
+    cache, and its address_space record is freed by RCU."""
+    if inode.unlinked and not inode.i_mmap and inode.i_count <= 0 and not inode.released:
         truncate_inode_pages(inode, 0)
         inode.release()
 

@@ -154,6 +154,16 @@ def explain_cmd(args) -> int:
     return 0
 
 
+def _policy_version(text: str) -> str:
+    """argparse type: a version policy_for() knows (its message otherwise)."""
+    from pygup.config.policy import policy_for
+    try:
+        policy_for(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _prot(text: str) -> int:
     prot = PROT.NONE
     for ch in text:
@@ -173,7 +183,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     e.add_argument("--prot", default="rw", help="r, w, x letters (default rw)")
     e.add_argument("--flags", default="LONGTERM,WRITE", help="FOLL flags, comma separated")
     e.add_argument("--api", default="pin_user_pages")
-    e.add_argument("--policy", default="6.5")
+    e.add_argument("--policy", default="6.5", type=_policy_version,
+                   help="kernel version 6.1 .. 6.18, e.g. 6.1, 6.12, 6.1.192 (default 6.5)")
     e.add_argument("--prefault", action="store_true", help="fault the page in first")
     o = sub.add_parser("oracle", help="compare pygup with this machine's real kernel")
     o.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
@@ -181,7 +192,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="comma-separated backings (anon, memfd, tmpfs, workdir, ext2, ext4, "
                         "xfs, btrfs, ramfs, hugetlbfs, secretmem, readonly)")
     o.add_argument("--policy", default=None,
-                   help="pygup policy (default: the preset nearest the host kernel)")
+                   help="pygup policy (default: the preset nearest the kernel's release)")
+    o.add_argument("--kernel", default=None, metavar="6.1|6.12|host|PATH",
+                   help="run the kernel side in a guest booted under qemu (virtme-ng): a "
+                        "Debian kernel version, release or package (downloaded once into "
+                        "~/.cache/pygup/kernels), or a vmlinuz path; default: this host")
     bn = sub.add_parser("bench", help="benchmarks: ratios to the reference and the kernel")
     from pygup.tools.bench import add_arguments as bench_arguments
     bench_arguments(bn)
@@ -202,11 +217,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.cmd == "explain":
         return explain_cmd(args)
     elif args.cmd == "oracle":
+        from pygup.tools.oracle.guest import GuestError
+        from pygup.tools.oracle.guest_side import GuestSetupError
         from pygup.tools.oracle.report import oracle_main
         try:
-            return oracle_main(only=args.only, policy=args.policy, json_out=args.json)
+            return oracle_main(only=args.only, policy=args.policy, json_out=args.json,
+                               kernel=args.kernel)
         except ValueError as exc:
             parser.error(str(exc))
+        except GuestSetupError as exc:
+            print(f"pygup oracle: {exc}", file=sys.stderr)
+            return 2
+        except GuestError as exc:
+            print(f"pygup oracle: the guest failed: {exc}", file=sys.stderr)
+            return 3
     return 0
 
 

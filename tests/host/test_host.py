@@ -43,8 +43,9 @@ def test_enumerate_cells_rejects_unknown_backing():
 
 
 @pytest.mark.parametrize("release, policy", [
-    ("6.18.44-fc-v657", "6.14"), ("6.14.0", "6.14"), ("6.8.12-generic", "6.5"),
-    ("6.5.0", "6.5"), ("6.4.16", "6.4"), ("5.15.0-91-generic", "6.4"), ("7.1", "6.14")])
+    ("6.18.44-fc-v657", "6.18"), ("6.14.0", "6.14"), ("6.8.12-generic", "6.5"),
+    ("6.12.117-amd64", "6.12"), ("6.1.192", "6.1"), ("6.5.0", "6.5"), ("6.4.16", "6.4"),
+    ("5.15.0-91-generic", "6.1"), ("7.1", "6.18")])
 def test_nearest_policy(release, policy):
     assert oracle.nearest_policy(release) == policy
 

@@ -1,5 +1,7 @@
 """The demo's stories, checked: the world (write-notify), and the seed's
 scenario under both policies."""
+import pytest
+
 from pygup.tools.cli import main, seed_story, world
 
 
@@ -49,3 +51,19 @@ def test_main_demo_and_explain(capsys):
     assert "decided by: writable_file_mapping_allowed" in capsys.readouterr().out
     assert main(["explain", "--fs", "tmpfs"]) == 0
     assert "decided: allowed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("version, decided", [
+    ("6.1", "decided: allowed"), ("6.12", "decided by: writable_file_mapping_allowed"),
+    ("6.18", "decided by: writable_file_mapping_allowed"), ("6.1.192", "decided: allowed")])
+def test_explain_takes_any_known_version(capsys, version, decided):
+    assert main(["explain", "--policy", version]) == 0
+    out = capsys.readouterr().out
+    assert f"policy={version}" in out and decided in out
+
+
+def test_explain_refuses_an_unknown_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["explain", "--policy", "6.99"])
+    assert e.value.code == 2
+    assert "6.1 to 6.18" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def random_world(seed: int, thp: bool = False):
     ranges: PMD-mapped THPs, some split to PTEs by a partial mprotect."""
     rng = random.Random(seed)
     m = Machine(policy=rng.choice(["6.4", "6.5"]), memory="64MiB",
-                movable=rng.choice(["0MiB", "8MiB"]), cpus=2,
+                movable=rng.choice(["0MiB", "8MiB"]), cpus=2, secretmem=True,
                 thp="always" if thp else "madvise")
     p = m.spawn()
     ext4, tmpfs = m.mount("ext4"), m.mount("tmpfs")

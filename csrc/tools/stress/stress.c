@@ -872,7 +872,8 @@ static int check_params(pg_machine *m, const struct pg_stress_params *p)
         p->range_pages < 1 || p->range_pages > PG_PMD_NR || p->max_pin_pages < 1 ||
         p->max_pin_pages > MAX_PIN_PAGES || (p->nr_pinners && !(p->variants & PG_STRESS_V_ALL)) ||
         (p->variants & ~(uint32_t)PG_STRESS_V_ALL) ||
-        (p->policy & ~(uint32_t)(PG_GUPF_WHITELIST | PG_GUPF_SECRETMEM_LRU)) ||
+        (p->policy & ~(uint32_t)(PG_GUPF_WHITELIST | PG_GUPF_SECRETMEM_LRU |
+                                     PG_GUPF_UNSHARE_COW)) ||
         (!p->duration_ns && !p->max_iters))
         return -PG_EINVAL;
     int nt = pg_stress_nr_threads(p);

@@ -460,8 +460,8 @@ def op_caller(world: World, op: dict, proc: Proc, region: Region, page: int,
         ret = callers.process_vm_readv(p, addr)
         _check_remote_read(world, proc, region, page, ret, "process_vm_readv")
     elif name == "dio_read":
-        ret = callers.o_direct_read(p, addr, n * PAGE, value)
-        for i in range(max(0, ret) // PAGE):
+        ret, written = callers.o_direct_read_pages(p, addr, n * PAGE, value)
+        for i in range(written):             # also on -EFAULT: the bios before it ran
             world.record_write(proc, region, page + i, value)
     elif name == "dio_write":
         ret = callers.o_direct_write(p, addr, n * PAGE)

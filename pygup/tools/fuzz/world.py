@@ -87,8 +87,9 @@ class World:
     FILES = [("ext4", FILE_PAGES), ("tmpfs", FILE_PAGES), ("xfs", 4), ("ramfs", 4)]
 
     def __init__(self, policy: str = "6.5", mutants=(), table_free: str = "rcu") -> None:
+        # secretmem.enable=1 under every policy: the vocabulary maps memfd_secret
         self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=4,
-                         table_free=table_free, mutants=mutants)
+                         table_free=table_free, mutants=mutants, secretmem=True)
         self.policy = self.m.policy
         self.fss = {}
         self.files = []

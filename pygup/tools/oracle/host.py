@@ -90,6 +90,34 @@ def proc_mem_force_status() -> Optional[str]:
             "proc_mem.force_override / CONFIG_PROC_MEM_*")
 
 
+def loop_mount(fstype: str, image_dir: str, mount_dir: str, stack: contextlib.ExitStack) -> str:
+    """A fresh ``fstype`` file system on a sparse image in ``image_dir``,
+    loop-mounted at ``mount_dir``; ``stack`` unmounts and removes it.
+    RuntimeError naming the missing tool or the failing step."""
+    mkfs = shutil.which(f"mkfs.{fstype}")
+    if mkfs is None:
+        pkg = {"xfs": "xfsprogs", "btrfs": "btrfs-progs"}.get(fstype, "e2fsprogs")
+        raise RuntimeError(f"mkfs.{fstype} not installed (apt-get install {pkg})")
+    if shutil.which("losetup") is None:
+        raise RuntimeError("losetup not installed")
+    img = os.path.join(image_dir, f"{fstype}.img")
+    with open(img, "wb") as f:
+        # xfs and btrfs refuse small file systems
+        f.truncate((512 if fstype in ("xfs", "btrfs") else 64) << 20)   # sparse
+    stack.callback(_unlink_quietly, img)
+    force = {"xfs": "-f", "btrfs": "-f"}.get(fstype, "-F")
+    _run([mkfs, "-q", force, img])
+    dev = _run(["losetup", "--find", "--show", img])
+    stack.callback(_run, ["losetup", "-d", dev])
+    os.makedirs(mount_dir, exist_ok=True)
+    _run(["mount", "-t", fstype, dev, mount_dir])
+    stack.callback(_run, ["umount", "-l", mount_dir])
+    got = fs_type(mount_dir)
+    if got != fstype:
+        raise RuntimeError(f"mounted {fstype} at {mount_dir}, but it reads as {got}")
+    return mount_dir
+
+
 class HostBacking:
     """How to get a fresh file (an fd) of one backing for each cell."""
 
@@ -336,22 +364,8 @@ class HostEnv:
         if name in LOOP_FS:
             if not self.root:
                 raise RuntimeError(f"loop-mounting {name} needs root")
-            mkfs = shutil.which(f"mkfs.{name}")
-            if mkfs is None:
-                pkg = {"xfs": "xfsprogs", "btrfs": "btrfs-progs"}.get(name, "e2fsprogs")
-                raise RuntimeError(f"mkfs.{name} not installed (apt-get install {pkg})")
-            if shutil.which("losetup") is None:
-                raise RuntimeError("losetup not installed")
-            img = os.path.join(self.tmp, f"{name}.img")
-            with open(img, "wb") as f:
-                f.truncate((512 if name in ("xfs", "btrfs") else 64) << 20)   # sparse
-            each.callback(_unlink_quietly, img)
-            force = {"xfs": "-f", "btrfs": "-f"}.get(name, "-F")
-            _run([mkfs, "-q", force, img])
-            dev = _run(["losetup", "--find", "--show", img])
-            each.callback(_run, ["losetup", "-d", dev])
-            d = self._mount(name, dev, each)
-            return HostBacking(name, name, name, d)
+            d = os.path.join(self.tmp, f"mnt-{name}")
+            return HostBacking(name, name, name, loop_mount(name, self.tmp, d, each))
         if name == "hugetlbfs":
             self._reserve_huge_pages(2, each)
             fd = os.memfd_create("probe", os.MFD_CLOEXEC | os.MFD_HUGETLB)
@@ -386,6 +400,10 @@ class HostEnv:
         info = _meminfo()
         if info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0) < need:
             raise RuntimeError("could not reserve huge pages (memory too fragmented?)")
+
+    def run_scenario(self, scenario) -> Optional[list]:
+        """A multi-step scenario here; None when it cannot run here."""
+        return run_host_scenario(self, scenario)
 
     # -- a cell ----------------------------------------------------------------
     def run(self, cell: Cell) -> Optional[Outcome]:
@@ -445,3 +463,158 @@ def io_uring_register_timing(pages: int = 256, iterations: int = 100) -> dict[st
 
 
 
+
+
+# ---------------------------------------------------------------------------
+# the host side of a multi-step scenario (scenarios.py)
+
+_PM_PRESENT, _PM_EXCLUSIVE, _PM_PFN = 1 << 63, 1 << 56, (1 << 55) - 1
+
+
+class HostScenarioSide:
+    """``scenarios.ScenarioSide`` on this machine's kernel: files made by
+    ``env``'s backings, one io_uring ring with a registered buffer, a forked
+    child that obeys writes over a pipe."""
+
+    def __init__(self, env: "HostEnv") -> None:
+        self.env = env
+        self.fds: list[int] = []
+        self.maps: list[tuple[int, int]] = []
+        # the ring first: its own mappings must not land in a scenario's hole
+        self.slot, self.ring_addr, self.registered = H.ring_setup(), 0, False
+        if self.slot < 0:
+            raise OSError(-self.slot, "io_uring_setup")
+        self.child: Optional[tuple[int, int, int]] = None     # pid, cmd fd, ack fd
+
+    def new_file(self, kind: str, words: list[int]) -> int:
+        if kind == "memfd":
+            fd = os.memfd_create("scenario", os.MFD_CLOEXEC)
+        else:
+            fd, _ = HostBacking(kind, kind, kind, self.env.backings[kind].directory).open()
+        self.fds.append(fd)
+        os.ftruncate(fd, len(words) * PAGE)
+        for i, w in enumerate(words):
+            os.pwrite(fd, w.to_bytes(8, "little"), i * PAGE)
+        return fd
+
+    def pread(self, fd: int, index: int) -> Optional[int]:
+        data = os.pread(fd, 8, index * PAGE)
+        return int.from_bytes(data, "little") if data else None
+
+    def ftruncate(self, fd: int, size: int) -> int:
+        try:
+            os.ftruncate(fd, size)
+            return 0
+        except OSError as e:
+            return -e.errno
+
+    def mmap(self, npages: int, prot: int, flags: int, f: object = None,
+             addr: int = 0) -> tuple[int, int]:
+        if f is None:
+            flags |= MAP.ANONYMOUS
+        if addr:
+            # MAP_FIXED over part of a mapping made here: the probe maps at addr
+            rc, got = H.mmap_fixed(addr, npages * PAGE, prot, flags, -1 if f is None else f, 0), addr
+        else:
+            rc, got = H.mmap(npages * PAGE, prot, flags, -1 if f is None else f, 0)
+            if rc == 0:
+                self.maps.append((got, npages * PAGE))
+        return rc, got
+
+    def munmap(self, addr: int, npages: int) -> int:
+        return H.munmap(addr, npages * PAGE)
+
+    def mprotect(self, addr: int, npages: int, prot: int) -> int:
+        return H.mprotect(addr, npages * PAGE, prot)
+
+    def write(self, addr: int, value: int) -> int:
+        return H.touch(addr, 8, True, value)
+
+    def read(self, addr: int) -> tuple[int, int]:
+        return H.load(addr)
+
+    def ring_open(self, addr: int, npages: int) -> int:
+        rc = H.ring_register(self.slot, addr, npages * PAGE)
+        if rc == 0:
+            self.ring_addr, self.registered = addr, True
+        return rc
+
+    def ring_rw(self, write: bool, fd: int, index: int, buf_page: int = 0) -> int:
+        # the buffer's address: the registration's start plus buf_page pages
+        return H.ring_rw_fixed(self.slot, write, fd, self.ring_addr + buf_page * PAGE, PAGE,
+                               index * PAGE)
+
+    def ring_close(self) -> int:
+        self.registered = False
+        return H.ring_unregister(self.slot)
+
+    def proc_mem_write(self, addr: int, value: int) -> int:
+        return H.proc_mem_write(addr, value)
+
+    def process_vm_readv(self, addr: int, npages: int) -> int:
+        return H.process_vm_readv_range(addr, npages * PAGE)
+
+    def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            e = int.from_bytes(os.pread(f.fileno(), 8, (addr // PAGE) * 8), "little")
+        if not e & _PM_PRESENT:
+            return False, None, False
+        return True, e & _PM_PFN, bool(e & _PM_EXCLUSIVE)
+
+    def fork(self) -> None:
+        cmd_r, cmd_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                  # the child: obey, then leave
+            try:
+                os.close(cmd_w)
+                os.close(ack_r)
+                while True:
+                    line = os.read(cmd_r, 64)
+                    if not line or line.startswith(b"x"):
+                        break
+                    _, a, v = line.split()
+                    rc = H.touch(int(a), 8, True, int(v))
+                    os.write(ack_w, str(rc).encode())
+            finally:
+                os._exit(0)
+        os.close(cmd_r)
+        os.close(ack_w)
+        self.child = (pid, cmd_w, ack_r)
+
+    def child_write(self, addr: int, value: int) -> int:
+        assert self.child is not None
+        os.write(self.child[1], f"w {addr} {value}".encode())
+        return int(os.read(self.child[2], 64))
+
+    def child_exit(self) -> None:
+        if self.child is None:
+            return
+        pid, cmd, ack = self.child
+        self.child = None
+        with contextlib.suppress(OSError):
+            os.write(cmd, b"x")
+        os.close(cmd)
+        os.close(ack)
+        os.waitpid(pid, 0)
+
+    def close(self) -> None:
+        self.child_exit()
+        H.ring_close(self.slot)
+        for addr, length in self.maps:
+            H.munmap(addr, length)
+        for fd in self.fds:
+            os.close(fd)
+
+
+def run_host_scenario(env: "HostEnv", scenario) -> Optional[list]:
+    """The scenario on this machine's kernel, or None when something it
+    needs is missing here (its backing, io_uring)."""
+    from pygup.tools.oracle.scenarios import normalise
+    if "io_uring" in env.method_skipped or any(b not in env.backings for b in scenario.needs):
+        return None
+    side = HostScenarioSide(env)
+    try:
+        return normalise(scenario.run(side))
+    finally:
+        side.close()

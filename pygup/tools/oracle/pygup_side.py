@@ -21,7 +21,9 @@ class PygupSide:
                  explain: bool = False) -> None:
         from pygup.machine import Machine
         self.cell = cell
-        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2)
+        # secretmem.enable=1: the kernel side runs the secretmem cells only
+        # where memfd_secret works (guests boot with it), else skips them
+        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2, secretmem=True)
         self.file = self._file(cell.backing, workdir_preset)
         self.p = self.m.spawn()
         self.explain = explain
@@ -128,3 +130,117 @@ def run_pygup_cell(cell: Cell, policy: str, workdir_preset: str = "ext4",
     return out, side.explanation
 
 
+
+
+# ---------------------------------------------------------------------------
+# the pygup side of a multi-step scenario (scenarios.py)
+
+class PygupScenarioSide:
+    """``scenarios.ScenarioSide`` on a fresh pygup ``Machine`` under
+    ``policy``: the same steps through the Process API and the callers."""
+
+    def __init__(self, policy: str) -> None:
+        from pygup.machine import Machine
+        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2)
+        self.p = self.m.spawn()
+        self.child = None
+        self._fs = None
+        self._n = 0
+
+    def _try(self, fn: Callable[[], object]) -> int:
+        try:
+            fn()
+            return 0
+        except GupError as e:
+            return -e.errno
+
+    def new_file(self, kind: str, words: list[int]):
+        self._n += 1
+        if kind == "memfd":
+            f = self.m.memfd_create(f"scenario-{self._n}", len(words) * PAGE)
+        else:
+            if self._fs is None:
+                self._fs = self.m.mount(kind)
+            f = self._fs.create(f"scenario-{self._n}", len(words) * PAGE)
+        for i, w in enumerate(words):
+            f.pwrite(i, w)
+        return f
+
+    def pread(self, f, index: int) -> Optional[int]:
+        return f.pread(index)
+
+    def ftruncate(self, f, size: int) -> int:
+        return self._try(lambda: f.truncate(size))
+
+    def mmap(self, npages: int, prot: int, flags: int, f=None, addr: int = 0) -> tuple[int, int]:
+        if f is None:
+            flags |= MAP.ANONYMOUS
+        try:
+            return 0, self.p.mmap(npages * PAGE, prot, flags, file=f, addr=addr)
+        except GupError as e:
+            return -e.errno, 0
+
+    def munmap(self, addr: int, npages: int) -> int:
+        return self._try(lambda: self.p.munmap(addr, npages * PAGE))
+
+    def mprotect(self, addr: int, npages: int, prot: int) -> int:
+        return self._try(lambda: self.p.mprotect(addr, npages * PAGE, prot))
+
+    def write(self, addr: int, value: int) -> int:
+        return self._try(lambda: self.p.write(addr, value))
+
+    def read(self, addr: int) -> tuple[int, int]:
+        try:
+            return 0, self.p.read(addr)
+        except GupError as e:
+            return -e.errno, 0
+
+    def ring_open(self, addr: int, npages: int) -> int:
+        from pygup import callers
+        return callers.io_uring_register_buffers(self.p, addr, npages * PAGE)
+
+    def ring_rw(self, write: bool, f, index: int, buf_page: int = 0) -> int:
+        from pygup import callers
+        fn = callers.io_uring_write_fixed if write else callers.io_uring_read_fixed
+        return fn(self.p, f, index, buf_page)
+
+    def ring_close(self) -> int:
+        from pygup import callers
+        return callers.io_uring_unregister_buffers(self.p)
+
+    def proc_mem_write(self, addr: int, value: int) -> int:
+        from pygup import callers
+        return callers.proc_mem_write(self.p, addr, value)
+
+    def process_vm_readv(self, addr: int, npages: int) -> int:
+        from pygup import callers
+        return callers.process_vm_readv_range(self.p, addr, npages)
+
+    def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
+        return self.p.pagemap(addr)
+
+    def fork(self) -> None:
+        self.child = self.p.fork()
+
+    def child_write(self, addr: int, value: int) -> int:
+        return self._try(lambda: self.child.write(addr, value))
+
+    def child_exit(self) -> None:
+        if self.child is not None:
+            self.child.exit()
+            self.child = None
+
+    def close(self) -> None:
+        self.child_exit()
+        self.p.exit()
+        self.m.check()
+
+
+def run_pygup_scenario(scenario, policy: str) -> list:
+    """The scenario on a fresh pygup machine: its outcome as JSON carries it."""
+    from pygup.tools.oracle.scenarios import normalise
+    side = PygupScenarioSide(policy)
+    try:
+        return normalise(scenario.run(side))
+    finally:
+        side.close()
