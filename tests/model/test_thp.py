@@ -298,3 +298,34 @@ def test_collapse_arguments_are_checked():
     other = _machine().spawn()
     with pytest.raises(ValueError):
         m.collapse(other, A)
+
+
+# -- the "can fail" paths (lib/fault_inject) --------------------------------------
+
+def test_split_table_allocation_failure_changes_nothing():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    m._core.fail_nth("table", 1)
+    with pytest.raises(GupError) as e:
+        p.pin(a, P, FOLL.WRITE | FOLL.SPLIT_PMD)
+    assert e.value.errno == errno.ENOMEM
+    assert p.mm.pte(a).huge and m.folio(H).refcount == 1 and m.folio(H).pincount == 0
+    assert p.read(a + 5 * P) == 0x1005
+    m.check()
+
+
+def test_thp_allocation_failure_falls_back_to_a_small_page():
+    # one zone: ZONE_MOVABLE is empty; the zonelist asks it first (the 1st
+    # allocation, which fails anyway), then ZONE_NORMAL (the 2nd: injected)
+    m = _machine(movable="0MiB")
+    p = m.spawn()
+    a = p.mmap(HPAGE, RW, ANON | MAP.FIXED_NOREPLACE, addr=A)
+    m._core.fail_nth("folio", 2)
+    p.write(a, 3)
+    assert p.mm.pte(a).level == C.LEVEL_PTE and p.read(a) == 3
+    with m.kernel.op() as cpu:
+        m._core.fail_nth("folio", 2)
+        assert collapse_pmd(p.mm, a, cpu) == -errno.ENOMEM        # SCAN_ALLOC_HUGE_PAGE_FAIL
+        assert collapse_pmd(p.mm, a, cpu) == 0
+    m.check()
