@@ -351,6 +351,29 @@ class Core:
             ffi.cast("uint64_t *", ffi.from_buffer(ptes)), n), "range_leaves")
         return addrs[:got], ptes[:got]
 
+    # -- transparent huge pages ------------------------------------------------
+    def split_huge_pmd(self, cpu: int, mm: int, addr: int) -> bool:
+        """__split_huge_pmd(): True if a THP's PMD leaf at addr became a PTE
+        table, False if no PMD leaf was there."""
+        rc = lib.pg_split_huge_pmd(self._m, cpu, mm, addr)
+        self.raise_violations()
+        return _check(rc, f"split_huge_pmd {addr:#x}") == 1
+
+    def split_folio(self, cpu: int, pfn: int) -> int:
+        """split_folio(): 0, or -EBUSY (pinned, extra references)."""
+        rc = lib.pg_split_folio(self._m, cpu, pfn)
+        self.raise_violations()
+        if rc == -lib.PG_EBUSY:
+            return rc
+        return _check(rc, f"split_folio {pfn:#x}")
+
+    def collapse_pmd(self, cpu: int, mm: int, addr: int, new_pfn: int, pmd_bits: int) -> int:
+        """collapse_huge_page(): 0 or a negative errno (-EINVAL: cannot
+        collapse; -EAGAIN: a page holds references no mapping explains)."""
+        rc = lib.pg_collapse_pmd(self._m, cpu, mm, addr, new_pfn, pmd_bits)
+        self.raise_violations()
+        return rc
+
     # -- GUP reference counting ------------------------------------------------
     def try_grab_page(self, pfn: int, pin: bool) -> int:
         """0, or a negative errno (the caller stops, as the kernel does)."""

@@ -88,6 +88,8 @@ class Kernel:
         self.core = core
         self.policy = policy
         self.mutants = mutants
+        # /sys/kernel/mm/transparent_hugepage/enabled (kernel/thp.py)
+        self.thp = "madvise"
         # an RLock that scheduled CPUs take by trying (kernel/sched.py's docstring)
         self.lock = SchedLock(core)
         self.cpu_owner: list[Optional[int]] = [None] * core.nr_cpus  # thread ident per slot

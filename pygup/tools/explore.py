@@ -123,7 +123,7 @@ class Race:
     doc: str                   # the operations and the set-up, one line
     setup: Callable[[str, frozenset], World]
     points: frozenset          # the windows that are scheduling points
-    switches: tuple            # the switches this race exposes
+    switches: tuple            # what this race exposes: a switch, or "a+b" planted together
 
     def __post_init__(self) -> None:
         unknown = set(self.points) - window_names()
@@ -439,6 +439,63 @@ def _race_pin_writeback(policy, mutants):
     return World(m, [device, lambda m: f.writeback()], check, (p.mm.id, a))
 
 
+_THP_AT = 0x40000000            # a 2 MiB-aligned address for the THP races
+
+
+def _race_fast_collapse(policy, mutants):
+    """Base pages in an aligned anon range; then khugepaged may collapse it
+    (m.collapse) while GUP-fast pins its first page.  Broadcast flush, so the
+    collapse's PMD flush does not wait for the walker: the IPI sync
+    (tlb_remove_table_sync_one) and GUP-fast's PMD re-check are what protect
+    it."""
+    m = _machine(policy, mutants, thp="never", tlb_flush="broadcast")
+    p = m.spawn()
+    a = p.mmap(HPAGE, RW, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, addr=_THP_AT)
+    p.write(a, 0x7777)
+    p.write(a + 7 * P, 0x8888)
+    m.thp = "always"
+
+    def check(run):
+        # the damage, not the protocol: a grab kept over the cleared PMD is
+        # benign when the collapse then sees it and puts the PMD back
+        ret, pages = run.results[0]
+        if ret != 1:
+            return None
+        pages.write(0, 0xD11A)                   # the device's write must reach the mapping
+        lost = None if p.read(a) == 0xD11A else \
+            f"a write through the pin on frame {int(pages[0]):#x} is not seen at {a:#x}"
+        p.mm.unpin_user_pages(pages)
+        return lost
+    return World(m, [_fast_pin(p, a, FOLL.WRITE), lambda m: m.collapse(p, a)], check,
+                 (p.mm.id, a))
+
+
+def _race_fast_split(policy, mutants):
+    """A PTE-mapped anon THP (an mprotect round trip split its PMD); GUP-fast
+    pins page 5 while a partial munmap of page 511 splits the folio
+    (broadcast flush: the zap does not wait for the walker)."""
+    m = _machine(policy, mutants, thp="always", tlb_flush="broadcast")
+    p = m.spawn()
+    a = p.mmap(HPAGE, RW, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, addr=_THP_AT)
+    p.write(a + 5 * P, 0x5555)
+    p.mprotect(a, P, PROT.READ)
+    p.mprotect(a, P, RW)
+    b = a + 5 * P
+
+    def check(run):
+        ret, pages = run.results[0]
+        if ret != 1:
+            return None
+        pfn = int(pages[0])
+        if not m.folio(pfn).maybe_dma_pinned:      # the pin must be on the page's own folio
+            return (f"GUP-fast returned frame {pfn:#x} but its pin is on frame "
+                    f"{m.folio(pfn).head:#x}'s old folio (the THP split meanwhile)")
+        p.mm.unpin_user_pages(pages)
+        return None
+    return World(m, [_fast_pin(p, b, FOLL.WRITE), lambda m: p.munmap(a + 511 * P, P)], check,
+                 (p.mm.id, b), expected=(GupError,))
+
+
 RACES: dict[str, Race] = {r.name: r for r in [
     Race("fast-munmap", "GUP-fast FOLL_WRITE pin vs munmap of an anon page (IPI flush)",
          _race_fast_munmap, _FAST | _ZAP, ("no_pte_recheck",)),
@@ -475,6 +532,15 @@ RACES: dict[str, Race] = {r.name: r for r in [
          _race_remote_exit, frozenset({"walk_entry_read"}) | _ZAP, ()),
     Race("slow-munmap", "slow-path pin_user_pages vs munmap", _race_slow_munmap,
          frozenset({"walk_entry_read"}) | _ZAP, ()),
+    Race("fast-collapse", "GUP-fast FOLL_WRITE pin vs THP collapse of its range (broadcast "
+         "flush)", _race_fast_collapse,
+         _FAST | {"collapse_pmd_cleared", "collapse_isolated", "free_pgtables_synced"},
+         # the two fixes of 2022 together: either alone holds (the IPI sync
+         # makes the collapse see the grab; the PMD re-check drops it)
+         ("collapse_no_sync+no_pmd_recheck",)),
+    Race("fast-split", "GUP-fast FOLL_WRITE pin vs a partial munmap splitting a PTE-mapped THP "
+         "(broadcast flush)", _race_fast_split,
+         _FAST | _ZAP | {"split_folio_frozen"}, ("no_folio_recheck",)),
     Race("writeback-write", "two user writes vs writeback (folio_mkclean) of an ext4 page",
          _race_writeback_write, frozenset({"between_writes", "mkclean_cleared",
                                            "mkclean_flushed"}), ("mkclean_no_flush",)),
@@ -489,12 +555,23 @@ def race_names() -> list[str]:
     return list(RACES)
 
 
-def race_for_switch(name: str) -> str:
-    """The built-in race that exposes a switch; ValueError if none does."""
+def exposure(name: str) -> tuple[str, tuple]:
+    """The built-in race that exposes a switch and the switches to plant for
+    it (the switch alone, or with the one it is defence in depth with);
+    ValueError if no race does."""
     for r in RACES.values():
         if name in r.switches:
-            return r.name
+            return r.name, (name,)
+    for r in RACES.values():
+        for planted in r.switches:
+            if name in planted.split("+"):
+                return r.name, tuple(planted.split("+"))
     raise ValueError(f"no built-in race exposes switch {name!r}")
+
+
+def race_for_switch(name: str) -> str:
+    """The built-in race that exposes a switch; ValueError if none does."""
+    return exposure(name)[0]
 
 
 # ---------------------------------------------------------------------------

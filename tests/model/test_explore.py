@@ -23,13 +23,22 @@ SEQUENTIAL = {"whitelist_inverted", "fast_secretmem", "unpin_no_bias", "force_wr
 
 def test_every_race_window_switch_has_a_race():
     c_switches = {name for name, (bit, _) in MUTANTS.items() if bit} - SEQUENTIAL
-    assert c_switches <= {s for s, _ in SWITCH_RACES}
+    assert c_switches <= {x for s, _ in SWITCH_RACES for x in s.split("+")}
+
+
+def test_defence_in_depth_switches_are_harmless_alone():
+    """A race that exposes switches only together ("a+b") shows each alone
+    clean: that is why both fixes exist (2ba99c5e0881 and 70cbc3cc78a9)."""
+    for switch, race in SWITCH_RACES:
+        if "+" in switch:
+            for one in switch.split("+"):
+                assert E.explore(race, bound=2, mutants=[one]).failing is None, (race, one)
 
 
 @pytest.mark.parametrize("switch,race", SWITCH_RACES)
 def test_switch_found_deterministically(switch, race):
-    a = E.explore(race, bound=2, mutants=[switch])
-    b = E.explore(race, bound=2, mutants=[switch])
+    a = E.explore(race, bound=2, mutants=switch.split("+"))
+    b = E.explore(race, bound=2, mutants=switch.split("+"))
     assert a.failing is not None, f"{switch}: no failing schedule in {race} at bound 2"
     assert a.failing.schedule == b.failing.schedule and a.failing.detail == b.failing.detail
     assert a.explored == b.explored and a.failing_schedules == b.failing_schedules
@@ -103,7 +112,7 @@ def test_more_bound_more_schedules():
 def test_pruning_loses_nothing(switch, race):
     """POR and state hashing against the plain search: same verdict, same
     shortest failing schedule, never more schedules."""
-    muts = [switch] if switch else []
+    muts = switch.split("+") if switch else []
     for bound in (2, 3):
         pruned = E.explore(race, bound=bound, mutants=muts)
         plain = E.explore(race, bound=bound, mutants=muts, por=False, state_hash=False)
@@ -124,9 +133,9 @@ def test_state_hashing_prunes_a_revisited_state():
 
 @pytest.mark.parametrize("switch,race", SWITCH_RACES)
 def test_switch_found_at_the_races_own_windows_too(switch, race):
-    focused = E.explore(race, bound=2, mutants=[switch], windows="race")
+    focused = E.explore(race, bound=2, mutants=switch.split("+"), windows="race")
     assert focused.failing is not None
-    everywhere = E.explore(race, bound=2, mutants=[switch])
+    everywhere = E.explore(race, bound=2, mutants=switch.split("+"))
     assert len(focused.failing.schedule) <= len(everywhere.failing.schedule)
 
 

@@ -100,7 +100,8 @@ def test_shards_as_local_processes_then_merge(tmp_path):
     assert sorted(s["shard"] for s in merged["shards"]) == ["0/3", "1/3", "2/3"]
     for s in merged["shards"]:
         assert s["policy"] == "6.4" and s["version"] and s["host"]["python"]
-        assert s["stopped_by"] == "SIGTERM"
+        # stopped by our SIGTERM, or done first (a crashed worker ends a run)
+        assert s["stopped_by"] in ("SIGTERM", None) and s["exit_status"] == 1
     keys = [(c["invariant"], c["site"], c["hash"]) for c in merged["crashes"]]
     assert len(keys) == len(set(keys)) and all(c["found_in"] for c in merged["crashes"])
 

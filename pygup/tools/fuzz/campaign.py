@@ -336,17 +336,19 @@ def selftest(budget_s: float = 600.0, clean_ops: int = 1_000_000, workers: int =
     ok = True
     targets = [("6.4", ())] + [("6.5", (name,)) for name in MUTANTS if name not in OVER_REFUSAL]
     for policy, mutants in targets:
-        race = "pin-writeback" if not mutants else None
+        race, planted = ("pin-writeback", ()) if not mutants else (None, mutants)
         if mutants:
             try:
-                race = explore.race_for_switch(mutants[0])
+                race, planted = explore.exposure(mutants[0])
             except ValueError:
                 race = None
         t0 = time.monotonic()
         if race is not None:
-            res = explore.explore(race, 2, policy, mutants, stop_at_first=True)
+            res = explore.explore(race, 2, policy, planted, stop_at_first=True)
             found = res.failing is not None
-            row = {"method": f"explore {race}", "found": found, "schedules": res.explored,
+            also = [x for x in planted if x not in mutants]
+            row = {"method": f"explore {race}" + (f" (+{'+'.join(also)})" if also else ""),
+                   "found": found, "schedules": res.explored,
                    "invariant": f"race:{race}" if found else "-", "ops": None,
                    "detail": res.failing.detail if found else "",
                    "reproducer_ops": len(res.failing.schedule) if found else None}
