@@ -545,6 +545,13 @@ class Pages:
         kind = "pinned" if self.pinned else "got"
         return f"<Pages {len(self)} {kind}{' released' if self.released else ''}>"
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import grid_table
+        kind = "pinned (FOLL_PIN)" if self.pinned else "referenced (FOLL_GET)"
+        title = f"{len(self)} pages, {kind}{', released' if self.released else ''}"
+        rows = [(i, hex(pfn)) for i, pfn in enumerate(self)][:64]
+        return grid_table(title, ["index", "pfn"], rows)
+
 
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
@@ -569,6 +576,8 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    if trace is NO_TRACE and m.trace_sink is not None:
+        trace = m.trace_sink
     flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
                    flags is None, errno.EINVAL,
@@ -587,6 +596,23 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL.PIN))
 
 
+# why GUP-fast stopped short (pg_gup_fast_why's C.FAST_STOP_* codes), in the
+# kernel's terms: the slow path then decides the page it could not take
+FAST_STOP_REASONS = {
+    C.FAST_STOP_NOT_PRESENT: "not present (no page table or entry)",
+    C.FAST_STOP_PROTNONE: "PROT_NONE / NUMA-hinting entry",
+    C.FAST_STOP_ACCESS: "pte_access_permitted: not writable",
+    C.FAST_STOP_SPECIAL: "special mapping (no struct page)",
+    C.FAST_STOP_GRAB: "try_grab_folio failed (refcount 0)",
+    C.FAST_STOP_MOVABLE: "ZONE_MOVABLE: long-term pin must migrate",
+    C.FAST_STOP_SECRETMEM: "folio_is_secretmem",
+    C.FAST_STOP_WHITELIST: "folio_fast_pin_allowed: not anon/shmem/hugetlb",
+    C.FAST_STOP_CHANGED: "PMD/PTE changed under the walk",
+    C.FAST_STOP_UNSHARE: "gup_must_unshare: not exclusive anon",
+    C.FAST_STOP_WP_SEQ: "fork's write_protect_seq",
+}
+
+
 def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
                                  to_set: int, trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """/* mirrors internal_get_user_pages_fast() */ (gup_fast_fallback()
@@ -595,6 +621,8 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     could not take."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    if trace is NO_TRACE and m.trace_sink is not None:
+        trace = m.trace_sink
     pin_api = bool(to_set & FOLL.PIN)
     flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
@@ -626,9 +654,16 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     cpu = m.current_cpu()
     if m.core.irqs_disabled(cpu) and not flags & FOLL.FAST_ONLY:
         raise RuntimeError("GUP-fast with fallback may sleep: IRQs are disabled")
-    fast = m.core.gup_fast(cpu, mm.id, start, nr_pages, flags, m.policy.gup_fast_bits)
-    trace.steps.append(Step("lockless_pages_from_mm", {"taken": len(fast), "of": nr_pages},
-                            "pass" if len(fast) == nr_pages else "fallback"))
+    if trace is NO_TRACE:
+        fast = m.core.gup_fast(cpu, mm.id, start, nr_pages, flags, m.policy.gup_fast_bits)
+    else:
+        fast, why = m.core.gup_fast_why(cpu, mm.id, start, nr_pages, flags,
+                                        m.policy.gup_fast_bits)
+        inputs: dict = {"taken": len(fast), "of": nr_pages}
+        if len(fast) < nr_pages:
+            inputs["why"] = FAST_STOP_REASONS.get(why, f"code {why}")
+        trace.steps.append(Step("lockless_pages_from_mm", inputs,
+                                "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL.FAST_ONLY:
         return len(fast), Pages(m, fast, pinned)
     out: list[int] = []
