@@ -12,6 +12,7 @@ from pygup._native import C
 from pygup.flags import FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError, int_arg
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
+from pygup.kernel.thp import split_huge_pmd
 from pygup.kernel.vma import VMA, VmaTree
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,9 +182,16 @@ class MM:
             av.vmas.discard(vma)
 
     def split_vma(self, vma: VMA, addr: int) -> VMA:
-        """split_vma(): cut vma at addr; returns the upper part."""
+        """split_vma(): cut vma at addr; returns the upper part.  A THP's PMD
+        leaf across addr becomes a PTE table first (/* mirrors __split_vma()
+        -> vma_adjust_trans_huge() */): no PMD leaf maps pages of two VMAs,
+        which fork, mprotect and zap, working VMA by VMA, rely on (the C
+        core refuses a range that cuts a PMD leaf).  ENOMEM (nothing
+        changed) when no table page can be had."""
         if vma.is_hugetlb and addr % PMD_SIZE:
             raise GupError(errno.EINVAL, "hugetlb VMAs split only at 2 MiB boundaries")
+        if addr % PMD_SIZE:
+            split_huge_pmd(vma, addr, self.kernel.current_cpu())
         upper = VMA(self, addr, vma.vm_end, vma.vm_flags, vma.vm_file,
                     vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), vma.vm_ops)
         upper.anon_vmas = list(vma.anon_vmas)
