@@ -260,6 +260,13 @@ struct pg_cpu {
     struct pg_tlb_entry tlb[PG_TLB_ENTRIES];
 };
 
+/* what the scheduler records of the watched address at a pick (the
+ * explorer's step-by-step story; kernel/sched.c) */
+struct pg_sched_watch {
+    uint64_t pte, pfn, mapping;
+    int32_t ref, pin, map;
+};
+
 /* ---- the machine ---------------------------------------------------------- */
 #define PG_PIN_STAT_SHARDS 16
 struct pg_machine {
@@ -305,6 +312,12 @@ struct pg_machine {
     /* deterministic scheduler (sched.c): PG_YIELD tests sched_on only */
     _Atomic int sched_on;
     struct pg_sched *sched;    /* the session, while sched_on */
+    /* the schedule explorer's view of the machine, installed by machine.c
+     * (it sees every layer; the scheduler below it does not): a digest of
+     * the state, and the watched address's leaf and folio */
+    uint64_t (*sched_digest)(pg_machine *m);
+    void (*sched_observe)(pg_machine *m, uint64_t mmid, uint64_t addr, uint64_t *last_pfn,
+                          struct pg_sched_watch *out);
     _Atomic int tlb_flush_mode; /* PG_TLB_FLUSH_IPI / _BROADCAST */
 
     pg_spinlock viol_lock;

@@ -109,7 +109,9 @@
 #define PG_MUT_UNPIN_NO_BIAS 0x800       /* unpin drops 1, not the bias */
 #define PG_MUT_NO_UNSHARE 0x1000         /* slow path skips gup_must_unshare */
 #define PG_MUT_FORCE_WRITE_ANY_PAGE 0x2000 /* Dirty COW: FOLL_FORCE writes any page */
-#define PG_MUT_ALL 0x3fff
+#define PG_MUT_NO_FOLIO_RECHECK 0x4000   /* c24d37322548: ref on a stale head */
+#define PG_MUT_COLLAPSE_NO_SYNC 0x8000   /* 2ba99c5e0881: no IPI sync in collapse */
+#define PG_MUT_ALL 0xffff
 
 /* ---- vm_flags bits the C rules read (Linux values, as pygup.flags.VM) -- */
 #define PG_VM_WRITE 0x2
@@ -415,6 +417,36 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
                         uint64_t end, uint64_t *addrs, uint64_t *ptes,
                         int64_t max);
 
+/* ---- transparent huge pages (mm/huge_memory.c; the folio split: mm/frames.c) */
+/* __split_huge_pmd(): replace the PMD leaf of an anonymous THP covering
+ * addr by a PTE table of 512 entries with the same bits: clear the PMD,
+ * flush the TLBs, fill a new table, publish it (release).  The folio stays
+ * one folio, now PTE-mapped: its PMD mapping (one mapcount on the head, one
+ * reference) becomes 512 PTE mappings (one mapcount per page, one
+ * reference each).  Returns 1 if it split, 0 if no PMD leaf covers addr,
+ * -PG_EINVAL for a hugetlb or non-anon leaf, -PG_ENOMEM when no table page
+ * can be had (nothing changed).  IRQs must be on (-PG_EBUSY). */
+int pg_split_huge_pmd(pg_machine *m, int cpu, uint64_t mm, uint64_t addr);
+/* split_folio() of the anonymous THP containing pfn into 512 order-0
+ * folios (see frames.c): 0, -PG_EBUSY while pinned or holding references
+ * beyond one per mapping, -PG_EINVAL for anything but an anon THP.
+ * cpu: the calling CPU (for the race window), or -1. */
+int pg_split_folio(pg_machine *m, int cpu, uint64_t pfn);
+/* collapse_huge_page() into the order-9 folio new_pfn (allocated, its
+ * mapping / index / flags set by the caller, refcount 1, unmapped): the
+ * PTE table under the PMD at addr (2 MiB aligned) must hold only none
+ * entries, zero-page entries and anonymous pages, at least one of them
+ * writable.  pmdp_collapse_flush (clear the PMD, flush), the IPI sync
+ * (tlb_remove_table_sync_one), then every old folio must hold exactly one
+ * reference per mapping and no pin (else the PMD is put back: -PG_EAGAIN);
+ * copy the 512 pages, install the PMD leaf (pmd_bits | HUGE, the new
+ * folio's pfn), free the old table by the machine's table-free mode, drop
+ * the old pages' mappings and references.  0 on success, -PG_EINVAL when
+ * the range cannot collapse (no table, a leaf, a swap-like / special /
+ * non-anon page, nothing writable), -PG_EBUSY with IRQs off. */
+int pg_collapse_pmd(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
+                    uint64_t new_pfn, uint64_t pmd_bits);
+
 /* ---- GUP reference counting (mm/gup.c) ------------------------------- */
 /* try_grab_page() of the slow path on the folio containing pfn: pin == 0
  * takes a plain reference (FOLL_GET); pin != 0 a pin (FOLL_PIN): refcount
@@ -444,6 +476,8 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 /* a read-only FOLL_PIN|FOLL_LONGTERM in a COW mapping must unshare non-anon
  * pages too (gup_must_unshare() with a VMA) */
 #define PG_FOLLOW_UNSHARE_FILE 0x10
+/* stop at a PMD leaf of a THP (FOLL_SPLIT_PMD: Python splits it first) */
+#define PG_FOLLOW_SPLIT_PMD 0x20
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out);
 
@@ -552,6 +586,25 @@ int64_t pg_sched_steps(pg_machine *m);
 /* trace entry i: cpu, whether it was spinning, the point's name */
 int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
                    char *name, int namelen);
+/* For the schedule explorer (pygup/tools/explore.py): record, at every
+ * pick, a digest of the machine's state (before any attach; -PG_EBUSY
+ * after).  The runnable masks are recorded always. */
+int pg_sched_explore(pg_machine *m);
+/* trace entry i: the CPUs that could have been picked there (waiting and
+ * not spinning; 0 when only spinners were left: nothing to choose), and
+ * the state digest at the pick (0 unless pg_sched_explore) */
+int pg_sched_trace_choice(pg_machine *m, int64_t i, uint64_t *runnable, uint64_t *digest);
+/* Watch one address (before any attach): every pick records the leaf that
+ * maps addr in mm and the folio behind it (or behind the last leaf seen
+ * there); pg_sched_trace_watch fills out[6] = {leaf, pfn, refcount,
+ * pincount, mapcount, mapping word} for pick i (-PG_EINVAL unless
+ * watching).  The step-by-step story of a replayed schedule. */
+int pg_sched_watch(pg_machine *m, uint64_t mmid, uint64_t addr);
+int pg_sched_trace_watch(pg_machine *m, int64_t i, uint64_t *out);
+/* A scheduled CPU took or dropped the Python machine lock: the model may
+ * change under it, so the explorer's digest must change too.  Nothing for
+ * other threads. */
+void pg_sched_note_model(pg_machine *m);
 /* End the session (the trace goes with it).  -PG_EBUSY while a CPU is
  * attached and the session is not deadlocked (a deadlocked one cannot end:
  * its CPUs stay parked on it). */

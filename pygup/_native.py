@@ -356,6 +356,29 @@ class Core:
             ffi.cast("uint64_t *", ffi.from_buffer(ptes)), n), "range_leaves")
         return addrs[:got], ptes[:got]
 
+    # -- transparent huge pages ------------------------------------------------
+    def split_huge_pmd(self, cpu: int, mm: int, addr: int) -> bool:
+        """__split_huge_pmd(): True if a THP's PMD leaf at addr became a PTE
+        table, False if no PMD leaf was there."""
+        rc = lib.pg_split_huge_pmd(self._m, cpu, mm, addr)
+        self.raise_violations()
+        return _check(rc, f"split_huge_pmd {addr:#x}") == 1
+
+    def split_folio(self, cpu: int, pfn: int) -> int:
+        """split_folio(): 0, or -EBUSY (pinned, extra references)."""
+        rc = lib.pg_split_folio(self._m, cpu, pfn)
+        self.raise_violations()
+        if rc == -lib.PG_EBUSY:
+            return rc
+        return _check(rc, f"split_folio {pfn:#x}")
+
+    def collapse_pmd(self, cpu: int, mm: int, addr: int, new_pfn: int, pmd_bits: int) -> int:
+        """collapse_huge_page(): 0 or a negative errno (-EINVAL: cannot
+        collapse; -EAGAIN: a page holds references no mapping explains)."""
+        rc = lib.pg_collapse_pmd(self._m, cpu, mm, addr, new_pfn, pmd_bits)
+        self.raise_violations()
+        return rc
+
     # -- GUP reference counting ------------------------------------------------
     def try_grab_page(self, pfn: int, pin: bool) -> int:
         """0, or a negative errno (the caller stops, as the kernel does)."""
@@ -527,6 +550,43 @@ class Core:
                    "sched_trace")
             out.append((cpu[0], ffi.string(buf).decode(), bool(spun[0])))
         return out
+
+    def sched_explore(self) -> None:
+        """Record a state digest at every pick (before any attach)."""
+        _check(lib.pg_sched_explore(self._m), "sched_explore")
+
+    def sched_choices(self) -> list[tuple[int, int]]:
+        """Every pick so far: (mask of the CPUs that could have been
+        picked, state digest or 0)."""
+        n = lib.pg_sched_steps(self._m)
+        mask, digest = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        out = []
+        for i in range(max(n, 0)):
+            _check(lib.pg_sched_trace_choice(self._m, i, mask, digest), "sched_choices")
+            out.append((int(mask[0]), int(digest[0])))
+        return out
+
+    def sched_watch(self, mmid: int, addr: int) -> None:
+        """Record, at every pick, the leaf mapping addr in mm and its folio."""
+        _check(lib.pg_sched_watch(self._m, mmid, addr), "sched_watch")
+
+    def sched_watches(self) -> list[dict[str, int]]:
+        """Per pick: the watched leaf, pfn, refcount, pincount, mapcount,
+        mapping word (sched_watch)."""
+        n = lib.pg_sched_steps(self._m)
+        buf = ffi.new("uint64_t[6]")
+        out = []
+        for i in range(max(n, 0)):
+            _check(lib.pg_sched_trace_watch(self._m, i, buf), "sched_watches")
+            v = [int(x) for x in buf]
+            signed = [x - (1 << 64) if x >= 1 << 63 else x for x in v[2:5]]
+            out.append({"pte": v[0], "pfn": v[1] if v[1] != 2**64 - 1 else None,
+                        "refcount": signed[0], "pincount": signed[1], "mapcount": signed[2],
+                        "mapping": v[5]})
+        return out
+
+    def sched_note_model(self) -> None:
+        lib.pg_sched_note_model(self._m)
 
     def sched_end(self) -> None:
         _check(lib.pg_sched_end(self._m), "sched_end")

@@ -39,7 +39,8 @@
     X(PG_W_WALK_ENTRY_READ, "walk_entry_read", PG_RACE_YIELD | PG_RACE_AMP,         \
       "a lockless walker read a table entry: an unmapper can clear it and free the table") \
     X(PG_W_FAST_PTE_READ, "fast_pte_read", PG_RACE_YIELD | PG_RACE_AMP,             \
-      "GUP-fast read a leaf, not grabbed yet: munmap can clear it and free the folio") \
+      "GUP-fast read a leaf and found its folio, not grabbed yet: munmap can free the folio, " \
+      "a split can make the page its own folio") \
     X(PG_W_FAST_GRABBED, "fast_grabbed", PG_RACE_YIELD,                             \
       "GUP-fast holds a reference: the entry it came from can still change")        \
     X(PG_W_FAST_SECRETMEM_MAPPING_READ, "fast_secretmem_mapping_read", PG_RACE_AMP, \
@@ -82,6 +83,15 @@
       "fork about to write-protect an entry it shares: a pin or a write can land first") \
     X(PG_W_FORK_WP_SEQ_END, "fork_wp_seq_end", PG_RACE_YIELD,                       \
       "fork's copy done, write_protect_seq still odd: GUP-fast must still back off") \
+    /* ---- THP split and collapse (mm/huge_memory.c, mm/frames.c) ---- */         \
+    X(PG_W_SPLIT_PMD_CLEARED, "split_pmd_cleared", PG_RACE_YIELD,                   \
+      "__split_huge_pmd cleared and flushed the PMD leaf, the PTE table not in yet: walkers see none") \
+    X(PG_W_SPLIT_FOLIO_FROZEN, "split_folio_frozen", PG_RACE_YIELD,                 \
+      "split_folio froze the refcount at 0: a GUP-fast that found the old folio cannot take a reference") \
+    X(PG_W_COLLAPSE_PMD_CLEARED, "collapse_pmd_cleared", PG_RACE_YIELD,             \
+      "collapse cleared the PMD (pmdp_collapse_flush) and synced: the old PTE table is still intact") \
+    X(PG_W_COLLAPSE_ISOLATED, "collapse_isolated", PG_RACE_YIELD,                   \
+      "collapse checked the old pages' references, the PTEs still map them: a late grab escapes the check") \
     /* ---- folios and address_space records (mm/frames.c) ---- */                  \
     X(PG_W_FOLIO_MAPPING_SET, "folio_mapping_set", PG_RACE_YIELD,                   \
       "->mapping just changed (truncation): GUP-fast may be between re-check and read") \

@@ -44,9 +44,13 @@ struct sched_step {
     uint8_t spun;
     uint8_t pad;
     uint16_t name;
+    uint64_t runnable; /* the CPUs that could have been picked (explorer) */
+    uint64_t digest;   /* the machine's state digest at the pick, 0 if off */
+    struct pg_sched_watch watch; /* the watched address, at the pick */
 };
 
 struct pg_sched {
+    pg_machine *m;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int nr, attached, detached;
@@ -58,7 +62,9 @@ struct pg_sched {
     int32_t *plan;
     int64_t plan_len, plan_pos;
     uint64_t spin_run, spin_limit;
-    bool deadlock, truncated, filter_on;
+    bool deadlock, truncated, filter_on, digest_on, watch_on;
+    uint64_t watch_mm, watch_addr, watch_pfn; /* pfn: the last one mapped there */
+    uint64_t py_epoch; /* machine-lock takes and drops of scheduled CPUs */
     struct sched_step *trace;
     int64_t trace_len, trace_cap;
     /* ids below PG_NR_RACE_WINDOWS are the registry's (kernel/race.h);
@@ -109,7 +115,16 @@ static bool waiting(int st)
     return st == CS_READY || st == CS_POINT || st == CS_SPIN;
 }
 
-static void trace_add(struct pg_sched *s, int cpu, bool spun)
+/* FNV-1a over 64-bit words: deterministic, cheap, good enough to tell
+ * states apart (a collision only prunes one branch of the explorer) */
+static inline uint64_t mix(uint64_t h, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        h = (h ^ (v & 0xff)) * 0x100000001b3ULL;
+    return h;
+}
+
+static void trace_add(struct pg_sched *s, int cpu, bool spun, uint64_t runnable)
 {
     if (s->trace_len == s->trace_cap) {
         int64_t cap = s->trace_cap ? s->trace_cap * 2 : 256;
@@ -124,7 +139,19 @@ static void trace_add(struct pg_sched *s, int cpu, bool spun)
         s->trace_cap = cap;
     }
     s->trace[s->trace_len++] = (struct sched_step){
-        .cpu = (int16_t)cpu, .spun = spun, .name = s->where[cpu]};
+        .cpu = (int16_t)cpu, .spun = spun, .name = s->where[cpu],
+        .runnable = runnable};
+    struct sched_step *st = &s->trace[s->trace_len - 1];
+    if (s->digest_on) {
+        /* the machine, the Python model's lock traffic and where every CPU
+         * stands: two picks with equal digests face the same choice */
+        uint64_t h = mix(s->m->sched_digest ? s->m->sched_digest(s->m) : 0, s->py_epoch);
+        for (int c = 0; c < s->nr; c++)
+            h = mix(h, ((uint64_t)s->state[c] << 16) | s->where[c]);
+        st->digest = h ? h : 1;
+    }
+    if (s->watch_on && s->m->sched_observe)
+        s->m->sched_observe(s->m, s->watch_mm, s->watch_addr, &s->watch_pfn, &st->watch);
 }
 
 /* Under s->lock: choose who runs next and hand it the turn.  The caller
@@ -132,12 +159,15 @@ static void trace_add(struct pg_sched *s, int cpu, bool spun)
 static void pick_next(struct pg_sched *s)
 {
     int live = 0, runnable = 0;
+    uint64_t mask = 0; /* the alternatives: spinning CPUs are none */
     for (int c = 0; c < s->nr; c++) {
         if (!waiting(s->state[c]))
             continue;
         live++;
-        if (s->state[c] != CS_SPIN)
+        if (s->state[c] != CS_SPIN) {
             runnable++;
+            mask |= (uint64_t)1 << c;
+        }
     }
     s->turn = -1;
     if (!live || s->deadlock)
@@ -187,7 +217,7 @@ static void pick_next(struct pg_sched *s)
     } else if (s->state[pick] != CS_SPIN) {
         s->spin_run = 0;
     }
-    trace_add(s, pick, s->state[pick] == CS_SPIN);
+    trace_add(s, pick, s->state[pick] == CS_SPIN, mask);
     s->last = pick;
     s->turn = pick;
 }
@@ -257,6 +287,7 @@ int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    s->m = m;
     s->nr = nr;
     s->turn = -1;
     s->last = -1;
@@ -383,6 +414,83 @@ int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
             n = (size_t)namelen - 1;
         memcpy(name, pn, n);
         name[n] = '\0';
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_explore(pg_machine *m)
+{
+    struct pg_sched *s = m->sched;
+    if (!s)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = s->attached == 0 ? 0 : -PG_EBUSY;
+    if (rc == 0)
+        s->digest_on = true;
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_watch(pg_machine *m, uint64_t mmid, uint64_t addr)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || addr >= PG_VA_LIMIT)
+        return -PG_EINVAL; /* the mm id is the observer's to check: a stale one reads nothing */
+    pthread_mutex_lock(&s->lock);
+    int rc = s->attached == 0 ? 0 : -PG_EBUSY;
+    if (rc == 0) {
+        s->watch_on = true;
+        s->watch_mm = mmid;
+        s->watch_addr = addr;
+        s->watch_pfn = UINT64_MAX;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_trace_watch(pg_machine *m, int64_t i, uint64_t *out)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || !out)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = -PG_EINVAL;
+    if (i >= 0 && i < s->trace_len && s->watch_on) {
+        struct pg_sched_watch *w = &s->trace[i].watch;
+        out[0] = w->pte;
+        out[1] = w->pfn;
+        out[2] = (uint64_t)(int64_t)w->ref;
+        out[3] = (uint64_t)(int64_t)w->pin;
+        out[4] = (uint64_t)(int64_t)w->map;
+        out[5] = w->mapping;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void pg_sched_note_model(pg_machine *m)
+{
+    if (pg_sched_tls_machine != m)
+        return; /* not a CPU of this machine's session: m->sched is not ours to read */
+    struct pg_sched *s = m->sched;
+    pthread_mutex_lock(&s->lock);
+    s->py_epoch++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int pg_sched_trace_choice(pg_machine *m, int64_t i, uint64_t *runnable, uint64_t *digest)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || !runnable || !digest)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = -PG_EINVAL;
+    if (i >= 0 && i < s->trace_len) {
+        *runnable = s->trace[i].runnable;
+        *digest = s->trace[i].digest;
         rc = 0;
     }
     pthread_mutex_unlock(&s->lock);

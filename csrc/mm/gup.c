@@ -215,6 +215,9 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
                       (unsigned long long)addr, (unsigned long long)pfn))
             break;
         uint64_t head = pg_frame_head(m, pfn);
+        if (level == PG_LEVEL_PMD && (how & PG_FOLLOW_SPLIT_PMD) &&
+            !(pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB))
+            break; /* FOLL_SPLIT_PMD: the split is Python's */
         /* FOLL_FORCE and faults are Python's: without FORCE the rule is
          * pte_write() */
         if ((how & PG_FOLLOW_WRITE) && !can_follow_write_pte(m, pte, pfn, PG_FOLL_WRITE, 0))
@@ -246,23 +249,31 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
  */
 
 /* mirrors try_grab_folio() (6.5; try_grab_folio_fast from 6.11): refs on
- * the folio containing pfn, or -1 (nothing taken) */
-static int try_grab_folio(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
+ * the folio containing pfn, found by the caller as head before its race
+ * window; returns the head of the folio the refs went to (the caller's
+ * `folio`, which its checks and its undo use), or -1 (nothing taken).  A
+ * split between finding the folio and taking the refs can leave them on a
+ * folio that no longer contains the page: after taking them, look again
+ * and retry on the page's folio (c24d37322548; switch no_folio_recheck
+ * skips it). */
+static int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
+                              uint32_t flags)
 {
-    uint64_t head = pg_frame_head(m, pfn);
-    struct pg_frame *h = &m->frames[head];
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
-    if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&h->flags) & PG_F_ZERO))
-        return 0; /* the zero page is never counted */
-    if (pg_folio_try_get(m, pfn, refs) < 0)
-        return -1; /* refcount zero: being freed, never resurrect */
-    if (pg_frame_head(m, pfn) != head) { /* split meanwhile: not modelled */
-        pg_folio_put_internal(m, head, refs);
-        return -1;
+    for (;;) {
+        if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO))
+            return (int64_t)head; /* the zero page is never counted */
+        if (pg_folio_try_get(m, head, refs) < 0)
+            return -1; /* refcount zero: being freed (or frozen by a split) */
+        if (pg_mutant(m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
+            break;
+        pg_folio_put_internal(m, head, refs); /* split meanwhile: try its new folio */
+        head = pg_frame_head(m, pfn);
     }
+    struct pg_frame *h = &m->frames[head];
     if (!(flags & PG_FOLL_PIN))
-        return 0;
+        return (int64_t)head;
     if ((flags & PG_FOLL_LONGTERM) && !folio_is_longterm_pinnable(m, head)) {
         pg_folio_put_internal(m, head, refs); /* the slow path migrates it */
         return -1;
@@ -273,7 +284,7 @@ static int try_grab_folio(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
         pg_fetch_add(&h->refcount, refs * (PG_GUP_PIN_COUNTING_BIAS - 1));
     pg_smp_mb(); /* the pin is visible before the PTE re-check */
     pg_count_pins(m, true, (uint64_t)refs);
-    return 0;
+    return (int64_t)head;
 }
 
 /* folio_set_referenced(), skipping the atomic when the bit is already set */
@@ -388,10 +399,13 @@ static bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr
         if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
                       (unsigned long long)addr, (unsigned long long)pfn))
             return false;
+        /* page_folio(): found before the window, used after it */
+        uint64_t folio = pg_frame_head(m, pfn);
         PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-        if (try_grab_folio(m, pfn, 1, flags) < 0)
+        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags);
+        if (grabbed < 0)
             return false;
-        uint64_t head = pg_frame_head(m, pfn);
+        uint64_t head = (uint64_t)grabbed;
         PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
         if (!pg_mutant(m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy))
             goto drop;
@@ -426,7 +440,7 @@ static bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr
             return false;
         continue;
 drop:
-        ungrab(m, pfn, 1, flags);
+        ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the refs went */
         return false;
     }
 }
@@ -449,10 +463,12 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
     uint64_t pfn = pg_pte_pfn(pmd) + ((addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1));
     if (PG_BUG_ON(m, pfn + (uint64_t)refs > m->nr_frames, "GUP-fast: PMD maps past memory"))
         return 0;
+    uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    if (try_grab_folio(m, pfn, refs, flags) < 0)
+    int64_t grabbed = try_grab_folio(m, pfn, folio, refs, flags);
+    if (grabbed < 0)
         return 0;
-    uint64_t head = pg_frame_head(m, pfn);
+    uint64_t head = (uint64_t)grabbed;
     PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
     if (!(pg_mutant(m, PG_MUT_NO_PMD_RECHECK) || pg_mutant(m, PG_MUT_NO_PTE_RECHECK)) &&
         pg_load_acquire(w->pmd_slot) != pmd)
@@ -466,7 +482,7 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
         fw->out[fw->nr++] = pfn + (uint64_t)i;
     return refs;
 drop:
-    ungrab(m, pfn, refs, flags);
+    ungrab(m, head, refs, flags);
     return 0;
 }
 

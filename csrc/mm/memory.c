@@ -247,7 +247,12 @@ struct copy_ctx {
 static uint64_t copy_pinned_page(pg_machine *m, struct copy_ctx *c, uint64_t e,
                                  uint64_t head, int level)
 {
-    int order = (int)pg_load_relaxed(&m->frames[head].order);
+    /* a PTE maps one page: the child gets a copy of that page only (a
+     * PTE-mapped THP is copied page by page, as copy_present_page does);
+     * a PMD leaf maps the whole folio, which is copied whole */
+    int order = level == PG_LEVEL_PMD ? (int)pg_load_relaxed(&m->frames[head].order) : 0;
+    uint64_t src_pfn = pg_pte_pfn(e);
+    uint64_t first = level == PG_LEVEL_PMD ? head : src_pfn;
     int64_t nw = -PG_ENOMEM;
     if (order == 0)
         nw = pg_folio_alloc(m, 0, PG_ZONE_MOVABLE);
@@ -255,18 +260,19 @@ static uint64_t copy_pinned_page(pg_machine *m, struct copy_ctx *c, uint64_t e,
         nw = pg_folio_alloc(m, order, PG_ZONE_NORMAL);
     if (nw < 0)
         return 0;
-    uint64_t n = (uint64_t)1 << order, src_pfn = pg_pte_pfn(e);
+    uint64_t n = (uint64_t)1 << order;
     for (uint64_t i = 0; i < n; i++) {
         pg_store_relaxed(&m->frames[nw + i].content,
-                         pg_load_acquire(&m->frames[head + i].content));
+                         pg_load_acquire(&m->frames[first + i].content));
         pg_fetch_or(&m->frames[nw + i].flags, PG_F_ANON_EXCLUSIVE);
     }
     uint32_t keep = pg_load_relaxed(&m->frames[head].flags) &
                     (PG_F_UPTODATE | PG_F_LRU | PG_F_HUGETLB | PG_F_DIRTY);
     pg_fetch_or(&m->frames[nw].flags, keep);
-    pg_store_relaxed(&m->frames[nw].index, pg_load_relaxed(&m->frames[head].index));
+    uint64_t index = pg_load_relaxed(&m->frames[head].index) + (first - head);
+    pg_store_relaxed(&m->frames[nw].index, index);
     pg_store_release(&m->frames[nw].mapping, c->child_mapping);
-    uint64_t child_pfn = (uint64_t)nw + (level == PG_LEVEL_PMD ? 0 : src_pfn - head);
+    uint64_t child_pfn = (uint64_t)nw;
     pg_mapcount_add_internal(m, child_pfn, 1); /* the alloc ref is the mapping's */
     return (child_pfn << PG_PAGE_SHIFT) | (e & ~(uint64_t)PG_PTE_PFN_MASK) |
            PG_PTE_DIRTY;

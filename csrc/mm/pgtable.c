@@ -31,7 +31,7 @@ struct pg_table *pg_table_get(pg_machine *m, uint64_t id)
     return chunk ? &chunk[id % PG_TABLE_CHUNK] : NULL;
 }
 
-static struct pg_table *table_alloc(pg_machine *m, int level, uint64_t mmid)
+struct pg_table *pg_table_alloc(pg_machine *m, int level, uint64_t mmid)
 {
     uint32_t id;
     if (pg_should_fail(m, PG_FAIL_TABLE))
@@ -96,7 +96,7 @@ static void table_free_rcu(pg_machine *m, struct pg_rcu_head *h)
     pg_fetch_sub_relaxed(&m->table_pages_pending, 1);
 }
 
-static inline uint64_t table_entry(struct pg_table *t)
+uint64_t pg_table_entry(struct pg_table *t)
 {
     return ((uint64_t)t->id << PG_PAGE_SHIFT) | PG_TABLE_FLAGS;
 }
@@ -237,7 +237,7 @@ int64_t pg_mm_new(pg_machine *m)
 
     struct pg_mm *mm = &m->mms[slot];
     uint64_t id = pg_mm_id(m, mm);
-    struct pg_table *pgd = table_alloc(m, PG_LEVEL_PGD, id);
+    struct pg_table *pgd = pg_table_alloc(m, PG_LEVEL_PGD, id);
     if (!pgd) {
         pg_spin_lock(&m->mm_table_lock);
         mm->free_next = m->mm_free;
@@ -357,12 +357,12 @@ _Atomic uint64_t *pg_walk_to_level(pg_machine *m, struct pg_mm *mm,
         if (e == 0) {
             if (!alloc)
                 return NULL;
-            struct pg_table *c = table_alloc(m, l - 1, mmid);
+            struct pg_table *c = pg_table_alloc(m, l - 1, mmid);
             if (!c) {
                 *err = -PG_ENOMEM;
                 return NULL;
             }
-            pg_store_release(slot, table_entry(c));
+            pg_store_release(slot, pg_table_entry(c));
             t->nr_used++;
             t = c;
             continue;

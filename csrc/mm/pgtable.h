@@ -57,6 +57,10 @@ void pg_mm_slot_free(pg_machine *m, struct pg_mm *mm);
 
 /* ---- table pool ---- */
 struct pg_table *pg_table_get(pg_machine *m, uint64_t id);
+/* a new, empty, live table page of a level (NULL when none can be had) */
+struct pg_table *pg_table_alloc(pg_machine *m, int level, uint64_t mmid);
+/* the non-leaf entry that links table t in */
+uint64_t pg_table_entry(struct pg_table *t);
 /* Follow a non-leaf entry; NULL + violation for a table that is not (or no
  * longer) the live child it should be. */
 struct pg_table *pg_child_table(pg_machine *m, int cpu, uint64_t e,

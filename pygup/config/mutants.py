@@ -43,6 +43,14 @@ MUTANTS: dict[str, tuple[int, str]] = {
     "unpin_no_bias": (C.MUT_UNPIN_NO_BIAS,
                       "unpin drops 1 instead of GUP_PIN_COUNTING_BIAS: refcounts never "
                       "balance (BUGS #10)"),
+    "no_folio_recheck": (C.MUT_NO_FOLIO_RECHECK,
+                         "GUP-fast keeps the reference it took on the folio it found even "
+                         "when a THP split made the page its own folio meanwhile "
+                         "(c24d37322548, BUGS #8)"),
+    "collapse_no_sync": (C.MUT_COLLAPSE_NO_SYNC,
+                         "THP collapse skips tlb_remove_table_sync_one() after clearing the "
+                         "PMD: a GUP-fast walker of the old table runs on (2ba99c5e0881, "
+                         "BUGS #6/#7)"),
     # the slow path's per-page rules live in C too (csrc/mm/gup.c)
     "force_write_any_page": (C.MUT_FORCE_WRITE_ANY_PAGE,
                              "Dirty COW (CVE-2016-5195): a FOLL_FORCE write follows a read-only "

@@ -47,10 +47,8 @@ class SchedLock:
         self.depth = 0                        # its nesting (written by the holder only)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if self._lock.acquire(False):            # the common case, inline
-            self._owner = get_ident()
-            self.depth += 1
-            return True
+        if self._lock.acquire(False):
+            return self._took()
         if not blocking:
             return False
         while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
@@ -59,6 +57,7 @@ class SchedLock:
         return self._lock.acquire(True, timeout) and self._took()
 
     def _took(self) -> bool:
+        self._core.sched_note_model()
         self._owner = get_ident()
         self.depth += 1
         return True
@@ -68,6 +67,9 @@ class SchedLock:
         return self._owner == threading.get_ident() and self.depth == 1
 
     def release(self) -> None:
+        # the model may have changed under the lock: a scheduled CPU tells
+        # the schedule explorer's state digest (a no-op for anyone else)
+        self._core.sched_note_model()
         self.depth -= 1
         if self.depth == 0:
             self._owner = None
@@ -87,6 +89,8 @@ class Kernel:
         self.core = core
         self.policy = policy
         self.mutants = mutants
+        # /sys/kernel/mm/transparent_hugepage/enabled (kernel/thp.py)
+        self.thp = "madvise"
         # an RLock that scheduled CPUs take by trying (kernel/sched.py's docstring)
         self.lock = SchedLock(core)
         self.cpu_owner: list[Optional[int]] = [None] * core.nr_cpus  # thread ident per slot

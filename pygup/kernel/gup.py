@@ -24,6 +24,7 @@ from pygup.flags import (
     InvariantError, flag_names)
 from pygup.kernel.fault import handle_mm_fault, pte_pfn
 from pygup.kernel.migrate import migrate_folio
+from pygup.kernel.thp import split_huge_pmd
 from pygup.kernel.trace import NO_TRACE, Step, Trace
 from pygup.kernel.vma import (
     VMA,
@@ -236,6 +237,16 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
         return _FOLLOW_FAULT
     if pte & C.PTE_PROTNONE and not gup_can_follow_protnone(vma, gup_flags):
         return _FOLLOW_FAULT
+    if level == C.LEVEL_PMD and gup_flags & FOLL.SPLIT_PMD and not vma.is_hugetlb:
+        # follow_pmd_mask(): FOLL_SPLIT_PMD splits a THP's PMD (the table
+        # allocation can fail: -ENOMEM) and goes on at the PTE level
+        try:
+            split_huge_pmd(vma, addr, mm.kernel.current_cpu())
+        except GupError as e:
+            return -e.errno
+        level, pte = core.pte_lookup(mm.id, addr & ~(PAGE_SIZE - 1))
+        if pte == 0:
+            return _FOLLOW_FAULT
     pfn = pte_pfn(pte)
     if level == C.LEVEL_PMD:
         pfn += (addr >> PAGE_SHIFT) & (C.PMD_NR - 1)
@@ -301,6 +312,8 @@ def _follow_how(vma: VMA, gup_flags: int, want_pages: bool, policy) -> int:
     if gup_flags & FOLL_LONGTERM and is_cow_mapping(vma.vm_flags) \
             and policy.cow_ro_longterm_unshare:      # gup_must_unshare(), 6.2 on
         how |= C.FOLLOW_UNSHARE_FILE
+    if gup_flags & FOLL.SPLIT_PMD:
+        how |= C.FOLLOW_SPLIT_PMD
     return how
 
 

@@ -21,6 +21,7 @@ from pygup.kernel.fault import handle_user_fault
 from pygup.kernel.fs import DEVICE_VM_OPS
 from pygup.kernel.gup import __mm_populate as mm_populate_range
 from pygup.kernel.mm import MM
+from pygup.kernel.thp import split_folio, split_huge_pmd_range, thp_folios_at_edges
 from pygup.kernel.vfs import File, anon_inode_file, iput
 from pygup.kernel.vma import VMA, is_cow_mapping
 from pygup.kernel.writeback import writeback_inode
@@ -206,11 +207,19 @@ class Process:
         if not vmas:
             return
         lo, hi = vmas[0].vm_start, vmas[-1].vm_end
+        # a THP the range cuts: PTE-mapped first (__split_vma ->
+        # vma_adjust_trans_huge), then the part inside goes like any pages
+        split_huge_pmd_range(mm, lo, hi, cpu)
+        partial = thp_folios_at_edges(mm, lo, hi)
         for vma in vmas:
             if vma.vm_flags & VM.LOCKED:
                 mm.locked_vm -= vma.length >> PAGE_SHIFT
             mm.vma_unlink(vma)
         core.zap_range(cpu, mm.id, lo, hi)
+        for head in partial:
+            # deferred_split_folio(), done at once: a partly mapped THP
+            # becomes small folios unless it is pinned (then it stays)
+            split_folio(self.kernel, head, cpu)
         # free_pgtables(): tables wholly inside the hole left behind
         prev = mm.vmas.last_below(lo)
         floor = prev.vm_end if prev is not None else 0
@@ -240,6 +249,7 @@ class Process:
                                        or min(end, vma.vm_end) % HPAGE_SIZE):
                     raise GupError(errno.EINVAL, "hugetlb VMAs change only in 2 MiB units")
             core = self.kernel.core
+            split_huge_pmd_range(mm, start, end, cpu)     # change_pmd_range()
             for vma in mm.split_range(start, end):
                 vma.vm_flags = VM((vma.vm_flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | newbits)
                 if not newbits & (VM.READ | VM.WRITE | VM.EXEC):

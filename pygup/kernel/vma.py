@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from sortedcontainers import SortedKeyList, SortedList
 
+from pygup._native import C
 from pygup.flags import PAGE_SHIFT, PAGE_SIZE, VM
 from pygup.kernel.fs import SECRETMEM_VM_OPS, VmOps
 
@@ -342,6 +343,12 @@ def vma_is_secretmem(vma: VMA) -> bool:
 def vma_is_fsdax(vma: VMA) -> bool:
     """/* mirrors vma_is_fsdax() */: a DAX file that is not device-dax."""
     return vma.vm_file is not None and vma.vm_file.fs.fstype.kind == "dax"
+
+
+def maybe_mkwrite(vma: VMA) -> int:
+    """maybe_mkwrite(): the write bit only where the VMA is writable (a
+    FOLL_FORCE write COWs without making the mapping writable)."""
+    return C.PTE_WRITE if vma.vm_flags & VM.WRITE else 0
 
 
 def vma_pte_writable(vma: VMA) -> bool:

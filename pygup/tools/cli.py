@@ -246,7 +246,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     fz = sub.add_parser("fuzz", help="the fuzzing harness: seeded campaigns, replay, selftest")
     from pygup.tools.fuzz.campaign import add_arguments as fuzz_arguments
     fuzz_arguments(fz)
+    ex = sub.add_parser("explore", help="every interleaving of a built-in race, to a "
+                                        "preemption bound: deterministic race hunting")
+    from pygup.tools.explore import add_arguments as explore_arguments
+    explore_arguments(ex)
     args = parser.parse_args(argv)
+    if args.cmd == "explore":
+        from pygup.tools.explore import run_cli as explore_run
+        return explore_run(args)
     if args.cmd == "bench":
         from pygup.tools.bench import main as bench_main
         return bench_main(args)

@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[int, ...]] = {
     "mm/frames": (3, 0),
     "mm/pgtable": (3, 1),
     "mm/memory": (3, 2),
+    "mm/huge_memory": (3, 2),
     "mm/mmu": (3, 2),
     "mm/gup": (3, 3),
     "machine": (4, 0),

@@ -116,20 +116,14 @@ def run_stress_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optiona
     return f, 1
 
 
-RACES_PER_SEED = 32
-
-
-def run_race_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
-    """A batch of scheduled two-CPU races (ops.op_race), each a one-operation
-    sequence of its own: (the first failure or None, races run)."""
-    from pygup.tools.fuzz.ops import race_op
-    for k in range(RACES_PER_SEED):
-        s = seed * RACES_PER_SEED + k
-        f = run_ops([race_op(s)], policy, mutants)
-        if f is not None:
-            f.seed = seed
-            return f, k + 1
-    return None, RACES_PER_SEED
+def run_explore_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
+    """One built-in race explored to bound 2 (ops.op_explore): deterministic,
+    and a finding replays with its schedule."""
+    from pygup.tools.fuzz.ops import explore_op
+    f = run_ops([explore_op(seed)], policy, mutants)
+    if f is not None:
+        f.seed = seed
+    return f, 1
 
 
 def shrink(failure: Failure, budget_s: float = 30.0) -> Failure:
