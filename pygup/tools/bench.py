@@ -455,36 +455,59 @@ def _f(v: Optional[float], width: int, digits: int = 1) -> str:
     return f"{v:>{width}.{digits}f}" if v is not None else f"{'n/a':>{width}}"
 
 
+PLOT_HINT = "pygup bench --plot needs matplotlib: pip install 'pygup[plot]'"
+
+
 def plot(res: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label in (("pygup", "pygup (C)"), ("reference", "reference (plain Python)"),
-                       ("kernel", "live kernel (io_uring)")):
-        pts = [(r["pages"], r[key]) for r in res["fast"] if r[key]]
+    for key, label in (("pygup", "pygup (pin_user_pages_fast + unpin_user_pages)"),
+                       ("core", "pygup C entry points alone"),
+                       ("reference", "reference (plain Python)"),
+                       ("kernel", "live kernel (io_uring register + unregister)")):
+        pts = [(r["pages"], _median(r.get(key))) for r in res["fast"] if r.get(key)]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("pages pinned (4 KiB, present)")
     ax.set_ylabel("ns per page (pin + unpin)")
-    ax.set_title("fast pin + unpin: pygup vs reference vs kernel")
+    ax.set_title("fast pin + unpin of present pages (median of the runs)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def _median(v):
+    """A figure as saved: a number, or min / median / max."""
+    return v["median"] if isinstance(v, dict) else v
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, a minute or less")
     ap.add_argument("--json", metavar="OUT")
-    ap.add_argument("--plot", metavar="OUT.png")
+    ap.add_argument("--plot", metavar="OUT.png", help="draw the fast-path figure (needs matplotlib)")
+    ap.add_argument("--from", dest="from_file", metavar="FILE",
+                    help="measure nothing: take the figures from a saved --json run")
     ap.add_argument("--threads", type=int, help="up to this many threads (default: cores)")
 
 
 def main(args: argparse.Namespace) -> int:
-    res = run(args.quick, args.threads)
+    if args.plot:
+        try:                           # before any time is spent measuring
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit(PLOT_HINT)
+    if args.from_file:
+        with open(args.from_file) as fh:
+            res = json.load(fh)
+        if "targets" in res:
+            print(format_targets(res["targets"]))
+    else:
+        res = run(args.quick, args.threads)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
