@@ -220,20 +220,25 @@ def mmap_at_vmas_us(counts: tuple[int, ...], reps: int = 200) -> dict:
     return out
 
 
-def fuzz_cli_ops_per_s(seconds: float) -> float:
+def fuzz_cli_ops_per_s(seconds: float) -> dict:
     """``pygup fuzz --workers 1``: every operation it executed, per second,
-    as the CLI reports it."""
+    as the CLI reports it, and the violation it stopped at, if any (the
+    campaign ends there: the rate still counts what ran)."""
     import subprocess
     import sys
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "fuzz.json")
-        subprocess.run([sys.executable, "-m", "pygup", "fuzz", "--workers", "1", "--seconds",
-                        str(seconds), "--no-progress", "--json", out, "--out-dir", d],
-                       check=True, stdout=subprocess.DEVNULL)
+        rc = subprocess.run([sys.executable, "-m", "pygup", "fuzz", "--workers", "1", "--seconds",
+                             str(seconds), "--no-progress", "--json", out, "--out-dir", d],
+                            stdout=subprocess.DEVNULL).returncode
+        if rc not in (0, 1) or not os.path.exists(out):
+            raise RuntimeError(f"pygup fuzz exited {rc} without a summary")
         with open(out) as fh:
             r = json.load(fh)
-    return r["ops"] / r["seconds"]
+    failure = r.get("failure")
+    return {"ops_per_s": r["ops"] / r["seconds"], "ops": r["ops"], "seconds": r["seconds"],
+            "violation": f"[{failure['invariant']}] {failure['detail']}" if failure else None}
 
 
 # ---------------------------------------------------------------------------
@@ -403,9 +408,12 @@ def run(quick: bool = False, threads: Optional[int] = None, log=print) -> dict:
                                                                else (1 << 18,))}
     log("bytes per emulated page: " + ", ".join(f"{k} pages: {v:.1f}"
                                                 for k, v in res["bytes_per_page"].items()))
-    res["fuzz_ops_per_s"] = fuzz_cli_ops_per_s(5 if quick else 15)
+    fz = fuzz_cli_ops_per_s(5 if quick else 15)
+    res["fuzz_ops_per_s"] = fz["ops_per_s"]
+    res["fuzz"] = fz
     log(f"fuzz operations per second (pygup fuzz --workers 1, every operation): "
-        f"{res['fuzz_ops_per_s']:.0f}")
+        f"{fz['ops_per_s']:.0f} ({fz['ops']} ops in {fz['seconds']:.1f} s"
+        + (f"; stopped at a violation: {fz['violation']})" if fz["violation"] else ")"))
     res["targets"] = targets(res)
     log(format_targets(res["targets"]))
     return res
