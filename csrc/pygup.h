@@ -495,6 +495,23 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
 int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                     int64_t nr, uint32_t gup_flags, uint32_t policy,
                     uint64_t *out);
+/* why a pg_gup_fast walk stopped short (explain's trace says it) */
+#define PG_FAST_STOP_NONE 0        /* it took every page */
+#define PG_FAST_STOP_NOT_PRESENT 1 /* no table, or the entry is not present */
+#define PG_FAST_STOP_PROTNONE 2    /* PROT_NONE / NUMA hinting entry */
+#define PG_FAST_STOP_ACCESS 3      /* pte_access_permitted(): write-protected */
+#define PG_FAST_STOP_SPECIAL 4     /* a special mapping: no struct page */
+#define PG_FAST_STOP_GRAB 5        /* try_grab_folio(): refcount 0 or split */
+#define PG_FAST_STOP_MOVABLE 6     /* long-term pin of a ZONE_MOVABLE folio */
+#define PG_FAST_STOP_SECRETMEM 7   /* folio_is_secretmem() */
+#define PG_FAST_STOP_WHITELIST 8   /* folio_fast_pin_allowed() refused */
+#define PG_FAST_STOP_CHANGED 9     /* the PMD or PTE changed under the walk */
+#define PG_FAST_STOP_UNSHARE 10    /* gup_must_unshare(): not exclusive anon */
+#define PG_FAST_STOP_WP_SEQ 11     /* fork's write_protect_seq was odd or moved */
+/* pg_gup_fast, also storing a PG_FAST_STOP_* in *why (why may be NULL) */
+int64_t pg_gup_fast_why(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                        int64_t nr, uint32_t gup_flags, uint32_t policy,
+                        uint64_t *out, int *why);
 /* The entries on the path to addr, read once each without a lock, as a
  * walker sees them: out[0] = PGD entry ... out[3] = PTE entry (0 past the
  * leaf or the first none entry).  Returns the leaf level (1 or 2), 0 if

@@ -433,6 +433,17 @@ class Core:
         self.raise_violations()
         return out[:_check(got, "gup_fast")]
 
+    def gup_fast_why(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
+                     policy_bits: int) -> tuple[np.ndarray, int]:
+        """``gup_fast`` that also says why the walk stopped short: (pfns,
+        a ``C.FAST_STOP_*`` code; ``FAST_STOP_NONE`` when it took them all)."""
+        out = np.empty(_out_len(nr), np.uint64)
+        why = ffi.new("int *")
+        got = lib.pg_gup_fast_why(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
+                                  ffi.cast("uint64_t *", ffi.from_buffer(out)), why)
+        self.raise_violations()
+        return out[:_check(got, "gup_fast")], why[0]
+
     def walk_entries(self, cpu: int, mm: int, addr: int) -> tuple[int, list[int]]:
         """(leaf level, [pgd, pud, pmd, pte] entries) on the path to addr."""
         out = ffi.new("uint64_t[4]")

@@ -27,6 +27,14 @@ def _nr_pages(addr: int, length: int) -> int:
     return ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (addr >> PAGE_SHIFT)
 
 
+def _caller_check(p: "Process", rule: str, failed: bool, err: int, **inputs) -> bool:
+    """A check the caller makes itself (not GUP): recorded in the active
+    trace (explain's trace_calls) so that the refusal names its rule."""
+    if p.kernel.trace_sink is not None:
+        p.kernel.trace_sink.check(rule, failed, err, **inputs)
+    return failed
+
+
 def _hold(p: "Process", kind: str, pages: "Pages") -> None:
     p.held.setdefault(kind, []).append(pages)
 
@@ -88,11 +96,15 @@ def io_pin_pages_vma_check(p: "Process", addr: int, nr: int) -> int:
     for i in range(nr):
         vma = p.mm.find_vma(addr + i * PAGE_SIZE)
         f = vma.vm_file if vma is not None else None
-        if policy.io_uring_multi_source_check and f is not file:
+        if policy.io_uring_multi_source_check and _caller_check(
+                p, "io_pin_pages: buffer from several files", f is not file, errno.EINVAL):
             return -errno.EINVAL
         if f is None:
             continue
-        if policy.io_uring_file_check and f.fs.fstype.kind not in ("shmem", "hugetlb"):
+        if policy.io_uring_file_check and _caller_check(
+                p, "io_sqe_buffer_register: file-backed buffer",
+                f.fs.fstype.kind not in ("shmem", "hugetlb"), errno.EOPNOTSUPP,
+                fs=f.fs.name):
             return -errno.EOPNOTSUPP
     return 0
 

@@ -81,6 +81,15 @@ class Folio:
             return self.pincount > 0
         return (self.refcount & 0xFFFFFFFF) >= C.GUP_PIN_COUNTING_BIAS
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        return fields_table(f"folio of frame {self.pfn:#x}", [
+            ("head", hex(self.head)), ("order", self.order), ("zone", self.zone),
+            ("refcount", self.refcount), ("pincount", self.pincount),
+            ("mapcount", self.mapcount), ("maybe DMA-pinned", self.maybe_dma_pinned),
+            ("flags", str(self.flags)), ("mapping", f"{self.mapping} #{self.mapping_id}"),
+            ("index", self.index), ("content", hex(self.content))])
+
 
 class Machine:
     """An emulated machine.
@@ -341,6 +350,15 @@ class Machine:
             raise ValueError(f"file must be a pygup File, got {file!r}")
         with self.kernel.op():
             return evict_inode(file.inode)
+
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        fs = ", ".join(f.name for f in self.kernel.filesystems) or "none"
+        return fields_table("Machine", [
+            ("policy", self.policy.name), ("memory", f"{self.memory >> 20} MiB"),
+            ("cpus", self.nr_cpus), ("table_free", self.table_free),
+            ("mutants", ", ".join(sorted(self.mutants)) or "none"), ("file systems", fs),
+            ("processes", sum(1 for p in self.processes if p.alive))])
 
     def __repr__(self) -> str:
         muts = f" mutants={sorted(self.mutants)}" if self.mutants else ""

@@ -281,7 +281,9 @@ static bool fast_hooks_on(pg_machine *m)
  * split between finding the folio and taking the refs can leave them on a
  * folio that no longer contains the page: after taking them, look again
  * and retry on the page's folio (c24d37322548; switch no_folio_recheck
- * skips it).  Pins taken are added to *pins, for the caller to count once. */
+ * skips it).  -2 instead of -1 when only because a long-term pin may not
+ * stay in ZONE_MOVABLE (explain's trace says so).  Pins taken are added to
+ * *pins, for the caller to count once. */
 FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
                                    uint32_t flags, uint64_t *pins, bool hooks)
 {
@@ -302,7 +304,7 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
         return (int64_t)head;
     if ((flags & PG_FOLL_LONGTERM) && !folio_is_longterm_pinnable(m, head)) {
         pg_folio_put_internal(m, head, refs); /* the slow path migrates it */
-        return -1;
+        return -2;
     }
     if (folio_is_large(m, head))
         pg_fetch_add(&h->pincount, refs);
@@ -405,8 +407,15 @@ struct fast_walk {
     uint32_t flags, policy;
     uint64_t *out;
     int64_t nr;
+    int why; /* PG_FAST_STOP_*: why the walk stopped (explain's trace) */
     uint64_t pins; /* pins taken, counted once at the end */
 };
+
+static bool fast_stop(struct fast_walk *fw, int why)
+{
+    fw->why = why;
+    return false;
+}
 
 /* mirrors gup_pte_range() (6.5 order): the PTEs of one table from addr to
  * end (inside the table), w holding the first entry as the walk read it;
@@ -419,41 +428,49 @@ FAST_INLINE bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t
     uint32_t flags = fw->flags;
     for (;;) {
         uint64_t pte = w->pte;
-        if (pte & PG_PTE_PROTNONE)
-            return false; /* NUMA hinting and PROT_NONE: the slow path decides */
-        if (!(pte & PG_PTE_PRESENT) || !(pte & PG_PTE_USER) ||
-            ((flags & PG_FOLL_WRITE) && !(pte & PG_PTE_WRITE)))
-            return false; /* pte_access_permitted() */
+        if (pte & PG_PTE_PROTNONE) /* NUMA hinting and PROT_NONE: the slow path decides */
+            return fast_stop(fw, PG_FAST_STOP_PROTNONE);
+        if (!(pte & PG_PTE_PRESENT))
+            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
+        if (!(pte & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pte & PG_PTE_WRITE)))
+            return fast_stop(fw, PG_FAST_STOP_ACCESS); /* pte_access_permitted() */
         if (pte & PG_PTE_SPECIAL)
-            return false;
+            return fast_stop(fw, PG_FAST_STOP_SPECIAL);
         uint64_t pfn = pg_pte_pfn(pte);
         if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
                       (unsigned long long)addr, (unsigned long long)pfn))
-            return false;
+            return fast_stop(fw, PG_FAST_STOP_GRAB);
         /* page_folio(): found before the window, used after it */
         uint64_t folio = pg_frame_head(m, pfn);
         FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_PTE_READ);
         int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags, &fw->pins, hooks);
         if (grabbed < 0)
-            return false;
+            return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
         uint64_t head = (uint64_t)grabbed;
         FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_GRABBED);
-        if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy, hooks))
+        int why = PG_FAST_STOP_SECRETMEM;
+        if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) &&
+            is_secretmem(m, fw->cpu, head, fw->policy, hooks))
             goto drop;
+        why = PG_FAST_STOP_WHITELIST;
         if (FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
             !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
             goto drop;
         FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
         /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
+        why = PG_FAST_STOP_CHANGED;
         if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
             goto drop;
         if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
             goto drop;
         FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_RECHECKED);
+        why = PG_FAST_STOP_WHITELIST;
         if (!FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
             !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
             goto drop;
-        if (!(pte & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy, hooks))
+        why = PG_FAST_STOP_UNSHARE;
+        if (!(pte & PG_PTE_WRITE) &&
+            gup_fast_must_unshare(m, pfn, head, flags, fw->policy, hooks))
             goto drop;
         mark_referenced(m, head);
         fw->out[fw->nr++] = pfn;
@@ -466,13 +483,14 @@ FAST_INLINE bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t
         FAST_YIELD(hooks, m, fw->cpu, PG_W_WALK_ENTRY_READ);
         if (PG_BUG_ON(m, pg_load_acquire(&w->table->magic) != PG_TABLE_MAGIC_LIVE,
                       "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
-                      fw->cpu, w->table->id, (unsigned long long)addr) ||
-            w->pte == 0)
-            return false;
+                      fw->cpu, w->table->id, (unsigned long long)addr))
+            return fast_stop(fw, PG_FAST_STOP_GRAB);
+        if (w->pte == 0)
+            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
         continue;
 drop:
         ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the refs went */
-        return false;
+        return fast_stop(fw, why);
     }
 }
 
@@ -497,28 +515,36 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
     pg_machine *m = fw->m;
     uint64_t pmd = w->pmd;
     uint32_t flags = fw->flags;
-    if ((pmd & PG_PTE_PROTNONE) || !(pmd & PG_PTE_PRESENT) || !(pmd & PG_PTE_USER) ||
-        ((flags & PG_FOLL_WRITE) && !(pmd & PG_PTE_WRITE)) || (pmd & PG_PTE_SPECIAL))
-        return 0;
+    if (pmd & PG_PTE_PROTNONE)
+        return fast_stop(fw, PG_FAST_STOP_PROTNONE);
+    if (!(pmd & PG_PTE_PRESENT))
+        return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
+    if (!(pmd & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pmd & PG_PTE_WRITE)))
+        return fast_stop(fw, PG_FAST_STOP_ACCESS);
+    if (pmd & PG_PTE_SPECIAL)
+        return fast_stop(fw, PG_FAST_STOP_SPECIAL);
     uint64_t pmd_end = (addr & ~(PG_PMD_SIZE - 1)) + PG_PMD_SIZE;
     if (end > pmd_end)
         end = pmd_end;
     int refs = (int)((end - addr) >> PG_PAGE_SHIFT);
     uint64_t pfn = pg_pte_pfn(pmd) + ((addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1));
     if (PG_BUG_ON(m, pfn + (uint64_t)refs > m->nr_frames, "GUP-fast: PMD maps past memory"))
-        return 0;
+        return fast_stop(fw, PG_FAST_STOP_GRAB);
     uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
     int64_t grabbed = try_grab_folio(m, pfn, folio, refs, flags, &fw->pins, true);
     if (grabbed < 0)
-        return 0;
+        return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
     uint64_t head = (uint64_t)grabbed;
     PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
+    int why = PG_FAST_STOP_CHANGED;
     if (!(pg_mutant(m, PG_MUT_NO_PMD_RECHECK) || pg_mutant(m, PG_MUT_NO_PTE_RECHECK)) &&
         pg_load_acquire(w->pmd_slot) != pmd)
         goto drop;
+    why = PG_FAST_STOP_WHITELIST;
     if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy, true))
         goto drop;
+    why = PG_FAST_STOP_UNSHARE;
     if (!(pmd & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy, true))
         goto drop;
     mark_referenced(m, head);
@@ -527,33 +553,38 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
     return refs;
 drop:
     ungrab(m, head, refs, flags);
-    return 0;
+    return fast_stop(fw, why);
 }
 
 /* mirrors lockless_pages_from_mm() (6.5): mm is live, [start, end) checked */
 static int64_t lockless_pages_from_mm(pg_machine *m, int cpu, struct pg_mm *mm,
                                       uint64_t start, uint64_t end, uint32_t flags,
-                                      uint32_t policy, uint64_t *out)
+                                      uint32_t policy, uint64_t *out, int *why)
 {
+    *why = PG_FAST_STOP_NONE;
     uint32_t seq = 0;
     bool check_seq = (flags & PG_FOLL_PIN) && !pg_mutant(m, PG_MUT_NO_WP_SEQ);
     if (check_seq) {
         seq = pg_load_acquire(&mm->wp_seq);
-        if (seq & 1)
+        if (seq & 1) {
+            *why = PG_FAST_STOP_WP_SEQ;
             return 0; /* fork is write-protecting right now */
+        }
     }
     PG_YIELD(m, cpu, PG_W_FAST_WP_SEQ_READ);
     /* walking current->mm: this CPU has it active (shootdowns reach us) */
     pg_mm_cpumask_set(mm, cpu);
     pg_local_irq_disable(m, cpu);
-    struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0, 0};
+    struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0, PG_FAST_STOP_NONE, 0};
     bool (*pte_range)(struct fast_walk *, struct pg_walk *, uint64_t, uint64_t) =
         fast_hooks_on(m) ? gup_pte_range_hooked : gup_pte_range_plain;
     for (uint64_t addr = start; addr < end;) {
         struct pg_walk w;
         int level = pg_walk_lockless_ex(m, cpu, mm, addr, &w);
-        if (level <= 0)
+        if (level <= 0) {
+            fw.why = PG_FAST_STOP_NOT_PRESENT; /* no table or no entry */
             break;
+        }
         if (level == PG_LEVEL_PMD) {
             int64_t got = gup_huge_pmd(&fw, addr, end, &w);
             if (!got)
@@ -565,7 +596,11 @@ static int64_t lockless_pages_from_mm(pg_machine *m, int cpu, struct pg_mm *mm,
         uint64_t next = (addr & ~(PG_PMD_SIZE - 1)) + PG_PMD_SIZE;
         if (next > end)
             next = end;
-        if (!w.pmd_slot || !pte_range(&fw, &w, addr, next))
+        if (!w.pmd_slot) {
+            fw.why = PG_FAST_STOP_NOT_PRESENT;
+            break;
+        }
+        if (!pte_range(&fw, &w, addr, next))
             break;
         addr = next;
     }
@@ -577,14 +612,27 @@ static int64_t lockless_pages_from_mm(pg_machine *m, int cpu, struct pg_mm *mm,
         /* a fork overlapped: its copy may have shared what we pinned */
         for (int64_t i = 0; i < fw.nr; i++)
             ungrab(m, out[i], 1, flags);
+        *why = PG_FAST_STOP_WP_SEQ;
         return 0;
     }
+    *why = fw.why;
     return fw.nr;
 }
 
 int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
                     int64_t nr, uint32_t flags, uint32_t policy, uint64_t *out)
 {
+    return pg_gup_fast_why(m, cpu, mmid, start, nr, flags, policy, out, NULL);
+}
+
+int64_t pg_gup_fast_why(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                        int64_t nr, uint32_t flags, uint32_t policy, uint64_t *out,
+                        int *why)
+{
+    int ignored;
+    if (!why)
+        why = &ignored;
+    *why = PG_FAST_STOP_NONE;
     if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
         start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
         ((flags & PG_FOLL_GET) && (flags & PG_FOLL_PIN)))
@@ -593,7 +641,7 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
     if (!mm)
         return -PG_EINVAL;
     return lockless_pages_from_mm(m, cpu, mm, start, start + ((uint64_t)nr << PG_PAGE_SHIFT),
-                                  flags, policy, out);
+                                  flags, policy, out, why);
 }
 
 /* ---- the rules, asked from Python (bounds-checked) ---------------------- */

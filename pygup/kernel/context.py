@@ -109,6 +109,9 @@ class Kernel:
         # reverse maps from a folio's mapping word to the model objects
         self.inodes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self.anon_vmas: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # a Trace that every GUP call records into while explain's
+        # trace_calls() block is open (None: calls record nothing)
+        self.trace_sink = None
 
     @property
     def nr_cpus(self) -> int:

@@ -18,8 +18,8 @@ from pygup._native import C
 from pygup.config.mutants import Mutant
 from pygup.flags import (
     FOLL, FOLL_ALL, FOLL_ANON, FOLL_DUMP, FOLL_FAST_ONLY, FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT,
-    FOLL_HWPOISON, FOLL_LONGTERM, FOLL_NOFAULT, FOLL_PCI_P2PDMA, FOLL_PIN, FOLL_REMOTE, FOLL_TOUCH,
-    FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, VM_EXEC, VM_IO,
+    FOLL_HWPOISON, FOLL_LONGTERM, FOLL_NOFAULT, FOLL_PCI_P2PDMA, FOLL_PIN, FOLL_REMOTE,
+    FOLL_SPLIT_PMD, FOLL_TOUCH, FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, VM_EXEC, VM_IO,
     VM_LOCKONFAULT, VM_MAYREAD, VM_MAYWRITE, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE, GupError,
     InvariantError, flag_names)
 from pygup.kernel.fault import handle_mm_fault, pte_pfn
@@ -237,7 +237,7 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
         return _FOLLOW_FAULT
     if pte & C.PTE_PROTNONE and not gup_can_follow_protnone(vma, gup_flags):
         return _FOLLOW_FAULT
-    if level == C.LEVEL_PMD and gup_flags & FOLL.SPLIT_PMD and not vma.is_hugetlb:
+    if level == C.LEVEL_PMD and gup_flags & FOLL_SPLIT_PMD and not vma.is_hugetlb:
         # follow_pmd_mask(): FOLL_SPLIT_PMD splits a THP's PMD (the table
         # allocation can fail: -ENOMEM) and goes on at the PTE level
         try:
@@ -312,7 +312,7 @@ def _follow_how(vma: VMA, gup_flags: int, want_pages: bool, policy) -> int:
     if gup_flags & FOLL_LONGTERM and is_cow_mapping(vma.vm_flags) \
             and policy.cow_ro_longterm_unshare:      # gup_must_unshare(), 6.2 on
         how |= C.FOLLOW_UNSHARE_FILE
-    if gup_flags & FOLL.SPLIT_PMD:
+    if gup_flags & FOLL_SPLIT_PMD:
         how |= C.FOLLOW_SPLIT_PMD
     return how
 
@@ -562,6 +562,13 @@ class Pages:
         kind = "pinned" if self.pinned else "got"
         return f"<Pages {len(self)} {kind}{' released' if self.released else ''}>"
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import grid_table
+        kind = "pinned (FOLL_PIN)" if self.pinned else "referenced (FOLL_GET)"
+        title = f"{len(self)} pages, {kind}{', released' if self.released else ''}"
+        rows = [(i, hex(pfn)) for i, pfn in enumerate(self)][:64]
+        return grid_table(title, ["index", "pfn"], rows)
+
 
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
@@ -586,6 +593,8 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    if trace is NO_TRACE and m.trace_sink is not None:
+        trace = m.trace_sink
     flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
                    flags is None, errno.EINVAL,
@@ -610,6 +619,23 @@ _FAST_MASK = (FOLL_WRITE | FOLL_LONGTERM | FOLL_FORCE | FOLL_PIN | FOLL_GET | FO
               | FOLL_NOFAULT | FOLL_PCI_P2PDMA | FOLL_HONOR_NUMA_FAULT)
 
 
+# why GUP-fast stopped short (pg_gup_fast_why's C.FAST_STOP_* codes), in the
+# kernel's terms: the slow path then decides the page it could not take
+FAST_STOP_REASONS = {
+    C.FAST_STOP_NOT_PRESENT: "not present (no page table or entry)",
+    C.FAST_STOP_PROTNONE: "PROT_NONE / NUMA-hinting entry",
+    C.FAST_STOP_ACCESS: "pte_access_permitted: not writable",
+    C.FAST_STOP_SPECIAL: "special mapping (no struct page)",
+    C.FAST_STOP_GRAB: "try_grab_folio failed (refcount 0)",
+    C.FAST_STOP_MOVABLE: "ZONE_MOVABLE: long-term pin must migrate",
+    C.FAST_STOP_SECRETMEM: "folio_is_secretmem",
+    C.FAST_STOP_WHITELIST: "folio_fast_pin_allowed: not anon/shmem/hugetlb",
+    C.FAST_STOP_CHANGED: "PMD/PTE changed under the walk",
+    C.FAST_STOP_UNSHARE: "gup_must_unshare: not exclusive anon",
+    C.FAST_STOP_WP_SEQ: "fork's write_protect_seq",
+}
+
+
 def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
                                  to_set: int, trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """/* mirrors internal_get_user_pages_fast() */ (gup_fast_fallback()
@@ -618,6 +644,8 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     could not take."""
     _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    if trace is NO_TRACE and m.trace_sink is not None:
+        trace = m.trace_sink
     pin_api = bool(to_set & FOLL_PIN)
     flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
@@ -647,9 +675,15 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     cpu = m.current_cpu()
     if m.core.irqs_disabled(cpu) and not flags & FOLL_FAST_ONLY:
         raise RuntimeError("GUP-fast with fallback may sleep: IRQs are disabled")
-    fast = m.core.gup_fast(cpu, mm.id, start, nr_pages, flags, m.policy.gup_fast_bits)
-    if trace.enabled:
-        trace.steps.append(Step("lockless_pages_from_mm", {"taken": len(fast), "of": nr_pages},
+    if not trace.enabled:
+        fast = m.core.gup_fast(cpu, mm.id, start, nr_pages, flags, m.policy.gup_fast_bits)
+    else:
+        fast, why = m.core.gup_fast_why(cpu, mm.id, start, nr_pages, flags,
+                                        m.policy.gup_fast_bits)
+        inputs: dict = {"taken": len(fast), "of": nr_pages}
+        if len(fast) < nr_pages:
+            inputs["why"] = FAST_STOP_REASONS.get(why, f"code {why}")
+        trace.steps.append(Step("lockless_pages_from_mm", inputs,
                                 "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
         return len(fast), Pages(m, fast, pinned)

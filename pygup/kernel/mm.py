@@ -63,6 +63,27 @@ class PTE:
     def pfn(self) -> int:
         return pte_pfn(self.raw)
 
+    _BITS = ("present", "write", "dirty", "accessed", "protnone", "special", "huge")
+
+    def fields(self) -> list[tuple[str, object]]:
+        """The decoded entry, as (name, value) pairs."""
+        if not self.level:
+            return [("level", "none (nothing mapped)")]
+        return ([("level", "PMD" if self.level == 2 else "PTE")]
+                + [(b, getattr(self, b)) for b in self._BITS]
+                + [("pfn", hex(self.pfn)), ("raw", hex(self.raw))])
+
+    def __repr__(self) -> str:
+        if not self.level:
+            return "PTE(none)"
+        bits = ", ".join(b for b in self._BITS if getattr(self, b))
+        kind = "PMD" if self.level == 2 else "PTE"
+        return f"{kind}({bits or 'not present'}, pfn={self.pfn:#x}, raw={self.raw:#x})"
+
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        return fields_table("page-table entry", self.fields())
+
 
 class MM:
     """An mm_struct: the VMA tree and the C page tables."""

@@ -61,6 +61,17 @@ class Process:
     def __repr__(self) -> str:
         return f"<Process {self.pid}{'' if self.alive else ' (exited)'} vmas={len(self.mm.vmas)}>"
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import grid_table
+        from pygup.kernel.vma import vm_flags_str
+        rows = [(f"{v.vm_start:#x}-{v.vm_end:#x}", vm_flags_str(v.vm_flags),
+                 v.vm_file.describe() if v.vm_file is not None else "anon")
+                for v in self.mm.vmas]
+        held = ", ".join(f"{k}: {sum(len(p) for p in v)} pages" for k, v in self.held.items())
+        title = f"process {self.pid}{'' if self.alive else ' (exited)'}" + \
+            (f"; held by callers: {held}" if held else "")
+        return grid_table(title, ["range", "flags", "backing"], rows)
+
     def _live(self) -> None:
         if not self.alive:
             raise GupError(errno.ESRCH, f"process {self.pid} has exited")

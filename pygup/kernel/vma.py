@@ -96,6 +96,15 @@ class VMA:
         what = self.vm_file.describe() if self.vm_file is not None else "anon"
         return f"<VMA {self.vm_start:#x}-{self.vm_end:#x} {vm_flags_str(self.vm_flags)} {what}>"
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        return fields_table("VMA", [
+            ("range", f"{self.vm_start:#x}-{self.vm_end:#x}"),
+            ("pages", self.length >> PAGE_SHIFT), ("flags", vm_flags_str(self.vm_flags)),
+            ("backing", self.vm_file.describe() if self.vm_file is not None else "anon"),
+            ("pgoff", self.vm_pgoff),
+            ("needs dirty tracking", vma_needs_dirty_tracking(self))])
+
 
 class VmaTree:
     """The mm's VMAs in address order (the kernel's maple tree): lookup,

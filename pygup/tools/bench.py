@@ -496,8 +496,8 @@ def _median(v):
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, a minute or less")
-    ap.add_argument("--json", metavar="OUT")
-    ap.add_argument("--plot", metavar="OUT.png", help="draw the fast-path figure (needs matplotlib)")
+    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    ap.add_argument("--plot", metavar="OUT.png", help="draw ns/page against pages (needs matplotlib)")
     ap.add_argument("--from", dest="from_file", metavar="FILE",
                     help="measure nothing: take the figures from a saved --json run")
     ap.add_argument("--threads", type=int, help="up to this many threads (default: cores)")

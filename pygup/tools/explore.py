@@ -872,7 +872,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--race", choices=list(RACES), help="the race to explore")
     ap.add_argument("--mutant", action="append", default=[], choices=sorted(MUTANTS),
                     help="re-plant a historic bug (repeatable)")
-    ap.add_argument("--policy", default="6.5", choices=sorted(POLICIES))
+    ap.add_argument("--policy", default="6.5", choices=sorted(POLICIES),
+                    help="kernel policy (default 6.5)")
     ap.add_argument("--bound", type=int, default=DEFAULT_BOUND, choices=range(0, 17),
                     metavar="K", help=f"preemption bound, 0..16 (default {DEFAULT_BOUND})")
     ap.add_argument("--windows", choices=WINDOWS, default="all",

@@ -47,7 +47,7 @@ def test_main_demo_and_explain(capsys):
     assert main(["demo"]) == 0
     text = capsys.readouterr().out
     assert "WRITE LOST" in text and "writable_file_mapping_allowed" in text
-    assert main(["explain", "--fs", "ext4", "--flags", "LONGTERM,WRITE"]) == 0
+    assert main(["explain", "--fs", "ext4", "--flags", "LONGTERM,WRITE"]) == 1   # refused
     assert "decided by: writable_file_mapping_allowed" in capsys.readouterr().out
     assert main(["explain", "--fs", "tmpfs"]) == 0
     assert "decided: allowed" in capsys.readouterr().out
@@ -68,7 +68,8 @@ def test_pin_story():
     ("6.1", "decided: allowed"), ("6.12", "decided by: writable_file_mapping_allowed"),
     ("6.18", "decided by: writable_file_mapping_allowed"), ("6.1.192", "decided: allowed")])
 def test_explain_takes_any_known_version(capsys, version, decided):
-    assert main(["explain", "--policy", version]) == 0
+    # exit status: 0 allowed, 1 refused
+    assert main(["explain", "--policy", version]) == (0 if decided.startswith("decided:") else 1)
     out = capsys.readouterr().out
     assert f"policy={version}" in out and decided in out
 

@@ -21,7 +21,7 @@ LAYERS = [
     ("ground", {"pygup.errors", "pygup.flags", "pygup._native", "pygup._core"}),
     ("config", "pygup.config"),
     ("kernel", "pygup.kernel"),
-    ("front", {"pygup.machine", "pygup.callers", "pygup.explain"}),
+    ("front", {"pygup.machine", "pygup.callers", "pygup.explain", "pygup.canpin"}),
     ("tools", "pygup.tools"),
 ]
 

@@ -649,6 +649,8 @@ def op_race(world: World, op: dict) -> str:
     from pygup.errors import InvariantError
     run = m.run_concurrently([pinner, other], seed=op["seed"], timeout=20,
                              points=set(op.get("points") or _FAST_POINTS | _RACE_POINTS[kind]))
+    if world.races is not None:
+        world.races.append((op, run))
     for i in (0, 1):
         err = run.raised(i)
         if isinstance(err, InvariantError):

@@ -90,6 +90,7 @@ class World:
         # secretmem.enable=1 under every policy: the vocabulary maps memfd_secret
         self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=4,
                          table_free=table_free, mutants=mutants, secretmem=True)
+        self.races: Optional[list] = None   # a replay's record of scheduled races
         self.policy = self.m.policy
         self.fss = {}
         self.files = []
