@@ -22,9 +22,10 @@ import contextlib
 import errno
 import threading
 import weakref
+from threading import get_ident
 from typing import Iterator, Optional
 
-from pygup._native import C, Core
+from pygup._native import C, Core, _check
 from pygup.config.mutants import Mutant
 from pygup.config.policy import Policy
 from pygup.flags import GupError
@@ -46,7 +47,7 @@ class SchedLock:
         self.depth = 0                        # its nesting (written by the holder only)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if self._lock.acquire(blocking=False):
+        if self._lock.acquire(False):
             return self._took()
         if not blocking:
             return False
@@ -57,7 +58,7 @@ class SchedLock:
 
     def _took(self) -> bool:
         self._core.sched_note_model()
-        self._owner = threading.get_ident()
+        self._owner = get_ident()
         self.depth += 1
         return True
 
@@ -161,24 +162,11 @@ class Kernel:
                 continue
         raise GupError(errno.EBUSY, f"all {self.nr_cpus} emulated CPUs are bound to other threads")
 
-    @contextlib.contextmanager
-    def op(self) -> Iterator[int]:
+    def op(self) -> "_Op":
         """A model update: the machine lock, on this thread's CPU.  Like the
         kernel's might_sleep(), it refuses to run with IRQs off: it may wait
-        for other CPUs' IPI acknowledgements."""
-        cpu = self.current_cpu()
-        if self.core.irqs_disabled(cpu):
-            raise RuntimeError("a sleeping model operation was called with IRQs disabled")
-        with self.lock:
-            self._op_depth += 1
-            try:
-                if self._op_depth == 1 and self.delayed_fput:
-                    self._run_delayed_fput()
-                yield cpu
-            finally:
-                self._op_depth -= 1
-            self.core.rcu_poll()
-        self.core.raise_violations()
+        for other CPUs' IPI acknowledgements.  ``with kernel.op() as cpu:``"""
+        return _Op(self)
 
     def mmap_lock_break(self, point: bytes) -> None:
         """A registered Python race window (csrc/kernel/race.h) where the
@@ -213,14 +201,15 @@ class Kernel:
         ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL."""
         if self.pin_scope:       # memalloc_pin_save(): no movable allocations
             movable = False
-        zones = (C.ZONE_MOVABLE, C.ZONE_NORMAL) if movable else (C.ZONE_NORMAL,)
-        for zone in zones:
-            try:
-                return self.core.folio_alloc(order, zone)
-            except GupError as e:
-                if e.errno != errno.ENOMEM:
-                    raise
-        raise GupError(errno.ENOMEM, f"no free order-{order} folio")
+        core = self.core
+        if movable:
+            pfn = core.folio_alloc_or_errno(order, C.ZONE_MOVABLE)
+            if pfn != -errno.ENOMEM:         # the zonelist's fallback, by value
+                return _check(pfn, "folio_alloc")
+        pfn = core.folio_alloc_or_errno(order, C.ZONE_NORMAL)
+        if pfn == -errno.ENOMEM:
+            raise GupError(errno.ENOMEM, f"no free order-{order} folio")
+        return _check(pfn, "folio_alloc")
 
     # -- reverse maps --------------------------------------------------------------
     def inode_by_as(self, as_id: int):
@@ -232,6 +221,47 @@ class Kernel:
 
     def has_mutant(self, m: Mutant) -> bool:
         return m in self.mutants
+
+
+class _Op:
+    """``Kernel.op()``'s context: a class rather than a generator, since it
+    runs around every model call (a @contextmanager costs microseconds).
+    On the way out it polls RCU and raises the C core's violations; an
+    exception out of the block skips both, as it always did."""
+
+    __slots__ = ("_k",)
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._k = kernel
+
+    def __enter__(self) -> int:
+        k = self._k
+        cpu = k.current_cpu()
+        if k.core.irqs_disabled(cpu):
+            raise RuntimeError("a sleeping model operation was called with IRQs disabled")
+        k.lock.acquire()
+        k._op_depth += 1
+        if k._op_depth == 1 and k.delayed_fput:
+            try:
+                k._run_delayed_fput()
+            except BaseException:
+                k._op_depth -= 1
+                k.lock.release()
+                raise
+        return cpu
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        k = self._k
+        k._op_depth -= 1
+        if exc_type is not None:
+            k.lock.release()
+            return False
+        try:
+            k.core.rcu_poll()
+        finally:
+            k.lock.release()
+        k.core.raise_violations()
+        return False
 
 
 class _Slot:

@@ -9,7 +9,9 @@ import errno
 from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
-from pygup.flags import FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError, int_arg
+from pygup.flags import (
+    FOLL_FAST_ONLY, FOLL_GET, FOLL_PIN, FOLL_REMOTE, FOLL_TOUCH, FOLL_UNLOCKABLE, PAGE_MASK,
+    PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError, int_arg)
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
 from pygup.kernel.thp import split_huge_pmd
@@ -100,43 +102,43 @@ class MM:
     def get_user_pages(self, start: int, nr_pages: int, gup_flags: int = 0,
                        pages: bool = True) -> "tuple[int, Pages]":
         """get_user_pages(): FOLL_TOUCH; pages=False only faults the range in."""
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.TOUCH, False, pages)
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_TOUCH, False, pages)
 
     def get_user_pages_remote(self, start: int, nr_pages: int, gup_flags: int = 0,
                               pages: bool = True, locked: Optional[int] = None
                               ) -> "tuple[int, Pages]":
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.TOUCH | FOLL.REMOTE, False,
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_TOUCH | FOLL_REMOTE, False,
                             pages, locked)
 
     def get_user_pages_unlocked(self, start: int, nr_pages: int, gup_flags: int = 0
                                 ) -> "tuple[int, Pages]":
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.TOUCH | FOLL.UNLOCKABLE, False)
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_TOUCH | FOLL_UNLOCKABLE, False)
 
     def pin_user_pages(self, start: int, nr_pages: int, gup_flags: int = 0) -> "tuple[int, Pages]":
         """pin_user_pages(): FOLL_PIN (no FOLL_TOUCH); 0 on invalid flags."""
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.PIN, True)
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_PIN, True)
 
     def pin_user_pages_remote(self, start: int, nr_pages: int, gup_flags: int = 0,
                               locked: Optional[int] = None) -> "tuple[int, Pages]":
         return gup.gup_slow(self, start, nr_pages, gup_flags,
-                            FOLL.PIN | FOLL.TOUCH | FOLL.REMOTE, True, True, locked)
+                            FOLL_PIN | FOLL_TOUCH | FOLL_REMOTE, True, True, locked)
 
     def pin_user_pages_unlocked(self, start: int, nr_pages: int, gup_flags: int = 0
                                 ) -> "tuple[int, Pages]":
         return gup.gup_slow(self, start, nr_pages, gup_flags,
-                            FOLL.PIN | FOLL.TOUCH | FOLL.UNLOCKABLE, True)
+                            FOLL_PIN | FOLL_TOUCH | FOLL_UNLOCKABLE, True)
 
     def get_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int = 0
                             ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL.GET)
+        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_GET)
 
     def get_user_pages_fast_only(self, start: int, nr_pages: int, gup_flags: int = 0
                                  ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL.GET | FOLL.FAST_ONLY)
+        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_GET | FOLL_FAST_ONLY)
 
     def pin_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int = 0
                             ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL.PIN)
+        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_PIN)
 
     def unpin_user_pages(self, pages: "Pages") -> None:
         gup.unpin_user_pages(self.kernel, pages)
