@@ -19,7 +19,6 @@ from pygup._native import C, Core
 from pygup.flags import TASK_SIZE, GupError
 from pygup.config.mutants import resolve_mutants
 from pygup.config.policy import Policy, resolve
-from pygup.flags import GupError
 from pygup.kernel.context import Kernel
 from pygup.kernel.fs import PRESETS, FsType
 from pygup.kernel.process import Process
