@@ -4,11 +4,14 @@ populates through GUP (POPULATE_READ / WRITE), and deactivates or
 reclaims (COLD / PAGEOUT), each run under the machine lock by
 ``Process.madvise`` after the syscall's own argument checks.
 
+MADV_COLLAPSE collapses every 2 MiB-aligned extent of an anonymous VMA
+into a PMD-mapped THP (pygup/kernel/thp.py's ``collapse_pmd``), whatever
+the machine's ``transparent_hugepage/enabled`` says; file and shmem THPs
+are not modelled, so a file VMA is EINVAL as an ineligible one is.
+
 Advice pygup does not model (KSM's MERGEABLE, HWPOISON, the guard
 regions...) is not in ``MADV`` and is refused with EINVAL, as unknown
-advice is.  MADV_COLLAPSE returns EINVAL — what the kernel returns when no
-transparent huge page can be made (madvise_collapse_errno()'s default):
-pygup has no anonymous THP yet.
+advice is.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from typing import TYPE_CHECKING, Callable
 from pygup._native import C
 from pygup.flags import FALLOC, MADV, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM, GupError
 from pygup.kernel.gup import faultin_vma_page_range
-from pygup.kernel.thp import deferred_split_folios, split_huge_pmd_range, thp_folios_at_edges
+from pygup.kernel.thp import (collapse_pmd, deferred_split_folios, pmd_entry, split_huge_pmd_range,
+                              thp_folios_at_edges, vma_thp_eligible)
 from pygup.kernel.vma import VMA, vma_is_anonymous
 from pygup.kernel.writeback import punch_hole, shrink_file_folio
 
@@ -128,7 +132,7 @@ def madvise_vma_behavior(mm: "MM", advice: int, cpu: int) -> Callable[[VMA, int,
         MADV.WILLNEED: lambda v, s, e: madvise_willneed(v, s, e),
         MADV.COLD: lambda v, s, e: madvise_cold_or_pageout(v, s, e, False, cpu),
         MADV.PAGEOUT: lambda v, s, e: madvise_cold_or_pageout(v, s, e, True, cpu),
-        MADV.COLLAPSE: lambda v, s, e: madvise_collapse(v, s, e),
+        MADV.COLLAPSE: lambda v, s, e: madvise_collapse(v, s, e, cpu),
     }
     return table.get(advice, flags_advice)
 
@@ -294,11 +298,47 @@ def madvise_cold_or_pageout(vma: VMA, start: int, end: int, pageout: bool, cpu: 
             shrink_file_folio(inode, inode.folio_start(index))
 
 
-def madvise_collapse(vma: VMA, start: int, end: int) -> None:
-    """/* mirrors madvise_collapse() */ where no THP can be made: EINVAL
-    (thp_vma_allowable_order() fails, or every scan ends in
-    madvise_collapse_errno()'s default).  pygup has no anonymous THP yet."""
-    raise GupError(errno.EINVAL, "MADV_COLLAPSE: no transparent huge page can be made")
+def madvise_collapse(vma: VMA, start: int, end: int, cpu: int) -> None:
+    """/* mirrors madvise_collapse() */ (mm/khugepaged.c) on one VMA part:
+    EINVAL at once when the VMA may not hold a THP
+    (thp_vma_allowable_order() with the sysfs setting ignored, VM_NOHUGEPAGE
+    honoured); otherwise each 2 MiB-aligned extent inside [start, end) is
+    collapsed (an extent a THP maps already counts as done).  The kernel
+    goes on past the failures it lists as "continuing OK" and stops at any
+    other; unless every extent ended as a THP the result is the errno of
+    the last failure (madvise_collapse_errno()): EAGAIN for a page that is
+    pinned or holds references no mapping explains (SCAN_PAGE_COUNT),
+    ENOMEM for no free order-9 block (SCAN_ALLOC_HUGE_PAGE_FAIL, which
+    stops the walk), EINVAL for the rest."""
+    # thp_vma_allowable_order() outside a fault also asks that the VMA hold
+    # one aligned 2 MiB extent (transhuge_vma_suitable() at vm_end - 2 MiB)
+    if vma.vm_end - vma.vm_start < PMD_SIZE or \
+            not vma_thp_eligible(vma, vma.vm_end - PMD_SIZE, enforce_sysfs=False):
+        raise GupError(errno.EINVAL, f"MADV_COLLAPSE: {vma!r} cannot hold a THP")
+    mm = vma.vm_mm
+    hstart = -(-start // PMD_SIZE) * PMD_SIZE
+    hend = end // PMD_SIZE * PMD_SIZE
+    thps = 0
+    last_fail = 0
+    for addr in range(hstart, hend, PMD_SIZE):
+        # find_pmd_or_thp_or_none(): no PMD table at all is SCAN_PMD_NULL
+        # (go on); a none PMD entry in one is SCAN_PMD_NONE (stop)
+        _, entries = mm.kernel.core.walk_entries(cpu, mm.id, addr)
+        stop = entries[1] != 0 and pmd_entry(mm, addr, cpu) == 0
+        rc = -errno.EINVAL if stop else collapse_pmd(mm, addr, cpu, enforce_sysfs=False)
+        if rc == 0:
+            thps += 1                          # SCAN_SUCCEED / SCAN_PMD_MAPPED
+            continue
+        last_fail = -rc
+        # collapse_pmd()'s EAGAIN is SCAN_PAGE_COUNT and its EINVAL past the
+        # PMD checks a PTE it cannot take (non-present, no normal page,
+        # SCAN_PAGE_RO): all "continuing OK"; ENOMEM is not
+        if stop or rc == -errno.ENOMEM:
+            break
+    extents = max(0, (hend - hstart) // PMD_SIZE)
+    if thps != extents:
+        raise GupError(last_fail, f"MADV_COLLAPSE of [{start:#x}, {end:#x}): "
+                                  f"{thps} of {extents} extents collapsed")
 
 
 # ---------------------------------------------------------------------------
