@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Callable
 from pygup._native import C
 from pygup.flags import FALLOC, MADV, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM, GupError
 from pygup.kernel.gup import faultin_vma_page_range
-from pygup.kernel.thp import (collapse_pmd, deferred_split_folios, pmd_entry, split_huge_pmd_range,
-                              thp_folios_at_edges, vma_thp_eligible)
+from pygup.kernel.thp import (collapse_pmd, deferred_split_folios, is_thp_leaf, pmd_entry,
+                              split_folio, split_huge_pmd_range, thp_folios_at_edges,
+                              vma_thp_eligible)
 from pygup.kernel.vma import VMA, vma_is_anonymous
 from pygup.kernel.writeback import punch_hole, shrink_file_folio
 
@@ -193,24 +194,76 @@ def madvise_dontneed_free(mm: "MM", vma: VMA, start: int, end: int, advice: int,
     deferred_split_folios(kernel, partial, cpu)
 
 
-def madvise_free_single_vma(vma: VMA, start: int, end: int, cpu: int) -> None:
-    """/* mirrors madvise_free_single_vma() / madvise_free_pte_range() */:
-    only anonymous VMAs; each exclusively mapped anon page is made clean
-    and old (the PTE cleared of DIRTY and ACCESSED, flushed) and its folio
-    lazily freeable: reclaim (MADV_PAGEOUT) discards it unless it was
-    written again or someone else holds it (a pin)."""
-    if not vma_is_anonymous(vma):
-        raise GupError(errno.EINVAL, "MADV_FREE needs anonymous memory")
-    core = vma.vm_mm.kernel.core
-    addrs, ptes = core.range_leaves(vma.vm_mm.id, start, end)
-    touched = False
+def _lru_advice_leaves(vma: VMA, start: int, end: int, cpu: int):
+    """The large-folio half of madvise_free_pte_range() /
+    madvise_cold_or_pageout_pte_range() (6.5), then the leaves to advise.
+
+    A THP's PMD leaf the range covers whole is advised whole (yielded
+    once, at its first address, with ``whole=True``) when this is its only
+    mapping; a shared one is skipped.  One the range covers in part, and a
+    PTE-mapped THP met in the range, is split first (split_folio(), so its
+    pages are advised one by one) when only this process maps it; a shared
+    one, or one whose split fails (pinned, extra references), ends the walk
+    of that PMD's range, as the kernel's ``break`` does.  Large file
+    folios are not split (pygup's split_folio() is anon-only): they end
+    the walk of their PMD range likewise.  Yields (addr, pte, frame info,
+    whole)."""
+    mm = vma.vm_mm
+    kernel = mm.kernel
+    core = kernel.core
+    addrs, ptes = core.range_leaves(mm.id, start, end)
+    skip_to = start
+    for addr, pte in zip(addrs.tolist(), ptes.tolist()):
+        if addr < skip_to or pte & C.PTE_SPECIAL or not pte & C.PTE_PRESENT:
+            continue
+        pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
+        fi = core.frame_info(pfn)
+        if not fi.order:
+            continue
+        next_pmd = (addr // PMD_SIZE + 1) * PMD_SIZE
+        if pte & C.PTE_HUGE and not is_thp_leaf(core, pte):
+            continue                      # hugetlb: the VMA checks refused it already
+        # folio_estimated_sharers() (the first page's mapcount; a PMD
+        # mapping counts on it too): only this process maps it
+        whole = pte & C.PTE_HUGE and addr % PMD_SIZE == 0 and next_pmd <= end
+        if whole or core.frame_info(fi.head).mapcount != 1 or \
+                split_folio(kernel, fi.head, cpu) != 0:
+            skip_to = next_pmd            # advised whole below, or the kernel's break
+    # the walk proper, on what is mapped now
+    addrs, ptes = core.range_leaves(mm.id, start, end)
     for addr, pte in zip(addrs.tolist(), ptes.tolist()):
         if pte & C.PTE_SPECIAL or not pte & C.PTE_PRESENT:
             continue
         pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
         fi = core.frame_info(pfn)
-        if fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON or fi.order or fi.mapcount != 1:
-            continue        # shared with a child (or huge): left alone
+        if pte & C.PTE_HUGE:
+            if is_thp_leaf(core, pte) and addr % PMD_SIZE == 0 and addr + PMD_SIZE <= end \
+                    and fi.mapcount == 1:
+                yield addr, pte, fi, True
+            continue
+        if fi.order:
+            continue                      # a large folio left whole above
+        yield addr, pte, fi, False
+
+
+def madvise_free_single_vma(vma: VMA, start: int, end: int, cpu: int) -> None:
+    """/* mirrors madvise_free_single_vma() / madvise_free_pte_range() */:
+    only anonymous VMAs; each exclusively mapped anon page is made clean
+    and old (the PTE cleared of DIRTY and ACCESSED, flushed) and its folio
+    lazily freeable: reclaim (MADV_PAGEOUT) discards it unless it was
+    written again or someone else holds it (a pin).  A THP is marked whole
+    when the range covers its PMD, else split first
+    (``_lru_advice_leaves``)."""
+    if not vma_is_anonymous(vma):
+        raise GupError(errno.EINVAL, "MADV_FREE needs anonymous memory")
+    core = vma.vm_mm.kernel.core
+    touched = False
+    for addr, pte, fi, whole in _lru_advice_leaves(vma, start, end, cpu):
+        if fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON or fi.mapcount != 1:
+            continue        # shared with a child: left alone
+        pfn = fi.head if whole else (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
+        # madvise_free_huge_pmd() for a whole THP: the folio clean, the PMD
+        # old and clean, the folio lazily freeable, as a small page's
         core.flags_update(pfn, C.F_LAZYFREE, C.F_DIRTY | C.F_REFERENCED)
         core.pte_modify(vma.vm_mm.id, addr, C.PTE_DIRTY | C.PTE_ACCESSED, 0, expect_pfn=pfn)
         touched = True
@@ -263,19 +316,16 @@ def madvise_cold_or_pageout(vma: VMA, start: int, end: int, pageout: bool, cpu: 
     cleared); PAGEOUT then reclaims it (reclaim_pages()): a lazily freed
     clean anon folio nobody else holds is discarded, a clean file folio
     goes as reclaim takes it (shrink_file_folio()); a pinned folio is never
-    reclaimed.  Without swap other anon folios stay."""
+    reclaimed.  Without swap other anon folios stay.  THPs as MADV_FREE
+    treats them (``_lru_advice_leaves``)."""
     if not can_madv_lru_vma(vma):
         raise GupError(errno.EINVAL, f"{'MADV_PAGEOUT' if pageout else 'MADV_COLD'} of {vma!r}")
     mm = vma.vm_mm
     core = mm.kernel.core
-    addrs, ptes = core.range_leaves(mm.id, start, end)
     files = []
-    for addr, pte in zip(addrs.tolist(), ptes.tolist()):
-        if pte & C.PTE_SPECIAL or not pte & C.PTE_PRESENT:
-            continue
-        pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
-        fi = core.frame_info(pfn)
-        if fi.order or fi.mapcount != 1:
+    for addr, pte, fi, whole in _lru_advice_leaves(vma, start, end, cpu):
+        pfn = fi.head if whole else (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
+        if fi.mapcount != 1:
             continue                     # folio_maybe_mapped_shared(): skipped
         core.pte_modify(mm.id, addr, C.PTE_ACCESSED, 0, expect_pfn=pfn)
         core.flags_update(pfn, 0, C.F_REFERENCED)
@@ -284,10 +334,11 @@ def madvise_cold_or_pageout(vma: VMA, start: int, end: int, pageout: bool, cpu: 
         if fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
             # try_to_unmap_one() for a lazyfree folio: discarded when the
             # mappings hold every reference (the kernel counts its isolation
-            # reference too) and it is still clean
+            # reference too) and it is still clean; a whole THP goes whole
+            # (reclaim splits its PMD and unmaps every page: the same end)
             dirty = pte & C.PTE_DIRTY or fi.flags & C.F_DIRTY
             if fi.flags & C.F_LAZYFREE and not dirty and fi.refcount == fi.mapcount:
-                core.zap_range(cpu, mm.id, addr, addr + PAGE_SIZE)
+                core.zap_range(cpu, mm.id, addr, addr + (PMD_SIZE if whole else PAGE_SIZE))
             elif fi.flags & C.F_LAZYFREE:
                 core.flags_update(pfn, 0, C.F_LAZYFREE)   # written again or held: keep
         elif fi.mapping and vma.vm_file is not None:

@@ -512,3 +512,67 @@ def test_madv_collapse_stops_when_no_huge_page_can_be_had():
     assert e.value.errno == errno.ENOMEM                     # SCAN_ALLOC_HUGE_PAGE_FAIL: stop
     assert not p.mm.pte(a).huge and not p.mm.pte(a + HPAGE).huge
     m.check()
+
+
+# -- MADV_FREE / COLD / PAGEOUT on a THP (madvise_free_huge_pmd(), the split
+#    in madvise_*_pte_range()) ------------------------------------------------
+
+def _lazyfree(m, pfn):
+    return bool(m._core.frame_info(pfn).flags & C.F_LAZYFREE)
+
+
+def test_free_then_pageout_of_a_whole_thp_discards_it_whole():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a, HPAGE, MADV.FREE)
+    assert p.mm.pte(a).huge and _lazyfree(m, H) and not m.folio(H).dirty
+    p.madvise(a, HPAGE, MADV.PAGEOUT)
+    assert p.read(a + 5 * P) == 0 and m.folio(H).refcount == 0
+    m.check()
+
+
+def test_free_written_again_keeps_the_thp():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a, HPAGE, MADV.FREE)
+    p.write(a + 7 * P, 0x77)                     # the PMD dirty again
+    p.madvise(a, HPAGE, MADV.PAGEOUT)
+    assert p.mm.pte(a).pfn == H and p.read(a + 5 * P) == 0x1005 and not _lazyfree(m, H)
+
+
+def test_free_of_part_of_a_thp_splits_it_and_frees_only_that_part():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a + 4 * P, 4 * P, MADV.FREE)
+    assert m.folio(H).order == 0 and p.mm.pte(a).level == C.LEVEL_PTE
+    assert _lazyfree(m, H + 5) and not _lazyfree(m, H)
+    p.madvise(a, HPAGE, MADV.PAGEOUT)
+    assert p.read(a + 5 * P) == 0 and p.read(a) == 0x1000 and p.read(a + 511 * P) == 0x1000 + 511
+    m.check()
+
+
+def test_cold_of_part_of_a_thp_splits_it_too():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a + 4 * P, 4 * P, MADV.COLD)
+    assert m.folio(H).order == 0 and p.read(a + 5 * P) == 0x1005
+
+
+def test_a_pinned_or_shared_thp_is_left_whole():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    pages = p.pin(a + 5 * P, P, FOLL.WRITE)
+    p.madvise(a, 8 * P, MADV.FREE)               # the split fails: skipped
+    p.madvise(a, 8 * P, MADV.PAGEOUT)
+    assert p.mm.pte(a).huge and m.folio(H).order == 9 and not _lazyfree(m, H)
+    p.mm.unpin_user_pages(pages)
+    c = p.fork()                                 # now mapped by two
+    p.madvise(a, HPAGE, MADV.FREE)
+    p.madvise(a, 8 * P, MADV.COLD)
+    assert m.folio(H).order == 9 and not _lazyfree(m, H) and c.read(a + 5 * P) == 0x1005
+    m.check()
