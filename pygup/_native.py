@@ -676,6 +676,8 @@ class HostProbes:
     process_vm_writev = staticmethod(lambda addr, value: lib.pg_host_process_vm_writev(addr, value))
     o_direct_read = staticmethod(lambda fd, addr, length, offset=0:
                                  lib.pg_host_o_direct_read(fd, addr, length, offset))
+    o_direct_write = staticmethod(lambda fd, addr, length, offset=0:
+                                  lib.pg_host_o_direct_write(fd, addr, length, offset))
     vmsplice = staticmethod(lambda addr, length: lib.pg_host_vmsplice(addr, length))
     # a ring kept across calls (slot or -errno), its one registered buffer,
     # fixed-buffer I/O on it (write=True: the buffer into the file), its close

@@ -257,6 +257,77 @@ def o_direct_write(p: "Process", addr: int, length: int) -> int:
     return _dio_result(ret, nr, addr, length)
 
 
+def _dio_file_range(file: "File", index: int, nr: int) -> "Optional[int]":
+    """The checks of a direct I/O on ``file`` at page ``index``: -EINVAL
+    where the file system has no disk blocks to read or write (shmem,
+    ramfs, hugetlbfs: open(O_DIRECT) refuses them), None when it may go on.
+    pygup models neither extending a file nor a read past its end."""
+    from pygup.kernel.writeback import mapping_can_writeback
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a non-negative int, got {index!r}")
+    if index + nr > file.inode.nr_pages():
+        raise ValueError(f"index {index} + {nr} pages is past the end of {file.name} "
+                         f"({file.inode.nr_pages()} pages)")
+    if not mapping_can_writeback(file.inode):
+        return -errno.EINVAL
+    return None
+
+
+def o_direct_pread(p: "Process", file: "File", index: int, addr: int, length: int) -> int:
+    """pread(2) on ``file`` opened O_DIRECT (ext4 / xfs), file pages from
+    ``index`` into [addr, addr+length): the dirty page cache over the range
+    is written back first (kiocb_write_and_wait()), then the device writes
+    the disk blocks into the pages pinned FOLL_WRITE (``o_direct_read``).
+    Bytes read or -errno."""
+    from pygup.kernel.writeback import writeback_inode
+    nr = _nr_pages(addr, length)
+    bad = _dio_file_range(file, index, nr)
+    if bad is not None:
+        return bad
+    with p.kernel.op():
+        writeback_inode(file.inode, index, index + nr)
+    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, FOLL.WRITE)
+    if ret > 0:
+        for i in range(len(pages)):
+            pages.write(i, file.disk(index + i))
+        p.mm.unpin_user_pages_dirty_lock(pages, True)
+    return _dio_result(ret, nr, addr, length)
+
+
+def o_direct_pwrite(p: "Process", file: "File", index: int, addr: int, length: int) -> int:
+    """pwrite(2) on ``file`` opened O_DIRECT (ext4 / xfs) from [addr,
+    addr+length) to file pages from ``index``: the range's page cache is
+    written back and invalidated (kiocb_invalidate_pages()), the pages are
+    pinned read-only in bios (iov_iter_extract_pages ->
+    pin_user_pages_fast) and their data lands on disk.  A range that stops
+    being pinnable fails the call with -EFAULT (``_dio_result``), but the
+    bios already built for the pages before it were submitted: that data
+    is in the file.  Bytes written or -errno."""
+    from pygup.kernel.writeback import writeback_inode
+    nr = _nr_pages(addr, length)
+    bad = _dio_file_range(file, index, nr)
+    if bad is not None:
+        return bad
+    if not file.writable:
+        return -errno.EBADF
+    with p.kernel.op():
+        writeback_inode(file.inode, index, index + nr)
+    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, 0)
+    if ret > 0:
+        data = [pages.read(i) for i in range(len(pages))]
+        p.mm.unpin_user_pages(pages)
+        with p.kernel.op():
+            for i, value in enumerate(data):
+                file.inode.disk[index + i] = value
+                # pygup keeps the (clean) cached page instead of dropping it
+                # as invalidate_inode_pages2_range() would: it gets the new
+                # data, which is what a later buffered read would read in
+                pfn = file.cached(index + i)
+                if pfn is not None:
+                    p.kernel.core.frame_write(pfn, value)
+    return _dio_result(ret, nr, addr, length)
+
+
 def _access_remote_vm(p: "Process", addr: int, write: bool, value: int) -> int:
     """__access_remote_vm(): get_user_pages_remote(FOLL_FORCE [| FOLL_WRITE])
     of one page, copy through the kernel mapping, set_page_dirty_lock on a
@@ -281,6 +352,24 @@ def _access_remote_vm(p: "Process", addr: int, write: bool, value: int) -> int:
 def proc_mem_write(p: "Process", addr: int, value: int) -> int:
     """write(2) of 8 bytes to /proc/pid/mem (FOLL_FORCE | FOLL_WRITE)."""
     return _access_remote_vm(p, addr, True, value)
+
+
+def proc_mem_write_pages(p: "Process", addr: int, values: "list[int]") -> int:
+    """One write(2) to /proc/pid/mem of ``len(values)`` whole pages from
+    page-aligned ``addr``, page i starting with ``values[i]``: mem_rw()
+    copies a page at a time through access_remote_vm() and stops at the
+    first page it cannot reach, answering the bytes written so far, or
+    -EIO when the first page already fails."""
+    if addr & (PAGE_SIZE - 1):
+        raise ValueError(f"addr must be page-aligned, got {addr:#x}")
+    if not values:
+        raise ValueError("values must name at least one page")
+    done = 0
+    for i, value in enumerate(values):
+        if _access_remote_vm(p, addr + i * PAGE_SIZE, True, value) < 0:
+            break
+        done += PAGE_SIZE
+    return done if done else -errno.EIO
 
 
 def proc_mem_read(p: "Process", addr: int) -> int:

@@ -670,8 +670,6 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
                    flags is None, errno.EINVAL, lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags)}):
         if to_set & FOLL_FAST_ONLY and not m.policy.valid_gup_args:
             ret = 0          # 6.1's get_user_pages_fast_only() never answers < 0
-        elif pin_api and not m.policy.pin_fast_bad_args_einval:
-            ret = 0          # 6.3 and 6.4.0-9: pin_user_pages_fast() answered 0
         else:
             ret = -errno.EINVAL
         return ret, Pages(m, [], pinned=pin_api)
@@ -685,8 +683,10 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     if nr_pages == 0:
         return 0, Pages(m, [], pinned)      # pygup: the kernel never sees 0 here
     end = start + (nr_pages << PAGE_SHIFT)
-    if trace.check("start + len overflows", end >= 1 << 64, errno.EOVERFLOW):
-        return -errno.EOVERFLOW, Pages(m, [], pinned)
+    overflow = errno.EOVERFLOW if m.policy.fast_overflow_eoverflow else 0
+    if trace.check("start + len overflows", end >= 1 << 64, overflow):
+        # 9883c7f84053 (6.5, 6.4.10): -EOVERFLOW; before, 0 pages
+        return -overflow, Pages(m, [], pinned)
     if trace.check("end > TASK_SIZE_MAX (access_ok)", end > TASK_SIZE_MAX, errno.EFAULT,
                    lazy=lambda: {"end": hex(end)}):
         return -errno.EFAULT, Pages(m, [], pinned)
