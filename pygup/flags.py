@@ -23,6 +23,10 @@ PMD_ORDER: int = C.PMD_ORDER
 PMD_NR: int = C.PMD_NR
 PMD_SIZE: int = 1 << C.PMD_SHIFT           # HPAGE_PMD_SIZE: a THP / hugetlb page
 TASK_SIZE: int = C.TASK_SIZE_MAX
+# include/linux/fs.h MAX_LFS_FILESIZE on 64-bit (LLONG_MAX): the largest file
+# size (s_maxbytes) and the end of the last mappable file byte (file_mmap_ok());
+# a kernel limit the C core has no use for, so it lives here
+MAX_LFS_FILESIZE: int = (1 << 63) - 1
 
 
 # gup_flags: the values are the C core's (csrc/pygup.h), which are Linux

@@ -8,8 +8,8 @@ import errno
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from pygup._native import C
-from pygup.flags import (MAP, MS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PROT, TASK_SIZE,
-                         VM, GupError, check_flags, int_arg)
+from pygup.flags import (MAP, MAX_LFS_FILESIZE, MS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE,
+                         PROT, TASK_SIZE, VM, GupError, check_flags, int_arg)
 from pygup.kernel.fault import handle_mm_fault, handle_user_fault
 from pygup.kernel.fs import DEVICE_VM_OPS
 from pygup.kernel.mm import MM
@@ -66,6 +66,13 @@ class Process:
         flags = check_flags(flags, MAP, "flags")
         if file is not None and not isinstance(file, File):
             raise TypeError(f"file must be a pygup File, got {type(file).__name__}")
+        if file is not None and file.fs.kernel is not self.kernel:
+            # checked before anything is allocated in either machine
+            raise ValueError(f"file {file.inode.describe()} belongs to another Machine")
+        if offset >= 1 << 64:
+            # the syscall's offset is an unsigned long; do_mmap(): a pgoff
+            # that wraps is -EOVERFLOW
+            raise GupError(errno.EOVERFLOW, f"offset {offset:#x} does not fit the address space")
         if length <= 0 or offset < 0 or offset % PAGE_SIZE or addr % PAGE_SIZE or addr < 0:
             raise GupError(errno.EINVAL, "length, offset and addr must be aligned and in range")
         kind = flags & (MAP.SHARED | MAP.PRIVATE)
@@ -91,6 +98,11 @@ class Process:
                 raise GupError(errno.EINVAL, "hugetlb mappings need 2 MiB alignment")
             if length > TASK_SIZE or (addr and addr + length > TASK_SIZE):
                 raise GupError(errno.ENOMEM, "range past the end of the address space")
+            if file is not None and offset > MAX_LFS_FILESIZE - length:
+                # file_mmap_ok(): the mapping must end within the largest
+                # file size (MAX_LFS_FILESIZE), else do_mmap() is -EOVERFLOW
+                raise GupError(errno.EOVERFLOW,
+                               f"offset {offset:#x} + length {length:#x} is past MAX_LFS_FILESIZE")
             vm_flags = calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC
             vm_flags |= VM.SOFTDIRTY                         # new VMAs start "all dirty"
             if file is not None:
@@ -138,9 +150,25 @@ class Process:
         if length <= 0:
             raise GupError(errno.EINVAL, "length must be positive")
         length = _page_count(length) * PAGE_SIZE
+        if length > TASK_SIZE:
+            raise GupError(errno.ENOMEM, "range past the end of the address space")
         k = self.kernel
-        with k.op():
+        with k.op() as cpu:
             start = self.mm.get_unmapped_area(length, PAGE_SIZE)
+            # the device memory first, all or nothing: a driver whose
+            # ->mmap cannot back the whole range fails it, and mmap_region()
+            # then leaves no VMA behind
+            nr = length >> PAGE_SHIFT
+            if nr > k.core.stats()["nr_free_normal"]:
+                raise GupError(errno.ENOMEM, f"no device memory for {nr} pages")
+            pfns: list[int] = []
+            try:
+                for _ in range(nr):
+                    pfns.append(k.alloc_folio(0, movable=False))
+            except BaseException:
+                for pfn in pfns:
+                    k.core.folio_put(pfn, 1)
+                raise
             flags = (calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC | VM.SHARED
                      | VM.MAYSHARE | VM.IO | VM.PFNMAP | VM.DONTEXPAND | VM.DONTDUMP)
             vma = VMA(self.mm, start, start + length, flags, None, 0, DEVICE_VM_OPS)
@@ -148,10 +176,18 @@ class Process:
             bits = C.PTE_PRESENT | C.PTE_USER | C.PTE_SPECIAL | C.PTE_ACCESSED
             if prot & PROT.WRITE:
                 bits |= C.PTE_WRITE | C.PTE_DIRTY
-            for addr in range(start, start + length, PAGE_SIZE):
-                pfn = k.alloc_folio(0, movable=False)
-                k.device_frames.append(pfn)
-                k.core.pte_set(self.mm.id, addr, (pfn << C.PTE_PFN_SHIFT) | bits, C.LEVEL_PTE)
+            try:
+                for i, pfn in enumerate(pfns):
+                    k.core.pte_set(self.mm.id, start + (i << PAGE_SHIFT),
+                                   (pfn << C.PTE_PFN_SHIFT) | bits, C.LEVEL_PTE)
+            except BaseException:
+                # remap_pfn_range() failed (no memory for a page table):
+                # undo the mapping and give the device memory back
+                self._unmap(start, start + length, cpu)
+                for pfn in pfns:
+                    k.core.folio_put(pfn, 1)
+                raise
+            k.device_frames.extend(pfns)
         return start
 
     def _populate(self, start: int, end: int, write: bool) -> None:
@@ -246,27 +282,48 @@ class Process:
         with k.op() as cpu:
             child = Process(k, k.next_pid)
             k.next_pid += 1
-            core = k.core
-            for vma in self.mm.vmas:
-                if vma.vm_flags & VM.DONTCOPY:
-                    continue
-                new = VMA(child.mm, vma.vm_start, vma.vm_end, vma.vm_flags, vma.vm_file,
-                          vma.vm_pgoff, vma.vm_ops)
-                new.anon_vmas = list(vma.anon_vmas)       # anon_vma_fork()
-                new.pgprot_customised = vma.pgprot_customised
-                child.mm.vma_link(new)
-                # vma_needs_copy(): shared file pages fault in lazily
-                if vma.anon_vmas or vma.vm_flags & (VM.PFNMAP | VM.MIXEDMAP):
-                    # page_needs_cow_for_dma(): with MMF_HAS_PINNED, pinned
-                    # anon pages are copied for the child, not shared
-                    copy_pinned = self.mm.has_pinned and is_cow_mapping(vma.vm_flags)
-                    child_mapping = 0
-                    if copy_pinned:
-                        child_mapping = (new.anon_vma_prepare().id << 2) | C.MAPPING_ANON
-                    core.copy_range(cpu, self.mm.id, child.mm.id, vma.vm_start, vma.vm_end,
-                                    is_cow_mapping(vma.vm_flags), copy_pinned, child_mapping)
+            try:
+                self._dup_mmap(child, cpu)
+            except BaseException:
+                # dup_mmap()'s failure path: the half-built child mm is
+                # dropped (mmput()), so every page it copied or shares and
+                # every table it grew goes back
+                child._teardown(cpu)
+                raise
             k.processes.append(child)
             return child
+
+    def _dup_mmap(self, child: "Process", cpu: int) -> None:
+        """/* mirrors dup_mmap() */: the VMAs, and their pages where fork
+        copies them; raises (ENOMEM) with the child partly built."""
+        core = self.kernel.core
+        for vma in self.mm.vmas:
+            if vma.vm_flags & VM.DONTCOPY:
+                continue
+            new = VMA(child.mm, vma.vm_start, vma.vm_end, vma.vm_flags, vma.vm_file,
+                      vma.vm_pgoff, vma.vm_ops)
+            new.anon_vmas = list(vma.anon_vmas)       # anon_vma_fork()
+            new.pgprot_customised = vma.pgprot_customised
+            child.mm.vma_link(new)
+            # vma_needs_copy(): shared file pages fault in lazily
+            if vma.anon_vmas or vma.vm_flags & (VM.PFNMAP | VM.MIXEDMAP):
+                # page_needs_cow_for_dma(): with MMF_HAS_PINNED, pinned
+                # anon pages are copied for the child, not shared
+                copy_pinned = self.mm.has_pinned and is_cow_mapping(vma.vm_flags)
+                child_mapping = 0
+                if copy_pinned:
+                    child_mapping = (new.anon_vma_prepare().id << 2) | C.MAPPING_ANON
+                core.copy_range(cpu, self.mm.id, child.mm.id, vma.vm_start, vma.vm_end,
+                                is_cow_mapping(vma.vm_flags), copy_pinned, child_mapping)
+
+    def _teardown(self, cpu: int) -> None:
+        """exit_mmap() + mmdrop(): unmap everything, free the page tables and
+        the mm (under the machine lock)."""
+        if self.mm.vmas:
+            self._unmap(self.mm.vmas[0].vm_start, self.mm.vmas[-1].vm_end, cpu)
+        self.kernel.core.mm_destroy(cpu, self.mm.id)
+        self.alive = False
+        self.mm.alive = False
 
     def exit(self) -> None:
         """exit(2): close what holds pages (io_uring rings, MRs, pipes), unmap
@@ -279,11 +336,7 @@ class Process:
                 else:
                     self.mm.put_page(pages)
         with self.kernel.op() as cpu:
-            if self.mm.vmas:
-                self._unmap(self.mm.vmas[0].vm_start, self.mm.vmas[-1].vm_end, cpu)
-            self.kernel.core.mm_destroy(cpu, self.mm.id)
-            self.alive = False
-            self.mm.alive = False
+            self._teardown(cpu)
 
     # -- user memory access ----------------------------------------------------------
     def _access(self, addr: int, write: bool, value: int) -> int:

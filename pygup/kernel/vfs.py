@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Optional
 
-from pygup.flags import PMD_SIZE, GupError
+from pygup.flags import MAX_LFS_FILESIZE, PMD_SIZE, GupError
 from pygup.kernel.fs import PRESETS, FsType, Inode, SuperBlock
 from pygup.kernel.writeback import truncate_inode, truncate_inode_pages, writeback_inode
 
@@ -55,8 +55,7 @@ class File:
     def truncate(self, size: int) -> None:
         """ftruncate(): shrink or grow; pages past the end are unmapped and
         dropped from the page cache (their mapping word cleared)."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size must be a non-negative int, got {size!r}")
+        _check_size(size, False)
         with self.fs.kernel.op():
             truncate_inode(self.inode, size)
 
@@ -159,5 +158,8 @@ def anon_inode_file(kernel: "Kernel", preset: str, name: str, size: int) -> File
 def _check_size(size: int, huge: bool) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"size must be a non-negative int, got {size!r}")
+    if size > MAX_LFS_FILESIZE:
+        # inode_newsize_ok(): past s_maxbytes is -EFBIG
+        raise GupError(errno.EFBIG, f"size {size:#x} is past MAX_LFS_FILESIZE")
     if huge and size % PMD_SIZE:
         raise ValueError("size of a hugetlbfs file must be a multiple of 2 MiB")
