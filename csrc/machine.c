@@ -13,10 +13,9 @@
 pg_machine *pg_machine_new(uint64_t nr_frames, uint64_t nr_movable,
                            int nr_cpus, int table_free_mode)
 {
-    /* the normal zone needs at least one block: it holds the zero page;
-     * pfns must fit the frame's 32-bit head field */
+    /* the normal zone needs at least one block: it holds the zero page */
     if (nr_frames == 0 || nr_frames % PG_PMD_NR || nr_movable % PG_PMD_NR ||
-        nr_movable >= nr_frames || nr_frames > ((uint64_t)1 << 31))
+        nr_movable >= nr_frames || nr_frames > (uint64_t)PG_MAX_FRAMES)
         return NULL;
     if (nr_cpus < 1 || nr_cpus > PG_MAX_CPUS)
         return NULL;

@@ -35,6 +35,8 @@
 #define PG_TASK_SIZE_MAX 0x7ffffffff000
 #define PG_GUP_PIN_COUNTING_BIAS 1024
 #define PG_MAX_CPUS 64
+/* frames per machine: pfns must fit the frame's 32-bit head field */
+#define PG_MAX_FRAMES 0x80000000
 #define PG_TLB_ENTRIES 64
 /* frame 0 is the shared zero page: PG_F_ZERO, never allocated or freed */
 #define PG_ZERO_PFN 0

@@ -7,8 +7,10 @@ bits) are read from it through ``pygup._native`` and never restated here.
 """
 from __future__ import annotations
 
-import errno as _errno
 import enum
+import errno as _errno
+import operator
+from typing import Optional
 
 from pygup._native import C
 from pygup.errors import GupError, InvariantError  # noqa: F401  (re-exported)
@@ -85,18 +87,44 @@ class MS(enum.IntFlag):
     SYNC = 4
 
 
-def int_arg(value, name: str) -> int:
-    """``value`` if it is an int (not a bool), else a TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+def int_arg(value, name: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """``value`` as a Python int: any integer (numpy's too, through
+    ``__index__``) but a bool, else a TypeError naming ``name``; outside
+    ``lo..hi`` (inclusive, where given) a ValueError naming it."""
+    if isinstance(value, bool) or isinstance(value, float):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return value
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        lo_s = "" if lo is None else f"{lo}"
+        hi_s = "" if hi is None else (f"{hi:#x}" if hi > 1 << 20 else f"{hi}")
+        raise ValueError(f"{name} must be in {lo_s}..{hi_s}, got {n}")
+    return n
+
+
+def bool_arg(value, name: str) -> bool:
+    """``value`` if it is a bool (or 0 / 1), else a TypeError naming
+    ``name``: a string such as "no" is not silently true."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        try:
+            n = operator.index(value)
+        except TypeError:
+            n = None
+        if n in (0, 1):
+            return bool(n)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def check_flags(value, enum_type: type[enum.IntFlag], name: str) -> int:
     """Return ``value`` as an int, or raise ValueError naming ``name`` when it
     is not an int or has bits ``enum_type`` does not define."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, float)) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an int or {enum_type.__name__}, got {type(value).__name__}")
+    value = operator.index(value)
     known = 0
     for member in enum_type:
         known |= int(member)

@@ -16,7 +16,9 @@ import numpy as np
 
 from pygup._native import C
 from pygup.config.mutants import Mutant
-from pygup.flags import FOLL, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, GupError, InvariantError, flag_names
+from pygup.errors import IrqsDisabledError
+from pygup.flags import (FOLL, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, GupError, InvariantError,
+                         flag_names, int_arg)
 from pygup.kernel.fault import handle_mm_fault, pte_pfn
 from pygup.kernel.migrate import migrate_folio
 from pygup.kernel.trace import NO_TRACE, Step, Trace
@@ -33,7 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.context import Kernel
 
 TASK_SIZE_MAX = TASK_SIZE
-MAX_LONGTERM_RETRIES = 8      # 6.5 retries without bound; pygup gives up (BUGS #11)
+MAX_LONGTERM_RETRIES = 8
+# pages per C call of the walks: the kernel's callers pass their own pages
+# array; pygup sizes its buffers by what a batch can take, so a huge
+# nr_pages costs memory only for the pages actually taken
+GUP_BATCH = 1 << 16      # 6.5 retries without bound; pygup gives up (BUGS #11)
 
 # flags a caller may not pass (is_valid_gup_args(), 6.5: no FOLL_TOUCH here)
 _INTERNAL_GUP_FLAGS = FOLL.PIN | FOLL.TRIED | FOLL.UNLOCKABLE | FOLL.REMOTE | FOLL.FAST_ONLY
@@ -291,7 +297,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
         # the pages that need no fault, in one C call (follow_page_mask's
         # common case); the first one that needs more goes the slow way
         taken = core.follow_range(cpu, mm.id, start,
-                                  min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT),
+                                  min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT, GUP_BATCH),
                                   _follow_how(vma, gup_flags, out is not None))
         if len(taken):
             if out is not None:
@@ -399,17 +405,26 @@ class Pages:
     """The ``pages`` array of a GUP call: frame numbers (a numpy array inside,
     a sequence outside) and access through the kernel's direct mapping."""
 
-    def __init__(self, kernel: "Kernel", pfns, pinned: bool) -> None:
+    def __init__(self, kernel: "Kernel", pfns, pinned: bool, writable: bool = False) -> None:
         self._kernel = kernel
         self._pfns = np.asarray(pfns, dtype=np.uint64)
         self.pinned = pinned          # FOLL_PIN (else FOLL_GET)
+        self.writable = writable      # taken with FOLL_WRITE
         self.released = False
 
     def __len__(self) -> int:
         return len(self._pfns)
 
-    def __getitem__(self, i: int) -> int:
-        return int(self._pfns[i])
+    def _index(self, i) -> int:
+        """i as a Python int in range (numpy integers welcome): IndexError
+        saying the range, TypeError for a non-integer."""
+        n = int_arg(i, "page index")
+        if not -len(self) <= n < len(self):
+            raise IndexError(f"page index {n} out of range for {len(self)} pages")
+        return n
+
+    def __getitem__(self, i) -> int:
+        return int(self._pfns[self._index(i)])
 
     def __iter__(self):
         return (int(p) for p in self._pfns)
@@ -420,12 +435,10 @@ class Pages:
         view.flags.writeable = False
         return view
 
-    def _frame(self, i: int) -> int:
+    def _frame(self, i) -> int:
         if self.released:
             raise ValueError("these pages were already released")
-        if isinstance(i, bool) or not isinstance(i, int) or not -len(self) <= i < len(self):
-            raise IndexError(f"page index {i!r} out of range for {len(self)} pages")
-        return int(self._pfns[i])
+        return int(self._pfns[self._index(i)])
 
     def read(self, i: int) -> int:
         """Read page i through the direct mapping (no PTE, no TLB)."""
@@ -440,10 +453,16 @@ class Pages:
         try:
             self._kernel.core.frame_write(pfn, value)
         except GupError as e:
-            if e.errno == errno.EPERM:     # the core refuses: it is the zero page
-                raise InvariantError(f"write through a pin to the shared zero page "
-                                     f"(frame {pfn:#x}): a write pin must COW first") from None
-            raise
+            if e.errno != errno.EPERM:     # EPERM: the core refuses, it is the zero page
+                raise
+            if not self.writable:
+                # the caller's bug: a read-only GUP of an unwritten
+                # anonymous page may return the shared zero page
+                raise ValueError(f"page {i} is the shared zero page (frame {pfn:#x}): these pages "
+                                 "were taken without FOLL_WRITE; take them with FOLL_WRITE "
+                                 "to write through them") from None
+            raise InvariantError(f"write through a FOLL_WRITE pin to the shared zero page "
+                                 f"(frame {pfn:#x}): a write pin must COW first") from None
 
     def __repr__(self) -> str:
         kind = "pinned" if self.pinned else "got"
@@ -453,10 +472,12 @@ class Pages:
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
 
-def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> None:
-    for name, v in (("start", start), ("nr_pages", nr_pages), ("gup_flags", gup_flags)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> tuple[int, int, int]:
+    """The arguments as Python ints (numpy integers welcome), or the
+    TypeError / ValueError naming the bad one — before any work."""
+    start = int_arg(start, "start")
+    nr_pages = int_arg(nr_pages, "nr_pages")
+    gup_flags = int_arg(gup_flags, "gup_flags")
     if start < 0:
         raise ValueError(f"start must be a user address, got {start:#x}")
     if nr_pages < 0:
@@ -465,13 +486,14 @@ def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> None:
         raise ValueError(f"gup_flags has bits no FOLL flag defines: {gup_flags:#x}")
     if not mm.alive:
         raise GupError(errno.ESRCH, "the mm has exited")
+    return start, nr_pages, gup_flags
 
 
 def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
              pin_api: bool, want_pages: bool = True, locked: Optional[int] = None,
              trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
-    _check_call(mm, start, nr_pages, gup_flags)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
     flags = is_valid_gup_args(want_pages, locked, gup_flags, to_set, m.policy)
     if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
@@ -485,7 +507,28 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
             ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
         else:
             ret = __get_user_pages_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
-    return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL.PIN))
+    return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL.PIN),
+                      writable=bool(flags & FOLL.WRITE))
+
+
+def _gup_fast_batched(m: "Kernel", cpu: int, mm, start: int, nr_pages: int,
+                      flags: int) -> np.ndarray:
+    """The lockless walk in batches of GUP_BATCH pages, each one C call
+    with IRQs off: the output buffer grows with what was taken, never with
+    what was asked (a 2**34-page request over an empty range costs one
+    small buffer); a short batch ends the walk, as the first page the walk
+    cannot take does."""
+    parts = []
+    done = 0
+    while done < nr_pages:
+        n = min(nr_pages - done, GUP_BATCH)
+        got = m.core.gup_fast(cpu, mm.id, start + (done << PAGE_SHIFT), n, flags,
+                              m.policy.gup_fast_bits)
+        parts.append(got)
+        done += len(got)
+        if len(got) < n:
+            break
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
@@ -494,7 +537,7 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     since 6.11; SPEC §1.4, §4.1): the entry checks, the lockless walk in C
     (one call for the whole range), then the slow path for whatever it
     could not take."""
-    _check_call(mm, start, nr_pages, gup_flags)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
     flags = is_valid_gup_args(True, None, gup_flags, to_set, m.policy)
     if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
@@ -519,20 +562,22 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
         return -errno.EFAULT, Pages(m, [], pinned)
     cpu = m.current_cpu()
     if m.core.irqs_disabled(cpu) and not flags & FOLL.FAST_ONLY:
-        raise RuntimeError("GUP-fast with fallback may sleep: IRQs are disabled")
-    fast = m.core.gup_fast(cpu, mm.id, start, nr_pages, flags, m.policy.gup_fast_bits)
+        raise IrqsDisabledError(f"GUP-fast with fallback may sleep: IRQs are disabled on cpu {cpu} "
+                                "(use FOLL_FAST_ONLY, or enable IRQs first)")
+    fast = _gup_fast_batched(m, cpu, mm, start, nr_pages, flags)
     trace.steps.append(Step("lockless_pages_from_mm", {"taken": len(fast), "of": nr_pages},
                             "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL.FAST_ONLY:
-        return len(fast), Pages(m, fast, pinned)
+        return len(fast), Pages(m, fast, pinned, writable=bool(flags & FOLL.WRITE))
     out: list[int] = []
     with m.op() as cpu:
         ret = __gup_longterm_locked(mm, start + (len(fast) << PAGE_SHIFT), nr_pages - len(fast),
                                     flags | FOLL.TOUCH | FOLL.UNLOCKABLE, out, cpu, trace)
     pfns = fast.tolist() + out[:max(ret, 0)]
     if ret < 0:
-        return (len(fast) if len(fast) else ret), Pages(m, pfns, pinned)
-    return ret + len(fast), Pages(m, pfns, pinned)
+        return ((len(fast) if len(fast) else ret),
+                Pages(m, pfns, pinned, writable=bool(flags & FOLL.WRITE)))
+    return ret + len(fast), Pages(m, pfns, pinned, writable=bool(flags & FOLL.WRITE))
 
 
 def _release_check(kernel: "Kernel", pages: Pages, pinned: bool, what: str) -> None:

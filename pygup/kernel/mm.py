@@ -9,7 +9,7 @@ import errno
 from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
-from pygup.flags import FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, GupError, int_arg
+from pygup.flags import FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, GupError, bool_arg, int_arg
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
 from pygup.kernel.vma import VMA, VmaTree
@@ -118,7 +118,7 @@ class MM:
         gup.unpin_user_pages(self.kernel, pages)
 
     def unpin_user_pages_dirty_lock(self, pages: "Pages", make_dirty: bool) -> None:
-        gup.unpin_user_pages_dirty_lock(self.kernel, pages, bool(make_dirty))
+        gup.unpin_user_pages_dirty_lock(self.kernel, pages, bool_arg(make_dirty, "make_dirty"))
 
     def put_page(self, pages: "Pages") -> None:
         """put_page() on every page of a FOLL_GET result."""
