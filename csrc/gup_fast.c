@@ -213,22 +213,28 @@ static int grab_folio_fast(pg_machine *m, uint64_t pfn, int refs, uint32_t flags
         return -1;
     if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&h->flags) & PG_F_ZERO))
         return 0; /* the zero page is never counted */
-    if (pg_folio_try_get(m, pfn, refs) < 0)
-        return -1; /* refcount zero: being freed, never resurrect */
+    /* A pin of a small folio takes its whole GUP_PIN_COUNTING_BIAS in the
+     * one checked add: try_get_folio() refuses a count that is not
+     * positive, and the add refuses to pass INT32_MAX, so repeated pins
+     * fail cleanly (the slow path then says -ENOMEM) instead of wrapping
+     * the count negative (BUGS #10). */
+    int add = refs;
+    if ((flags & PG_FOLL_PIN) && !folio_is_large(m, head))
+        add = refs * PG_GUP_PIN_COUNTING_BIAS;
+    if (pg_folio_try_get(m, pfn, add) < 0)
+        return -1; /* refcount zero (being freed) or no headroom */
     if (pg_frame_head(m, pfn) != head) { /* split meanwhile: not modelled */
-        pg_folio_put_internal(m, head, refs);
+        pg_folio_put_internal(m, head, add);
         return -1;
     }
     if (!(flags & PG_FOLL_PIN))
         return 0;
     if ((flags & PG_FOLL_LONGTERM) && !longterm_pinnable(m, head)) {
-        pg_folio_put_internal(m, head, refs); /* the slow path migrates it */
+        pg_folio_put_internal(m, head, add); /* the slow path migrates it */
         return -1;
     }
     if (folio_is_large(m, head))
         pg_fetch_add(&h->pincount, refs);
-    else
-        pg_fetch_add(&h->refcount, refs * (PG_GUP_PIN_COUNTING_BIAS - 1));
     pg_smp_mb(); /* the pin is visible before the PTE re-check */
     pg_count_pins(m, true, (uint64_t)refs);
     return 0;

@@ -308,6 +308,7 @@ struct pg_tlb_entry {
 enum { PG_IPI_FLUSH_RANGE, PG_IPI_FLUSH_MM, PG_IPI_SYNC };
 struct pg_ipi_req {
     struct pg_ipi_req *next;
+    int target;                /* the CPU it was queued on */
     int kind;
     uint64_t mm;
     uint64_t start_vpn, end_vpn;
@@ -319,6 +320,10 @@ struct pg_cpu {
     _Atomic int irq_nesting;   /* written under lock; read anywhere */
     int rcu_nesting;           /* rcu_read_lock depth, under lock */
     _Atomic uint64_t rcu_seq;  /* odd while in a read-side section */
+    /* the OS thread (gettid) that opened the current read-side / IRQs-off
+     * section, 0 outside one: a waiter that finds it gone ends the section
+     * (pg_cpu_reap_orphan) instead of waiting for ever */
+    _Atomic int32_t section_tid;
     struct pg_ipi_req *pending;
     struct pg_tlb_entry tlb[PG_TLB_ENTRIES];
 };
@@ -353,6 +358,7 @@ struct pg_machine {
     struct pg_rcu_state rcu;
 
     _Atomic uint64_t ipis_sent, tlb_shootdowns, tlb_flushed_entries;
+    _Atomic uint64_t orphans_reaped; /* sections ended for a vanished thread */
     _Atomic uint64_t rcu_grace_periods, rcu_callbacks_run;
     /* nr_foll_pin_acquired / _released, sharded per thread so that pinners
      * on different CPUs do not fight over one cache line */
@@ -459,6 +465,10 @@ void pg_call_rcu(pg_machine *m, struct pg_rcu_head *h, pg_rcu_fn fn);
 /* entry/exit of a read-side section; called with the cpu lock held by
  * cpu.c when the combined (IRQs-off + rcu_read_lock) depth crosses 0 */
 void pg_rcu_cpu_enter(pg_machine *m, int cpu);
+/* every this many steps of a wait on another CPU, the waiter checks that
+ * CPU's section owner still exists (one cheap system call) */
+#define PG_ORPHAN_POLL 4096
+bool pg_cpu_reap_orphan(pg_machine *m, int cpu);
 void pg_rcu_cpu_exit(pg_machine *m, int cpu);
 static inline bool pg_cpu_in_rcu(pg_machine *m, int cpu)
 {

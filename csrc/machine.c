@@ -82,6 +82,7 @@ void pg_stats_get(pg_machine *m, struct pg_stats *out)
     out->tlb_flushed_entries = pg_load_relaxed(&m->tlb_flushed_entries);
     out->rcu_grace_periods = pg_load_relaxed(&m->rcu_grace_periods);
     out->rcu_callbacks_run = pg_load_relaxed(&m->rcu_callbacks_run);
+    out->orphans_reaped = pg_load_relaxed(&m->orphans_reaped);
     out->pins_acquired = out->pins_released = 0;
     for (int i = 0; i < PG_PIN_STAT_SHARDS; i++) {
         out->pins_acquired += pg_load_relaxed(&m->pin_stats[i].acquired);

@@ -185,6 +185,8 @@ struct pg_stats {
     uint64_t rcu_callbacks_run;
     uint64_t pins_acquired;       /* nr_foll_pin_acquired */
     uint64_t pins_released;       /* nr_foll_pin_released */
+    uint64_t orphans_reaped;      /* IRQs-off / RCU sections a waiter ended
+                                     because their thread no longer exists */
 };
 
 /* ---- machine ------------------------------------------------------------ */

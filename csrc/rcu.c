@@ -7,7 +7,11 @@
  * snapshot has moved on.  call_rcu callbacks are batched; a batch records
  * the snapshot when it is closed and runs once that snapshot is stale.
  */
+#define _GNU_SOURCE /* syscall(), gettid / tgkill numbers */
 #include <string.h>
+
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -18,8 +22,18 @@ void pg_rcu_init(pg_machine *m)
     m->rcu.open.tail = &m->rcu.open.head;
 }
 
+/* the calling OS thread's id, asked of the kernel once per thread */
+static int32_t current_tid(void)
+{
+    static _Thread_local int32_t tid;
+    if (!tid)
+        tid = (int32_t)syscall(SYS_gettid);
+    return tid;
+}
+
 void pg_rcu_cpu_enter(pg_machine *m, int cpu)
 {
+    pg_store_relaxed(&m->cpus[cpu].section_tid, current_tid());
     pg_fetch_add_seqcst(&m->cpus[cpu].rcu_seq, 1);
     /* odd before any read inside the section: pairs with the fence before
      * a grace-period snapshot */
@@ -30,6 +44,7 @@ void pg_rcu_cpu_exit(pg_machine *m, int cpu)
 {
     /* seq_cst RMW: every read of the section is done before it is even */
     pg_fetch_add_seqcst(&m->cpus[cpu].rcu_seq, 1);
+    pg_store_relaxed(&m->cpus[cpu].section_tid, 0);
 }
 
 int pg_rcu_read_lock(pg_machine *m, int cpu)
@@ -83,11 +98,15 @@ static void wait_gp(pg_machine *m, int cpu)
     uint64_t snap[PG_MAX_CPUS];
     snapshot(m, snap);
     for (int i = 0; i < m->nr_cpus; i++) {
-        unsigned spins = 0;
+        unsigned spins = 0, polls = 0;
         if (!(snap[i] & 1))
             continue;
-        while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i])
+        while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i]) {
             pg_cpu_wait(&spins, "rcu_gp_wait");
+            /* a reader whose thread is gone never ends its section */
+            if (++polls % PG_ORPHAN_POLL == 0)
+                pg_cpu_reap_orphan(m, i);
+        }
     }
     pg_smp_mb(); /* the readers' sections before what the caller frees */
     pg_fetch_add_relaxed(&m->rcu_grace_periods, 1);
