@@ -5,6 +5,7 @@ the flag sets; and the patch-1 predicates of the Linux 6.5 series.
 """
 from pygup.config.mutants import MUTANTS, Mutant
 from pygup.config.policy import POLICIES, Policy
+from pygup.errors import IrqsDisabledError
 from pygup.flags import FOLL, MAP, MS, PROT, VM, GupError, InvariantError
 from pygup.kernel.fs import PRESETS, FsType, FsWarning
 from pygup.kernel.mm import MM, PTE
@@ -21,7 +22,7 @@ from pygup.kernel.vma import (
 )
 
 __all__ = [
-    "FOLL", "MAP", "MS", "PROT", "VM", "GupError", "InvariantError",
+    "FOLL", "MAP", "MS", "PROT", "VM", "GupError", "InvariantError", "IrqsDisabledError",
     "PRESETS", "File", "FileSystem", "FsType", "FsWarning",
     "Folio", "FolioFlag", "Machine", "MM", "MUTANTS", "Mutant", "PTE", "Process", "POLICIES", "Policy",
     "VMA", "vma_fs_can_writeback", "vma_is_anonymous", "vma_is_shared_writable",

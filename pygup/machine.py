@@ -95,6 +95,16 @@ class Machine:
     >>> p.write(addr, 42); f.writeback(); f.disk(0)
     1
     42
+
+    Threads: every OS thread that calls into the machine runs as one of its
+    ``cpus`` emulated CPUs and keeps it until the thread ends (the main
+    thread takes CPU 0 at its first call).  So a machine serves at most
+    ``cpus`` threads at once: a thread beyond that gets ``GupError(EBUSY)``,
+    whose message says how many CPUs to ask for.  Create the machine with
+    ``cpus=`` one per thread, or let threads take turns inside
+    ``with machine.cpu(k):`` blocks (a block frees its CPU when it ends).
+    A thread must not leave a CPU with IRQs disabled: that is repaired with
+    a ``RuntimeWarning``.
     """
 
     def __init__(self, policy: str | Policy = "6.5", memory: int | str = "1GiB",

@@ -111,3 +111,23 @@ def reproducer():
         return data, planted, run_ops(data["ops"], fixed_policy, [])
 
     return run
+
+
+def teardown_leftovers(m) -> dict[str, int]:
+    """Exit every live process, unlink every named file and let every RCU
+    callback run; then what is still held: frames (beyond the zero page and
+    device memory), table pages, address_space records, pins.  All zero
+    when nothing leaked."""
+    for p in list(m.processes):
+        if p.alive:
+            p.exit()
+    for fs in list(m.filesystems):
+        for name in list(fs.files):
+            fs.unlink(name)
+    m._core.rcu_barrier(m.current_cpu())
+    st = m.stats()
+    free = st["nr_free_normal"] + st["nr_free_movable"]
+    return {"frames": st["nr_frames"] - 1 - len(m.device_frames) - free,
+            "table_pages": st["table_pages_live"] + st["table_pages_pending"],
+            "address_spaces": st["as_live"] + st["as_pending"],
+            "pins": st["pins_acquired"] - st["pins_released"]}

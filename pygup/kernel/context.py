@@ -131,6 +131,8 @@ class Kernel:
             owner = self.cpu_owner[k]
             if owner is not None and owner != me and thread_alive(owner):
                 raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
+            if owner != me:
+                self._repair_cpu(k)          # a dead thread may have left IRQs off
             self.cpu_owner[k] = me
         return _Slot(self, k)
 
@@ -165,12 +167,17 @@ class Kernel:
                 continue
             owner = self.cpu_owner[k]
             if owner is None or not thread_alive(owner):
-                n = 0
-                while self.core.irqs_disabled(k) and n < 1 << 16:
-                    self.core.irq_enable(k)
-                    n += 1
-                warnings.warn(f"cpu {k} was left with IRQs disabled by a thread that ended; "
-                              "they were enabled again", RuntimeWarning, stacklevel=3)
+                self._repair_cpu(k)
+
+    def _repair_cpu(self, k: int) -> None:
+        """Enable IRQs on CPU k, which no live thread runs, with a warning."""
+        n = 0
+        while self.core.irqs_disabled(k) and n < 1 << 16:
+            self.core.irq_enable(k)
+            n += 1
+        if n:
+            warnings.warn(f"cpu {k} was left with IRQs disabled by a thread that ended; "
+                          "they were enabled again", RuntimeWarning, stacklevel=4)
 
     @contextlib.contextmanager
     def alone(self, what: str) -> Iterator[None]:
