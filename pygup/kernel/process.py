@@ -75,65 +75,78 @@ class Process:
             raise GupError(errno.EOVERFLOW, f"offset {offset:#x} does not fit the address space")
         if length <= 0 or offset < 0 or offset % PAGE_SIZE or addr % PAGE_SIZE or addr < 0:
             raise GupError(errno.EINVAL, "length, offset and addr must be aligned and in range")
+        if length > TASK_SIZE:
+            # do_mmap(): checked before anything is set up
+            raise GupError(errno.ENOMEM, "length past the end of the address space")
         kind = flags & (MAP.SHARED | MAP.PRIVATE)
         if kind not in (MAP.SHARED, MAP.PRIVATE):
             raise GupError(errno.EINVAL, "exactly one of MAP_SHARED and MAP_PRIVATE")
         k = self.kernel
         with k.op() as cpu:
+            created = None
             if flags & MAP.ANONYMOUS:
                 file = None
                 offset = 0
                 if flags & MAP.HUGETLB:
-                    file = anon_inode_file(k, "hugetlbfs", "anon_hugepage",
-                                           -(-length // HPAGE_SIZE) * HPAGE_SIZE)
+                    file = created = anon_inode_file(k, "hugetlbfs", "anon_hugepage",
+                                                     -(-length // HPAGE_SIZE) * HPAGE_SIZE)
                 elif kind == MAP.SHARED:
                     # shmem_zero_setup(): shared anonymous memory is a shmem file
-                    file = anon_inode_file(k, "tmpfs", "dev-zero", _page_count(length) * PAGE_SIZE)
+                    file = created = anon_inode_file(k, "tmpfs", "dev-zero",
+                                                     _page_count(length) * PAGE_SIZE)
             elif file is None:
                 raise GupError(errno.EBADF, "a file mapping needs a file")
-            huge = file is not None and file.fs.fstype.huge
-            align = HPAGE_SIZE if huge else PAGE_SIZE
-            length = -(-length // align) * align
-            if huge and (addr % HPAGE_SIZE or offset % HPAGE_SIZE):
-                raise GupError(errno.EINVAL, "hugetlb mappings need 2 MiB alignment")
-            if length > TASK_SIZE or (addr and addr + length > TASK_SIZE):
-                raise GupError(errno.ENOMEM, "range past the end of the address space")
-            if file is not None and offset > MAX_LFS_FILESIZE - length:
-                # file_mmap_ok(): the mapping must end within the largest
-                # file size (MAX_LFS_FILESIZE), else do_mmap() is -EOVERFLOW
-                raise GupError(errno.EOVERFLOW,
-                               f"offset {offset:#x} + length {length:#x} is past MAX_LFS_FILESIZE")
-            vm_flags = calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC
-            vm_flags |= VM.SOFTDIRTY                         # new VMAs start "all dirty"
-            if file is not None:
-                if kind == MAP.SHARED:
-                    if prot & PROT.WRITE and not file.writable:
-                        raise GupError(errno.EACCES, "shared writable mapping of a read-only file")
-                    vm_flags |= VM.SHARED | VM.MAYSHARE
-                    if not file.writable:
-                        vm_flags &= ~(VM.MAYWRITE | VM.SHARED)
-                if file.fs.fstype.kind == "secretmem":
-                    if kind != MAP.SHARED:
-                        raise GupError(errno.EINVAL, "secretmem needs MAP_SHARED")
-                    vm_flags |= VM.LOCKED | VM.DONTDUMP
-                if huge:
-                    vm_flags |= VM.HUGETLB
-            if flags & MAP.FIXED or flags & MAP.FIXED_NOREPLACE:
-                if addr == 0 and not flags & MAP.FIXED_NOREPLACE:
-                    raise GupError(errno.EPERM, "MAP_FIXED at address 0")
-                if self.mm.vmas_in(addr, addr + length):
-                    if flags & MAP.FIXED_NOREPLACE:
-                        raise GupError(errno.EEXIST, f"{addr:#x} is already mapped")
-                    self._unmap(addr, addr + length, cpu)
-                start = addr
-            else:
-                start = self.mm.get_unmapped_area(length, align)
-            inode = file.inode if file is not None else None
-            pgoff = offset >> PAGE_SHIFT if inode is not None else start >> PAGE_SHIFT
-            vm_ops = inode.fs.fstype.vm_ops if inode is not None else None
-            vma = VMA(self.mm, start, start + length, vm_flags, inode, pgoff, vm_ops)
-            self.mm.vma_link(vma)
-            self.mm.vma_merge(vma)
+            try:
+                huge = file is not None and file.fs.fstype.huge
+                align = HPAGE_SIZE if huge else PAGE_SIZE
+                length = -(-length // align) * align
+                if huge and (addr % HPAGE_SIZE or offset % HPAGE_SIZE):
+                    raise GupError(errno.EINVAL, "hugetlb mappings need 2 MiB alignment")
+                if length > TASK_SIZE or (addr and addr + length > TASK_SIZE):
+                    raise GupError(errno.ENOMEM, "range past the end of the address space")
+                if file is not None and offset > MAX_LFS_FILESIZE - length:
+                    # file_mmap_ok(): the mapping must end within the largest
+                    # file size (MAX_LFS_FILESIZE), else do_mmap() is -EOVERFLOW
+                    raise GupError(errno.EOVERFLOW, f"offset {offset:#x} + length {length:#x} "
+                                                    "is past MAX_LFS_FILESIZE")
+                vm_flags = calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC
+                vm_flags |= VM.SOFTDIRTY                         # new VMAs start "all dirty"
+                if file is not None:
+                    if kind == MAP.SHARED:
+                        if prot & PROT.WRITE and not file.writable:
+                            raise GupError(errno.EACCES,
+                                           "shared writable mapping of a read-only file")
+                        vm_flags |= VM.SHARED | VM.MAYSHARE
+                        if not file.writable:
+                            vm_flags &= ~(VM.MAYWRITE | VM.SHARED)
+                    if file.fs.fstype.kind == "secretmem":
+                        if kind != MAP.SHARED:
+                            raise GupError(errno.EINVAL, "secretmem needs MAP_SHARED")
+                        vm_flags |= VM.LOCKED | VM.DONTDUMP
+                    if huge:
+                        vm_flags |= VM.HUGETLB
+                if flags & MAP.FIXED or flags & MAP.FIXED_NOREPLACE:
+                    if addr == 0 and not flags & MAP.FIXED_NOREPLACE:
+                        raise GupError(errno.EPERM, "MAP_FIXED at address 0")
+                    if self.mm.vmas_in(addr, addr + length):
+                        if flags & MAP.FIXED_NOREPLACE:
+                            raise GupError(errno.EEXIST, f"{addr:#x} is already mapped")
+                        self._unmap(addr, addr + length, cpu)
+                    start = addr
+                else:
+                    start = self.mm.get_unmapped_area(length, align)
+                inode = file.inode if file is not None else None
+                pgoff = offset >> PAGE_SHIFT if inode is not None else start >> PAGE_SHIFT
+                vm_ops = inode.fs.fstype.vm_ops if inode is not None else None
+                vma = VMA(self.mm, start, start + length, vm_flags, inode, pgoff, vm_ops)
+                self.mm.vma_link(vma)
+                self.mm.vma_merge(vma)
+            except BaseException:
+                # mmap_region() failed after shmem_zero_setup() /
+                # hugetlb_file_setup(): the file made for it goes (fput)
+                if created is not None:
+                    iput(created.inode)
+                raise
         if flags & MAP.POPULATE:
             self._populate(start, start + length, write=bool(prot & PROT.WRITE) and
                            bool(vm_flags & VM.SHARED or not file))

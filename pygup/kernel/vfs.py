@@ -22,6 +22,7 @@ class File:
     def __init__(self, inode: Inode, writable: bool) -> None:
         self.inode = inode
         self.writable = writable
+        self.closed = False
 
     @property
     def fs(self) -> "FileSystem":
@@ -51,6 +52,15 @@ class File:
         pages written to disk."""
         with self.fs.kernel.op():
             return writeback_inode(self.inode)
+
+    def close(self) -> None:
+        """close(2) of this handle: an unlinked file (a memfd, a removed
+        name) that nothing maps any more is freed, as at the last fput();
+        a named file stays.  Further calls do nothing."""
+        if not self.closed:
+            self.closed = True
+            with self.fs.kernel.op():
+                iput(self.inode)
 
     def truncate(self, size: int) -> None:
         """ftruncate(): shrink or grow; pages past the end are unmapped and
