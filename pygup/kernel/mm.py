@@ -9,7 +9,8 @@ import errno
 from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
-from pygup.flags import FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, GupError, bool_arg, int_arg
+from pygup.flags import (FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, GupError, bool_arg,
+                         int_arg)
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
 from pygup.kernel.vma import VMA, VmaTree

@@ -125,7 +125,8 @@ def yield_point(machine, name: str) -> bool:
 ScheduleArg = Optional[Sequence[Union[int, tuple]]]
 
 
-def _plan(schedule: ScheduleArg, n: int) -> tuple[Optional[list[int]], Optional[list[Optional[str]]]]:
+def _plan(schedule: ScheduleArg, n: int
+          ) -> tuple[Optional[list[int]], Optional[list[Optional[str]]]]:
     """The schedule as CPU ids (each one of the run's n CPUs) and point
     names; ValueError naming the first bad entry."""
     if schedule is None:

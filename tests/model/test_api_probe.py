@@ -4,8 +4,9 @@ floats, None, strings, numpy integers, objects of another Machine) mixed
 with well-formed ones, bounded by a call count (never by time).
 
 After every call: only OSError (GupError), ValueError or TypeError may have
-escaped (and IndexError from the Pages sequence), and the model still answers a fresh mapping.  At the end, teardown
-frees every frame, table page, address_space record and pin."""
+escaped (and IndexError from the Pages sequence), and the model still
+answers a fresh mapping.  At the end, teardown frees every frame, table
+page, address_space record and pin."""
 from __future__ import annotations
 
 import random

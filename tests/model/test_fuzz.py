@@ -194,3 +194,39 @@ def test_byte_stream_decoder():
     with pytest.raises(AssertionError, match="write-notify-bypass"):
         test_one_input(seed_bug, "6.4")
     test_one_input(seed_bug, "6.5")
+
+
+def test_byte_stream_entry_point_options():
+    """--policy and --mutants are pygup's; everything else is libFuzzer's."""
+    from pygup.tools.fuzz.bytestream import parse_args
+    opts, rest = parse_args(["prog", "--policy", "6.4", "--mutants", "mkclean_no_flush",
+                             "-max_total_time=5", "CORPUS"])
+    assert opts == {"policy": "6.4", "mutants": ("mkclean_no_flush",)}
+    assert rest == ["prog", "-max_total_time=5", "CORPUS"]
+    assert parse_args(["prog"])[0] == {"policy": "6.5", "mutants": ()}
+    with pytest.raises(ValueError):
+        parse_args(["prog", "--mutants", "no_such_switch"])
+    with pytest.raises(ValueError):
+        parse_args(["prog", "--policy", "9.99"])
+
+
+def test_byte_stream_instruments_pygup_and_only_pygup():
+    """libFuzzer needs coverage of pygup's code: every loaded pygup function
+    and method is instrumented, nothing of numpy or the standard library."""
+    from pygup.tools.fuzz.bytestream import instrument_pygup
+
+    class FakeAtheris:
+        seen: list = []
+
+        def instrument_func(self, f):
+            self.seen.append(f)
+            return f
+    fake = FakeAtheris()
+    n = instrument_pygup(fake)
+    names = {f"{f.__module__}.{f.__qualname__}" for f in fake.seen}
+    assert n == len(fake.seen) > 100
+    assert all(f.__module__.startswith("pygup") for f in fake.seen)
+    assert "pygup.kernel.gup.check_vma_flags" in names
+    assert "pygup.kernel.process.Process.mmap" in names
+    assert "pygup.tools.fuzz.world.World.check_refcounts" in names or any(
+        n.endswith(".check_refcounts") for n in names)
