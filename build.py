@@ -1,7 +1,9 @@
 """cffi builder for ``pygup._core`` (out-of-line API mode).
 
-The cdef is the part of ``csrc/pygup.h`` between the ``PYGUP_CDEF_BEGIN`` and
-``PYGUP_CDEF_END`` markers; every ``csrc/*.c`` is compiled into the module.
+The cdef is the text between the ``PYGUP_CDEF_BEGIN`` and ``PYGUP_CDEF_END``
+markers of each header in ``CDEF_HEADERS`` (the emulator's ``csrc/pygup.h``
+first, then each tool's own header), in that order; every ``csrc/**/*.c`` is
+compiled into the one module.
 Paths are resolved from this file, so builds work from any directory and in
 isolated (sdist -> wheel) builds.
 
@@ -17,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 HEADER = CSRC / "pygup.h"
+# the headers cffi reads, in cdef order: the emulator, then the tools (which
+# sit outside it: the emulator never includes them)
+CDEF_HEADERS = (HEADER, CSRC / "tools" / "host.h", CSRC / "tools" / "stress" / "stress.h")
 
 CDEF_BEGIN = "/* PYGUP_CDEF_BEGIN */"
 CDEF_END = "/* PYGUP_CDEF_END */"
@@ -71,6 +76,16 @@ def read_cdef(header: Path = HEADER) -> str:
     return text[start:end]
 
 
+def read_cdefs(headers=CDEF_HEADERS) -> str:
+    """The cdef of the module: each existing header's marked text, in order."""
+    return "\n".join(read_cdef(h) for h in headers if h.exists())
+
+
+def c_sources() -> list[Path]:
+    """Every ``.c`` file under csrc/, recursively, in a stable order."""
+    return sorted(CSRC.rglob("*.c"))
+
+
 def _build_path(path: Path) -> str:
     """setuptools wants paths relative to the project root when it runs
     there (absolute ones break some commands); elsewhere use absolute."""
@@ -85,13 +100,17 @@ def make_ffibuilder():
 
     compile_args, link_args = sanitize_flags(os.environ.get("PYGUP_SANITIZE"))
     builder = FFI()
-    builder.cdef(read_cdef())
+    builder.cdef(read_cdefs())
+    # includes inside csrc/ are written from csrc/ ("mm/frames.h"), so the
+    # one include dir serves every folder
+    prelude = "".join(f'#include "{h.relative_to(CSRC).as_posix()}"\n'
+                      for h in CDEF_HEADERS if h.exists())
     builder.set_source(
         "pygup._core",
-        '#include "pygup.h"\n',
-        sources=[_build_path(p) for p in sorted(CSRC.glob("*.c"))],
+        prelude,
+        sources=[_build_path(p) for p in c_sources()],
         include_dirs=[_build_path(CSRC)],
-        depends=[_build_path(p) for p in sorted(CSRC.glob("*.h"))],
+        depends=[_build_path(p) for p in sorted(CSRC.rglob("*.h"))],
         extra_compile_args=BASE_COMPILE_ARGS + compile_args,
         extra_link_args=BASE_LINK_ARGS + link_args,
     )

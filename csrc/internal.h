@@ -1,9 +1,18 @@
 /*
  * internal.h - what the .c files of the C core share and Python never sees:
- * struct layouts, atomics with an explicit memory order, the spinlock,
- * PG_BUG_ON / PG_WARN_ON (which record a violation in the machine instead
- * of aborting the interpreter), the PG_YIELD race-window hook, and the
- * cross-file internal functions.
+ * struct layouts, atomics with an explicit memory order, the lock word, and
+ * inline accessors that only read or write those layouts.
+ *
+ * It is the ground of the core (with pygup.h): it calls no function of any
+ * layer.  Each layer's functions are declared in that layer's own header
+ * (lib/report.h, kernel/sched.h, arch/cpu.h, mm/frames.h, mm/pgtable.h ...),
+ * and a file includes only headers of its own layer or below:
+ *
+ *     lib  <-  kernel  <-  arch  <-  mm  <-  machine.c  <-  tools
+ *     (within kernel: race <- sched <- rcu;
+ *      within mm: frames <- pgtable <- memory, mmu <- gup)
+ *
+ * tests/unit/test_c_layers.py checks the rule on every include and call.
  */
 #ifndef PYGUP_INTERNAL_H
 #define PYGUP_INTERNAL_H
@@ -52,9 +61,12 @@
  * RCU entry vs grace-period snapshot, cpumask set vs shootdown) */
 #define pg_smp_mb() atomic_thread_fence(memory_order_seq_cst)
 
-/* ---- spinlock -----------------------------------------------------------
- * Test-and-test-and-set with sched_yield after a while: emulated CPUs are
- * OS threads that may outnumber the real cores (two on CI). */
+/* ---- the lock word ------------------------------------------------------
+ * Test-and-test-and-set.  Taking it is kernel/sched.h's pg_spin_lock (each
+ * step of its wait is a scheduling point); the raw variant below is for
+ * the ground (lib/), whose critical sections are a few stores that never
+ * reach a yield point, so it needs no scheduler: it only backs off to the
+ * OS (emulated CPUs may outnumber the real cores). */
 typedef struct {
     _Atomic int locked;
 } pg_spinlock;
@@ -64,98 +76,23 @@ static inline void pg_spin_init(pg_spinlock *l)
     atomic_init(&l->locked, 0);
 }
 
-/* ---- scheduled mode (sched.c) ---------------------------------------------
- * The thread-local machine is set only on a thread that runs as a CPU of a
- * deterministic-scheduler session; every spin-wait step of such a thread
- * hands the turn back (it cannot progress until another CPU acts). */
-struct pg_machine;
-extern _Thread_local struct pg_machine *pg_sched_tls_machine;
-/* park the calling CPU at a yield point (spin: it is waiting, not runnable)
- * and return when the scheduler picks it again; a no-op on a thread that is
- * not a scheduled CPU of m, or a point the session's filter leaves out */
-void pg_sched_hook(struct pg_machine *m, const char *name, int spin);
-
-/* one step of a spin-wait on another CPU (IPI acknowledgement, grace
- * period, spinlock): a scheduling point in scheduled mode, else relax */
-static inline void pg_cpu_wait(unsigned *spins, const char *why)
-{
-    if (__builtin_expect(pg_sched_tls_machine != NULL, 0)) {
-        pg_sched_hook(pg_sched_tls_machine, why, 1);
-        return;
-    }
-    if (++*spins >= 64) {
-        *spins = 0;
-        sched_yield();
-    }
-}
-
-static inline void pg_cpu_relax(unsigned *spins)
-{
-    pg_cpu_wait(spins, "spin_lock");
-}
-
-static inline void pg_spin_lock(pg_spinlock *l)
+static inline void pg_raw_spin_lock(pg_spinlock *l)
 {
     unsigned spins = 0;
-    for (;;) {
-        if (!atomic_exchange_explicit(&l->locked, 1, memory_order_acquire))
-            return;
+    while (atomic_exchange_explicit(&l->locked, 1, memory_order_acquire)) {
         while (pg_load_relaxed(&l->locked))
-            pg_cpu_relax(&spins);
+            if (++spins % 64 == 0)
+                sched_yield();
     }
 }
 
-static inline void pg_spin_unlock(pg_spinlock *l)
+static inline void pg_raw_spin_unlock(pg_spinlock *l)
 {
     pg_store_release(&l->locked, 0);
 }
 
-/* ---- violations ---------------------------------------------------------
- * PG_BUG_ON / PG_WARN_ON evaluate to the truth of cond, so they can guard
- * the refusal that follows:  if (PG_BUG_ON(m, x < 0, "...", x)) return ...;
- * They never abort (CPython builds with -DNDEBUG and aborting would kill
- * the interpreter): the message goes into the machine's bounded ring and
- * Python raises pygup.InvariantError.  The format is printf-like. */
-void pg_violation_record(pg_machine *m, const char *kind, const char *file,
-                         int line, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-#define PG_BUG_ON(m, cond, ...)                                           \
-    (__builtin_expect(!!(cond), 0)                                        \
-         ? (pg_violation_record((m), "BUG", __FILE__, __LINE__, __VA_ARGS__), \
-            1)                                                            \
-         : 0)
-#define PG_WARN_ON(m, cond, ...)                                          \
-    (__builtin_expect(!!(cond), 0)                                        \
-         ? (pg_violation_record((m), "WARN", __FILE__, __LINE__, __VA_ARGS__), \
-            1)                                                            \
-         : 0)
-
 #define PG_VIOL_RING 64
 #define PG_VIOL_MSG 256
-
-/* ---- race-window hook ---------------------------------------------------
- * Named yield points at every window where another CPU's step changes the
- * outcome.  Outside scheduled mode one predictable branch on a relaxed load
- * of the machine's flag; in scheduled mode a scheduler step (sched.c),
- * taken by the calling thread's CPU ("cpu" is informative only and may be
- * -1 where the caller has no CPU). */
-#define PG_YIELD(m, cpu, name)                                            \
-    ((void)(cpu), __builtin_expect(pg_load_relaxed(&(m)->sched_on), 0)    \
-                      ? pg_sched_hook((m), (name), 0)                     \
-                      : (void)0)
-
-/* ---- stress race amplifier (stress.c) -----------------------------------
- * pg_stress_run()'s window_spins knob, off (0) unless such a run is in
- * progress: a stress pinner spins at GUP-fast's read-then-use windows
- * (entry read -> next check, PTE read -> grab, ->mapping read -> record
- * lookup) so that real-thread races land in them more often.  Timing only:
- * no decision of the walk changes.  Otherwise one relaxed load. */
-void pg_stress_window(struct pg_machine *m);
-#define PG_STRESS_WINDOW(m)                                                    \
-    (__builtin_expect(pg_load_relaxed(&(m)->stress_window) != 0, 0)            \
-         ? pg_stress_window(m)                                                 \
-         : (void)0)
 
 /* ---- geometry helpers --------------------------------------------------- */
 #define PG_VA_LIMIT ((uint64_t)PG_TASK_SIZE_MAX + PG_PAGE_SIZE) /* 1 << 47 */
@@ -328,6 +265,13 @@ struct pg_cpu {
     struct pg_tlb_entry tlb[PG_TLB_ENTRIES];
 };
 
+/* what the scheduler records of the watched address at a pick (the
+ * explorer's step-by-step story; kernel/sched.c) */
+struct pg_sched_watch {
+    uint64_t pte, pfn, mapping;
+    int32_t ref, pin, map;
+};
+
 /* ---- the machine ---------------------------------------------------------- */
 #define PG_PIN_STAT_SHARDS 16
 struct pg_machine {
@@ -367,10 +311,19 @@ struct pg_machine {
         char pad[48];
     } pin_stats[PG_PIN_STAT_SHARDS];
     _Atomic uint32_t mutants;  /* PG_MUT_* protection switches */
-    _Atomic uint32_t stress_window; /* stress.c's window_spins; 0 = off */
+    _Atomic uint32_t race_amplify; /* the stress amplifier's knob (kernel/race.c) */
+    /* failure injection (lib/fault_inject.c): countdowns, and how many fired */
+    _Atomic int64_t fail_nth[PG_FAIL_NR];
+    _Atomic uint64_t fail_fired[PG_FAIL_NR];
     /* deterministic scheduler (sched.c): PG_YIELD tests sched_on only */
     _Atomic int sched_on;
     struct pg_sched *sched;    /* the session, while sched_on */
+    /* the schedule explorer's view of the machine, installed by machine.c
+     * (it sees every layer; the scheduler below it does not): a digest of
+     * the state, and the watched address's leaf and folio */
+    uint64_t (*sched_digest)(pg_machine *m);
+    void (*sched_observe)(pg_machine *m, uint64_t mmid, uint64_t addr, uint64_t *last_pfn,
+                          struct pg_sched_watch *out);
     _Atomic int tlb_flush_mode; /* PG_TLB_FLUSH_IPI / _BROADCAST */
 
     pg_spinlock viol_lock;
@@ -380,19 +333,11 @@ struct pg_machine {
     char viol_msg[PG_VIOL_RING][PG_VIOL_MSG];
 };
 
-/* ---- cross-file internals ------------------------------------------------ */
+/* ---- accessors (data only) ---------------------------------------------- */
 /* is a protection switch (PG_MUT_*) on?  One predictable branch. */
 static inline bool pg_mutant(pg_machine *m, uint32_t bit)
 {
     return __builtin_expect(pg_load_relaxed(&m->mutants) & bit, 0) != 0;
-}
-
-/* this thread's shard of the pin statistics */
-unsigned pg_stat_shard(void);
-static inline void pg_count_pins(pg_machine *m, bool acquired, uint64_t n)
-{
-    unsigned s = pg_stat_shard();
-    pg_fetch_add_relaxed(acquired ? &m->pin_stats[s].acquired : &m->pin_stats[s].released, n);
 }
 
 static inline bool pg_cpu_ok(pg_machine *m, int cpu)
@@ -400,79 +345,26 @@ static inline bool pg_cpu_ok(pg_machine *m, int cpu)
     return cpu >= 0 && cpu < m->nr_cpus;
 }
 
-/* frames.c */
-int pg_frames_init(pg_machine *m);
-void pg_frames_fini(pg_machine *m);
-void pg_as_fini(pg_machine *m);
 static inline uint64_t pg_frame_head(pg_machine *m, uint64_t pfn)
 {
     return pg_load_acquire(&m->frames[pfn].head);
 }
-/* drop refs on the folio containing pfn (no bounds check) */
-int64_t pg_folio_put_internal(pg_machine *m, uint64_t pfn, int refs);
-/* "add unless zero" on pfn's folio: new count, or -PG_EINVAL if zero */
-int64_t pg_folio_try_get(pg_machine *m, uint64_t pfn, int refs);
-int64_t pg_mapcount_add_internal(pg_machine *m, uint64_t pfn, int delta);
-/* a record still readable under RCU (live or pending); NULL + violation
- * if it is poisoned: the lockless mapping check of GUP-fast uses it */
-struct pg_as *pg_as_lookup_rcu(pg_machine *m, int cpu, uint64_t id);
 
-/* pgtable.c */
-int pg_pgtable_init(pg_machine *m);
-void pg_pgtable_fini(pg_machine *m);
-struct pg_mm *pg_mm_get(pg_machine *m, uint64_t id);
-/* pg_mm_get + take the mm's page-table lock (NULL if the id is stale) */
-struct pg_mm *pg_mm_lock(pg_machine *m, uint64_t id);
-struct pg_table *pg_table_get(pg_machine *m, uint64_t id);
-void pg_mm_cpumask_set(pg_machine *m, struct pg_mm *mm, int cpu);
-/* Lockless walk (the MMU's and GUP-fast's): reads each level once with
- * acquire, checks every table it lands on is LIVE (violation otherwise).
- * Returns the level of the leaf (1/2) with *pte, 0 if nothing is mapped
- * (*pte = the none entry), -PG_EFAULT after a use-after-free violation. */
-int pg_walk_lockless(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
-                     uint64_t *pte, _Atomic uint64_t **slot);
-/* The same walk, also reporting the PMD-level entry and its slot (a table
- * entry or a PMD leaf), which GUP-fast re-checks after its grab. */
-struct pg_walk {
-    uint64_t pmd, pte;
-    _Atomic uint64_t *pmd_slot, *pte_slot;
-    struct pg_table *table; /* the table holding the leaf */
-    int level;
-};
-int pg_walk_lockless_ex(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
-                        struct pg_walk *w);
-
-/* cpu.c */
-void pg_cpus_init(pg_machine *m);
-/* flush_tlb_range to the CPUs in mask (all if all_cpus); caller checked
- * cpu and that its IRQs are enabled */
-int pg_flush_tlb_mm_range(pg_machine *m, int cpu, struct pg_mm *mm,
-                          uint64_t mmid, uint64_t start, uint64_t end,
-                          bool all_cpus);
-/* pg_ipi_sync_all for a caller that checked its arguments */
-int pg_ipi_sync_internal(pg_machine *m, int cpu);
 static inline bool pg_cpu_irqs_off(pg_machine *m, int cpu)
 {
     return pg_load_acquire(&m->cpus[cpu].irq_nesting) > 0;
 }
 
-/* sched.c */
-void pg_sched_fini(pg_machine *m);
-
-/* rcu.c */
-void pg_rcu_init(pg_machine *m);
-void pg_call_rcu(pg_machine *m, struct pg_rcu_head *h, pg_rcu_fn fn);
-/* entry/exit of a read-side section; called with the cpu lock held by
- * cpu.c when the combined (IRQs-off + rcu_read_lock) depth crosses 0 */
-void pg_rcu_cpu_enter(pg_machine *m, int cpu);
-/* every this many steps of a wait on another CPU, the waiter checks that
- * CPU's section owner still exists (one cheap system call) */
-#define PG_ORPHAN_POLL 4096
-bool pg_cpu_reap_orphan(pg_machine *m, int cpu);
-void pg_rcu_cpu_exit(pg_machine *m, int cpu);
 static inline bool pg_cpu_in_rcu(pg_machine *m, int cpu)
 {
     return (pg_load_acquire(&m->cpus[cpu].rcu_seq) & 1) != 0;
+}
+
+/* the id of a live mm slot: generation * PG_MM_MAX + slot */
+static inline uint64_t pg_mm_id(pg_machine *m, struct pg_mm *mm)
+{
+    return (uint64_t)pg_load_relaxed(&mm->generation) * PG_MM_MAX +
+           (uint64_t)(mm - m->mms);
 }
 
 #endif /* PYGUP_INTERNAL_H */

@@ -1,14 +1,149 @@
 /*
- * machine.c - the machine as a whole: creation and teardown (each subsystem
- * initialises its own part), statistics, and the violation ring that
- * PG_BUG_ON / PG_WARN_ON write and Python drains.
+ * machine.c - the top of the core: the machine as a whole, created and torn
+ * down here (each layer initialises its own part), its statistics and its
+ * protection switches.
  */
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
+#include "mm/frames.h"
+#include "mm/pgtable.h"
+
+/* ---- the schedule explorer's view of the machine ---------------------
+ * kernel/sched.c calls these through m->sched_digest / m->sched_observe:
+ * it sits below mm/ and may not look at frames or tables itself. */
+
+/* FNV-1a over 64-bit words: deterministic, cheap, good enough to tell
+ * states apart (a collision only prunes one branch of the explorer) */
+static inline uint64_t mix(uint64_t h, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        h = (h ^ (v & 0xff)) * 0x100000001b3ULL;
+    return h;
+}
+
+/* The explorer's state hash: everything in the C core a later step can
+ * read -- frames in use (counts, flags, mapping word, content), live table
+ * pages' entries, freed-but-pending tables and address_space records, each
+ * CPU's IRQ / RCU nesting, pending IPIs and TLB, each live mm's
+ * write_protect_seq and CPU mask.  Monotonic statistics are left out: they
+ * differ between orders that reach the same state.  Called by the CPU that
+ * gives the turn away, under s->lock: every other CPU is parked, so the
+ * relaxed reads see a quiescent machine.  (Not included, and so the
+ * explorer's caveat: the parked CPUs' C locals and the Python model.) */
+static uint64_t explore_digest(pg_machine *m)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (uint64_t pfn = 0; pfn < m->nr_frames; pfn++) {
+        struct pg_frame *f = &m->frames[pfn];
+        uint32_t flags = pg_load_relaxed(&f->flags);
+        int32_t ref = pg_load_relaxed(&f->refcount);
+        if ((flags & PG_F_FREE) && ref == 0)
+            continue;
+        h = mix(h, pfn);
+        h = mix(h, ((uint64_t)(uint32_t)ref << 32) | (uint32_t)pg_load_relaxed(&f->pincount));
+        h = mix(h, ((uint64_t)(uint32_t)pg_load_relaxed(&f->mapcount) << 32) | flags);
+        h = mix(h, pg_load_relaxed(&f->mapping));
+        h = mix(h, pg_load_relaxed(&f->content));
+        h = mix(h, pg_load_relaxed(&f->index));
+    }
+    for (int c = 0; c < PG_TABLE_MAX_CHUNKS; c++) {
+        struct pg_table *chunk = pg_load_acquire(&m->table_chunks[c]);
+        if (!chunk)
+            break;
+        for (int t = 0; t < PG_TABLE_CHUNK; t++) {
+            struct pg_table *tb = &chunk[t];
+            uint32_t magic = pg_load_relaxed(&tb->magic);
+            if (magic != PG_TABLE_MAGIC_LIVE)
+                continue;
+            h = mix(h, ((uint64_t)tb->id << 8) | (uint64_t)pg_load_relaxed(&tb->level));
+            for (int e = 0; e < PG_PTRS_PER_TABLE; e++) {
+                uint64_t v = pg_load_relaxed(&tb->e[e]);
+                if (v)
+                    h = mix(mix(h, (uint64_t)e), v);
+            }
+        }
+    }
+    h = mix(h, pg_load_relaxed(&m->as_live));
+    h = mix(h, pg_load_relaxed(&m->as_pending));
+    h = mix(h, pg_load_relaxed(&m->table_pages_live));
+    h = mix(h, pg_load_relaxed(&m->table_pages_pending));
+    for (int c = 0; c < m->nr_cpus; c++) {
+        struct pg_cpu *cpu = &m->cpus[c];
+        h = mix(h, (uint64_t)(uint32_t)pg_load_relaxed(&cpu->irq_nesting));
+        h = mix(h, ((uint64_t)(uint32_t)cpu->rcu_nesting << 1) |
+                       (pg_load_relaxed(&cpu->rcu_seq) & 1));
+        h = mix(h, cpu->pending != NULL);
+        for (int e = 0; e < PG_TLB_ENTRIES; e++) {
+            struct pg_tlb_entry *te = &cpu->tlb[e];
+            if (!te->mm_plus1)
+                continue;
+            h = mix(mix(mix(h, te->mm_plus1), te->vpn), te->pfn);
+            h = mix(h, ((uint64_t)te->writable << 8) | te->dirty);
+        }
+    }
+    for (uint32_t i = 0; i < PG_MM_MAX && i < m->mm_next; i++) {
+        struct pg_mm *mm = &m->mms[i];
+        if (pg_load_relaxed(&mm->state) == PG_MM_FREE)
+            continue;
+        h = mix(h, ((uint64_t)i << 32) | pg_load_relaxed(&mm->wp_seq));
+        h = mix(h, pg_load_relaxed(&mm->cpumask));
+    }
+    h = mix(h, m->rcu.count);
+    return h ? h : 1;
+}
+
+/* The leaf that maps addr in mm, read quietly: no violation is recorded
+ * for a dead table (the walk the race makes is the one that must see it);
+ * 0 when nothing live maps it. */
+static uint64_t peek_leaf(pg_machine *m, uint64_t mmid, uint64_t addr)
+{
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm)
+        return 0;
+    struct pg_table *t = pg_table_get(m, pg_load_relaxed(&mm->pgd));
+    for (int l = PG_LEVEL_PGD; t && l >= PG_LEVEL_PTE; l--) {
+        if (pg_load_relaxed(&t->magic) != PG_TABLE_MAGIC_LIVE)
+            return 0;
+        unsigned shift = PG_PAGE_SHIFT + 9u * (unsigned)(l - 1);
+        uint64_t e = pg_load_acquire(&t->e[(addr >> shift) & (PG_PTRS_PER_TABLE - 1)]);
+        if (!e || l == PG_LEVEL_PTE || (l == PG_LEVEL_PMD && (e & PG_PTE_HUGE)))
+            return e;
+        t = pg_table_get(m, pg_pte_pfn(e));
+    }
+    return 0;
+}
+
+
+/* the watched address's leaf and the folio behind it (or behind the last
+ * leaf seen there, *last_pfn), for the step-by-step story */
+static void explore_observe(pg_machine *m, uint64_t mmid, uint64_t addr, uint64_t *last_pfn,
+                            struct pg_sched_watch *out)
+{
+    uint64_t e = peek_leaf(m, mmid, addr);
+    if (pg_pte_maps_frame(e)) {
+        uint64_t pfn = pg_pte_pfn(e);
+        if (e & PG_PTE_HUGE)
+            pfn += (addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1);
+        *last_pfn = pfn;
+    }
+    out->pte = e;
+    out->pfn = *last_pfn;
+    if (*last_pfn < m->nr_frames) {
+        struct pg_frame *f = &m->frames[*last_pfn];
+        uint32_t head = pg_load_relaxed(&f->head);
+        struct pg_frame *hf = head < m->nr_frames ? &m->frames[head] : f;
+        out->ref = pg_load_relaxed(&hf->refcount);
+        out->pin = pg_load_relaxed(&hf->pincount);
+        out->map = pg_load_relaxed(&f->mapcount);
+        out->mapping = pg_load_relaxed(&hf->mapping);
+    }
+}
 
 pg_machine *pg_machine_new(uint64_t nr_frames, uint64_t nr_movable,
                            int nr_cpus, int table_free_mode)
@@ -32,7 +167,9 @@ pg_machine *pg_machine_new(uint64_t nr_frames, uint64_t nr_movable,
     m->nr_movable = nr_movable;
     m->nr_cpus = nr_cpus;
     m->table_free_mode = table_free_mode;
-    pg_spin_init(&m->viol_lock);
+    m->sched_digest = explore_digest;
+    m->sched_observe = explore_observe;
+    pg_report_init(m);
 
     pg_rcu_init(m);
     pg_cpus_init(m);
@@ -90,86 +227,9 @@ void pg_stats_get(pg_machine *m, struct pg_stats *out)
     }
 }
 
-/* ---- violations --------------------------------------------------------- */
-
-void pg_violation_record(pg_machine *m, const char *kind, const char *file,
-                         int line, const char *fmt, ...)
-{
-    char msg[PG_VIOL_MSG];
-    const char *base = strrchr(file, '/');
-    int n = snprintf(msg, sizeof(msg), "%s %s:%d: ", kind,
-                     base ? base + 1 : file, line);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n < sizeof(msg)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-
-    pg_spin_lock(&m->viol_lock);
-    if (m->viol_count < PG_VIOL_RING) {
-        unsigned slot = (m->viol_first + m->viol_count) % PG_VIOL_RING;
-        memcpy(m->viol_msg[slot], msg, sizeof(msg));
-        m->viol_count++;
-    } else {
-        /* keep the oldest messages (the first failure explains the rest);
-         * count what did not fit */
-        m->viol_dropped++;
-    }
-    pg_fetch_add_relaxed(&m->viol_pending, 1);
-    pg_fetch_add_relaxed(&m->viol_total, 1);
-    pg_spin_unlock(&m->viol_lock);
-}
-
-int pg_violation_count(pg_machine *m)
-{
-    return pg_load_acquire(&m->viol_pending);
-}
-
-uint64_t pg_violation_total(pg_machine *m)
-{
-    return pg_load_acquire(&m->viol_total);
-}
-
-int pg_violation_pop(pg_machine *m, char *buf, int buflen)
-{
-    int got = 0;
-    if (!buf || buflen <= 0)
-        return -PG_EINVAL;
-    buf[0] = '\0';
-    pg_spin_lock(&m->viol_lock);
-    if (m->viol_count) {
-        snprintf(buf, (size_t)buflen, "%s", m->viol_msg[m->viol_first]);
-        m->viol_first = (m->viol_first + 1) % PG_VIOL_RING;
-        m->viol_count--;
-        pg_fetch_sub_relaxed(&m->viol_pending, 1);
-        got = 1;
-    } else if (m->viol_dropped) {
-        snprintf(buf, (size_t)buflen,
-                 "%u more violations (ring of %d full, messages dropped)",
-                 m->viol_dropped, PG_VIOL_RING);
-        pg_fetch_sub_relaxed(&m->viol_pending, (int)m->viol_dropped);
-        m->viol_dropped = 0;
-        got = 1;
-    }
-    pg_spin_unlock(&m->viol_lock);
-    return got;
-}
-
 int64_t pg_set_mutants(pg_machine *m, uint32_t mutants)
 {
     if (mutants & ~(uint32_t)PG_MUT_ALL)
         return -PG_EINVAL;
     return pg_xchg(&m->mutants, mutants);
-}
-
-unsigned pg_stat_shard(void)
-{
-    static _Atomic unsigned next;
-    static _Thread_local unsigned shard = ~0u;
-    if (shard == ~0u)
-        shard = pg_fetch_add_relaxed(&next, 1) % PG_PIN_STAT_SHARDS;
-    return shard;
 }

@@ -62,6 +62,40 @@
 #define PG_FOLL_FAST_ONLY 0x100000
 #define PG_FOLL_UNLOCKABLE 0x200000
 
+/* ---- madvise(2) advice, mremap(2) / mlock2(2) / mlockall(2) / fallocate(2)
+ * flags (x86-64 uapi values: asm-generic/mman-common.h, linux/mman.h,
+ * linux/falloc.h) ---------------------------------------------------------- */
+#define PG_MADV_NORMAL 0
+#define PG_MADV_RANDOM 1
+#define PG_MADV_SEQUENTIAL 2
+#define PG_MADV_WILLNEED 3
+#define PG_MADV_DONTNEED 4
+#define PG_MADV_FREE 8
+#define PG_MADV_REMOVE 9
+#define PG_MADV_DONTFORK 10
+#define PG_MADV_DOFORK 11
+#define PG_MADV_HUGEPAGE 14
+#define PG_MADV_NOHUGEPAGE 15
+#define PG_MADV_DONTDUMP 16
+#define PG_MADV_DODUMP 17
+#define PG_MADV_WIPEONFORK 18
+#define PG_MADV_KEEPONFORK 19
+#define PG_MADV_COLD 20
+#define PG_MADV_PAGEOUT 21
+#define PG_MADV_POPULATE_READ 22
+#define PG_MADV_POPULATE_WRITE 23
+#define PG_MADV_DONTNEED_LOCKED 24
+#define PG_MADV_COLLAPSE 25
+#define PG_MREMAP_MAYMOVE 1
+#define PG_MREMAP_FIXED 2
+#define PG_MREMAP_DONTUNMAP 4
+#define PG_MLOCK_ONFAULT 1
+#define PG_MCL_CURRENT 1
+#define PG_MCL_FUTURE 2
+#define PG_MCL_ONFAULT 4
+#define PG_FALLOC_FL_KEEP_SIZE 0x1
+#define PG_FALLOC_FL_PUNCH_HOLE 0x2
+
 /* ---- protection switches: each re-plants one historic bug (BUGS.md) ---- */
 #define PG_MUT_NO_PTE_RECHECK 0x1        /* GUP-fast skips the PTE re-check */
 #define PG_MUT_NO_PMD_RECHECK 0x2        /* GUP-fast skips the PMD re-check */
@@ -75,7 +109,17 @@
 #define PG_MUT_FAST_NO_UNSHARE 0x200     /* GUP-fast skips gup_must_unshare */
 #define PG_MUT_FAST_SECRETMEM 0x400      /* 65291dcfcf89: secretmem passes */
 #define PG_MUT_UNPIN_NO_BIAS 0x800       /* unpin drops 1, not the bias */
-#define PG_MUT_ALL 0xfff
+#define PG_MUT_NO_UNSHARE 0x1000         /* slow path skips gup_must_unshare */
+#define PG_MUT_FORCE_WRITE_ANY_PAGE 0x2000 /* Dirty COW: FOLL_FORCE writes any page */
+#define PG_MUT_NO_FOLIO_RECHECK 0x4000   /* c24d37322548: ref on a stale head */
+#define PG_MUT_COLLAPSE_NO_SYNC 0x8000   /* 2ba99c5e0881: no IPI sync in collapse */
+#define PG_MUT_ALL 0xffff
+
+/* ---- vm_flags bits the C rules read (Linux values, as pygup.flags.VM) -- */
+#define PG_VM_WRITE 0x2
+#define PG_VM_SHARED 0x8
+#define PG_VM_MAYWRITE 0x20
+#define PG_VM_MAYSHARE 0x80
 
 /* ---- errno values (Linux) used across the boundary --------------------- */
 #define PG_EPERM 1
@@ -113,6 +157,9 @@
 #define PG_F_MKWRITE 0x1000    /* page_mkwrite called since the last clean */
 #define PG_F_ZERO 0x2000       /* the shared zero page */
 #define PG_F_SLAB 0x4000
+/* MADV_FREE'd anon folio (the kernel's !PG_swapbacked): reclaim discards it
+ * while it stays clean and no one else holds it */
+#define PG_F_LAZYFREE 0x8000
 
 /* ---- the mapping word -------------------------------------------------- */
 /* 0 = none (or truncated); (id << 2) = address_space record id;
@@ -210,7 +257,21 @@ int pg_violation_pop(pg_machine *m, char *buf, int buflen);
 /* every violation ever recorded (popped or not) */
 uint64_t pg_violation_total(pg_machine *m);
 
-/* ---- frames / folios (frames.c) ---------------------------------------- */
+/* ---- failure injection (lib/fault_inject.c) ---------------------------
+ * pg_fail_nth(kind, nth): the nth allocation of that kind from this call
+ * on fails (once) as a real one does: -PG_ENOMEM from the call that needed
+ * it.  nth 0 turns the knob off; -PG_EINVAL for a bad kind or nth < 0.
+ * pg_fail_pending: what is left of the countdown (0: off or fired);
+ * pg_fail_fired: how many injected failures of that kind ever fired. */
+#define PG_FAIL_FOLIO 0   /* pg_folio_alloc (faults, fork's copy, migration) */
+#define PG_FAIL_TABLE 1   /* a page-table page (pg_mm_new, pg_pte_set, fork) */
+#define PG_FAIL_AS 2      /* an address_space record (pg_as_new) */
+#define PG_FAIL_NR 3
+int pg_fail_nth(pg_machine *m, int kind, int64_t nth);
+int64_t pg_fail_pending(pg_machine *m, int kind);
+int64_t pg_fail_fired(pg_machine *m, int kind);
+
+/* ---- frames / folios (mm/frames.c) ------------------------------------- */
 /* Allocate a folio of order 0 or PG_PMD_ORDER in a zone.  The new folio has
  * refcount 1, no mapping, content 0 in every frame, flags HEAD (|TAIL on the
  * rest).  Returns the head pfn or -PG_ENOMEM. */
@@ -242,7 +303,29 @@ int pg_folio_copy(pg_machine *m, uint64_t dst, uint64_t src);
 int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
                        uint32_t *flags, uint64_t *mapping, uint64_t *content);
 
-/* ---- address_space records (frames.c) ---------------------------------- */
+/* The per-page rules, one implementation each in C (mm/frames.c, mm/gup.c),
+ * for Python to ask.  Each returns 1 (true), 0 (false), or -PG_EINVAL
+ * when pfn is not a frame of a live folio. */
+/* PageAnonExclusive() (hugetlb: the head page's) */
+int pg_page_anon_exclusive(pg_machine *m, uint64_t pfn);
+/* folio_is_longterm_pinnable(): not in ZONE_MOVABLE (the zero page is) */
+int pg_folio_is_longterm_pinnable(pg_machine *m, uint64_t pfn);
+/* folio_maybe_dma_pinned() */
+int pg_folio_maybe_dma_pinned(pg_machine *m, uint64_t pfn);
+/* gup_must_unshare() for a read-only entry mapping pfn: vma_is_cow is the
+ * VMA's is_cow_mapping() (0 / 1), or -1 for GUP-fast, which has no VMA.
+ * With a VMA the PG_MUT_NO_UNSHARE switch (the slow path skips the rule)
+ * applies, without one PG_MUT_FAST_NO_UNSHARE; either makes it 0.
+ * -PG_EINVAL also for vma_is_cow outside -1..1. */
+int pg_gup_must_unshare(pg_machine *m, uint64_t pfn, uint32_t gup_flags, int vma_is_cow);
+/* can_follow_write_pte(): may a FOLL_WRITE follow entry pte without a write
+ * fault?  pfn: the normal page the entry maps, or -1 when there is none
+ * (special); vm_flags: the VMA's (PG_VM_* bits are read).  Honours
+ * PG_MUT_FORCE_WRITE_ANY_PAGE. */
+int pg_can_follow_write_pte(pg_machine *m, uint64_t pte, int64_t pfn, uint32_t gup_flags,
+                            uint64_t vm_flags);
+
+/* ---- address_space records (mm/frames.c) ------------------------------- */
 /* New record of the given PG_AS_* kind; returns its id (>= 1). */
 int64_t pg_as_new(pg_machine *m, uint32_t kind);
 /* The record stops being live now and is freed after an RCU grace period
@@ -251,7 +334,7 @@ int pg_as_release(pg_machine *m, uint64_t id);
 /* kind of a live record, -PG_ENOENT if it is freed / pending */
 int64_t pg_as_kind(pg_machine *m, uint64_t id);
 
-/* ---- mm and page tables (pgtable.c) ------------------------------------ */
+/* ---- mm and page tables (mm/pgtable.c; range operations: mm/memory.c) */
 /* New empty address space (a PGD table).  Returns the mm id (>= 0). */
 int64_t pg_mm_new(pg_machine *m);
 /* Tear down: zap every leaf (dropping refs / mapcounts as pg_zap_range
@@ -293,6 +376,17 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
  * IRQs must be enabled (-PG_EBUSY): every flushing call waits for IPIs. */
 int64_t pg_zap_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                      uint64_t end);
+/* mremap's move_page_tables: move every entry of [old_addr, old_addr +
+ * len) to the same offset from new_addr (the ranges may not overlap:
+ * -PG_EINVAL), a whole PTE table at once where both extents are
+ * PMD-aligned (move_normal_pmd), else leaf by leaf (move_ptes, a PMD leaf
+ * as move_huge_pmd: only to a PMD-aligned address, -PG_EINVAL).  Counts
+ * do not change: the pages, and every pin on them, stay.  The destination
+ * must map nothing (-PG_EEXIST; the caller unmaps it first).  The old
+ * range's TLBs are flushed after the move when it moved a present entry.
+ * Returns the number of 4 KiB pages (or empty table slots) moved. */
+int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mm, uint64_t old_addr,
+                      uint64_t new_addr, uint64_t len);
 /* Free page-table pages that map nothing any more inside [start, end)
  * (only tables wholly inside the range), deferred by the machine's
  * table_free mode.  Returns the number of tables freed or queued. */
@@ -327,7 +421,37 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
                         uint64_t end, uint64_t *addrs, uint64_t *ptes,
                         int64_t max);
 
-/* ---- GUP reference counting (gup_fast.c) ------------------------------- */
+/* ---- transparent huge pages (mm/huge_memory.c; the folio split: mm/frames.c) */
+/* __split_huge_pmd(): replace the PMD leaf of an anonymous THP covering
+ * addr by a PTE table of 512 entries with the same bits: clear the PMD,
+ * flush the TLBs, fill a new table, publish it (release).  The folio stays
+ * one folio, now PTE-mapped: its PMD mapping (one mapcount on the head, one
+ * reference) becomes 512 PTE mappings (one mapcount per page, one
+ * reference each).  Returns 1 if it split, 0 if no PMD leaf covers addr,
+ * -PG_EINVAL for a hugetlb or non-anon leaf, -PG_ENOMEM when no table page
+ * can be had (nothing changed).  IRQs must be on (-PG_EBUSY). */
+int pg_split_huge_pmd(pg_machine *m, int cpu, uint64_t mm, uint64_t addr);
+/* split_folio() of the anonymous THP containing pfn into 512 order-0
+ * folios (see frames.c): 0, -PG_EBUSY while pinned or holding references
+ * beyond one per mapping, -PG_EINVAL for anything but an anon THP.
+ * cpu: the calling CPU (for the race window), or -1. */
+int pg_split_folio(pg_machine *m, int cpu, uint64_t pfn);
+/* collapse_huge_page() into the order-9 folio new_pfn (allocated, its
+ * mapping / index / flags set by the caller, refcount 1, unmapped): the
+ * PTE table under the PMD at addr (2 MiB aligned) must hold only none
+ * entries, zero-page entries and anonymous pages, at least one of them
+ * writable.  pmdp_collapse_flush (clear the PMD, flush), the IPI sync
+ * (tlb_remove_table_sync_one), then every old folio must hold exactly one
+ * reference per mapping and no pin (else the PMD is put back: -PG_EAGAIN);
+ * copy the 512 pages, install the PMD leaf (pmd_bits | HUGE, the new
+ * folio's pfn), free the old table by the machine's table-free mode, drop
+ * the old pages' mappings and references.  0 on success, -PG_EINVAL when
+ * the range cannot collapse (no table, a leaf, a swap-like / special /
+ * non-anon page, nothing writable), -PG_EBUSY with IRQs off. */
+int pg_collapse_pmd(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
+                    uint64_t new_pfn, uint64_t pmd_bits);
+
+/* ---- GUP reference counting (mm/gup.c) ------------------------------- */
 /* try_grab_page() of the slow path on the folio containing pfn: pin == 0
  * takes a plain reference (FOLL_GET); pin != 0 a pin (FOLL_PIN): refcount
  * + PG_GUP_PIN_COUNTING_BIAS on a small folio, refcount + 1 and pincount + 1
@@ -356,13 +480,16 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 /* a read-only FOLL_PIN|FOLL_LONGTERM in a COW mapping must unshare non-anon
  * pages too (gup_must_unshare() with a VMA) */
 #define PG_FOLLOW_UNSHARE_FILE 0x10
+/* stop at a PMD leaf of a THP (FOLL_SPLIT_PMD: Python splits it first) */
+#define PG_FOLLOW_SPLIT_PMD 0x20
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out);
 
-/* ---- GUP-fast (gup_fast.c) ---------------------------------------------- */
+/* ---- GUP-fast (mm/gup.c) ---------------------------------------------- */
 /* policy bits for pg_gup_fast */
 #define PG_GUPF_WHITELIST 0x1       /* 6.5 folio_fast_pin_allowed() */
 #define PG_GUPF_SECRETMEM_LRU 0x2   /* 6.5's page_is_secretmem() LRU shortcut */
+#define PG_GUPF_UNSHARE_COW 0x4     /* 6.2 gup_must_unshare(): non-anon R/O long-term pins */
 /* lockless_pages_from_mm(): with IRQs disabled on cpu, walk [start, start +
  * nr pages) reading each level once, grabbing pages as the kernel does
  * (SPEC §4.2-4.6); stops at the first page it cannot take.  The pages
@@ -372,6 +499,23 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
 int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                     int64_t nr, uint32_t gup_flags, uint32_t policy,
                     uint64_t *out);
+/* why a pg_gup_fast walk stopped short (explain's trace says it) */
+#define PG_FAST_STOP_NONE 0        /* it took every page */
+#define PG_FAST_STOP_NOT_PRESENT 1 /* no table, or the entry is not present */
+#define PG_FAST_STOP_PROTNONE 2    /* PROT_NONE / NUMA hinting entry */
+#define PG_FAST_STOP_ACCESS 3      /* pte_access_permitted(): write-protected */
+#define PG_FAST_STOP_SPECIAL 4     /* a special mapping: no struct page */
+#define PG_FAST_STOP_GRAB 5        /* try_grab_folio(): refcount 0 or split */
+#define PG_FAST_STOP_MOVABLE 6     /* long-term pin of a ZONE_MOVABLE folio */
+#define PG_FAST_STOP_SECRETMEM 7   /* folio_is_secretmem() */
+#define PG_FAST_STOP_WHITELIST 8   /* folio_fast_pin_allowed() refused */
+#define PG_FAST_STOP_CHANGED 9     /* the PMD or PTE changed under the walk */
+#define PG_FAST_STOP_UNSHARE 10    /* gup_must_unshare(): not exclusive anon */
+#define PG_FAST_STOP_WP_SEQ 11     /* fork's write_protect_seq was odd or moved */
+/* pg_gup_fast, also storing a PG_FAST_STOP_* in *why (why may be NULL) */
+int64_t pg_gup_fast_why(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                        int64_t nr, uint32_t gup_flags, uint32_t policy,
+                        uint64_t *out, int *why);
 /* The entries on the path to addr, read once each without a lock, as a
  * walker sees them: out[0] = PGD entry ... out[3] = PTE entry (0 past the
  * leaf or the first none entry).  Returns the leaf level (1 or 2), 0 if
@@ -381,7 +525,7 @@ int pg_walk_entries(pg_machine *m, int cpu, uint64_t mm, uint64_t addr, uint64_t
  * does it itself for COW ranges; exposed for tests and the scheduler) */
 int64_t pg_mm_wp_seq(pg_machine *m, uint64_t mm);
 
-/* ---- emulated CPUs, IRQs, IPIs, TLBs (cpu.c) --------------------------- */
+/* ---- emulated CPUs, IRQs, IPIs, TLBs (arch/cpu.c; user access: mm/mmu.c) */
 int pg_local_irq_disable(pg_machine *m, int cpu);
 int pg_local_irq_enable(pg_machine *m, int cpu);
 int pg_irqs_disabled(pg_machine *m, int cpu);
@@ -415,7 +559,7 @@ int pg_tlb_probe(pg_machine *m, int cpu, uint64_t mm, uint64_t addr);
 /* returns the old mode, -PG_EINVAL for an unknown one */
 int pg_set_tlb_flush_mode(pg_machine *m, int mode);
 
-/* ==== deterministic interleavings (sched.c; pygup/sched.py) ==============
+/* ==== deterministic interleavings (kernel/sched.c; pygup/sched.py) ==============
  * A session runs nr CPUs, each an OS thread that attached as CPU k, one at
  * a time: the running CPU goes on until it reaches a scheduling point (a
  * PG_YIELD race window the filter selects, a Python-level point, or any
@@ -440,8 +584,10 @@ int pg_set_tlb_flush_mode(pg_machine *m, int mode);
  * -PG_EBUSY if a session exists, -PG_EINVAL on bad arguments. */
 int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule,
                    int64_t len, uint64_t spin_limit);
-/* Make a yield point name a scheduling point.  Before any attach; once one
- * name is given, PG_YIELD points outside the set run through. */
+/* Make a registered point (pg_race_window_name) a scheduling point.
+ * Before any attach (-PG_EBUSY after); -PG_EINVAL for a name that is not
+ * registered.  Once one name is given, PG_YIELD points and Python points
+ * outside the set run through (spin points always schedule). */
 int pg_sched_filter(pg_machine *m, const char *name);
 /* The calling thread becomes CPU cpu of the session; returns once it is
  * picked the first time (the first pick waits for all nr to attach).
@@ -451,7 +597,9 @@ int pg_sched_attach(pg_machine *m, int cpu);
 int pg_sched_detach(pg_machine *m);
 /* A named scheduling point in code outside C (Python): 1 if the caller is
  * a scheduled CPU (it parked and was picked again), else 0 at once.  spin:
- * the caller waits on another CPU (it is retrying a try-lock). */
+ * the caller waits on another CPU (it is retrying a try-lock).  The name
+ * may be a registered one or a free one (traced as given; a filter can
+ * select only registered names). */
 int pg_sched_yield(pg_machine *m, const char *name, int spin);
 int pg_sched_status(pg_machine *m);
 /* picks so far (the trace length) */
@@ -459,12 +607,43 @@ int64_t pg_sched_steps(pg_machine *m);
 /* trace entry i: cpu, whether it was spinning, the point's name */
 int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
                    char *name, int namelen);
+/* For the schedule explorer (pygup/tools/explore.py): record, at every
+ * pick, a digest of the machine's state (before any attach; -PG_EBUSY
+ * after).  The runnable masks are recorded always. */
+int pg_sched_explore(pg_machine *m);
+/* trace entry i: the CPUs that could have been picked there (waiting and
+ * not spinning; 0 when only spinners were left: nothing to choose), and
+ * the state digest at the pick (0 unless pg_sched_explore) */
+int pg_sched_trace_choice(pg_machine *m, int64_t i, uint64_t *runnable, uint64_t *digest);
+/* Watch one address (before any attach): every pick records the leaf that
+ * maps addr in mm and the folio behind it (or behind the last leaf seen
+ * there); pg_sched_trace_watch fills out[6] = {leaf, pfn, refcount,
+ * pincount, mapcount, mapping word} for pick i (-PG_EINVAL unless
+ * watching).  The step-by-step story of a replayed schedule. */
+int pg_sched_watch(pg_machine *m, uint64_t mmid, uint64_t addr);
+int pg_sched_trace_watch(pg_machine *m, int64_t i, uint64_t *out);
+/* A scheduled CPU took or dropped the Python machine lock: the model may
+ * change under it, so the explorer's digest must change too.  Nothing for
+ * other threads. */
+void pg_sched_note_model(pg_machine *m);
 /* End the session (the trace goes with it).  -PG_EBUSY while a CPU is
  * attached and the session is not deadlocked (a deadlocked one cannot end:
  * its CPUs stay parked on it). */
 int pg_sched_end(pg_machine *m);
 
-/* ---- RCU (rcu.c) -------------------------------------------------------- */
+/* ---- the race-window registry (kernel/race.h) --------------------------
+ * Every registered scheduling point, by id 0 .. count-1.  name / reason:
+ * NULL for a bad id; flags: PG_RACE_* bits, -PG_EINVAL for a bad id. */
+#define PG_RACE_YIELD 0x1 /* a race window in C (PG_YIELD) */
+#define PG_RACE_SPIN 0x2  /* a step of a wait on another CPU */
+#define PG_RACE_PY 0x4    /* a fixed name Python code yields at */
+#define PG_RACE_AMP 0x8   /* the stress amplifier spins here */
+int pg_race_window_count(void);
+const char *pg_race_window_name(int id);
+const char *pg_race_window_reason(int id);
+int pg_race_window_flags(int id);
+
+/* ---- RCU (kernel/rcu.c) ------------------------------------------------- */
 int pg_rcu_read_lock(pg_machine *m, int cpu);
 int pg_rcu_read_unlock(pg_machine *m, int cpu);
 /* wait until every CPU has left the read-side section it was in (IRQs-off
@@ -475,137 +654,8 @@ int pg_rcu_poll(pg_machine *m);
 /* wait for a grace period and run every callback queued before the call */
 int pg_rcu_barrier(pg_machine *m, int cpu);
 
-/* ==== native stress drivers (stress.c; pygup/stress.py) =================
- * pg_stress_run() builds its own mm, page tables and frames on the machine,
- * runs real threads (each its own emulated CPU: thread k is CPU k, so the
- * machine needs nr_pinners + the scenario's workers CPUs) against one
- * another for a time / iteration budget, checks what the races produced,
- * tears everything down and reports counters.  Nothing else may use the
- * machine meanwhile.  Core violations (use-after-free, negative counts,
- * write-notify bypass) stay in the machine's ring for the caller to pop;
- * the result counts them. */
-/* scenarios: pinners (pg_gup_fast, verify, unpin) against ... */
-#define PG_STRESS_UNMAP 0     /* unmappers: zap + flush, free_pgtables, repopulate */
-#define PG_STRESS_COLLAPSE 1  /* THP collapse: detach a full PTE table, flush, huge PMD; split back */
-#define PG_STRESS_TRUNCATE 2  /* truncaters: clear mapping, release the record (RCU), zap, refill */
-#define PG_STRESS_WRITEBACK 3 /* mkclean loops against a user writer (+ pinners) */
-#define PG_STRESS_FORK 4      /* forkers: COW copy_range into a scratch mm, check, destroy */
-#define PG_STRESS_NR_SCENARIOS 5
-/* pin variants the pinners rotate through (bit i = variant i) */
-#define PG_STRESS_V_PIN 0x1              /* FOLL_PIN */
-#define PG_STRESS_V_PIN_WRITE 0x2        /* FOLL_PIN | FOLL_WRITE */
-#define PG_STRESS_V_PIN_LONGTERM 0x4     /* FOLL_PIN | FOLL_LONGTERM */
-#define PG_STRESS_V_PIN_LT_WRITE 0x8     /* FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE */
-#define PG_STRESS_V_GET 0x10             /* FOLL_GET */
-#define PG_STRESS_V_GET_WRITE 0x20       /* FOLL_GET | FOLL_WRITE */
-#define PG_STRESS_V_ALL 0x3f
-/* operation counters (pg_stress_result.ops) */
-#define PG_STRESS_OP_FAST_CALLS 0    /* pg_gup_fast calls */
-#define PG_STRESS_OP_PAGES_TAKEN 1   /* pages pinned / got (and later released) */
-#define PG_STRESS_OP_FAST_EMPTY 2    /* calls that took nothing (the slow path's turn) */
-#define PG_STRESS_OP_UNMAPS 3        /* unmap cycles (zap, free tables, refill) */
-#define PG_STRESS_OP_TABLES_FREED 4  /* page-table pages freed or queued */
-#define PG_STRESS_OP_COLLAPSES 5     /* collapse + split cycles */
-#define PG_STRESS_OP_TRUNCATES 6
-#define PG_STRESS_OP_MKCLEANS 7      /* pg_pte_mkclean calls */
-#define PG_STRESS_OP_WRITES 8        /* user writes that landed */
-#define PG_STRESS_OP_WRITE_FAULTS 9  /* write faults handled (page_mkwrite) */
-#define PG_STRESS_OP_FORKS 10
-#define PG_STRESS_OP_PAGES_MAPPED 11 /* fresh frames mapped by refills */
-#define PG_STRESS_OP_BACKOFFS 12     /* collapses given up (no huge folio free) */
-#define PG_STRESS_NR_OPS 16
-/* checks (pg_stress_result.fails / first_fail_*) */
-#define PG_STRESS_CHK_STALE_REF 0     /* a reference taken after the PTE/PMD was cleared outlived the flush */
-#define PG_STRESS_CHK_PIN_MISMATCH 1  /* stable range: the page taken is not the page mapped there */
-#define PG_STRESS_CHK_PIN_LOST 2      /* a held pin/ref is not (any more) in the folio's counts */
-#define PG_STRESS_CHK_WHITELIST 3     /* 6.5: PIN|LONGTERM|WRITE fast pin of a non-shmem file folio */
-#define PG_STRESS_CHK_SECRETMEM 4     /* GUP-fast returned a secretmem folio */
-#define PG_STRESS_CHK_FORK_SHARED 5   /* a pinned page is mapped (shared) in the fork's child */
-#define PG_STRESS_CHK_NOT_EXCLUSIVE 6 /* a pinned anon page lost PageAnonExclusive while pinned */
-#define PG_STRESS_CHK_WB_BYPASS 7     /* a write landed after mkclean without a write fault */
-#define PG_STRESS_CHK_BALANCE 8       /* end of run: counts != what tables + cache hold; leaks */
-#define PG_STRESS_CHK_VIOLATION 9     /* core violations recorded during the run */
-#define PG_STRESS_CHK_ERROR 10        /* a core call failed unexpectedly */
-#define PG_STRESS_NR_CHECKS 12
-#define PG_STRESS_MSG_BYTES 4096
-
-struct pg_stress_params {
-    int scenario;           /* PG_STRESS_* */
-    int nr_pinners;         /* >= 0 */
-    int nr_workers;         /* unmappers / collapsers / truncaters / cleaners (each
-                               with its own writer) / forkers, >= 1 */
-    int ranges_per_worker;  /* each range lives in its own 1 GiB region */
-    int range_pages;        /* pages per range, 1..512 (collapse: always 512) */
-    int max_pin_pages;      /* pages per pg_gup_fast call, 1..64 */
-    uint32_t variants;      /* PG_STRESS_V_* mask */
-    uint32_t policy;        /* PG_GUPF_* bits for pg_gup_fast */
-    uint64_t seed;
-    uint64_t duration_ns;   /* wall-clock budget (0: only max_iters) */
-    uint64_t max_iters;     /* per thread (0: only the duration) */
-    uint32_t hold_spins;    /* pinners hold what they took this long */
-    uint32_t dwell_spins;   /* truncate: time a truncated folio stays mapped */
-    uint32_t window_spins;  /* race amplifier: pinners spin this long inside
-                               GUP-fast's read-then-use windows (entry read ->
-                               check, PTE read -> grab, ->mapping read ->
-                               lookup); timing only, 0 = off */
-    int stop_on_failure;    /* stop every thread at the first failed check */
-};
-
-struct pg_stress_result {
-    uint64_t ops[PG_STRESS_NR_OPS];
-    uint64_t fails[PG_STRESS_NR_CHECKS];
-    uint64_t first_fail_ns[PG_STRESS_NR_CHECKS];   /* since the start; 0 = never */
-    uint64_t first_fail_iter[PG_STRESS_NR_CHECKS]; /* the detecting thread's iteration */
-    uint64_t elapsed_ns;
-    uint64_t iters_pinners;  /* iterations, all pinners together */
-    uint64_t iters_workers;  /* iterations, all other threads together */
-    int nr_threads;
-    int msg_len;
-    char msgs[PG_STRESS_MSG_BYTES]; /* the first few failures, one per line */
-};
-
-/* fill p with the defaults of a scenario (-PG_EINVAL for an unknown one) */
-int pg_stress_defaults(struct pg_stress_params *p, int scenario);
-/* the CPUs a run with these parameters needs */
-int pg_stress_nr_threads(const struct pg_stress_params *p);
-/* Run one campaign.  0 (whatever the checks found: see r), or -PG_EINVAL
- * for bad parameters / too few CPUs, -PG_ENOMEM when the setup does not
- * fit, -PG_EAGAIN when a thread cannot be started. */
-int pg_stress_run(pg_machine *m, const struct pg_stress_params *p,
-                  struct pg_stress_result *r);
-
-/* ---- live-kernel probes (host.c; pygup/host.py, the oracle) ------------- */
-/* These make real system calls on the machine running pygup; they never
- * touch an emulated machine.  Each returns what the kernel returned: 0, a
- * byte count, an fd, or -errno.  Addresses are the process's own. */
-int pg_host_mmap(uint64_t len, int prot, int flags, int fd, int64_t offset,
-                 uint64_t *addr);
-int pg_host_munmap(uint64_t addr, uint64_t len);
-int pg_host_mprotect(uint64_t addr, uint64_t len, int prot);
-int pg_host_msync(uint64_t addr, uint64_t len, int flags);
-/* a user load (write=0) or store of value at every 4 KiB page of the range,
- * as memset() faults pages in; a SIGSEGV gives -EFAULT, a SIGBUS -EIO */
-int pg_host_touch(uint64_t addr, uint64_t len, int write, uint64_t value);
-int pg_host_memfd_secret(unsigned int flags);
-/* io_uring_setup(1) works: 0, or -ENOSYS / -EPERM ... */
-int pg_host_io_uring_available(void);
-/* IORING_REGISTER_BUFFERS of one iovec on a fresh ring, then
- * IORING_UNREGISTER_BUFFERS: FOLL_WRITE | FOLL_PIN | FOLL_LONGTERM */
-int pg_host_io_uring_register(uint64_t addr, uint64_t len);
-/* register + unregister of one iovec `iterations` times on one ring, each
- * timed with CLOCK_MONOTONIC: the sum and the fastest, in ns */
-int pg_host_io_uring_register_ns(uint64_t addr, uint64_t len, int iterations,
-                                 uint64_t *total_ns, uint64_t *min_ns);
-/* 8 bytes through /proc/self/mem (FOLL_FORCE [| FOLL_WRITE]) */
-int64_t pg_host_proc_mem_write(uint64_t addr, uint64_t value);
-int64_t pg_host_proc_mem_read(uint64_t addr, uint64_t *value);
-/* 8 bytes with process_vm_writev / readv on this process */
-int64_t pg_host_process_vm_writev(uint64_t addr, uint64_t value);
-int64_t pg_host_process_vm_readv(uint64_t addr, uint64_t *value);
-/* pread(fd, addr, len, offset) on an fd the caller opened O_DIRECT */
-int64_t pg_host_o_direct_read(int fd, uint64_t addr, uint64_t len, int64_t offset);
-/* vmsplice one iovec into a fresh (non-blocking) pipe, then close it */
-int64_t pg_host_vmsplice(uint64_t addr, uint64_t len);
+/* The tools (tools/host.h, tools/stress/stress.h) have their own headers
+ * and cdef sections: the emulator never includes them. */
 
 /* PYGUP_CDEF_END */
 

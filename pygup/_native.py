@@ -21,7 +21,7 @@ __all__ = ["Core", "C", "FrameInfo", "ffi", "lib"]
 
 
 class _Constants:
-    """Every ``#define PG_*`` of csrc/pygup.h, read from the compiled module
+    """Every ``#define PG_*`` of the cdef headers (csrc/pygup.h, csrc/tools/), read from the compiled module
     (``C.PAGE_SIZE``, ``C.F_DIRTY``, ...): Python never restates them."""
 
     def __init__(self) -> None:
@@ -52,6 +52,39 @@ def _out_len(nr: int) -> int:
     """Buffer length for a per-page output array; out-of-range counts get an
     empty buffer and the C core's own -EINVAL."""
     return nr if 0 <= nr <= (lib.PG_TASK_SIZE_MAX >> lib.PG_PAGE_SHIFT) + 1 else 0
+
+
+_RACE_REGISTRY: Optional[list[tuple[str, str, int]]] = None
+
+
+def _race_registry() -> list[tuple[str, str, int]]:
+    """(name, reason, flags) of every registered point, read from C once."""
+    global _RACE_REGISTRY
+    if _RACE_REGISTRY is None:
+        _RACE_REGISTRY = [
+            (ffi.string(lib.pg_race_window_name(i)).decode(),
+             ffi.string(lib.pg_race_window_reason(i)).decode(), lib.pg_race_window_flags(i))
+            for i in range(lib.pg_race_window_count())]
+    return _RACE_REGISTRY
+
+
+def _race_window_names() -> frozenset[str]:
+    return frozenset(n for n, _, _ in _race_registry())
+
+
+def _u64(v, name: str, limit: int = 2**64) -> int:
+    """v as a C unsigned argument: an int in [0, limit), else ValueError /
+    TypeError naming the argument (cffi would raise OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    v = int(v)
+    if not 0 <= v < limit:
+        raise ValueError(f"{name} out of range: {v:#x}")
+    return v
+
+
+def _u32(v, name: str) -> int:
+    return _u64(v, name, 2**32)
 
 
 def _check(rc: int, what: str) -> int:
@@ -109,6 +142,37 @@ class Core:
     def set_mutants(self, bits: int) -> None:
         _check(lib.pg_set_mutants(self._m, bits), "set_mutants")
 
+    # -- failure injection (csrc/lib/fault_inject.c) ---------------------------
+    FAIL_KINDS = {"folio": lib.PG_FAIL_FOLIO, "table": lib.PG_FAIL_TABLE,
+                  "as": lib.PG_FAIL_AS}
+
+    def _fail_kind(self, kind: str) -> int:
+        if kind not in self.FAIL_KINDS:
+            raise ValueError(f"fail_nth: unknown kind {kind!r} "
+                             f"(known: {', '.join(self.FAIL_KINDS)})")
+        return self.FAIL_KINDS[kind]
+
+    def fail_nth(self, kind: str, nth: int) -> None:
+        """The nth allocation of ``kind`` ("folio", "table", "as") from now
+        on fails once, as a real allocation failure does (-ENOMEM); nth 0
+        turns the knob off."""
+        k = self._fail_kind(kind)
+        if isinstance(nth, bool) or not isinstance(nth, int):
+            raise TypeError(f"fail_nth: nth must be an int, got {nth!r}")
+        if not 0 <= nth < 2**63:
+            raise ValueError(f"fail_nth: nth must be >= 0, got {nth}")
+        _check(lib.pg_fail_nth(self._m, k, nth), "fail_nth")
+
+    def fail_pending(self, kind: str) -> int:
+        """What is left of kind's countdown (0: off, or it fired)."""
+        return _check(lib.pg_fail_pending(self._m, self._fail_kind(kind)), "fail_pending")
+
+    def fail_fired(self, kind: Optional[str] = None) -> int:
+        """How many injected failures fired (of one kind, or all)."""
+        kinds = [kind] if kind is not None else list(self.FAIL_KINDS)
+        return sum(_check(lib.pg_fail_fired(self._m, self._fail_kind(k)), "fail_fired")
+                   for k in kinds)
+
     # -- frames ---------------------------------------------------------------
     def folio_alloc(self, order: int, zone: int) -> int:
         return _check(lib.pg_folio_alloc(self._m, order, zone), "folio_alloc")
@@ -161,6 +225,42 @@ class Core:
             ffi.cast("uint32_t *", ptr["flags"]), ffi.cast("uint64_t *", ptr["mapping"]),
             ffi.cast("uint64_t *", ptr["content"])), "snapshot")
         return arrays
+
+    # -- the per-page rules (one implementation each, in C) -----------------
+    def _rule(self, rc: int, what: str) -> bool:
+        return _check(rc, what) == 1
+
+    def page_anon_exclusive(self, pfn: int) -> bool:
+        """PageAnonExclusive() of the page (hugetlb: of its head page)."""
+        return self._rule(lib.pg_page_anon_exclusive(self._m, _u64(pfn, "pfn")),
+                          f"page_anon_exclusive({pfn:#x})")
+
+    def folio_is_longterm_pinnable(self, pfn: int) -> bool:
+        return self._rule(lib.pg_folio_is_longterm_pinnable(self._m, _u64(pfn, "pfn")),
+                          f"folio_is_longterm_pinnable({pfn:#x})")
+
+    def folio_maybe_dma_pinned(self, pfn: int) -> bool:
+        return self._rule(lib.pg_folio_maybe_dma_pinned(self._m, _u64(pfn, "pfn")),
+                          f"folio_maybe_dma_pinned({pfn:#x})")
+
+    def gup_must_unshare(self, pfn: int, gup_flags: int, vma_is_cow: Optional[bool]) -> bool:
+        """gup_must_unshare() for a read-only entry mapping pfn; vma_is_cow
+        is the VMA's is_cow_mapping(), None for GUP-fast (no VMA).  The
+        no_unshare / fast_no_unshare switches apply (C bits)."""
+        cow = -1 if vma_is_cow is None else int(bool(vma_is_cow))
+        return self._rule(lib.pg_gup_must_unshare(self._m, _u64(pfn, "pfn"),
+                                                  _u32(gup_flags, "gup_flags"), cow),
+                          f"gup_must_unshare({pfn:#x})")
+
+    def can_follow_write_pte(self, pte: int, pfn: Optional[int], gup_flags: int,
+                             vm_flags: int) -> bool:
+        """can_follow_write_pte(): pfn None when the entry maps no normal
+        page (special); the force_write_any_page switch applies (C bit)."""
+        p = -1 if pfn is None else _u64(pfn, "pfn", limit=2**63)
+        return self._rule(lib.pg_can_follow_write_pte(self._m, _u64(pte, "pte"), p,
+                                                      _u32(gup_flags, "gup_flags"),
+                                                      _u64(vm_flags, "vm_flags")),
+                          f"can_follow_write_pte({pte:#x})")
 
     # -- address_space records ----------------------------------------------
     def as_new(self, kind: int) -> int:
@@ -218,6 +318,15 @@ class Core:
         self.raise_violations()
         return _check(rc, f"zap {start:#x}-{end:#x}")
 
+    def move_range(self, cpu: int, mm: int, old_addr: int, new_addr: int, length: int) -> int:
+        """pg_move_range(): mremap's move_page_tables; pages moved."""
+        for name, v in (("old_addr", old_addr), ("new_addr", new_addr), ("length", length)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
+                raise ValueError(f"{name} must be a 64-bit unsigned int, got {v!r}")
+        rc = lib.pg_move_range(self._m, cpu, mm, old_addr, new_addr, length)
+        self.raise_violations()
+        return _check(rc, f"move {old_addr:#x} -> {new_addr:#x} ({length:#x})")
+
     def free_pgtables(self, cpu: int, mm: int, start: int, end: int) -> int:
         return _check(lib.pg_free_pgtables(self._m, cpu, mm, start, end), "free_pgtables")
 
@@ -241,6 +350,29 @@ class Core:
             self._m, mm, start, end, ffi.cast("uint64_t *", ffi.from_buffer(addrs)),
             ffi.cast("uint64_t *", ffi.from_buffer(ptes)), n), "range_leaves")
         return addrs[:got], ptes[:got]
+
+    # -- transparent huge pages ------------------------------------------------
+    def split_huge_pmd(self, cpu: int, mm: int, addr: int) -> bool:
+        """__split_huge_pmd(): True if a THP's PMD leaf at addr became a PTE
+        table, False if no PMD leaf was there."""
+        rc = lib.pg_split_huge_pmd(self._m, cpu, mm, addr)
+        self.raise_violations()
+        return _check(rc, f"split_huge_pmd {addr:#x}") == 1
+
+    def split_folio(self, cpu: int, pfn: int) -> int:
+        """split_folio(): 0, or -EBUSY (pinned, extra references)."""
+        rc = lib.pg_split_folio(self._m, cpu, pfn)
+        self.raise_violations()
+        if rc == -lib.PG_EBUSY:
+            return rc
+        return _check(rc, f"split_folio {pfn:#x}")
+
+    def collapse_pmd(self, cpu: int, mm: int, addr: int, new_pfn: int, pmd_bits: int) -> int:
+        """collapse_huge_page(): 0 or a negative errno (-EINVAL: cannot
+        collapse; -EAGAIN: a page holds references no mapping explains)."""
+        rc = lib.pg_collapse_pmd(self._m, cpu, mm, addr, new_pfn, pmd_bits)
+        self.raise_violations()
+        return rc
 
     # -- GUP reference counting ------------------------------------------------
     def try_grab_page(self, pfn: int, pin: bool) -> int:
@@ -286,6 +418,17 @@ class Core:
                               ffi.cast("uint64_t *", ffi.from_buffer(out)))
         self.raise_violations()
         return out[:_check(got, "gup_fast")]
+
+    def gup_fast_why(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
+                     policy_bits: int) -> tuple[np.ndarray, int]:
+        """``gup_fast`` that also says why the walk stopped short: (pfns,
+        a ``C.FAST_STOP_*`` code; ``FAST_STOP_NONE`` when it took them all)."""
+        out = np.empty(_out_len(nr), np.uint64)
+        why = ffi.new("int *")
+        got = lib.pg_gup_fast_why(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
+                                  ffi.cast("uint64_t *", ffi.from_buffer(out)), why)
+        self.raise_violations()
+        return out[:_check(got, "gup_fast")], why[0]
 
     def walk_entries(self, cpu: int, mm: int, addr: int) -> tuple[int, list[int]]:
         """(leaf level, [pgd, pud, pmd, pte] entries) on the path to addr."""
@@ -342,7 +485,7 @@ class Core:
         mode = lib.PG_TLB_FLUSH_BROADCAST if broadcast else lib.PG_TLB_FLUSH_IPI
         _check(lib.pg_set_tlb_flush_mode(self._m, mode), "set_tlb_flush_mode")
 
-    # -- deterministic scheduler (csrc/sched.c; pygup/sched.py) ----------------
+    # -- deterministic scheduler (csrc/kernel/sched.c; pygup/sched.py) ----------------
     def sched_begin(self, nr: int, seed: int, schedule, spin_limit: int = 0) -> None:
         """A session of nr CPUs; schedule None (seeded picks) or CPU ids."""
         plan = ffi.NULL
@@ -354,7 +497,30 @@ class Core:
                "sched_begin")
 
     def sched_filter(self, name: str) -> None:
-        _check(lib.pg_sched_filter(self._m, name.encode()), f"sched_filter {name!r}")
+        """Make a registered point (``Core.race_windows()``) a scheduling
+        point of the session.  ValueError for a name that is not registered
+        (a misspelt window would never stop); the session, which no CPU has
+        joined yet, is ended first so the machine stays usable."""
+        if not isinstance(name, str):
+            raise TypeError(f"points: a point name is a str, got {name!r}")
+        rc = lib.pg_sched_filter(self._m, name.encode())
+        if rc == -lib.PG_EINVAL and name not in _race_window_names():
+            if lib.pg_sched_status(self._m):
+                lib.pg_sched_end(self._m)     # -EBUSY once a CPU joined: the caller ends it
+            known = ", ".join(sorted(_race_window_names()))
+            raise ValueError(f"points: unknown scheduling point {name!r} (known: {known})")
+        _check(rc, f"sched_filter {name!r}")
+
+    @staticmethod
+    def race_windows() -> list[tuple[str, str]]:
+        """The race-window registry (csrc/kernel/race.h): (name, reason) of
+        every registered scheduling point, in registry order."""
+        return [(n, r) for n, r, _ in _race_registry()]
+
+    @staticmethod
+    def race_window_flags() -> dict[str, int]:
+        """name -> its PG_RACE_* kind bits (C.RACE_YIELD, C.RACE_SPIN, ...)."""
+        return {n: f for n, _, f in _race_registry()}
 
     def sched_attach(self, cpu: int) -> None:
         _check(lib.pg_sched_attach(self._m, cpu), f"sched_attach({cpu})")
@@ -382,10 +548,47 @@ class Core:
             out.append((cpu[0], ffi.string(buf).decode(), bool(spun[0])))
         return out
 
+    def sched_explore(self) -> None:
+        """Record a state digest at every pick (before any attach)."""
+        _check(lib.pg_sched_explore(self._m), "sched_explore")
+
+    def sched_choices(self) -> list[tuple[int, int]]:
+        """Every pick so far: (mask of the CPUs that could have been
+        picked, state digest or 0)."""
+        n = lib.pg_sched_steps(self._m)
+        mask, digest = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        out = []
+        for i in range(max(n, 0)):
+            _check(lib.pg_sched_trace_choice(self._m, i, mask, digest), "sched_choices")
+            out.append((int(mask[0]), int(digest[0])))
+        return out
+
+    def sched_watch(self, mmid: int, addr: int) -> None:
+        """Record, at every pick, the leaf mapping addr in mm and its folio."""
+        _check(lib.pg_sched_watch(self._m, mmid, addr), "sched_watch")
+
+    def sched_watches(self) -> list[dict[str, int]]:
+        """Per pick: the watched leaf, pfn, refcount, pincount, mapcount,
+        mapping word (sched_watch)."""
+        n = lib.pg_sched_steps(self._m)
+        buf = ffi.new("uint64_t[6]")
+        out = []
+        for i in range(max(n, 0)):
+            _check(lib.pg_sched_trace_watch(self._m, i, buf), "sched_watches")
+            v = [int(x) for x in buf]
+            signed = [x - (1 << 64) if x >= 1 << 63 else x for x in v[2:5]]
+            out.append({"pte": v[0], "pfn": v[1] if v[1] != 2**64 - 1 else None,
+                        "refcount": signed[0], "pincount": signed[1], "mapcount": signed[2],
+                        "mapping": v[5]})
+        return out
+
+    def sched_note_model(self) -> None:
+        lib.pg_sched_note_model(self._m)
+
     def sched_end(self) -> None:
         _check(lib.pg_sched_end(self._m), "sched_end")
 
-    # -- native stress drivers (csrc/stress.c; pygup/stress.py) ----------------
+    # -- native stress drivers (csrc/tools/stress/; pygup/stress.py) ----------------
     @staticmethod
     def stress_defaults(scenario: int) -> dict[str, int]:
         """pg_stress_defaults(): the parameters of a scenario, as a dict."""
@@ -426,7 +629,7 @@ class Core:
 
 
 class HostProbes:
-    """The live-kernel probes of csrc/host.c (used by ``pygup.tools.oracle.host``): real
+    """The live-kernel probes of csrc/tools/host.c (used by ``pygup.tools.oracle.host``): real
     system calls on this machine, never an emulated one.  Each returns the
     kernel's answer as an int (0, a count, or -errno); values read come back
     as (ret, value)."""
@@ -440,7 +643,18 @@ class HostProbes:
         rc = lib.pg_host_mmap(length, prot, flags, fd, offset, out)
         return rc, out[0] if rc == 0 else 0
 
+    mmap_fixed = staticmethod(lambda addr, length, prot, flags, fd=-1, offset=0:
+                              lib.pg_host_mmap_fixed(addr, length, prot, flags, fd, offset))
     munmap = staticmethod(lambda addr, length: lib.pg_host_munmap(addr, length))
+    process_vm_readv_range = staticmethod(
+        lambda addr, length: lib.pg_host_process_vm_readv_range(addr, length))
+
+    @staticmethod
+    def load(addr: int) -> tuple[int, int]:
+        """A user load of 8 bytes: (0, value) or (-EFAULT / -EIO, 0)."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pg_host_load(addr, out)
+        return rc, out[0]
     mprotect = staticmethod(lambda addr, length, prot: lib.pg_host_mprotect(addr, length, prot))
     msync = staticmethod(lambda addr, length, flags: lib.pg_host_msync(addr, length, flags))
     touch = staticmethod(lambda addr, length, write, value=0:
@@ -452,6 +666,16 @@ class HostProbes:
     o_direct_read = staticmethod(lambda fd, addr, length, offset=0:
                                  lib.pg_host_o_direct_read(fd, addr, length, offset))
     vmsplice = staticmethod(lambda addr, length: lib.pg_host_vmsplice(addr, length))
+    # a ring kept across calls (slot or -errno), its one registered buffer,
+    # fixed-buffer I/O on it (write=True: the buffer into the file), its close
+    ring_setup = staticmethod(lambda: lib.pg_host_ring_setup())
+    ring_register = staticmethod(lambda slot, addr, length:
+                                 lib.pg_host_ring_register(slot, addr, length))
+    ring_unregister = staticmethod(lambda slot: lib.pg_host_ring_unregister(slot))
+    ring_rw_fixed = staticmethod(lambda slot, write, fd, addr, length, offset=0:
+                                 lib.pg_host_ring_rw_fixed(slot, int(bool(write)), fd, addr,
+                                                           length, offset))
+    ring_close = staticmethod(lambda slot: lib.pg_host_ring_close(slot))
 
     @staticmethod
     def proc_mem_read(addr: int) -> tuple[int, int]:

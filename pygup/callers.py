@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 from pygup.flags import FOLL, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, bool_arg, int_arg
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
+
     from pygup.kernel.gup import Pages
+    from pygup.kernel.vfs import File
     from pygup.kernel.process import Process
 
 SZ_1G = 1 << 30
@@ -54,6 +57,14 @@ def _rw_range_error(addr: int, length: int):
     return None
 
 
+def _caller_check(p: "Process", rule: str, failed: bool, err: int, **inputs) -> bool:
+    """A check the caller makes itself (not GUP): recorded in the active
+    trace (explain's trace_calls) so that the refusal names its rule."""
+    if p.kernel.trace_sink is not None:
+        p.kernel.trace_sink.check(rule, failed, err, **inputs)
+    return failed
+
+
 def _hold(p: "Process", kind: str, pages: "Pages") -> None:
     p.held.setdefault(kind, []).append(pages)
 
@@ -91,14 +102,41 @@ def io_uring_register_buffers(p: "Process", addr: int, length: int) -> int:
         if ret > 0:
             p.mm.unpin_user_pages(pages)
         return ret if ret < 0 else -errno.EFAULT
-    if p.kernel.policy.io_uring_file_check:
-        # up to 6.4: "don't support file backed memory" (shmem, hugetlbfs ok)
-        for vma in p.mm.vmas_in(addr, addr + nr * PAGE_SIZE):
-            f = vma.vm_file
-            if f is not None and f.fs.fstype.kind not in ("shmem", "hugetlb"):
-                p.mm.unpin_user_pages(pages)
-                return -errno.EOPNOTSUPP
+    ret = io_pin_pages_vma_check(p, addr, nr)
+    if ret:
+        p.mm.unpin_user_pages(pages)
+        return ret
     _hold(p, "io_uring", pages)
+    return 0
+
+
+def io_pin_pages_vma_check(p: "Process", addr: int, nr: int) -> int:
+    """/* mirrors the per-page vmas[] loop of io_pin_pages() (io_uring/rsrc.c,
+    up to 6.4) */: page by page in address order, a page whose VMA maps another
+    file than page 0's is -EINVAL ("io_uring/rsrc: disallow multi-source reg
+    buffers", 6.3 and 6.1.16; the policy's ``io_uring_multi_source_check``),
+    then a file page that is neither shmem nor hugetlbfs is -EOPNOTSUPP
+    (``io_uring_file_check``).  6.5 dropped the loop (34ed8d0dcd69): GUP's
+    own check decides.  pygup compares inodes; the kernel compares struct
+    file, so two open()s of one file count as one file here."""
+    policy = p.kernel.policy
+    if not (policy.io_uring_file_check or policy.io_uring_multi_source_check):
+        return 0
+    first = p.mm.find_vma(addr)
+    file = first.vm_file if first is not None else None
+    for i in range(nr):
+        vma = p.mm.find_vma(addr + i * PAGE_SIZE)
+        f = vma.vm_file if vma is not None else None
+        if policy.io_uring_multi_source_check and _caller_check(
+                p, "io_pin_pages: buffer from several files", f is not file, errno.EINVAL):
+            return -errno.EINVAL
+        if f is None:
+            continue
+        if policy.io_uring_file_check and _caller_check(
+                p, "io_sqe_buffer_register: file-backed buffer",
+                f.fs.fstype.kind not in ("shmem", "hugetlb"), errno.EOPNOTSUPP,
+                fs=f.fs.name):
+            return -errno.EOPNOTSUPP
     return 0
 
 
@@ -109,6 +147,75 @@ def io_uring_unregister_buffers(p: "Process") -> int:
         return -errno.ENXIO
     _release(p, "io_uring")
     return 0
+
+
+def _file_arg(file) -> "File":
+    """file, if it is a pygup File; TypeError naming it otherwise."""
+    from pygup.kernel.vfs import File
+    if not isinstance(file, File):
+        raise TypeError(f"file must be a pygup File, got {type(file).__name__}")
+    return file
+
+
+def _fixed_buffer(p: "Process", buf_page: int) -> "Optional[Pages]":
+    _proc(p)
+    held = p.held.get("io_uring")
+    if not held or isinstance(buf_page, bool) or not isinstance(buf_page, int) \
+            or not 0 <= buf_page < len(held[0]):
+        return None
+    return held[0]
+
+
+def io_uring_read_fixed(p: "Process", file: "File", index: int, buf_page: int = 0) -> int:
+    """IORING_OP_READ_FIXED of one page of ``file`` (page ``index``) into
+    page ``buf_page`` of registered buffer 0: io_import_fixed() builds a
+    bvec from the pages pinned at registration (no GUP now), the file's
+    read copies into them — whatever is mapped at the address today.
+    Bytes read (0 past the end of the file), or -EFAULT (no such buffer)."""
+    _file_arg(file)
+    pages = _fixed_buffer(p, buf_page)
+    if pages is None:
+        return -errno.EFAULT
+    value = file.pread(index)
+    if value is None:
+        return 0
+    pages.write(buf_page, value)
+    return PAGE_SIZE
+
+
+def io_uring_write_fixed(p: "Process", file: "File", index: int, buf_page: int = 0) -> int:
+    """IORING_OP_WRITE_FIXED of page ``buf_page`` of registered buffer 0
+    into page ``index`` of ``file``: the data comes from the pinned page.
+    Bytes written, -EBADF (file not writable) or -EFAULT (no such buffer)."""
+    _file_arg(file)
+    pages = _fixed_buffer(p, buf_page)
+    if pages is None:
+        return -errno.EFAULT
+    if not file.writable:
+        return -errno.EBADF
+    file.pwrite(index, pages.read(buf_page))
+    return PAGE_SIZE
+
+
+def process_vm_readv_range(p: "Process", addr: int, nr_pages: int) -> int:
+    """process_vm_readv() of ``nr_pages`` whole pages from page-aligned
+    ``addr``: process_vm_rw_single_vec() pins and copies in chunks and stops
+    at the first failure, returning the bytes copied so far (-EFAULT when
+    none)."""
+    _proc(p)
+    addr = int_arg(addr, "addr")
+    nr_pages = int_arg(nr_pages, "nr_pages")
+    if addr < 0 or nr_pages < 0 or addr + nr_pages * PAGE_SIZE >= 1 << 64:
+        return -errno.EINVAL
+    done = 0
+    for i in range(nr_pages):
+        ret, pages = p.mm.pin_user_pages_remote(addr + i * PAGE_SIZE, 1, 0)
+        if ret <= 0:
+            break
+        pages.read(0)
+        p.mm.unpin_user_pages(pages)
+        done += PAGE_SIZE
+    return done if done else -errno.EFAULT
 
 
 def rdma_umem_get(p: "Process", addr: int, length: int, writable: bool = True) -> int:
@@ -166,38 +273,56 @@ def vfio_unpin(p: "Process") -> int:
     return _release(p, "vfio", dirty=True)
 
 
+def _dio_result(ret: int, nr: int, addr: int, length: int) -> int:
+    """/* mirrors __iomap_dio_rw() */ without IOMAP_DIO_PARTIAL (ext4, xfs):
+    a range that could not be pinned whole fails whole with the GUP error
+    (-EFAULT), though the bios for the pages before the bad one were
+    submitted and completed."""
+    if ret < nr:
+        return ret if ret < 0 else -errno.EFAULT
+    return length
+
+
 def o_direct_read(p: "Process", addr: int, length: int, value: int = 0xD1D1) -> int:
-    """A direct-I/O read into [addr, addr+length): the device writes ``value``
-    into each page through a short-term FOLL_PIN | FOLL_WRITE pin
-    (iov_iter_extract_pages -> pin_user_pages_fast), then the bio completes
-    with unpin_user_pages_dirty_lock(make_dirty).  Returns bytes read."""
+    """A direct-I/O read (ext4 / xfs) into [addr, addr+length): the device
+    writes ``value`` into each page through a short-term FOLL_PIN |
+    FOLL_WRITE pin (iov_iter_extract_pages -> pin_user_pages_fast), then the
+    bio completes with unpin_user_pages_dirty_lock(make_dirty).  Returns
+    bytes read, or -EFAULT if any page of the range could not be pinned."""
+    return o_direct_read_pages(p, addr, length, value)[0]
+
+
+def o_direct_read_pages(p: "Process", addr: int, length: int, value: int = 0xD1D1
+                        ) -> tuple[int, int]:
+    """``o_direct_read`` and the number of pages the device wrote: on
+    -EFAULT, the pages before the bad one still got the data."""
     p, addr, length = _range(p, addr, length)
     value = int_arg(value, "value", 0, (1 << 64) - 1)
     if (err := _rw_range_error(addr, length)) is not None:
-        return err
-    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), _nr_pages(addr, length),
-                                          FOLL.WRITE)
-    if ret <= 0:
-        return ret if ret < 0 else -errno.EFAULT
-    for i in range(len(pages)):
-        pages.write(i, value)
-    p.mm.unpin_user_pages_dirty_lock(pages, True)
-    return min(length, ret * PAGE_SIZE - (addr & (PAGE_SIZE - 1)))
+        return err, 0
+    nr = _nr_pages(addr, length)
+    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, FOLL.WRITE)
+    if ret > 0:
+        for i in range(len(pages)):
+            pages.write(i, value)
+        p.mm.unpin_user_pages_dirty_lock(pages, True)
+    return _dio_result(ret, nr, addr, length), max(ret, 0)
 
 
 def o_direct_write(p: "Process", addr: int, length: int) -> int:
-    """A direct-I/O write from [addr, addr+length): the device reads the
-    pages through a short-term read-only pin.  Returns bytes written."""
+    """A direct-I/O write (ext4 / xfs) from [addr, addr+length): the device
+    reads the pages through a short-term read-only pin.  Returns bytes
+    written, or -EFAULT if any page of the range could not be pinned."""
     p, addr, length = _range(p, addr, length)
     if (err := _rw_range_error(addr, length)) is not None:
         return err
-    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), _nr_pages(addr, length), 0)
-    if ret <= 0:
-        return ret if ret < 0 else -errno.EFAULT
-    for i in range(len(pages)):
-        pages.read(i)
-    p.mm.unpin_user_pages(pages)
-    return min(length, ret * PAGE_SIZE - (addr & (PAGE_SIZE - 1)))
+    nr = _nr_pages(addr, length)
+    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, 0)
+    if ret > 0:
+        for i in range(len(pages)):
+            pages.read(i)
+        p.mm.unpin_user_pages(pages)
+    return _dio_result(ret, nr, addr, length)
 
 
 def _access_remote_vm(p: "Process", addr: int, write: bool, value: int) -> int:

@@ -4,17 +4,19 @@ or the dirty-tracking rule, and users need to know which.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from pygup.flags import FOLL, errno_name, flag_names
 from pygup.kernel.gup import gup_slow, internal_get_user_pages_fast, put_pages, unpin_user_pages
 from pygup.kernel.trace import Step, Trace
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pygup.kernel.context import Kernel
     from pygup.kernel.mm import MM
 
-__all__ = ["Explanation", "explain", "APIS"]
+__all__ = ["Explanation", "explain", "trace_calls", "APIS"]
 
 
 APIS = {
@@ -37,6 +39,9 @@ class Explanation:
     @property
     def decided(self) -> Optional[Step]:
         return self.trace.decided
+
+    def _repr_html_(self) -> str:
+        return self.trace._repr_html_()
 
     def format(self) -> str:
         res = f"{self.ret}" if self.ret >= 0 else f"-{errno_name(self.ret)}"
@@ -63,3 +68,19 @@ def explain(mm: "MM", start: int, nr_pages: int, gup_flags: int,
         else:
             put_pages(mm.kernel, pages)
     return Explanation(api, gup_flags, ret, trace)
+
+
+@contextlib.contextmanager
+def trace_calls(kernel: "Kernel", trace: Optional[Trace] = None) -> Iterator[Trace]:
+    """Inside the block every GUP call on ``kernel`` (whoever makes it: a
+    caller from ``pygup.callers``, a test) records its checks into
+    ``trace``, so that a refusal deep in a caller names its rule."""
+    if trace is None:
+        trace = Trace()
+    if kernel.trace_sink is not None:
+        raise RuntimeError("trace_calls blocks do not nest")
+    kernel.trace_sink = trace
+    try:
+        yield trace
+    finally:
+        kernel.trace_sink = None

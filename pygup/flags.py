@@ -1,4 +1,5 @@
-"""Flag sets (FOLL_*, VM_*, PROT_*, MAP_*, MS_*) and pygup's exceptions.
+"""Flag sets (FOLL_*, VM_*, PROT_*, MAP_*, MS_*, MADV_*, MREMAP_*, MLOCK_*,
+MCL_*, FALLOC_FL_*) and pygup's exceptions.
 
 FOLL values are Linux 6.5's (include/linux/mm_types.h and mm/internal.h,
 SPEC §1.1); VM/PROT/MAP/MS values are the x86-64 uapi and mm.h ones.
@@ -55,12 +56,18 @@ class VM(enum.IntFlag):
     PFNMAP = 0x400
     LOCKED = 0x2000
     IO = 0x4000
+    SEQ_READ = 0x8000
+    RAND_READ = 0x10000
     DONTCOPY = 0x20000
     DONTEXPAND = 0x40000
+    LOCKONFAULT = 0x80000
     HUGETLB = 0x400000
+    WIPEONFORK = 0x2000000
     DONTDUMP = 0x4000000
     SOFTDIRTY = 0x8000000
     MIXEDMAP = 0x10000000
+    HUGEPAGE = 0x20000000
+    NOHUGEPAGE = 0x40000000
 
 
 class PROT(enum.IntFlag):
@@ -75,6 +82,7 @@ class MAP(enum.IntFlag):
     PRIVATE = 0x02
     FIXED = 0x10
     ANONYMOUS = 0x20
+    LOCKED = 0x2000
     NORESERVE = 0x4000
     POPULATE = 0x8000
     HUGETLB = 0x40000
@@ -85,6 +93,26 @@ class MS(enum.IntFlag):
     ASYNC = 1
     INVALIDATE = 2
     SYNC = 4
+
+
+def _from_c(prefix: str) -> dict[str, int]:
+    return {name[len(prefix):]: getattr(C, name) for name in sorted(vars(C), key=lambda n: getattr(C, n))
+            if name.startswith(prefix)}
+
+
+# madvise(2) advice: one value, not a set of bits; the values are the C
+# core's (csrc/pygup.h), the x86-64 uapi's.  Only the advice pygup models:
+# any other number is EINVAL, as unknown advice is for the kernel.
+MADV = enum.IntEnum("MADV", _from_c("MADV_"))
+MADV.__doc__ = "madvise(2) advice (asm-generic/mman-common.h values, from the C core)."
+MREMAP = enum.IntFlag("MREMAP", _from_c("MREMAP_"))
+MREMAP.__doc__ = "mremap(2) flags (linux/mman.h values, from the C core)."
+MLOCK = enum.IntFlag("MLOCK", _from_c("MLOCK_"))
+MLOCK.__doc__ = "mlock2(2) flags."
+MCL = enum.IntFlag("MCL", _from_c("MCL_"))
+MCL.__doc__ = "mlockall(2) flags."
+FALLOC = enum.IntFlag("FALLOC", _from_c("FALLOC_FL_"))
+FALLOC.__doc__ = "fallocate(2) modes (linux/falloc.h values, from the C core)."
 
 
 def int_arg(value, name: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:

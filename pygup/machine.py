@@ -18,11 +18,12 @@ from typing import Iterable, Iterator, Optional
 from pygup._native import C, Core
 from pygup.config.mutants import resolve_mutants
 from pygup.config.policy import Policy, resolve
-from pygup.flags import GupError, bool_arg, int_arg
+from pygup.flags import TASK_SIZE, GupError, bool_arg, int_arg
 from pygup.kernel.context import Kernel
 from pygup.kernel.fs import PRESETS, FsType
 from pygup.kernel.process import Process
 from pygup.kernel.sched import Interleaving, run_concurrently
+from pygup.kernel.thp import check_thp_setting, collapse_pmd
 from pygup.kernel.vfs import File, FileSystem, anon_inode_file, mount
 from pygup.kernel.writeback import evict_inode, writeback_inode
 
@@ -83,11 +84,20 @@ class Folio:
             return self.pincount > 0
         return (self.refcount & 0xFFFFFFFF) >= C.GUP_PIN_COUNTING_BIAS
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        return fields_table(f"folio of frame {self.pfn:#x}", [
+            ("head", hex(self.head)), ("order", self.order), ("zone", self.zone),
+            ("refcount", self.refcount), ("pincount", self.pincount),
+            ("mapcount", self.mapcount), ("maybe DMA-pinned", self.maybe_dma_pinned),
+            ("flags", str(self.flags)), ("mapping", f"{self.mapping} #{self.mapping_id}"),
+            ("index", self.index), ("content", hex(self.content))])
+
 
 class Machine:
     """An emulated machine.
 
-    >>> m = Machine(memory="64MiB", movable="8MiB", cpus=2)
+    >>> m = Machine(memory="64MiB", cpus=2)
     >>> fs = m.mount("ext4")
     >>> f = fs.create("data", 4096)
     >>> p = m.spawn()
@@ -108,9 +118,23 @@ class Machine:
     """
 
     def __init__(self, policy: str | Policy = "6.5", memory: int | str = "1GiB",
-                 movable: int | str = "64MiB", cpus: int = 2, table_free: str = "rcu",
-                 mutants: Iterable[str] = (), tlb_flush: str = "ipi") -> None:
+                 movable: int | str = 0, cpus: int = 2, table_free: str = "rcu",
+                 mutants: Iterable[str] = (), tlb_flush: str = "ipi",
+                 secretmem: Optional[bool] = None, thp: str = "madvise") -> None:
+        """``policy``: a kernel version from 6.1 to 6.18 ("6.8", "6.1.192") or
+        a Policy.  ``movable``: the size of ZONE_MOVABLE, as ``movablecore=``
+        asks for one (a default kernel has none, so long-term pins never
+        migrate).  ``secretmem``: the ``secretmem.enable=`` boot parameter
+        (default: the kernel's, on from 6.5).  ``thp``: the
+        ``transparent_hugepage/enabled`` setting, "always", "madvise" (the
+        default, as on this machine; Debian's kernels use "always") or
+        "never" (kernel/thp.py)."""
         self.policy = resolve(policy)
+        if secretmem is None:
+            secretmem = self.policy.secretmem_enabled_by_default
+        elif not isinstance(secretmem, bool):
+            raise ValueError(f"secretmem must be True, False or None, got {secretmem!r}")
+        self.secretmem_enabled = secretmem
         mem = parse_size(memory, "memory")
         mov = parse_size(movable, "movable")
         block = C.PMD_NR * C.PAGE_SIZE
@@ -128,6 +152,9 @@ class Machine:
         # the re-checks protect GUP-fast (csrc/pygup.h PG_TLB_FLUSH_*)
         if tlb_flush not in ("ipi", "broadcast"):
             raise ValueError(f"tlb_flush must be 'ipi' or 'broadcast', got {tlb_flush!r}")
+        # /sys/kernel/mm/transparent_hugepage/enabled: "madvise" as on this
+        # machine (Debian's kernels default to "always")
+        thp = check_thp_setting(thp)
         self.memory = mem
         self.table_free = table_free
         self.tlb_flush = tlb_flush
@@ -136,7 +163,37 @@ class Machine:
         core.set_mutants(sum(m.bit for m in switches))
         core.set_tlb_flush_mode(tlb_flush == "broadcast")
         self.kernel = Kernel(core, self.policy, switches)
+        self.kernel.thp = thp
         self._core = core          # the C core, for tests and tools that drive it directly
+
+    @property
+    def thp(self) -> str:
+        """The transparent_hugepage/enabled setting: always, madvise or never."""
+        return self.kernel.thp
+
+    @thp.setter
+    def thp(self, value: str) -> None:
+        self.kernel.thp = check_thp_setting(value)
+
+    def collapse(self, process: Process, addr: int) -> int:
+        """khugepaged's collapse of the 2 MiB range around addr in process
+        into one PMD-mapped THP, now (kernel/thp.py collapse_pmd; the
+        machine's thp setting applies, as it does to khugepaged).  Returns
+        0 (collapsed, or already a THP) or a negative errno: -EINVAL the
+        range cannot hold a THP, -EAGAIN a page is pinned or holds extra
+        references, -ENOMEM no free 2 MiB block."""
+        if not isinstance(process, Process):
+            raise TypeError(f"process must be a pygup Process, got {type(process).__name__}")
+        if isinstance(addr, bool) or not isinstance(addr, int):
+            raise TypeError(f"addr must be an int, got {type(addr).__name__}")
+        if process.kernel is not self.kernel:
+            raise ValueError("process belongs to another machine")
+        if not process.alive:
+            raise GupError(errno.ESRCH, f"process {process.pid} has exited")
+        if not 0 <= addr < TASK_SIZE:
+            return -errno.EINVAL
+        with self.kernel.op() as cpu:
+            return collapse_pmd(process.mm, addr, cpu, enforce_sysfs=True)
 
     @property
     def mutants(self) -> frozenset:
@@ -190,12 +247,14 @@ class Machine:
 
     def run_concurrently(self, ops, seed: Optional[int] = 0, schedule=None,
                          points: Optional[Iterable[str]] = None, spin_limit: int = 0,
-                         timeout: float = 60.0) -> Interleaving:
+                         timeout: float = 60.0, digests: bool = False,
+                         watch=None) -> Interleaving:
         """Run ``ops[i](machine)`` as CPU i, interleaved step by step at the
         race windows by a seeded, replayable scheduler: returns each op's
         result (or exception) and the schedule taken (``pygup.kernel.sched``)."""
         return run_concurrently(self.kernel, ops, seed=seed, schedule=schedule, points=points,
-                                spin_limit=spin_limit, timeout=timeout, op_arg=self)
+                                spin_limit=spin_limit, timeout=timeout, op_arg=self,
+                                digests=digests, watch=watch)
 
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:
@@ -268,7 +327,12 @@ class Machine:
                                f"memfd:{name}", size)
 
     def memfd_secret(self, size: int) -> File:
-        """memfd_secret() + ftruncate(): memory removed from the direct map."""
+        """memfd_secret() + ftruncate(): memory removed from the direct map.
+        ENOSYS unless secretmem is enabled (mirrors memfd_secret()'s
+        ``secretmem_enable`` test: off by default before 6.5)."""
+        if not self.secretmem_enabled:
+            raise GupError(errno.ENOSYS, "memfd_secret: secretmem is disabled "
+                           "(boot with secretmem.enable=1: Machine(secretmem=True))")
         return anon_inode_file(self.kernel, "secretmem", "secretmem", size)
 
     # -- processes ---------------------------------------------------------------
@@ -308,6 +372,15 @@ class Machine:
             raise ValueError(f"file must be a pygup File, got {file!r}")
         with self.kernel.op():
             return evict_inode(file.inode)
+
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        fs = ", ".join(f.name for f in self.kernel.filesystems) or "none"
+        return fields_table("Machine", [
+            ("policy", self.policy.name), ("memory", f"{self.memory >> 20} MiB"),
+            ("cpus", self.nr_cpus), ("table_free", self.table_free),
+            ("mutants", ", ".join(sorted(self.mutants)) or "none"), ("file systems", fs),
+            ("processes", sum(1 for p in self.processes if p.alive))])
 
     def __repr__(self) -> str:
         muts = f" mutants={sorted(self.mutants)}" if self.mutants else ""

@@ -43,19 +43,29 @@ MUTANTS: dict[str, tuple[int, str]] = {
     "unpin_no_bias": (C.MUT_UNPIN_NO_BIAS,
                       "unpin drops 1 instead of GUP_PIN_COUNTING_BIAS: refcounts never "
                       "balance (BUGS #10)"),
-    # switches of the Python slow path (no C bit)
-    # these two refuse too much rather than allow too much: no safety
-    # invariant can see them; the conformance tests (the gup_longterm matrix,
-    # SPEC §2.4's worked decisions) catch them instead (OVER_REFUSAL)
+    "no_folio_recheck": (C.MUT_NO_FOLIO_RECHECK,
+                         "GUP-fast keeps the reference it took on the folio it found even "
+                         "when a THP split made the page its own folio meanwhile "
+                         "(c24d37322548, BUGS #8)"),
+    "collapse_no_sync": (C.MUT_COLLAPSE_NO_SYNC,
+                         "THP collapse skips tlb_remove_table_sync_one() after clearing the "
+                         "PMD: a GUP-fast walker of the old table runs on (2ba99c5e0881, "
+                         "BUGS #6/#7)"),
+    # the slow path's per-page rules live in C too (csrc/mm/gup.c)
+    "force_write_any_page": (C.MUT_FORCE_WRITE_ANY_PAGE,
+                             "Dirty COW (CVE-2016-5195): a FOLL_FORCE write follows a read-only "
+                             "PTE to a page that is not an exclusive anon copy (BUGS #4)"),
+    "no_unshare": (C.MUT_NO_UNSHARE,
+                   "the slow path skips gup_must_unshare(): a R/O pin of a COW-shared anon "
+                   "page (CVE-2020-29374, BUGS #5)"),
+    # switches of the Python slow path's per-VMA rules (no C bit).  These
+    # two refuse too much rather than allow too much: no safety invariant
+    # can see them; the conformance tests (the gup_longterm matrix, SPEC
+    # §2.4's worked decisions) catch them instead (OVER_REFUSAL)
     "pin_or_longterm": (0, "the seed's v7 review: writable_file_mapping_allowed() refused "
                            "FOLL_PIN *or* FOLL_LONGTERM, breaking short-term pins (BUGS #2)"),
     "private_not_excluded": (0, "the seed's v8 review: MAP_PRIVATE file mappings not excluded "
                                 "from the dirty-tracking check (BUGS #2)"),
-    "force_write_any_page": (0, "Dirty COW (CVE-2016-5195): a FOLL_FORCE write follows a "
-                                "read-only PTE to a page that is not an exclusive anon copy "
-                                "(BUGS #4)"),
-    "no_unshare": (0, "the slow path skips gup_must_unshare(): a R/O pin of a COW-shared anon "
-                      "page (CVE-2020-29374, BUGS #5)"),
 }
 
 

@@ -17,6 +17,7 @@ the paths whose races pygup exists to study.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import threading
@@ -43,18 +44,36 @@ class SchedLock:
     def __init__(self, core: Core) -> None:
         self._lock = threading.RLock()
         self._core = core
+        self._owner: Optional[int] = None     # thread ident of the holder
+        self.depth = 0                        # its nesting (written by the holder only)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if self._lock.acquire(blocking=False):
-            return True
+            return self._took()
         if not blocking:
             return False
         while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
             if self._lock.acquire(blocking=False):
-                return True
-        return self._lock.acquire(True, timeout)
+                return self._took()
+        return self._lock.acquire(True, timeout) and self._took()
+
+    def _took(self) -> bool:
+        self._core.sched_note_model()
+        self._owner = threading.get_ident()
+        self.depth += 1
+        return True
+
+    def held_once(self) -> bool:
+        """Does the calling thread hold the lock, and only once?"""
+        return self._owner == threading.get_ident() and self.depth == 1
 
     def release(self) -> None:
+        # the model may have changed under the lock: a scheduled CPU tells
+        # the schedule explorer's state digest (a no-op for anyone else)
+        self._core.sched_note_model()
+        self.depth -= 1
+        if self.depth == 0:
+            self._owner = None
         self._lock.release()
 
     def __enter__(self) -> bool:
@@ -71,6 +90,8 @@ class Kernel:
         self.core = core
         self.policy = policy
         self.mutants = mutants
+        # /sys/kernel/mm/transparent_hugepage/enabled (kernel/thp.py)
+        self.thp = "madvise"
         # an RLock that scheduled CPUs take by trying (kernel/sched.py's docstring)
         self.lock = SchedLock(core)
         self.cpu_owner: list[Optional[int]] = [None] * core.nr_cpus  # thread ident per slot
@@ -79,12 +100,19 @@ class Kernel:
         self.filesystems: list = []          # every vfs.FileSystem mounted
         self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
         self.next_anon_inode = 0
+        # fput()s of File handles that Python dropped (their finalizers may run
+        # on any thread, at any time: they only append here)
+        self.delayed_fput: collections.deque = collections.deque()
+        self._op_depth = 0
         self.processes: list = []            # every process.Process, exited ones too
         self.next_pid = 1
         self.device_frames: list[int] = []   # memory behind mmap_pfn() mappings
         # reverse maps from a folio's mapping word to the model objects
         self.inodes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self.anon_vmas: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # a Trace that every GUP call records into while explain's
+        # trace_calls() block is open (None: calls record nothing)
+        self.trace_sink = None
 
     @property
     def nr_cpus(self) -> int:
@@ -213,10 +241,43 @@ class Kernel:
             raise IrqsDisabledError(f"a sleeping model operation was called with IRQs disabled "
                                     f"on cpu {cpu}: it would wait for itself")
         with self.lock:
-            self.repair_orphaned_cpus()
-            yield cpu
+            self._op_depth += 1
+            try:
+                self.repair_orphaned_cpus()
+                if self._op_depth == 1 and self.delayed_fput:
+                    self._run_delayed_fput()
+                yield cpu
+            finally:
+                self._op_depth -= 1
             self.core.rcu_poll()
         self.core.raise_violations()
+
+    def mmap_lock_break(self, point: bytes) -> None:
+        """A registered Python race window (csrc/kernel/race.h) where the
+        kernel holds mmap_lock only for read, or may drop it: there other
+        readers — faults, GUP, MADV_DONTNEED — run beside this operation.
+        pygup's one machine lock stands for mmap_lock held for write, so
+        here it is released (when this thread holds it once), the CPU may
+        be switched, and it is taken back; the caller looks its VMA up again,
+        as the kernel does after the lock was dropped.  Where the lock is
+        nested only the scheduling point remains."""
+        lock = self.lock
+        if not lock.held_once():
+            self.core.sched_yield(point, False)
+            return
+        scope, self.pin_scope = self.pin_scope, 0      # memalloc_pin_save() is per task
+        lock.release()
+        try:
+            self.core.sched_yield(point, False)
+        finally:
+            lock.acquire()
+            self.pin_scope = scope
+
+    def _run_delayed_fput(self) -> None:
+        """/* mirrors delayed_fput() */: the File handles Python dropped since
+        the last operation release their inodes, under the machine lock."""
+        while self.delayed_fput:
+            self.delayed_fput.popleft()()     # vfs.fput(inode)
 
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:

@@ -10,15 +10,10 @@ import errno
 
 from pygup._native import C
 from pygup.flags import PAGE_SIZE, PMD_SIZE, VM, GupError
-from pygup.kernel.vma import VMA, vma_is_anonymous, vma_pte_writable
+from pygup.kernel import thp
+from pygup.kernel.vma import VMA, maybe_mkwrite, vma_is_anonymous, vma_pte_writable
 
 PTE_BASE = C.PTE_PRESENT | C.PTE_USER | C.PTE_ACCESSED
-
-
-def maybe_mkwrite(vma: VMA) -> int:
-    """maybe_mkwrite(): the write bit only where the VMA is writable (a
-    FOLL_FORCE write COWs without making the mapping writable)."""
-    return C.PTE_WRITE if vma.vm_flags & VM.WRITE else 0
 
 
 def pte_pfn(pte: int) -> int:
@@ -56,9 +51,15 @@ def handle_mm_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool = 
     if vma.is_hugetlb:
         return hugetlb_fault(vma, addr, write, cpu, unshare)
     addr &= ~(PAGE_SIZE - 1)
-    _, pte = core.pte_lookup(mm.id, addr)
+    level, pte = core.pte_lookup(mm.id, addr)
+    if level == C.LEVEL_PMD:
+        return huge_pmd_fault(vma, addr, pte, write, cpu, unshare)
     if pte == 0:
         if vma_is_anonymous(vma):
+            # create_huge_pmd(): a none PMD in a THP-eligible range
+            if thp.vma_thp_eligible(vma, addr) and thp.pmd_entry(mm, addr, cpu) == 0 \
+                    and thp.do_huge_pmd_anonymous_page(vma, addr, write):
+                return None
             return do_anonymous_page(vma, addr, write)
         return do_fault(vma, addr, write)
     if pte & C.PTE_PROTNONE:
@@ -72,6 +73,22 @@ def handle_mm_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool = 
         core.pte_modify(mm.id, addr, 0, C.PTE_DIRTY | C.PTE_ACCESSED)
     else:
         core.pte_modify(mm.id, addr, 0, C.PTE_ACCESSED)
+    return None
+
+
+def huge_pmd_fault(vma: VMA, addr: int, pmd: int, write: bool, cpu: int, unshare: bool) -> None:
+    """The PMD-leaf half of __handle_mm_fault() for a THP: NUMA hint,
+    write-protect (COW / unshare), or only the accessed / dirty bits."""
+    core = vma.vm_mm.kernel.core
+    if pmd & C.PTE_PROTNONE:
+        return thp.do_huge_pmd_numa_page(vma, addr)
+    if (write or unshare) and not pmd & C.PTE_WRITE:
+        if thp.do_huge_pmd_wp_page(vma, addr, pmd, write, unshare, cpu) == thp.VM_FAULT_FALLBACK:
+            return handle_mm_fault(vma, addr, write, cpu, unshare)   # now PTE-mapped
+        return None
+    # huge_pmd_set_accessed()
+    core.pte_modify(vma.vm_mm.id, addr & ~(PMD_SIZE - 1), 0,
+                    C.PTE_ACCESSED | (C.PTE_DIRTY if write else 0))
     return None
 
 

@@ -63,6 +63,9 @@ class FsType:
     fsync: its file_operations have ->fsync; without one vfs_fsync_range()
       fails, so msync(MS_SYNC) of a shared mapping gives -EINVAL
       (secretmem: only .release and .mmap).
+    fallocate / punch_hole: its file_operations have ->fallocate, and it
+      takes FALLOC_FL_PUNCH_HOLE (ext2, ramfs and secretmem have no
+      ->fallocate: EOPNOTSUPP).
     """
 
     name: str
@@ -74,6 +77,8 @@ class FsType:
     skip_dirty_without_private: bool = False
     magic: int = 0
     fsync: bool = True
+    fallocate: bool = True
+    punch_hole: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -104,7 +109,8 @@ _NOOP_BDI_KINDS = ("shmem", "hugetlb", "secretmem")
 
 # SPEC §8: mkwrite? / writeback bdi? per file system
 PRESETS: dict[str, FsType] = {p.name: p for p in [
-    FsType("ext2", True, False, True, attaches_private=True, magic=0xEF53),
+    FsType("ext2", True, False, True, attaches_private=True, magic=0xEF53,
+           fallocate=False, punch_hole=False),
     FsType("ext4", True, False, True, attaches_private=True,
            skip_dirty_without_private=True, magic=0xEF53),
     FsType("xfs", True, True, True, attaches_private=True, magic=0x58465342),
@@ -114,9 +120,10 @@ PRESETS: dict[str, FsType] = {p.name: p for p in [
     FsType("tmpfs", False, False, False, kind="shmem", magic=0x01021994),
     # ramfs maps with generic_file_vm_ops, whose page_mkwrite is
     # filemap_page_mkwrite; its bdi is noop (no writeback)
-    FsType("ramfs", True, False, False, magic=0x858458F6),
+    FsType("ramfs", True, False, False, magic=0x858458F6, fallocate=False, punch_hole=False),
     FsType("hugetlbfs", False, False, False, kind="hugetlb", magic=0x958458F6),
-    FsType("secretmem", False, False, False, kind="secretmem", magic=0x5345434D, fsync=False),
+    FsType("secretmem", False, False, False, kind="secretmem", magic=0x5345434D, fsync=False,
+           fallocate=False, punch_hole=False),
     FsType("fsdax", True, True, True, kind="dax", attaches_private=True, magic=0xEF53),
 ]}
 
@@ -145,6 +152,7 @@ class Inode:
         self.page_cache: dict[int, int] = {}
         self.disk: dict[int, int] = {}
         self.i_mmap: set = set()       # every VMA mapping this file (i_mmap)
+        self.i_count = 0               # open File handles (struct file references)
         self.unlinked = False
         kind = _AS_KIND[fs.fstype.kind]
         # dirty-tracked as vma_needs_dirty_tracking() sees it: the vm_ops'

@@ -21,6 +21,7 @@ from pygup.flags import (FOLL, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, GupError, I
                          flag_names, int_arg)
 from pygup.kernel.fault import handle_mm_fault, pte_pfn
 from pygup.kernel.migrate import migrate_folio
+from pygup.kernel.thp import split_huge_pmd
 from pygup.kernel.trace import NO_TRACE, Step, Trace
 from pygup.kernel.vma import (
     VMA,
@@ -71,6 +72,41 @@ def is_valid_gup_args(has_pages: bool, locked: Optional[int], gup_flags: int,
     if gup_flags & FOLL.LONGTERM and gup_flags & FOLL.PCI_P2PDMA:
         return None
     return int(gup_flags)
+
+
+def is_valid_gup_flags_legacy(pin_api: bool, has_pages: bool, locked: Optional[int],
+                              gup_flags: int, to_set: int) -> Optional[int]:
+    """/* mirrors 6.1's is_valid_gup_flags() and the WARN_ON_ONCE checks of
+    pin_user_pages*(), get_user_pages_unlocked() and __get_user_pages_remote() */
+    (before is_valid_gup_args(), d64e2dbc33a1, 6.3): the flags to use, or
+    None for -EINVAL.  Internal flags such as FOLL_REMOTE pass; a pin API
+    refuses FOLL_GET and a missing pages array; a get API refuses FOLL_PIN
+    and FOLL_LONGTERM; FOLL_LONGTERM cannot be combined with ``locked``
+    (pin_user_pages_remote) or the unlocked variants."""
+    if pin_api:
+        if gup_flags & FOLL.GET or not has_pages:
+            return None
+    elif gup_flags & (FOLL.PIN | FOLL.LONGTERM):
+        return None
+    gup_flags |= to_set
+    if locked is not None:
+        if locked != 1:                   # the lock must be held on entry
+            return None
+        gup_flags |= FOLL.UNLOCKABLE
+    if gup_flags & FOLL.LONGTERM and gup_flags & FOLL.UNLOCKABLE:
+        return None
+    return int(gup_flags)
+
+
+def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Optional[int],
+                   gup_flags: int, to_set: int) -> Optional[int]:
+    """The era's argument check: is_valid_gup_args() from 6.3, 6.1's
+    per-API checks before."""
+    if kernel.policy.valid_gup_args:
+        return is_valid_gup_args(has_pages, locked, gup_flags, to_set, kernel.policy)
+    if kernel.policy.touch_is_internal and gup_flags & FOLL.TOUCH:
+        return None                       # 0f20bba1688b's rule, wherever it is set
+    return is_valid_gup_flags_legacy(pin_api, has_pages, locked, gup_flags, to_set)
 
 
 # ---------------------------------------------------------------------------
@@ -147,44 +183,26 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
 # ---------------------------------------------------------------------------
 # the per-page rules
 
-def page_anon_exclusive(core, fi) -> bool:
-    """PageAnonExclusive(): per page, but on the head for hugetlb (6.5-rc7)."""
-    if fi.flags & C.F_HUGETLB and fi.head != fi.pfn:
-        return bool(core.frame_info(fi.head).flags & C.F_ANON_EXCLUSIVE)
-    return bool(fi.flags & C.F_ANON_EXCLUSIVE)
+# The per-page rules -- can_follow_write_pte(), gup_must_unshare(),
+# PageAnonExclusive(), folio_is_longterm_pinnable() -- have one home, the C
+# core (csrc/mm/gup.c, csrc/mm/frames.h), which GUP-fast and the slow path's
+# batch follow use per page; the slow path's per-page fallback asks it too.
+# Only the VMA-level inputs are decided here.
+
+def can_follow_write_pte(kernel: "Kernel", pte: int, pfn: Optional[int], vma: VMA,
+                         gup_flags: int) -> bool:
+    """/* mirrors can_follow_write_pte() */ (SPEC §3.3): the C core's rule;
+    ``pfn`` None for a special entry (no normal page)."""
+    return kernel.core.can_follow_write_pte(pte, pfn, gup_flags, int(vma.vm_flags))
 
 
-def _is_anon(fi) -> bool:
-    return fi is not None and fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON
-
-
-def can_follow_write_pte(pte: int, fi, vma: VMA, gup_flags: int, core=None) -> bool:
-    """/* mirrors can_follow_write_pte() */ (SPEC §3.3)."""
-    if pte & C.PTE_WRITE:
-        return True
-    if not gup_flags & FOLL.FORCE:
-        return False
-    F = vma.vm_flags
-    if F & (VM.SHARED | VM.MAYSHARE) or not F & VM.MAYWRITE or F & VM.WRITE:
-        return False
-    if Mutant.FORCE_WRITE_ANY_PAGE in vma.vm_mm.kernel.mutants:
-        return True                  # Dirty COW: the COW is not required
-    if not _is_anon(fi):
-        return False
-    return page_anon_exclusive(core, fi)
-
-
-def gup_must_unshare(vma: Optional[VMA], gup_flags: int, fi, core=None) -> bool:
-    """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only PTEs."""
-    if (gup_flags & (FOLL.PIN | FOLL.WRITE)) != FOLL.PIN:
-        return False
-    if not _is_anon(fi):
-        if not gup_flags & FOLL.LONGTERM:
-            return False
-        if vma is None:
-            return True
-        return is_cow_mapping(vma.vm_flags)
-    return not page_anon_exclusive(core, fi)
+def gup_must_unshare(kernel: "Kernel", vma: VMA, gup_flags: int, pfn: int) -> bool:
+    """/* mirrors gup_must_unshare() */ (SPEC §3.5), for read-only entries.
+    The VMA's part is decided here: from 6.2 (84209e87c696) a R/O long-term
+    pin of a non-anon page in a COW mapping unshares; 6.1 passed every
+    non-anon page (the C rule then sees "not a COW mapping")."""
+    cow = kernel.policy.cow_ro_longterm_unshare and is_cow_mapping(vma.vm_flags)
+    return kernel.core.gup_must_unshare(pfn, gup_flags, cow)
 
 
 def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
@@ -195,6 +213,7 @@ def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
 
 
 _FOLLOW_FAULT, _FOLLOW_UNSHARE = -1000, -1001
+_GUP_FAULTED_IN = b"gup_faulted_in"           # a registered window (csrc/kernel/race.h)
 
 
 def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
@@ -209,20 +228,30 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
         return _FOLLOW_FAULT
     if pte & C.PTE_PROTNONE and not gup_can_follow_protnone(vma, gup_flags):
         return _FOLLOW_FAULT
+    if level == C.LEVEL_PMD and gup_flags & FOLL.SPLIT_PMD and not vma.is_hugetlb:
+        # follow_pmd_mask(): FOLL_SPLIT_PMD splits a THP's PMD (the table
+        # allocation can fail: -ENOMEM) and goes on at the PTE level
+        try:
+            split_huge_pmd(vma, addr, mm.kernel.current_cpu())
+        except GupError as e:
+            return -e.errno
+        level, pte = core.pte_lookup(mm.id, addr & ~(PAGE_SIZE - 1))
+        if pte == 0:
+            return _FOLLOW_FAULT
     pfn = pte_pfn(pte)
     if level == C.LEVEL_PMD:
         pfn += (addr >> PAGE_SHIFT) & (C.PMD_NR - 1)
     special = bool(pte & C.PTE_SPECIAL)
     fi = None if special else core.frame_info(pfn)
-    if gup_flags & FOLL.WRITE and not can_follow_write_pte(pte, fi, vma, gup_flags, core):
+    if gup_flags & FOLL.WRITE and not can_follow_write_pte(mm.kernel, pte, None if special else pfn,
+                                                          vma, gup_flags):
         return _FOLLOW_FAULT
     if special:
         if pfn != C.ZERO_PFN:
             return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
         if gup_flags & FOLL.DUMP:
             return -errno.EFAULT
-    if not pte & C.PTE_WRITE and gup_must_unshare(vma, gup_flags, fi, core) \
-            and Mutant.NO_UNSHARE not in mm.kernel.mutants:
+    if not pte & C.PTE_WRITE and gup_must_unshare(mm.kernel, vma, gup_flags, pfn):
         return _FOLLOW_UNSHARE
     if gup_flags & (FOLL.GET | FOLL.PIN):        # try_grab_page(): else a no-op
         rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
@@ -262,7 +291,7 @@ def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -
 # ---------------------------------------------------------------------------
 # the loop
 
-def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
+def _follow_how(vma: VMA, gup_flags: int, want_pages: bool, policy) -> int:
     """The PG_FOLLOW_* bits for pg_follow_range()."""
     how = 0
     if gup_flags & FOLL.WRITE:
@@ -271,8 +300,11 @@ def _follow_how(vma: VMA, gup_flags: int, want_pages: bool) -> int:
         how |= C.FOLLOW_PIN if gup_flags & FOLL.PIN else C.FOLLOW_GET
     if gup_flags & FOLL.TOUCH:
         how |= C.FOLLOW_TOUCH
-    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags):
+    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags) \
+            and policy.cow_ro_longterm_unshare:      # gup_must_unshare(), 6.2 on
         how |= C.FOLLOW_UNSHARE_FILE
+    if gup_flags & FOLL.SPLIT_PMD:
+        how |= C.FOLLOW_SPLIT_PMD
     return how
 
 
@@ -298,7 +330,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
         # common case); the first one that needs more goes the slow way
         taken = core.follow_range(cpu, mm.id, start,
                                   min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT, GUP_BATCH),
-                                  _follow_how(vma, gup_flags, out is not None))
+                                  _follow_how(vma, gup_flags, out is not None, policy))
         if len(taken):
             if out is not None:
                 out.extend(taken.tolist())
@@ -306,6 +338,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
             start += len(taken) << PAGE_SHIFT
             nr_pages -= len(taken)
             continue
+        relookup = False
         for _ in range(8):                       # fault, then retry the lookup
             r = follow_page_mask(mm, vma, start, gup_flags)
             if r >= 0:
@@ -313,10 +346,21 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
             if r in (_FOLLOW_FAULT, _FOLLOW_UNSHARE):
                 r = faultin_page(vma, start, gup_flags, r == _FOLLOW_UNSHARE, cpu)
                 if r == 0:
+                    # the cond_resched() between the fault and the retried
+                    # lookup: mmap_lock is only read-held, so MADV_DONTNEED
+                    # or a fault on another CPU can run here (the Dirty COW
+                    # window, BUGS #4)
+                    mm.kernel.mmap_lock_break(_GUP_FAULTED_IN)
+                    if mm.find_vma(start) is not vma:
+                        relookup = True
+                        break
                     continue
             break
         else:
             r = -errno.EFAULT                    # the fault handler made no progress
+        if relookup:
+            vma = None                           # find_vma + check_vma_flags again
+            continue
         if r < 0:
             if r == -errno.EEXIST and out is None:
                 r = 0                            # a raw pfn: fine without pages
@@ -345,12 +389,63 @@ def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
     return __get_user_pages(mm, start, nr_pages, gup_flags, out, cpu, trace)
 
 
-def folio_is_longterm_pinnable(fi) -> bool:
-    """/* mirrors folio_is_longterm_pinnable() */: not in ZONE_MOVABLE (the
-    zero page always is)."""
-    if fi.flags & C.F_ZERO:
-        return True
-    return fi.zone != C.ZONE_MOVABLE
+# ---------------------------------------------------------------------------
+# populate: mlock, MAP_LOCKED, MADV_POPULATE_(READ|WRITE)
+
+def populate_vma_page_range(vma: VMA, start: int, end: int, cpu: int) -> int:
+    """/* mirrors populate_vma_page_range() */: fault [start, end) of one VMA
+    in through __get_user_pages() with no pages array.  Returns pages done
+    or a negative errno."""
+    nr_pages = (end - start) >> PAGE_SHIFT
+    if vma.vm_flags & VM.LOCKONFAULT:
+        return nr_pages               # VM_LOCKONFAULT: pages lock as they fault
+    gup_flags = FOLL.TOUCH
+    # break COW now in private writable mappings; shared ones would only be
+    # dirtied for nothing
+    if (vma.vm_flags & (VM.WRITE | VM.SHARED)) == VM.WRITE:
+        gup_flags |= FOLL.WRITE
+    # mlock must succeed on any mapping that is not PROT_NONE
+    if vma.vm_flags & (VM.READ | VM.WRITE | VM.EXEC):
+        gup_flags |= FOLL.FORCE
+    return __get_user_pages(vma.vm_mm, start, nr_pages, int(gup_flags), None, cpu)
+
+
+def __mm_populate(mm, start: int, length: int, ignore_errors: bool, cpu: int) -> int:
+    """/* mirrors __mm_populate() */: populate every VMA part of [start,
+    start+length) but VM_IO / VM_PFNMAP ones; 0 or the first negative errno
+    (with ignore_errors, as mm_populate() after mmap, none)."""
+    end = start + length
+    nstart = start
+    while nstart < end:
+        vmas = mm.vmas_in(nstart, end)
+        if not vmas:
+            break
+        vma = vmas[0]
+        nend = min(end, vma.vm_end)
+        if vma.vm_flags & (VM.IO | VM.PFNMAP):
+            nstart = nend
+            continue
+        nstart = max(nstart, vma.vm_start)
+        ret = populate_vma_page_range(vma, nstart, nend, cpu)
+        if ret < 0:
+            if ignore_errors:
+                nstart = nend
+                continue
+            return ret
+        nstart = nstart + ret * PAGE_SIZE if ret else nend      # a short count: the next try fails
+    return 0
+
+
+def faultin_vma_page_range(vma: VMA, start: int, end: int, write: bool, cpu: int) -> int:
+    """/* mirrors faultin_vma_page_range() */ (faultin_page_range() since
+    6.9): MADV_POPULATE_(READ|WRITE) faults pages in with FOLL_TOUCH and
+    the VMA's own permissions (no FOLL_FORCE).  Pages done, or -EINVAL for
+    a VMA GUP refuses, or GUP's errno."""
+    gup_flags = FOLL.TOUCH | FOLL.HWPOISON | FOLL.UNLOCKABLE | (FOLL.WRITE if write else 0)
+    if check_vma_flags(vma, int(gup_flags), vma.vm_mm.kernel.policy):
+        return -errno.EINVAL
+    return __get_user_pages(vma.vm_mm, start, (end - start) >> PAGE_SHIFT, int(gup_flags),
+                            None, cpu)
 
 
 def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
@@ -360,9 +455,10 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     core = mm.kernel.core
     collect: list[int] = []
     for pfn in pfns:
-        fi = core.frame_info(pfn)
-        if not folio_is_longterm_pinnable(fi) and fi.head not in collect:
-            collect.append(fi.head)
+        if not core.folio_is_longterm_pinnable(pfn):     # /* the C core's rule */
+            head = core.frame_info(pfn).head
+            if head not in collect:
+                collect.append(head)
     if not collect:
         return 0
     for pfn in pfns:
@@ -468,6 +564,13 @@ class Pages:
         kind = "pinned" if self.pinned else "got"
         return f"<Pages {len(self)} {kind}{' released' if self.released else ''}>"
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import grid_table
+        kind = "pinned (FOLL_PIN)" if self.pinned else "referenced (FOLL_GET)"
+        title = f"{len(self)} pages, {kind}{', released' if self.released else ''}"
+        rows = [(i, hex(pfn)) for i, pfn in enumerate(self)][:64]
+        return grid_table(title, ["index", "pfn"], rows)
+
 
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
@@ -495,10 +598,15 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
     start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
-    flags = is_valid_gup_args(want_pages, locked, gup_flags, to_set, m.policy)
-    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
+    if trace is NO_TRACE and m.trace_sink is not None:
+        trace = m.trace_sink
+    flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
+    if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
+                   flags is None, errno.EINVAL,
                    gup_flags=flag_names(FOLL, gup_flags), to_set=flag_names(FOLL, to_set)):
-        return (0 if pin_api else -errno.EINVAL), Pages(m, [], pinned=pin_api)
+        # from 6.3 pin_user_pages{,_remote,_unlocked} answer 0; 6.1's WARNs -EINVAL
+        ret = 0 if pin_api and m.policy.valid_gup_args else -errno.EINVAL
+        return ret, Pages(m, [], pinned=pin_api)
     if nr_pages == 0:
         return 0, Pages(m, [], pinned=bool(flags & FOLL.PIN))
     out: Optional[list[int]] = [] if want_pages else None
@@ -511,24 +619,46 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
                       writable=bool(flags & FOLL.WRITE))
 
 
+# why GUP-fast stopped short (pg_gup_fast_why's C.FAST_STOP_* codes), in the
+# kernel's terms: the slow path then decides the page it could not take
+FAST_STOP_REASONS = {
+    C.FAST_STOP_NOT_PRESENT: "not present (no page table or entry)",
+    C.FAST_STOP_PROTNONE: "PROT_NONE / NUMA-hinting entry",
+    C.FAST_STOP_ACCESS: "pte_access_permitted: not writable",
+    C.FAST_STOP_SPECIAL: "special mapping (no struct page)",
+    C.FAST_STOP_GRAB: "try_grab_folio failed (refcount 0, or no headroom for the pin)",
+    C.FAST_STOP_MOVABLE: "ZONE_MOVABLE: long-term pin must migrate",
+    C.FAST_STOP_SECRETMEM: "folio_is_secretmem",
+    C.FAST_STOP_WHITELIST: "folio_fast_pin_allowed: not anon/shmem/hugetlb",
+    C.FAST_STOP_CHANGED: "PMD/PTE changed under the walk",
+    C.FAST_STOP_UNSHARE: "gup_must_unshare: not exclusive anon",
+    C.FAST_STOP_WP_SEQ: "fork's write_protect_seq",
+}
+
+
 def _gup_fast_batched(m: "Kernel", cpu: int, mm, start: int, nr_pages: int,
-                      flags: int) -> np.ndarray:
+                      flags: int, why: bool = False) -> tuple[np.ndarray, int]:
     """The lockless walk in batches of GUP_BATCH pages, each one C call
     with IRQs off: the output buffer grows with what was taken, never with
     what was asked (a 2**34-page request over an empty range costs one
     small buffer); a short batch ends the walk, as the first page the walk
-    cannot take does."""
+    cannot take does.  (pfns, why the walk stopped: a C.FAST_STOP_* code
+    when ``why``, else 0)."""
     parts = []
     done = 0
+    stop = 0
     while done < nr_pages:
         n = min(nr_pages - done, GUP_BATCH)
-        got = m.core.gup_fast(cpu, mm.id, start + (done << PAGE_SHIFT), n, flags,
-                              m.policy.gup_fast_bits)
+        at = start + (done << PAGE_SHIFT)
+        if why:
+            got, stop = m.core.gup_fast_why(cpu, mm.id, at, n, flags, m.policy.gup_fast_bits)
+        else:
+            got = m.core.gup_fast(cpu, mm.id, at, n, flags, m.policy.gup_fast_bits)
         parts.append(got)
         done += len(got)
         if len(got) < n:
             break
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), stop
 
 
 def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
@@ -539,10 +669,19 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     could not take."""
     start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
-    flags = is_valid_gup_args(True, None, gup_flags, to_set, m.policy)
-    if trace.check("is_valid_gup_args", flags is None, errno.EINVAL,
-                   gup_flags=flag_names(FOLL, gup_flags)):
-        return -errno.EINVAL, Pages(m, [], pinned=False)
+    if trace is NO_TRACE and m.trace_sink is not None:
+        trace = m.trace_sink
+    pin_api = bool(to_set & FOLL.PIN)
+    flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
+    if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
+                   flags is None, errno.EINVAL, gup_flags=flag_names(FOLL, gup_flags)):
+        if to_set & FOLL.FAST_ONLY and not m.policy.valid_gup_args:
+            ret = 0          # 6.1's get_user_pages_fast_only() never answers < 0
+        elif pin_api and not m.policy.pin_fast_bad_args_einval:
+            ret = 0          # 6.3 and 6.4.0-9: pin_user_pages_fast() answered 0
+        else:
+            ret = -errno.EINVAL
+        return ret, Pages(m, [], pinned=pin_api)
     fast_mask = (FOLL.WRITE | FOLL.LONGTERM | FOLL.FORCE | FOLL.PIN | FOLL.GET | FOLL.FAST_ONLY
                  | FOLL.NOFAULT | FOLL.PCI_P2PDMA | FOLL.HONOR_NUMA_FAULT)
     pinned = bool(flags & FOLL.PIN)
@@ -564,9 +703,13 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     if m.core.irqs_disabled(cpu) and not flags & FOLL.FAST_ONLY:
         raise IrqsDisabledError(f"GUP-fast with fallback may sleep: IRQs are disabled on cpu {cpu} "
                                 "(use FOLL_FAST_ONLY, or enable IRQs first)")
-    fast = _gup_fast_batched(m, cpu, mm, start, nr_pages, flags)
-    trace.steps.append(Step("lockless_pages_from_mm", {"taken": len(fast), "of": nr_pages},
-                            "pass" if len(fast) == nr_pages else "fallback"))
+    fast, why = _gup_fast_batched(m, cpu, mm, start, nr_pages, flags, trace is not NO_TRACE)
+    if trace is not NO_TRACE:
+        inputs: dict = {"taken": len(fast), "of": nr_pages}
+        if len(fast) < nr_pages:
+            inputs["why"] = FAST_STOP_REASONS.get(why, f"code {why}")
+        trace.steps.append(Step("lockless_pages_from_mm", inputs,
+                                "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL.FAST_ONLY:
         return len(fast), Pages(m, fast, pinned, writable=bool(flags & FOLL.WRITE))
     out: list[int] = []

@@ -57,23 +57,40 @@ def migrate_folio(kernel: "Kernel", head: int, cpu: int) -> bool:
         if level and pte_pfn(pte) == head + i:
             mapped.append((vma, addr, i, level))
     expected = len(mapped) + (1 if file_backed else 0)
-    if fi.refcount != expected:        # folio_migrate_mapping(): -EAGAIN
+    if fi.refcount != expected:        # an early -EAGAIN, on a snapshot
         return False
     try:
         new = kernel.alloc_folio(fi.order, movable=False)
     except OSError:
         return False
+    # try_to_migrate(): unmap every leaf and flush first.  Only then is the
+    # count final: a lockless GUP-fast that read a leaf before the clear is
+    # held off by the flush until its re-check fails, and nothing else can
+    # take a reference without the lock this runs under.  Checking the
+    # count before unmapping (as a snapshot) loses a pin taken in between:
+    # the pinner keeps the old folio while the mapping moves on.
+    cleared = []
+    for vma, addr, i, level in mapped:
+        mm = vma.vm_mm.id
+        size = PAGE_SIZE << (C.PMD_ORDER if level == C.LEVEL_PMD else 0)
+        old = core.pte_clear(mm, addr)                  # try_to_migrate_one()
+        core.flush_tlb_range(cpu, mm, addr, addr + size)
+        cleared.append((mm, addr, i, level, old))
+    if core.frame_info(head).refcount != expected:
+        # folio_migrate_mapping()'s freeze fails: -EAGAIN, and
+        # remove_migration_ptes() maps the old folio back
+        for mm, addr, i, level, old in cleared:
+            core.pte_set(mm, addr, old, level)
+        core.folio_put(new, 1)
+        return False
+    # the content is final once nobody maps it (the copy comes after the unmap)
     core.folio_copy(new, head)
     core.flags_update(new, fi.flags & _MIGRATED_FLAGS, 0)
     for i in range(nr):
         if core.frame_info(head + i).flags & C.F_ANON_EXCLUSIVE:
             core.flags_update(new + i, C.F_ANON_EXCLUSIVE, 0)
     core.set_mapping(new, fi.mapping, fi.index)
-    for vma, addr, i, level in mapped:
-        mm = vma.vm_mm.id
-        size = PAGE_SIZE << (C.PMD_ORDER if level == C.LEVEL_PMD else 0)
-        old = core.pte_clear(mm, addr)                  # try_to_migrate_one()
-        core.flush_tlb_range(cpu, mm, addr, addr + size)
+    for mm, addr, i, level, old in cleared:
         bits = old & ~C.PTE_PFN_MASK
         core.pte_set(mm, addr, ((new + i) << C.PTE_PFN_SHIFT) | bits, level)
         core.folio_get(new, 1)

@@ -9,8 +9,8 @@ import errno
 from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
-from pygup.flags import (FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, GupError, bool_arg,
-                         int_arg)
+from pygup.flags import (FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError,
+                         bool_arg, int_arg)
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
 from pygup.kernel.vma import VMA, VmaTree
@@ -62,6 +62,27 @@ class PTE:
     def pfn(self) -> int:
         return pte_pfn(self.raw)
 
+    _BITS = ("present", "write", "dirty", "accessed", "protnone", "special", "huge")
+
+    def fields(self) -> list[tuple[str, object]]:
+        """The decoded entry, as (name, value) pairs."""
+        if not self.level:
+            return [("level", "none (nothing mapped)")]
+        return ([("level", "PMD" if self.level == 2 else "PTE")]
+                + [(b, getattr(self, b)) for b in self._BITS]
+                + [("pfn", hex(self.pfn)), ("raw", hex(self.raw))])
+
+    def __repr__(self) -> str:
+        if not self.level:
+            return "PTE(none)"
+        bits = ", ".join(b for b in self._BITS if getattr(self, b))
+        kind = "PMD" if self.level == 2 else "PTE"
+        return f"{kind}({bits or 'not present'}, pfn={self.pfn:#x}, raw={self.raw:#x})"
+
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        return fields_table("page-table entry", self.fields())
+
 
 class MM:
     """An mm_struct: the VMA tree and the C page tables."""
@@ -72,6 +93,8 @@ class MM:
         self.vmas = VmaTree()
         self.has_pinned = False           # MMF_HAS_PINNED, sticky
         self.alive = True
+        self.locked_vm = 0                # pages of VM_LOCKED VMAs (mm->locked_vm)
+        self.def_flags = VM.NONE          # flags every new VMA gets (mlockall(MCL_FUTURE))
 
     # -- GUP entry points (SPEC §1.2): (ret, Pages), ret as the kernel's ---------
     def get_user_pages(self, start: int, nr_pages: int, gup_flags: int = 0,

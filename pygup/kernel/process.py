@@ -1,6 +1,10 @@
 """``Process``: a task with an ``MM`` and the system calls that change it —
-mmap / mmap_pfn / munmap / mprotect / msync / fork / exit — and user reads
-and writes through the emulated MMU.
+mmap / mmap_pfn / munmap / mprotect / msync / madvise / mlock / mremap /
+fork / exit — and user reads and writes through the emulated MMU.
+
+Each system call checks its arguments in the kernel's order first, then
+does the mm work under the machine lock; the rules are in the kernel
+modules named after the kernel's files (madvise.py, mlock.py, mremap.py).
 """
 from __future__ import annotations
 
@@ -8,11 +12,17 @@ import errno
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from pygup._native import C
-from pygup.flags import (MAP, MAX_LFS_FILESIZE, MS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE,
-                         PROT, TASK_SIZE, VM, GupError, check_flags, int_arg)
-from pygup.kernel.fault import handle_mm_fault, handle_user_fault
+from pygup.flags import (MADV, MAP, MAX_LFS_FILESIZE, MCL, MLOCK, MREMAP, MS, PAGE_MASK,
+                         PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PROT, TASK_SIZE, VM, GupError,
+                         check_flags, int_arg)
+from pygup.kernel import madvise as madv
+from pygup.kernel import mlock as mlk
+from pygup.kernel import mremap as mrp
+from pygup.kernel.fault import handle_user_fault
 from pygup.kernel.fs import DEVICE_VM_OPS
+from pygup.kernel.gup import __mm_populate as mm_populate_range
 from pygup.kernel.mm import MM
+from pygup.kernel.thp import split_folio, split_huge_pmd_range, thp_folios_at_edges
 from pygup.kernel.vfs import File, anon_inode_file, iput
 from pygup.kernel.vma import VMA, is_cow_mapping
 from pygup.kernel.writeback import writeback_inode
@@ -23,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 HPAGE_SIZE = PMD_SIZE
 _MAX_FAULT_RETRIES = 16
+MLOCK_LIMIT = 8 << 20         # the default RLIMIT_MEMLOCK (8 MiB since 5.16)
 
 
 def _page_count(length: int) -> int:
@@ -44,9 +55,23 @@ class Process:
         self.alive = True
         # pages kept by GUP callers (io_uring, rdma, vfio, pipe): see callers.py
         self.held: dict[str, list["Pages"]] = {}
+        # RLIMIT_MEMLOCK in bytes, and CAP_IPC_LOCK (which lifts it): settable
+        self.rlimit_memlock = MLOCK_LIMIT
+        self.cap_ipc_lock = False
 
     def __repr__(self) -> str:
         return f"<Process {self.pid}{'' if self.alive else ' (exited)'} vmas={len(self.mm.vmas)}>"
+
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import grid_table
+        from pygup.kernel.vma import vm_flags_str
+        rows = [(f"{v.vm_start:#x}-{v.vm_end:#x}", vm_flags_str(v.vm_flags),
+                 v.vm_file.describe() if v.vm_file is not None else "anon")
+                for v in self.mm.vmas]
+        held = ", ".join(f"{k}: {sum(len(p) for p in v)} pages" for k, v in self.held.items())
+        title = f"process {self.pid}{'' if self.alive else ' (exited)'}" + \
+            (f"; held by callers: {held}" if held else "")
+        return grid_table(title, ["range", "flags", "backing"], rows)
 
     def _live(self) -> None:
         if not self.alive:
@@ -81,6 +106,12 @@ class Process:
         kind = flags & (MAP.SHARED | MAP.PRIVATE)
         if kind not in (MAP.SHARED, MAP.PRIVATE):
             raise GupError(errno.EINVAL, "exactly one of MAP_SHARED and MAP_PRIVATE")
+        # do_mmap(): MAP_LOCKED needs the right to lock, and room under the limit
+        if flags & MAP.LOCKED and not mlk.can_do_mlock(self):
+            raise GupError(errno.EPERM, "MAP_LOCKED: RLIMIT_MEMLOCK is 0 and no CAP_IPC_LOCK")
+        lock_bits = VM.LOCKED if flags & MAP.LOCKED else VM.NONE
+        if not mlk.mlock_future_ok(self, lock_bits | self.mm.def_flags, _page_count(length) * PAGE_SIZE):
+            raise GupError(errno.EAGAIN, "a locked mapping over RLIMIT_MEMLOCK")
         k = self.kernel
         with k.op() as cpu:
             created = None
@@ -111,6 +142,7 @@ class Process:
                                                     "is past MAX_LFS_FILESIZE")
                 vm_flags = calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC
                 vm_flags |= VM.SOFTDIRTY                         # new VMAs start "all dirty"
+                vm_flags |= self.mm.def_flags | lock_bits        # mlockall(MCL_FUTURE), MAP_LOCKED
                 if file is not None:
                     if kind == MAP.SHARED:
                         if prot & PROT.WRITE and not file.writable:
@@ -139,17 +171,28 @@ class Process:
                 pgoff = offset >> PAGE_SHIFT if inode is not None else start >> PAGE_SHIFT
                 vm_ops = inode.fs.fstype.vm_ops if inode is not None else None
                 vma = VMA(self.mm, start, start + length, vm_flags, inode, pgoff, vm_ops)
+                if vma.vm_flags & VM.LOCKED and file is not None and \
+                        file.fs.fstype.kind == "secretmem":
+                    pass                                         # secretmem: locked, never counted
+                elif vma.vm_flags & VM.LOCKED:
+                    # mmap_region(): VM_SPECIAL, hugetlb and DAX are never locked
+                    if mlk.mlock_unlockable(vma):
+                        vma.vm_flags = VM(vma.vm_flags & ~mlk.VM_LOCKED_MASK)
+                    else:
+                        self.mm.locked_vm += length >> PAGE_SHIFT
                 self.mm.vma_link(vma)
                 self.mm.vma_merge(vma)
             except BaseException:
                 # mmap_region() failed after shmem_zero_setup() /
-                # hugetlb_file_setup(): the file made for it goes (fput)
+                # hugetlb_file_setup(): the file made for it goes now (fput)
                 if created is not None:
-                    iput(created.inode)
+                    created.close()
                 raise
-        if flags & MAP.POPULATE:
-            self._populate(start, start + length, write=bool(prot & PROT.WRITE) and
-                           bool(vm_flags & VM.SHARED or not file))
+            if flags & MAP.POPULATE or vma.vm_flags & VM.LOCKED:
+                # do_mmap() -> mm_populate() (errors ignored): through GUP,
+                # populate_vma_page_range()'s flags — the one populate that
+                # mlock and MAP_POPULATE share
+                mm_populate_range(self.mm, start, length, True, cpu)
         return start
 
     def mmap_pfn(self, length: int, prot: int) -> int:
@@ -203,20 +246,6 @@ class Process:
             k.device_frames.extend(pfns)
         return start
 
-    def _populate(self, start: int, end: int, write: bool) -> None:
-        """MAP_POPULATE: fault every page in (writes only where that breaks no
-        COW: a private file mapping is populated for read)."""
-        step = PAGE_SIZE
-        with self.kernel.op() as cpu:
-            for addr in range(start, end, step):
-                vma = self.mm.find_vma(addr)
-                if vma is None:
-                    break
-                try:
-                    handle_mm_fault(vma, addr, write, cpu)
-                except GupError:
-                    break            # SIGBUS past EOF: populate stops quietly
-
     # -- munmap / mprotect -------------------------------------------------------
     def _check_range(self, addr: int, length: int) -> tuple[int, int]:
         addr = int_arg(addr, "addr")
@@ -240,9 +269,19 @@ class Process:
         if not vmas:
             return
         lo, hi = vmas[0].vm_start, vmas[-1].vm_end
+        # a THP the range cuts: PTE-mapped first (__split_vma ->
+        # vma_adjust_trans_huge), then the part inside goes like any pages
+        split_huge_pmd_range(mm, lo, hi, cpu)
+        partial = thp_folios_at_edges(mm, lo, hi)
         for vma in vmas:
+            if vma.vm_flags & VM.LOCKED:
+                mm.locked_vm -= vma.length >> PAGE_SHIFT
             mm.vma_unlink(vma)
         core.zap_range(cpu, mm.id, lo, hi)
+        for head in partial:
+            # deferred_split_folio(), done at once: a partly mapped THP
+            # becomes small folios unless it is pinned (then it stays)
+            split_folio(self.kernel, head, cpu)
         # free_pgtables(): tables wholly inside the hole left behind
         prev = mm.vmas.last_below(lo)
         floor = prev.vm_end if prev is not None else 0
@@ -272,6 +311,7 @@ class Process:
                                        or min(end, vma.vm_end) % HPAGE_SIZE):
                     raise GupError(errno.EINVAL, "hugetlb VMAs change only in 2 MiB units")
             core = self.kernel.core
+            split_huge_pmd_range(mm, start, end, cpu)     # change_pmd_range()
             for vma in mm.split_range(start, end):
                 vma.vm_flags = VM((vma.vm_flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | newbits)
                 if not newbits & (VM.READ | VM.WRITE | VM.EXEC):
@@ -285,6 +325,134 @@ class Process:
             for vma in mm.vmas_in(start, end):
                 if vma in mm.vmas:
                     mm.vma_merge(vma)
+
+    # -- madvise -------------------------------------------------------------------
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        """madvise(2) with a ``MADV`` advice (pygup/kernel/madvise.py has the
+        rules).  As do_madvise(): unknown advice, then a misaligned start,
+        then a wrapping range are EINVAL; a zero length does nothing; a hole
+        in the range is ENOMEM after the rest got the advice."""
+        self._live()
+        addr = int_arg(addr, "addr")
+        length = int_arg(length, "length")
+        advice = int_arg(advice, "advice")
+        if not madv.madvise_behavior_valid(advice):
+            raise GupError(errno.EINVAL, f"advice {advice} is not one pygup.MADV knows")
+        advice = MADV(advice)
+        if addr % PAGE_SIZE or addr < 0:
+            raise GupError(errno.EINVAL, f"addr {addr:#x} is not page aligned")
+        if length < 0:
+            raise GupError(errno.EINVAL, "length must not be negative")
+        end = addr + _page_count(length) * PAGE_SIZE
+        if end >= 1 << 64:
+            raise GupError(errno.EINVAL, "addr + length wraps")
+        if end == addr:
+            return
+        with self.kernel.op() as cpu:
+            if advice in (MADV.POPULATE_READ, MADV.POPULATE_WRITE):
+                madv.madvise_populate(self.mm, addr, end, advice, cpu)
+                return
+            madv.madvise_walk_vmas(self.mm, addr, end,
+                                   madv.madvise_vma_behavior(self.mm, advice, cpu))
+
+    # -- mlock ----------------------------------------------------------------------
+    def _mlock_range(self, addr: int, length: int) -> tuple[int, int]:
+        """mlock's rounding: the start down to its page, the length up."""
+        addr = int_arg(addr, "addr")
+        length = int_arg(length, "length")
+        if addr < 0 or length < 0:
+            raise GupError(errno.EINVAL, "addr and length must not be negative")
+        start = addr & PAGE_MASK
+        return start, _page_count(length + (addr - start)) * PAGE_SIZE
+
+    def mlock(self, addr: int, length: int, flags: int = 0) -> None:
+        """mlock2(2) (mlock(2) with flags 0): VM_LOCKED (with MLOCK.ONFAULT
+        also VM_LOCKONFAULT, nothing faulted now) on every VMA of the range,
+        then the range populated through GUP.  EPERM without the right,
+        ENOMEM over RLIMIT_MEMLOCK or for a hole (the VMAs before it stay
+        locked), populate's EFAULT as ENOMEM and its ENOMEM as EAGAIN."""
+        self._live()
+        flags = int_arg(flags, "flags")
+        if flags & ~int(MLOCK.ONFAULT) or flags < 0:
+            raise GupError(errno.EINVAL, f"mlock2 flags {flags:#x}")
+        start, length = self._mlock_range(addr, length)
+        vm_flags = VM.LOCKED | (VM.LOCKONFAULT if flags & MLOCK.ONFAULT else VM.NONE)
+        with self.kernel.op() as cpu:
+            mlk.do_mlock(self, start, length, vm_flags)
+            err = mm_populate_range(self.mm, start, length, False, cpu)
+        if err < 0:
+            raise GupError(mlk.mlock_posix_error_return(-err), f"mlock populate at {start:#x}")
+
+    def munlock(self, addr: int, length: int) -> None:
+        """munlock(2): VM_LOCKED and VM_LOCKONFAULT off (ENOMEM for a hole)."""
+        self._live()
+        start, length = self._mlock_range(addr, length)
+        with self.kernel.op():
+            mlk.apply_vma_lock_flags(self.mm, start, length, VM.NONE)
+
+    def mlockall(self, flags: int) -> None:
+        """mlockall(2): MCL.CURRENT locks every mapping now (and populates
+        it, errors ignored), MCL.FUTURE every later one; MCL.ONFAULT with
+        either locks on fault.  ENOMEM when the whole address space is over
+        RLIMIT_MEMLOCK (MCL_CURRENT)."""
+        self._live()
+        flags = int_arg(flags, "flags")
+        known = int(MCL.CURRENT | MCL.FUTURE | MCL.ONFAULT)
+        if not flags or flags & ~known or flags < 0 or flags == MCL.ONFAULT:
+            raise GupError(errno.EINVAL, f"mlockall flags {flags:#x}")
+        if not mlk.can_do_mlock(self):
+            raise GupError(errno.EPERM, "RLIMIT_MEMLOCK is 0 and no CAP_IPC_LOCK")
+        with self.kernel.op() as cpu:
+            total_vm = sum(v.length for v in self.mm.vmas) >> PAGE_SHIFT
+            if flags & MCL.CURRENT and total_vm > self.rlimit_memlock >> PAGE_SHIFT \
+                    and not self.cap_ipc_lock:
+                raise GupError(errno.ENOMEM, "the address space is over RLIMIT_MEMLOCK")
+            mlk.apply_mlockall_flags(self, flags)
+            if flags & MCL.CURRENT:
+                mm_populate_range(self.mm, 0, TASK_SIZE, True, cpu)
+
+    def munlockall(self) -> None:
+        """munlockall(2)."""
+        self._live()
+        with self.kernel.op():
+            mlk.apply_mlockall_flags(self, 0)
+
+    # -- mremap ---------------------------------------------------------------------
+    def mremap(self, old_addr: int, old_len: int, new_len: int, flags: int = 0,
+               new_addr: Optional[int] = None) -> int:
+        """mremap(2); returns the (new) address.  Shrinks and grows in
+        place, or with ``MREMAP.MAYMOVE`` moves the mapping — page tables
+        and all: a pinned page keeps its pin and is mapped at the new
+        address.  ``MREMAP.FIXED`` moves to ``new_addr`` (unmapping what was
+        there), ``MREMAP.DONTUNMAP`` leaves the old range mapped and empty.
+        The checks are mremap()'s, in its order."""
+        self._live()
+        old_addr = int_arg(old_addr, "old_addr")
+        old_len = int_arg(old_len, "old_len")
+        new_len = int_arg(new_len, "new_len")
+        flags = int_arg(flags, "flags")
+        new_addr = 0 if new_addr is None else int_arg(new_addr, "new_addr")
+        known = int(MREMAP.MAYMOVE | MREMAP.FIXED | MREMAP.DONTUNMAP)
+        if flags < 0 or flags & ~known:
+            raise GupError(errno.EINVAL, f"mremap flags {flags:#x}")
+        if flags & MREMAP.FIXED and not flags & MREMAP.MAYMOVE:
+            raise GupError(errno.EINVAL, "MREMAP_FIXED needs MREMAP_MAYMOVE")
+        # MREMAP_DONTUNMAP is a move and never a resize
+        if flags & MREMAP.DONTUNMAP and (not flags & MREMAP.MAYMOVE or old_len != new_len):
+            raise GupError(errno.EINVAL, "MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and equal lengths")
+        if old_addr % PAGE_SIZE or old_addr < 0:
+            raise GupError(errno.EINVAL, f"old_addr {old_addr:#x} is not page aligned")
+        if old_len < 0 or new_len < 0 or new_addr < 0:
+            raise GupError(errno.EINVAL, "lengths and new_addr must not be negative")
+        old_len = _page_count(old_len) * PAGE_SIZE
+        new_len = _page_count(new_len) * PAGE_SIZE
+        if not new_len:
+            raise GupError(errno.EINVAL, "new_len must not be 0")
+        with self.kernel.op() as cpu:
+            ret, populate = mrp.do_mremap(self, old_addr, old_len, new_len, flags, new_addr, cpu)
+            if populate is not None:
+                mm_populate_range(self.mm, populate[0], populate[1], True, cpu)
+        return ret
 
     # -- fork / exit ---------------------------------------------------------------
     def fork(self) -> "Process":
@@ -309,14 +477,24 @@ class Process:
     def _dup_mmap(self, child: "Process", cpu: int) -> None:
         """/* mirrors dup_mmap() */: the VMAs, and their pages where fork
         copies them; raises (ENOMEM) with the child partly built."""
+        child.rlimit_memlock = self.rlimit_memlock
+        child.cap_ipc_lock = self.cap_ipc_lock
+        child.mm.def_flags = VM(self.mm.def_flags & VM.NOHUGEPAGE)   # VM_INIT_DEF_MASK
         core = self.kernel.core
         for vma in self.mm.vmas:
             if vma.vm_flags & VM.DONTCOPY:
                 continue
-            new = VMA(child.mm, vma.vm_start, vma.vm_end, vma.vm_flags, vma.vm_file,
+            # dup_mmap(): the child's VMAs are never locked
+            new = VMA(child.mm, vma.vm_start, vma.vm_end,
+                      vma.vm_flags & ~(VM.LOCKED | VM.LOCKONFAULT), vma.vm_file,
                       vma.vm_pgoff, vma.vm_ops)
-            new.anon_vmas = list(vma.anon_vmas)       # anon_vma_fork()
             new.pgprot_customised = vma.pgprot_customised
+            if vma.vm_flags & VM.WIPEONFORK:
+                # a clean slate: no anon_vma, no pages copied; the
+                # child faults zero-filled memory
+                child.mm.vma_link(new)
+                continue
+            new.anon_vmas = list(vma.anon_vmas)       # anon_vma_fork()
             child.mm.vma_link(new)
             # vma_needs_copy(): shared file pages fault in lazily
             if vma.anon_vmas or vma.vm_flags & (VM.PFNMAP | VM.MIXEDMAP):
@@ -399,6 +577,22 @@ class Process:
             covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in vmas)
             if covered != end - start:
                 raise GupError(errno.ENOMEM, "range not fully mapped")
+
+    def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
+        """/proc/self/pagemap's entry for ``addr``: (present, pfn or None,
+        PM_MMAP_EXCLUSIVE) as pte_to_pagemap_entry() makes it: exclusive when
+        the page is mapped exactly once."""
+        self._live()
+        pte = self.mm.pte(addr)
+        if not pte.level or not (pte.present or pte.protnone):
+            return False, None, False
+        pfn = pte.pfn
+        if pte.level == 2:
+            pfn += (addr & (PMD_SIZE - 1)) >> PAGE_SHIFT
+        if pte.special:
+            return True, pfn, False
+        info = self.kernel.core.frame_info(pfn)
+        return True, pfn, info.mapcount == 1
 
     def vmas(self) -> Iterator[VMA]:
         return iter(list(self.mm.vmas))

@@ -103,6 +103,12 @@ class Interleaving:
     schedule: list
     trace: list
     seed: Optional[int]
+    # per pick: (mask of the CPUs that could have been picked, state digest
+    # or 0): what the schedule explorer branches and hashes on
+    choices: list = dataclasses.field(default_factory=list)
+    # per pick, with ``watch=``: the watched leaf and its folio
+    # (Core.sched_watches)
+    watched: list = dataclasses.field(default_factory=list)
 
     def __iter__(self):
         return iter((self.results, self.schedule))
@@ -154,7 +160,9 @@ def _plan(schedule: ScheduleArg, n: int
 def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
                      seed: Optional[int] = 0, schedule: ScheduleArg = None,
                      points: Optional[Iterable[str]] = None, spin_limit: int = 0,
-                     timeout: float = 60.0, op_arg: Any = None) -> Interleaving:
+                     timeout: float = 60.0, op_arg: Any = None,
+                     digests: bool = False,
+                     watch: Optional[tuple[int, int]] = None) -> Interleaving:
     """Run ``ops`` (each called as ``op(op_arg)``: ``Machine.run_concurrently``
     passes the machine) as CPUs 0..n-1, one step at a time (module
     docstring).  ``seed`` drives the picks; ``schedule``
@@ -162,7 +170,11 @@ def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
     first, then the last CPU runs on while it can, then the lowest runnable
     one.  ``points``: if given, only these C / Python yield points are
     scheduling points (spin waits always are), which keeps schedules short
-    and robust to new yield points elsewhere."""
+    and robust to new yield points elsewhere.  ``digests``: record a state
+    digest of the C core at every pick (``Interleaving.choices``; the
+    schedule explorer's state hashing).  ``watch``: (mm id, address): record
+    the leaf mapping it and its folio's counts at every pick
+    (``Interleaving.watched``)."""
     ops = list(ops)
     n = len(ops)
     if not 1 <= n <= kernel.nr_cpus:
@@ -206,6 +218,10 @@ def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
         try:
             for name in names:
                 core.sched_filter(name)
+            if digests:
+                core.sched_explore()
+            if watch is not None:
+                core.sched_watch(*watch)
             results: list = [None] * n
             threads = [threading.Thread(target=_cpu_body, args=(kernel, i, ops[i], op_arg, results),
                                         name=f"pygup-cpu{i}", daemon=True) for i in range(n)]
@@ -213,6 +229,8 @@ def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
                 t.start()
             stuck = _join(core, threads, timeout)
             trace = core.sched_trace()
+            choices = core.sched_choices()
+            watched = core.sched_watches() if watch is not None else []
             status = core.sched_status()
         except BaseException:
             if core.sched_status() & C.SCHED_DONE or not core.sched_status():
@@ -242,7 +260,8 @@ def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
             if want is not None and (plan[i], want) != got:
                 raise ScheduleDiverged(f"step {i}: the schedule says {(plan[i], want)}, "
                                        f"the run took {got}")
-    return Interleaving(results, taken, trace, seed if schedule is None else None)
+    return Interleaving(results, taken, trace, seed if schedule is None else None, choices,
+                        watched)
 
 
 def _end(core: "Core") -> None:

@@ -45,6 +45,15 @@ class Trace:
         return "\n".join(lines)
 
 
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import grid_table
+        d = self.decided
+        title = f"decided by {d.rule} (-{errno_name(d.errno)})" if d else "allowed"
+        rows = [(s.rule, s.verdict if s.verdict != "fail" else f"FAIL -{errno_name(s.errno)}",
+                 ", ".join(f"{k}={v}" for k, v in s.inputs.items())) for s in self.steps]
+        return grid_table(title, ["rule", "verdict", "inputs"], rows)
+
+
 class _NullTrace(Trace):
     def check(self, rule: str, failed: bool, err: int = 0, **inputs: Any) -> bool:
         return failed

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from sortedcontainers import SortedKeyList
 
+from pygup._native import C
 from pygup.flags import PAGE_SHIFT, VM
 from pygup.kernel.fs import SECRETMEM_VM_OPS, VmOps
 
@@ -94,6 +95,15 @@ class VMA:
     def __repr__(self) -> str:
         what = self.vm_file.describe() if self.vm_file is not None else "anon"
         return f"<VMA {self.vm_start:#x}-{self.vm_end:#x} {vm_flags_str(self.vm_flags)} {what}>"
+
+    def _repr_html_(self) -> str:
+        from pygup.kernel.html import fields_table
+        return fields_table("VMA", [
+            ("range", f"{self.vm_start:#x}-{self.vm_end:#x}"),
+            ("pages", self.length >> PAGE_SHIFT), ("flags", vm_flags_str(self.vm_flags)),
+            ("backing", self.vm_file.describe() if self.vm_file is not None else "anon"),
+            ("pgoff", self.vm_pgoff),
+            ("needs dirty tracking", vma_needs_dirty_tracking(self))])
 
 
 class VmaTree:
@@ -261,6 +271,12 @@ def vma_is_secretmem(vma: VMA) -> bool:
 def vma_is_fsdax(vma: VMA) -> bool:
     """/* mirrors vma_is_fsdax() */: a DAX file that is not device-dax."""
     return vma.vm_file is not None and vma.vm_file.fs.fstype.kind == "dax"
+
+
+def maybe_mkwrite(vma: VMA) -> int:
+    """maybe_mkwrite(): the write bit only where the VMA is writable (a
+    FOLL_FORCE write COWs without making the mapping writable)."""
+    return C.PTE_WRITE if vma.vm_flags & VM.WRITE else 0
 
 
 def vma_pte_writable(vma: VMA) -> bool:

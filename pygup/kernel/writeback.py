@@ -95,9 +95,12 @@ def writeback_inode(inode: "Inode", first: int = 0, last: Optional[int] = None) 
     return written
 
 
-def unmap_mapping_pages(inode: "Inode", first: int, last: Optional[int] = None) -> None:
-    """/* mirrors unmap_mapping_pages() */ with even_cows: zap every mapping of
-    file pages [first, last), private COW copies included."""
+def unmap_mapping_pages(inode: "Inode", first: int, last: Optional[int] = None,
+                        even_cows: bool = True) -> None:
+    """/* mirrors unmap_mapping_pages() */: zap every mapping of file pages
+    [first, last).  even_cows (truncate): private COW copies go too;
+    without it (hole punch) a private mapping loses only the page-cache
+    pages it maps, its anonymous copies stay (zap_details.even_cows)."""
     core = inode.fs.kernel.core
     cpu = _cpu(inode)
     for vma in list(inode.i_mmap):
@@ -111,8 +114,18 @@ def unmap_mapping_pages(inode: "Inode", first: int, last: Optional[int] = None) 
                 hi = end
             elif last <= vma.vm_pgoff:
                 continue
-        if lo < hi:
+        if lo >= hi:
+            continue
+        if even_cows or vma.vm_flags & VM.SHARED:
             core.zap_range(cpu, vma.vm_mm.id, lo, hi)
+            continue
+        addrs, ptes = core.range_leaves(vma.vm_mm.id, lo, hi)
+        for addr, pte in zip(addrs.tolist(), ptes.tolist()):
+            if pte & C.PTE_SPECIAL or not pte & (C.PTE_PRESENT | C.PTE_PROTNONE):
+                continue
+            fi = core.frame_info((pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT)
+            if fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON:
+                core.zap_range(cpu, vma.vm_mm.id, addr, addr + C.PAGE_SIZE)
 
 
 def try_to_unmap(inode: "Inode", head: int, start: int) -> None:
@@ -142,12 +155,40 @@ def _delete_from_page_cache(inode: "Inode", start: int) -> None:
     core.folio_put(pfn, 1)
 
 
+def truncate_inode_pages_range(inode: "Inode", first: int, last: Optional[int] = None) -> None:
+    """/* mirrors truncate_inode_pages_range() */: drop every cached folio
+    wholly inside pages [first, last) from the page cache (a folio mapped
+    again since the caller's unmap is unmapped first).  A folio someone
+    holds — a GUP pin — leaves the cache but lives on, with its frame and
+    its pin, until the holder lets go."""
+    nr = 1 << inode.order
+    for start in sorted(inode.page_cache):
+        if start >= first and (last is None or start + nr <= last):
+            unmap_mapping_pages(inode, start, start + nr, even_cows=False)
+            _delete_from_page_cache(inode, start)
+
+
 def truncate_inode_pages(inode: "Inode", first: int) -> None:
     """Unmap and drop every cached folio from page ``first`` on."""
     unmap_mapping_pages(inode, first)
-    for start in sorted(inode.page_cache):
-        if start >= first:
-            _delete_from_page_cache(inode, start)
+    truncate_inode_pages_range(inode, first)
+
+
+def punch_hole(inode: "Inode", first: int, last: int) -> None:
+    """fallocate(PUNCH_HOLE | KEEP_SIZE) of whole pages [first, last), as
+    shmem_fallocate() / ext4_punch_hole() do it: unmap the range from every
+    mapping but the private COW copies (unmap_mapping_range(even_cows=0)),
+    drop it from the page cache (truncate_pagecache_range()), free its
+    blocks.  The size does not change."""
+    if first >= last:
+        return
+    if mapping_can_writeback(inode):
+        # ext4_punch_hole(): filemap_write_and_wait_range() first
+        writeback_inode(inode, first, last)
+    unmap_mapping_pages(inode, first, last, even_cows=False)
+    truncate_inode_pages_range(inode, first, last)
+    for index in [i for i in inode.disk if first <= i < last]:
+        del inode.disk[index]
 
 
 def truncate_inode(inode: "Inode", size: int) -> None:
@@ -163,25 +204,44 @@ def truncate_inode(inode: "Inode", size: int) -> None:
             del inode.disk[index]
 
 
+def folio_mlocked(inode: "Inode", start: int) -> bool:
+    """Is the folio caching page ``start`` mapped by a VM_LOCKED VMA?  Such
+    a folio is unevictable (try_to_unmap_one() stops at a VM_LOCKED VMA)."""
+    core = inode.fs.kernel.core
+    for vma in inode.i_mmap:
+        addr = vma.address_of(start)
+        if addr is not None and vma.vm_flags & VM.LOCKED:
+            level, pte = core.pte_lookup(vma.vm_mm.id, addr)
+            if level and ((pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT) == inode.page_cache[start]:
+                return True
+    return False
+
+
+def shrink_file_folio(inode: "Inode", start: int) -> bool:
+    """shrink_folio_list() for one clean file folio: unmap it, release its
+    fs-private state, free it if no one else holds it.  A pinned folio
+    stays in the page cache, unmapped (Jan Kara's 2018 scenario); a dirty
+    one, or one under writeback or mlocked, is kept.  True if freed."""
+    core = inode.fs.kernel.core
+    if not mapping_can_writeback(inode):
+        return False           # shmem/ramfs/hugetlbfs: memory is the only copy (no swap)
+    head = inode.page_cache[start]
+    if core.frame_info(head).flags & (C.F_DIRTY | C.F_WRITEBACK) or folio_mlocked(inode, start):
+        return False
+    try_to_unmap(inode, head, start)
+    if core.frame_info(head).flags & C.F_DIRTY:
+        return False           # a dirty PTE moved to the folio: write it back first
+    core.flags_update(head, 0, C.F_PRIVATE)
+    if core.frame_info(head).refcount == 1:
+        _delete_from_page_cache(inode, start)
+        return True
+    return False
+
+
 def evict_inode(inode: "Inode") -> int:
     """Reclaim (shrink_folio_list) over one file's clean folios: unmap them,
     release fs-private state (try_to_release_page) and free those no one
     else holds.  A folio with extra references — a GUP pin — stays in the
     page cache, unmapped and stripped of its buffers (Jan Kara's 2018
     scenario).  Returns folios freed."""
-    core = inode.fs.kernel.core
-    if not mapping_can_writeback(inode):
-        return 0               # shmem/ramfs/hugetlbfs: memory is the only copy
-    freed = 0
-    for start in sorted(inode.page_cache):
-        head = inode.page_cache[start]
-        if core.frame_info(head).flags & (C.F_DIRTY | C.F_WRITEBACK):
-            continue
-        try_to_unmap(inode, head, start)
-        if core.frame_info(head).flags & C.F_DIRTY:
-            continue           # a dirty PTE moved to the folio: write it back first
-        core.flags_update(head, 0, C.F_PRIVATE)
-        if core.frame_info(head).refcount == 1:
-            _delete_from_page_cache(inode, start)
-            freed += 1
-    return freed
+    return sum(shrink_file_folio(inode, start) for start in sorted(inode.page_cache))

@@ -242,8 +242,8 @@ def plot(res: dict, path: str) -> None:
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, a minute or less")
-    ap.add_argument("--json", metavar="OUT")
-    ap.add_argument("--plot", metavar="OUT.png")
+    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    ap.add_argument("--plot", metavar="OUT.png", help="draw ns/page against pages (matplotlib)")
     ap.add_argument("--threads", type=int, help="up to this many threads (default: cores)")
 
 

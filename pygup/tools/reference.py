@@ -73,8 +73,8 @@ class _Walk:
     def must_unshare(self, fi) -> bool:
         if (self.flags & (FOLL.PIN | FOLL.WRITE)) != FOLL.PIN:
             return False
-        if not _anon(fi):
-            return bool(self.flags & FOLL.LONGTERM)
+        if not _anon(fi):       # 6.1 passed every non-anon page (84209e87c696)
+            return bool(self.flags & FOLL.LONGTERM) and self.m.policy.cow_ro_longterm_unshare
         flags = fi.flags
         if fi.flags & C.F_HUGETLB and fi.head != fi.pfn:
             flags = self.core.frame_info(fi.head).flags

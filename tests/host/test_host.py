@@ -1,4 +1,4 @@
-"""The live-kernel oracle (pygup/host.py, csrc/host.c, ``pygup oracle``).
+"""The live-kernel oracle (pygup/tools/oracle/, the host probes in C, ``pygup oracle``).
 
 The plumbing (matrix, pygup side of a cell, table, JSON, exit status) is
 tested everywhere with a fake host; the comparison with this machine's
@@ -13,9 +13,13 @@ import sys
 
 import pytest
 
-from pygup.tools.oracle import host
+from pygup.config.policy import POLICIES
+from pygup.tools import oracle
 from pygup.tools.cli import main
-from pygup.tools.oracle.host import Cell, Deliberate, Outcome, Report
+from pygup.tools.oracle import host
+from pygup.tools.oracle import report as report_mod
+from pygup.tools.oracle.cells import Cell, Deliberate, Outcome
+from pygup.tools.oracle.report import Report
 
 LINUX = sys.platform.startswith("linux")
 
@@ -24,30 +28,31 @@ LINUX = sys.platform.startswith("linux")
 # matrix and bookkeeping
 
 def test_enumerate_cells_is_the_full_product():
-    cells = host.enumerate_cells()
-    assert len(cells) == len(host.BACKINGS) * 2 * 2 * len(host.METHODS) * 3 == 1008
+    cells = oracle.enumerate_cells()
+    assert len(cells) == len(oracle.BACKINGS) * 2 * 2 * len(oracle.METHODS) * 3 == 1008
     assert len(set(cells)) == len(cells)
     assert {c.variant for c in cells} == {"prefault", "noprefault", "msync"}
-    only = host.enumerate_cells(["memfd"])
+    only = oracle.enumerate_cells(["memfd"])
     assert len(only) == 84 and {c.backing for c in only} == {"memfd"}
     assert cells[0].key == "anon/shared/rw/io_uring/prefault"
 
 
 def test_enumerate_cells_rejects_unknown_backing():
     with pytest.raises(ValueError, match="backing must be one of"):
-        host.enumerate_cells(["zfs"])
+        oracle.enumerate_cells(["zfs"])
 
 
 @pytest.mark.parametrize("release, policy", [
-    ("6.18.44-fc-v657", "6.14"), ("6.14.0", "6.14"), ("6.8.12-generic", "6.5"),
-    ("6.5.0", "6.5"), ("6.4.16", "6.4"), ("5.15.0-91-generic", "6.4"), ("7.1", "6.14")])
+    ("6.18.44-fc-v657", "6.18"), ("6.14.0", "6.14"), ("6.8.12-generic", "6.5"),
+    ("6.12.117-amd64", "6.12"), ("6.1.192", "6.1"), ("6.5.0", "6.5"), ("6.4.16", "6.4"),
+    ("5.15.0-91-generic", "6.1"), ("7.1", "6.18")])
 def test_nearest_policy(release, policy):
-    assert host.nearest_policy(release) == policy
+    assert oracle.nearest_policy(release) == policy
 
 
 def test_nearest_policy_rejects_garbage():
     with pytest.raises(ValueError):
-        host.nearest_policy("linux")
+        oracle.nearest_policy("linux")
 
 
 def test_outcome_classes():
@@ -67,9 +72,9 @@ def test_deliberate_matching():
     assert not d.matches(cell, "6.5", "ok", "EFAULT")
     assert not d.matches(Cell("anon", "private", "r", "proc_mem_write", "prefault"),
                          "6.5", "ok", "EIO")
-    for entry in host.DELIBERATE:       # each documented difference has a reason
+    for entry in oracle.DELIBERATE:       # each documented difference has a reason
         assert entry.reason and (entry.policies is None or
-                                 set(entry.policies) <= set(host.POLICIES))
+                                 set(entry.policies) <= set(POLICIES))
 
 
 # ---------------------------------------------------------------------------
@@ -94,25 +99,25 @@ def test_deliberate_matching():
     ("readonly/shared/r/process_vm_writev/noprefault", "6.5", "EFAULT"),
 ])
 def test_pygup_side_of_a_cell(key, policy, expect):
-    out, trace = host.run_pygup_cell(Cell(*key.split("/")), policy)
+    out, trace = oracle.run_pygup_cell(Cell(*key.split("/")), policy)
     assert out.cls == expect
     assert trace is None
 
 
 def test_pygup_side_explains():
     cell = Cell("ext4", "shared", "rw", "io_uring", "prefault")
-    out, trace = host.run_pygup_cell(cell, "6.5", explain=True)
+    out, trace = oracle.run_pygup_cell(cell, "6.5", explain=True)
     assert out.cls == "EFAULT"
     assert "pin_user_pages(gup_flags=" in trace
     assert "decided by: writable_file_mapping_allowed" in trace
-    _, trace = host.run_pygup_cell(cell, "6.14", explain=True)
+    _, trace = oracle.run_pygup_cell(cell, "6.14", explain=True)
     assert trace.startswith("pin_user_pages_fast(")        # io_uring_pin_fast
 
 
 def test_workdir_and_readonly_follow_the_host_preset():
     cell = Cell("workdir", "shared", "rw", "io_uring", "prefault")
-    assert host.run_pygup_cell(cell, "6.5", "tmpfs")[0].cls == "ok"
-    assert host.run_pygup_cell(cell, "6.5", "xfs")[0].cls == "EFAULT"
+    assert oracle.run_pygup_cell(cell, "6.5", "tmpfs")[0].cls == "ok"
+    assert oracle.run_pygup_cell(cell, "6.5", "xfs")[0].cls == "EFAULT"
 
 
 # ---------------------------------------------------------------------------
@@ -144,13 +149,13 @@ class FakeHost:
             return None
         if cell.key in self.override:
             return self.override[cell.key]
-        return host.run_pygup_cell(cell, self.policy)[0]
+        return oracle.run_pygup_cell(cell, self.policy)[0]
 
 
 def test_report_all_agree(tmp_path):
     lines = []
     out = tmp_path / "o.json"
-    rc = host.oracle_main(only="anon,memfd", policy="6.14", json_out=str(out),
+    rc = oracle.oracle_main(only="anon,memfd", policy="6.14", json_out=str(out),
                           out=lines.append, host=FakeHost(skipped={"memfd": "no memfd here"},
                                                           method_skipped={"vmsplice": "nope"}),
                           release="6.18.1")
@@ -174,7 +179,7 @@ def test_report_all_agree(tmp_path):
 def test_report_disagreement_fails_with_trace():
     key = "anon/private/rw/io_uring/prefault"
     lines = []
-    rc = host.oracle_main(only="anon", policy="6.14", out=lines.append, release="6.18",
+    rc = oracle.oracle_main(only="anon", policy="6.14", out=lines.append, release="6.18",
                           host=FakeHost({key: Outcome("call", -errno.ENOMEM)}))
     assert rc == 1
     text = lines[0]
@@ -187,18 +192,18 @@ def test_report_disagreement_fails_with_trace():
 
 def test_report_deliberate_difference_passes():
     key = "hugetlbfs/private/r/proc_mem_write/noprefault"
-    rep = host.run_oracle(["hugetlbfs"], "6.5", release="6.18",
+    rep = oracle.run_oracle(["hugetlbfs"], "6.5", release="6.18",
                           host=FakeHost({key: Outcome("call", 8)}, policy="6.5"))
     assert rep.ok
     (r,) = rep.disagreements
     assert r.cell.key == key and r.deliberate and "hugetlb" in r.deliberate
     assert rep.counts()["hugetlbfs"]["deliberate"] == 1
-    assert host.format_row(r).split()[-1] == "DELIB"
+    assert report_mod.format_row(r).split()[-1] == "DELIB"
 
 
 def test_run_oracle_rejects_unknown_policy():
     with pytest.raises(ValueError, match="policy must be one of"):
-        host.run_oracle(["anon"], "5.10", host=FakeHost())
+        oracle.run_oracle(["anon"], "5.10", host=FakeHost())
 
 
 def test_cli_oracle_rejects_unknown_backing(capsys):
@@ -239,9 +244,9 @@ def test_host_env_missing_mkfs_skips(monkeypatch):
 def test_host_cells_anon_and_memfd_without_root():
     """Anonymous memory and memfd need no privileges: the host side runs
     (io_uring cells skip where io_uring is off) and agrees with pygup."""
-    rep = host.run_oracle(["anon", "memfd"])
+    rep = oracle.run_oracle(["anon", "memfd"])
     assert rep.results and not rep.skipped
-    assert rep.ok, host.format_report(rep)
+    assert rep.ok, oracle.format_report(rep)
     assert all(r.agree for r in rep.results if r.compared)
 
 
@@ -276,7 +281,7 @@ def live_report() -> Report:
     if LIVE_SKIP:
         pytest.skip(LIVE_SKIP)
     before = open("/proc/sys/vm/nr_hugepages").read()
-    rep = host.run_oracle()
+    rep = oracle.run_oracle()
     # everything set up was torn down again
     assert open("/proc/sys/vm/nr_hugepages").read() == before
     assert not [p for p, _ in host.mount_table() if "pygup-oracle-" in p]
@@ -285,12 +290,12 @@ def live_report() -> Report:
 
 def test_live_matrix_agrees(live_report):
     rep = live_report
-    assert rep.policy == host.nearest_policy(os.uname().release)
+    assert rep.policy == oracle.nearest_policy(os.uname().release)
     wrong = list(rep.undocumented)
     assert not wrong, "\n".join(f"{r.cell.key}: host {r.host}, pygup {r.pygup}\n{r.explain}"
                                 for r in wrong)
     compared = sum(c["compared"] for c in rep.counts().values())
-    assert compared >= 84 * (len(host.BACKINGS) - len(rep.skipped)) - 84 * len(rep.method_skipped)
+    assert compared >= 84 * (len(oracle.BACKINGS) - len(rep.skipped)) - 84 * len(rep.method_skipped)
 
 
 def test_live_seed_cells(live_report):
@@ -330,7 +335,7 @@ def test_live_cleanup_after_failure(monkeypatch):
 
     monkeypatch.setattr(host.HostEnv, "run", boom)
     with pytest.raises(RuntimeError, match="injected"):
-        host.run_oracle(["ext4", "hugetlbfs"])
+        oracle.run_oracle(["ext4", "hugetlbfs"])
     assert calls
     assert open("/proc/sys/vm/nr_hugepages").read() == before
     assert not [p for p, _ in host.mount_table() if "pygup-oracle-" in p]

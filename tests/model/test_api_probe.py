@@ -235,7 +235,8 @@ class Probe:
                 owner = next(p for p in self.procs)
                 (owner.mm.unpin_user_pages if pages.pinned else owner.mm.put_page)(pages)
         for f in self.files:
-            f.close()                    # memfds go with their last handle
+            if not f.closed:
+                f.close()                # memfds go with their last handle
         for pfn in self.allocated:
             self.m._core.folio_put(pfn)  # the probe's own allocations
         self.m.check()

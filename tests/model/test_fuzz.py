@@ -157,20 +157,56 @@ TestGupStateMachine.settings = settings(max_examples=25, stateful_step_count=40,
 
 
 def test_concurrent_steps_find_race_switches():
-    """The race-window switches need concurrency: a batch of scheduled races
-    (deterministic) finds no_wp_seq, a native stress campaign finds
-    no_pte_recheck; with no switch both are clean."""
-    from pygup.tools.fuzz.driver import run_race_seed, run_stress_seed
-    found = [run_race_seed(s, "6.5", ("no_wp_seq",))[0] for s in range(3)]
-    f = next(f for f in found if f is not None)
-    assert f.invariant == "pinned-anon-stays" and f.ops[0]["op"] == "race"
-    again = run_ops(f.ops, "6.5", ["no_wp_seq"])         # a scheduled race replays exactly
-    assert again is not None and again.invariant == f.invariant
-    assert all(run_race_seed(s, "6.5")[0] is None for s in range(3))
-    op = {"op": "stress", "scenario": "unmap", "seed": 1, "seconds": 1.0, "window_spins": 100}
-    hit = run_ops([op], "6.5", ["no_pte_recheck"])
-    assert hit is not None and hit.invariant == "stress:stale_ref"
-    assert run_stress_seed(0, "6.5")[0] is None
+    """The race-window switches need concurrency: a built-in race explored
+    to bound 2 (deterministic) finds them, writes the failing schedule into
+    the op, and the reproducer replays that very interleaving; with no
+    switch the same seeds are clean."""
+    from pygup.tools.fuzz.driver import run_explore_seed
+    from pygup.tools.explore import RACES
+    names = list(RACES)
+    for switch in ("no_wp_seq", "no_pte_recheck"):
+        seed = next(i for i, n in enumerate(names) if switch in RACES[n].switches)
+        f, n = run_explore_seed(seed, "6.5", (switch,))
+        assert f is not None and f.invariant == f"race:{names[seed]}" and n == 1
+        assert f.ops[0]["op"] == "explore" and f.ops[0]["schedule"]
+        again = run_ops(f.ops, "6.5", [switch])         # the schedule replays exactly
+        assert again is not None and again.invariant == f.invariant
+        assert again.detail == f.detail
+        # without the switch the interleaving no longer exists: clean
+        assert run_ops(f.ops, "6.5", []) is None
+    assert all(run_explore_seed(s, "6.5")[0] is None for s in range(len(names)))
+
+
+def test_a_crashed_worker_is_a_finding(monkeypatch, capsys):
+    """A worker that segfaults, or whose world fails to build, is reported
+    and fails the run: never "no violation" after 0 operations."""
+    import os
+    import signal
+    from pygup.tools.fuzz import campaign as C
+
+    def segfault(*a, **k):
+        import faulthandler
+        faulthandler.disable()          # quiet: the parent reports it
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(C, "run_seed", segfault)
+    r = C.campaign("6.5", (), seconds=60, workers=1, max_ops=10, progress=False)
+    # SIGSEGV; under AddressSanitizer its SEGV handler reports and aborts (SIGABRT)
+    assert r.crashed and ("signal 11" in r.crashed or "signal 6" in r.crashed), r.crashed
+    assert r.failure is None
+
+    def broken(*a, **k):
+        raise RuntimeError("the world failed to build")
+
+    monkeypatch.setattr(C, "run_seed", broken)
+    r = C.campaign("6.5", (), seconds=60, workers=2, max_ops=10, progress=False)
+    assert r.crashed and "the world failed to build" in r.crashed
+    import argparse
+    ap = argparse.ArgumentParser()
+    C.add_arguments(ap)
+    args = ap.parse_args(["--max-ops", "10", "--workers", "1", "--no-progress"])
+    assert C.run(args) == 1
+    assert "CRASH" in capsys.readouterr().out
 
 
 def test_byte_stream_decoder():
@@ -194,6 +230,32 @@ def test_byte_stream_decoder():
     with pytest.raises(AssertionError, match="write-notify-bypass"):
         test_one_input(seed_bug, "6.4")
     test_one_input(seed_bug, "6.5")
+
+
+def test_mm_ops_seeded_run_is_clean(monkeypatch):
+    """The issue-13 vocabulary (madvise, mlock, munlock, mremap, fallocate)
+    weighted up: seeded runs stay clean under 6.5 and each new operation
+    succeeds at least once."""
+    import random
+    from pygup.tools.fuzz import ops
+    monkeypatch.setitem(ops.WEIGHTS, "madvise", 20)
+    monkeypatch.setitem(ops.WEIGHTS, "mremap", 10)
+    monkeypatch.setitem(ops.WEIGHTS, "mlock", 6)
+    monkeypatch.setitem(ops.WEIGHTS, "fallocate", 8)
+    done = set()
+    for seed in range(6):
+        rng = random.Random(seed)
+        w = World()
+        for _ in range(150):
+            op = generate(rng, w)
+            out = apply(w, op)
+            w.check_step()
+            if op["op"] in ("madvise", "mlock", "munlock", "mremap", "fallocate") \
+                    and (out.endswith("-> 0") or "p)" in out):
+                done.add(op["op"] if op["op"] != "madvise" else op["advice"])
+        w.final_check()
+    assert {"mlock", "munlock", "mremap", "fallocate", "DONTNEED", "POPULATE_WRITE",
+            "PAGEOUT"} <= done, done
 
 
 def test_byte_stream_entry_point_options():

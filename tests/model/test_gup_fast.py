@@ -20,20 +20,29 @@ FLAG_SETS = [
 ]
 
 
-def random_world(seed: int):
+def random_world(seed: int, thp: bool = False):
     """A machine with a handful of random mappings, partly faulted in, some
-    made read-only or PROT_NONE, some COW-shared with a child."""
+    made read-only or PROT_NONE, some COW-shared with a child.  With thp,
+    the machine has THP "always" and some mappings are 2 MiB-aligned anon
+    ranges: PMD-mapped THPs, some split to PTEs by a partial mprotect."""
     rng = random.Random(seed)
     m = Machine(policy=rng.choice(["6.4", "6.5"]), memory="64MiB",
-                movable=rng.choice(["0MiB", "8MiB"]), cpus=2)
+                movable=rng.choice(["0MiB", "8MiB"]), cpus=2, secretmem=True,
+                thp="always" if thp else "madvise")
     p = m.spawn()
     ext4, tmpfs = m.mount("ext4"), m.mount("tmpfs")
     regions = []
+    kinds = ["anon", "anon", "shared-anon", "ext4", "ext4-private", "tmpfs",
+             "hugetlb", "secretmem", "pfn"] + ["thp"] * (4 if thp else 0)
     for i in range(rng.randint(2, 5)):
-        kind = rng.choice(["anon", "anon", "shared-anon", "ext4", "ext4-private", "tmpfs",
-                           "hugetlb", "secretmem", "pfn"])
+        kind = rng.choice(kinds)
         n = rng.randint(1, 12)
-        if kind == "anon":
+        if kind == "thp":
+            n = 512
+            with m.kernel.op():
+                hint = p.mm.get_unmapped_area(n * P, 512 * P)
+            a = p.mmap(n * P, RW, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, addr=hint)
+        elif kind == "anon":
             a = p.mmap(n * P, RW, MAP.PRIVATE | MAP.ANONYMOUS)
         elif kind == "shared-anon":
             a = p.mmap(n * P, RW, MAP.SHARED | MAP.ANONYMOUS)
@@ -50,15 +59,18 @@ def random_world(seed: int):
         else:
             a = p.mmap_pfn(n * P, RW)
         regions.append((a, n))
-        step = 64 if kind == "hugetlb" else 1
+        step = 64 if kind in ("hugetlb", "thp") else 1
         for j in range(0, n, step):
             r = rng.random()
             if r < 0.45:
                 p.write(a + j * P, rng.getrandbits(32))
             elif r < 0.7:
                 p.read(a + j * P)
-        if rng.random() < 0.25 and kind != "hugetlb":
+        if rng.random() < 0.25 and kind not in ("hugetlb", "thp"):
             j = rng.randrange(n)
+            p.mprotect(a + j * P, P, rng.choice([PROT.READ, PROT.NONE]))
+        if kind == "thp" and rng.random() < 0.4:
+            j = rng.randrange(1, n)          # split the PMD (the folio stays large)
             p.mprotect(a + j * P, P, rng.choice([PROT.READ, PROT.NONE]))
     if rng.random() < 0.4:
         p.fork()                                 # COW-shares the anon pages
@@ -75,9 +87,10 @@ def _apply(m, p, fn, start, nr, flags):
     return pfns, delta, pins
 
 
+@pytest.mark.parametrize("thp", [False, True], ids=["base", "thp"])
 @pytest.mark.parametrize("seed", range(60))
-def test_differential_c_vs_reference(seed):
-    m, p, regions, rng = random_world(seed)
+def test_differential_c_vs_reference(seed, thp):
+    m, p, regions, rng = random_world(seed, thp)
     cpu = m.current_cpu()
     base = m._core.snapshot()["refcount"]
     for _ in range(6):

@@ -5,10 +5,16 @@ collapse, truncate, writeback and fork.  Two claims are tested:
 
 * with no protection switch on, no scenario ever reports a failure - the
   checks are protocols that cannot give a false alarm, not heuristics;
-* each switch that a native race can expose is caught by a targeted
-  campaign.
+* each switch that needs no interleaving (the whitelist, secretmem, the pin
+  bias) is caught by a targeted campaign bounded by an iteration count.
 
-Every campaign is bounded (about a second or less of wall time) and uses two
+Whether real threads land in a race window is timing: a test that asserted
+it would be a flaky test on a loaded machine.  The race-window switches are
+found deterministically by exploration (tests/model/test_explore.py: every
+schedule to a preemption bound), so nothing here asserts that a race is hit
+within a time budget or that a loop reaches a call count.
+
+Every campaign is bounded by iterations, not time, and uses two
 threads - one pinner and one worker - because CI has two cores: with more
 threads than cores a thread spinning on an IPI acknowledgement waits for a
 descheduled one and the races thin out.  The race windows are widened by the
@@ -38,67 +44,63 @@ def _campaign(scenario, mutants=(), table_free="rcu", seconds=1.0, seed=1, **kno
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_clean_without_switches(scenario, table_free):
     """No switch: every check stays silent, also with the windows widened
-    and with more threads than cores; the operations really happened."""
+    and with more threads than cores; the operations really happened (an
+    iteration budget, so a slow machine -- TSan, load -- runs as many)."""
     for seed, knobs in ((1, {"window_spins": 200}), (2, {"threads": 3})):
-        r = _campaign(scenario, table_free=table_free, seconds=0.25, seed=seed, **knobs)
+        r = _campaign(scenario, table_free=table_free, seconds=0, max_iters=200, seed=seed,
+                      **knobs)
         assert r.clean, (r.failures, r.messages, r.violations)
-        assert r.ops["fast_calls"] > 1000 and r.ops["pages_taken"] > 1000
+        assert r.ops["fast_calls"] > 0 and r.ops["pages_taken"] > 0
         assert r.iterations["workers"] > 0
 
 
-# switch -> (scenario, campaign knobs, the checks that catch it)
+# switch -> (scenario, campaign knobs, the checks that catch it): the
+# switches every operation trips, no interleaving needed
 CAUGHT = {
-    "no_pte_recheck": ("unmap", {"window_spins": 100}, {"stale_ref"}),
-    "no_pmd_recheck": ("collapse", {"window_spins": 100}, {"stale_ref"}),
-    "table_free_no_sync": ("unmap", {"window_spins": 1000, "ranges_per_worker": 1},
-                           {"violation"}),
-    "as_free_no_rcu": ("truncate", {"window_spins": 100}, {"violation"}),
-    # the pinner sees its page lose exclusivity, or the forker sees it in the
-    # child: whichever comes first ends the campaign
-    "no_wp_seq": ("fork", {"window_spins": 100, "variants": ["pin", "pin_longterm"]},
-                  {"not_exclusive", "fork_shared"}),
-    "mkclean_no_flush": ("writeback", {}, {"wb_bypass"}),
-    "null_mapping_ok": ("truncate", {"variants": ["pin_lt_write"]}, {"whitelist"}),
     "whitelist_inverted": ("truncate", {"variants": ["pin_lt_write"]}, {"whitelist"}),
-    "fast_no_unshare": ("fork", {"variants": ["pin", "pin_longterm"]},
-                        {"fork_shared", "not_exclusive"}),
     "fast_secretmem": ("truncate", {}, {"secretmem"}),
-    "unpin_no_bias": ("unmap", {"max_iters": 2000}, {"balance"}),
+    "unpin_no_bias": ("unmap", {}, {"balance"}),
 }
 
 
 @pytest.mark.parametrize("switch", sorted(CAUGHT))
 def test_switch_is_caught(switch):
-    """Each switch trips its check within the budget (usually within
-    milliseconds: see the report in first_failure)."""
+    """Each sequential switch trips its check within an iteration budget."""
     scenario, knobs, checks = CAUGHT[switch]
-    modes = ("rcu", "ipi") if switch == "table_free_no_sync" else ("rcu",)
-    for mode in modes:
-        for seed in (1, 2, 3):
-            r = _campaign(scenario, (switch,), table_free=mode, seed=seed,
-                          stop_on_failure="balance" not in checks, **knobs)
-            if checks & set(r.failures):
-                break
-        else:
-            pytest.fail(f"{switch} not caught in {mode} mode: {r.summary()}")
-        if "violation" in checks:
-            assert r.violations, r.summary()
+    r = _campaign(scenario, (switch,), seconds=0, max_iters=2000,
+                  stop_on_failure="balance" not in checks, **knobs)
+    assert checks & set(r.failures), r.summary()
+
+
+def test_race_window_switches_are_left_to_exploration():
+    """Every other C switch is a race window's: exploration finds it (the
+    claim lives in tests/model/test_explore.py, bounded by the search)."""
+    from pygup.config.mutants import MUTANTS
+    from pygup.tools.explore import race_for_switch
+    seq = set(CAUGHT) | {"force_write_any_page", "no_unshare", "pin_or_longterm",
+                         "private_not_excluded"}
+    for name, (bit, _) in MUTANTS.items():
+        if bit and name not in seq:
+            assert race_for_switch(name)
 
 
 def test_switch_campaigns_name_the_bug():
     """The messages say what happened, in words."""
-    r = _campaign("unmap", ("no_pte_recheck",), window_spins=100, stop_on_failure=True)
-    assert r.failures.get("stale_ref"), r.summary()
-    assert any("taken on an unmapped page" in m for m in r.messages)
-    seconds, iteration = r.first_failure["stale_ref"]
-    assert 0 < seconds <= r.elapsed + 0.01 and iteration >= 0
+    r = _campaign("truncate", ("whitelist_inverted",), seconds=0, max_iters=2000,
+                  variants=["pin_lt_write"], stop_on_failure=True)
+    assert r.failures.get("whitelist"), r.summary()
+    assert any("fast pin" in m and "dirty-tracked" in m for m in r.messages), r.messages
+    seconds, iteration = r.first_failure["whitelist"]
+    assert seconds >= 0 and iteration >= 0
 
 
 def test_report_and_throughput():
-    r = _campaign("unmap", seconds=0.2)
+    """The report's throughput fields exist and are computed (no speed is
+    asserted: that is what the benchmarks measure)."""
+    r = _campaign("unmap", seconds=0, max_iters=100)
     assert r.clean
-    assert r.pins_per_second_per_pinner > 10_000
-    assert r.ops["unmaps"] > 10 and r.ops["tables_freed"] > 0
+    assert r.pins_per_second_per_pinner > 0
+    assert r.ops["unmaps"] > 0 and r.ops["tables_freed"] > 0
     assert "clean" in r.summary()
 
 

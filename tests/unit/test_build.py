@@ -53,5 +53,16 @@ def test_read_cdef(build, tmp_path):
 
 def test_sources_cover_every_c_file(build):
     srcs = build.make_ffibuilder()._assigned_source[3]["sources"]
-    names = sorted(Path(s).name for s in srcs)
-    assert names == sorted(p.name for p in (ROOT / "csrc").glob("*.c"))
+    got = sorted((ROOT / s).resolve().relative_to(ROOT / "csrc").as_posix()
+                 if not Path(s).is_absolute() else Path(s).relative_to(ROOT / "csrc").as_posix()
+                 for s in srcs)
+    want = sorted(p.relative_to(ROOT / "csrc").as_posix() for p in (ROOT / "csrc").rglob("*.c"))
+    assert got == want and len(want) >= 1
+
+
+def test_cdefs_concatenate_every_header(build):
+    cdef = build.read_cdefs()
+    assert "pg_machine_new" in cdef and "_Atomic" not in cdef and "#include" not in cdef
+    for h in build.CDEF_HEADERS:
+        if h.exists():
+            assert build.read_cdef(h).strip() in cdef

@@ -21,7 +21,7 @@ LAYERS = [
     ("ground", {"pygup.errors", "pygup.flags", "pygup._native", "pygup._core"}),
     ("config", "pygup.config"),
     ("kernel", "pygup.kernel"),
-    ("front", {"pygup.machine", "pygup.callers", "pygup.explain"}),
+    ("front", {"pygup.machine", "pygup.callers", "pygup.explain", "pygup.canpin"}),
     ("tools", "pygup.tools"),
 ]
 
@@ -33,7 +33,7 @@ def layer_of(module: str) -> int:
                 return rank
         elif module == members or module.startswith(members + "."):
             return rank
-    if module == "pygup":
+    if module in ("pygup", "pygup.__main__"):
         return len(LAYERS)
     raise AssertionError(f"{module} belongs to no layer of the floor plan")
 

@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import hashlib
 import json
 import multiprocessing as mp
 import os
 import queue
+import re
+import signal
 import sys
+import threading
 import time
 from typing import Optional
 
-from pygup.tools.fuzz.driver import (Failure, replay, run_race_seed, run_seed, run_stress_seed,
-                                save, shrink)
+from pygup.tools.fuzz.driver import (Failure, replay, run_explore_seed, run_seed,
+                                    run_stress_seed, shrink)
 from pygup.config.mutants import MUTANTS, OVER_REFUSAL
 
 OPS_PER_SEED = 300
-CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c);
-                          # seeds 12k+5: a batch of scheduled races (sched.c)
+CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c, timing:
+                          # throughput and TSan); seeds 12k+5: a built-in race
+                          # explored to bound 2 (tools/explore.py, deterministic)
 
 
 @dataclasses.dataclass
@@ -29,10 +35,95 @@ class Result:
     ops: int
     seeds: int
     seconds: float
-    failure: Optional[dict] = None       # the shrunk reproducer, as saved
+    failure: Optional[dict] = None       # the first shrunk reproducer, as saved
     reproducer: Optional[str] = None
     found_after_ops: Optional[int] = None
     found_after_s: Optional[float] = None
+    seed: int = 0
+    shard: str = "0/1"
+    workers: int = 1
+    crashes: list[dict] = dataclasses.field(default_factory=list)   # deduplicated
+    corpus: list[str] = dataclasses.field(default_factory=list)     # corpus files written
+    stopped_by: Optional[str] = None     # "SIGTERM", "SIGINT" when a signal ended it
+    crashed: Optional[str] = None        # a worker that died: a finding, never a clean run
+    error: Optional[str] = None          # an internal error of the harness itself
+
+    def summary(self) -> dict:
+        """The JSON a CI collects: the run's identity (shard, seed, policy,
+        switches, pygup version, host) and what it found."""
+        d = dataclasses.asdict(self)
+        d.update(pygup_fuzz_summary=SUMMARY_FORMAT, switches=self.mutants,
+                 version=_pygup_version(), host=_host(),
+                 exit_status=exit_status(self))
+        return d
+
+
+SUMMARY_FORMAT = 1
+
+
+def exit_status(r: Result) -> int:
+    """0 clean, 1 a violation found (a crashed worker is one, and so is a
+    run that tested nothing), 3 an internal error of the harness (2, a
+    usage error, never gets this far)."""
+    if r.error:
+        return 3
+    if r.crashes or r.crashed:
+        return 1
+    return 1 if r.ops == 0 and r.stopped_by is None else 0
+
+
+def _pygup_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pygup")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _host() -> dict:
+    import platform
+    return {"name": platform.node(), "system": platform.platform(),
+            "python": platform.python_version(), "cpus": os.cpu_count()}
+
+
+def failure_site(failure: dict) -> str:
+    """Where a failure fired: the failing op ("race/fork" for a scheduled
+    race, "stress/unmap" for a native campaign), or the final check."""
+    ops, step = failure.get("ops") or [], failure.get("step", 0)
+    if not isinstance(step, int) or not 0 <= step < len(ops):
+        return "final-check"
+    op = ops[step]
+    sub = op.get("kind") or op.get("scenario")
+    return f"{op.get('op')}/{sub}" if sub else str(op.get("op"))
+
+
+def content_hash(data: dict) -> str:
+    """A reproducer's identity: its invariant, policy, switches and ops."""
+    key = {k: data.get(k) for k in ("invariant", "policy", "mutants", "ops")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _safe(text: str) -> str:
+    """File-name safe for artifact uploaders: letters, digits, . _ - only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def save_unique(data: dict, out_dir: str, prefix: str = "pygup-repro") -> str:
+    """Write ``data`` as ``PREFIX-TARGET-HASH.json`` (TARGET: policy and
+    switches, INVARIANT) in ``out_dir``; the name is the content, so two
+    shards finding the same thing write the same file and different
+    findings never overwrite each other."""
+    os.makedirs(out_dir, exist_ok=True)
+    target = "-".join([str(data.get("policy"))] + list(data.get("mutants") or []))
+    inv = data.get("invariant") or "seq"
+    name = _safe(f"{prefix}-{target}-{inv}-{content_hash(data)}") + ".json"
+    path = os.path.join(out_dir, name)
+    if not os.path.exists(path):
+        tmp = path + f".tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    return path
 
 
 def _seeds(seed: int, shard: tuple[int, int], worker: int, workers: int):
@@ -44,186 +135,479 @@ def _seeds(seed: int, shard: tuple[int, int], worker: int, workers: int):
         k += 1
 
 
-def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q) -> None:
+def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
+            stress=True, keep_going=False, corpus=False) -> None:
+    # the parent decides when to stop: a Ctrl-C reaches the whole process
+    # group, and a worker must not die with a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q, stress,
+              keep_going, corpus)
+    except BaseException as e:           # its world failed to build, the model raised...
+        import traceback
+        q.put(("crash", f"worker {worker}: {type(e).__name__}: {e}\n"
+                        f"{traceback.format_exc(limit=8)}"))
+        raise SystemExit(1)
+
+
+def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
+          stress=True, keep_going=False, corpus=False) -> None:
     done = 0
+    seen: set = set()
     for s in _seeds(seed, shard, worker, workers):
         if time.monotonic() > deadline or (max_ops and done >= max_ops):
             break
-        if s % CONCURRENT_EVERY == CONCURRENT_EVERY - 1:
+        features: Optional[set] = set() if corpus else None
+        ops: list = []
+        if stress and s % CONCURRENT_EVERY == CONCURRENT_EVERY - 1:
             failure, n = run_stress_seed(s, policy, mutants)
         elif s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
-            failure, n = run_race_seed(s, policy, mutants)
+            failure, n = run_explore_seed(s, policy, mutants)
         else:
-            failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline)
+            failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline,
+                                  features=features, ops_out=ops)
         done += n
         q.put(("ops", n))
+        if features and not features <= seen and failure is None:
+            seen |= features
+            q.put(("corpus", {"invariant": None, "policy": policy, "mutants": sorted(mutants),
+                              "seed": s, "features": sorted(features), "ops": ops}))
         if failure is not None:
             q.put(("failure", failure))
-            return
+            if not keep_going:
+                return
     q.put(("done", worker))
+
+
+class _Stop(Exception):
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
 
 
 def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: int = 1,
              seed: int = 0, shard: tuple[int, int] = (0, 1), max_ops: int = 0,
-             out_dir: str = ".", progress: bool = True, shrink_s: float = 30.0) -> Result:
-    """Run until the time budget (or max_ops in total) is spent or a
-    violation is found; a violation is shrunk and saved as JSON."""
+             out_dir: str = ".", progress: bool = True, shrink_s: float = 30.0,
+             stress: bool = True, keep_going: bool = False,
+             corpus_dir: Optional[str] = None) -> Result:
+    """Run until the time budget (or max_ops in total) is spent, a
+    violation is found (every violation with ``keep_going``), a worker
+    crashes, or SIGTERM / Ctrl-C arrives; each new violation is shrunk and
+    saved as JSON named by its content; ``corpus_dir`` keeps sequences that
+    showed a new kind of outcome.  The workers are stopped whatever happens.
+    ``stress``: include the native stress seeds (real threads: their
+    findings depend on timing); without, a run bounded by max_ops is a pure
+    function of the seeds."""
     start = time.monotonic()
     deadline = start + seconds
     per_worker = -(-max_ops // workers) if max_ops else 0
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(policy, list(mutants), seed, shard, w, workers,
-                                               deadline, per_worker, q), daemon=True)
+                                               deadline, per_worker, q, stress, keep_going,
+                                               corpus_dir is not None), daemon=True)
              for w in range(workers)]
-    for p in procs:
-        p.start()
+    res = Result(policy, sorted(mutants), 0, 0, 0.0, seed=seed, shard=f"{shard[0]}/{shard[1]}",
+                 workers=workers)
+
+    def on_term(signum, frame):
+        raise _Stop(signal.Signals(signum).name)
+    old_term = signal.signal(signal.SIGTERM, on_term) \
+        if threading.current_thread() is threading.main_thread() else None
     bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=max_ops or None, unit="op", desc=f"fuzz {policy}"
-                   + (f" +{','.join(mutants)}" if mutants else ""), file=sys.stderr,
-                   dynamic_ncols=True)
-    ops = seeds = finished = 0
-    failure: Optional[Failure] = None
-    found_after = None
-    while finished < workers and failure is None:
-        try:
-            kind, val = q.get(timeout=0.5)
-        except queue.Empty:
-            if not any(p.is_alive() for p in procs):
+    seen_sites: set = set()
+    try:
+        for p in procs:
+            p.start()
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=max_ops or None, unit="op", desc=f"fuzz {policy}"
+                       + (f" +{','.join(mutants)}" if mutants else ""), file=sys.stderr,
+                       dynamic_ncols=True)
+        finished = 0
+        done_workers: set = set()
+        while finished < workers and (keep_going or not res.crashes) and res.crashed is None:
+            try:
+                kind, val = q.get(timeout=0.5)
+            except queue.Empty:
+                # a worker that died without saying so (a segfault in the C
+                # core, the OOM killer): a finding
+                dead = [w for w, p in enumerate(procs)
+                        if not p.is_alive() and w not in done_workers and p.exitcode != 0]
+                if dead:
+                    w = dead[0]
+                    code = procs[w].exitcode
+                    res.crashed = (f"worker {w} died with exit code {code}"
+                                   f"{' (signal ' + str(-code) + ')' if code < 0 else ''}"
+                                   f" after {res.ops} operations in all")
+                    break
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if kind == "crash":
+                res.crashed = val
                 break
-            continue
-        if kind == "ops":
-            ops += val
-            seeds += 1
-            if bar is not None:
-                bar.update(val)
-                bar.set_postfix(violations=0)
-        elif kind == "failure":
-            failure = val
-            found_after = (ops, time.monotonic() - start)
-        else:
-            finished += 1
-    for p in procs:
-        p.terminate() if failure is not None else None
-        p.join(timeout=5)
-    if bar is not None:
-        bar.set_postfix(violations=int(failure is not None))
-        bar.close()
-    res = Result(policy, sorted(mutants), ops, seeds, time.monotonic() - start)
-    if failure is not None:
-        small = shrink(failure, shrink_s)
-        os.makedirs(out_dir, exist_ok=True)
-        tag = "-".join([policy] + sorted(mutants))
-        path = os.path.join(out_dir, f"pygup-repro-{tag}-{small.invariant}.json")
-        save(small, path)
-        res.failure = small.to_json()
-        res.reproducer = path
-        res.found_after_ops, res.found_after_s = found_after
+            if kind == "ops":
+                res.ops += val
+                res.seeds += 1
+                if bar is not None:
+                    bar.update(val)
+            elif kind == "failure":
+                _record_failure(res, val, seen_sites, out_dir, shrink_s, start)
+                if bar is not None:
+                    bar.set_postfix(violations=len(res.crashes))
+            elif kind == "corpus":
+                if corpus_dir is not None:
+                    res.corpus.append(save_unique(val, corpus_dir, "pygup-seq"))
+            else:
+                finished += 1
+                done_workers.add(val)
+    except KeyboardInterrupt:
+        res.stopped_by = "SIGINT"
+    except _Stop as stop:
+        res.stopped_by = stop.signame
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        if bar is not None:
+            bar.close()
+    res.seconds = time.monotonic() - start
     return res
+
+
+def _record_failure(res: Result, failure: Failure, seen_sites: set, out_dir: str,
+                    shrink_s: float, start: float) -> None:
+    """Dedup as it goes: the first failure at each (invariant, site) is
+    shrunk and saved; later ones only count."""
+    raw = failure.to_json()
+    key = (failure.invariant, failure_site(raw))
+    if key in seen_sites:
+        for c in res.crashes:
+            if (c["invariant"], c["site"]) == key:
+                c["hits"] += 1
+        return
+    seen_sites.add(key)
+    small = shrink(failure, shrink_s)
+    data = small.to_json()
+    path = save_unique(data, out_dir)
+    crash = {"invariant": small.invariant, "site": failure_site(data), "detail": small.detail,
+             "hash": content_hash(data), "reproducer": path, "reproducer_ops": len(small.ops),
+             "found_after_ops": res.ops, "found_after_s": round(time.monotonic() - start, 3),
+             "hits": 1}
+    res.crashes.append(crash)
+    if res.failure is None:
+        res.failure = data
+        res.reproducer = path
+        res.found_after_ops, res.found_after_s = crash["found_after_ops"], crash["found_after_s"]
 
 
 # ---------------------------------------------------------------------------
 # selftest
 
-def selftest(budget_s: float = 60.0, clean_ops: int = 1_000_000, workers: int = 1,
-             out_dir: str = ".", progress: bool = False) -> tuple[list[dict], bool]:
-    """For the 6.4 policy and each protection switch: run until the first
-    violation (at most budget_s).  Then the 6.5 policy with no switch for
-    clean_ops operations: it must stay clean."""
+SEQUENTIAL_OPS = 20_000    # the op budget of a sequential switch's campaign
+
+
+def selftest(budget_s: float = 600.0, clean_ops: int = 1_000_000, workers: int = 1,
+             out_dir: str = ".", progress: bool = False,
+             seq_ops: int = SEQUENTIAL_OPS) -> tuple[list[dict], bool]:
+    """For the 6.4 policy and each protection switch, a deterministic
+    method, so that the verdict never depends on machine load:
+
+    * a switch of a race window, and the 6.4 bug: its built-in race
+      explored to bound 2 (tools/explore.py) until the first failing
+      schedule -- the same schedules on every run;
+    * a sequential switch (no interleaving needed): the seeded campaign
+      without native stress, bounded by ``seq_ops`` operations (not by time);
+
+    then every built-in race explored to bound 2 under 6.5 with no switch
+    (0 failing schedules), and the 6.5 campaign for ``clean_ops`` operations
+    (clean).  ``budget_s`` only bounds a stall."""
+    from pygup.tools import explore
     rows = []
     ok = True
     targets = [("6.4", ())] + [("6.5", (name,)) for name in MUTANTS if name not in OVER_REFUSAL]
     for policy, mutants in targets:
-        r = campaign(policy, mutants, budget_s, workers, 0, (0, 1), 0, out_dir, progress)
-        found = r.failure is not None
-        ok &= found
-        rows.append({"target": f"policy {policy}" if not mutants else mutants[0],
-                     "found": found, "invariant": r.failure["invariant"] if found else "-",
-                     "seconds": round(r.found_after_s, 2) if found else round(r.seconds, 1),
-                     "ops": r.found_after_ops if found else r.ops,
-                     "reproducer_ops": len(r.failure["ops"]) if found else None})
+        race, planted = ("pin-writeback", ()) if not mutants else (None, mutants)
+        if mutants:
+            try:
+                race, planted = explore.exposure(mutants[0])
+            except ValueError:
+                race = None
+        t0 = time.monotonic()
+        if race is not None:
+            res = explore.explore(race, 2, policy, planted, stop_at_first=True)
+            found = res.failing is not None
+            also = [x for x in planted if x not in mutants]
+            row = {"method": f"explore {race}" + (f" (+{'+'.join(also)})" if also else ""),
+                   "found": found, "schedules": res.explored,
+                   "invariant": f"race:{race}" if found else "-", "ops": None,
+                   "detail": res.failing.detail if found else "",
+                   "reproducer_ops": len(res.failing.schedule) if found else None}
+        else:
+            r = campaign(policy, mutants, budget_s, workers, 0, (0, 1), seq_ops, out_dir,
+                         progress, stress=False)
+            found = r.failure is not None
+            row = {"method": "seeded ops", "found": found, "schedules": None,
+                   "invariant": r.failure["invariant"] if found else ("crash" if r.crashed
+                                                                      else "-"),
+                   "ops": r.found_after_ops if found else r.ops,
+                   "detail": r.failure["detail"] if found else (r.crashed or ""),
+                   "reproducer_ops": len(r.failure["ops"]) if found else None}
+        ok &= row["found"]
+        rows.append({"target": f"policy {policy}" if not mutants else mutants[0], **row,
+                     "seconds": round(time.monotonic() - t0, 2)})
+    # every race clean under 6.5
+    t0 = time.monotonic()
+    total, failing = 0, []
+    for name in explore.RACES:
+        res = explore.explore(name, 2, "6.5")
+        total += res.explored
+        if res.failing is not None:
+            failing.append(f"{name}: {res.failing.detail}")
+    ok &= not failing
+    rows.append({"target": "policy 6.5 (every race)", "method": "explore all", "found": bool(failing),
+                 "invariant": "none" if not failing else "race", "schedules": total, "ops": None,
+                 "detail": "; ".join(failing), "reproducer_ops": None,
+                 "seconds": round(time.monotonic() - t0, 2)})
     clean = campaign("6.5", (), 10 * 3600, workers, 10_000, (0, 1), clean_ops, out_dir, progress)
-    ok &= clean.failure is None
-    rows.append({"target": "policy 6.5 (clean run)", "found": clean.failure is not None,
-                 "invariant": clean.failure["invariant"] if clean.failure else "none",
-                 "seconds": round(clean.seconds, 1), "ops": clean.ops, "reproducer_ops": None})
+    bad = clean.failure is not None or clean.crashed is not None or clean.ops == 0
+    ok &= not bad
+    rows.append({"target": "policy 6.5 (clean run)", "method": "seeded ops", "found": bad,
+                 "invariant": clean.failure["invariant"] if clean.failure else
+                 ("crash" if clean.crashed else "none"),
+                 "schedules": None, "ops": clean.ops, "detail": clean.crashed or "",
+                 "seconds": round(clean.seconds, 1), "reproducer_ops": None})
     return rows, ok
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"| {'target':<26} | {'invariant that fired':<22} | {'seconds':>8} | {'ops':>9} | {'repro ops':>9} |"
-    sep = "|" + "|".join("-" * (w + 2) for w in (26, 22, 8, 9, 9)) + "|"
+    widths = (26, 28, 24, 9, 8, 8, 9)
+    head = (f"| {'target':<26} | {'method':<28} | {'invariant that fired':<24} | "
+            f"{'schedules':>9} | {'ops':>8} | {'seconds':>8} | {'repro len':>9} |")
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     lines = [head, sep]
     for r in rows:
-        repro = "-" if r["reproducer_ops"] is None else str(r["reproducer_ops"])
-        inv = r["invariant"] if r["found"] or r["target"].startswith("policy 6.5 (clean") \
-            else "NOT FOUND"
-        lines.append(f"| {r['target']:<26} | {inv:<22} | {r['seconds']:>8} | {r['ops']:>9} | "
-                     f"{repro:>9} |")
+        clean_row = r["target"].startswith("policy 6.5 (")
+        inv = r["invariant"] if r["found"] or clean_row else "NOT FOUND"
+        dash = lambda v: "-" if v is None else str(v)          # noqa: E731
+        lines.append(f"| {r['target']:<26} | {r['method']:<28} | {inv:<24} | "
+                     f"{dash(r['schedules']):>9} | {dash(r['ops']):>8} | {r['seconds']:>8} | "
+                     f"{dash(r['reproducer_ops']):>9} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# merge: the collect step of sharded runs
+
+def merge(dirs: list[str]) -> dict:
+    """Read every shard summary under ``dirs`` (recursively) and return one:
+    the shards, the totals, and the crashes deduplicated by (invariant,
+    site, shrunk reproducer) with the shards that found each."""
+    shards, crashes = [], {}
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise ValueError(f"not a directory: {d!r}")
+        for path in sorted(glob.glob(os.path.join(d, "**", "*.json"), recursive=True)):
+            try:
+                with open(path) as fh:
+                    data = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict) or data.get("pygup_fuzz_summary") != SUMMARY_FORMAT:
+                continue
+            shards.append({k: data.get(k) for k in (
+                "shard", "seed", "policy", "switches", "workers", "ops", "seeds", "seconds",
+                "version", "host", "stopped_by", "error", "exit_status")} | {"summary": path})
+            for c in data.get("crashes") or []:
+                key = (c.get("invariant"), c.get("site"), c.get("hash"))
+                entry = crashes.setdefault(key, {**c, "found_in": [], "hits": 0})
+                entry["found_in"].append(data.get("shard"))
+                entry["hits"] += c.get("hits", 1)
+    if not shards:
+        raise ValueError(f"no pygup fuzz summaries under {', '.join(dirs)}")
+    status = 3 if any(s["error"] for s in shards) else (1 if crashes else 0)
+    return {"pygup_fuzz_merge": SUMMARY_FORMAT, "shards": shards,
+            "ops": sum(s["ops"] or 0 for s in shards),
+            "seconds": max(s["seconds"] or 0 for s in shards),
+            "crashes": list(crashes.values()), "exit_status": status}
+
+
+def add_merge_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("dirs", nargs="+", metavar="DIR", help="shard output directories")
+    ap.add_argument("--json", metavar="OUT", help="write the merged summary here "
+                    "(default: print it)")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    merged = merge(args.dirs)
+    text = json.dumps(merged, indent=1)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text)
+    else:
+        print(text)
+    n = len(merged["shards"])
+    print(f"pygup fuzz merge: {n} shard{'s' if n != 1 else ''}, {merged['ops']} ops, "
+          f"{len(merged['crashes'])} distinct crash{'es' if len(merged['crashes']) != 1 else ''}",
+          file=sys.stderr)
+    for c in merged["crashes"]:
+        print(f"  [{c['invariant']}] at {c['site']}: {c['reproducer']} "
+              f"(shards {', '.join(map(str, c['found_in']))})", file=sys.stderr)
+    return merged["exit_status"]
 
 
 # ---------------------------------------------------------------------------
 # the command
 
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return v
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N, got {text!r}")
+    return i, n
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
-    ap.add_argument("--policy", default="6.5", choices=["6.4", "6.5", "6.14"])
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    from pygup.config.policy import POLICIES
+    ap.add_argument("--seconds", type=_positive, default=60.0,
+                    help="time budget in seconds, > 0 (default 60)")
+    ap.add_argument("--policy", default="6.5", choices=sorted(POLICIES),
+                    help="kernel policy (default 6.5)")
+    ap.add_argument("--workers", type=_at_least_one, default=os.cpu_count() or 1,
                     help="worker processes (default: every core)")
-    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--mutant", action="append", default=[], choices=sorted(MUTANTS),
                     help="re-plant a historic bug (repeatable)")
-    ap.add_argument("--shard", default="0/1", help="I/N: this machine's share of the seeds")
+    ap.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                    help="this machine's share of the seeds (default 0/1)")
     ap.add_argument("--max-ops", type=int, default=0, help="stop after this many operations")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="continue after a violation, deduplicating as it goes")
+    ap.add_argument("--corpus", metavar="DIR",
+                    help="keep sequences that showed a new kind of outcome here")
     ap.add_argument("--replay", metavar="FILE", help="rerun a reproducer deterministically")
+    ap.add_argument("--plot", metavar="OUT.svg",
+                    help="with --replay: draw what happened (.svg, .png, .pdf)")
     ap.add_argument("--json", metavar="OUT", help="write the summary as JSON")
-    ap.add_argument("--out-dir", default=".", help="where reproducers go")
+    ap.add_argument("--out-dir", default=".", help="where reproducers go (default .)")
     ap.add_argument("--selftest", action="store_true",
                     help="prove the harness finds the 6.4 bug and every protection switch")
-    ap.add_argument("--no-progress", action="store_true")
+    bar = ap.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", default=None,
+                     help="show a progress bar (default: only on a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="never show a progress bar")
+    sub = ap.add_subparsers(dest="fuzz_cmd", metavar="{merge}")
+    add_merge_arguments(sub.add_parser(
+        "merge", help="collect shard outputs: one summary, crashes deduplicated "
+        "(exit 0 clean, 1 crashes, 3 a shard had an internal error)"))
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.replay:
-        log: list[str] = []
-        f = replay(args.replay, log)
-        print("\n".join(log))
-        if f is None:
-            print("replay: no violation")
-            return 0
-        print(f"replay: [{f.invariant}] {f.detail} at step {f.step}")
-        return 1
-    if args.workers < 1:
-        raise SystemExit("pygup fuzz: --workers must be >= 1")
+    """``pygup fuzz``: exit 0 clean, 1 a violation found, 3 an internal
+    error (argparse answers usage errors with 2)."""
     try:
-        i, n = (int(x) for x in args.shard.split("/"))
-        assert 0 <= i < n
-    except (ValueError, AssertionError):
-        raise SystemExit(f"pygup fuzz: --shard must be I/N with 0 <= I < N, got {args.shard!r}")
+        return _run(args)
+    except ValueError as exc:
+        print(f"pygup fuzz: {exc}", file=sys.stderr)
+        return 2
+    except Exception:                # noqa: BLE001 - an internal error, reported
+        import traceback
+        traceback.print_exc()
+        return 3
+
+
+def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "fuzz_cmd", None) == "merge":
+        return run_merge(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.plot and not args.replay:
+        raise ValueError("--plot goes with --replay FILE")
+    if args.replay:
+        return _replay(args)
+    i, n = args.shard
     if args.selftest:
-        rows, ok = selftest(args.seconds, args.max_ops or 1_000_000, args.workers, args.out_dir,
-                            not args.no_progress)
+        rows, ok = selftest(max(args.seconds, 600.0), args.max_ops or 1_000_000, args.workers,
+                            args.out_dir, progress)
         print(format_table(rows))
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(rows, fh, indent=1)
         return 0 if ok else 1
     r = campaign(args.policy, args.mutant, args.seconds, args.workers, args.seed, (i, n),
-                 args.max_ops, args.out_dir, not args.no_progress)
+                 args.max_ops, args.out_dir, progress, keep_going=args.keep_going,
+                 corpus_dir=args.corpus)
     rate = r.ops / r.seconds if r.seconds else 0
-    print(f"pygup fuzz: policy {r.policy}{' mutants ' + ','.join(r.mutants) if r.mutants else ''}:"
-          f" {r.ops} ops over {r.seeds} seeds in {r.seconds:.1f}s ({rate:.0f} ops/s, "
-          f"{args.workers} workers)")
+    print(f"pygup fuzz: policy {r.policy}{' mutants ' + ','.join(r.mutants) if r.mutants else ''}"
+          f" shard {r.shard}: {r.ops} ops over {r.seeds} seeds in {r.seconds:.1f}s "
+          f"({rate:.0f} ops/s, {args.workers} workers)"
+          + (f"; stopped by {r.stopped_by}" if r.stopped_by else ""))
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
-            json.dump(dataclasses.asdict(r), fh, indent=1)
-    if r.failure:
-        print(f"VIOLATION [{r.failure['invariant']}] {r.failure['detail']}")
-        print(f"reproducer ({len(r.failure['ops'])} ops): {r.reproducer}")
-        print(f"replay with: pygup fuzz --replay {r.reproducer}")
-        return 1
-    print("no violation")
-    return 0
+            json.dump(r.summary(), fh, indent=1)
+    if r.error:
+        print(f"INTERNAL ERROR: {r.error}", file=sys.stderr)
+    if r.crashed:
+        print(f"CRASH: {r.crashed}")
+    if r.ops == 0 and r.stopped_by is None:
+        print("pygup fuzz: no operation ran (nothing was tested)")
+    for c in r.crashes:
+        print(f"VIOLATION [{c['invariant']}] at {c['site']}: {c['detail']}")
+        print(f"reproducer ({c['reproducer_ops']} ops): {c['reproducer']}")
+        print(f"replay with: pygup fuzz --replay {c['reproducer']}")
+    if r.corpus:
+        print(f"corpus: {len(r.corpus)} sequences in {args.corpus}")
+    if exit_status(r) == 0:
+        print("no violation")
+    return exit_status(r)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pygup.tools.timeline import check_plot_path
+    if args.plot:
+        check_plot_path(args.plot)
+    log: list[str] = []
+    races: list = []
+    f = replay(args.replay, log, races=races)
+    print("\n".join(log))
+    if args.plot:
+        from pygup.tools.fuzz.plot import plot_replay
+        plot_replay(args.replay, log, f, races, args.plot)
+        print(f"timeline written to {args.plot}")
+    if f is None:
+        print("replay: no violation")
+        return 0
+    print(f"replay: [{f.invariant}] {f.detail} at step {f.step}")
+    return 1

@@ -46,10 +46,13 @@ def _fail(v: Violation, step: int, ops, policy, mutants, seed, log) -> Failure:
 
 
 def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = True,
-            check_every: int = 1, log: Optional[list] = None) -> Optional[Failure]:
-    """Execute a fixed sequence (a replay); the first violation, or None."""
+            check_every: int = 1, log: Optional[list] = None,
+            races: Optional[list] = None) -> Optional[Failure]:
+    """Execute a fixed sequence (a replay); the first violation, or None.
+    ``races`` receives (step, op, Interleaving) of each scheduled race run."""
     ops = list(ops)
     world = World(policy, mutants)
+    world.races = races
     for i, op in enumerate(ops):
         try:
             what = apply(world, op)
@@ -76,20 +79,36 @@ def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = 
     return None
 
 
+def outcome_feature(op: dict, what: str) -> str:
+    """What kind of thing an operation did, coarsely: the op, its variety
+    (mmap's backing, the caller's name) and whether it ended in an errno.
+    A sequence that shows a feature no earlier one showed is kept in the
+    campaign's corpus."""
+    words = str(what).split()
+    tail = words[-1] if words else ""
+    result = tail if tail.startswith("-") and tail[1:].isdigit() else "ok"
+    variety = words[1] if op.get("op") in ("mmap", "caller") and len(words) > 1 else ""
+    return f"{op.get('op')}/{variety}/{result}"
+
+
 def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
-             deadline: Optional[float] = None) -> tuple[Optional[Failure], int]:
+             deadline: Optional[float] = None, features: Optional[set] = None,
+             ops_out: Optional[list] = None) -> tuple[Optional[Failure], int]:
     """One random sequence from `seed`, generated against the live world;
-    (failure or None, ops executed)."""
+    (failure or None, ops executed).  ``features`` collects each step's
+    ``outcome_feature``; ``ops_out`` receives the sequence generated."""
     rng = random.Random(seed)
     world = World(policy, mutants)
-    ops: list[dict] = []
+    ops: list[dict] = [] if ops_out is None else ops_out
     for i in range(max_ops):
         if deadline is not None and time.monotonic() > deadline:
             break
         op = generate(rng, world)
         ops.append(op)
         try:
-            apply(world, op)
+            what = apply(world, op)
+            if features is not None:
+                features.add(outcome_feature(op, what))
             if (i + 1) % FULL_CHECK_EVERY == 0:
                 world.check_step()
         except Violation as v:
@@ -116,20 +135,14 @@ def run_stress_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optiona
     return f, 1
 
 
-RACES_PER_SEED = 32
-
-
-def run_race_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
-    """A batch of scheduled two-CPU races (ops.op_race), each a one-operation
-    sequence of its own: (the first failure or None, races run)."""
-    from pygup.tools.fuzz.ops import race_op
-    for k in range(RACES_PER_SEED):
-        s = seed * RACES_PER_SEED + k
-        f = run_ops([race_op(s)], policy, mutants)
-        if f is not None:
-            f.seed = seed
-            return f, k + 1
-    return None, RACES_PER_SEED
+def run_explore_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
+    """One built-in race explored to bound 2 (ops.op_explore): deterministic,
+    and a finding replays with its schedule."""
+    from pygup.tools.fuzz.ops import explore_op
+    f = run_ops([explore_op(seed)], policy, mutants)
+    if f is not None:
+        f.seed = seed
+    return f, 1
 
 
 def shrink(failure: Failure, budget_s: float = 30.0) -> Failure:
@@ -174,13 +187,20 @@ def save(failure: Failure, path: str) -> None:
 
 
 def load(path: str) -> dict:
-    with open(path) as fh:
-        data = json.load(fh)
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("ops"), list):
         raise ValueError(f"{path}: not a pygup fuzz reproducer")
     return data
 
 
-def replay(path: str, log: Optional[list] = None) -> Optional[Failure]:
+def replay(path: str, log: Optional[list] = None,
+           races: Optional[list] = None) -> Optional[Failure]:
     data = load(path)
-    return run_ops(data["ops"], data.get("policy", "6.5"), data.get("mutants", []), log=log)
+    return run_ops(data["ops"], data.get("policy", "6.5"), data.get("mutants", []), log=log,
+                   races=races)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from pygup import callers
 from pygup.errors import GupError
-from pygup.flags import FOLL, MAP, PROT
+from pygup.flags import FALLOC, FOLL, MADV, MAP, MREMAP, PROT
 from pygup._native import C
 from pygup.tools.fuzz.world import PAGE, Held, Proc, Region, Violation, World
 
@@ -21,8 +21,13 @@ WEIGHTS = {
     "mmap": 6, "munmap": 2, "mprotect": 2, "fork": 2, "exit": 1,
     "write": 20, "read": 12, "pin": 8, "get": 2, "pin_write": 8, "unpin": 5,
     "writeback": 4, "msync": 2, "truncate": 2, "evict": 3, "migrate": 1,
-    "caller": 8, "caller_release": 2,
+    "caller": 8, "caller_release": 2, "collapse": 1,
+    "madvise": 4, "mlock": 2, "munlock": 1, "mremap": 2, "fallocate": 2,
 }
+# the advice the harness gives: each keeps the world's record of what a
+# page holds computable (MADV_FREE's "maybe discarded" would not)
+ADVICE = ["DONTNEED", "DONTNEED", "POPULATE_READ", "POPULATE_WRITE", "COLD", "PAGEOUT",
+          "DONTFORK", "DOFORK", "DONTNEED_LOCKED"]
 CALLERS = ["io_uring", "rdma", "vfio", "proc_mem_write", "proc_mem_read", "process_vm_writev",
            "process_vm_readv", "dio_read", "dio_write", "vmsplice"]
 
@@ -37,10 +42,11 @@ def generate(rng: random.Random, world: World) -> dict:
     op: dict = {"op": name}
     if name == "mmap":
         kind = rng.choice(["anon", "anon", "file", "file", "file", "shared-anon", "huge",
-                           "secret"])
+                           "secret", "thp"])
         op.update(proc=r(8), kind=kind, file=r(len(world.files)), shared=rng.random() < 0.6,
                   prot=rng.choice(["rw", "rw", "rw", "r"]), pages=rng.randint(1, 6))
-    elif name in ("munmap", "mprotect", "write", "read", "pin", "get", "migrate", "msync"):
+    elif name in ("munmap", "mprotect", "write", "read", "pin", "get", "migrate", "msync",
+                  "collapse"):
         op.update(proc=r(8), region=r(8), page=r(16))
         if name == "munmap":
             op["whole"] = rng.random() < 0.4
@@ -69,6 +75,14 @@ def generate(rng: random.Random, world: World) -> dict:
                   writable=rng.random() < 0.7)
     elif name == "caller_release":
         op.update(proc=r(8), name=rng.choice(["io_uring", "rdma", "vfio", "pipe"]))
+    elif name in ("madvise", "mlock", "munlock", "mremap"):
+        op.update(proc=r(8), region=r(8), page=r(16), n=rng.randint(1, 3))
+        if name == "madvise":
+            op["advice"] = rng.choice(ADVICE)
+        elif name == "mremap":
+            op["grow"] = rng.randint(0, 2)
+    elif name == "fallocate":
+        op.update(file=r(len(world.files)), page=r(8), n=rng.randint(1, 3))
     return op
 
 
@@ -157,6 +171,11 @@ def op_mmap(world: World, op: dict) -> str:
         pages = 512
         addr, err = _quiet(p.mmap, pages * PAGE, prot, MAP.PRIVATE | MAP.ANONYMOUS | MAP.HUGETLB)
         file_idx = None
+    elif kind == "thp":
+        # a 2 MiB-aligned anon range that may hold a THP (MADV_HUGEPAGE)
+        pages = C.PMD_NR
+        addr, err = _mmap_thp(p, prot)
+        file_idx = None
     else:
         flags = MAP.ANONYMOUS | (MAP.SHARED if kind == "shared-anon" else MAP.PRIVATE)
         addr, err = _quiet(p.mmap, pages * PAGE, prot, flags)
@@ -164,12 +183,37 @@ def op_mmap(world: World, op: dict) -> str:
     if err:
         return f"mmap -> {errno.errorcode[err]}"
     shared = kind in ("shared-anon", "secret") or (kind == "file" and op["shared"])
-    region = Region(addr, pages, {"file": "file", "huge": "anon", "secret": "shared-anon"}
+    region = Region(addr, pages, {"file": "file", "huge": "anon", "secret": "shared-anon",
+                                  "thp": "anon"}
                     .get(kind, kind), file_idx, shared, op["prot"] == "rw", huge=kind == "huge")
     for i in range(pages):
         proc.anon_truth.pop(addr + i * PAGE, None)       # fresh memory reads 0
     proc.regions.append(region)
     return f"mmap {kind} {pages}p at {addr:#x}"
+
+
+def _mmap_thp(p, prot: int):
+    """mmap of a 2 MiB-aligned anonymous range marked VM_HUGEPAGE: (addr, 0)
+    or (None, errno)."""
+    from pygup.flags import PMD_SIZE, VM
+    with p.kernel.op():
+        start = p.mm.get_unmapped_area(PMD_SIZE, PMD_SIZE)
+    addr, err = _quiet(p.mmap, PMD_SIZE, prot, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE,
+                       addr=start)
+    if not err:
+        with p.kernel.op():
+            p.mm.find_vma(addr).vm_flags |= VM.HUGEPAGE     # what MADV_HUGEPAGE sets
+    return addr, err
+
+
+@_on_page
+def op_collapse(world: World, op: dict, proc: Proc, region: Region, page: int,
+                addr: int) -> str:
+    """khugepaged's collapse of the 2 MiB around the page (kernel/thp.py):
+    the data must read back the same afterwards (the world's truth does
+    not change), and the refcount audit sees the old pages go."""
+    rc = world.m.collapse(proc.p, addr)
+    return f"collapse {addr:#x} -> {rc}"
 
 
 @_on_page
@@ -429,8 +473,8 @@ def op_caller(world: World, op: dict, proc: Proc, region: Region, page: int,
         ret = callers.process_vm_readv(p, addr)
         _check_remote_read(world, proc, region, page, ret, "process_vm_readv")
     elif name == "dio_read":
-        ret = callers.o_direct_read(p, addr, n * PAGE, value)
-        for i in range(max(0, ret) // PAGE):
+        ret, written = callers.o_direct_read_pages(p, addr, n * PAGE, value)
+        for i in range(written):             # also on -EFAULT: the bios before it ran
             world.record_write(proc, region, page + i, value)
     elif name == "dio_write":
         ret = callers.o_direct_write(p, addr, n * PAGE)
@@ -459,7 +503,98 @@ def op_caller_release(world: World, op: dict) -> str:
     return "pipe read"
 
 
-RACES = ["fork", "munmap_reuse", "truncate", "writeback"]
+def _forget(world: World, proc: Proc, region: Region, pages: range) -> None:
+    """The kernel dropped these pages from the process (zap): private pages
+    refault from the file or as zeroes; a pin on one lives on, detached."""
+    for i in pages:
+        proc.anon_truth.pop(region.page_addr(i), None)
+    for h in world.held:
+        if h.proc is proc and h.region is region:
+            h.detached.update(h.page + k for k in range(len(h.pages)) if h.page + k in pages)
+
+
+@_on_page
+def op_madvise(world: World, op: dict, proc: Proc, region: Region, page: int,
+               addr: int) -> str:
+    n = _span(region, page, op["n"])
+    advice = MADV[op["advice"]]
+    if region.huge and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED):
+        addr, n = region.addr, region.pages                 # whole huge pages only
+        page = 0
+    _, err = _quiet(proc.p.madvise, addr, n * PAGE, advice)
+    if err is None and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED) and not region.shared:
+        _forget(world, proc, region, range(page, page + n))
+    elif err is None and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED):
+        _forget(world, proc, region, range(0))            # shared pages stay in the file
+    world.note_cows()                                      # POPULATE_WRITE breaks COW
+    return f"madvise {advice.name} {addr:#x} x{n} -> {err or 0}"
+
+
+@_on_page
+def op_mlock(world: World, op: dict, proc: Proc, region: Region, page: int,
+             addr: int) -> str:
+    n = _span(region, page, op["n"])
+    _, err = _quiet(proc.p.mlock, addr, n * PAGE)
+    world.note_cows()                                      # populate breaks COW
+    return f"mlock {addr:#x} x{n} -> {err or 0}"
+
+
+@_on_page
+def op_munlock(world: World, op: dict, proc: Proc, region: Region, page: int,
+               addr: int) -> str:
+    n = _span(region, page, op["n"])
+    _, err = _quiet(proc.p.munlock, addr, n * PAGE)
+    return f"munlock {addr:#x} x{n} -> {err or 0}"
+
+
+@_on_page
+def op_mremap(world: World, op: dict, proc: Proc, region: Region, page: int,
+              addr: int) -> str:
+    """Grow a whole region (moving it when there is no room), or move it as
+    it is (MREMAP_FIXED to a fresh address): its pages — pinned ones too —
+    must be found at the new address."""
+    if region.unmapped or region.huge:
+        return "mremap: region has holes"
+    p = proc.p
+    old, length = region.addr, region.pages * PAGE
+    new_len = length + op["grow"] * PAGE
+    if op["grow"]:
+        new, err = _quiet(p.mremap, old, length, new_len, MREMAP.MAYMOVE)
+    else:
+        spot, err = _quiet(p.mmap, length, PROT.READ, MAP.PRIVATE | MAP.ANONYMOUS)
+        new = None
+        if err is None:
+            new, err = _quiet(p.mremap, old, length, length, MREMAP.MAYMOVE | MREMAP.FIXED, spot)
+            if err is not None:
+                _quiet(p.munmap, spot, length)
+    if err is not None:
+        return f"mremap {old:#x} -> {errno.errorcode[err]}"
+    moved = {old + i * PAGE: new + i * PAGE for i in range(region.pages)}
+    truth = {moved.get(a, a): v for a, v in proc.anon_truth.items() if a in moved}
+    for a in list(proc.anon_truth):
+        if a in moved or new <= a < new + new_len:
+            del proc.anon_truth[a]
+    proc.anon_truth.update(truth)
+    region.addr, region.pages = new, new_len // PAGE
+    return f"mremap {old:#x} -> {new:#x} ({region.pages}p)"
+
+
+def op_fallocate(world: World, op: dict) -> str:
+    """Punch a hole in a world file: the pages read zero, private COW
+    copies stay, a pinned folio leaves the cache with its pin."""
+    i = op["file"] % len(world.files)
+    f = world.files[i]
+    first = op["page"] % max(f.inode.nr_pages(), 1)
+    _, err = _quiet(f.fallocate, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, first * PAGE,
+                    op["n"] * PAGE)
+    if err is None:
+        last = first + op["n"]
+        for key in [k for k in world.shared_truth if k[0] == f.inode.ino and first <= k[1] < last]:
+            del world.shared_truth[key]
+    return f"fallocate punch f{i} {first}+{op['n']} -> {err or 0}"
+
+
+RACES = ["fork", "munmap_reuse", "truncate", "writeback", "collapse", "split"]
 
 
 def op_race(world: World, op: dict) -> str:
@@ -472,10 +607,22 @@ def op_race(world: World, op: dict) -> str:
     from pygup.machine import Machine
     kind = op["kind"]
     m = Machine(policy=world.policy, memory="64MiB", movable="0MiB", cpus=2,
-                mutants=world.m.mutants, tlb_flush=op.get("tlb_flush", "ipi"))
+                mutants=world.m.mutants, tlb_flush=op.get("tlb_flush", "ipi"),
+                thp="never" if kind == "collapse" else "always")
     p = m.spawn()
     flags = FOLL.WRITE | (FOLL.LONGTERM if op.get("longterm") else 0)
-    if kind in ("truncate", "writeback"):
+    if kind in ("collapse", "split"):
+        # collapse: base pages, then THP on; split: a THP made PTE-mapped
+        # (mprotect round trip), GUP-fast on its page 5, munmap of its last
+        a, _ = _mmap_thp(p, PROT.READ | PROT.WRITE)
+        p.write(a + 5 * PAGE, 0x5555)
+        if kind == "collapse":
+            m.thp = "always"
+        else:
+            p.mprotect(a, PAGE, PROT.READ)
+            p.mprotect(a, PAGE, PROT.READ | PROT.WRITE)
+        a += 5 * PAGE
+    elif kind in ("truncate", "writeback"):
         fs = m.mount("tmpfs" if op.get("shmem") else "ext4")
         f = fs.create("f", PAGE)
         a = p.mmap(PAGE, PROT.READ | PROT.WRITE, MAP.SHARED, file=f)
@@ -493,11 +640,17 @@ def op_race(world: World, op: dict) -> str:
             return new
     elif kind == "truncate":
         other = lambda m: f.truncate(0)                             # noqa: E731
+    elif kind == "collapse":
+        other = lambda m: m.collapse(p, a)                          # noqa: E731
+    elif kind == "split":
+        other = lambda m: p.munmap(a + (C.PMD_NR - 6) * PAGE, PAGE)  # noqa: E731
     else:
         other = lambda m: f.writeback()                             # noqa: E731
     from pygup.errors import InvariantError
     run = m.run_concurrently([pinner, other], seed=op["seed"], timeout=20,
                              points=set(op.get("points") or _FAST_POINTS | _RACE_POINTS[kind]))
+    if world.races is not None:
+        world.races.append((op, run))
     for i in (0, 1):
         err = run.raised(i)
         if isinstance(err, InvariantError):
@@ -513,6 +666,14 @@ def op_race(world: World, op: dict) -> str:
             if child.mm.pte(a).level and child.mm.pte(a).pfn == pfn:
                 raise Violation("pinned-anon-stays", f"race fork: pinned frame {pfn:#x} is "
                                 "mapped in the child")
+        if kind in ("collapse", "split") and (pte.pfn + ((a >> C.PAGE_SHIFT) & (C.PMD_NR - 1))
+                                              if pte.huge else pte.pfn) != pfn:
+            raise Violation("pinned-page-mapped", f"race {kind}: pinned frame {pfn:#x} is "
+                            f"not the page mapped at {a:#x}")
+        if kind == "split" and not (fi.pincount if fi.order else
+                                    fi.refcount >= C.GUP_PIN_COUNTING_BIAS):
+            raise Violation("refcount-balance", f"race split: pinned frame {pfn:#x} holds no "
+                            "pin: the reference went to another folio")
         if kind == "munmap_reuse" and pfn == run.results[1]:
             raise Violation("pinned-page-mapped", f"race munmap: GUP-fast pinned frame "
                             f"{pfn:#x} after it was unmapped and reused")
@@ -539,18 +700,44 @@ _RACE_POINTS = {
     "truncate": {"zap_cleared", "zap_flushed", "folio_mapping_set",
                  "as_release_before_call_rcu"},
     "writeback": {"mkclean_cleared", "mkclean_flushed"},
+    "collapse": {"collapse_pmd_cleared", "collapse_isolated", "free_pgtables_unlinked"},
+    "split": {"split_pmd_cleared", "split_folio_frozen", "zap_cleared", "zap_flushed"},
 }
 
 
-def race_op(seed: int) -> dict:
-    rng = random.Random(seed)
-    kind = RACES[seed % len(RACES)]
-    # one window on each side keeps the schedule short, so a seeded pick
-    # lands in the narrow interleavings often
-    points = [rng.choice(sorted(_FAST_POINTS)), rng.choice(sorted(_RACE_POINTS[kind]))]
-    return {"op": "race", "kind": kind, "seed": seed, "points": points,
-            "longterm": rng.random() < 0.6, "shmem": rng.random() < 0.5,
-            "tlb_flush": rng.choice(["ipi", "broadcast"])}
+def op_explore(world: World, op: dict) -> str:
+    """A built-in race (pygup/tools/explore.py) with the world's policy and
+    switches, on machines of its own.  With ``schedule`` it replays that one
+    interleaving exactly; without, it explores every schedule to ``bound``
+    preemptions and, on a failing one, writes it into the op before raising,
+    so the reproducer replays the very interleaving (schedule included)."""
+    from pygup.tools import explore
+    mutants = sorted(getattr(x, "value", x) for x in world.m.mutants)
+    policy = world.policy.name
+    if op.get("schedule"):
+        from pygup.kernel.sched import ScheduleDiverged
+        try:
+            out = explore.replay(op["race"], op["schedule"], policy, mutants,
+                                 op.get("windows", "all"))
+        except ScheduleDiverged as e:
+            # the world takes another path now (a fix removed the window's
+            # outcome): that interleaving no longer exists
+            return f"race {op['race']}: the schedule no longer applies ({e})"
+        if out["failed"]:
+            raise Violation(f"race:{op['race']}", out["failed"])
+        return f"race {op['race']}: the schedule replays clean"
+    res = explore.explore(op["race"], op.get("bound", 2), policy, mutants,
+                          stop_at_first=True)
+    if res.failing is not None:
+        op["schedule"] = res.failing.schedule
+        raise Violation(f"race:{op['race']}", res.failing.detail)
+    return f"race {op['race']}: {res.explored} schedules, 0 failing"
+
+
+def explore_op(seed: int) -> dict:
+    from pygup.tools.explore import RACES
+    names = list(RACES)
+    return {"op": "explore", "race": names[seed % len(names)], "bound": 2}
 
 
 STRESS_SCENARIOS = ["unmap", "collapse", "truncate", "writeback", "fork"]

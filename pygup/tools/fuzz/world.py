@@ -87,8 +87,10 @@ class World:
     FILES = [("ext4", FILE_PAGES), ("tmpfs", FILE_PAGES), ("xfs", 4), ("ramfs", 4)]
 
     def __init__(self, policy: str = "6.5", mutants=(), table_free: str = "rcu") -> None:
+        # secretmem.enable=1 under every policy: the vocabulary maps memfd_secret
         self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=4,
-                         table_free=table_free, mutants=mutants)
+                         table_free=table_free, mutants=mutants, secretmem=True)
+        self.races: Optional[list] = None   # a replay's record of scheduled races
         self.policy = self.m.policy
         self.fss = {}
         self.files = []
@@ -170,11 +172,17 @@ class World:
         self.check_refcounts()
         self.check_pinned_anon_stays()
 
-    def expected_refcounts(self) -> tuple[np.ndarray, np.ndarray]:
+    def expected_refcounts(self, flags: Optional[np.ndarray] = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
         """What every owner holds: page cache, page-table leaves, held pins,
-        device memory.  Returns (refcount per head frame, mapcount per frame)."""
+        device memory.  Returns (refcount per head frame, mapcount per frame).
+        ``flags``: the frames' own flag words (a snapshot), to find the folio
+        of a PTE-mapped page of a large folio (its reference is the head's)."""
         core = self.m._core
         n = core.nr_frames
+        if flags is None:
+            flags = core.snapshot()["flags"]
+        in_large = (flags & C.F_TAIL) != 0
         ref = np.zeros(n, np.int64)
         mapc = np.zeros(n, np.int64)
         for inode in list(self.m.kernel.inodes.values()):
@@ -198,8 +206,14 @@ class World:
                 first = huge & np.equal(addrs & ((1 << C.PMD_SHIFT) - 1), 0)
                 heads = np.where(huge, pfns & ~(C.PMD_NR - 1), pfns)
                 take = live & (~huge | first)
-                np.add.at(ref, heads[take], 1)
                 np.add.at(mapc, heads[take], 1)
+                # a PTE-mapped page of a THP: the reference is its folio's
+                # (large folios are order 9, 2 MiB-aligned blocks of frames)
+                tail = np.zeros(len(pfns), bool)
+                ok = take & (pfns < n)
+                tail[ok] = in_large[pfns[ok]]
+                folio = np.where(tail, pfns & ~(C.PMD_NR - 1), heads)
+                np.add.at(ref, folio[take], 1)
         for proc in self.procs:
             for pages_list in proc.p.held.values():       # callers' holds
                 for pages in pages_list:
@@ -224,7 +238,7 @@ class World:
     def check_refcounts(self) -> None:
         """Invariant 1: every frame's refcount equals what its owners hold."""
         snap = self.m._core.snapshot()
-        ref, mapc = self.expected_refcounts()
+        ref, mapc = self.expected_refcounts(snap["flags"])
         actual = snap["refcount"].astype(np.int64)
         flags = snap["flags"]
         # numpy's comparison functions, not operators (see expected_refcounts)

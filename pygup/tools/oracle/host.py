@@ -1,356 +1,25 @@
-"""The live-kernel oracle: the same GUP scenarios on this machine's real
-kernel and on a pygup ``Machine``, compared cell by cell.
-
-A *cell* is backing x MAP_SHARED/MAP_PRIVATE x PROT_READ|PROT_WRITE /
-PROT_READ x method x variant:
-
-* backings: anonymous memory, memfd, a tmpfs file, a file in the working
-  directory's file system, loop-mounted ext2 / ext4 / xfs / btrfs images,
-  ramfs, hugetlbfs (memfd MFD_HUGETLB), secretmem (memfd_secret) and a file
-  opened read-only;
-* methods, each a real GUP caller (csrc/host.c makes the system calls):
-  io_uring buffer registration, /proc/self/mem write and read,
-  process_vm_writev / readv, an O_DIRECT read into the buffer, vmsplice;
-* variants: faulted in first (``memset``, then ``mprotect(PROT_READ)`` for
-  the read-only cells), not faulted in, faulted in then ``msync(MS_SYNC)``.
-
-Both sides run the same steps (``_run_steps``) and are compared on the
-outcome's class: success, or which errno (and at which step: a failing
-``mmap`` is an outcome too).  Setting a backing up needs root for most
-(mounts, loop devices, huge pages); a backing that cannot be set up is
-reported as skipped with the reason, and everything set up is torn down
-again, even on failure.
-
-Where pygup deliberately differs from the host kernel (pygup models Linux
-6.5 .. 6.14; the host may be newer), the difference is listed in
-``DELIBERATE`` with its reason; any other disagreement fails the oracle.
-"""
+"""The host side of the oracle: a cell run on this machine's real kernel
+(raw system calls from csrc's host probes), with the backings set up —
+mounts, loop devices, huge pages — and torn down again, even on failure.
+Most backings need root; one that cannot be set up is skipped with the
+reason."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Iterable, Optional
 
 from pygup._native import HostProbes as H
-from pygup.flags import FOLL, MAP, MS, PROT, GupError, errno_name, flag_names
-from pygup.config.policy import POLICIES
+from pygup.flags import MAP, MS, PROT, errno_name
 
-PAGE = 4096
-HPAGE = 2 << 20
-VALUE = 0x0123456789ABCDEF          # what the write methods store
-
-METHODS = ("io_uring", "proc_mem_write", "proc_mem_read", "process_vm_writev",
-           "process_vm_readv", "o_direct_read", "vmsplice")
-MAPS = ("shared", "private")
-PROTS = ("rw", "r")
-VARIANTS = ("prefault", "noprefault", "msync")
-LOOP_FS = ("ext2", "ext4", "xfs", "btrfs")
-BACKINGS: dict[str, str] = {
-    "anon": "anonymous memory (MAP_ANONYMOUS)",
-    "memfd": "memfd_create() (shmem)",
-    "tmpfs": "a file on a tmpfs mount",
-    "workdir": "a file on the working directory's file system",
-    "ext2": "a file on a loop-mounted ext2 image",
-    "ext4": "a file on a loop-mounted ext4 image",
-    "xfs": "a file on a loop-mounted xfs image",
-    "btrfs": "a file on a loop-mounted btrfs image",
-    "ramfs": "a file on a ramfs mount",
-    "hugetlbfs": "memfd_create(MFD_HUGETLB), one 2 MiB page",
-    "secretmem": "memfd_secret()",
-    "readonly": "a working-directory file opened O_RDONLY",
-}
-# block file systems whose O_DIRECT really is direct (tmpfs accepts
-# O_DIRECT since 6.6 but copies through the page cache: no GUP)
-_DIRECT_IO_FS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
-
-# which GUP entry point and flags each method's kernel caller uses (for
-# ``explain`` on a disagreement)
-METHOD_GUP: dict[str, tuple[str, int]] = {
-    "io_uring": ("pin_user_pages", FOLL.LONGTERM | FOLL.WRITE),
-    "proc_mem_write": ("get_user_pages_remote", FOLL.FORCE | FOLL.WRITE),
-    "proc_mem_read": ("get_user_pages_remote", FOLL.FORCE),
-    "process_vm_writev": ("pin_user_pages_remote", FOLL.WRITE),
-    "process_vm_readv": ("pin_user_pages_remote", 0),
-    "o_direct_read": ("pin_user_pages_fast", FOLL.WRITE),
-    "vmsplice": ("get_user_pages_fast", 0),
-}
-
-
-# ---------------------------------------------------------------------------
-# cells, outcomes, deliberate differences
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    backing: str
-    map: str
-    prot: str
-    method: str
-    variant: str
-
-    @property
-    def key(self) -> str:
-        return "/".join(dataclasses.astuple(self))
-
-
-def enumerate_cells(backings: Optional[Iterable[str]] = None) -> list[Cell]:
-    """Every cell of the matrix for ``backings`` (default: all), in order."""
-    names = list(BACKINGS) if backings is None else list(backings)
-    for name in names:
-        if name not in BACKINGS:
-            raise ValueError(f"backing must be one of {list(BACKINGS)}, got {name!r}")
-    return [Cell(b, mp, pr, me, va) for b in names for mp in MAPS for pr in PROTS
-            for me in METHODS for va in VARIANTS]
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What one side did: the step that ended the cell and its return
-    value (``call``: the method's own return, a count or -errno)."""
-
-    stage: str            # "mmap", "touch", "mprotect", "msync", "call"
-    ret: int
-
-    @property
-    def cls(self) -> str:
-        """'ok', 'EFAULT', or 'mmap:EACCES' for a failing set-up step."""
-        if self.stage == "call":
-            return "ok" if self.ret >= 0 else errno_name(self.ret)
-        return f"{self.stage}:{errno_name(self.ret)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Deliberate:
-    """A documented difference between pygup and the host kernel: the cells
-    it covers (None = any) and the policies under which it applies."""
-
-    reason: str
-    backing: Optional[str] = None
-    map: Optional[str] = None
-    prot: Optional[str] = None
-    method: Optional[str] = None
-    variant: Optional[str] = None
-    policies: Optional[tuple[str, ...]] = None
-    host: Optional[str] = None            # the host's outcome class
-    pygup: Optional[str] = None           # pygup's outcome class
-
-    def matches(self, cell: Cell, policy: str, host: str, pygup: str) -> bool:
-        for field in ("backing", "map", "prot", "method", "variant"):
-            want = getattr(self, field)
-            if want is not None and want != getattr(cell, field):
-                return False
-        return ((self.policies is None or policy in self.policies)
-                and (self.host is None or self.host == host)
-                and (self.pygup is None or self.pygup == pygup))
-
-
-DELIBERATE: list[Deliberate] = [
-    Deliberate("6.14 lets FOLL_FORCE write to private hugetlb mappings "
-               "(\"mm/hugetlb: support FOLL_FORCE|FOLL_WRITE\"); 6.4/6.5 refuse",
-               backing="hugetlbfs", map="private", prot="r", method="proc_mem_write",
-               policies=("6.4", "6.5"), host="ok", pygup="EIO"),
-    Deliberate("6.4's io_uring refused file-backed buffers itself (anything but shmem and "
-               "hugetlbfs: -EOPNOTSUPP); 6.5 delegated the check to GUP, which refuses only "
-               "shared writable dirty-tracked mappings (-EFAULT)",
-               method="io_uring", policies=("6.4",), pygup="EOPNOTSUPP"),
-]
-
-
-def deliberate_for(cell: Cell, policy: str, host: str, pygup: str) -> Optional[Deliberate]:
-    for d in DELIBERATE:
-        if d.matches(cell, policy, host, pygup):
-            return d
-    return None
-
-
-def nearest_policy(release: str) -> str:
-    """The newest policy preset not newer than kernel ``release`` (the
-    oldest preset for an older kernel): '6.18.44-x' -> '6.14'."""
-    def ver(text: str) -> tuple[int, int]:
-        m = re.match(r"(\d+)\.(\d+)", text)
-        if not m:
-            raise ValueError(f"not a kernel version: {text!r}")
-        return int(m.group(1)), int(m.group(2))
-    have = ver(release)
-    presets = sorted(POLICIES, key=ver)
-    best = presets[0]
-    for name in presets:
-        if ver(name) <= have:
-            best = name
-    return best
-
-
-# ---------------------------------------------------------------------------
-# the steps of a cell, shared by both sides
-
-class Side(Protocol):
-    def mmap(self, size: int, prot: int, flags: int) -> tuple[int, int]: ...
-    def touch(self, addr: int, size: int, write: bool) -> int: ...
-    def mprotect(self, addr: int, size: int, prot: int) -> int: ...
-    def msync(self, addr: int, size: int) -> int: ...
-    def call(self, method: str, addr: int, size: int) -> int: ...
-    def munmap(self, addr: int, size: int) -> None: ...
-
-
-def _run_steps(side: Side, cell: Cell, size: int, file_writable: bool = True) -> Outcome:
-    """mmap; for the faulted-in variants a user access to every page
-    (a store where the mapping can be writable: memset), mprotect down to
-    PROT_READ for the read-only cells, msync(MS_SYNC) for that variant;
-    then the method."""
-    target = PROT.READ | PROT.WRITE if cell.prot == "rw" else PROT.READ
-    flags = MAP.SHARED if cell.map == "shared" else MAP.PRIVATE
-    prefault = cell.variant != "noprefault"
-    can_write = file_writable or cell.map == "private"
-    setup = PROT.READ | PROT.WRITE if prefault and can_write else target
-    rc, addr = side.mmap(size, int(setup), int(flags))
-    if rc:
-        return Outcome("mmap", rc)
-    try:
-        if prefault:
-            rc = side.touch(addr, size, bool(setup & PROT.WRITE))
-            if rc:
-                return Outcome("touch", rc)
-            if setup != target:
-                rc = side.mprotect(addr, size, int(target))
-                if rc:
-                    return Outcome("mprotect", rc)
-            if cell.variant == "msync":
-                rc = side.msync(addr, size)
-                if rc:
-                    return Outcome("msync", rc)
-        return Outcome("call", side.call(cell.method, addr, size))
-    finally:
-        side.munmap(addr, size)
-
-
-def backing_size(backing: str) -> int:
-    return HPAGE if backing == "hugetlbfs" else PAGE
-
-
-# ---------------------------------------------------------------------------
-# the pygup side
-
-class PygupSide:
-    """One cell on a fresh pygup ``Machine``.  ``explain=True`` replaces the
-    method by ``pygup.explain.explain`` with the method's entry point and flags,
-    keeping the formatted trace in ``self.explanation``."""
-
-    def __init__(self, cell: Cell, policy: str, workdir_preset: str = "ext4",
-                 explain: bool = False) -> None:
-        from pygup.machine import Machine
-        self.cell = cell
-        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=2)
-        self.file = self._file(cell.backing, workdir_preset)
-        self.p = self.m.spawn()
-        self.explain = explain
-        self.explanation: Optional[str] = None
-
-    def _file(self, backing: str, workdir_preset: str):
-        m = self.m
-        if backing == "anon":
-            return None
-        if backing == "memfd":
-            return m.memfd_create("oracle", PAGE)
-        if backing == "hugetlbfs":
-            return m.memfd_create("oracle", HPAGE, hugetlb=True)
-        if backing == "secretmem":
-            return m.memfd_secret(PAGE)
-        if backing == "readonly":
-            fs = m.mount(workdir_preset)
-            fs.create("readonly", PAGE)
-            return fs.open("readonly", writable=False)
-        return m.mount(workdir_preset if backing == "workdir" else backing).create("oracle", PAGE)
-
-    @property
-    def file_writable(self) -> bool:
-        return self.file is None or self.file.writable
-
-    def mmap(self, size: int, prot: int, flags: int) -> tuple[int, int]:
-        if self.file is None:
-            flags |= MAP.ANONYMOUS
-        try:
-            return 0, self.p.mmap(size, prot, flags, file=self.file)
-        except GupError as e:
-            return -e.errno, 0
-
-    def _try(self, fn: Callable[[], object]) -> int:
-        try:
-            fn()
-            return 0
-        except GupError as e:
-            return -e.errno
-
-    def touch(self, addr: int, size: int, write: bool) -> int:
-        def run() -> None:
-            for off in range(0, size, PAGE):
-                if write:
-                    self.p.write(addr + off, VALUE)
-                else:
-                    self.p.read(addr + off)
-        return self._try(run)
-
-    def mprotect(self, addr: int, size: int, prot: int) -> int:
-        return self._try(lambda: self.p.mprotect(addr, size, prot))
-
-    def msync(self, addr: int, size: int) -> int:
-        return self._try(lambda: self.p.msync(addr, size, MS.SYNC))
-
-    def call(self, method: str, addr: int, size: int) -> int:
-        from pygup import callers
-        p = self.p
-        if self.explain:
-            from pygup.explain import explain
-            api, flags = METHOD_GUP[method]
-            if method == "io_uring" and self.m.policy.io_uring_pin_fast:
-                api = "pin_user_pages_fast"
-            ex = explain(p.mm, addr, 1, flags, api)
-            self.explanation = ex.format()
-            return ex.ret
-        if method == "io_uring":
-            ret = callers.io_uring_register_buffers(p, addr, size)
-            if ret == 0:
-                callers.io_uring_unregister_buffers(p)
-            return ret
-        if method == "proc_mem_write":
-            return callers.proc_mem_write(p, addr, VALUE)
-        if method == "proc_mem_read":
-            ret = callers.proc_mem_read(p, addr)
-            return 8 if ret >= 0 else ret
-        if method == "process_vm_writev":
-            return callers.process_vm_writev(p, addr, VALUE)
-        if method == "process_vm_readv":
-            ret = callers.process_vm_readv(p, addr)
-            return 8 if ret >= 0 else ret
-        if method == "o_direct_read":
-            return callers.o_direct_read(p, addr, PAGE)
-        if method == "vmsplice":
-            ret = callers.vmsplice(p, addr, PAGE)
-            callers.pipe_read(p)
-            return ret
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-    def munmap(self, addr: int, size: int) -> None:
-        self.p.munmap(addr, size)
-
-    def close(self) -> None:
-        self.p.exit()
-        self.m.check()
-
-
-def run_pygup_cell(cell: Cell, policy: str, workdir_preset: str = "ext4",
-                   explain: bool = False) -> tuple[Outcome, Optional[str]]:
-    """The cell on a fresh pygup machine: (outcome, explain trace or None)."""
-    side = PygupSide(cell, policy, workdir_preset, explain)
-    out = _run_steps(side, cell, backing_size(cell.backing), side.file_writable)
-    side.close()
-    return out, side.explanation
-
+from pygup.tools.oracle.cells import (
+    BACKINGS, Cell, HPAGE, LOOP_FS, METHODS, Outcome, PAGE, VALUE, _DIRECT_IO_FS, _run_steps,
+    backing_size)
 
 # ---------------------------------------------------------------------------
 # the host side
@@ -419,6 +88,34 @@ def proc_mem_force_status() -> Optional[str]:
         return None
     return (f"/proc/self/mem does not force writes here ({errno_name(ret)}): "
             "proc_mem.force_override / CONFIG_PROC_MEM_*")
+
+
+def loop_mount(fstype: str, image_dir: str, mount_dir: str, stack: contextlib.ExitStack) -> str:
+    """A fresh ``fstype`` file system on a sparse image in ``image_dir``,
+    loop-mounted at ``mount_dir``; ``stack`` unmounts and removes it.
+    RuntimeError naming the missing tool or the failing step."""
+    mkfs = shutil.which(f"mkfs.{fstype}")
+    if mkfs is None:
+        pkg = {"xfs": "xfsprogs", "btrfs": "btrfs-progs"}.get(fstype, "e2fsprogs")
+        raise RuntimeError(f"mkfs.{fstype} not installed (apt-get install {pkg})")
+    if shutil.which("losetup") is None:
+        raise RuntimeError("losetup not installed")
+    img = os.path.join(image_dir, f"{fstype}.img")
+    with open(img, "wb") as f:
+        # xfs and btrfs refuse small file systems
+        f.truncate((512 if fstype in ("xfs", "btrfs") else 64) << 20)   # sparse
+    stack.callback(_unlink_quietly, img)
+    force = {"xfs": "-f", "btrfs": "-f"}.get(fstype, "-F")
+    _run([mkfs, "-q", force, img])
+    dev = _run(["losetup", "--find", "--show", img])
+    stack.callback(_run, ["losetup", "-d", dev])
+    os.makedirs(mount_dir, exist_ok=True)
+    _run(["mount", "-t", fstype, dev, mount_dir])
+    stack.callback(_run, ["umount", "-l", mount_dir])
+    got = fs_type(mount_dir)
+    if got != fstype:
+        raise RuntimeError(f"mounted {fstype} at {mount_dir}, but it reads as {got}")
+    return mount_dir
 
 
 class HostBacking:
@@ -667,22 +364,8 @@ class HostEnv:
         if name in LOOP_FS:
             if not self.root:
                 raise RuntimeError(f"loop-mounting {name} needs root")
-            mkfs = shutil.which(f"mkfs.{name}")
-            if mkfs is None:
-                pkg = {"xfs": "xfsprogs", "btrfs": "btrfs-progs"}.get(name, "e2fsprogs")
-                raise RuntimeError(f"mkfs.{name} not installed (apt-get install {pkg})")
-            if shutil.which("losetup") is None:
-                raise RuntimeError("losetup not installed")
-            img = os.path.join(self.tmp, f"{name}.img")
-            with open(img, "wb") as f:
-                f.truncate((512 if name in ("xfs", "btrfs") else 64) << 20)   # sparse
-            each.callback(_unlink_quietly, img)
-            force = {"xfs": "-f", "btrfs": "-f"}.get(name, "-F")
-            _run([mkfs, "-q", force, img])
-            dev = _run(["losetup", "--find", "--show", img])
-            each.callback(_run, ["losetup", "-d", dev])
-            d = self._mount(name, dev, each)
-            return HostBacking(name, name, name, d)
+            d = os.path.join(self.tmp, f"mnt-{name}")
+            return HostBacking(name, name, name, loop_mount(name, self.tmp, d, each))
         if name == "hugetlbfs":
             self._reserve_huge_pages(2, each)
             fd = os.memfd_create("probe", os.MFD_CLOEXEC | os.MFD_HUGETLB)
@@ -718,6 +401,10 @@ class HostEnv:
         if info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0) < need:
             raise RuntimeError("could not reserve huge pages (memory too fragmented?)")
 
+    def run_scenario(self, scenario) -> Optional[list]:
+        """A multi-step scenario here; None when it cannot run here."""
+        return run_host_scenario(self, scenario)
+
     # -- a cell ----------------------------------------------------------------
     def run(self, cell: Cell) -> Optional[Outcome]:
         """The cell on the host; None when its method cannot run here."""
@@ -751,188 +438,6 @@ def _meminfo() -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------
-# the comparison
-
-@dataclasses.dataclass
-class CellResult:
-    cell: Cell
-    host: str                     # outcome class, or "skip"
-    pygup: str
-    host_ret: Optional[int] = None
-    pygup_ret: Optional[int] = None
-    deliberate: Optional[str] = None
-    explain: Optional[str] = None
-
-    @property
-    def compared(self) -> bool:
-        return self.host != "skip"
-
-    @property
-    def agree(self) -> bool:
-        return self.host == self.pygup
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self.cell)
-        d.update(host=self.host, pygup=self.pygup, host_ret=self.host_ret,
-                 pygup_ret=self.pygup_ret, agree=self.agree if self.compared else None,
-                 deliberate=self.deliberate, explain=self.explain)
-        return d
-
-
-@dataclasses.dataclass
-class Report:
-    kernel: str
-    policy: str
-    results: list[CellResult]
-    skipped: dict[str, str]              # backing -> reason
-    method_skipped: dict[str, str]       # method -> reason
-    backings: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """backing -> compared / agree / deliberate / disagree."""
-        out: dict[str, dict[str, int]] = {}
-        for r in self.results:
-            c = out.setdefault(r.cell.backing, {"compared": 0, "agree": 0, "deliberate": 0,
-                                                "disagree": 0})
-            if not r.compared:
-                continue
-            c["compared"] += 1
-            if r.agree:
-                c["agree"] += 1
-            elif r.deliberate:
-                c["deliberate"] += 1
-            else:
-                c["disagree"] += 1
-        return out
-
-    @property
-    def disagreements(self) -> list[CellResult]:
-        return [r for r in self.results if r.compared and not r.agree]
-
-    @property
-    def undocumented(self) -> list[CellResult]:
-        return [r for r in self.disagreements if not r.deliberate]
-
-    @property
-    def ok(self) -> bool:
-        return not self.undocumented
-
-    def to_json(self) -> dict:
-        return {"kernel": self.kernel, "policy": self.policy, "backings": self.backings,
-                "skipped": self.skipped, "method_skipped": self.method_skipped,
-                "counts": self.counts(),
-                "deliberate_differences": [dataclasses.asdict(d) for d in DELIBERATE],
-                "cells": [r.to_json() for r in self.results]}
-
-
-class HostRunner(Protocol):
-    skipped: dict[str, str]
-    method_skipped: dict[str, str]
-    def __enter__(self) -> "HostRunner": ...
-    def __exit__(self, *exc) -> None: ...
-    def preset(self, backing: str) -> str: ...
-    def describe(self) -> dict[str, str]: ...
-    def run(self, cell: Cell) -> Optional[Outcome]: ...
-
-
-def run_oracle(backings: Optional[Iterable[str]] = None, policy: Optional[str] = None,
-               host: Optional[HostRunner] = None, release: Optional[str] = None,
-               progress: Optional[Callable[[CellResult], None]] = None) -> Report:
-    """Every cell of ``backings`` on the host (``HostEnv`` unless ``host``
-    is given) and on pygup under ``policy`` (default: the preset nearest
-    the host kernel)."""
-    release = release or os.uname().release
-    policy = policy or nearest_policy(release)
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {policy!r}")
-    cells = enumerate_cells(backings)
-    runner = host if host is not None else HostEnv(sorted({c.backing for c in cells},
-                                                          key=list(BACKINGS).index))
-    results: list[CellResult] = []
-    with runner as env:
-        for cell in cells:
-            if cell.backing in env.skipped:
-                continue
-            preset = env.preset(cell.backing)
-            h = env.run(cell)
-            g, _ = run_pygup_cell(cell, policy, preset)
-            r = CellResult(cell, "skip" if h is None else h.cls, g.cls,
-                           None if h is None else h.ret, g.ret)
-            if r.compared and not r.agree:
-                d = deliberate_for(cell, policy, r.host, r.pygup)
-                r.deliberate = d.reason if d else None
-                if g.stage == "call":
-                    _, r.explain = run_pygup_cell(cell, policy, preset, explain=True)
-            results.append(r)
-            if progress:
-                progress(r)
-        return Report(release, policy, results, dict(env.skipped), dict(env.method_skipped),
-                      env.describe())
-
-
-# ---------------------------------------------------------------------------
-# output
-
-COLUMNS = (("backing", 10), ("map", 8), ("prot", 5), ("method", 18), ("variant", 11),
-           ("host", 13), ("pygup", 13), ("agree", 5))
-
-
-def format_row(r: CellResult) -> str:
-    c = r.cell
-    agree = "-" if not r.compared else "yes" if r.agree else "DELIB" if r.deliberate else "NO"
-    vals = (c.backing, c.map, c.prot, c.method, c.variant, r.host, r.pygup, agree)
-    return " ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, COLUMNS)).rstrip()
-
-
-def format_report(rep: Report) -> str:
-    lines = [f"pygup oracle: host kernel {rep.kernel}, pygup policy {rep.policy}",
-             " ".join(f"{name:<{w}}" for name, w in COLUMNS).rstrip(),
-             " ".join("-" * w for _, w in COLUMNS)]
-    lines += [format_row(r) for r in rep.results]
-    lines.append("")
-    if rep.backings:
-        lines.append("backings: " + ", ".join(f"{k}={v}" for k, v in rep.backings.items()))
-    for name, why in rep.skipped.items():
-        lines.append(f"skipped backing {name}: {why}")
-    for name, why in rep.method_skipped.items():
-        lines.append(f"skipped method {name}: {why}")
-    lines.append("cells compared by backing:")
-    total = {"compared": 0, "agree": 0, "deliberate": 0, "disagree": 0}
-    for name, c in rep.counts().items():
-        lines.append(f"  {name:<10} {c['compared']:>4} compared, {c['agree']:>4} agree, "
-                     f"{c['deliberate']:>3} deliberate, {c['disagree']:>3} disagree")
-        for k in total:
-            total[k] += c[k]
-    lines.append(f"  {'total':<10} {total['compared']:>4} compared, {total['agree']:>4} agree, "
-                 f"{total['deliberate']:>3} deliberate, {total['disagree']:>3} disagree")
-    if rep.disagreements:
-        lines.append("")
-        lines.append("disagreements:")
-        for r in rep.disagreements:
-            tag = f"deliberate: {r.deliberate}" if r.deliberate else "NOT DOCUMENTED"
-            lines.append(f"  {r.cell.key}: host {r.host} ({r.host_ret}), pygup {r.pygup} "
-                         f"({r.pygup_ret}) -- {tag}")
-            if r.explain:
-                lines += ["    " + ln for ln in r.explain.splitlines()]
-    return "\n".join(lines)
-
-
-def oracle_main(only: Optional[str] = None, policy: Optional[str] = None,
-                json_out: Optional[str] = None, out: Callable[[str], None] = print,
-                host: Optional[HostRunner] = None, release: Optional[str] = None) -> int:
-    """``pygup oracle``: 0 when every disagreement is documented, else 1."""
-    backings = None
-    if only:
-        backings = [b.strip() for b in only.split(",") if b.strip()]
-    rep = run_oracle(backings, policy, host=host, release=release)
-    out(format_report(rep))
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(rep.to_json(), f, indent=1)
-    return 0 if rep.ok else 1
-
-
-# ---------------------------------------------------------------------------
 # timing, for the benchmarks
 
 def io_uring_register_timing(pages: int = 256, iterations: int = 100) -> dict[str, float]:
@@ -957,7 +462,159 @@ def io_uring_register_timing(pages: int = 256, iterations: int = 100) -> dict[st
             "ns_per_page": total / iterations / pages}
 
 
-__all__ = ["BACKINGS", "METHODS", "MAPS", "PROTS", "VARIANTS", "DELIBERATE", "Cell", "Outcome",
-           "Deliberate", "CellResult", "Report", "HostEnv", "enumerate_cells", "run_pygup_cell",
-           "run_oracle", "format_report", "oracle_main", "nearest_policy",
-           "io_uring_register_timing", "flag_names"]
+
+
+
+# ---------------------------------------------------------------------------
+# the host side of a multi-step scenario (scenarios.py)
+
+_PM_PRESENT, _PM_EXCLUSIVE, _PM_PFN = 1 << 63, 1 << 56, (1 << 55) - 1
+
+
+class HostScenarioSide:
+    """``scenarios.ScenarioSide`` on this machine's kernel: files made by
+    ``env``'s backings, one io_uring ring with a registered buffer, a forked
+    child that obeys writes over a pipe."""
+
+    def __init__(self, env: "HostEnv") -> None:
+        self.env = env
+        self.fds: list[int] = []
+        self.maps: list[tuple[int, int]] = []
+        # the ring first: its own mappings must not land in a scenario's hole
+        self.slot, self.ring_addr, self.registered = H.ring_setup(), 0, False
+        if self.slot < 0:
+            raise OSError(-self.slot, "io_uring_setup")
+        self.child: Optional[tuple[int, int, int]] = None     # pid, cmd fd, ack fd
+
+    def new_file(self, kind: str, words: list[int]) -> int:
+        if kind == "memfd":
+            fd = os.memfd_create("scenario", os.MFD_CLOEXEC)
+        else:
+            fd, _ = HostBacking(kind, kind, kind, self.env.backings[kind].directory).open()
+        self.fds.append(fd)
+        os.ftruncate(fd, len(words) * PAGE)
+        for i, w in enumerate(words):
+            os.pwrite(fd, w.to_bytes(8, "little"), i * PAGE)
+        return fd
+
+    def pread(self, fd: int, index: int) -> Optional[int]:
+        data = os.pread(fd, 8, index * PAGE)
+        return int.from_bytes(data, "little") if data else None
+
+    def ftruncate(self, fd: int, size: int) -> int:
+        try:
+            os.ftruncate(fd, size)
+            return 0
+        except OSError as e:
+            return -e.errno
+
+    def mmap(self, npages: int, prot: int, flags: int, f: object = None,
+             addr: int = 0) -> tuple[int, int]:
+        if f is None:
+            flags |= MAP.ANONYMOUS
+        if addr:
+            # MAP_FIXED over part of a mapping made here: the probe maps at addr
+            rc, got = H.mmap_fixed(addr, npages * PAGE, prot, flags, -1 if f is None else f, 0), addr
+        else:
+            rc, got = H.mmap(npages * PAGE, prot, flags, -1 if f is None else f, 0)
+            if rc == 0:
+                self.maps.append((got, npages * PAGE))
+        return rc, got
+
+    def munmap(self, addr: int, npages: int) -> int:
+        return H.munmap(addr, npages * PAGE)
+
+    def mprotect(self, addr: int, npages: int, prot: int) -> int:
+        return H.mprotect(addr, npages * PAGE, prot)
+
+    def write(self, addr: int, value: int) -> int:
+        return H.touch(addr, 8, True, value)
+
+    def read(self, addr: int) -> tuple[int, int]:
+        return H.load(addr)
+
+    def ring_open(self, addr: int, npages: int) -> int:
+        rc = H.ring_register(self.slot, addr, npages * PAGE)
+        if rc == 0:
+            self.ring_addr, self.registered = addr, True
+        return rc
+
+    def ring_rw(self, write: bool, fd: int, index: int, buf_page: int = 0) -> int:
+        # the buffer's address: the registration's start plus buf_page pages
+        return H.ring_rw_fixed(self.slot, write, fd, self.ring_addr + buf_page * PAGE, PAGE,
+                               index * PAGE)
+
+    def ring_close(self) -> int:
+        self.registered = False
+        return H.ring_unregister(self.slot)
+
+    def proc_mem_write(self, addr: int, value: int) -> int:
+        return H.proc_mem_write(addr, value)
+
+    def process_vm_readv(self, addr: int, npages: int) -> int:
+        return H.process_vm_readv_range(addr, npages * PAGE)
+
+    def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            e = int.from_bytes(os.pread(f.fileno(), 8, (addr // PAGE) * 8), "little")
+        if not e & _PM_PRESENT:
+            return False, None, False
+        return True, e & _PM_PFN, bool(e & _PM_EXCLUSIVE)
+
+    def fork(self) -> None:
+        cmd_r, cmd_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                  # the child: obey, then leave
+            try:
+                os.close(cmd_w)
+                os.close(ack_r)
+                while True:
+                    line = os.read(cmd_r, 64)
+                    if not line or line.startswith(b"x"):
+                        break
+                    _, a, v = line.split()
+                    rc = H.touch(int(a), 8, True, int(v))
+                    os.write(ack_w, str(rc).encode())
+            finally:
+                os._exit(0)
+        os.close(cmd_r)
+        os.close(ack_w)
+        self.child = (pid, cmd_w, ack_r)
+
+    def child_write(self, addr: int, value: int) -> int:
+        assert self.child is not None
+        os.write(self.child[1], f"w {addr} {value}".encode())
+        return int(os.read(self.child[2], 64))
+
+    def child_exit(self) -> None:
+        if self.child is None:
+            return
+        pid, cmd, ack = self.child
+        self.child = None
+        with contextlib.suppress(OSError):
+            os.write(cmd, b"x")
+        os.close(cmd)
+        os.close(ack)
+        os.waitpid(pid, 0)
+
+    def close(self) -> None:
+        self.child_exit()
+        H.ring_close(self.slot)
+        for addr, length in self.maps:
+            H.munmap(addr, length)
+        for fd in self.fds:
+            os.close(fd)
+
+
+def run_host_scenario(env: "HostEnv", scenario) -> Optional[list]:
+    """The scenario on this machine's kernel, or None when something it
+    needs is missing here (its backing, io_uring)."""
+    from pygup.tools.oracle.scenarios import normalise
+    if "io_uring" in env.method_skipped or any(b not in env.backings for b in scenario.needs):
+        return None
+    side = HostScenarioSide(env)
+    try:
+        return normalise(scenario.run(side))
+    finally:
+        side.close()

@@ -1,5 +1,5 @@
 /*
- * sched.c - deterministic interleavings: the scheduler behind PG_YIELD.
+ * kernel/sched.c - deterministic interleavings: the scheduler behind PG_YIELD.
  *
  * A session (pg_sched_begin .. pg_sched_end) runs nr emulated CPUs, each an
  * OS thread that attached itself as CPU k, strictly one at a time.  The
@@ -10,7 +10,7 @@
  * mutex, by the CPU that gives the turn away, so a run is a pure function
  * of (seed or schedule, the operations), whatever the OS does.
  *
- * Spin-waits yield too (pg_cpu_wait in internal.h: IPI acknowledgements,
+ * Spin-waits yield too (pg_cpu_wait in kernel/sched.h: IPI acknowledgements,
  * grace periods, spinlocks; pg_sched_yield(spin) from Python for the
  * machine lock): a CPU that waits on a parked one hands the turn back, and
  * is picked only when no runnable CPU is left.  When every live CPU has only
@@ -18,14 +18,17 @@
  * session is marked deadlocked and everyone stays parked (there is nothing
  * safe to resume), which Python reports instead of hanging.
  *
- * Yield-point names are interned per session (copied: names from Python
- * live in reused buffers), so the trace stores small ids.
+ * Points are small ids: the race-window registry's (kernel/race.h), then
+ * the free names Python yields at, interned per session, so the trace
+ * stores ids and the filter accepts only registered names.
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+#include "kernel/race.h"
+#include "kernel/sched.h"
 
 _Thread_local struct pg_machine *pg_sched_tls_machine;
 static _Thread_local int tls_cpu = -1;
@@ -41,9 +44,13 @@ struct sched_step {
     uint8_t spun;
     uint8_t pad;
     uint16_t name;
+    uint64_t runnable; /* the CPUs that could have been picked (explorer) */
+    uint64_t digest;   /* the machine's state digest at the pick, 0 if off */
+    struct pg_sched_watch watch; /* the watched address, at the pick */
 };
 
 struct pg_sched {
+    pg_machine *m;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int nr, attached, detached;
@@ -55,13 +62,16 @@ struct pg_sched {
     int32_t *plan;
     int64_t plan_len, plan_pos;
     uint64_t spin_run, spin_limit;
-    bool deadlock, truncated, filter_on;
+    bool deadlock, truncated, filter_on, digest_on, watch_on;
+    uint64_t watch_mm, watch_addr, watch_pfn; /* pfn: the last one mapped there */
+    uint64_t py_epoch; /* machine-lock takes and drops of scheduled CPUs */
     struct sched_step *trace;
     int64_t trace_len, trace_cap;
+    /* ids below PG_NR_RACE_WINDOWS are the registry's (kernel/race.h);
+     * Python's free names are interned after them */
     int nr_names;
-    const char *name_key[SCHED_MAX_NAMES]; /* the pointer first seen */
-    char *name[SCHED_MAX_NAMES];           /* owned copy */
-    bool is_point[SCHED_MAX_NAMES];        /* in the filter */
+    char *name[SCHED_MAX_NAMES];    /* owned copies, from PG_NR_RACE_WINDOWS on */
+    bool is_point[SCHED_MAX_NAMES]; /* in the filter */
 };
 
 /* splitmix64: tiny, seedable, good enough to spread picks */
@@ -73,16 +83,15 @@ static uint64_t rng_next(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-/* under s->lock; the id of name (interned on first sight), 0 when the
- * table is full (id 0 is "start", which every session has) */
+/* under s->lock; the id of a Python-level point name: its registry id if
+ * it is registered, else interned on first sight (copied: names from
+ * Python live in reused buffers); 0 ("start") when the table is full */
 static uint16_t intern(struct pg_sched *s, const char *name)
 {
-    /* the pointer alone proves nothing: Python's names live in buffers
-     * that are reused */
-    for (int i = 0; i < s->nr_names; i++)
-        if (s->name_key[i] == name && strcmp(s->name[i], name) == 0)
-            return (uint16_t)i;
-    for (int i = 0; i < s->nr_names; i++)
+    int id = pg_race_window_lookup(name);
+    if (id >= 0)
+        return (uint16_t)id;
+    for (int i = PG_NR_RACE_WINDOWS; i < s->nr_names; i++)
         if (strcmp(s->name[i], name) == 0)
             return (uint16_t)i;
     if (s->nr_names == SCHED_MAX_NAMES)
@@ -95,11 +104,10 @@ static uint16_t intern(struct pg_sched *s, const char *name)
         return 0;
     memcpy(copy, name, n);
     copy[n] = '\0';
-    int id = s->nr_names++;
-    s->name_key[id] = name;
-    s->name[id] = copy;
-    s->is_point[id] = false;
-    return (uint16_t)id;
+    int i = s->nr_names++;
+    s->name[i] = copy;
+    s->is_point[i] = false;
+    return (uint16_t)i;
 }
 
 static bool waiting(int st)
@@ -107,7 +115,16 @@ static bool waiting(int st)
     return st == CS_READY || st == CS_POINT || st == CS_SPIN;
 }
 
-static void trace_add(struct pg_sched *s, int cpu, bool spun)
+/* FNV-1a over 64-bit words: deterministic, cheap, good enough to tell
+ * states apart (a collision only prunes one branch of the explorer) */
+static inline uint64_t mix(uint64_t h, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        h = (h ^ (v & 0xff)) * 0x100000001b3ULL;
+    return h;
+}
+
+static void trace_add(struct pg_sched *s, int cpu, bool spun, uint64_t runnable)
 {
     if (s->trace_len == s->trace_cap) {
         int64_t cap = s->trace_cap ? s->trace_cap * 2 : 256;
@@ -122,7 +139,19 @@ static void trace_add(struct pg_sched *s, int cpu, bool spun)
         s->trace_cap = cap;
     }
     s->trace[s->trace_len++] = (struct sched_step){
-        .cpu = (int16_t)cpu, .spun = spun, .name = s->where[cpu]};
+        .cpu = (int16_t)cpu, .spun = spun, .name = s->where[cpu],
+        .runnable = runnable};
+    struct sched_step *st = &s->trace[s->trace_len - 1];
+    if (s->digest_on) {
+        /* the machine, the Python model's lock traffic and where every CPU
+         * stands: two picks with equal digests face the same choice */
+        uint64_t h = mix(s->m->sched_digest ? s->m->sched_digest(s->m) : 0, s->py_epoch);
+        for (int c = 0; c < s->nr; c++)
+            h = mix(h, ((uint64_t)s->state[c] << 16) | s->where[c]);
+        st->digest = h ? h : 1;
+    }
+    if (s->watch_on && s->m->sched_observe)
+        s->m->sched_observe(s->m, s->watch_mm, s->watch_addr, &s->watch_pfn, &st->watch);
 }
 
 /* Under s->lock: choose who runs next and hand it the turn.  The caller
@@ -130,12 +159,15 @@ static void trace_add(struct pg_sched *s, int cpu, bool spun)
 static void pick_next(struct pg_sched *s)
 {
     int live = 0, runnable = 0;
+    uint64_t mask = 0; /* the alternatives: spinning CPUs are none */
     for (int c = 0; c < s->nr; c++) {
         if (!waiting(s->state[c]))
             continue;
         live++;
-        if (s->state[c] != CS_SPIN)
+        if (s->state[c] != CS_SPIN) {
             runnable++;
+            mask |= (uint64_t)1 << c;
+        }
     }
     s->turn = -1;
     if (!live || s->deadlock)
@@ -185,7 +217,7 @@ static void pick_next(struct pg_sched *s)
     } else if (s->state[pick] != CS_SPIN) {
         s->spin_run = 0;
     }
-    trace_add(s, pick, s->state[pick] == CS_SPIN);
+    trace_add(s, pick, s->state[pick] == CS_SPIN, mask);
     s->last = pick;
     s->turn = pick;
 }
@@ -198,24 +230,38 @@ static void wait_turn(struct pg_sched *s, int me)
     s->state[me] = CS_RUNNING;
 }
 
-void pg_sched_hook(pg_machine *m, const char *name, int spin)
+/* under s->lock */
+static const char *point_name(struct pg_sched *s, int id)
 {
-    if (pg_sched_tls_machine != m)
-        return; /* not a CPU of this machine's session */
-    struct pg_sched *s = m->sched;
+    return id < PG_NR_RACE_WINDOWS ? pg_race_window_name(id) : s->name[id];
+}
+
+/* park at registry point id, or at Python's point name when it is not NULL */
+static void hook(struct pg_sched *s, int id, const char *name, int spin)
+{
     int me = tls_cpu;
     pthread_mutex_lock(&s->lock);
-    uint16_t id = intern(s, name);
+    if (name)
+        id = intern(s, name);
     if (!spin && s->filter_on && !s->is_point[id]) {
         pthread_mutex_unlock(&s->lock);
         return;
     }
     s->state[me] = spin ? CS_SPIN : CS_POINT;
-    s->where[me] = id;
+    s->where[me] = (uint16_t)id;
     pick_next(s);
     pthread_cond_broadcast(&s->cond);
     wait_turn(s, me);
     pthread_mutex_unlock(&s->lock);
+}
+
+void pg_sched_hook(pg_machine *m, int window, int spin)
+{
+    if (pg_sched_tls_machine != m)
+        return; /* not a CPU of this machine's session */
+    if (window < 0 || window >= PG_NR_RACE_WINDOWS)
+        window = PG_W_START; /* unreachable: every caller passes an enum */
+    hook(m->sched, window, NULL, spin);
 }
 
 int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule,
@@ -241,12 +287,13 @@ int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    s->m = m;
     s->nr = nr;
     s->turn = -1;
     s->last = -1;
     s->rng = seed;
     s->spin_limit = spin_limit ? spin_limit : SCHED_SPIN_LIMIT_DEFAULT;
-    intern(s, "start"); /* id 0 */
+    s->nr_names = PG_NR_RACE_WINDOWS; /* id 0 is "start" */
     m->sched = s;
     /* the session before the flag: a thread that attaches synchronises on
      * the session mutex anyway; unattached threads never look further */
@@ -259,15 +306,16 @@ int pg_sched_filter(pg_machine *m, const char *name)
     struct pg_sched *s = m->sched;
     if (!s || !name || !*name)
         return -PG_EINVAL;
+    /* only registered points: a misspelt name would never stop */
+    int id = pg_race_window_lookup(name);
+    if (id < 0)
+        return -PG_EINVAL;
     pthread_mutex_lock(&s->lock);
     int rc = -PG_EBUSY;
     if (s->attached == 0) {
-        uint16_t id = intern(s, name);
-        rc = id == 0 && strcmp(name, "start") != 0 ? -PG_ENOSPC : 0;
-        if (rc == 0) {
-            s->is_point[id] = true;
-            s->filter_on = true;
-        }
+        s->is_point[id] = true;
+        s->filter_on = true;
+        rc = 0;
     }
     pthread_mutex_unlock(&s->lock);
     return rc;
@@ -316,7 +364,7 @@ int pg_sched_yield(pg_machine *m, const char *name, int spin)
 {
     if (!name || pg_sched_tls_machine != m)
         return 0;
-    pg_sched_hook(m, name, spin != 0);
+    hook(m->sched, 0, name, spin != 0);
     return 1;
 }
 
@@ -360,11 +408,89 @@ int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
         struct sched_step st = s->trace[i];
         *cpu = st.cpu;
         *spun = st.spun;
-        size_t n = strlen(s->name[st.name]);
+        const char *pn = point_name(s, st.name);
+        size_t n = strlen(pn);
         if (n >= (size_t)namelen)
             n = (size_t)namelen - 1;
-        memcpy(name, s->name[st.name], n);
+        memcpy(name, pn, n);
         name[n] = '\0';
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_explore(pg_machine *m)
+{
+    struct pg_sched *s = m->sched;
+    if (!s)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = s->attached == 0 ? 0 : -PG_EBUSY;
+    if (rc == 0)
+        s->digest_on = true;
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_watch(pg_machine *m, uint64_t mmid, uint64_t addr)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || addr >= PG_VA_LIMIT)
+        return -PG_EINVAL; /* the mm id is the observer's to check: a stale one reads nothing */
+    pthread_mutex_lock(&s->lock);
+    int rc = s->attached == 0 ? 0 : -PG_EBUSY;
+    if (rc == 0) {
+        s->watch_on = true;
+        s->watch_mm = mmid;
+        s->watch_addr = addr;
+        s->watch_pfn = UINT64_MAX;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int pg_sched_trace_watch(pg_machine *m, int64_t i, uint64_t *out)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || !out)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = -PG_EINVAL;
+    if (i >= 0 && i < s->trace_len && s->watch_on) {
+        struct pg_sched_watch *w = &s->trace[i].watch;
+        out[0] = w->pte;
+        out[1] = w->pfn;
+        out[2] = (uint64_t)(int64_t)w->ref;
+        out[3] = (uint64_t)(int64_t)w->pin;
+        out[4] = (uint64_t)(int64_t)w->map;
+        out[5] = w->mapping;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void pg_sched_note_model(pg_machine *m)
+{
+    if (pg_sched_tls_machine != m)
+        return; /* not a CPU of this machine's session: m->sched is not ours to read */
+    struct pg_sched *s = m->sched;
+    pthread_mutex_lock(&s->lock);
+    s->py_epoch++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int pg_sched_trace_choice(pg_machine *m, int64_t i, uint64_t *runnable, uint64_t *digest)
+{
+    struct pg_sched *s = m->sched;
+    if (!s || !runnable || !digest)
+        return -PG_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    int rc = -PG_EINVAL;
+    if (i >= 0 && i < s->trace_len) {
+        *runnable = s->trace[i].runnable;
+        *digest = s->trace[i].digest;
         rc = 0;
     }
     pthread_mutex_unlock(&s->lock);
@@ -373,7 +499,7 @@ int pg_sched_trace(pg_machine *m, int64_t i, int32_t *cpu, int32_t *spun,
 
 static void sched_free(struct pg_sched *s)
 {
-    for (int i = 0; i < s->nr_names; i++)
+    for (int i = PG_NR_RACE_WINDOWS; i < s->nr_names; i++)
         free(s->name[i]);
     free(s->trace);
     free(s->plan);

@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "pygup.h"
+#include "tools/host.h"
 
 #define HOST_PAGE 4096u
 
@@ -44,6 +44,15 @@ int pg_host_mmap(uint64_t len, int prot, int flags, int fd, int64_t offset,
         return -errno;
     *addr = (uint64_t)(uintptr_t)p;
     return 0;
+}
+
+int pg_host_mmap_fixed(uint64_t addr, uint64_t len, int prot, int flags, int fd,
+                       int64_t offset)
+{
+    void *p = mmap(ptr(addr), (size_t)len, prot, flags | MAP_FIXED, fd, (off_t)offset);
+    if (p == MAP_FAILED)
+        return -errno;
+    return p == ptr(addr) ? 0 : -EINVAL;
 }
 
 int pg_host_munmap(uint64_t addr, uint64_t len)
@@ -75,7 +84,22 @@ static void touch_handler(int sig)
     raise(sig);
 }
 
+static int access_words(uint64_t addr, uint64_t len, int write, uint64_t value,
+                        uint64_t *out);
+
 int pg_host_touch(uint64_t addr, uint64_t len, int write, uint64_t value)
+{
+    return access_words(addr, len, write, value, NULL);
+}
+
+int pg_host_load(uint64_t addr, uint64_t *value)
+{
+    *value = 0;
+    return access_words(addr, 8, 0, 0, value);
+}
+
+static int access_words(uint64_t addr, uint64_t len, int write, uint64_t value,
+                        uint64_t *out)
 {
     struct sigaction sa, old_segv, old_bus;
     sigjmp_buf env;
@@ -100,6 +124,8 @@ int pg_host_touch(uint64_t addr, uint64_t len, int write, uint64_t value)
             volatile uint64_t *p = (volatile uint64_t *)(uintptr_t)(addr + off);
             if (write)
                 *p = value;
+            else if (out)
+                *out = *p;
             else
                 (void)*p;
         }
@@ -263,6 +289,20 @@ int64_t pg_host_process_vm_readv(uint64_t addr, uint64_t *value)
     return n < 0 ? -errno : n;
 }
 
+int64_t pg_host_process_vm_readv_range(uint64_t addr, uint64_t len)
+{
+    static char buf[16 * HOST_PAGE];
+    struct iovec local = { buf, sizeof buf };
+    struct iovec remote = { ptr(addr), (size_t)len };
+    ssize_t n;
+
+    if (len > sizeof buf)
+        return -EINVAL;
+    local.iov_len = (size_t)len;
+    n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    return n < 0 ? -errno : n;
+}
+
 int64_t pg_host_o_direct_read(int fd, uint64_t addr, uint64_t len, int64_t offset)
 {
     ssize_t n = pread(fd, ptr(addr), (size_t)len, (off_t)offset);
@@ -284,4 +324,153 @@ int64_t pg_host_vmsplice(uint64_t addr, uint64_t len)
     close(fds[0]);
     close(fds[1]);
     return n;
+}
+
+/* ---- a ring with a registered buffer, for the multi-step scenarios -------- */
+
+#define HOST_RINGS 4
+
+struct host_ring {
+    int fd;                       /* -1: the slot is free */
+    void *sq, *cq, *sqes;
+    size_t sq_len, cq_len, sqes_len;
+    struct io_uring_params p;
+};
+
+static struct host_ring rings[HOST_RINGS] = {
+    {.fd = -1}, {.fd = -1}, {.fd = -1}, {.fd = -1},
+};
+
+static void ring_unmap(struct host_ring *r)
+{
+    if (r->sqes && r->sqes != MAP_FAILED)
+        munmap(r->sqes, r->sqes_len);
+    if (r->cq && r->cq != MAP_FAILED && r->cq != r->sq)
+        munmap(r->cq, r->cq_len);
+    if (r->sq && r->sq != MAP_FAILED)
+        munmap(r->sq, r->sq_len);
+    r->sq = r->cq = r->sqes = NULL;
+}
+
+int pg_host_ring_setup(void)
+{
+    struct host_ring *r = NULL;
+    long fd;
+    int i, rc;
+
+    for (i = 0; i < HOST_RINGS; i++)
+        if (rings[i].fd < 0) {
+            r = &rings[i];
+            break;
+        }
+    if (!r)
+        return -EMFILE;
+    memset(r, 0, sizeof *r);
+    r->fd = -1;
+    fd = syscall(SYS_io_uring_setup, 2, &r->p);
+    if (fd < 0)
+        return -errno;
+    r->sq_len = r->p.sq_off.array + r->p.sq_entries * sizeof(uint32_t);
+    r->cq_len = r->p.cq_off.cqes + r->p.cq_entries * sizeof(struct io_uring_cqe);
+    if (r->p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (r->cq_len > r->sq_len)
+            r->sq_len = r->cq_len;
+        r->cq_len = r->sq_len;
+    }
+    r->sqes_len = r->p.sq_entries * sizeof(struct io_uring_sqe);
+    r->sq = mmap(NULL, r->sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                 (int)fd, IORING_OFF_SQ_RING);
+    r->cq = (r->p.features & IORING_FEAT_SINGLE_MMAP) ? r->sq
+        : mmap(NULL, r->cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+               (int)fd, IORING_OFF_CQ_RING);
+    r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                   (int)fd, IORING_OFF_SQES);
+    if (r->sq == MAP_FAILED || r->cq == MAP_FAILED || r->sqes == MAP_FAILED) {
+        rc = -errno;
+        ring_unmap(r);
+        close((int)fd);
+        return rc;
+    }
+    r->fd = (int)fd;
+    return i;
+}
+
+static struct host_ring *ring_slot(int slot)
+{
+    if (slot < 0 || slot >= HOST_RINGS || rings[slot].fd < 0)
+        return NULL;
+    return &rings[slot];
+}
+
+int64_t pg_host_ring_rw_fixed(int slot, int write, int fd, uint64_t addr, uint64_t len,
+                              int64_t off)
+{
+    struct host_ring *r = ring_slot(slot);
+    struct io_uring_sqe *sqe;
+    struct io_uring_cqe *cqe;
+    struct io_uring_getevents_arg arg;
+    struct __kernel_timespec ts = {.tv_sec = 5};
+    uint32_t *tail, *array, mask, t, *chead, *ctail, h;
+    long ret;
+
+    if (!r)
+        return -EBADF;
+    if (len > UINT32_MAX || off < 0)
+        return -EINVAL;
+    tail = (uint32_t *)((char *)r->sq + r->p.sq_off.tail);
+    mask = *(uint32_t *)((char *)r->sq + r->p.sq_off.ring_mask);
+    array = (uint32_t *)((char *)r->sq + r->p.sq_off.array);
+    t = __atomic_load_n(tail, __ATOMIC_ACQUIRE);
+    sqe = &((struct io_uring_sqe *)r->sqes)[t & mask];
+    memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED;
+    sqe->fd = fd;
+    sqe->off = (uint64_t)off;
+    sqe->addr = addr;
+    sqe->len = (uint32_t)len;
+    sqe->buf_index = 0;
+    array[t & mask] = t & mask;
+    __atomic_store_n(tail, t + 1, __ATOMIC_RELEASE);
+    memset(&arg, 0, sizeof arg);
+    arg.ts = (uint64_t)(uintptr_t)&ts;
+    ret = syscall(SYS_io_uring_enter, r->fd, 1, 1,
+                  IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+    if (ret < 0)
+        return -errno;
+    chead = (uint32_t *)((char *)r->cq + r->p.cq_off.head);
+    ctail = (uint32_t *)((char *)r->cq + r->p.cq_off.tail);
+    h = __atomic_load_n(chead, __ATOMIC_ACQUIRE);
+    if (h == __atomic_load_n(ctail, __ATOMIC_ACQUIRE))
+        return -ETIME;
+    mask = *(uint32_t *)((char *)r->cq + r->p.cq_off.ring_mask);
+    cqe = &((struct io_uring_cqe *)((char *)r->cq + r->p.cq_off.cqes))[h & mask];
+    ret = cqe->res;
+    __atomic_store_n(chead, h + 1, __ATOMIC_RELEASE);
+    return ret;
+}
+
+int pg_host_ring_register(int slot, uint64_t addr, uint64_t len)
+{
+    struct host_ring *r = ring_slot(slot);
+
+    return r ? ring_register(r->fd, addr, len) : -EBADF;
+}
+
+int pg_host_ring_unregister(int slot)
+{
+    struct host_ring *r = ring_slot(slot);
+
+    return r ? ring_unregister(r->fd) : -EBADF;
+}
+
+int pg_host_ring_close(int slot)
+{
+    struct host_ring *r = ring_slot(slot);
+
+    if (!r)
+        return -EBADF;
+    ring_unmap(r);
+    close(r->fd);
+    r->fd = -1;
+    return 0;
 }

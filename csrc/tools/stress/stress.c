@@ -1,5 +1,5 @@
 /*
- * stress.c - native multi-threaded race drivers for the fuzz harness.
+ * tools/stress/stress.c - native multi-threaded race drivers for the fuzz harness.
  *
  * pg_stress_run() builds a private world on the machine (one mm, ranges of
  * anonymous or file pages, each range in its own 1 GiB region so that its
@@ -51,6 +51,14 @@
 #include <time.h>
 
 #include "internal.h"
+#include "lib/report.h"
+#include "kernel/race.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
+#include "mm/frames.h"
+#include "mm/pgtable.h"
+#include "tools/stress/stress.h"
 
 #define REGION_SHIFT 30 /* one range per 1 GiB: its own PMD and PTE tables */
 #define MSGS_PER_CHECK 3
@@ -309,16 +317,6 @@ static int populate_range(struct srun *run, struct srange *rg, struct sthread *t
 }
 
 /* ---- pinners -------------------------------------------------------------- */
-
-/* the race amplifier (PG_STRESS_WINDOW in internal.h): only pinner threads
- * of a run with window_spins set spin; everyone else passes straight on */
-static _Thread_local uint32_t window_spins_tls;
-
-void pg_stress_window(pg_machine *m)
-{
-    (void)m;
-    spin(window_spins_tls);
-}
 
 static void pinner_step(struct sthread *t)
 {
@@ -824,7 +822,8 @@ static void *thread_main(void *arg)
     struct sthread *t = arg;
     struct srun *run = t->run;
     uint64_t max = run->p.max_iters;
-    window_spins_tls = t->kind == T_PINNER ? run->p.window_spins : 0;
+    /* the race amplifier (kernel/race.h): only pinners spin at the windows */
+    pg_race_amplifier_thread(t->kind == T_PINNER ? run->p.window_spins : 0);
     while (!stopping(run) && (!max || t->iter < max)) {
         if (t->kind == T_PINNER)
             pinner_step(t);
@@ -873,7 +872,8 @@ static int check_params(pg_machine *m, const struct pg_stress_params *p)
         p->range_pages < 1 || p->range_pages > PG_PMD_NR || p->max_pin_pages < 1 ||
         p->max_pin_pages > MAX_PIN_PAGES || (p->nr_pinners && !(p->variants & PG_STRESS_V_ALL)) ||
         (p->variants & ~(uint32_t)PG_STRESS_V_ALL) ||
-        (p->policy & ~(uint32_t)(PG_GUPF_WHITELIST | PG_GUPF_SECRETMEM_LRU)) ||
+        (p->policy & ~(uint32_t)(PG_GUPF_WHITELIST | PG_GUPF_SECRETMEM_LRU |
+                                     PG_GUPF_UNSHARE_COW)) ||
         (!p->duration_ns && !p->max_iters))
         return -PG_EINVAL;
     int nt = pg_stress_nr_threads(p);
@@ -960,7 +960,7 @@ static int setup(struct srun *run)
     /* every pinner's and writer's CPU walks this mm: in its cpumask from the
      * start, so the first flush already waits for them */
     for (int c = 0; c < pg_stress_nr_threads(p); c++)
-        pg_mm_cpumask_set(m, run->mmp, c);
+        pg_mm_cpumask_set(run->mmp, c);
     return 0;
 }
 
@@ -1086,7 +1086,7 @@ int pg_stress_run(pg_machine *m, const struct pg_stress_params *p,
     }
 
     if (p->window_spins)
-        pg_store_release(&m->stress_window, 1);
+        pg_race_amplifier_set(m, true);
     run->t0 = now_ns();
     int started = 0;
     for (; started < nt; started++) {
@@ -1111,7 +1111,7 @@ int pg_stress_run(pg_machine *m, const struct pg_stress_params *p,
         pthread_join(th[k].tid, NULL);
     r->elapsed_ns = now_ns() - run->t0;
     r->nr_threads = started;
-    pg_store_release(&m->stress_window, 0);
+    pg_race_amplifier_set(m, false);
     for (int k = 0; k < started; k++) {
         for (int o = 0; o < PG_STRESS_NR_OPS; o++)
             r->ops[o] += th[k].ops[o];

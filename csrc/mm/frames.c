@@ -1,5 +1,5 @@
 /*
- * frames.c - physical memory: the frame (folio) table, the two zones and
+ * mm/frames.c - physical memory: the frame (folio) table, the two zones and
  * their allocator (orders 0 and 9), reference / pin / map counts, flags, the
  * encoded mapping word, page content, and the address_space records that
  * mapping words point to.
@@ -8,6 +8,11 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lib/fault_inject.h"
+#include "lib/report.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "mm/frames.h"
 
 static inline bool pfn_ok(pg_machine *m, uint64_t pfn)
 {
@@ -177,6 +182,8 @@ int64_t pg_folio_alloc(pg_machine *m, int order, int zone_id)
         return -PG_EINVAL;
     struct pg_zone *zone = &m->zones[zone_id];
     int64_t pfn;
+    if (pg_should_fail(m, PG_FAIL_FOLIO))
+        return -PG_ENOMEM;
 
     pg_spin_lock(&zone->lock);
     if (order == 0) {
@@ -382,7 +389,7 @@ int pg_folio_set_mapping(pg_machine *m, uint64_t pfn, uint64_t mapping,
     pg_store_release(&h->mapping, mapping);
     /* truncation clears it here while GUP-fast may be between its
      * re-check and its read of ->mapping */
-    PG_YIELD(m, -1, "folio_mapping_set");
+    PG_YIELD(m, -1, PG_W_FOLIO_MAPPING_SET);
     return 0;
 }
 
@@ -468,6 +475,35 @@ int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
     return 0;
 }
 
+/* the rules asked from Python: a frame of a live folio, else -EINVAL */
+static int64_t live_head(pg_machine *m, uint64_t pfn)
+{
+    if (!pfn_ok(m, pfn))
+        return -PG_EINVAL;
+    uint64_t head = pg_frame_head(m, pfn);
+    if (pg_load_acquire(&m->frames[head].flags) & PG_F_FREE)
+        return -PG_EINVAL;
+    return (int64_t)head;
+}
+
+int pg_page_anon_exclusive(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : page_anon_exclusive(m, pfn, (uint64_t)head);
+}
+
+int pg_folio_is_longterm_pinnable(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : folio_is_longterm_pinnable(m, (uint64_t)head);
+}
+
+int pg_folio_maybe_dma_pinned(pg_machine *m, uint64_t pfn)
+{
+    int64_t head = live_head(m, pfn);
+    return head < 0 ? (int)head : folio_maybe_dma_pinned(m, (uint64_t)head);
+}
+
 /* ---- address_space records ----------------------------------------------- */
 
 static struct pg_as *as_slot(pg_machine *m, uint64_t id)
@@ -486,6 +522,8 @@ int64_t pg_as_new(pg_machine *m, uint32_t kind)
     if (kind & ~(uint32_t)(PG_AS_SHMEM | PG_AS_HUGETLB | PG_AS_SECRETMEM | PG_AS_DAX |
                             PG_AS_DIRTY_TRACKED))
         return -PG_EINVAL;
+    if (pg_should_fail(m, PG_FAIL_AS))
+        return -PG_ENOMEM;
     uint32_t i;
     pg_spin_lock(&m->as_lock);
     if (m->as_free != PG_NIL) {
@@ -528,7 +566,7 @@ static void as_free_rcu(pg_machine *m, struct pg_rcu_head *h)
     pg_store_release(&a->magic, PG_AS_MAGIC_FREED);
     pg_store_relaxed(&a->kind, 0);
     pg_fetch_add_relaxed(&a->generation, 1);
-    PG_YIELD(m, -1, "as_rcu_freed");
+    PG_YIELD(m, -1, PG_W_AS_RCU_FREED);
     pg_spin_lock(&m->as_lock);
     a->free_next = m->as_free;
     m->as_free = i;
@@ -547,7 +585,7 @@ int pg_as_release(pg_machine *m, uint64_t id)
         return -PG_EINVAL;
     pg_fetch_sub_relaxed(&m->as_live, 1);
     pg_fetch_add_relaxed(&m->as_pending, 1);
-    PG_YIELD(m, -1, "as_release_before_call_rcu");
+    PG_YIELD(m, -1, PG_W_AS_RELEASE_BEFORE_CALL_RCU);
     if (pg_mutant(m, PG_MUT_AS_FREE_NO_RCU)) {
         as_free_rcu(m, &a->rcu); /* the bug: no grace period */
         return 0;
@@ -589,4 +627,81 @@ void pg_as_fini(pg_machine *m)
         free(pg_load_relaxed(&m->as_chunks[c]));
         pg_store_relaxed(&m->as_chunks[c], NULL);
     }
+}
+
+/* ---- folio split ----------------------------------------------------------- */
+
+/* mirrors split_folio() / __split_huge_page() for an anonymous THP: the
+ * order-9 folio becomes 512 order-0 folios, each keeping its page's
+ * content, mapcount and ANON_EXCLUSIVE bit, the folio-wide flags, the
+ * mapping and its own index.  Refused (-PG_EBUSY, nothing changed) while
+ * the folio may be DMA-pinned or holds references beyond one per mapping
+ * (can_split_folio()): the split freezes the refcount at exactly that
+ * many (folio_ref_freeze), so a racing "add unless zero" fails instead
+ * of landing on a folio that is about to stop existing.  Each new folio's
+ * refcount is its page's mapcount; a page nothing maps any more is freed.
+ * The page-table entries stay: they map pfns, which the split keeps (the
+ * kernel's unmap_folio / remap_page round trip ends with the same PTEs).
+ * PMD mappings are split first by the caller, which has the reverse map
+ * (a PMD leaf left over would still be counted consistently: one mapping
+ * and one reference on the head page's folio). */
+int pg_split_folio(pg_machine *m, int cpu, uint64_t pfn)
+{
+    if (!pfn_ok(m, pfn) || (cpu != -1 && !pg_cpu_ok(m, cpu)))
+        return -PG_EINVAL;
+    uint64_t head = pg_frame_head(m, pfn);
+    struct pg_frame *h = &m->frames[head];
+    uint32_t hf = pg_load_acquire(&h->flags);
+    if (pg_load_relaxed(&h->order) != PG_PMD_ORDER ||
+        (hf & (PG_F_FREE | PG_F_HUGETLB | PG_F_ZERO | PG_F_SLAB)) ||
+        (pg_load_acquire(&h->mapping) & PG_MAPPING_FLAGS) != PG_MAPPING_ANON)
+        return -PG_EINVAL; /* only anonymous THPs split here */
+    if (folio_maybe_dma_pinned(m, head))
+        return -PG_EBUSY;
+    /* one reference per mapping: PTE mappings count on their page, a PMD
+     * mapping on the head (mm/memory.c's convention) */
+    int64_t expected = 0;
+    for (uint64_t i = 0; i < PG_PMD_NR; i++)
+        expected += pg_load_acquire(&m->frames[head + i].mapcount);
+    int32_t want = (int32_t)expected;
+    if (expected == 0 || !pg_cas(&h->refcount, &want, 0))
+        return -PG_EBUSY; /* extra references (a GET, a pin in flight) */
+    PG_YIELD(m, cpu, PG_W_SPLIT_FOLIO_FROZEN);
+    uint64_t mapping = pg_load_relaxed(&h->mapping);
+    uint64_t index = pg_load_relaxed(&h->index);
+    uint32_t folio_flags = hf & ~PG_F_PER_PAGE;
+    /* the block stops being one huge allocation: a split block with no
+     * free frame, which frees frame by frame from now on */
+    struct pg_zone *zone = &m->zones[h->zone];
+    struct pg_block *blk = &m->blocks[head / PG_PMD_NR];
+    pg_spin_lock(&zone->lock);
+    blk->state = PG_BLOCK_SPLIT;
+    blk->free_head = PG_NIL;
+    blk->nr_free = 0;
+    blk->on_partial = 0;
+    pg_spin_unlock(&zone->lock);
+    /* tails first, each published by its head word (release): a reader
+     * that sees head == self sees a complete order-0 folio */
+    for (uint64_t i = PG_PMD_NR; i-- > 1;) {
+        struct pg_frame *f = &m->frames[head + i];
+        uint32_t own = pg_load_relaxed(&f->flags) & PG_F_ANON_EXCLUSIVE;
+        pg_store_relaxed(&f->pincount, 0);
+        pg_store_relaxed(&f->mapping, mapping);
+        pg_store_relaxed(&f->index, index + i);
+        pg_store_relaxed(&f->order, 0);
+        pg_store_relaxed(&f->flags, folio_flags | own | PG_F_HEAD);
+        pg_store_relaxed(&f->refcount, pg_load_relaxed(&f->mapcount));
+        pg_store_release(&f->head, (uint32_t)(head + i));
+    }
+    pg_store_relaxed(&h->order, 0);
+    /* unfreeze the head last (folio_ref_unfreeze) */
+    pg_store_release(&h->refcount, pg_load_relaxed(&h->mapcount));
+    /* pages nothing maps any more go back to the allocator (the kernel
+     * drops them at the end of __split_huge_page) */
+    for (uint64_t i = 0; i < PG_PMD_NR; i++) {
+        struct pg_frame *f = &m->frames[head + i];
+        if (pg_load_acquire(&f->refcount) == 0)
+            folio_free(m, head + i);
+    }
+    return 0;
 }

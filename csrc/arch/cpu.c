@@ -1,7 +1,8 @@
 /*
- * cpu.c - emulated CPUs: IRQ-disable nesting, IPIs and their
- * acknowledgement, per-CPU TLBs, TLB shootdown, and the MMU's user access
- * (TLB lookup, hardware page walk setting ACCESSED / DIRTY, TLB fill).
+ * arch/cpu.c - emulated CPUs: IRQ-disable nesting, IPIs and their
+ * acknowledgement, per-CPU TLBs, an mm's cpumask and TLB shootdown to it.
+ * The MMU's user access (TLB lookup, hardware walk, TLB fill) is in
+ * mm/mmu.c: it needs the page tables, which sit above this layer.
  *
  * Protocol.  A CPU's lock guards its IRQ nesting, its pending-IPI list and
  * (while its IRQs are enabled) its TLB.  A sender locks each target: if the
@@ -20,6 +21,9 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "kernel/rcu.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
 
 void pg_cpus_init(pg_machine *m)
 {
@@ -144,7 +148,7 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
     for (int i = 0; i < nq; i++) {
         unsigned spins = 0, polls = 0;
         while (!pg_load_acquire(&reqs[i].done)) {
-            pg_cpu_wait(&spins, "ipi_wait");
+            pg_cpu_wait(&spins, PG_W_IPI_WAIT);
             /* the kernel's "CPU N didn't respond to the IPI": here the
              * cause can be found, a target whose thread ended inside an
              * IRQs-off section, and the section ended on its behalf */
@@ -152,16 +156,6 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
                 pg_cpu_reap_orphan(m, reqs[i].target);
         }
     }
-}
-
-/* Does OS thread tid of this process still exist?  tgkill() with signal 0
- * delivers nothing; ESRCH means the thread has ended.  Thread ids are
- * handed out cyclically, so a reused id within one wait is not a concern. */
-static bool thread_exists(int32_t tid)
-{
-    if (syscall(SYS_tgkill, (long)getpid(), (long)tid, 0L) == 0)
-        return true;
-    return errno != ESRCH;
 }
 
 /* A CPU whose IRQs-off or RCU read-side section was opened by a thread that
@@ -173,7 +167,7 @@ bool pg_cpu_reap_orphan(pg_machine *m, int cpu)
 {
     struct pg_cpu *c = &m->cpus[cpu];
     int32_t tid = pg_load_relaxed(&c->section_tid);
-    if (tid <= 0 || thread_exists(tid))
+    if (!pg_rcu_section_orphaned(m, cpu))
         return false;
     bool reaped = false;
     pg_spin_lock(&c->lock);
@@ -214,15 +208,14 @@ int pg_flush_tlb_mm_range(pg_machine *m, int cpu, struct pg_mm *mm,
     return 0;
 }
 
-int pg_flush_tlb_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
-                       uint64_t end)
+void pg_mm_cpumask_set(struct pg_mm *mm, int cpu)
 {
-    if (!pg_cpu_ok(m, cpu) || start > end)
-        return -PG_EINVAL;
-    struct pg_mm *mm = pg_mm_get(m, mmid);
-    if (!mm)
-        return -PG_EINVAL;
-    return pg_flush_tlb_mm_range(m, cpu, mm, mmid, start, end, false);
+    uint64_t bit = (uint64_t)1 << cpu;
+    if (!(pg_load_relaxed(&mm->cpumask) & bit))
+        pg_fetch_or_seqcst(&mm->cpumask, bit);
+    /* the bit before any entry read: pairs with the fence a shootdown
+     * sender issues between clearing entries and reading the mask */
+    pg_smp_mb();
 }
 
 int pg_set_tlb_flush_mode(pg_machine *m, int mode)
@@ -248,133 +241,6 @@ int pg_ipi_sync_all(pg_machine *m, int cpu)
     return pg_ipi_sync_internal(m, cpu);
 }
 
-/* ---- the MMU ---------------------------------------------------------------- */
-
-static inline struct pg_tlb_entry *tlb_slot(struct pg_cpu *c, uint64_t vpn)
-{
-    return &c->tlb[vpn % PG_TLB_ENTRIES];
-}
-
-int pg_user_access(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
-                   int write, uint64_t value, uint64_t *out)
-{
-    if (!pg_cpu_ok(m, cpu))
-        return -PG_EINVAL;
-    if (addr >= PG_VA_LIMIT)
-        return -PG_EFAULT;
-    int rc = pg_local_irq_disable(m, cpu);
-    if (rc < 0)
-        return rc;
-    /* the mm is looked up with IRQs off, so a destroy's IPI sync cannot
-     * free its tables under this walk */
-    struct pg_mm *mm = pg_mm_get(m, mmid);
-    if (!mm) {
-        pg_local_irq_enable(m, cpu);
-        return -PG_EINVAL;
-    }
-    struct pg_cpu *c = &m->cpus[cpu];
-    uint64_t vpn = addr >> PG_PAGE_SHIFT;
-    struct pg_tlb_entry *te = tlb_slot(c, vpn);
-    uint64_t pfn;
-
-    pg_mm_cpumask_set(m, mm, cpu);
-    /* the access holds its CPU's lock: a broadcast invalidation (which does
-     * not wait for IRQs to come on) waits for the access in flight, as a
-     * TLBI's completion waits for the translations it kills */
-    pg_spin_lock(&c->lock);
-    if (te->mm_plus1 == mmid + 1 && te->vpn == vpn &&
-        (!write || (te->writable && te->dirty))) {
-        /* TLB hit: no walk, whatever the page table says now.  This is
-         * how a skipped shootdown lets a write through. */
-        pfn = te->pfn;
-    } else {
-        uint64_t e, n;
-        int level;
-        _Atomic uint64_t *slot;
-        for (;;) {
-            level = pg_walk_lockless(m, cpu, mm, addr, &e, &slot);
-            if (level <= 0) {
-                rc = level < 0 ? level : PG_FAULT_NOT_PRESENT;
-                goto out;
-            }
-            if (!(e & PG_PTE_PRESENT)) {
-                rc = (e & PG_PTE_PROTNONE) ? PG_FAULT_PROTNONE : PG_FAULT_NOT_PRESENT;
-                goto out;
-            }
-            if (!(e & PG_PTE_USER)) {
-                rc = PG_FAULT_NOT_PRESENT;
-                goto out;
-            }
-            if (write && !(e & PG_PTE_WRITE)) {
-                rc = PG_FAULT_WRITE_PROTECT;
-                goto out;
-            }
-            n = e | PG_PTE_ACCESSED | (write ? PG_PTE_DIRTY : 0);
-            /* the hardware's locked A/D update: if the entry changed since
-             * the walk read it, walk again */
-            if (n == e || pg_cas(slot, &e, n))
-                break;
-            PG_YIELD(m, cpu, "walk_ad_cas_failed");
-        }
-        pfn = pg_pte_pfn(n);
-        if (level == PG_LEVEL_PMD)
-            pfn += vpn & (PG_PMD_NR - 1);
-        te->mm_plus1 = mmid + 1;
-        te->vpn = vpn;
-        te->pfn = pfn;
-        te->writable = (n & PG_PTE_WRITE) != 0;
-        te->dirty = (n & PG_PTE_DIRTY) != 0;
-    }
-
-    if (PG_BUG_ON(m, pfn >= m->nr_frames, "cpu %d: mm %llu %#llx maps pfn %llu "
-                  "beyond memory", cpu, (unsigned long long)mmid,
-                  (unsigned long long)addr, (unsigned long long)pfn)) {
-        rc = -PG_EFAULT;
-        goto out;
-    }
-    struct pg_frame *f = &m->frames[pfn];
-    if (write) {
-        if (PG_BUG_ON(m, pg_load_relaxed(&f->flags) & PG_F_ZERO,
-                      "cpu %d: write to the zero page through mm %llu %#llx",
-                      cpu, (unsigned long long)mmid, (unsigned long long)addr)) {
-            rc = -PG_EFAULT;
-            goto out;
-        }
-        /* invariant 5: no write through a stale TLB entry to a freed frame */
-        if (PG_BUG_ON(m, pg_load_relaxed(&f->flags) & PG_F_FREE,
-                      "cpu %d: write through a stale TLB entry to freed frame %llu "
-                      "(mm %llu %#llx)", cpu, (unsigned long long)pfn,
-                      (unsigned long long)mmid, (unsigned long long)addr)) {
-            rc = -PG_EFAULT;
-            goto out;
-        }
-        /* invariant 3: a folio of a dirty-tracked mapping is never written
-         * through a PTE without a page_mkwrite since its last clean */
-        uint64_t head = pg_frame_head(m, pfn);
-        uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
-        if (mapping && !(mapping & PG_MAPPING_FLAGS) &&
-            !(pg_load_acquire(&m->frames[head].flags) & PG_F_MKWRITE)) {
-            struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
-            PG_BUG_ON(m, a && (pg_load_relaxed(&a->kind) & PG_AS_DIRTY_TRACKED),
-                      "cpu %d: write-notify bypass: user write to clean folio %llu of "
-                      "a dirty-tracked file without page_mkwrite (mm %llu %#llx)", cpu,
-                      (unsigned long long)head, (unsigned long long)mmid,
-                      (unsigned long long)addr);
-        }
-        pg_store_release(&f->content, value);
-        if (out)
-            *out = value;
-    } else if (out) {
-        *out = pg_load_acquire(&f->content);
-    }
-    rc = PG_FAULT_NONE;
-out:
-    pg_spin_unlock(&c->lock);
-    /* enabling IRQs runs the shootdowns that waited for this access */
-    pg_local_irq_enable(m, cpu);
-    return rc;
-}
-
 int pg_tlb_probe(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr)
 {
     if (!pg_cpu_ok(m, cpu))
@@ -384,7 +250,7 @@ int pg_tlb_probe(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr)
     struct pg_cpu *c = &m->cpus[cpu];
     uint64_t vpn = addr >> PG_PAGE_SHIFT;
     pg_spin_lock(&c->lock);
-    struct pg_tlb_entry *te = tlb_slot(c, vpn);
+    struct pg_tlb_entry *te = pg_tlb_slot(c, vpn);
     int hit = te->mm_plus1 == mmid + 1 && te->vpn == vpn;
     pg_spin_unlock(&c->lock);
     return hit;

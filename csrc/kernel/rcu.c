@@ -1,5 +1,5 @@
 /*
- * rcu.c - read-side sections, grace periods and call_rcu.
+ * kernel/rcu.c - read-side sections, grace periods and call_rcu.
  *
  * Each CPU has a sequence word that is odd while it is inside a read-side
  * section (IRQs disabled or rcu_read_lock, counted together).  A grace
@@ -8,12 +8,15 @@
  * the snapshot when it is closed and runs once that snapshot is stale.
  */
 #define _GNU_SOURCE /* syscall(), gettid / tgkill numbers */
+#include <errno.h>
 #include <string.h>
 
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "kernel/sched.h"
+#include "kernel/rcu.h"
 
 void pg_rcu_init(pg_machine *m)
 {
@@ -29,6 +32,22 @@ static int32_t current_tid(void)
     if (!tid)
         tid = (int32_t)syscall(SYS_gettid);
     return tid;
+}
+
+/* Does OS thread tid of this process still exist?  tgkill() with signal 0
+ * delivers nothing; ESRCH means the thread has ended.  Thread ids are
+ * handed out cyclically, so a reused id within one wait is not a concern. */
+static bool thread_exists(int32_t tid)
+{
+    if (syscall(SYS_tgkill, (long)getpid(), (long)tid, 0L) == 0)
+        return true;
+    return errno != ESRCH;
+}
+
+bool pg_rcu_section_orphaned(pg_machine *m, int cpu)
+{
+    int32_t tid = pg_load_relaxed(&m->cpus[cpu].section_tid);
+    return tid > 0 && !thread_exists(tid);
 }
 
 void pg_rcu_cpu_enter(pg_machine *m, int cpu)
@@ -102,10 +121,12 @@ static void wait_gp(pg_machine *m, int cpu)
         if (!(snap[i] & 1))
             continue;
         while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i]) {
-            pg_cpu_wait(&spins, "rcu_gp_wait");
-            /* a reader whose thread is gone never ends its section */
-            if (++polls % PG_ORPHAN_POLL == 0)
-                pg_cpu_reap_orphan(m, i);
+            pg_cpu_wait(&spins, PG_W_RCU_GP_WAIT);
+            /* a reader whose thread has ended reads nothing any more: its
+             * CPU is quiescent, though its section was never closed (the
+             * next IPI to it, or Python, closes it: pg_cpu_reap_orphan) */
+            if (++polls % PG_ORPHAN_POLL == 0 && pg_rcu_section_orphaned(m, i))
+                break;
         }
     }
     pg_smp_mb(); /* the readers' sections before what the caller frees */
@@ -137,7 +158,7 @@ static int run_callbacks(pg_machine *m, struct pg_rcu_head *h)
     int n = 0;
     while (h) {
         struct pg_rcu_head *next = h->next;
-        PG_YIELD(m, -1, "rcu_before_callback");
+        PG_YIELD(m, -1, PG_W_RCU_BEFORE_CALLBACK);
         h->func(m, h);
         n++;
         h = next;

@@ -1,0 +1,61 @@
+/*
+ * mm/frames.h - physical memory inside the core: folio reference and map
+ * counts without bounds checks (callers hold a valid pfn), and the lockless
+ * lookup of an address_space record, and the per-page folio predicates
+ * (inline: GUP-fast and fork ask them per page).  The exported calls are
+ * in pygup.h.
+ */
+#ifndef PYGUP_MM_FRAMES_H
+#define PYGUP_MM_FRAMES_H
+
+#include "internal.h"
+
+int pg_frames_init(pg_machine *m);
+void pg_frames_fini(pg_machine *m);
+void pg_as_fini(pg_machine *m);
+/* drop refs on the folio containing pfn (no bounds check) */
+int64_t pg_folio_put_internal(pg_machine *m, uint64_t pfn, int refs);
+/* "add unless zero" on pfn's folio: new count, or -PG_EINVAL if zero */
+int64_t pg_folio_try_get(pg_machine *m, uint64_t pfn, int refs);
+int64_t pg_mapcount_add_internal(pg_machine *m, uint64_t pfn, int delta);
+/* a record still readable under RCU (live or pending); NULL + violation
+ * if it is poisoned: the lockless mapping check of GUP-fast uses it */
+struct pg_as *pg_as_lookup_rcu(pg_machine *m, int cpu, uint64_t id);
+
+/* ---- the per-page rules, one implementation each (Python asks the
+ * pg_* versions in pygup.h); head is pfn's folio head ---- */
+/* folio_test_anon(): the mapping word names an anon_vma */
+static inline bool folio_test_anon(pg_machine *m, uint64_t head)
+{
+    return (pg_load_acquire(&m->frames[head].mapping) & PG_MAPPING_FLAGS) == PG_MAPPING_ANON;
+}
+
+/* mirrors PageAnonExclusive(): per page, but hugetlb keeps it on the head
+ * page (6.5-rc7) */
+static inline bool page_anon_exclusive(pg_machine *m, uint64_t pfn, uint64_t head)
+{
+    uint64_t which = pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB ? head : pfn;
+    return pg_load_acquire(&m->frames[which].flags) & PG_F_ANON_EXCLUSIVE;
+}
+
+/* mirrors folio_is_longterm_pinnable() (6.5): not in ZONE_MOVABLE; the
+ * zero page always is */
+static inline bool folio_is_longterm_pinnable(pg_machine *m, uint64_t head)
+{
+    if (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO)
+        return true;
+    return m->frames[head].zone != PG_ZONE_MOVABLE;
+}
+
+/* mirrors folio_maybe_dma_pinned(): a large folio counts its pins exactly;
+ * a small one folds them into its refcount, so enough plain references
+ * look pinned too ("maybe") */
+static inline bool folio_maybe_dma_pinned(pg_machine *m, uint64_t head)
+{
+    struct pg_frame *h = &m->frames[head];
+    if (pg_load_relaxed(&h->order) > 0)
+        return pg_load_acquire(&h->pincount) > 0;
+    return (uint32_t)pg_load_acquire(&h->refcount) >= PG_GUP_PIN_COUNTING_BIAS;
+}
+
+#endif /* PYGUP_MM_FRAMES_H */

@@ -1,0 +1,627 @@
+/*
+ * mm/gup.c - GUP in C, under mm/gup.c's names: reference counting
+ * (try_grab_page, try_grab_folio, gup_put_folio, unpin over arrays), the
+ * per-page rules of both paths (can_follow_write_pte, gup_must_unshare),
+ * the slow path's batch follow helper, and GUP-fast (lockless_pages_from_mm,
+ * gup_pte_range, gup_huge_pmd, folio_fast_pin_allowed), the lockless walk
+ * with IRQs disabled.  The rules are exported at the end for Python.
+ *
+ * The pin scheme mirrors the kernel's (SPEC §5): a small folio folds pins
+ * into its refcount with GUP_PIN_COUNTING_BIAS; a large folio keeps an
+ * exact pincount beside one reference per pin; the zero page is never
+ * counted.
+ */
+#include "internal.h"
+#include "lib/report.h"
+#include "kernel/sched.h"
+#include "arch/cpu.h"
+#include "mm/frames.h"
+#include "mm/pgtable.h"
+
+static inline bool pfn_valid(pg_machine *m, uint64_t pfn)
+{
+    return pfn < m->nr_frames;
+}
+
+static inline bool folio_is_large(pg_machine *m, uint64_t head)
+{
+    return pg_load_relaxed(&m->frames[head].order) > 0;
+}
+
+/* mirrors try_grab_page() (6.5) */
+int pg_try_grab_page(pg_machine *m, uint64_t pfn, int pin)
+{
+    if (!pfn_valid(m, pfn))
+        return -PG_EINVAL;
+    uint64_t head = pg_frame_head(m, pfn);
+    struct pg_frame *h = &m->frames[head];
+    if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
+        return 0;
+    if (PG_WARN_ON(m, pg_load_acquire(&h->refcount) <= 0,
+                   "grab of folio %llu with refcount %d",
+                   (unsigned long long)head, pg_load_relaxed(&h->refcount)))
+        return -PG_ENOMEM;
+    if (!pin)
+        return pg_folio_try_get(m, pfn, 1) < 0 ? -PG_ENOMEM : 0;
+    if (folio_is_large(m, head)) {
+        if (pg_folio_try_get(m, pfn, 1) < 0)
+            return -PG_ENOMEM;
+        pg_fetch_add(&h->pincount, 1);
+    } else if (pg_folio_try_get(m, pfn, PG_GUP_PIN_COUNTING_BIAS) < 0) {
+        return -PG_ENOMEM;
+    }
+    pg_count_pins(m, true, 1);
+    return 0;
+}
+
+/* mirrors gup_put_folio() */
+static int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin)
+{
+    uint64_t head = pg_frame_head(m, pfn);
+    struct pg_frame *h = &m->frames[head];
+    if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
+        return 0;
+    if (pin) {
+        pg_count_pins(m, false, (uint64_t)refs);
+        if (folio_is_large(m, head)) {
+            int32_t old = pg_fetch_add(&h->pincount, -refs);
+            PG_BUG_ON(m, old < refs, "unpin of %d from folio %llu with pincount %d",
+                      refs, (unsigned long long)head, old);
+        } else if (!pg_mutant(m, PG_MUT_UNPIN_NO_BIAS)) {
+            refs *= PG_GUP_PIN_COUNTING_BIAS;
+        }
+    }
+    int64_t r = pg_folio_put_internal(m, pfn, refs);
+    return r < 0 ? (int)r : 0;
+}
+
+int pg_gup_put(pg_machine *m, uint64_t pfn, int refs, int pin)
+{
+    if (!pfn_valid(m, pfn) || refs <= 0)
+        return -PG_EINVAL;
+    return put_folio(m, pfn, refs, pin);
+}
+
+/* the length of the run of entries from i on that share pfns[i]'s folio */
+static int64_t folio_run(pg_machine *m, const uint64_t *pfns, int64_t i, int64_t n)
+{
+    uint64_t head = pg_frame_head(m, pfns[i]);
+    int64_t j = i + 1;
+    while (j < n && pfn_valid(m, pfns[j]) && pg_frame_head(m, pfns[j]) == head)
+        j++;
+    return j - i;
+}
+
+int pg_gup_can_put(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
+{
+    if (n < 0 || (n > 0 && !pfns))
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < n; i++)
+        if (!pfn_valid(m, pfns[i]))
+            return -PG_EINVAL;
+    for (int64_t i = 0; i < n;) {
+        int64_t run = folio_run(m, pfns, i, n);
+        uint64_t head = pg_frame_head(m, pfns[i]);
+        struct pg_frame *h = &m->frames[head];
+        i += run;
+        if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
+            continue;
+        if (pg_load_relaxed(&h->flags) & PG_F_FREE)
+            return 0;
+        int64_t ref = pg_load_acquire(&h->refcount);
+        if (!pin) {
+            if (ref < run)
+                return 0;
+        } else if (folio_is_large(m, head)) {
+            if (pg_load_acquire(&h->pincount) < run || ref < run)
+                return 0;
+        } else if (ref < run * PG_GUP_PIN_COUNTING_BIAS) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* mirrors unpin_user_pages(): one put per run of one folio */
+int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
+{
+    int rc = pg_gup_can_put(m, pfns, n, pin);
+    if (rc <= 0)
+        return rc < 0 ? rc : -PG_EINVAL;
+    for (int64_t i = 0; i < n;) {
+        int64_t run = folio_run(m, pfns, i, n);
+        int r = put_folio(m, pfns[i], (int)run, pin);
+        if (r < 0)
+            return r;
+        i += run;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The per-page rules of the slow path and GUP-fast: one implementation
+ * each, which Python asks through the pg_* entry points at the end.
+ */
+
+/* mirrors can_follow_write_pte() (6.5): may a FOLL_WRITE follow this
+ * entry without a write fault?  pfn: the page, or -1 when there is no
+ * normal page (a special entry).  vm_flags: the VMA's.  The soft-dirty and
+ * uffd-wp tests of the kernel are not modelled. */
+static bool can_follow_write_pte(pg_machine *m, uint64_t pte, int64_t pfn,
+                                 uint32_t flags, uint64_t vm_flags)
+{
+    if (pte & PG_PTE_WRITE)
+        return true;
+    if (!(flags & PG_FOLL_FORCE))
+        return false;
+    /* FOLL_FORCE writes only private mappings that may become writable,
+     * and only where a write fault is not needed anyway */
+    if (vm_flags & (PG_VM_SHARED | PG_VM_MAYSHARE))
+        return false;
+    if (!(vm_flags & PG_VM_MAYWRITE) || (vm_flags & PG_VM_WRITE))
+        return false;
+    if (pg_mutant(m, PG_MUT_FORCE_WRITE_ANY_PAGE))
+        return true; /* Dirty COW: the COW is not required */
+    /* COW already broken: only an exclusive anonymous page may be written */
+    if (pfn < 0)
+        return false;
+    uint64_t head = pg_frame_head(m, (uint64_t)pfn);
+    return folio_test_anon(m, head) && page_anon_exclusive(m, (uint64_t)pfn, head);
+}
+
+/* mirrors gup_must_unshare() (6.5) for a read-only entry: must a FOLL_PIN
+ * read fault to unshare the page first?  vma_is_cow: the VMA's
+ * is_cow_mapping(), or -1 for GUP-fast, which has no VMA. */
+static bool gup_must_unshare(pg_machine *m, int vma_is_cow, uint32_t flags, uint64_t pfn,
+                             uint64_t head)
+{
+    if ((flags & (PG_FOLL_PIN | PG_FOLL_WRITE)) != PG_FOLL_PIN)
+        return false;
+    if (!folio_test_anon(m, head)) {
+        /* a long-term R/O pin of a COW mapping's page cache page would
+         * miss a later COW; without a VMA the slow path decides */
+        if (!(flags & PG_FOLL_LONGTERM))
+            return false;
+        return vma_is_cow < 0 ? true : vma_is_cow != 0;
+    }
+    pg_smp_mb(); /* pairs with the sharing side's barrier (fork) */
+    return !page_anon_exclusive(m, pfn, head);
+}
+
+/* mirrors follow_page_pte() for the pages it can take without a fault */
+int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                        int64_t nr, uint32_t how, uint64_t *out)
+{
+    if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
+        start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
+        ((how & PG_FOLLOW_GET) && (how & PG_FOLLOW_PIN)))
+        return -PG_EINVAL;
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    int64_t i;
+    for (i = 0; i < nr; i++) {
+        uint64_t addr = start + ((uint64_t)i << PG_PAGE_SHIFT), pte;
+        int level = pg_walk_lockless(m, cpu, mm, addr, &pte, NULL);
+        if (level <= 0)
+            break;
+        if (!(pte & PG_PTE_PRESENT) || (pte & (PG_PTE_PROTNONE | PG_PTE_SPECIAL)) ||
+            !(pte & PG_PTE_USER))
+            break;
+        uint64_t pfn = pg_pte_pfn(pte);
+        if (level == PG_LEVEL_PMD)
+            pfn += (addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1);
+        if (PG_BUG_ON(m, pfn >= m->nr_frames, "leaf at %#llx maps pfn %llu past memory",
+                      (unsigned long long)addr, (unsigned long long)pfn))
+            break;
+        uint64_t head = pg_frame_head(m, pfn);
+        if (level == PG_LEVEL_PMD && (how & PG_FOLLOW_SPLIT_PMD) &&
+            !(pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB))
+            break; /* FOLL_SPLIT_PMD: the split is Python's */
+        /* FOLL_FORCE and faults are Python's: without FORCE the rule is
+         * pte_write() */
+        if ((how & PG_FOLLOW_WRITE) && !can_follow_write_pte(m, pte, pfn, PG_FOLL_WRITE, 0))
+            break;
+        /* UNSHARE_FILE is FOLL_LONGTERM in a COW mapping (the caller knows
+         * the VMA): gup_must_unshare() with that VMA */
+        bool cow_longterm = how & PG_FOLLOW_UNSHARE_FILE;
+        if ((how & PG_FOLLOW_PIN) && !(how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_WRITE) &&
+            !pg_mutant(m, PG_MUT_NO_UNSHARE) &&
+            gup_must_unshare(m, cow_longterm, PG_FOLL_PIN | (cow_longterm ? PG_FOLL_LONGTERM : 0),
+                             pfn, head))
+            break;
+        if ((how & PG_FOLLOW_TOUCH) && (how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_DIRTY) &&
+            !(pg_load_acquire(&m->frames[head].flags) & PG_F_DIRTY))
+            break; /* set_page_dirty() goes through the file system */
+        if ((how & (PG_FOLLOW_GET | PG_FOLLOW_PIN)) &&
+            pg_try_grab_page(m, pfn, how & PG_FOLLOW_PIN) < 0)
+            break;
+        if (how & PG_FOLLOW_TOUCH)
+            pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
+        out[i] = pfn;
+    }
+    pg_spin_unlock(&mm->lock);
+    return i;
+}
+
+/* ------------------------------------------------------------------------
+ * GUP-fast
+ */
+
+/* mirrors try_grab_folio() (6.5; try_grab_folio_fast from 6.11): refs on
+ * the folio containing pfn, found by the caller as head before its race
+ * window; returns the head of the folio the refs went to (the caller's
+ * `folio`, which its checks and its undo use), or -1 (nothing taken).  A
+ * split between finding the folio and taking the refs can leave them on a
+ * folio that no longer contains the page: after taking them, look again
+ * and retry on the page's folio (c24d37322548; switch no_folio_recheck
+ * skips it).  -2 instead of -1 when only because a long-term pin may not
+ * stay in ZONE_MOVABLE (explain's trace says so). */
+static int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
+                              uint32_t flags)
+{
+    if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
+        return -1;
+    int add;
+    for (;;) {
+        if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO))
+            return (int64_t)head; /* the zero page is never counted */
+        /* A pin of a small folio takes its whole GUP_PIN_COUNTING_BIAS in
+         * the one checked add: try_get_folio() refuses a count that is not
+         * positive and the add refuses to pass INT32_MAX, so repeated pins
+         * fail cleanly (the slow path then says -ENOMEM) instead of
+         * wrapping the count negative (BUGS #10) */
+        add = ((flags & PG_FOLL_PIN) && !folio_is_large(m, head))
+                  ? refs * PG_GUP_PIN_COUNTING_BIAS : refs;
+        if (pg_folio_try_get(m, head, add) < 0)
+            return -1; /* refcount zero (being freed, frozen by a split) or no headroom */
+        if (pg_mutant(m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
+            break;
+        pg_folio_put_internal(m, head, add); /* split meanwhile: try its new folio */
+        head = pg_frame_head(m, pfn);
+    }
+    struct pg_frame *h = &m->frames[head];
+    if (!(flags & PG_FOLL_PIN))
+        return (int64_t)head;
+    if ((flags & PG_FOLL_LONGTERM) && !folio_is_longterm_pinnable(m, head)) {
+        pg_folio_put_internal(m, head, add); /* the slow path migrates it */
+        return -2;
+    }
+    if (add == refs)                 /* a large folio: the pins go on pincount */
+        pg_fetch_add(&h->pincount, refs);
+    pg_smp_mb(); /* the pin is visible before the PTE re-check */
+    pg_count_pins(m, true, (uint64_t)refs);
+    return (int64_t)head;
+}
+
+/* folio_set_referenced(), skipping the atomic when the bit is already set */
+static inline void mark_referenced(pg_machine *m, uint64_t head)
+{
+    if (!(pg_load_relaxed(&m->frames[head].flags) & PG_F_REFERENCED))
+        pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
+}
+
+static void ungrab(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
+{
+    put_folio(m, pfn, refs, (flags & PG_FOLL_PIN) != 0);
+}
+
+/* mirrors page_is_secretmem() / folio_is_secretmem(): an order-0 folio
+ * whose mapping is secretmem's.  6.5's version only looked at folios on
+ * the LRU (PG_GUPF_SECRETMEM_LRU), the shortcut 65291dcfcf89 removed. */
+static bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy)
+{
+    struct pg_frame *h = &m->frames[head];
+    if (pg_load_relaxed(&h->order) > 0)
+        return false;
+    if ((policy & PG_GUPF_SECRETMEM_LRU) && !(pg_load_acquire(&h->flags) & PG_F_LRU))
+        return false;
+    uint64_t mapping = pg_load_acquire(&h->mapping);
+    PG_RACE_AMPLIFY(m, PG_W_FAST_SECRETMEM_MAPPING_READ);
+    if (!mapping || (mapping & PG_MAPPING_FLAGS))
+        return false;
+    struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
+    return a && (pg_load_acquire(&a->kind) & PG_AS_SECRETMEM);
+}
+
+/* mirrors folio_fast_pin_allowed() (6.5, patch 3 of the seed): may GUP-fast
+ * take a FOLL_PIN|FOLL_LONGTERM|FOLL_WRITE pin of this folio?  Only anon,
+ * shmem and hugetlb; everything else falls back to the slow path, which
+ * knows the VMA.  Reading folio->mapping is safe only because IRQs are off
+ * (an RCU read-side section) and address_spaces are freed by RCU. */
+static bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t flags)
+{
+    const uint32_t all = PG_FOLL_PIN | PG_FOLL_LONGTERM | PG_FOLL_WRITE;
+    if ((flags & all) != all)
+        return true;
+    uint32_t fflags = pg_load_acquire(&m->frames[head].flags);
+    if (PG_WARN_ON(m, fflags & PG_F_SLAB, "GUP-fast found slab folio %llu",
+                   (unsigned long long)head))
+        return false;
+    if (fflags & PG_F_HUGETLB)
+        return true; /* no dirty tracking */
+    PG_BUG_ON(m, !pg_cpu_irqs_off(m, cpu), "folio_fast_pin_allowed with IRQs on");
+    /* READ_ONCE: truncation may clear it under us; read it exactly once */
+    uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
+    PG_YIELD(m, cpu, PG_W_FAST_MAPPING_READ);
+    if (!mapping)
+        return pg_mutant(m, PG_MUT_NULL_MAPPING_OK);
+    if (mapping & PG_MAPPING_FLAGS)
+        return (mapping & PG_MAPPING_ANON) != 0; /* anon and KSM */
+    struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
+    return a && (pg_load_acquire(&a->kind) & PG_AS_SHMEM);
+}
+
+static bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
+                         uint32_t policy)
+{
+    if (!(policy & PG_GUPF_WHITELIST))
+        return true;
+    bool ok = folio_fast_pin_allowed(m, cpu, head, flags);
+    return pg_mutant(m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
+}
+
+/* GUP-fast's gup_must_unshare(NULL, ...), with its protection switch.  A
+ * non-anon page needs the VMA's COW test only from 6.2 (84209e87c696,
+ * PG_GUPF_UNSHARE_COW: without a VMA that means "fall back"); 6.1's
+ * gup_must_unshare() passed every non-anon page. */
+static bool gup_fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags,
+                                  uint32_t policy)
+{
+    if (pg_mutant(m, PG_MUT_FAST_NO_UNSHARE))
+        return false;
+    if (!(policy & PG_GUPF_UNSHARE_COW) && !folio_test_anon(m, head))
+        return false;
+    return gup_must_unshare(m, -1, flags, pfn, head);
+}
+
+struct fast_walk {
+    pg_machine *m;
+    int cpu;
+    struct pg_mm *mm;
+    uint32_t flags, policy;
+    uint64_t *out;
+    int64_t nr;
+    int why; /* PG_FAST_STOP_*: why the walk stopped (explain's trace) */
+};
+
+static bool fast_stop(struct fast_walk *fw, int why)
+{
+    fw->why = why;
+    return false;
+}
+
+/* mirrors gup_pte_range() (6.5 order): the PTEs of one table from addr to
+ * end (inside the table), w holding the first entry as the walk read it;
+ * each next entry is read once from the same table, which must still be
+ * live after the read.  true when every page was taken. */
+static bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr,
+                          uint64_t end)
+{
+    pg_machine *m = fw->m;
+    uint32_t flags = fw->flags;
+    for (;;) {
+        uint64_t pte = w->pte;
+        if (pte & PG_PTE_PROTNONE) /* NUMA hinting and PROT_NONE: the slow path decides */
+            return fast_stop(fw, PG_FAST_STOP_PROTNONE);
+        if (!(pte & PG_PTE_PRESENT))
+            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
+        if (!(pte & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pte & PG_PTE_WRITE)))
+            return fast_stop(fw, PG_FAST_STOP_ACCESS); /* pte_access_permitted() */
+        if (pte & PG_PTE_SPECIAL)
+            return fast_stop(fw, PG_FAST_STOP_SPECIAL);
+        uint64_t pfn = pg_pte_pfn(pte);
+        if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
+                      (unsigned long long)addr, (unsigned long long)pfn))
+            return fast_stop(fw, PG_FAST_STOP_GRAB);
+        /* page_folio(): found before the window, used after it */
+        uint64_t folio = pg_frame_head(m, pfn);
+        PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
+        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags);
+        if (grabbed < 0)
+            return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
+        uint64_t head = (uint64_t)grabbed;
+        PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
+        int why = PG_FAST_STOP_SECRETMEM;
+        if (!pg_mutant(m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy))
+            goto drop;
+        why = PG_FAST_STOP_WHITELIST;
+        if (pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
+            !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+            goto drop;
+        PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
+        /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
+        why = PG_FAST_STOP_CHANGED;
+        if (!pg_mutant(m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
+            goto drop;
+        if (!pg_mutant(m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
+            goto drop;
+        PG_YIELD(m, fw->cpu, PG_W_FAST_RECHECKED);
+        why = PG_FAST_STOP_WHITELIST;
+        if (!pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
+            !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+            goto drop;
+        why = PG_FAST_STOP_UNSHARE;
+        if (!(pte & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy))
+            goto drop;
+        mark_referenced(m, head);
+        fw->out[fw->nr++] = pfn;
+
+        addr += PG_PAGE_SIZE;
+        if (addr >= end)
+            return true;
+        w->pte_slot++;
+        w->pte = pg_load_acquire(w->pte_slot);
+        PG_YIELD(m, fw->cpu, PG_W_WALK_ENTRY_READ);
+        if (PG_BUG_ON(m, pg_load_acquire(&w->table->magic) != PG_TABLE_MAGIC_LIVE,
+                      "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
+                      fw->cpu, w->table->id, (unsigned long long)addr))
+            return fast_stop(fw, PG_FAST_STOP_GRAB);
+        if (w->pte == 0)
+            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
+        continue;
+drop:
+        ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the refs went */
+        return fast_stop(fw, why);
+    }
+}
+
+/* A 2 MiB PMD leaf (mirrors gup_huge_pmd(), 6.5 order): every subpage from
+ * addr to end in one grab.  Returns pages taken (0 = stop). */
+static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
+                            const struct pg_walk *w)
+{
+    pg_machine *m = fw->m;
+    uint64_t pmd = w->pmd;
+    uint32_t flags = fw->flags;
+    if (pmd & PG_PTE_PROTNONE)
+        return fast_stop(fw, PG_FAST_STOP_PROTNONE);
+    if (!(pmd & PG_PTE_PRESENT))
+        return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
+    if (!(pmd & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pmd & PG_PTE_WRITE)))
+        return fast_stop(fw, PG_FAST_STOP_ACCESS);
+    if (pmd & PG_PTE_SPECIAL)
+        return fast_stop(fw, PG_FAST_STOP_SPECIAL);
+    uint64_t pmd_end = (addr & ~(PG_PMD_SIZE - 1)) + PG_PMD_SIZE;
+    if (end > pmd_end)
+        end = pmd_end;
+    int refs = (int)((end - addr) >> PG_PAGE_SHIFT);
+    uint64_t pfn = pg_pte_pfn(pmd) + ((addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1));
+    if (PG_BUG_ON(m, pfn + (uint64_t)refs > m->nr_frames, "GUP-fast: PMD maps past memory"))
+        return fast_stop(fw, PG_FAST_STOP_GRAB);
+    uint64_t folio = pg_frame_head(m, pfn);
+    PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
+    int64_t grabbed = try_grab_folio(m, pfn, folio, refs, flags);
+    if (grabbed < 0)
+        return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
+    uint64_t head = (uint64_t)grabbed;
+    PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
+    int why = PG_FAST_STOP_CHANGED;
+    if (!(pg_mutant(m, PG_MUT_NO_PMD_RECHECK) || pg_mutant(m, PG_MUT_NO_PTE_RECHECK)) &&
+        pg_load_acquire(w->pmd_slot) != pmd)
+        goto drop;
+    why = PG_FAST_STOP_WHITELIST;
+    if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+        goto drop;
+    why = PG_FAST_STOP_UNSHARE;
+    if (!(pmd & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy))
+        goto drop;
+    mark_referenced(m, head);
+    for (int i = 0; i < refs; i++)
+        fw->out[fw->nr++] = pfn + (uint64_t)i;
+    return refs;
+drop:
+    ungrab(m, head, refs, flags);
+    return fast_stop(fw, why);
+}
+
+/* mirrors lockless_pages_from_mm() (6.5): mm is live, [start, end) checked */
+static int64_t lockless_pages_from_mm(pg_machine *m, int cpu, struct pg_mm *mm,
+                                      uint64_t start, uint64_t end, uint32_t flags,
+                                      uint32_t policy, uint64_t *out, int *why)
+{
+    *why = PG_FAST_STOP_NONE;
+    uint32_t seq = 0;
+    bool check_seq = (flags & PG_FOLL_PIN) && !pg_mutant(m, PG_MUT_NO_WP_SEQ);
+    if (check_seq) {
+        seq = pg_load_acquire(&mm->wp_seq);
+        if (seq & 1) {
+            *why = PG_FAST_STOP_WP_SEQ;
+            return 0; /* fork is write-protecting right now */
+        }
+    }
+    PG_YIELD(m, cpu, PG_W_FAST_WP_SEQ_READ);
+    /* walking current->mm: this CPU has it active (shootdowns reach us) */
+    pg_mm_cpumask_set(mm, cpu);
+    pg_local_irq_disable(m, cpu);
+    struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0, PG_FAST_STOP_NONE};
+    for (uint64_t addr = start; addr < end;) {
+        struct pg_walk w;
+        int level = pg_walk_lockless_ex(m, cpu, mm, addr, &w);
+        if (level <= 0) {
+            fw.why = PG_FAST_STOP_NOT_PRESENT; /* no table or no entry */
+            break;
+        }
+        if (level == PG_LEVEL_PMD) {
+            int64_t got = gup_huge_pmd(&fw, addr, end, &w);
+            if (!got)
+                break;
+            addr += (uint64_t)got << PG_PAGE_SHIFT;
+            continue;
+        }
+        /* the rest of this PTE table without walking down again */
+        uint64_t next = (addr & ~(PG_PMD_SIZE - 1)) + PG_PMD_SIZE;
+        if (next > end)
+            next = end;
+        if (!w.pmd_slot) {
+            fw.why = PG_FAST_STOP_NOT_PRESENT;
+            break;
+        }
+        if (!gup_pte_range(&fw, &w, addr, next))
+            break;
+        addr = next;
+    }
+    pg_local_irq_enable(m, cpu);
+    PG_YIELD(m, cpu, PG_W_FAST_WP_SEQ_RECHECK);
+    if (check_seq && pg_load_acquire(&mm->wp_seq) != seq) {
+        /* a fork overlapped: its copy may have shared what we pinned */
+        for (int64_t i = 0; i < fw.nr; i++)
+            ungrab(m, out[i], 1, flags);
+        *why = PG_FAST_STOP_WP_SEQ;
+        return 0;
+    }
+    *why = fw.why;
+    return fw.nr;
+}
+
+int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                    int64_t nr, uint32_t flags, uint32_t policy, uint64_t *out)
+{
+    return pg_gup_fast_why(m, cpu, mmid, start, nr, flags, policy, out, NULL);
+}
+
+int64_t pg_gup_fast_why(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                        int64_t nr, uint32_t flags, uint32_t policy, uint64_t *out,
+                        int *why)
+{
+    int ignored;
+    if (!why)
+        why = &ignored;
+    *why = PG_FAST_STOP_NONE;
+    if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
+        start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
+        ((flags & PG_FOLL_GET) && (flags & PG_FOLL_PIN)))
+        return -PG_EINVAL;
+    struct pg_mm *mm = pg_mm_get(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    return lockless_pages_from_mm(m, cpu, mm, start, start + ((uint64_t)nr << PG_PAGE_SHIFT),
+                                  flags, policy, out, why);
+}
+
+/* ---- the rules, asked from Python (bounds-checked) ---------------------- */
+
+/* a frame Python may ask a rule about: in memory and part of a live folio */
+static bool rule_pfn_ok(pg_machine *m, uint64_t pfn)
+{
+    return pfn < m->nr_frames &&
+           !(pg_load_acquire(&m->frames[pg_frame_head(m, pfn)].flags) & PG_F_FREE);
+}
+
+int pg_gup_must_unshare(pg_machine *m, uint64_t pfn, uint32_t gup_flags, int vma_is_cow)
+{
+    if (!rule_pfn_ok(m, pfn) || vma_is_cow < -1 || vma_is_cow > 1)
+        return -PG_EINVAL;
+    /* the slow path's switch with a VMA, GUP-fast's without */
+    if (pg_mutant(m, vma_is_cow < 0 ? PG_MUT_FAST_NO_UNSHARE : PG_MUT_NO_UNSHARE))
+        return 0;
+    return gup_must_unshare(m, vma_is_cow, gup_flags, pfn, pg_frame_head(m, pfn));
+}
+
+int pg_can_follow_write_pte(pg_machine *m, uint64_t pte, int64_t pfn, uint32_t gup_flags,
+                            uint64_t vm_flags)
+{
+    if (pfn < -1 || (pfn >= 0 && !rule_pfn_ok(m, (uint64_t)pfn)))
+        return -PG_EINVAL;
+    return can_follow_write_pte(m, pte, pfn, gup_flags, vm_flags);
+}

@@ -1,0 +1,6 @@
+"""``python -m pygup``: the ``pygup`` command."""
+import sys
+
+from pygup.tools.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""mremap(2): the syscall's checks in order (compared with Linux 6.18),
+shrink, grow in place, move (page tables moved, pins intact, anon index
+and file offsets kept), MREMAP_FIXED, MREMAP_DONTUNMAP, hugetlb, and the
+move's race with GUP-fast as a scheduled operation."""
+import errno
+
+import pytest
+
+from pygup import FOLL, MAP, MREMAP, PROT, GupError, Machine
+
+P = 4096
+RW = PROT.READ | PROT.WRITE
+ANON = MAP.PRIVATE | MAP.ANONYMOUS
+MOVE = MREMAP.MAYMOVE
+
+
+def _err(fn, *a, **k):
+    with pytest.raises(GupError) as e:
+        fn(*a, **k)
+    return e.value.errno
+
+
+def test_argument_order(machine):                                         # live
+    p = machine.spawn()
+    a = p.mmap(2 * P, RW, ANON)
+    assert _err(p.mremap, a, P, P, 8) == errno.EINVAL
+    assert _err(p.mremap, a, P, P, MREMAP.FIXED, a + 8 * P) == errno.EINVAL
+    assert _err(p.mremap, a, P, 2 * P, MOVE | MREMAP.DONTUNMAP) == errno.EINVAL
+    assert _err(p.mremap, a + 1, P, P, MOVE) == errno.EINVAL
+    assert _err(p.mremap, a, P, 0, MOVE) == errno.EINVAL
+    assert _err(p.mremap, 0x1000, P, P, MOVE) == errno.EFAULT
+    assert _err(p.mremap, a, 4 * P, 8 * P, MOVE) == errno.EFAULT       # past the VMA
+    assert _err(p.mremap, a, 0, P, MOVE) == errno.EINVAL               # old_len 0, private
+    assert _err(p.mremap, a, 2 * P, 2 * P, MOVE | MREMAP.FIXED, a + P) == errno.EINVAL  # overlap
+    assert _err(p.mremap, a, P, P, MOVE | MREMAP.FIXED, a + 8 * P + 1) == errno.EINVAL
+
+
+def test_shrink_unmaps_the_tail(machine):
+    p = machine.spawn()
+    a = p.mmap(3 * P, RW, ANON)
+    p.write(a + 2 * P, 1)
+    assert p.mremap(a, 3 * P, P) == a
+    assert p.mm.find_vma(a + P) is None and p.mm.find_vma(a).vm_end == a + P
+
+
+def test_grow_in_place_or_enomem_without_maymove(machine):              # live
+    p = machine.spawn()
+    a = p.mmap(4 * P, RW, ANON)
+    p.munmap(a + P, 3 * P)
+    p.write(a, 5)
+    assert p.mremap(a, P, 2 * P) == a and p.mm.find_vma(a).vm_end == a + 2 * P
+    b = p.mmap(P, RW, ANON | MAP.FIXED, addr=a + 2 * P)                  # blocks the gap
+    assert b == a + 2 * P
+    assert _err(p.mremap, a, 2 * P, 3 * P) == errno.ENOMEM
+
+
+def test_move_keeps_pins_and_anon_index(machine):
+    p = machine.spawn()
+    a = p.mmap(2 * P, RW, ANON)
+    p.write(a, 0x77)
+    p.write(a + P, 0x78)
+    p.mmap(P, RW, ANON | MAP.FIXED, addr=a + 2 * P)                      # no room to grow
+    pages = p.pin(a, 2 * P, FOLL.WRITE | FOLL.LONGTERM)
+    old_index = machine.folio(pages[0]).index
+    n = p.mremap(a, 2 * P, 8 * P, MOVE)
+    assert n != a and p.mm.find_vma(a) is None
+    assert [p.mm.pte(n).pfn, p.mm.pte(n + P).pfn] == list(pages)
+    assert machine.folio(pages[0]).refcount == 1024 + 1       # pin + the one mapping
+    assert p.mm.find_vma(n).page_index(n) == old_index        # rmap still finds it
+    pages.write(0, 0x99)
+    assert p.read(n) == 0x99                                  # the pin writes the mapped page
+    p.write(n + 3 * P, 1)                                     # the grown part faults fresh
+    p.mm.unpin_user_pages(pages)
+    assert machine.stats()["table_pages_pending"] >= 0
+
+
+def test_move_whole_pmd_tables(machine):
+    p = machine.spawn()
+    span = 2 << 20
+    a = p.mmap(2 * span, RW, ANON)
+    base = -(-a // span) * span                               # a 2 MiB aligned extent
+    p.munmap(a, base - a) if base > a else None
+    for i in range(0, span, 64 * P):
+        p.write(base + i, i + 1)
+    dst = p.mmap(2 * span, RW, ANON)
+    to = -(-dst // span) * span
+    got = p.mremap(base, span, span, MOVE | MREMAP.FIXED, to)
+    assert got == to
+    assert all(p.read(to + i) == i + 1 for i in range(0, span, 64 * P))
+    assert p.mm.find_vma(base) is None or p.mm.find_vma(base).vm_start >= base + span
+
+
+def test_move_file_mapping_keeps_offsets(machine):
+    f = machine.mount("ext4").create("f", 4 * P)
+    w = machine.spawn()
+    wa = w.mmap(4 * P, RW, MAP.SHARED, file=f)
+    for i in range(4):
+        w.write(wa + i * P, 0x50 + i)
+    p = machine.spawn()
+    a = p.mmap(4 * P, PROT.READ, MAP.SHARED, file=f)
+    n = p.mremap(a + 2 * P, 2 * P, 2 * P, MOVE | MREMAP.FIXED, a + 16 * P)
+    assert p.read(n) == 0x52 and p.read(n + P) == 0x53
+    assert p.mm.find_vma(n).vm_pgoff == 2 and p.read(a) == 0x50
+    assert p.mm.find_vma(n) in f.inode.i_mmap
+
+
+def test_dontunmap_leaves_the_old_range_empty(machine):                   # live
+    p = machine.spawn()
+    a = p.mmap(2 * P, RW, ANON)
+    p.write(a, 1)
+    n = p.mremap(a, 2 * P, 2 * P, MOVE | MREMAP.DONTUNMAP)
+    assert p.read(n) == 1 and p.read(a) == 0 and p.mm.find_vma(a) is not None
+    p.write(a, 2)                                             # a new anon_vma, a new page
+    assert p.read(n) == 1
+    d = p.mmap_pfn(P, RW)
+    assert _err(p.mremap, d, P, P, MOVE | MREMAP.DONTUNMAP) == errno.EINVAL
+
+
+def test_locked_mapping_grows_locked(machine):
+    p = machine.spawn()
+    a = p.mmap(P, RW, ANON | MAP.LOCKED)
+    n = p.mremap(a, P, 3 * P, MOVE)
+    assert p.mm.locked_vm == 3 and p.mm.pte(n + 2 * P).level     # populated
+    p.rlimit_memlock = 3 * P
+    assert _err(p.mremap, n, 3 * P, 5 * P, MOVE) == errno.EAGAIN
+
+
+def test_hugetlb_cannot_grow(machine):
+    p = machine.spawn()
+    h = p.mmap(2 << 20, RW, MAP.PRIVATE | MAP.ANONYMOUS | MAP.HUGETLB)
+    assert _err(p.mremap, h, 2 << 20, 4 << 20, MOVE) == errno.EINVAL
+
+
+def test_pg_move_range_bounds(machine):
+    core = machine._core
+    p = machine.spawn()
+    with pytest.raises(ValueError):
+        core.move_range(0, p.mm.id, -1, 0, P)
+    with pytest.raises(GupError) as e:
+        core.move_range(0, p.mm.id, 0x10000, 0x10000 + P, 2 * P)   # overlap
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(GupError) as e:
+        core.move_range(0, p.mm.id, 1 << 60, 0, P)
+    assert e.value.errno == errno.EFAULT
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_gup_fast_against_the_move(seed):
+    """GUP-fast on CPU 0 pins the page at the old address while CPU 1 moves
+    it: whatever the interleaving, a pin taken is on the page that moved
+    (never a stale or freed one) and the new address maps it."""
+    m = Machine(memory="64MiB", movable="0MiB", cpus=2)
+    p = m.spawn()
+    a = p.mmap(P, RW, ANON)
+    p.write(a, 0x1234)
+    pfn = p.mm.pte(a).pfn
+    dst = p.mmap(P, RW, ANON)
+    p.munmap(dst, P)
+    run = m.run_concurrently(
+        [lambda m: p.mm.pin_user_pages_fast(a, 1, int(FOLL.WRITE)),
+         lambda m: p.mremap(a, P, P, MOVE | MREMAP.FIXED, dst)],
+        seed=seed, timeout=20,
+        points={"fast_pte_read", "fast_grabbed", "fast_before_recheck",
+                "mremap_moved", "mremap_flushed"})
+    ret, pages = run.results[0]
+    assert run.results[1] == dst and p.mm.pte(dst).pfn == pfn
+    if ret == 1:
+        assert pages[0] == pfn
+        p.mm.unpin_user_pages(pages)
+    assert m.folio(pfn).refcount == 1
+    m.check()
