@@ -177,6 +177,11 @@ class Core:
     def folio_alloc(self, order: int, zone: int) -> int:
         return _check(lib.pg_folio_alloc(self._m, order, zone), "folio_alloc")
 
+    def folio_alloc_or_errno(self, order: int, zone: int) -> int:
+        """pg_folio_alloc(): the pfn, or a negative errno without raising
+        (the zone fallback asks the next zone on -ENOMEM)."""
+        return lib.pg_folio_alloc(self._m, order, zone)
+
     def folio_get(self, pfn: int, refs: int = 1) -> int:
         return _check(lib.pg_folio_get(self._m, pfn, refs), f"folio_get({pfn:#x})")
 
@@ -397,6 +402,15 @@ class Core:
         rc = lib.pg_gup_put_pages(self._m, ptr, len(arr), int(bool(pin)))
         self.raise_violations()
         _check(rc, "unpin_user_pages")
+
+    def gup_put_pages_or_errno(self, pfns: np.ndarray, pin: bool) -> int:
+        """pg_gup_put_pages(), which checks every page first (nothing is put
+        when one holds no pin / reference): 0 or a negative errno, -EINVAL
+        for pages that hold nothing to put."""
+        arr, ptr = self._pfn_array(pfns)
+        rc = lib.pg_gup_put_pages(self._m, ptr, len(arr), int(bool(pin)))
+        self.raise_violations()
+        return rc
 
     def follow_range(self, cpu: int, mm: int, start: int, nr: int, how: int) -> np.ndarray:
         """pg_follow_range(): the pfns taken from start on (maybe none)."""

@@ -54,15 +54,16 @@ int pg_try_grab_page(pg_machine *m, uint64_t pfn, int pin)
     return 0;
 }
 
-/* mirrors gup_put_folio() */
-static int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin)
+/* mirrors gup_put_folio(); the pins it drops are added to *released, for
+ * the caller to count once (one atomic per call, not per folio) */
+static int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *released)
 {
     uint64_t head = pg_frame_head(m, pfn);
     struct pg_frame *h = &m->frames[head];
     if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
         return 0;
     if (pin) {
-        pg_count_pins(m, false, (uint64_t)refs);
+        *released += (uint64_t)refs;
         if (folio_is_large(m, head)) {
             int32_t old = pg_fetch_add(&h->pincount, -refs);
             PG_BUG_ON(m, old < refs, "unpin of %d from folio %llu with pincount %d",
@@ -79,7 +80,11 @@ int pg_gup_put(pg_machine *m, uint64_t pfn, int refs, int pin)
 {
     if (!pfn_valid(m, pfn) || refs <= 0)
         return -PG_EINVAL;
-    return put_folio(m, pfn, refs, pin);
+    uint64_t released = 0;
+    int rc = put_folio(m, pfn, refs, pin, &released);
+    if (released)
+        pg_count_pins(m, false, released);
+    return rc;
 }
 
 /* the length of the run of entries from i on that share pfns[i]'s folio */
@@ -128,14 +133,18 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
     int rc = pg_gup_can_put(m, pfns, n, pin);
     if (rc <= 0)
         return rc < 0 ? rc : -PG_EINVAL;
+    uint64_t released = 0;
+    int r = 0;
     for (int64_t i = 0; i < n;) {
         int64_t run = folio_run(m, pfns, i, n);
-        int r = put_folio(m, pfns[i], (int)run, pin);
+        r = put_folio(m, pfns[i], (int)run, pin, &released);
         if (r < 0)
-            return r;
+            break;
         i += run;
     }
-    return 0;
+    if (released)
+        pg_count_pins(m, false, released);
+    return r;
 }
 
 /* ------------------------------------------------------------------------
@@ -248,6 +257,23 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
  * GUP-fast
  */
 
+/* ---- GUP-fast ------------------------------------------------------------
+ * The loop's hooks -- race windows (PG_YIELD), the stress amplifier,
+ * protection switches (pg_mutant) -- cost a load and a branch each, several
+ * per page.  When none can fire (no scheduler session, no amplifier, no
+ * switch on: read once per call) the loop runs a second copy compiled
+ * without them; `hooks` is a constant in each copy. */
+#define FAST_YIELD(hooks, m, cpu, window) ((hooks) ? PG_YIELD(m, cpu, window) : (void)0)
+#define FAST_AMPLIFY(hooks, m, window) ((hooks) ? PG_RACE_AMPLIFY(m, window) : (void)0)
+#define FAST_MUTANT(hooks, m, bit) ((hooks) && pg_mutant(m, bit))
+#define FAST_INLINE static inline __attribute__((always_inline))
+
+static bool fast_hooks_on(pg_machine *m)
+{
+    return pg_load_relaxed(&m->sched_on) || pg_load_relaxed(&m->race_amplify) ||
+           pg_load_relaxed(&m->mutants);
+}
+
 /* mirrors try_grab_folio() (6.5; try_grab_folio_fast from 6.11): refs on
  * the folio containing pfn, found by the caller as head before its race
  * window; returns the head of the folio the refs went to (the caller's
@@ -256,9 +282,10 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
  * folio that no longer contains the page: after taking them, look again
  * and retry on the page's folio (c24d37322548; switch no_folio_recheck
  * skips it).  -2 instead of -1 when only because a long-term pin may not
- * stay in ZONE_MOVABLE (explain's trace says so). */
-static int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
-                              uint32_t flags)
+ * stay in ZONE_MOVABLE (explain's trace says so).  Pins taken are added to
+ * *pins, for the caller to count once. */
+FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int refs,
+                                   uint32_t flags, uint64_t *pins, bool hooks)
 {
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
@@ -275,7 +302,7 @@ static int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int re
                   ? refs * PG_GUP_PIN_COUNTING_BIAS : refs;
         if (pg_folio_try_get(m, head, add) < 0)
             return -1; /* refcount zero (being freed, frozen by a split) or no headroom */
-        if (pg_mutant(m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
+        if (FAST_MUTANT(hooks, m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
             break;
         pg_folio_put_internal(m, head, add); /* split meanwhile: try its new folio */
         head = pg_frame_head(m, pfn);
@@ -290,7 +317,7 @@ static int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, int re
     if (add == refs)                 /* a large folio: the pins go on pincount */
         pg_fetch_add(&h->pincount, refs);
     pg_smp_mb(); /* the pin is visible before the PTE re-check */
-    pg_count_pins(m, true, (uint64_t)refs);
+    *pins += (uint64_t)refs;
     return (int64_t)head;
 }
 
@@ -303,13 +330,16 @@ static inline void mark_referenced(pg_machine *m, uint64_t head)
 
 static void ungrab(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
 {
-    put_folio(m, pfn, refs, (flags & PG_FOLL_PIN) != 0);
+    uint64_t released = 0;
+    put_folio(m, pfn, refs, (flags & PG_FOLL_PIN) != 0, &released);
+    if (released)
+        pg_count_pins(m, false, released);
 }
 
 /* mirrors page_is_secretmem() / folio_is_secretmem(): an order-0 folio
  * whose mapping is secretmem's.  6.5's version only looked at folios on
  * the LRU (PG_GUPF_SECRETMEM_LRU), the shortcut 65291dcfcf89 removed. */
-static bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy)
+FAST_INLINE bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy, bool hooks)
 {
     struct pg_frame *h = &m->frames[head];
     if (pg_load_relaxed(&h->order) > 0)
@@ -317,7 +347,7 @@ static bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy)
     if ((policy & PG_GUPF_SECRETMEM_LRU) && !(pg_load_acquire(&h->flags) & PG_F_LRU))
         return false;
     uint64_t mapping = pg_load_acquire(&h->mapping);
-    PG_RACE_AMPLIFY(m, PG_W_FAST_SECRETMEM_MAPPING_READ);
+    FAST_AMPLIFY(hooks, m, PG_W_FAST_SECRETMEM_MAPPING_READ);
     if (!mapping || (mapping & PG_MAPPING_FLAGS))
         return false;
     struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
@@ -329,7 +359,8 @@ static bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy)
  * shmem and hugetlb; everything else falls back to the slow path, which
  * knows the VMA.  Reading folio->mapping is safe only because IRQs are off
  * (an RCU read-side section) and address_spaces are freed by RCU. */
-static bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t flags)
+FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
+                                        bool hooks)
 {
     const uint32_t all = PG_FOLL_PIN | PG_FOLL_LONGTERM | PG_FOLL_WRITE;
     if ((flags & all) != all)
@@ -343,32 +374,32 @@ static bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32
     PG_BUG_ON(m, !pg_cpu_irqs_off(m, cpu), "folio_fast_pin_allowed with IRQs on");
     /* READ_ONCE: truncation may clear it under us; read it exactly once */
     uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
-    PG_YIELD(m, cpu, PG_W_FAST_MAPPING_READ);
+    FAST_YIELD(hooks, m, cpu, PG_W_FAST_MAPPING_READ);
     if (!mapping)
-        return pg_mutant(m, PG_MUT_NULL_MAPPING_OK);
+        return FAST_MUTANT(hooks, m, PG_MUT_NULL_MAPPING_OK);
     if (mapping & PG_MAPPING_FLAGS)
         return (mapping & PG_MAPPING_ANON) != 0; /* anon and KSM */
     struct pg_as *a = pg_as_lookup_rcu(m, cpu, mapping >> 2);
     return a && (pg_load_acquire(&a->kind) & PG_AS_SHMEM);
 }
 
-static bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
-                         uint32_t policy)
+FAST_INLINE bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
+                              uint32_t policy, bool hooks)
 {
     if (!(policy & PG_GUPF_WHITELIST))
         return true;
-    bool ok = folio_fast_pin_allowed(m, cpu, head, flags);
-    return pg_mutant(m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
+    bool ok = folio_fast_pin_allowed(m, cpu, head, flags, hooks);
+    return FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
 }
 
 /* GUP-fast's gup_must_unshare(NULL, ...), with its protection switch.  A
  * non-anon page needs the VMA's COW test only from 6.2 (84209e87c696,
  * PG_GUPF_UNSHARE_COW: without a VMA that means "fall back"); 6.1's
  * gup_must_unshare() passed every non-anon page. */
-static bool gup_fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head, uint32_t flags,
-                                  uint32_t policy)
+FAST_INLINE bool gup_fast_must_unshare(pg_machine *m, uint64_t pfn, uint64_t head,
+                                       uint32_t flags, uint32_t policy, bool hooks)
 {
-    if (pg_mutant(m, PG_MUT_FAST_NO_UNSHARE))
+    if (FAST_MUTANT(hooks, m, PG_MUT_FAST_NO_UNSHARE))
         return false;
     if (!(policy & PG_GUPF_UNSHARE_COW) && !folio_test_anon(m, head))
         return false;
@@ -383,6 +414,7 @@ struct fast_walk {
     uint64_t *out;
     int64_t nr;
     int why; /* PG_FAST_STOP_*: why the walk stopped (explain's trace) */
+    uint64_t pins; /* pins taken, counted once at the end */
 };
 
 static bool fast_stop(struct fast_walk *fw, int why)
@@ -395,8 +427,8 @@ static bool fast_stop(struct fast_walk *fw, int why)
  * end (inside the table), w holding the first entry as the walk read it;
  * each next entry is read once from the same table, which must still be
  * live after the read.  true when every page was taken. */
-static bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr,
-                          uint64_t end)
+FAST_INLINE bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr,
+                               uint64_t end, bool hooks)
 {
     pg_machine *m = fw->m;
     uint32_t flags = fw->flags;
@@ -416,33 +448,35 @@ static bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr
             return fast_stop(fw, PG_FAST_STOP_GRAB);
         /* page_folio(): found before the window, used after it */
         uint64_t folio = pg_frame_head(m, pfn);
-        PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags);
+        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_PTE_READ);
+        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags, &fw->pins, hooks);
         if (grabbed < 0)
             return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
         uint64_t head = (uint64_t)grabbed;
-        PG_YIELD(m, fw->cpu, PG_W_FAST_GRABBED);
+        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_GRABBED);
         int why = PG_FAST_STOP_SECRETMEM;
-        if (!pg_mutant(m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, fw->cpu, head, fw->policy))
+        if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) &&
+            is_secretmem(m, fw->cpu, head, fw->policy, hooks))
             goto drop;
         why = PG_FAST_STOP_WHITELIST;
-        if (pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+        if (FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
+            !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
             goto drop;
-        PG_YIELD(m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
+        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
         /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
         why = PG_FAST_STOP_CHANGED;
-        if (!pg_mutant(m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
+        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
             goto drop;
-        if (!pg_mutant(m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
+        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
             goto drop;
-        PG_YIELD(m, fw->cpu, PG_W_FAST_RECHECKED);
+        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_RECHECKED);
         why = PG_FAST_STOP_WHITELIST;
-        if (!pg_mutant(m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+        if (!FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
+            !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
             goto drop;
         why = PG_FAST_STOP_UNSHARE;
-        if (!(pte & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy))
+        if (!(pte & PG_PTE_WRITE) &&
+            gup_fast_must_unshare(m, pfn, head, flags, fw->policy, hooks))
             goto drop;
         mark_referenced(m, head);
         fw->out[fw->nr++] = pfn;
@@ -452,7 +486,7 @@ static bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t addr
             return true;
         w->pte_slot++;
         w->pte = pg_load_acquire(w->pte_slot);
-        PG_YIELD(m, fw->cpu, PG_W_WALK_ENTRY_READ);
+        FAST_YIELD(hooks, m, fw->cpu, PG_W_WALK_ENTRY_READ);
         if (PG_BUG_ON(m, pg_load_acquire(&w->table->magic) != PG_TABLE_MAGIC_LIVE,
                       "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
                       fw->cpu, w->table->id, (unsigned long long)addr))
@@ -464,6 +498,19 @@ drop:
         ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the refs went */
         return fast_stop(fw, why);
     }
+}
+
+/* the two copies of the loop (see FAST_YIELD) */
+static bool gup_pte_range_hooked(struct fast_walk *fw, struct pg_walk *w, uint64_t addr,
+                                 uint64_t end)
+{
+    return gup_pte_range(fw, w, addr, end, true);
+}
+
+static bool gup_pte_range_plain(struct fast_walk *fw, struct pg_walk *w, uint64_t addr,
+                                uint64_t end)
+{
+    return gup_pte_range(fw, w, addr, end, false);
 }
 
 /* A 2 MiB PMD leaf (mirrors gup_huge_pmd(), 6.5 order): every subpage from
@@ -491,7 +538,7 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
         return fast_stop(fw, PG_FAST_STOP_GRAB);
     uint64_t folio = pg_frame_head(m, pfn);
     PG_YIELD(m, fw->cpu, PG_W_FAST_PTE_READ);
-    int64_t grabbed = try_grab_folio(m, pfn, folio, refs, flags);
+    int64_t grabbed = try_grab_folio(m, pfn, folio, refs, flags, &fw->pins, true);
     if (grabbed < 0)
         return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
     uint64_t head = (uint64_t)grabbed;
@@ -501,10 +548,10 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
         pg_load_acquire(w->pmd_slot) != pmd)
         goto drop;
     why = PG_FAST_STOP_WHITELIST;
-    if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy))
+    if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy, true))
         goto drop;
     why = PG_FAST_STOP_UNSHARE;
-    if (!(pmd & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy))
+    if (!(pmd & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy, true))
         goto drop;
     mark_referenced(m, head);
     for (int i = 0; i < refs; i++)
@@ -534,7 +581,9 @@ static int64_t lockless_pages_from_mm(pg_machine *m, int cpu, struct pg_mm *mm,
     /* walking current->mm: this CPU has it active (shootdowns reach us) */
     pg_mm_cpumask_set(mm, cpu);
     pg_local_irq_disable(m, cpu);
-    struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0, PG_FAST_STOP_NONE};
+    struct fast_walk fw = {m, cpu, mm, flags, policy, out, 0, PG_FAST_STOP_NONE, 0};
+    bool (*pte_range)(struct fast_walk *, struct pg_walk *, uint64_t, uint64_t) =
+        fast_hooks_on(m) ? gup_pte_range_hooked : gup_pte_range_plain;
     for (uint64_t addr = start; addr < end;) {
         struct pg_walk w;
         int level = pg_walk_lockless_ex(m, cpu, mm, addr, &w);
@@ -557,11 +606,13 @@ static int64_t lockless_pages_from_mm(pg_machine *m, int cpu, struct pg_mm *mm,
             fw.why = PG_FAST_STOP_NOT_PRESENT;
             break;
         }
-        if (!gup_pte_range(&fw, &w, addr, next))
+        if (!pte_range(&fw, &w, addr, next))
             break;
         addr = next;
     }
     pg_local_irq_enable(m, cpu);
+    if (fw.pins)
+        pg_count_pins(m, true, fw.pins);
     PG_YIELD(m, cpu, PG_W_FAST_WP_SEQ_RECHECK);
     if (check_seq && pg_load_acquire(&mm->wp_seq) != seq) {
         /* a fork overlapped: its copy may have shared what we pinned */

@@ -23,9 +23,10 @@ import errno
 import threading
 import warnings
 import weakref
+from threading import get_ident
 from typing import Iterator, Optional
 
-from pygup._native import C, Core
+from pygup._native import C, Core, _check
 from pygup.config.mutants import Mutant
 from pygup.config.policy import Policy
 from pygup.errors import IrqsDisabledError
@@ -48,7 +49,7 @@ class SchedLock:
         self.depth = 0                        # its nesting (written by the holder only)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if self._lock.acquire(blocking=False):
+        if self._lock.acquire(False):
             return self._took()
         if not blocking:
             return False
@@ -59,7 +60,7 @@ class SchedLock:
 
     def _took(self) -> bool:
         self._core.sched_note_model()
-        self._owner = threading.get_ident()
+        self._owner = get_ident()
         self.depth += 1
         return True
 
@@ -94,6 +95,9 @@ class Kernel:
         self.thp = "madvise"
         # an RLock that scheduled CPUs take by trying (kernel/sched.py's docstring)
         self.lock = SchedLock(core)
+        # [True] once a thread ended without leaving its CPU (set by the
+        # slot's finalizer, which may not call C): the next op() repairs
+        self.orphan_hint = [False]
         self.cpu_owner: list[Optional[int]] = [None] * core.nr_cpus  # thread ident per slot
         self._tls = threading.local()
         self.pin_scope = 0            # memalloc_pin_save() nesting (under the lock)
@@ -231,26 +235,11 @@ class Kernel:
         finally:
             self.lock.release()
 
-    @contextlib.contextmanager
-    def op(self) -> Iterator[int]:
+    def op(self) -> "_Op":
         """A model update: the machine lock, on this thread's CPU.  Like the
         kernel's might_sleep(), it refuses to run with IRQs off: it may wait
-        for other CPUs' IPI acknowledgements."""
-        cpu = self.current_cpu()
-        if self.core.irqs_disabled(cpu):
-            raise IrqsDisabledError(f"a sleeping model operation was called with IRQs disabled "
-                                    f"on cpu {cpu}: it would wait for itself")
-        with self.lock:
-            self._op_depth += 1
-            try:
-                self.repair_orphaned_cpus()
-                if self._op_depth == 1 and self.delayed_fput:
-                    self._run_delayed_fput()
-                yield cpu
-            finally:
-                self._op_depth -= 1
-            self.core.rcu_poll()
-        self.core.raise_violations()
+        for other CPUs' IPI acknowledgements.  ``with kernel.op() as cpu:``"""
+        return _Op(self)
 
     def mmap_lock_break(self, point: bytes) -> None:
         """A registered Python race window (csrc/kernel/race.h) where the
@@ -285,14 +274,15 @@ class Kernel:
         ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL."""
         if self.pin_scope:       # memalloc_pin_save(): no movable allocations
             movable = False
-        zones = (C.ZONE_MOVABLE, C.ZONE_NORMAL) if movable else (C.ZONE_NORMAL,)
-        for zone in zones:
-            try:
-                return self.core.folio_alloc(order, zone)
-            except GupError as e:
-                if e.errno != errno.ENOMEM:
-                    raise
-        raise GupError(errno.ENOMEM, f"no free order-{order} folio")
+        core = self.core
+        if movable:
+            pfn = core.folio_alloc_or_errno(order, C.ZONE_MOVABLE)
+            if pfn != -errno.ENOMEM:         # the zonelist's fallback, by value
+                return _check(pfn, "folio_alloc")
+        pfn = core.folio_alloc_or_errno(order, C.ZONE_NORMAL)
+        if pfn == -errno.ENOMEM:
+            raise GupError(errno.ENOMEM, f"no free order-{order} folio")
+        return _check(pfn, "folio_alloc")
 
     # -- reverse maps --------------------------------------------------------------
     def inode_by_as(self, as_id: int):
@@ -306,6 +296,56 @@ class Kernel:
         return m in self.mutants
 
 
+class _Op:
+    """``Kernel.op()``'s context: a class rather than a generator, since it
+    runs around every model call (a @contextmanager costs microseconds).
+    On the way out it polls RCU and raises the C core's violations; an
+    exception out of the block skips both, as it always did."""
+
+    __slots__ = ("_k",)
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._k = kernel
+
+    def __enter__(self) -> int:
+        k = self._k
+        cpu = k.current_cpu()
+        if k.core.irqs_disabled(cpu):
+            raise IrqsDisabledError(f"a sleeping model operation was called with IRQs disabled "
+                                    f"on cpu {cpu}: it would wait for itself")
+        k.lock.acquire()
+        if k.orphan_hint[0]:
+            # a thread ended without leaving its CPU since the last look
+            k.orphan_hint[0] = False
+            try:
+                k.repair_orphaned_cpus()
+            except BaseException:
+                k.lock.release()
+                raise
+        k._op_depth += 1
+        if k._op_depth == 1 and k.delayed_fput:
+            try:
+                k._run_delayed_fput()
+            except BaseException:
+                k._op_depth -= 1
+                k.lock.release()
+                raise
+        return cpu
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        k = self._k
+        k._op_depth -= 1
+        if exc_type is not None:
+            k.lock.release()
+            return False
+        try:
+            k.core.rcu_poll()
+        finally:
+            k.lock.release()
+        k.core.raise_violations()
+        return False
+
+
 class _Slot:
     """A thread's binding to a CPU slot; frees the slot when the thread's
     thread-local storage (and so this object) goes away."""
@@ -313,6 +353,7 @@ class _Slot:
     def __init__(self, kernel: Kernel, cpu: int) -> None:
         self._lock = kernel.lock
         self._core = kernel.core
+        self._hint = kernel.orphan_hint
         self._owners = kernel.cpu_owner
         self.cpu = cpu
         self._ident = threading.get_ident()
@@ -356,8 +397,10 @@ class _Slot:
         # and _claim() treats a slot of a dead thread as free anyway.
         # No C call here: at interpreter shutdown the core may be gone
         # already.  IRQs a dead thread left disabled are enabled by the
-        # next model operation (Kernel.repair_orphaned_cpus()).
+        # next model operation (Kernel.repair_orphaned_cpus()), told by
+        # the hint; a wait already in C ends by itself (pg_cpu_reap_orphan).
         try:
+            self._hint[0] = True
             self.detach(locked=False)
         except Exception:  # interpreter shutdown
             pass

@@ -17,8 +17,13 @@ import numpy as np
 from pygup._native import C
 from pygup.config.mutants import Mutant
 from pygup.errors import IrqsDisabledError
-from pygup.flags import (FOLL, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, GupError, InvariantError,
-                         flag_names, int_arg)
+from pygup.flags import (
+    FOLL, FOLL_ALL, FOLL_ANON, FOLL_DUMP, FOLL_FAST_ONLY, FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT,
+    FOLL_HWPOISON, FOLL_LONGTERM, FOLL_NOFAULT, FOLL_PCI_P2PDMA, FOLL_PIN, FOLL_REMOTE,
+    FOLL_SPLIT_PMD, FOLL_TOUCH, FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE,
+    TASK_SIZE, VM, VM_EXEC, VM_IO,
+    VM_LOCKONFAULT, VM_MAYREAD, VM_MAYWRITE, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE, GupError,
+    InvariantError, flag_names, int_arg)
 from pygup.kernel.fault import handle_mm_fault, pte_pfn
 from pygup.kernel.migrate import migrate_folio
 from pygup.kernel.thp import split_huge_pmd
@@ -42,8 +47,12 @@ MAX_LONGTERM_RETRIES = 8
 # nr_pages costs memory only for the pages actually taken
 GUP_BATCH = 1 << 16      # 6.5 retries without bound; pygup gives up (BUGS #11)
 
+# The hot paths below use the plain-int FOLL_* / VM_* (pygup.flags): an
+# IntFlag operation costs about a microsecond, an int's tens of ns.
+
 # flags a caller may not pass (is_valid_gup_args(), 6.5: no FOLL_TOUCH here)
-_INTERNAL_GUP_FLAGS = FOLL.PIN | FOLL.TRIED | FOLL.UNLOCKABLE | FOLL.REMOTE | FOLL.FAST_ONLY
+_INTERNAL_GUP_FLAGS = FOLL_PIN | FOLL_TRIED | FOLL_UNLOCKABLE | FOLL_REMOTE | FOLL_FAST_ONLY
+_PIN_LONGTERM = FOLL_PIN | FOLL_LONGTERM
 
 
 # ---------------------------------------------------------------------------
@@ -55,23 +64,24 @@ def is_valid_gup_args(has_pages: bool, locked: Optional[int], gup_flags: int,
     None when the combination is refused."""
     internal = _INTERNAL_GUP_FLAGS
     if policy is not None and policy.touch_is_internal:
-        internal |= FOLL.TOUCH
+        internal |= FOLL_TOUCH
+    gup_flags = int(gup_flags)
     if gup_flags & internal:
         return None
-    gup_flags |= to_set
+    gup_flags |= int(to_set)
     if locked is not None:
         if locked != 1:
             return None
-        gup_flags |= FOLL.UNLOCKABLE
-    if gup_flags & FOLL.GET and gup_flags & FOLL.PIN:
+        gup_flags |= FOLL_UNLOCKABLE
+    if gup_flags & FOLL_GET and gup_flags & FOLL_PIN:
         return None
-    if gup_flags & FOLL.LONGTERM and not gup_flags & FOLL.PIN:
+    if gup_flags & FOLL_LONGTERM and not gup_flags & FOLL_PIN:
         return None
-    if gup_flags & (FOLL.GET | FOLL.PIN) and not has_pages:
+    if gup_flags & (FOLL_GET | FOLL_PIN) and not has_pages:
         return None
-    if gup_flags & FOLL.LONGTERM and gup_flags & FOLL.PCI_P2PDMA:
+    if gup_flags & FOLL_LONGTERM and gup_flags & FOLL_PCI_P2PDMA:
         return None
-    return int(gup_flags)
+    return gup_flags
 
 
 def is_valid_gup_flags_legacy(pin_api: bool, has_pages: bool, locked: Optional[int],
@@ -83,19 +93,20 @@ def is_valid_gup_flags_legacy(pin_api: bool, has_pages: bool, locked: Optional[i
     refuses FOLL_GET and a missing pages array; a get API refuses FOLL_PIN
     and FOLL_LONGTERM; FOLL_LONGTERM cannot be combined with ``locked``
     (pin_user_pages_remote) or the unlocked variants."""
+    gup_flags = int(gup_flags)
     if pin_api:
-        if gup_flags & FOLL.GET or not has_pages:
+        if gup_flags & FOLL_GET or not has_pages:
             return None
-    elif gup_flags & (FOLL.PIN | FOLL.LONGTERM):
+    elif gup_flags & (FOLL_PIN | FOLL_LONGTERM):
         return None
-    gup_flags |= to_set
+    gup_flags |= int(to_set)
     if locked is not None:
         if locked != 1:                   # the lock must be held on entry
             return None
-        gup_flags |= FOLL.UNLOCKABLE
-    if gup_flags & FOLL.LONGTERM and gup_flags & FOLL.UNLOCKABLE:
+        gup_flags |= FOLL_UNLOCKABLE
+    if gup_flags & FOLL_LONGTERM and gup_flags & FOLL_UNLOCKABLE:
         return None
-    return int(gup_flags)
+    return gup_flags
 
 
 def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Optional[int],
@@ -104,7 +115,7 @@ def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Opt
     per-API checks before."""
     if kernel.policy.valid_gup_args:
         return is_valid_gup_args(has_pages, locked, gup_flags, to_set, kernel.policy)
-    if kernel.policy.touch_is_internal and gup_flags & FOLL.TOUCH:
+    if kernel.policy.touch_is_internal and gup_flags & FOLL_TOUCH:
         return None                       # 0f20bba1688b's rule, wherever it is set
     return is_valid_gup_flags_legacy(pin_api, has_pages, locked, gup_flags, to_set)
 
@@ -116,14 +127,14 @@ def writable_file_mapping_allowed(vma: VMA, gup_flags: int, mutants: frozenset =
                                   ) -> bool:
     """/* mirrors writable_file_mapping_allowed() */ (6.5, patch 2): only a
     long-term pin (PIN *and* LONGTERM) of a dirty-tracked mapping is refused."""
-    both = FOLL.PIN | FOLL.LONGTERM
+    both = _PIN_LONGTERM
     if Mutant.PIN_OR_LONGTERM in mutants:             # v7: either flag was enough
         if not gup_flags & both:
             return True
     elif (gup_flags & both) != both:
         return True
     if Mutant.PRIVATE_NOT_EXCLUDED in mutants:        # v8: private mappings not excluded
-        return not (vma.vm_file is not None and vma.vm_flags & VM.MAYWRITE
+        return not (vma.vm_file is not None and vma.vm_flags & VM_MAYWRITE
                     and vma.vm_ops is not None and (vma.vm_ops.page_mkwrite
                                                     or vma.vm_file.fs.fstype.writeback))
     return not vma_needs_dirty_tracking(vma)
@@ -132,36 +143,40 @@ def writable_file_mapping_allowed(vma: VMA, gup_flags: int, mutants: frozenset =
 def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -> int:
     """/* mirrors check_vma_flags() */ (SPEC §2.3): 0 or a negative errno,
     checking in the kernel's order."""
-    F = vma.vm_flags
-    write = bool(gup_flags & FOLL.WRITE)
-    anon = vma_is_anonymous(vma)
-    if trace.check("VM_IO|VM_PFNMAP", bool(F & (VM.IO | VM.PFNMAP)), errno.EFAULT,
-                   vm_flags=flag_names(VM, F)):
+    F = int(vma.vm_flags)
+    anon = vma.vm_ops is None                         # vma_is_anonymous()
+    # the inputs each step records are built only when someone traces
+    if trace.check("VM_IO|VM_PFNMAP", bool(F & (VM_IO | VM_PFNMAP)), errno.EFAULT,
+                   lazy=lambda: {"vm_flags": flag_names(VM, F)}):
         return -errno.EFAULT
-    if trace.check("FOLL_ANON on a non-anonymous VMA", bool(gup_flags & FOLL.ANON) and not anon,
+    if trace.check("FOLL_ANON on a non-anonymous VMA", bool(gup_flags & FOLL_ANON) and not anon,
                    errno.EFAULT, anon=anon):
         return -errno.EFAULT
-    if trace.check("FOLL_LONGTERM on fsdax", bool(gup_flags & FOLL.LONGTERM) and vma_is_fsdax(vma),
-                   errno.EOPNOTSUPP, fsdax=vma_is_fsdax(vma)):
-        return -errno.EOPNOTSUPP
+    if gup_flags & FOLL_LONGTERM or trace.enabled:
+        fsdax = vma_is_fsdax(vma)
+        if trace.check("FOLL_LONGTERM on fsdax", bool(gup_flags & FOLL_LONGTERM) and fsdax,
+                       errno.EOPNOTSUPP, fsdax=fsdax):
+            return -errno.EOPNOTSUPP
     if trace.check("vma_is_secretmem", vma_is_secretmem(vma), errno.EFAULT):
         return -errno.EFAULT
-    if write:
+    if gup_flags & FOLL_WRITE:
         if policy.writable_file_mapping_check:
             allowed = anon or writable_file_mapping_allowed(vma, gup_flags,
                                                             vma.vm_mm.kernel.mutants)
-            fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
+
+            def inputs() -> dict:
+                fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
+                return dict(anon=anon, longterm_pin=(gup_flags & _PIN_LONGTERM) == _PIN_LONGTERM,
+                            needs_dirty_tracking=vma_needs_dirty_tracking(vma),
+                            fs=fs.name if fs else None,
+                            page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
+                                                              or vma.vm_ops.pfn_mkwrite)),
+                            writeback=bool(fs and fs.writeback))
             if trace.check("writable_file_mapping_allowed", not allowed, errno.EFAULT,
-                           anon=anon, longterm_pin=(gup_flags & (FOLL.PIN | FOLL.LONGTERM))
-                           == (FOLL.PIN | FOLL.LONGTERM),
-                           needs_dirty_tracking=vma_needs_dirty_tracking(vma),
-                           fs=fs.name if fs else None,
-                           page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
-                                                             or vma.vm_ops.pfn_mkwrite)),
-                           writeback=bool(fs and fs.writeback)):
+                           lazy=inputs):
                 return -errno.EFAULT
-        if not F & VM.WRITE:
-            force = bool(gup_flags & FOLL.FORCE)
+        if not F & VM_WRITE:
+            force = bool(gup_flags & FOLL_FORCE)
             if trace.check("write to a !VM_WRITE VMA without FOLL_FORCE", not force, errno.EFAULT):
                 return -errno.EFAULT
             if not policy.hugetlb_force_write and trace.check(
@@ -170,11 +185,11 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
             if trace.check("FOLL_FORCE write to a non-COW mapping", not is_cow_mapping(F),
                            errno.EFAULT, cow=is_cow_mapping(F)):
                 return -errno.EFAULT
-    elif not F & VM.READ:
+    elif not F & VM_READ:
         if trace.check("read of a !VM_READ VMA without FOLL_FORCE",
-                       not gup_flags & FOLL.FORCE, errno.EFAULT):
+                       not gup_flags & FOLL_FORCE, errno.EFAULT):
             return -errno.EFAULT
-        if trace.check("FOLL_FORCE read of a !VM_MAYREAD VMA", not F & VM.MAYREAD, errno.EFAULT):
+        if trace.check("FOLL_FORCE read of a !VM_MAYREAD VMA", not F & VM_MAYREAD, errno.EFAULT):
             return -errno.EFAULT
     trace.check("arch_vma_access_permitted", False)
     return 0
@@ -207,9 +222,9 @@ def gup_must_unshare(kernel: "Kernel", vma: VMA, gup_flags: int, pfn: int) -> bo
 
 def gup_can_follow_protnone(vma: VMA, gup_flags: int) -> bool:
     """/* mirrors gup_can_follow_protnone() */ (6.5 final)."""
-    if not gup_flags & FOLL.HONOR_NUMA_FAULT:
+    if not gup_flags & FOLL_HONOR_NUMA_FAULT:
         return True
-    return not vma.vm_flags & (VM.READ | VM.WRITE | VM.EXEC)
+    return not vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC)
 
 
 _FOLLOW_FAULT, _FOLLOW_UNSHARE = -1000, -1001
@@ -223,12 +238,12 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
     level, pte = core.pte_lookup(mm.id, addr & ~(PAGE_SIZE - 1))
     if pte == 0 or (not pte & C.PTE_PRESENT and not pte & C.PTE_PROTNONE):
         # no_page_table(): FOLL_DUMP refuses holes that would be zero-filled
-        if gup_flags & FOLL.DUMP and vma_is_anonymous(vma):
+        if gup_flags & FOLL_DUMP and vma_is_anonymous(vma):
             return -errno.EFAULT
         return _FOLLOW_FAULT
     if pte & C.PTE_PROTNONE and not gup_can_follow_protnone(vma, gup_flags):
         return _FOLLOW_FAULT
-    if level == C.LEVEL_PMD and gup_flags & FOLL.SPLIT_PMD and not vma.is_hugetlb:
+    if level == C.LEVEL_PMD and gup_flags & FOLL_SPLIT_PMD and not vma.is_hugetlb:
         # follow_pmd_mask(): FOLL_SPLIT_PMD splits a THP's PMD (the table
         # allocation can fail: -ENOMEM) and goes on at the PTE level
         try:
@@ -243,22 +258,22 @@ def follow_page_mask(mm, vma: VMA, addr: int, gup_flags: int) -> int:
         pfn += (addr >> PAGE_SHIFT) & (C.PMD_NR - 1)
     special = bool(pte & C.PTE_SPECIAL)
     fi = None if special else core.frame_info(pfn)
-    if gup_flags & FOLL.WRITE and not can_follow_write_pte(mm.kernel, pte, None if special else pfn,
+    if gup_flags & FOLL_WRITE and not can_follow_write_pte(mm.kernel, pte, None if special else pfn,
                                                           vma, gup_flags):
         return _FOLLOW_FAULT
     if special:
         if pfn != C.ZERO_PFN:
-            return -errno.EEXIST if gup_flags & (FOLL.GET | FOLL.PIN) else -errno.EFAULT
-        if gup_flags & FOLL.DUMP:
+            return -errno.EEXIST if gup_flags & (FOLL_GET | FOLL_PIN) else -errno.EFAULT
+        if gup_flags & FOLL_DUMP:
             return -errno.EFAULT
     if not pte & C.PTE_WRITE and gup_must_unshare(mm.kernel, vma, gup_flags, pfn):
         return _FOLLOW_UNSHARE
-    if gup_flags & (FOLL.GET | FOLL.PIN):        # try_grab_page(): else a no-op
-        rc = core.try_grab_page(pfn, gup_flags & FOLL.PIN)
+    if gup_flags & (FOLL_GET | FOLL_PIN):        # try_grab_page(): else a no-op
+        rc = core.try_grab_page(pfn, gup_flags & FOLL_PIN)
         if rc < 0:
             return rc
-    if gup_flags & FOLL.TOUCH and fi is not None:
-        if gup_flags & FOLL.WRITE and not pte & C.PTE_DIRTY and not fi.flags & C.F_DIRTY:
+    if gup_flags & FOLL_TOUCH and fi is not None:
+        if gup_flags & FOLL_WRITE and not pte & C.PTE_DIRTY and not fi.flags & C.F_DIRTY:
             mark_folio_dirty(mm.kernel, fi, "FOLL_TOUCH write")
         core.flags_update(pfn, C.F_REFERENCED, 0)
     return pfn
@@ -277,10 +292,10 @@ def mark_folio_dirty(kernel: "Kernel", fi, why: str) -> None:
 
 def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -> int:
     """/* mirrors faultin_page() */: 0 or a negative errno."""
-    if gup_flags & FOLL.NOFAULT:
+    if gup_flags & FOLL_NOFAULT:
         return -errno.EFAULT
     try:
-        handle_mm_fault(vma, addr, bool(gup_flags & FOLL.WRITE) and not unshare, cpu,
+        handle_mm_fault(vma, addr, bool(gup_flags & FOLL_WRITE) and not unshare, cpu,
                         unshare=unshare)
     except GupError as e:
         # vm_fault_to_errno(): OOM -> ENOMEM, SIGBUS/SIGSEGV -> EFAULT
@@ -294,16 +309,16 @@ def faultin_page(vma: VMA, addr: int, gup_flags: int, unshare: bool, cpu: int) -
 def _follow_how(vma: VMA, gup_flags: int, want_pages: bool, policy) -> int:
     """The PG_FOLLOW_* bits for pg_follow_range()."""
     how = 0
-    if gup_flags & FOLL.WRITE:
+    if gup_flags & FOLL_WRITE:
         how |= C.FOLLOW_WRITE
     if want_pages:
-        how |= C.FOLLOW_PIN if gup_flags & FOLL.PIN else C.FOLLOW_GET
-    if gup_flags & FOLL.TOUCH:
+        how |= C.FOLLOW_PIN if gup_flags & FOLL_PIN else C.FOLLOW_GET
+    if gup_flags & FOLL_TOUCH:
         how |= C.FOLLOW_TOUCH
-    if gup_flags & FOLL.LONGTERM and is_cow_mapping(vma.vm_flags) \
+    if gup_flags & FOLL_LONGTERM and is_cow_mapping(vma.vm_flags) \
             and policy.cow_ro_longterm_unshare:      # gup_must_unshare(), 6.2 on
         how |= C.FOLLOW_UNSHARE_FILE
-    if gup_flags & FOLL.SPLIT_PMD:
+    if gup_flags & FOLL_SPLIT_PMD:
         how |= C.FOLLOW_SPLIT_PMD
     return how
 
@@ -320,7 +335,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
     while nr_pages:
         if vma is None or start >= vma.vm_end:
             vma = mm.find_vma(start)
-            if trace.check("find_vma", vma is None, errno.EFAULT, addr=hex(start)):
+            if trace.check("find_vma", vma is None, errno.EFAULT, lazy=lambda: {"addr": hex(start)}):
                 ret = -errno.EFAULT
                 break
             ret = check_vma_flags(vma, gup_flags, policy, trace)
@@ -369,8 +384,8 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
                 break
         elif out is not None:
             out.append(r)
-        elif gup_flags & (FOLL.GET | FOLL.PIN):
-            core.gup_put(r, 1, bool(gup_flags & FOLL.PIN))
+        elif gup_flags & (FOLL_GET | FOLL_PIN):
+            core.gup_put(r, 1, bool(gup_flags & FOLL_PIN))
         i += 1
         start += PAGE_SIZE
         nr_pages -= 1
@@ -382,10 +397,10 @@ def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
     """/* mirrors __get_user_pages_locked() */.  pygup's fault handler never
     drops the (machine) lock, so VM_FAULT_RETRY and the retry machine do not
     arise: one pass decides."""
-    if gup_flags & FOLL.PIN:
+    if gup_flags & FOLL_PIN:
         mm.has_pinned = True                     # MMF_HAS_PINNED, sticky
-    if out is not None and not gup_flags & FOLL.PIN:
-        gup_flags |= FOLL.GET
+    if out is not None and not gup_flags & FOLL_PIN:
+        gup_flags |= FOLL_GET
     return __get_user_pages(mm, start, nr_pages, gup_flags, out, cpu, trace)
 
 
@@ -397,17 +412,18 @@ def populate_vma_page_range(vma: VMA, start: int, end: int, cpu: int) -> int:
     in through __get_user_pages() with no pages array.  Returns pages done
     or a negative errno."""
     nr_pages = (end - start) >> PAGE_SHIFT
-    if vma.vm_flags & VM.LOCKONFAULT:
+    vm_flags = int(vma.vm_flags)
+    if vm_flags & VM_LOCKONFAULT:
         return nr_pages               # VM_LOCKONFAULT: pages lock as they fault
-    gup_flags = FOLL.TOUCH
+    gup_flags = FOLL_TOUCH
     # break COW now in private writable mappings; shared ones would only be
     # dirtied for nothing
-    if (vma.vm_flags & (VM.WRITE | VM.SHARED)) == VM.WRITE:
-        gup_flags |= FOLL.WRITE
+    if (vm_flags & (VM_WRITE | VM_SHARED)) == VM_WRITE:
+        gup_flags |= FOLL_WRITE
     # mlock must succeed on any mapping that is not PROT_NONE
-    if vma.vm_flags & (VM.READ | VM.WRITE | VM.EXEC):
-        gup_flags |= FOLL.FORCE
-    return __get_user_pages(vma.vm_mm, start, nr_pages, int(gup_flags), None, cpu)
+    if vm_flags & (VM_READ | VM_WRITE | VM_EXEC):
+        gup_flags |= FOLL_FORCE
+    return __get_user_pages(vma.vm_mm, start, nr_pages, gup_flags, None, cpu)
 
 
 def __mm_populate(mm, start: int, length: int, ignore_errors: bool, cpu: int) -> int:
@@ -422,7 +438,7 @@ def __mm_populate(mm, start: int, length: int, ignore_errors: bool, cpu: int) ->
             break
         vma = vmas[0]
         nend = min(end, vma.vm_end)
-        if vma.vm_flags & (VM.IO | VM.PFNMAP):
+        if vma.vm_flags & (VM_IO | VM_PFNMAP):
             nstart = nend
             continue
         nstart = max(nstart, vma.vm_start)
@@ -441,10 +457,10 @@ def faultin_vma_page_range(vma: VMA, start: int, end: int, write: bool, cpu: int
     6.9): MADV_POPULATE_(READ|WRITE) faults pages in with FOLL_TOUCH and
     the VMA's own permissions (no FOLL_FORCE).  Pages done, or -EINVAL for
     a VMA GUP refuses, or GUP's errno."""
-    gup_flags = FOLL.TOUCH | FOLL.HWPOISON | FOLL.UNLOCKABLE | (FOLL.WRITE if write else 0)
-    if check_vma_flags(vma, int(gup_flags), vma.vm_mm.kernel.policy):
+    gup_flags = FOLL_TOUCH | FOLL_HWPOISON | FOLL_UNLOCKABLE | (FOLL_WRITE if write else 0)
+    if check_vma_flags(vma, gup_flags, vma.vm_mm.kernel.policy):
         return -errno.EINVAL
-    return __get_user_pages(vma.vm_mm, start, (end - start) >> PAGE_SHIFT, int(gup_flags),
+    return __get_user_pages(vma.vm_mm, start, (end - start) >> PAGE_SHIFT, gup_flags,
                             None, cpu)
 
 
@@ -474,7 +490,7 @@ def __gup_longterm_locked(mm, start: int, nr_pages: int, gup_flags: int,
                           out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
     """/* mirrors __gup_longterm_locked() */: re-pin the whole range until
     nothing is left in ZONE_MOVABLE."""
-    if not gup_flags & FOLL.LONGTERM:
+    if not gup_flags & FOLL_LONGTERM:
         return __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
     kernel = mm.kernel
     kernel.pin_scope += 1      # memalloc_pin_save(): faults avoid ZONE_MOVABLE
@@ -488,7 +504,8 @@ def __gup_longterm_locked(mm, start: int, nr_pages: int, gup_flags: int,
             rc = check_and_migrate_movable_pages(mm, out, cpu)
             if rc != -errno.EAGAIN:
                 return rc if rc else n
-            trace.steps.append(Step("check_and_migrate_movable_pages", {}, "retry"))
+            if trace.enabled:              # (NO_TRACE keeps no steps)
+                trace.steps.append(Step("check_and_migrate_movable_pages", {}, "retry"))
         return -errno.ENOMEM
     finally:
         kernel.pin_scope -= 1
@@ -585,7 +602,7 @@ def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> tuple[int, int
         raise ValueError(f"start must be a user address, got {start:#x}")
     if nr_pages < 0:
         raise ValueError(f"nr_pages must not be negative, got {nr_pages}")
-    if gup_flags < 0 or gup_flags & ~sum(int(f) for f in FOLL):
+    if gup_flags < 0 or gup_flags & ~FOLL_ALL:
         raise ValueError(f"gup_flags has bits no FOLL flag defines: {gup_flags:#x}")
     if not mm.alive:
         raise GupError(errno.ESRCH, "the mm has exited")
@@ -603,20 +620,26 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
                    flags is None, errno.EINVAL,
-                   gup_flags=flag_names(FOLL, gup_flags), to_set=flag_names(FOLL, to_set)):
+                   lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags),
+                                 "to_set": flag_names(FOLL, to_set)}):
         # from 6.3 pin_user_pages{,_remote,_unlocked} answer 0; 6.1's WARNs -EINVAL
         ret = 0 if pin_api and m.policy.valid_gup_args else -errno.EINVAL
         return ret, Pages(m, [], pinned=pin_api)
     if nr_pages == 0:
-        return 0, Pages(m, [], pinned=bool(flags & FOLL.PIN))
+        return 0, Pages(m, [], pinned=bool(flags & FOLL_PIN))
     out: Optional[list[int]] = [] if want_pages else None
     with m.op() as cpu:
-        if flags & FOLL.PIN:
+        if flags & FOLL_PIN:
             ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
         else:
             ret = __get_user_pages_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
-    return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL.PIN),
-                      writable=bool(flags & FOLL.WRITE))
+    return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL_PIN),
+                      writable=bool(flags & FOLL_WRITE))
+
+
+# the flags GUP-fast accepts (internal_get_user_pages_fast()'s mask)
+_FAST_MASK = (FOLL_WRITE | FOLL_LONGTERM | FOLL_FORCE | FOLL_PIN | FOLL_GET | FOLL_FAST_ONLY
+              | FOLL_NOFAULT | FOLL_PCI_P2PDMA | FOLL_HONOR_NUMA_FAULT)
 
 
 # why GUP-fast stopped short (pg_gup_fast_why's C.FAST_STOP_* codes), in the
@@ -671,22 +694,20 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     m = mm.kernel
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
-    pin_api = bool(to_set & FOLL.PIN)
+    pin_api = bool(to_set & FOLL_PIN)
     flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
-                   flags is None, errno.EINVAL, gup_flags=flag_names(FOLL, gup_flags)):
-        if to_set & FOLL.FAST_ONLY and not m.policy.valid_gup_args:
+                   flags is None, errno.EINVAL, lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags)}):
+        if to_set & FOLL_FAST_ONLY and not m.policy.valid_gup_args:
             ret = 0          # 6.1's get_user_pages_fast_only() never answers < 0
         elif pin_api and not m.policy.pin_fast_bad_args_einval:
             ret = 0          # 6.3 and 6.4.0-9: pin_user_pages_fast() answered 0
         else:
             ret = -errno.EINVAL
         return ret, Pages(m, [], pinned=pin_api)
-    fast_mask = (FOLL.WRITE | FOLL.LONGTERM | FOLL.FORCE | FOLL.PIN | FOLL.GET | FOLL.FAST_ONLY
-                 | FOLL.NOFAULT | FOLL.PCI_P2PDMA | FOLL.HONOR_NUMA_FAULT)
-    pinned = bool(flags & FOLL.PIN)
-    if trace.check("gup_flags outside the fast-path mask", bool(flags & ~fast_mask), errno.EINVAL,
-                   extra=flag_names(FOLL, flags & ~fast_mask)):
+    pinned = bool(flags & FOLL_PIN)
+    if trace.check("gup_flags outside the fast-path mask", bool(flags & ~_FAST_MASK), errno.EINVAL,
+                   lazy=lambda: {"extra": flag_names(FOLL, flags & ~_FAST_MASK)}):
         return -errno.EINVAL, Pages(m, [], pinned)
     if pinned:
         mm.has_pinned = True
@@ -697,30 +718,30 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     if trace.check("start + len overflows", end >= 1 << 64, errno.EOVERFLOW):
         return -errno.EOVERFLOW, Pages(m, [], pinned)
     if trace.check("end > TASK_SIZE_MAX (access_ok)", end > TASK_SIZE_MAX, errno.EFAULT,
-                   end=hex(end)):
+                   lazy=lambda: {"end": hex(end)}):
         return -errno.EFAULT, Pages(m, [], pinned)
     cpu = m.current_cpu()
-    if m.core.irqs_disabled(cpu) and not flags & FOLL.FAST_ONLY:
+    if m.core.irqs_disabled(cpu) and not flags & FOLL_FAST_ONLY:
         raise IrqsDisabledError(f"GUP-fast with fallback may sleep: IRQs are disabled on cpu {cpu} "
                                 "(use FOLL_FAST_ONLY, or enable IRQs first)")
-    fast, why = _gup_fast_batched(m, cpu, mm, start, nr_pages, flags, trace is not NO_TRACE)
-    if trace is not NO_TRACE:
+    fast, why = _gup_fast_batched(m, cpu, mm, start, nr_pages, flags, trace.enabled)
+    if trace.enabled:
         inputs: dict = {"taken": len(fast), "of": nr_pages}
         if len(fast) < nr_pages:
             inputs["why"] = FAST_STOP_REASONS.get(why, f"code {why}")
         trace.steps.append(Step("lockless_pages_from_mm", inputs,
                                 "pass" if len(fast) == nr_pages else "fallback"))
-    if len(fast) == nr_pages or flags & FOLL.FAST_ONLY:
-        return len(fast), Pages(m, fast, pinned, writable=bool(flags & FOLL.WRITE))
+    if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
+        return len(fast), Pages(m, fast, pinned, writable=bool(flags & FOLL_WRITE))
     out: list[int] = []
     with m.op() as cpu:
         ret = __gup_longterm_locked(mm, start + (len(fast) << PAGE_SHIFT), nr_pages - len(fast),
-                                    flags | FOLL.TOUCH | FOLL.UNLOCKABLE, out, cpu, trace)
+                                    flags | FOLL_TOUCH | FOLL_UNLOCKABLE, out, cpu, trace)
     pfns = fast.tolist() + out[:max(ret, 0)]
     if ret < 0:
         return ((len(fast) if len(fast) else ret),
-                Pages(m, pfns, pinned, writable=bool(flags & FOLL.WRITE)))
-    return ret + len(fast), Pages(m, pfns, pinned, writable=bool(flags & FOLL.WRITE))
+                Pages(m, pfns, pinned, writable=bool(flags & FOLL_WRITE)))
+    return ret + len(fast), Pages(m, pfns, pinned, writable=bool(flags & FOLL_WRITE))
 
 
 def _release_check(kernel: "Kernel", pages: Pages, pinned: bool, what: str) -> None:
@@ -741,9 +762,10 @@ def unpin_user_pages_dirty_lock(kernel: "Kernel", pages: Pages, make_dirty: bool
     _release_check(kernel, pages, True, "unpin_user_pages")
     with kernel.op():
         core = kernel.core
-        if not core.gup_can_put(pages._pfns, True):
-            raise GupError(errno.EINVAL, "unpin of pages that hold no pin")
         if make_dirty:
+            # the check before any dirtying (the put checks again, in C)
+            if not core.gup_can_put(pages._pfns, True):
+                raise GupError(errno.EINVAL, "unpin of pages that hold no pin")
             last = -1
             for pfn in pages:
                 fi = core.frame_info(pfn)
@@ -752,7 +774,11 @@ def unpin_user_pages_dirty_lock(kernel: "Kernel", pages: Pages, make_dirty: bool
                 last = fi.head
                 if not fi.flags & C.F_DIRTY:
                     mark_folio_dirty(kernel, fi, "unpin_user_pages_dirty_lock")
-        core.gup_put_pages(pages._pfns, True)
+        rc = core.gup_put_pages_or_errno(pages._pfns, True)
+        if rc == -errno.EINVAL:
+            raise GupError(errno.EINVAL, "unpin of pages that hold no pin")
+        if rc < 0:
+            raise GupError(-rc, "unpin_user_pages")
         pages.released = True
 
 
@@ -765,7 +791,9 @@ def put_pages(kernel: "Kernel", pages: Pages) -> None:
     """put_page() on every page a FOLL_GET call returned."""
     _release_check(kernel, pages, False, "put_page")
     with kernel.op():
-        if not kernel.core.gup_can_put(pages._pfns, False):
+        rc = kernel.core.gup_put_pages_or_errno(pages._pfns, False)
+        if rc == -errno.EINVAL:
             raise GupError(errno.EINVAL, "put of pages that hold no reference")
-        kernel.core.gup_put_pages(pages._pfns, False)
+        if rc < 0:
+            raise GupError(-rc, "put_page")
         pages.released = True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from pygup._native import C
 from pygup.flags import FALLOC, MADV, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM, GupError
 from pygup.kernel.gup import faultin_vma_page_range
+from pygup.kernel.thp import deferred_split_folios, split_huge_pmd_range, thp_folios_at_edges
 from pygup.kernel.vma import VMA, vma_is_anonymous
 from pygup.kernel.writeback import punch_hole, shrink_file_folio
 
@@ -178,7 +179,14 @@ def madvise_dontneed_free(mm: "MM", vma: VMA, start: int, end: int, advice: int,
     if madvise_dontneed_free_valid_vma(vma, start, end, advice) < 0:
         raise GupError(errno.EINVAL, f"{vma!r} changed meanwhile")
     end = min(end, vma.vm_end)
+    # zap_pmd_range(): a THP's PMD leaf the range covers only in part is
+    # split first, then its pages inside go like any others; the THP left
+    # partly mapped is split (deferred_split_folio(), at once as munmap
+    # does) unless it is pinned
+    split_huge_pmd_range(mm, start, end, cpu)
+    partial = thp_folios_at_edges(mm, start, end)
     kernel.core.zap_range(cpu, mm.id, start, end)        # zap_page_range_single()
+    deferred_split_folios(kernel, partial, cpu)
 
 
 def madvise_free_single_vma(vma: VMA, start: int, end: int, cpu: int) -> None:

@@ -9,10 +9,12 @@ import errno
 from typing import TYPE_CHECKING, Optional
 
 from pygup._native import C
-from pygup.flags import (FOLL, PAGE_MASK, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError,
-                         bool_arg, int_arg)
+from pygup.flags import (
+    FOLL_FAST_ONLY, FOLL_GET, FOLL_PIN, FOLL_REMOTE, FOLL_TOUCH, FOLL_UNLOCKABLE, PAGE_MASK,
+    PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError, bool_arg, int_arg)
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
+from pygup.kernel.thp import split_huge_pmd
 from pygup.kernel.vma import VMA, VmaTree
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,43 +102,43 @@ class MM:
     def get_user_pages(self, start: int, nr_pages: int, gup_flags: int = 0,
                        pages: bool = True) -> "tuple[int, Pages]":
         """get_user_pages(): FOLL_TOUCH; pages=False only faults the range in."""
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.TOUCH, False, pages)
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_TOUCH, False, pages)
 
     def get_user_pages_remote(self, start: int, nr_pages: int, gup_flags: int = 0,
                               pages: bool = True, locked: Optional[int] = None
                               ) -> "tuple[int, Pages]":
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.TOUCH | FOLL.REMOTE, False,
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_TOUCH | FOLL_REMOTE, False,
                             pages, locked)
 
     def get_user_pages_unlocked(self, start: int, nr_pages: int, gup_flags: int = 0
                                 ) -> "tuple[int, Pages]":
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.TOUCH | FOLL.UNLOCKABLE, False)
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_TOUCH | FOLL_UNLOCKABLE, False)
 
     def pin_user_pages(self, start: int, nr_pages: int, gup_flags: int = 0) -> "tuple[int, Pages]":
         """pin_user_pages(): FOLL_PIN (no FOLL_TOUCH); 0 on invalid flags."""
-        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL.PIN, True)
+        return gup.gup_slow(self, start, nr_pages, gup_flags, FOLL_PIN, True)
 
     def pin_user_pages_remote(self, start: int, nr_pages: int, gup_flags: int = 0,
                               locked: Optional[int] = None) -> "tuple[int, Pages]":
         return gup.gup_slow(self, start, nr_pages, gup_flags,
-                            FOLL.PIN | FOLL.TOUCH | FOLL.REMOTE, True, True, locked)
+                            FOLL_PIN | FOLL_TOUCH | FOLL_REMOTE, True, True, locked)
 
     def pin_user_pages_unlocked(self, start: int, nr_pages: int, gup_flags: int = 0
                                 ) -> "tuple[int, Pages]":
         return gup.gup_slow(self, start, nr_pages, gup_flags,
-                            FOLL.PIN | FOLL.TOUCH | FOLL.UNLOCKABLE, True)
+                            FOLL_PIN | FOLL_TOUCH | FOLL_UNLOCKABLE, True)
 
     def get_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int = 0
                             ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL.GET)
+        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_GET)
 
     def get_user_pages_fast_only(self, start: int, nr_pages: int, gup_flags: int = 0
                                  ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL.GET | FOLL.FAST_ONLY)
+        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_GET | FOLL_FAST_ONLY)
 
     def pin_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int = 0
                             ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL.PIN)
+        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_PIN)
 
     def unpin_user_pages(self, pages: "Pages") -> None:
         gup.unpin_user_pages(self.kernel, pages)
@@ -182,9 +184,16 @@ class MM:
             av.vmas.discard(vma)
 
     def split_vma(self, vma: VMA, addr: int) -> VMA:
-        """split_vma(): cut vma at addr; returns the upper part."""
+        """split_vma(): cut vma at addr; returns the upper part.  A THP's PMD
+        leaf across addr becomes a PTE table first (/* mirrors __split_vma()
+        -> vma_adjust_trans_huge() */): no PMD leaf maps pages of two VMAs,
+        which fork, mprotect and zap, working VMA by VMA, rely on (the C
+        core refuses a range that cuts a PMD leaf).  ENOMEM (nothing
+        changed) when no table page can be had."""
         if vma.is_hugetlb and addr % PMD_SIZE:
             raise GupError(errno.EINVAL, "hugetlb VMAs split only at 2 MiB boundaries")
+        if addr % PMD_SIZE:
+            split_huge_pmd(vma, addr, self.kernel.current_cpu())
         upper = VMA(self, addr, vma.vm_end, vma.vm_flags, vma.vm_file,
                     vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), vma.vm_ops)
         upper.anon_vmas = list(vma.anon_vmas)

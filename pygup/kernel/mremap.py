@@ -15,6 +15,7 @@ from typing import Optional
 
 from pygup.flags import MREMAP, PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError
 from pygup.kernel.mlock import VM_LOCKED_MASK, mlock_future_ok
+from pygup.kernel.thp import split_huge_pmd
 from pygup.kernel.vma import VMA
 
 # ``p`` below is a pygup.kernel.process.Process (not imported: process.py
@@ -52,6 +53,23 @@ def vma_expandable(p, vma: VMA, delta: int) -> bool:
     return nxt is None or nxt.vm_start >= end
 
 
+def split_huge_pmds_for_move(vma: VMA, old_addr: int, new_addr: int, length: int,
+                             cpu: int) -> None:
+    """/* mirrors move_page_tables() */ on a THP's PMD leaf: it moves whole
+    (move_huge_pmd()) only when its extent is a whole PMD at both ends —
+    the range covers it and old and new address are PMD-aligned alike;
+    any other leaf is split first (split_huge_pmd()) and its PTEs move one
+    by one.  The folio stays large: every page is still mapped, some at
+    the new address (the C core's pg_move_range refuses a cut leaf)."""
+    end = old_addr + length
+    congruent = (new_addr - old_addr) % PMD_SIZE == 0
+    haddr = old_addr & ~(PMD_SIZE - 1)
+    while haddr < end:
+        if not (congruent and haddr >= old_addr and haddr + PMD_SIZE <= end):
+            split_huge_pmd(vma, max(haddr, old_addr), cpu)
+        haddr += PMD_SIZE
+
+
 def move_vma(p, vma: VMA, old_addr: int, old_len: int, new_len: int,
              new_addr: int, flags: int, cpu: int) -> int:
     """/* mirrors move_vma() */: copy_vma() to new_addr, move_page_tables(),
@@ -66,6 +84,7 @@ def move_vma(p, vma: VMA, old_addr: int, old_len: int, new_len: int,
     new.anon_vmas = list(vma.anon_vmas)
     new.own_anon_vma = vma.own_anon_vma
     new.pgprot_customised = vma.pgprot_customised
+    split_huge_pmds_for_move(vma, old_addr, new_addr, old_len, cpu)
     mm.vma_link(new)
     # move_page_tables(): the entries go, the pages (and their pins) stay
     core.move_range(cpu, mm.id, old_addr, new_addr, old_len)

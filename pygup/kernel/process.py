@@ -22,7 +22,7 @@ from pygup.kernel.fault import handle_user_fault
 from pygup.kernel.fs import DEVICE_VM_OPS
 from pygup.kernel.gup import __mm_populate as mm_populate_range
 from pygup.kernel.mm import MM
-from pygup.kernel.thp import split_folio, split_huge_pmd_range, thp_folios_at_edges
+from pygup.kernel.thp import deferred_split_folios, split_huge_pmd_range, thp_folios_at_edges
 from pygup.kernel.vfs import File, anon_inode_file, iput
 from pygup.kernel.vma import VMA, is_cow_mapping
 from pygup.kernel.writeback import writeback_inode
@@ -278,10 +278,8 @@ class Process:
                 mm.locked_vm -= vma.length >> PAGE_SHIFT
             mm.vma_unlink(vma)
         core.zap_range(cpu, mm.id, lo, hi)
-        for head in partial:
-            # deferred_split_folio(), done at once: a partly mapped THP
-            # becomes small folios unless it is pinned (then it stays)
-            split_folio(self.kernel, head, cpu)
+        # a partly mapped THP becomes small folios unless it is pinned
+        deferred_split_folios(self.kernel, partial, cpu)
         # free_pgtables(): tables wholly inside the hole left behind
         prev = mm.vmas.last_below(lo)
         floor = prev.vm_end if prev is not None else 0
@@ -463,24 +461,24 @@ class Process:
         with k.op() as cpu:
             child = Process(k, k.next_pid)
             k.next_pid += 1
+            child.rlimit_memlock = self.rlimit_memlock
+            child.cap_ipc_lock = self.cap_ipc_lock
+            child.mm.def_flags = VM(self.mm.def_flags & VM.NOHUGEPAGE)   # VM_INIT_DEF_MASK
             try:
                 self._dup_mmap(child, cpu)
             except BaseException:
-                # dup_mmap()'s failure path: the half-built child mm is
-                # dropped (mmput()), so every page it copied or shares and
-                # every table it grew goes back
+                # dup_mm() failed: mmput() of the half-built mm (exit_mmap())
+                # frees what was copied so far; the parent keeps its pages
                 child._teardown(cpu)
                 raise
             k.processes.append(child)
             return child
 
     def _dup_mmap(self, child: "Process", cpu: int) -> None:
-        """/* mirrors dup_mmap() */: the VMAs, and their pages where fork
-        copies them; raises (ENOMEM) with the child partly built."""
-        child.rlimit_memlock = self.rlimit_memlock
-        child.cap_ipc_lock = self.cap_ipc_lock
-        child.mm.def_flags = VM(self.mm.def_flags & VM.NOHUGEPAGE)   # VM_INIT_DEF_MASK
-        core = self.kernel.core
+        """/* mirrors dup_mmap() */: each VMA copied into the child's mm and,
+        where vma_needs_copy(), its page tables (copy_page_range())."""
+        k = self.kernel
+        core = k.core
         for vma in self.mm.vmas:
             if vma.vm_flags & VM.DONTCOPY:
                 continue
@@ -507,15 +505,6 @@ class Process:
                 core.copy_range(cpu, self.mm.id, child.mm.id, vma.vm_start, vma.vm_end,
                                 is_cow_mapping(vma.vm_flags), copy_pinned, child_mapping)
 
-    def _teardown(self, cpu: int) -> None:
-        """exit_mmap() + mmdrop(): unmap everything, free the page tables and
-        the mm (under the machine lock)."""
-        if self.mm.vmas:
-            self._unmap(self.mm.vmas[0].vm_start, self.mm.vmas[-1].vm_end, cpu)
-        self.kernel.core.mm_destroy(cpu, self.mm.id)
-        self.alive = False
-        self.mm.alive = False
-
     def exit(self) -> None:
         """exit(2): close what holds pages (io_uring rings, MRs, pipes), unmap
         everything and free the page tables."""
@@ -528,6 +517,14 @@ class Process:
                     self.mm.put_page(pages)
         with self.kernel.op() as cpu:
             self._teardown(cpu)
+
+    def _teardown(self, cpu: int) -> None:
+        """exit_mmap(): unmap every VMA, free the page tables and the mm."""
+        if self.mm.vmas:
+            self._unmap(self.mm.vmas[0].vm_start, self.mm.vmas[-1].vm_end, cpu)
+        self.kernel.core.mm_destroy(cpu, self.mm.id)
+        self.alive = False
+        self.mm.alive = False
 
     # -- user memory access ----------------------------------------------------------
     def _access(self, addr: int, write: bool, value: int) -> int:

@@ -219,6 +219,24 @@ def thp_folios_at_edges(mm, start: int, end: int) -> list[int]:
     return heads
 
 
+def deferred_split_folios(kernel, heads: list[int], cpu: int) -> None:
+    """/* mirrors deferred_split_folio() + deferred_split_scan() */, done at
+    once: of the THPs an unmap or zap cut (``thp_folios_at_edges``, taken
+    before it), each now partly mapped — a page of it no longer mapped
+    anywhere, while others are — is split (split_folio(); a pinned one
+    stays whole).  One whose every page is still mapped (mremap moved part
+    of it: the pages are mapped at the new address) is left alone, as
+    page_remove_rmap() never queues it."""
+    core = kernel.core
+    for head in heads:
+        fi = core.frame_info(head)
+        if fi.head != head or fi.order != C.PMD_ORDER:
+            continue                  # freed or split meanwhile
+        mapped = [core.frame_info(head + i).mapcount > 0 for i in range(HPAGE_PMD_NR)]
+        if any(mapped) and not all(mapped):
+            split_folio(kernel, head, cpu)
+
+
 def _pmd_mappings(kernel, head: int, cpu: int) -> list:
     """(vma, address) of every PMD leaf mapping the folio (the rmap walk of
     unmap_folio with TTU_SPLIT_HUGE_PMD)."""

@@ -1,10 +1,12 @@
 """The decision recorder: every GUP rule writes what it checked, its inputs
 and its verdict to a ``Trace``, so that ``explain`` can say which rule
-decided.  ``NO_TRACE`` records nothing and costs one call."""
+decided.  ``NO_TRACE`` records nothing and costs one call: inputs that
+take work to build (flag names, the predicates behind a verdict) go in
+``lazy``, a function called only when a real ``Trace`` records."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pygup.flags import errno_name
 
@@ -21,8 +23,12 @@ class Step:
 @dataclasses.dataclass
 class Trace:
     steps: list[Step] = dataclasses.field(default_factory=list)
+    enabled = True                  # a class attribute: does this trace record?
 
-    def check(self, rule: str, failed: bool, err: int = 0, **inputs: Any) -> bool:
+    def check(self, rule: str, failed: bool, err: int = 0,
+              lazy: Optional[Callable[[], dict[str, Any]]] = None, **inputs: Any) -> bool:
+        if lazy is not None:
+            inputs.update(lazy())
         self.steps.append(Step(rule, inputs, "fail" if failed else "pass", -err if failed else 0))
         return failed
 
@@ -55,7 +61,9 @@ class Trace:
 
 
 class _NullTrace(Trace):
-    def check(self, rule: str, failed: bool, err: int = 0, **inputs: Any) -> bool:
+    enabled = False
+
+    def check(self, rule: str, failed: bool, err: int = 0, lazy=None, **inputs: Any) -> bool:
         return failed
 
 

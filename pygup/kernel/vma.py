@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from sortedcontainers import SortedKeyList
+from sortedcontainers import SortedKeyList, SortedList
 
 from pygup._native import C
-from pygup.flags import PAGE_SHIFT, VM
+from pygup.flags import PAGE_SHIFT, PAGE_SIZE, VM
 from pygup.kernel.fs import SECRETMEM_VM_OPS, VmOps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,12 +108,21 @@ class VMA:
 
 class VmaTree:
     """The mm's VMAs in address order (the kernel's maple tree): lookup,
-    range queries, neighbours and the free-gap search.  Insertion, removal
-    and lookup are O(log n) (a sorted list keyed by vm_start); callers
-    remove a VMA before changing its vm_start."""
+    range queries, neighbours and the free-gap search, all O(log n) in the
+    number of VMAs.  The VMAs are a sorted list keyed by vm_start
+    (sortedcontainers); callers remove a VMA before changing its vm_start or
+    vm_end and insert it again after.
+
+    The free gaps between neighbours are kept beside them, as the maple
+    tree keeps its per-node largest gap: one sorted list of gap tops per
+    size class (a gap of s bytes is in class s.bit_length()), so that the
+    top-down search asks each class for its highest gap below ``high``
+    instead of walking the VMAs (see ``unmapped_area_topdown``)."""
 
     def __init__(self) -> None:
         self._vmas = SortedKeyList(key=_vm_start)
+        self._gap_lo: dict[int, int] = {}            # gap top -> gap bottom (between two VMAs)
+        self._classes: dict[int, SortedList] = {}    # size class -> that class's gap tops
 
     def __len__(self) -> int:
         return len(self._vmas)
@@ -127,11 +136,52 @@ class VmaTree:
     def __contains__(self, vma: object) -> bool:
         return vma in self._vmas
 
+    # -- the gaps between neighbours ---------------------------------------------
+    def _add_gap(self, lo: int, hi: int) -> None:
+        if hi <= lo:
+            return
+        self._gap_lo[hi] = lo
+        c = (hi - lo).bit_length()
+        tops = self._classes.get(c)
+        if tops is None:
+            tops = self._classes[c] = SortedList()
+        tops.add(hi)
+
+    def _drop_gap(self, hi: int) -> None:
+        lo = self._gap_lo.pop(hi, None)
+        if lo is None:
+            return                                   # an empty gap is not kept
+        c = (hi - lo).bit_length()
+        tops = self._classes[c]
+        tops.remove(hi)
+        if not tops:
+            del self._classes[c]
+
     def insert(self, vma: VMA) -> None:
-        self._vmas.add(vma)
+        vmas = self._vmas
+        vmas.add(vma)
+        i = vmas.bisect_key_left(vma.vm_start)
+        prev = vmas[i - 1] if i > 0 else None
+        nxt = vmas[i + 1] if i + 1 < len(vmas) else None
+        if prev is not None and nxt is not None:
+            self._drop_gap(nxt.vm_start)             # the gap this VMA now splits
+        if prev is not None:
+            self._add_gap(prev.vm_end, vma.vm_start)
+        if nxt is not None:
+            self._add_gap(vma.vm_end, nxt.vm_start)
 
     def remove(self, vma: VMA) -> None:
-        self._vmas.remove(vma)
+        vmas = self._vmas
+        i = vmas.index(vma)
+        prev = vmas[i - 1] if i > 0 else None
+        nxt = vmas[i + 1] if i + 1 < len(vmas) else None
+        vmas.remove(vma)
+        if prev is not None:
+            self._drop_gap(vma.vm_start)
+        if nxt is not None:
+            self._drop_gap(nxt.vm_start)
+        if prev is not None and nxt is not None:
+            self._add_gap(prev.vm_end, nxt.vm_start)
 
     def find(self, addr: int) -> Optional[VMA]:
         """The VMA containing addr, or None (unlike the kernel's find_vma,
@@ -171,17 +221,48 @@ class VmaTree:
 
     def unmapped_area_topdown(self, length: int, align: int, high: int, low: int) -> Optional[int]:
         """/* mirrors unmapped_area_topdown() */: the highest aligned start
-        of a free gap of ``length`` bytes in [low, high), or None."""
-        top = high
-        for vma in reversed(self._vmas):
-            if vma.vm_start >= top:
-                top = min(top, vma.vm_start)
+        of a free gap of ``length`` bytes below ``high`` (``align`` a power
+        of two, at least a page), or None.  Only the gap below the lowest
+        VMA is held to ``low``, as before.
+
+        The gap that ``high`` cuts is tried first, then the gaps between
+        VMAs below it, highest top first: a class whose every gap is at
+        least ``length + align - PAGE_SIZE`` long fits for sure, so its
+        highest top below ``high`` is one bisection; the one or two classes
+        that may or may not fit are walked down from the top, only above
+        the best sure candidate.  Last the gap below the lowest VMA."""
+        mask = ~(align - 1)
+        vmas = self._vmas
+        i = vmas.bisect_key_left(high)               # vmas[:i] start below high
+        if i == 0:                                   # nothing below high
+            cand = (high - length) & mask
+            return cand if cand >= low else None
+        cand = (high - length) & mask                # the gap that high cuts
+        if cand >= vmas[i - 1].vm_end:
+            return cand
+        best = -1                                    # the highest gap top that fits
+        sure = length + align - PAGE_SIZE            # any gap this long fits
+        maybe_from = length.bit_length()             # a smaller class never fits
+        for c, tops in self._classes.items():
+            if c < maybe_from:
                 continue
-            cand = (top - length) & ~(align - 1)
-            if cand >= vma.vm_end:
-                return cand
-            top = vma.vm_start
-        cand = (top - length) & ~(align - 1)
+            j = tops.bisect_left(high)               # tops below high
+            if 1 << (c - 1) >= sure:
+                if j and tops[j - 1] > best:
+                    best = tops[j - 1]
+                continue
+            gap_lo = self._gap_lo
+            while j:
+                j -= 1
+                top = tops[j]
+                if top <= best:
+                    break
+                if (top - length) & mask >= gap_lo[top]:
+                    best = top
+                    break
+        if best >= 0:
+            return (best - length) & mask
+        cand = (vmas[0].vm_start - length) & mask    # below the lowest VMA
         return cand if cand >= low else None
 
 

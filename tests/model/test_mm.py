@@ -218,3 +218,49 @@ def test_msync_of_secretmem_is_einval(machine):
         p.msync(a, 4096)
     assert e.value.errno == errno.EINVAL
     p.msync(a, 4096, MS.ASYNC)           # MS_ASYNC does not fsync
+
+
+@pytest.mark.parametrize("kind", ["folio", "table"])
+def test_fork_that_fails_frees_the_half_built_child(machine, kind):
+    """dup_mm() failing (a pinned page's copy or a child table cannot be
+    allocated) ends in mmput() of the child's mm: every page and table it
+    had copied so far goes; the parent's memory stays as it was.  Each
+    allocation fork makes is failed in turn until one fork succeeds.  The
+    last region is a THP (its copy has one zone to come from, so one
+    injected failure fails it; a small page's copy falls back to ZONE_NORMAL)."""
+    from pygup import FOLL
+    machine.thp = "always"
+    p = machine.spawn()
+    regions = [p.mmap(2 * 4096, RW, MAP.PRIVATE | MAP.ANONYMOUS) for _ in range(2)]
+    regions.append(p.mmap(2 << 20, RW, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE,
+                          addr=0x40000000))
+    for i, a in enumerate(regions):
+        p.write(a, 0x10 + i)
+        p.write(a + 4096, 0x20 + i)
+    held = [p.pin(a, 4096, FOLL.WRITE) for a in regions]          # copied for the child
+    machine._core.rcu_barrier(0)
+    base = machine.stats()
+    failed = 0
+    for nth in range(1, 64):
+        machine._core.fail_nth(kind, nth)
+        try:
+            c = p.fork()
+        except GupError as e:
+            assert e.errno == errno.ENOMEM
+            failed += 1
+            assert len(machine.processes) == 1
+            machine._core.rcu_barrier(0)
+            st = machine.stats()
+            assert st["nr_free_normal"] + st["nr_free_movable"] == \
+                base["nr_free_normal"] + base["nr_free_movable"]
+            assert st["table_pages_live"] == base["table_pages_live"]
+            assert [p.read(a) for a in regions] == [0x10, 0x11, 0x12]
+            machine.check()
+            continue
+        machine._core.fail_nth(kind, 0)
+        assert [c.read(a + 4096) for a in regions] == [0x20, 0x21, 0x22]
+        c.exit()
+        break
+    assert failed >= 1
+    for pages in held:
+        p.mm.unpin_user_pages(pages)

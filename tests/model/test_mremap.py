@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from pygup import FOLL, MAP, MREMAP, PROT, GupError, Machine
+from pygup._native import C
 
 P = 4096
 RW = PROT.READ | PROT.WRITE
@@ -168,4 +169,54 @@ def test_gup_fast_against_the_move(seed):
         assert pages[0] == pfn
         p.mm.unpin_user_pages(pages)
     assert m.folio(pfn).refcount == 1
+    m.check()
+
+
+# -- a THP in the moved range (move_page_tables()'s huge-PMD case) ------------------
+
+HPAGE = 2 << 20
+THP_AT = 0x40000000
+
+
+def _thp_machine():
+    m = Machine(memory="64MiB", movable="16MiB", thp="always")
+    p = m.spawn()
+    a = p.mmap(HPAGE, RW, ANON | MAP.FIXED_NOREPLACE, addr=THP_AT)
+    for i in (0, 5, 511):
+        p.write(a + i * P, 0x1000 + i)
+    return m, p, a, p.mm.pte(a).pfn
+
+
+def test_move_of_a_whole_thp_to_an_aligned_address_keeps_the_pmd_leaf():
+    m, p, a, H = _thp_machine()
+    to = THP_AT + 4 * HPAGE
+    assert p.mremap(a, HPAGE, HPAGE, MOVE | MREMAP.FIXED, to) == to
+    pte = p.mm.pte(to)
+    assert pte.huge and pte.pfn == H and m.folio(H).refcount == 1     # moved whole
+    assert p.read(to + 5 * P) == 0x1005
+    m.check()
+
+
+@pytest.mark.parametrize("how", ["unaligned", "part", "grow"])
+def test_move_that_cuts_or_misaligns_a_thp_splits_its_pmd(how):
+    """The extent is not a whole PMD at both ends: split_huge_pmd(), then
+    the PTEs move; the folio stays one (every page is still mapped)."""
+    m, p, a, H = _thp_machine()
+    if how == "unaligned":
+        to, n = THP_AT + 4 * HPAGE + P, 512
+        assert p.mremap(a, HPAGE, HPAGE, MOVE | MREMAP.FIXED, to) == to
+    elif how == "part":
+        to, n = THP_AT + 4 * HPAGE, 8
+        assert p.mremap(a, 8 * P, 8 * P, MOVE | MREMAP.FIXED, to) == to
+        assert p.mm.pte(a + 8 * P).pfn == H + 8 and p.read(a + 511 * P) == 0x1000 + 511
+    else:
+        p.mmap(P, RW, ANON | MAP.FIXED_NOREPLACE, addr=a + HPAGE)   # no room to grow
+        n = 511
+        to = p.mremap(a, HPAGE - P, HPAGE + P, MOVE)
+        assert p.mm.pte(a + 511 * P).pfn == H + 511                  # the tail stays behind
+    assert p.mm.pte(to).level == C.LEVEL_PTE
+    assert [p.mm.pte(to + i * P).pfn for i in (0, 5, n - 1)] == [H, H + 5, H + n - 1]
+    assert p.read(to + 5 * P) == 0x1005
+    f = m.folio(H)
+    assert f.order == 9 and f.refcount == 512
     m.check()

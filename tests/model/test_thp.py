@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from pygup import FOLL, MAP, PROT, VM, GupError, Machine
+from pygup import FOLL, MADV, MAP, PROT, VM, GupError, Machine
 from pygup._native import C
 from pygup.kernel.thp import collapse_pmd
 
@@ -169,6 +169,94 @@ def test_whole_mprotect_keeps_the_pmd_leaf():
     a, H = _thp(m, p)
     p.mprotect(a, HPAGE, PROT.READ)
     assert p.mm.pte(a).huge and not p.mm.pte(a).write
+
+
+# -- ranges that cut a THP: the PMD is split first ----------------------------------
+
+@pytest.mark.parametrize("cut", ["mlock", "madvise-nohugepage", "split_vma"])
+def test_a_vma_split_inside_a_thp_splits_its_pmd_first(cut):
+    """__split_vma() -> vma_adjust_trans_huge(): no PMD leaf maps pages of
+    two VMAs; the folio stays one, PTE-mapped."""
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    if cut == "mlock":
+        p.mlock(a + 7 * P, P)
+    elif cut == "madvise-nohugepage":
+        p.madvise(a + 7 * P, P, MADV.NOHUGEPAGE)
+    else:
+        p.mm.find_vma(a).pgprot_customised = True                # keep it from merging back
+        with m.kernel.op():
+            p.mm.split_vma(p.mm.find_vma(a), a + 7 * P)
+    assert [v.vm_start for v in p.mm.vmas_in(a, a + HPAGE)][:2] == [a, a + 7 * P]
+    assert p.mm.pte(a).level == p.mm.pte(a + 7 * P).level == C.LEVEL_PTE
+    assert m.folio(H).order == 9 and m.folio(H).refcount == 512
+    assert all(m.folio(H + i).mapcount == 1 for i in (0, 7, 511))
+    assert p.read(a + 5 * P) == 0x1005 and p.read(a + 511 * P) == 0x1000 + 511
+    m.check()
+
+
+def test_fork_after_mlock_cut_a_thp_next_to_a_pinned_thp():
+    """The fuzzer's refcount-balance finding, as plain API code: mlock of
+    one page left a PMD leaf across three VMAs; fork copied the pinned THP
+    for the child, then failed (EINVAL) on the cut leaf and left the copy
+    with a reference nobody held."""
+    m = _machine(thp="madvise", movable="8MiB")
+    p = m.spawn()
+    b = p.mmap(HPAGE, PROT.READ, ANON | MAP.FIXED_NOREPLACE, addr=A + HPAGE)
+    p.mm.find_vma(b).vm_flags |= VM.HUGEPAGE                      # MADV_HUGEPAGE
+    a = p.mmap(HPAGE, RW, ANON | MAP.FIXED_NOREPLACE, addr=A + 2 * HPAGE)
+    p.mm.find_vma(a).vm_flags |= VM.HUGEPAGE
+    held_a = p.pin(a + 11 * P, 2 * P, FOLL.WRITE | FOLL.LONGTERM)
+    p.mprotect(b, HPAGE, RW)
+    held_b = p.pin(b + 6 * P, P, FOLL.WRITE | FOLL.LONGTERM, fast=True)
+    assert p.mm.pte(a).huge and p.mm.pte(b).huge
+    p.mlock(a + 7 * P, P)
+    c = p.fork()
+    assert c.mm.pte(b).huge and c.mm.pte(b).pfn != p.mm.pte(b).pfn   # the pinned THP copied
+    # the PTE-mapped pinned THP: every page is copied (page_needs_cow_for_dma()
+    # asks folio_maybe_dma_pinned() of the whole folio), PTE by PTE
+    assert c.mm.pte(a + 11 * P).pfn != held_a[0]
+    assert c.mm.pte(a + 5 * P).level == C.LEVEL_PTE
+    assert c.mm.pte(a + 5 * P).pfn != p.mm.pte(a + 5 * P).pfn
+    m.check()
+    c.exit()
+    p.mm.unpin_user_pages(held_a)
+    p.mm.unpin_user_pages(held_b)
+    p.exit()
+    m.check()
+    st = m.stats()
+    assert st["nr_free_normal"] + st["nr_free_movable"] == st["nr_frames"] - 1
+
+
+def test_dontneed_of_part_of_a_thp_zaps_that_part_and_splits_the_folio():
+    """zap_pmd_range(): the cut leaf is split, the pages inside zapped;
+    the partly mapped THP is split into small folios (deferred_split_folio(),
+    at once here)."""
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a + 5 * P, 2 * P, MADV.DONTNEED)
+    assert p.mm.pte(a + 5 * P).level == 0 and p.mm.pte(a + 7 * P).pfn == H + 7
+    assert m.folio(H).order == 0 and m.folio(H + 5).refcount == 0       # split; page 5 freed
+    assert p.read(a + 5 * P) == 0 and p.read(a) == 0x1000 and p.read(a + 511 * P) == 0x1000 + 511
+    m.check()
+
+
+def test_dontneed_of_part_of_a_pinned_thp_keeps_the_folio_whole():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    pages = p.pin(a + 5 * P, P, FOLL.WRITE | FOLL.LONGTERM)
+    H = p.mm.pte(a).pfn                                          # migrated out of ZONE_MOVABLE
+    p.madvise(a + 5 * P, P, MADV.DONTNEED)
+    assert p.mm.pte(a + 5 * P).level == 0 and p.mm.pte(a).level == C.LEVEL_PTE
+    f = m.folio(H)
+    assert f.order == 9 and f.pincount == 1 and f.refcount == 511 + 1   # 511 PTEs + the pin
+    pages.write(0, 0xEE)                                         # detached: the pin lives on
+    assert p.read(a + 5 * P) == 0
+    p.mm.unpin_user_pages(pages)
+    m.check()
 
 
 # -- GUP on PMD leaves --------------------------------------------------------------

@@ -60,7 +60,9 @@ def test_every_c_yield_names_a_registered_window_and_every_window_is_used():
     race_h = (CSRC / "kernel" / "race.h").read_text()
     ids = dict(re.findall(r'X\((PG_W_\w+), "(\w+)"', race_h))
     assert len(ids) == lib.pg_race_window_count()
-    used = set(re.findall(r"(?:PG_YIELD\([^;]*?|pg_cpu_wait\([^,]*,\s*|PG_RACE_AMPLIFY\([^,]*,\s*)"
+    # (FAST_YIELD / FAST_AMPLIFY: GUP-fast's hook-free copy, csrc/mm/gup.c)
+    used = set(re.findall(r"(?:PG_YIELD\([^;]*?|pg_cpu_wait\([^,]*,\s*|PG_RACE_AMPLIFY\([^,]*,\s*"
+                          r"|FAST_YIELD\([^;]*?|FAST_AMPLIFY\([^;]*?)"
                           r"(PG_W_\w+)\)", src))
     assert used <= set(ids)
     assert not re.search(r'PG_YIELD\([^;()]*"', src), "PG_YIELD with a string"

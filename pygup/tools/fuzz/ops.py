@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import functools
 import random
-from typing import Callable
+from typing import Callable, Collection
 
 from pygup import callers
 from pygup.errors import GupError
@@ -251,9 +251,18 @@ def op_fork(world: World, op: dict) -> str:
     child, err = _quiet(parent.p.fork)
     if err:
         return f"fork -> {err}"
-    regions = [Region(r.addr, r.pages, r.kind, r.file, r.shared, r.writable, r.huge,
-                      set(r.unmapped)) for r in parent.regions]
-    world.procs.append(Proc(child, regions, dict(parent.anon_truth)))
+    # MADV_DONTFORK pages are not in the child (dup_mmap() skips VM_DONTCOPY
+    # VMAs): to the child's record they are unmapped, their address free for
+    # the child's next mmap
+    regions, truth = [], dict(parent.anon_truth)
+    for r in parent.regions:
+        gone = {i for i in range(r.pages) if child.mm.find_vma(r.page_addr(i)) is None}
+        for i in gone:
+            truth.pop(r.page_addr(i), None)
+        if len(gone | r.unmapped) < r.pages:
+            regions.append(Region(r.addr, r.pages, r.kind, r.file, r.shared, r.writable,
+                                  r.huge, r.unmapped | gone))
+    world.procs.append(Proc(child, regions, truth))
     return f"fork pid {parent.p.pid} -> {child.pid}"
 
 
@@ -503,7 +512,7 @@ def op_caller_release(world: World, op: dict) -> str:
     return "pipe read"
 
 
-def _forget(world: World, proc: Proc, region: Region, pages: range) -> None:
+def _forget(world: World, proc: Proc, region: Region, pages: Collection[int]) -> None:
     """The kernel dropped these pages from the process (zap): private pages
     refault from the file or as zeroes; a pin on one lives on, detached."""
     for i in pages:
@@ -524,6 +533,12 @@ def op_madvise(world: World, op: dict, proc: Proc, region: Region, page: int,
     _, err = _quiet(proc.p.madvise, addr, n * PAGE, advice)
     if err is None and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED) and not region.shared:
         _forget(world, proc, region, range(page, page + n))
+    elif advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED) and not region.shared:
+        # an error (a VM_LOCKED VMA further on) stops the walk after the
+        # VMAs before it were zapped: those pages are unmapped now (a
+        # written private page is never unmapped otherwise: no swap)
+        _forget(world, proc, region, [i for i in range(page, page + n)
+                                      if not proc.p.mm.pte(region.page_addr(i)).level])
     elif err is None and advice in (MADV.DONTNEED, MADV.DONTNEED_LOCKED):
         _forget(world, proc, region, range(0))            # shared pages stay in the file
     world.note_cows()                                      # POPULATE_WRITE breaks COW
