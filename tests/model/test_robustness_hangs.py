@@ -75,6 +75,7 @@ def test_a_thread_that_ends_with_irqs_off_does_not_stall_the_next_munmap():
     assert any("by a thread that ended" in str(x.message) for x in w)
 
 
+@pytest.mark.filterwarnings("ignore:cpu 1 was left with IRQs disabled:RuntimeWarning")
 def test_a_thread_that_ends_while_a_shootdown_waits_for_it():
     # the shootdown is already waiting in C when the IRQs-off thread ends:
     # the waiter finds that thread gone and ends its section
