@@ -394,7 +394,7 @@ def run(quick: bool = False, threads: Optional[int] = None, log=print) -> dict:
     res["mmap_at_vmas_us"] = mv = mmap_at_vmas_us(counts)
     lo, hi = mv[str(counts[0])]["median"], mv[str(counts[-1])]["median"]
     res["mmap_vma_ratio"] = hi / lo
-    log(f"mmap + munmap of one page, us (median): " + ", ".join(
+    log("mmap + munmap of one page, us (median): " + ", ".join(
         f"{k} VMAs: {v['median']:.1f}" for k, v in mv.items())
         + f"  ({res['mmap_vma_ratio']:.2f}x)")
     scale_pages = 1 << (16 if quick else 18)

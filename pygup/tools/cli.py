@@ -12,7 +12,6 @@ import json
 import sys
 from typing import Callable, Optional
 
-from pygup.config.policy import POLICIES
 from pygup.flags import FOLL, MADV, MAP, MREMAP, PROT
 from pygup.kernel.fs import PRESETS
 from pygup.machine import Machine
