@@ -182,7 +182,8 @@ class World:
         n = core.nr_frames
         if flags is None:
             flags = core.snapshot()["flags"]
-        in_large = (flags & C.F_TAIL) != 0
+        # numpy's comparison functions, not operators: see the PTE loop below
+        in_large = np.not_equal(flags & C.F_TAIL, 0)
         ref = np.zeros(n, np.int64)
         mapc = np.zeros(n, np.int64)
         for inode in list(self.m.kernel.inodes.values()):
@@ -210,7 +211,7 @@ class World:
                 # a PTE-mapped page of a THP: the reference is its folio's
                 # (large folios are order 9, 2 MiB-aligned blocks of frames)
                 tail = np.zeros(len(pfns), bool)
-                ok = take & (pfns < n)
+                ok = take & np.less(pfns, n)
                 tail[ok] = in_large[pfns[ok]]
                 folio = np.where(tail, pfns & ~(C.PMD_NR - 1), heads)
                 np.add.at(ref, folio[take], 1)
