@@ -485,6 +485,25 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out);
 
+/* ---- the anonymous fault in batches (mm/fault.c) ------------------------ */
+/* do_anonymous_page() for each page of [start, start + nr pages) while its
+ * PTE is none, under the mm lock: with PG_FAULT_WRITE a new exclusive anon
+ * page (mapping, index + i, uptodate, LRU, PageAnonExclusive, mapcount 1;
+ * PG_FAULT_MOVABLE: ZONE_MOVABLE first) mapped with pte_bits, else the
+ * zero page mapped with pte_bits (special, neither writable nor dirty).
+ * The caller has decided the VMA is anonymous, not hugetlb and holds no
+ * THP there.  Stops at the first entry that is not none (a PMD leaf too).
+ * Returns the pages faulted (0: none -- always so while a deterministic
+ * schedule runs, which switches at the Python path's points) and sets
+ * *stop_err to the error that stopped it at the next page (-ENOMEM for a
+ * page or a table; 0 when it stopped at an entry already there); -EINVAL
+ * for a bad argument, before anything is done. */
+#define PG_FAULT_WRITE 0x1
+#define PG_FAULT_MOVABLE 0x2
+int64_t pg_fault_anon_range(pg_machine *m, uint64_t mm, uint64_t start, int64_t nr,
+                            uint32_t how, uint64_t pte_bits, uint64_t mapping,
+                            uint64_t index, int32_t *stop_err);
+
 /* ---- GUP-fast (mm/gup.c) ---------------------------------------------- */
 /* policy bits for pg_gup_fast */
 #define PG_GUPF_WHITELIST 0x1       /* 6.5 folio_fast_pin_allowed() */

@@ -420,6 +420,15 @@ class Core:
         self.raise_violations()
         return out[:_check(got, "follow_range")]
 
+    def fault_anon_range(self, mm: int, start: int, nr: int, how: int, pte_bits: int,
+                         mapping: int, index: int) -> tuple[int, int]:
+        """pg_fault_anon_range(): (pages faulted in from start on, the
+        negative errno that stopped it at the next page or 0)."""
+        err = ffi.new("int32_t *")
+        rc = lib.pg_fault_anon_range(self._m, mm, start, nr, how, pte_bits, mapping, index, err)
+        self.raise_violations()
+        return _check(rc, "fault_anon_range"), err[0]
+
     def gup_fast(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
                  policy_bits: int, out: Optional[np.ndarray] = None) -> np.ndarray:
         """lockless_pages_from_mm(): the pfns GUP-fast took (a prefix), in a

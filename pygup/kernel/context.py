@@ -101,6 +101,9 @@ class Kernel:
         self.cpu_owner: list[Optional[int]] = [None] * core.nr_cpus  # thread ident per slot
         self._tls = threading.local()
         self.pin_scope = 0            # memalloc_pin_save() nesting (under the lock)
+        # runs of anonymous faults in C (mm/fault.c); False sends every fault
+        # through kernel/fault.py alone, the reference the batch is tested against
+        self.fault_batch = True
         self.filesystems: list = []          # every vfs.FileSystem mounted
         self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
         self.next_anon_inode = 0

@@ -139,6 +139,44 @@ def do_anonymous_page(vma: VMA, addr: int, write: bool) -> None:
     set_pte_or_put_back(vma.vm_mm, addr, pfn, mk_pte(pfn, bits), C.LEVEL_PTE)
 
 
+def anon_fault_run(vma: VMA, addr: int, nr: int) -> int:
+    """How many pages from addr (at most nr) the batch may fault as
+    do_anonymous_page() would, one by one: handle_mm_fault()'s choices for a
+    none PTE of an anonymous VMA, made once for the run.  0: the run
+    belongs to the page-at-a-time path (hugetlb, file-backed, or a THP may
+    go at addr: create_huge_pmd())."""
+    if not vma.vm_mm.kernel.fault_batch or vma.is_hugetlb or not vma_is_anonymous(vma):
+        return 0
+    nr = min(nr, (vma.vm_end - addr) >> C.PAGE_SHIFT)
+    if thp.vma_thp_eligible(vma):
+        # the choice is per PMD: stay inside this one, and leave a none PMD
+        # that could hold a THP to the THP path
+        mm = vma.vm_mm
+        if thp.transhuge_vma_suitable(vma, addr) and thp.pmd_entry(mm, addr, mm.kernel.current_cpu()) == 0:
+            return 0
+        nr = min(nr, ((addr | (PMD_SIZE - 1)) + 1 - addr) >> C.PAGE_SHIFT)
+    return max(nr, 0)
+
+
+def do_anonymous_range(vma: VMA, addr: int, nr: int, write: bool) -> tuple[int, int]:
+    """do_anonymous_page() for each none PTE of [addr, addr + nr pages) in
+    one C call (mm/fault.c), which stops at the first entry that is there
+    already; the caller asked anon_fault_run() for nr.  (pages faulted, the
+    negative errno the fault of the next page failed with (-ENOMEM:
+    VM_FAULT_OOM) or 0).  (0, 0): nothing done, the page-at-a-time path
+    takes over."""
+    if nr <= 0:
+        return 0, 0
+    kernel = vma.vm_mm.kernel
+    if write:
+        av = vma.anon_vma_prepare()
+        how = C.FAULT_WRITE | (0 if kernel.pin_scope else C.FAULT_MOVABLE)
+        return kernel.core.fault_anon_range(vma.vm_mm.id, addr, nr, how,
+                                            PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma),
+                                            (av.id << 2) | C.MAPPING_ANON, vma.page_index(addr))
+    return kernel.core.fault_anon_range(vma.vm_mm.id, addr, nr, 0, PTE_BASE | C.PTE_SPECIAL, 0, 0)
+
+
 def _file_page(vma: VMA, addr: int) -> tuple[int, int]:
     """(pfn of the page-cache page behind addr, its index); SIGBUS past EOF."""
     inode = vma.vm_file

@@ -24,7 +24,7 @@ from pygup.flags import (
     TASK_SIZE, VM, VM_EXEC, VM_IO,
     VM_LOCKONFAULT, VM_MAYREAD, VM_MAYWRITE, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE, GupError,
     InvariantError, flag_names, int_arg)
-from pygup.kernel.fault import handle_mm_fault, pte_pfn
+from pygup.kernel.fault import anon_fault_run, do_anonymous_range, handle_mm_fault, pte_pfn
 from pygup.kernel.migrate import migrate_folio
 from pygup.kernel.thp import split_huge_pmd
 from pygup.kernel.trace import NO_TRACE, Step, Trace
@@ -331,6 +331,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
     core = mm.kernel.core
     i = 0
     ret = 0
+    fault_failed_at, fault_err = -1, 0
     vma: Optional[VMA] = None
     while nr_pages:
         if vma is None or start >= vma.vm_end:
@@ -353,6 +354,23 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
             start += len(taken) << PAGE_SHIFT
             nr_pages -= len(taken)
             continue
+        if start == fault_failed_at:             # the batch's fault of this page failed
+            ret = fault_err                      # vm_fault_to_errno(): -ENOMEM
+            break
+        if not gup_flags & (FOLL_NOFAULT | FOLL_DUMP):
+            # faultin_page() for the whole run of none PTEs from here at
+            # once (mm/fault.c), then the follow above again
+            done, err = do_anonymous_range(vma, start, anon_fault_run(vma, start, nr_pages),
+                                           bool(gup_flags & FOLL_WRITE))
+            if err:
+                fault_failed_at, fault_err = start + (done << PAGE_SHIFT), err
+            if done:
+                mm.kernel.mmap_lock_break(_GUP_FAULTED_IN)
+                if mm.find_vma(start) is not vma:
+                    vma = None
+                continue
+            if err:
+                continue
         relookup = False
         for _ in range(8):                       # fault, then retry the lookup
             r = follow_page_mask(mm, vma, start, gup_flags)
