@@ -35,6 +35,8 @@
 #define PG_TASK_SIZE_MAX 0x7ffffffff000
 #define PG_GUP_PIN_COUNTING_BIAS 1024
 #define PG_MAX_CPUS 64
+/* frames per machine: pfns must fit the frame's 32-bit head field */
+#define PG_MAX_FRAMES 0x80000000
 #define PG_TLB_ENTRIES 64
 /* frame 0 is the shared zero page: PG_F_ZERO, never allocated or freed */
 #define PG_ZERO_PFN 0
@@ -230,6 +232,8 @@ struct pg_stats {
     uint64_t rcu_callbacks_run;
     uint64_t pins_acquired;       /* nr_foll_pin_acquired */
     uint64_t pins_released;       /* nr_foll_pin_released */
+    uint64_t orphans_reaped;      /* IRQs-off / RCU sections a waiter ended
+                                     because their thread no longer exists */
 };
 
 /* ---- machine ------------------------------------------------------------ */

@@ -620,6 +620,18 @@ class Core:
         return {name: getattr(p, name) for name, _ in ffi.typeof("struct pg_stress_params").fields}
 
     @staticmethod
+    def stress_field_limits() -> dict[str, tuple[int, int]]:
+        """(min, max) of each field of ``struct pg_stress_params``, from its
+        C type: what a value must fit before cffi sees it."""
+        out = {}
+        for name, field in ffi.typeof("struct pg_stress_params").fields:
+            bits = ffi.sizeof(field.type) * 8
+            signed = field.type.cname in ("int", "int32_t", "int64_t", "long")
+            out[name] = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed \
+                else (0, (1 << bits) - 1)
+        return out
+
+    @staticmethod
     def stress_nr_threads(params: dict[str, int]) -> int:
         p = ffi.new("struct pg_stress_params *", params)
         return _check(lib.pg_stress_nr_threads(p), "stress_nr_threads")
