@@ -72,17 +72,12 @@ class Folio:
     mapping_id: int       # anon_vma id or address_space id
     index: int
     content: int
+    # folio_maybe_dma_pinned(), as the C core decides it (csrc/mm/frames.h)
+    maybe_dma_pinned: bool
 
     @property
     def dirty(self) -> bool:
         return bool(self.flags & FolioFlag.DIRTY)
-
-    @property
-    def maybe_dma_pinned(self) -> bool:
-        """/* mirrors folio_maybe_dma_pinned() */"""
-        if self.order > 0:
-            return self.pincount > 0
-        return (self.refcount & 0xFFFFFFFF) >= C.GUP_PIN_COUNTING_BIAS
 
     def _repr_html_(self) -> str:
         from pygup.kernel.html import fields_table
@@ -284,7 +279,13 @@ class Machine:
         return Folio(fi.pfn, fi.head, fi.order,
                      "movable" if fi.zone == C.ZONE_MOVABLE else "normal",
                      fi.refcount, fi.pincount, fi.mapcount, FolioFlag(fi.flags), kind,
-                     fi.mapping >> 2, fi.index, fi.content)
+                     fi.mapping >> 2, fi.index, fi.content, self._maybe_dma_pinned(pfn))
+
+    def _maybe_dma_pinned(self, pfn: int) -> bool:
+        try:
+            return self._core.folio_maybe_dma_pinned(pfn)
+        except GupError:            # a free frame: no folio, no pin
+            return False
 
     def stats(self) -> dict[str, float]:
         """Counters of the C core plus ``bytes_per_page``: host bytes spent
