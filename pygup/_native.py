@@ -103,6 +103,7 @@ class Core:
             raise MemoryError("the C core could not create the machine")
         self._m = ffi.gc(ptr, lib.pg_machine_free)
         self.nr_frames = nr_frames
+        self.nr_movable = nr_movable
         self.nr_cpus = nr_cpus
         self._u64 = threading.local()
 

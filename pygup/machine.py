@@ -287,6 +287,18 @@ class Machine:
         except GupError:            # a free frame: no folio, no pin
             return False
 
+    def fail_nth(self, kind: str, nth: int) -> None:
+        """Failure injection: the ``nth`` allocation of ``kind`` ("folio",
+        "table" for page-table pages, "as" for address_space records) from
+        now on fails once, as a real allocation failure does (-ENOMEM), so
+        every "can fail" path can be tested; ``nth=0`` turns it off;
+        ``failures_fired()`` counts what fired."""
+        self._core.fail_nth(kind, nth)
+
+    def failures_fired(self, kind: Optional[str] = None) -> int:
+        """How many injected allocation failures fired (of one kind, or all)."""
+        return self._core.fail_fired(kind)
+
     def stats(self) -> dict[str, float]:
         """Counters of the C core plus ``bytes_per_page``: host bytes spent
         per emulated 4 KiB frame."""

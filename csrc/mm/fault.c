@@ -12,11 +12,12 @@
 #include "mm/pgtable.h"
 
 /* alloc_anon_folio() with GFP_HIGHUSER_MOVABLE: the zonelist tries
- * ZONE_MOVABLE first, then ZONE_NORMAL (Kernel.alloc_folio's order, so an
- * injected failure falls back the same way) */
+ * ZONE_MOVABLE first (when the machine has one: an empty zone is not in the
+ * zonelist), then ZONE_NORMAL (Kernel.alloc_folio's order, so an injected
+ * failure falls back the same way) */
 static int64_t fault_alloc_page(pg_machine *m, bool movable)
 {
-    if (movable) {
+    if (movable && m->nr_movable) {
         int64_t pfn = pg_folio_alloc(m, 0, PG_ZONE_MOVABLE);
         if (pfn != -PG_ENOMEM)
             return pfn;

@@ -274,11 +274,12 @@ class Kernel:
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:
         """Allocate a folio; movable allocations (GFP_HIGHUSER_MOVABLE) try
-        ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL."""
+        ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL.  A machine
+        without a movable zone (the default) has none in its zonelist."""
         if self.pin_scope:       # memalloc_pin_save(): no movable allocations
             movable = False
         core = self.core
-        if movable:
+        if movable and core.nr_movable:
             pfn = core.folio_alloc_or_errno(order, C.ZONE_MOVABLE)
             if pfn != -errno.ENOMEM:         # the zonelist's fallback, by value
                 return _check(pfn, "folio_alloc")

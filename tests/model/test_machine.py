@@ -100,3 +100,28 @@ def test_mount_presets_and_custom(machine):
         machine.mount_custom("weird", kind="nope")
     c = machine.mount_custom("myfs", page_mkwrite=True)
     assert c.fstype.page_mkwrite and not c.fstype.writeback
+
+
+def test_failure_injection_from_the_front_door():
+    """Machine.fail_nth: the next folio allocation fails as the kernel's
+    would (the user's fault is out of memory: ENOMEM), and the model stays
+    balanced and usable."""
+    import errno
+
+    import pytest
+
+    from pygup import MAP, PROT, GupError, Machine
+    m = Machine(memory="64MiB")
+    p = m.spawn()
+    a = p.mmap(4096, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    m.fail_nth("folio", 1)
+    with pytest.raises(GupError) as e:
+        p.write(a, 7)
+    assert e.value.errno == errno.ENOMEM
+    assert m.failures_fired("folio") == 1
+    p.write(a, 7)                       # the knob fired once: the retry works
+    assert p.read(a) == 7
+    p.exit()
+    m.check()
+    with pytest.raises(ValueError):
+        m.fail_nth("slab", 1)
