@@ -245,6 +245,7 @@ struct pg_tlb_entry {
 enum { PG_IPI_FLUSH_RANGE, PG_IPI_FLUSH_MM, PG_IPI_SYNC };
 struct pg_ipi_req {
     struct pg_ipi_req *next;
+    int target;                /* the CPU it was queued on */
     int kind;
     uint64_t mm;
     uint64_t start_vpn, end_vpn;
@@ -256,6 +257,10 @@ struct pg_cpu {
     _Atomic int irq_nesting;   /* written under lock; read anywhere */
     int rcu_nesting;           /* rcu_read_lock depth, under lock */
     _Atomic uint64_t rcu_seq;  /* odd while in a read-side section */
+    /* the OS thread (gettid) that opened the current read-side / IRQs-off
+     * section, 0 outside one: a waiter that finds it gone ends the section
+     * (pg_cpu_reap_orphan) instead of waiting for ever */
+    _Atomic int32_t section_tid;
     struct pg_ipi_req *pending;
     struct pg_tlb_entry tlb[PG_TLB_ENTRIES];
 };
@@ -297,6 +302,7 @@ struct pg_machine {
     struct pg_rcu_state rcu;
 
     _Atomic uint64_t ipis_sent, tlb_shootdowns, tlb_flushed_entries;
+    _Atomic uint64_t orphans_reaped; /* sections ended for a vanished thread */
     _Atomic uint64_t rcu_grace_periods, rcu_callbacks_run;
     /* nr_foll_pin_acquired / _released, sharded per thread so that pinners
      * on different CPUs do not fight over one cache line */

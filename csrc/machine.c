@@ -148,10 +148,9 @@ static void explore_observe(pg_machine *m, uint64_t mmid, uint64_t addr, uint64_
 pg_machine *pg_machine_new(uint64_t nr_frames, uint64_t nr_movable,
                            int nr_cpus, int table_free_mode)
 {
-    /* the normal zone needs at least one block: it holds the zero page;
-     * pfns must fit the frame's 32-bit head field */
+    /* the normal zone needs at least one block: it holds the zero page */
     if (nr_frames == 0 || nr_frames % PG_PMD_NR || nr_movable % PG_PMD_NR ||
-        nr_movable >= nr_frames || nr_frames > ((uint64_t)1 << 31))
+        nr_movable >= nr_frames || nr_frames > (uint64_t)PG_MAX_FRAMES)
         return NULL;
     if (nr_cpus < 1 || nr_cpus > PG_MAX_CPUS)
         return NULL;
@@ -220,6 +219,7 @@ void pg_stats_get(pg_machine *m, struct pg_stats *out)
     out->tlb_flushed_entries = pg_load_relaxed(&m->tlb_flushed_entries);
     out->rcu_grace_periods = pg_load_relaxed(&m->rcu_grace_periods);
     out->rcu_callbacks_run = pg_load_relaxed(&m->rcu_callbacks_run);
+    out->orphans_reaped = pg_load_relaxed(&m->orphans_reaped);
     out->pins_acquired = out->pins_released = 0;
     for (int i = 0; i < PG_PIN_STAT_SHARDS; i++) {
         out->pins_acquired += pg_load_relaxed(&m->pin_stats[i].acquired);

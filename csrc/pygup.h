@@ -35,6 +35,8 @@
 #define PG_TASK_SIZE_MAX 0x7ffffffff000
 #define PG_GUP_PIN_COUNTING_BIAS 1024
 #define PG_MAX_CPUS 64
+/* frames per machine: pfns must fit the frame's 32-bit head field */
+#define PG_MAX_FRAMES 0x80000000
 #define PG_TLB_ENTRIES 64
 /* frame 0 is the shared zero page: PG_F_ZERO, never allocated or freed */
 #define PG_ZERO_PFN 0
@@ -230,6 +232,8 @@ struct pg_stats {
     uint64_t rcu_callbacks_run;
     uint64_t pins_acquired;       /* nr_foll_pin_acquired */
     uint64_t pins_released;       /* nr_foll_pin_released */
+    uint64_t orphans_reaped;      /* IRQs-off / RCU sections a waiter ended
+                                     because their thread no longer exists */
 };
 
 /* ---- machine ------------------------------------------------------------ */
@@ -480,6 +484,25 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 #define PG_FOLLOW_SPLIT_PMD 0x20
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out);
+
+/* ---- the anonymous fault in batches (mm/fault.c) ------------------------ */
+/* do_anonymous_page() for each page of [start, start + nr pages) while its
+ * PTE is none, under the mm lock: with PG_FAULT_WRITE a new exclusive anon
+ * page (mapping, index + i, uptodate, LRU, PageAnonExclusive, mapcount 1;
+ * PG_FAULT_MOVABLE: ZONE_MOVABLE first) mapped with pte_bits, else the
+ * zero page mapped with pte_bits (special, neither writable nor dirty).
+ * The caller has decided the VMA is anonymous, not hugetlb and holds no
+ * THP there.  Stops at the first entry that is not none (a PMD leaf too).
+ * Returns the pages faulted (0: none -- always so while a deterministic
+ * schedule runs, which switches at the Python path's points) and sets
+ * *stop_err to the error that stopped it at the next page (-ENOMEM for a
+ * page or a table; 0 when it stopped at an entry already there); -EINVAL
+ * for a bad argument, before anything is done. */
+#define PG_FAULT_WRITE 0x1
+#define PG_FAULT_MOVABLE 0x2
+int64_t pg_fault_anon_range(pg_machine *m, uint64_t mm, uint64_t start, int64_t nr,
+                            uint32_t how, uint64_t pte_bits, uint64_t mapping,
+                            uint64_t index, int32_t *stop_err);
 
 /* ---- GUP-fast (mm/gup.c) ---------------------------------------------- */
 /* policy bits for pg_gup_fast */

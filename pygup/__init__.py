@@ -5,6 +5,7 @@ the flag sets; and the patch-1 predicates of the Linux 6.5 series.
 """
 from pygup.config.mutants import MUTANTS, Mutant
 from pygup.config.policy import CHANGES, POLICIES, Change, Policy, policy_for
+from pygup.errors import IrqsDisabledError
 from pygup.flags import (FALLOC, FOLL, MADV, MAP, MCL, MLOCK, MREMAP, MS, PROT, VM, GupError,
                          InvariantError)
 from pygup.kernel.fs import PRESETS, FsType, FsWarning
@@ -22,7 +23,8 @@ from pygup.kernel.vma import (
 )
 
 __all__ = [
-    "FALLOC", "FOLL", "MADV", "MAP", "MCL", "MLOCK", "MREMAP", "MS", "PROT", "VM", "GupError", "InvariantError",
+    "FALLOC", "FOLL", "MADV", "MAP", "MCL", "MLOCK", "MREMAP", "MS", "PROT", "VM", "GupError",
+    "InvariantError", "IrqsDisabledError",
     "PRESETS", "File", "FileSystem", "FsType", "FsWarning",
     "Folio", "FolioFlag", "Machine", "MM", "MUTANTS", "Mutant", "PTE", "Process", "POLICIES", "Policy",
     "CHANGES", "Change", "policy_for",

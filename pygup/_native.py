@@ -420,6 +420,15 @@ class Core:
         self.raise_violations()
         return out[:_check(got, "follow_range")]
 
+    def fault_anon_range(self, mm: int, start: int, nr: int, how: int, pte_bits: int,
+                         mapping: int, index: int) -> tuple[int, int]:
+        """pg_fault_anon_range(): (pages faulted in from start on, the
+        negative errno that stopped it at the next page or 0)."""
+        err = ffi.new("int32_t *")
+        rc = lib.pg_fault_anon_range(self._m, mm, start, nr, how, pte_bits, mapping, index, err)
+        self.raise_violations()
+        return _check(rc, "fault_anon_range"), err[0]
+
     def gup_fast(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
                  policy_bits: int, out: Optional[np.ndarray] = None) -> np.ndarray:
         """lockless_pages_from_mm(): the pfns GUP-fast took (a prefix), in a
@@ -611,6 +620,18 @@ class Core:
         return {name: getattr(p, name) for name, _ in ffi.typeof("struct pg_stress_params").fields}
 
     @staticmethod
+    def stress_field_limits() -> dict[str, tuple[int, int]]:
+        """(min, max) of each field of ``struct pg_stress_params``, from its
+        C type: what a value must fit before cffi sees it."""
+        out = {}
+        for name, field in ffi.typeof("struct pg_stress_params").fields:
+            bits = ffi.sizeof(field.type) * 8
+            signed = field.type.cname in ("int", "int32_t", "int64_t", "long")
+            out[name] = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed \
+                else (0, (1 << bits) - 1)
+        return out
+
+    @staticmethod
     def stress_nr_threads(params: dict[str, int]) -> int:
         p = ffi.new("struct pg_stress_params *", params)
         return _check(lib.pg_stress_nr_threads(p), "stress_nr_threads")
@@ -667,6 +688,8 @@ class HostProbes:
     process_vm_writev = staticmethod(lambda addr, value: lib.pg_host_process_vm_writev(addr, value))
     o_direct_read = staticmethod(lambda fd, addr, length, offset=0:
                                  lib.pg_host_o_direct_read(fd, addr, length, offset))
+    o_direct_write = staticmethod(lambda fd, addr, length, offset=0:
+                                  lib.pg_host_o_direct_write(fd, addr, length, offset))
     vmsplice = staticmethod(lambda addr, length: lib.pg_host_vmsplice(addr, length))
     # a ring kept across calls (slot or -errno), its one registered buffer,
     # fixed-buffer I/O on it (write=True: the buffer into the file), its close

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from pygup.flags import FOLL, PAGE_SHIFT, PAGE_SIZE
+from pygup.flags import FOLL, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, bool_arg, int_arg
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Optional
@@ -23,8 +23,38 @@ if TYPE_CHECKING:  # pragma: no cover
 SZ_1G = 1 << 30
 
 
+def _proc(p) -> "Process":
+    """p, if it is a live pygup Process; TypeError naming it otherwise."""
+    from pygup.kernel.process import Process
+    if not isinstance(p, Process):
+        raise TypeError(f"p must be a pygup Process, got {type(p).__name__}")
+    return p
+
+
+def _range(p, addr, length) -> tuple["Process", int, int]:
+    """The caller's arguments checked before any work: a Process, and addr /
+    length as ints (numpy integers welcome; TypeError otherwise)."""
+    return _proc(p), int_arg(addr, "addr"), int_arg(length, "length")
+
+
+def _user_range_ok(addr: int, length: int) -> bool:
+    """access_ok(): [addr, addr+length) lies in user space (no wrap)."""
+    return 0 <= addr and 0 <= length and addr + length <= TASK_SIZE
+
+
 def _nr_pages(addr: int, length: int) -> int:
     return ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (addr >> PAGE_SHIFT)
+
+
+def _rw_range_error(addr: int, length: int):
+    """rw_verify_area() / import_iovec(): a negative or wrapping length is
+    -EINVAL, a range outside user space -EFAULT (access_ok()); None if the
+    range is fine.  Checked before any page array exists."""
+    if length < 0 or addr < 0 or addr + length >= 1 << 64:
+        return -errno.EINVAL
+    if not _user_range_ok(addr, length):
+        return -errno.EFAULT
+    return None
 
 
 def _caller_check(p: "Process", rule: str, failed: bool, err: int, **inputs) -> bool:
@@ -55,11 +85,12 @@ def io_uring_register_buffers(p: "Process", addr: int, length: int) -> int:
     io_pin_pages(): pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) under
     mmap_lock in 6.5 (pin_user_pages_fast in later kernels: the policy's
     ``io_uring_pin_fast``).  Anything short of every page is -EFAULT."""
+    p, addr, length = _range(p, addr, length)
     if addr == 0:
         return -errno.EFAULT if length else 0
     if length <= 0 or length > SZ_1G:
         return -errno.EFAULT
-    if addr + length + PAGE_SIZE - 1 >= 1 << 64:
+    if addr < 0 or addr + length + PAGE_SIZE - 1 >= 1 << 64:
         return -errno.EOVERFLOW
     nr = _nr_pages(addr, length)
     flags = FOLL.WRITE | FOLL.LONGTERM
@@ -111,13 +142,23 @@ def io_pin_pages_vma_check(p: "Process", addr: int, nr: int) -> int:
 
 def io_uring_unregister_buffers(p: "Process") -> int:
     """IORING_UNREGISTER_BUFFERS: 0, or -ENXIO when none are registered."""
+    _proc(p)
     if not p.held.get("io_uring"):
         return -errno.ENXIO
     _release(p, "io_uring")
     return 0
 
 
+def _file_arg(file) -> "File":
+    """file, if it is a pygup File; TypeError naming it otherwise."""
+    from pygup.kernel.vfs import File
+    if not isinstance(file, File):
+        raise TypeError(f"file must be a pygup File, got {type(file).__name__}")
+    return file
+
+
 def _fixed_buffer(p: "Process", buf_page: int) -> "Optional[Pages]":
+    _proc(p)
     held = p.held.get("io_uring")
     if not held or isinstance(buf_page, bool) or not isinstance(buf_page, int) \
             or not 0 <= buf_page < len(held[0]):
@@ -131,6 +172,7 @@ def io_uring_read_fixed(p: "Process", file: "File", index: int, buf_page: int = 
     bvec from the pages pinned at registration (no GUP now), the file's
     read copies into them — whatever is mapped at the address today.
     Bytes read (0 past the end of the file), or -EFAULT (no such buffer)."""
+    _file_arg(file)
     pages = _fixed_buffer(p, buf_page)
     if pages is None:
         return -errno.EFAULT
@@ -145,6 +187,7 @@ def io_uring_write_fixed(p: "Process", file: "File", index: int, buf_page: int =
     """IORING_OP_WRITE_FIXED of page ``buf_page`` of registered buffer 0
     into page ``index`` of ``file``: the data comes from the pinned page.
     Bytes written, -EBADF (file not writable) or -EFAULT (no such buffer)."""
+    _file_arg(file)
     pages = _fixed_buffer(p, buf_page)
     if pages is None:
         return -errno.EFAULT
@@ -159,6 +202,11 @@ def process_vm_readv_range(p: "Process", addr: int, nr_pages: int) -> int:
     ``addr``: process_vm_rw_single_vec() pins and copies in chunks and stops
     at the first failure, returning the bytes copied so far (-EFAULT when
     none)."""
+    _proc(p)
+    addr = int_arg(addr, "addr")
+    nr_pages = int_arg(nr_pages, "nr_pages")
+    if addr < 0 or nr_pages < 0 or addr + nr_pages * PAGE_SIZE >= 1 << 64:
+        return -errno.EINVAL
     done = 0
     for i in range(nr_pages):
         ret, pages = p.mm.pin_user_pages_remote(addr + i * PAGE_SIZE, 1, 0)
@@ -173,8 +221,12 @@ def process_vm_readv_range(p: "Process", addr: int, nr_pages: int) -> int:
 def rdma_umem_get(p: "Process", addr: int, length: int, writable: bool = True) -> int:
     """ib_umem_get(): pin_user_pages_fast(FOLL_LONGTERM [| FOLL_WRITE]) in
     batches of 512 pages until the region is pinned; 0 or the first error."""
-    if length <= 0 or addr + length < addr:
-        return -errno.EINVAL
+    p, addr, length = _range(p, addr, length)
+    writable = bool_arg(writable, "writable")
+    if length <= 0 or addr < 0 or addr + length >= 1 << 64:
+        return -errno.EINVAL         # the region wraps (ib_umem_get())
+    if not _user_range_ok(addr, length):
+        return -errno.EFAULT
     flags = FOLL.LONGTERM | (FOLL.WRITE if writable else 0)
     cur = addr & ~(PAGE_SIZE - 1)
     npages = _nr_pages(addr, length)
@@ -195,12 +247,20 @@ def rdma_umem_get(p: "Process", addr: int, length: int, writable: bool = True) -
 
 def rdma_umem_release(p: "Process", dirty: bool = True) -> int:
     """ib_umem_release(): unpin, dirtying the pages if the MR was writable."""
+    _proc(p)
+    dirty = bool_arg(dirty, "dirty")
     return _release(p, "rdma", dirty)
 
 
 def vfio_pin(p: "Process", addr: int, length: int, writable: bool = True) -> int:
     """vfio_iommu_type1 vaddr_get_pfns(): pin_user_pages_remote(FOLL_LONGTERM
     [| FOLL_WRITE]) under mmap_lock.  Returns pages pinned or an errno."""
+    p, addr, length = _range(p, addr, length)
+    writable = bool_arg(writable, "writable")
+    if length <= 0 or addr < 0 or addr + length >= 1 << 64:
+        return -errno.EINVAL         # vfio_dma_do_map(): size 0 or a wrapping range
+    if not _user_range_ok(addr, length):
+        return -errno.EFAULT
     flags = FOLL.LONGTERM | (FOLL.WRITE if writable else 0)
     ret, pages = p.mm.pin_user_pages_remote(addr & ~(PAGE_SIZE - 1), _nr_pages(addr, length), flags)
     if ret > 0:
@@ -209,6 +269,7 @@ def vfio_pin(p: "Process", addr: int, length: int, writable: bool = True) -> int
 
 
 def vfio_unpin(p: "Process") -> int:
+    _proc(p)
     return _release(p, "vfio", dirty=True)
 
 
@@ -235,6 +296,10 @@ def o_direct_read_pages(p: "Process", addr: int, length: int, value: int = 0xD1D
                         ) -> tuple[int, int]:
     """``o_direct_read`` and the number of pages the device wrote: on
     -EFAULT, the pages before the bad one still got the data."""
+    p, addr, length = _range(p, addr, length)
+    value = int_arg(value, "value", 0, (1 << 64) - 1)
+    if (err := _rw_range_error(addr, length)) is not None:
+        return err, 0
     nr = _nr_pages(addr, length)
     ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, FOLL.WRITE)
     if ret > 0:
@@ -248,6 +313,9 @@ def o_direct_write(p: "Process", addr: int, length: int) -> int:
     """A direct-I/O write (ext4 / xfs) from [addr, addr+length): the device
     reads the pages through a short-term read-only pin.  Returns bytes
     written, or -EFAULT if any page of the range could not be pinned."""
+    p, addr, length = _range(p, addr, length)
+    if (err := _rw_range_error(addr, length)) is not None:
+        return err
     nr = _nr_pages(addr, length)
     ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, 0)
     if ret > 0:
@@ -257,10 +325,86 @@ def o_direct_write(p: "Process", addr: int, length: int) -> int:
     return _dio_result(ret, nr, addr, length)
 
 
+def _dio_file_range(file: "File", index: int, nr: int) -> "Optional[int]":
+    """The checks of a direct I/O on ``file`` at page ``index``: -EINVAL
+    where the file system has no disk blocks to read or write (shmem,
+    ramfs, hugetlbfs: open(O_DIRECT) refuses them), None when it may go on.
+    pygup models neither extending a file nor a read past its end."""
+    from pygup.kernel.writeback import mapping_can_writeback
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a non-negative int, got {index!r}")
+    if index + nr > file.inode.nr_pages():
+        raise ValueError(f"index {index} + {nr} pages is past the end of {file.name} "
+                         f"({file.inode.nr_pages()} pages)")
+    if not mapping_can_writeback(file.inode):
+        return -errno.EINVAL
+    return None
+
+
+def o_direct_pread(p: "Process", file: "File", index: int, addr: int, length: int) -> int:
+    """pread(2) on ``file`` opened O_DIRECT (ext4 / xfs), file pages from
+    ``index`` into [addr, addr+length): the dirty page cache over the range
+    is written back first (kiocb_write_and_wait()), then the device writes
+    the disk blocks into the pages pinned FOLL_WRITE (``o_direct_read``).
+    Bytes read or -errno."""
+    from pygup.kernel.writeback import writeback_inode
+    nr = _nr_pages(addr, length)
+    bad = _dio_file_range(file, index, nr)
+    if bad is not None:
+        return bad
+    with p.kernel.op():
+        writeback_inode(file.inode, index, index + nr)
+    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, FOLL.WRITE)
+    if ret > 0:
+        for i in range(len(pages)):
+            pages.write(i, file.disk(index + i))
+        p.mm.unpin_user_pages_dirty_lock(pages, True)
+    return _dio_result(ret, nr, addr, length)
+
+
+def o_direct_pwrite(p: "Process", file: "File", index: int, addr: int, length: int) -> int:
+    """pwrite(2) on ``file`` opened O_DIRECT (ext4 / xfs) from [addr,
+    addr+length) to file pages from ``index``: the range's page cache is
+    written back and invalidated (kiocb_invalidate_pages()), the pages are
+    pinned read-only in bios (iov_iter_extract_pages ->
+    pin_user_pages_fast) and their data lands on disk.  A range that stops
+    being pinnable fails the call with -EFAULT (``_dio_result``), but the
+    bios already built for the pages before it were submitted: that data
+    is in the file.  Bytes written or -errno."""
+    from pygup.kernel.writeback import writeback_inode
+    nr = _nr_pages(addr, length)
+    bad = _dio_file_range(file, index, nr)
+    if bad is not None:
+        return bad
+    if not file.writable:
+        return -errno.EBADF
+    with p.kernel.op():
+        writeback_inode(file.inode, index, index + nr)
+    ret, pages = p.mm.pin_user_pages_fast(addr & ~(PAGE_SIZE - 1), nr, 0)
+    if ret > 0:
+        data = [pages.read(i) for i in range(len(pages))]
+        p.mm.unpin_user_pages(pages)
+        with p.kernel.op():
+            for i, value in enumerate(data):
+                file.inode.disk[index + i] = value
+                # pygup keeps the (clean) cached page instead of dropping it
+                # as invalidate_inode_pages2_range() would: it gets the new
+                # data, which is what a later buffered read would read in
+                pfn = file.cached(index + i)
+                if pfn is not None:
+                    p.kernel.core.frame_write(pfn, value)
+    return _dio_result(ret, nr, addr, length)
+
+
 def _access_remote_vm(p: "Process", addr: int, write: bool, value: int) -> int:
     """__access_remote_vm(): get_user_pages_remote(FOLL_FORCE [| FOLL_WRITE])
     of one page, copy through the kernel mapping, set_page_dirty_lock on a
     write, put_page.  Returns the value read (or 8 for a write), or -EIO."""
+    _proc(p)
+    addr = int_arg(addr, "addr")
+    value = int_arg(value, "value", 0, (1 << 64) - 1)
+    if not 0 <= addr < TASK_SIZE:
+        return -errno.EIO
     flags = FOLL.FORCE | (FOLL.WRITE if write else 0)
     ret, pages = p.mm.get_user_pages_remote(addr & ~(PAGE_SIZE - 1), 1, flags)
     if ret <= 0:
@@ -283,6 +427,24 @@ def proc_mem_write(p: "Process", addr: int, value: int) -> int:
     return _access_remote_vm(p, addr, True, value)
 
 
+def proc_mem_write_pages(p: "Process", addr: int, values: "list[int]") -> int:
+    """One write(2) to /proc/pid/mem of ``len(values)`` whole pages from
+    page-aligned ``addr``, page i starting with ``values[i]``: mem_rw()
+    copies a page at a time through access_remote_vm() and stops at the
+    first page it cannot reach, answering the bytes written so far, or
+    -EIO when the first page already fails."""
+    if addr & (PAGE_SIZE - 1):
+        raise ValueError(f"addr must be page-aligned, got {addr:#x}")
+    if not values:
+        raise ValueError("values must name at least one page")
+    done = 0
+    for i, value in enumerate(values):
+        if _access_remote_vm(p, addr + i * PAGE_SIZE, True, value) < 0:
+            break
+        done += PAGE_SIZE
+    return done if done else -errno.EIO
+
+
 def proc_mem_read(p: "Process", addr: int) -> int:
     """read(2) of 8 bytes from /proc/pid/mem (FOLL_FORCE): the value, or -EIO."""
     return _access_remote_vm(p, addr, False, 0)
@@ -291,6 +453,11 @@ def proc_mem_read(p: "Process", addr: int) -> int:
 def process_vm_writev(p: "Process", addr: int, value: int) -> int:
     """process_vm_writev() of one 8-byte value: pin_user_pages_remote(
     FOLL_WRITE), copy, unpin_user_pages_dirty_lock(true).  Bytes or -EFAULT."""
+    _proc(p)
+    addr = int_arg(addr, "addr")
+    value = int_arg(value, "value", 0, (1 << 64) - 1)
+    if not 0 <= addr < TASK_SIZE:
+        return -errno.EFAULT
     ret, pages = p.mm.pin_user_pages_remote(addr & ~(PAGE_SIZE - 1), 1, FOLL.WRITE)
     if ret <= 0:
         return -errno.EFAULT
@@ -302,6 +469,10 @@ def process_vm_writev(p: "Process", addr: int, value: int) -> int:
 def process_vm_readv(p: "Process", addr: int) -> int:
     """process_vm_readv() of one 8-byte value (pin_user_pages_remote(0)):
     the value, or -EFAULT."""
+    _proc(p)
+    addr = int_arg(addr, "addr")
+    if not 0 <= addr < TASK_SIZE:
+        return -errno.EFAULT
     ret, pages = p.mm.pin_user_pages_remote(addr & ~(PAGE_SIZE - 1), 1, 0)
     if ret <= 0:
         return -errno.EFAULT
@@ -313,6 +484,9 @@ def process_vm_readv(p: "Process", addr: int) -> int:
 def vmsplice(p: "Process", addr: int, length: int) -> int:
     """vmsplice() to a pipe: get_user_pages_fast() (FOLL_GET, no pin) via
     iov_iter_get_pages2; the pipe keeps the references.  Bytes or errno."""
+    p, addr, length = _range(p, addr, length)
+    if (err := _rw_range_error(addr, length)) is not None:
+        return err
     ret, pages = p.mm.get_user_pages_fast(addr & ~(PAGE_SIZE - 1), _nr_pages(addr, length), 0)
     if ret <= 0:
         return ret if ret < 0 else -errno.EFAULT
@@ -323,6 +497,7 @@ def vmsplice(p: "Process", addr: int, length: int) -> int:
 def pipe_read(p: "Process") -> list[int]:
     """Read the pipe filled by vmsplice: the pages' contents now (which is
     what CVE-2020-29374 is about), then drop the references."""
+    _proc(p)
     values = [pages.read(i) for pages in p.held.get("pipe", []) for i in range(len(pages))]
     _release(p, "pipe")
     return values

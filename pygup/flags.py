@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import errno as _errno
 import functools
+import operator
+from typing import Optional
 
 from pygup._native import C
 from pygup.errors import GupError, InvariantError  # noqa: F401  (re-exported)
@@ -25,6 +27,10 @@ PMD_ORDER: int = C.PMD_ORDER
 PMD_NR: int = C.PMD_NR
 PMD_SIZE: int = 1 << C.PMD_SHIFT           # HPAGE_PMD_SIZE: a THP / hugetlb page
 TASK_SIZE: int = C.TASK_SIZE_MAX
+# include/linux/fs.h MAX_LFS_FILESIZE on 64-bit (LLONG_MAX): the largest file
+# size (s_maxbytes) and the end of the last mappable file byte (file_mmap_ok());
+# a kernel limit the C core has no use for, so it lives here
+MAX_LFS_FILESIZE: int = (1 << 63) - 1
 
 
 # gup_flags: the values are the C core's (csrc/pygup.h), which are Linux
@@ -110,18 +116,47 @@ FALLOC = enum.IntFlag("FALLOC", _from_c("FALLOC_FL_"))
 FALLOC.__doc__ = "fallocate(2) modes (linux/falloc.h values, from the C core)."
 
 
-def int_arg(value, name: str) -> int:
-    """``value`` if it is an int (not a bool), else a TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return value
+def int_arg(value, name: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """``value`` as a Python int: any integer (numpy's too, through
+    ``__index__``) but a bool, else a TypeError naming ``name``; outside
+    ``lo..hi`` (inclusive, where given) a ValueError naming it."""
+    if type(value) is int:               # the common case, without a call
+        n = value
+    else:
+        if isinstance(value, (bool, float)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        try:
+            n = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        lo_s = "" if lo is None else f"{lo}"
+        hi_s = "" if hi is None else (f"{hi:#x}" if hi > 1 << 20 else f"{hi}")
+        raise ValueError(f"{name} must be in {lo_s}..{hi_s}, got {n}")
+    return n
+
+
+def bool_arg(value, name: str) -> bool:
+    """``value`` if it is a bool (or 0 / 1), else a TypeError naming
+    ``name``: a string such as "no" is not silently true."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        try:
+            n = operator.index(value)
+        except TypeError:
+            n = None
+        if n in (0, 1):
+            return bool(n)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def check_flags(value, enum_type: type[enum.IntFlag], name: str) -> int:
     """Return ``value`` as an int, or raise ValueError naming ``name`` when it
     is not an int or has bits ``enum_type`` does not define."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, float)) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an int or {enum_type.__name__}, got {type(value).__name__}")
+    value = operator.index(value)
     known = 0
     for member in enum_type:
         known |= int(member)

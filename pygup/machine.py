@@ -16,9 +16,9 @@ import re
 from typing import Iterable, Iterator, Optional
 
 from pygup._native import C, Core
-from pygup.flags import TASK_SIZE, GupError
 from pygup.config.mutants import resolve_mutants
 from pygup.config.policy import Policy, resolve
+from pygup.flags import TASK_SIZE, GupError, bool_arg, int_arg
 from pygup.kernel.context import Kernel
 from pygup.kernel.fs import PRESETS, FsType
 from pygup.kernel.process import Process
@@ -38,10 +38,11 @@ def parse_size(value: int | str, name: str) -> int:
     """'1GiB' / '64MiB' / 4096 -> bytes; ValueError naming ``name``."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a size, got {value!r}")
-    if isinstance(value, int):
-        n = value
+    if isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, float)):
+        n = int_arg(value, name)
     elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        # ASCII digits only: int() would read other scripts' digits too
+        m = re.fullmatch(r"\s*([0-9]+)\s*([a-zA-Z]*)\s*", value, re.ASCII)
         if not m or m.group(2).lower() not in _UNITS:
             raise ValueError(f"{name} must look like '1GiB' or '64MiB', got {value!r}")
         n = int(m.group(1)) * _UNITS[m.group(2).lower()]
@@ -49,6 +50,9 @@ def parse_size(value: int | str, name: str) -> int:
         raise ValueError(f"{name} must be a size, got {value!r}")
     if n < 0:
         raise ValueError(f"{name} must not be negative")
+    if n > C.MAX_FRAMES * C.PAGE_SIZE:
+        raise ValueError(f"{name} must be at most {C.MAX_FRAMES * C.PAGE_SIZE >> 30} GiB "
+                         f"(the core numbers frames in 32 bits), got {value!r}")
     return n
 
 
@@ -68,17 +72,12 @@ class Folio:
     mapping_id: int       # anon_vma id or address_space id
     index: int
     content: int
+    # folio_maybe_dma_pinned(), as the C core decides it (csrc/mm/frames.h)
+    maybe_dma_pinned: bool
 
     @property
     def dirty(self) -> bool:
         return bool(self.flags & FolioFlag.DIRTY)
-
-    @property
-    def maybe_dma_pinned(self) -> bool:
-        """/* mirrors folio_maybe_dma_pinned() */"""
-        if self.order > 0:
-            return self.pincount > 0
-        return (self.refcount & 0xFFFFFFFF) >= C.GUP_PIN_COUNTING_BIAS
 
     def _repr_html_(self) -> str:
         from pygup.kernel.html import fields_table
@@ -101,6 +100,16 @@ class Machine:
     >>> p.write(addr, 42); f.writeback(); f.disk(0)
     1
     42
+
+    Threads: every OS thread that calls into the machine runs as one of its
+    ``cpus`` emulated CPUs and keeps it until the thread ends (the main
+    thread takes CPU 0 at its first call).  So a machine serves at most
+    ``cpus`` threads at once: a thread beyond that gets ``GupError(EBUSY)``,
+    whose message says how many CPUs to ask for.  Create the machine with
+    ``cpus=`` one per thread, or let threads take turns inside
+    ``with machine.cpu(k):`` blocks (a block frees its CPU when it ends).
+    A thread must not leave a CPU with IRQs disabled: that is repaired with
+    a ``RuntimeWarning``.
     """
 
     def __init__(self, policy: str | Policy = "6.5", memory: int | str = "1GiB",
@@ -245,13 +254,22 @@ class Machine:
     # -- memory ------------------------------------------------------------------
     def alloc_folio(self, order: int = 0, movable: bool = True) -> int:
         """Allocate a folio; movable allocations (GFP_HIGHUSER_MOVABLE) try
-        ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL."""
-        return self.kernel.alloc_folio(order, movable)
+        ZONE_MOVABLE first, as the zonelist does, then ZONE_NORMAL.  Orders:
+        0 or a PMD's (``PMD_ORDER``), the only sizes the core allocates."""
+        order = int_arg(order, "order")
+        if order not in (0, C.PMD_ORDER):
+            raise ValueError(f"order must be 0 or {C.PMD_ORDER}, got {order}")
+        return self.kernel.alloc_folio(order, bool_arg(movable, "movable"))
 
     def folio(self, pfn: int) -> Folio:
         """Inspect frame ``pfn`` and its folio."""
-        if isinstance(pfn, bool) or not isinstance(pfn, int):
+        if isinstance(pfn, (bool, float)) or not hasattr(pfn, "__index__"):
             raise ValueError(f"pfn must be an int, got {pfn!r}")
+        pfn = int_arg(pfn, "pfn")
+        if not 0 <= pfn < self._core.nr_frames:
+            # the core's own answer for a frame it does not have
+            raise GupError(errno.EINVAL, f"pfn {pfn} is not a frame of this machine "
+                                         f"(0..{self._core.nr_frames - 1})")
         fi = self._core.frame_info(pfn)
         low = fi.mapping & C.MAPPING_FLAGS
         kind = {0: "file", C.MAPPING_ANON: "anon", C.MAPPING_MOVABLE: "movable",
@@ -261,7 +279,13 @@ class Machine:
         return Folio(fi.pfn, fi.head, fi.order,
                      "movable" if fi.zone == C.ZONE_MOVABLE else "normal",
                      fi.refcount, fi.pincount, fi.mapcount, FolioFlag(fi.flags), kind,
-                     fi.mapping >> 2, fi.index, fi.content)
+                     fi.mapping >> 2, fi.index, fi.content, self._maybe_dma_pinned(pfn))
+
+    def _maybe_dma_pinned(self, pfn: int) -> bool:
+        try:
+            return self._core.folio_maybe_dma_pinned(pfn)
+        except GupError:            # a free frame: no folio, no pin
+            return False
 
     def stats(self) -> dict[str, float]:
         """Counters of the C core plus ``bytes_per_page``: host bytes spent

@@ -14,7 +14,11 @@
  * mode a shootdown invalidates a target's TLB under its lock whatever its
  * IRQs (so it waits only for a user access in flight); IPI syncs stay IPIs.
  */
+#define _GNU_SOURCE /* syscall(), gettid / tgkill numbers */
+#include <errno.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "kernel/rcu.h"
@@ -130,6 +134,7 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
             tlb_flush_local(m, c, kind, mmid, svpn, evpn);
         } else {
             struct pg_ipi_req *r = &reqs[nq++];
+            r->target = t;
             r->kind = kind;
             r->mm = mmid;
             r->start_vpn = svpn;
@@ -141,10 +146,42 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
         pg_spin_unlock(&c->lock);
     }
     for (int i = 0; i < nq; i++) {
-        unsigned spins = 0;
-        while (!pg_load_acquire(&reqs[i].done))
+        unsigned spins = 0, polls = 0;
+        while (!pg_load_acquire(&reqs[i].done)) {
             pg_cpu_wait(&spins, PG_W_IPI_WAIT);
+            /* the kernel's "CPU N didn't respond to the IPI": here the
+             * cause can be found, a target whose thread ended inside an
+             * IRQs-off section, and the section ended on its behalf */
+            if (++polls % PG_ORPHAN_POLL == 0)
+                pg_cpu_reap_orphan(m, reqs[i].target);
+        }
     }
+}
+
+/* A CPU whose IRQs-off or RCU read-side section was opened by a thread that
+ * has ended would hold off every IPI and grace period for ever.  End the
+ * section on its behalf: nesting to zero, the queued IPIs run, the RCU
+ * section closed.  Never fires for a live thread, however slow; returns
+ * whether it did anything. */
+bool pg_cpu_reap_orphan(pg_machine *m, int cpu)
+{
+    struct pg_cpu *c = &m->cpus[cpu];
+    int32_t tid = pg_load_relaxed(&c->section_tid);
+    if (!pg_rcu_section_orphaned(m, cpu))
+        return false;
+    bool reaped = false;
+    pg_spin_lock(&c->lock);
+    if (pg_load_relaxed(&c->section_tid) == tid &&
+        (pg_load_relaxed(&c->irq_nesting) > 0 || c->rcu_nesting > 0)) {
+        pg_store_release(&c->irq_nesting, 0);
+        c->rcu_nesting = 0;
+        run_pending_ipis(m, c);
+        pg_rcu_cpu_exit(m, cpu);
+        pg_fetch_add_relaxed(&m->orphans_reaped, 1);
+        reaped = true;
+    }
+    pg_spin_unlock(&c->lock);
+    return reaped;
 }
 
 int pg_flush_tlb_mm_range(pg_machine *m, int cpu, struct pg_mm *mm,

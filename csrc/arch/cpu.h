@@ -20,6 +20,10 @@ int pg_ipi_sync_internal(pg_machine *m, int cpu);
 /* cpu has mm active from now on: shootdowns of mm reach it */
 void pg_mm_cpumask_set(struct pg_mm *mm, int cpu);
 
+/* end the IRQs-off / read-side section of a CPU whose thread has ended
+ * (pg_rcu_section_orphaned), running the IPIs queued for it */
+bool pg_cpu_reap_orphan(pg_machine *m, int cpu);
+
 /* the TLB set a virtual page number lands in */
 static inline struct pg_tlb_entry *pg_tlb_slot(struct pg_cpu *c, uint64_t vpn)
 {

@@ -7,7 +7,12 @@
  * snapshot has moved on.  call_rcu callbacks are batched; a batch records
  * the snapshot when it is closed and runs once that snapshot is stale.
  */
+#define _GNU_SOURCE /* syscall(), gettid / tgkill numbers */
+#include <errno.h>
 #include <string.h>
+
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "kernel/sched.h"
@@ -20,8 +25,34 @@ void pg_rcu_init(pg_machine *m)
     m->rcu.open.tail = &m->rcu.open.head;
 }
 
+/* the calling OS thread's id, asked of the kernel once per thread */
+static int32_t current_tid(void)
+{
+    static _Thread_local int32_t tid;
+    if (!tid)
+        tid = (int32_t)syscall(SYS_gettid);
+    return tid;
+}
+
+/* Does OS thread tid of this process still exist?  tgkill() with signal 0
+ * delivers nothing; ESRCH means the thread has ended.  Thread ids are
+ * handed out cyclically, so a reused id within one wait is not a concern. */
+static bool thread_exists(int32_t tid)
+{
+    if (syscall(SYS_tgkill, (long)getpid(), (long)tid, 0L) == 0)
+        return true;
+    return errno != ESRCH;
+}
+
+bool pg_rcu_section_orphaned(pg_machine *m, int cpu)
+{
+    int32_t tid = pg_load_relaxed(&m->cpus[cpu].section_tid);
+    return tid > 0 && !thread_exists(tid);
+}
+
 void pg_rcu_cpu_enter(pg_machine *m, int cpu)
 {
+    pg_store_relaxed(&m->cpus[cpu].section_tid, current_tid());
     pg_fetch_add_seqcst(&m->cpus[cpu].rcu_seq, 1);
     /* odd before any read inside the section: pairs with the fence before
      * a grace-period snapshot */
@@ -32,6 +63,7 @@ void pg_rcu_cpu_exit(pg_machine *m, int cpu)
 {
     /* seq_cst RMW: every read of the section is done before it is even */
     pg_fetch_add_seqcst(&m->cpus[cpu].rcu_seq, 1);
+    pg_store_relaxed(&m->cpus[cpu].section_tid, 0);
 }
 
 int pg_rcu_read_lock(pg_machine *m, int cpu)
@@ -85,11 +117,17 @@ static void wait_gp(pg_machine *m, int cpu)
     uint64_t snap[PG_MAX_CPUS];
     snapshot(m, snap);
     for (int i = 0; i < m->nr_cpus; i++) {
-        unsigned spins = 0;
+        unsigned spins = 0, polls = 0;
         if (!(snap[i] & 1))
             continue;
-        while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i])
+        while (pg_load_acquire(&m->cpus[i].rcu_seq) == snap[i]) {
             pg_cpu_wait(&spins, PG_W_RCU_GP_WAIT);
+            /* a reader whose thread has ended reads nothing any more: its
+             * CPU is quiescent, though its section was never closed (the
+             * next IPI to it, or Python, closes it: pg_cpu_reap_orphan) */
+            if (++polls % PG_ORPHAN_POLL == 0 && pg_rcu_section_orphaned(m, i))
+                break;
+        }
     }
     pg_smp_mb(); /* the readers' sections before what the caller frees */
     pg_fetch_add_relaxed(&m->rcu_grace_periods, 1);

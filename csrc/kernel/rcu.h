@@ -13,5 +13,11 @@ void pg_call_rcu(pg_machine *m, struct pg_rcu_head *h, pg_rcu_fn fn);
 /* with the cpu lock held */
 void pg_rcu_cpu_enter(pg_machine *m, int cpu);
 void pg_rcu_cpu_exit(pg_machine *m, int cpu);
+/* every this many steps of a wait on another CPU, the waiter checks that
+ * CPU's section owner still exists (one cheap system call) */
+#define PG_ORPHAN_POLL 4096
+/* Was cpu's current read-side / IRQs-off section opened by an OS thread
+ * that no longer exists?  Such a section can never end by itself. */
+bool pg_rcu_section_orphaned(pg_machine *m, int cpu);
 
 #endif /* PYGUP_KERNEL_RCU_H */

@@ -289,27 +289,33 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
 {
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
+    int add;
     for (;;) {
         if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO))
             return (int64_t)head; /* the zero page is never counted */
-        if (pg_folio_try_get(m, head, refs) < 0)
-            return -1; /* refcount zero: being freed (or frozen by a split) */
+        /* A pin of a small folio takes its whole GUP_PIN_COUNTING_BIAS in
+         * the one checked add: try_get_folio() refuses a count that is not
+         * positive and the add refuses to pass INT32_MAX, so repeated pins
+         * fail cleanly (the slow path then says -ENOMEM) instead of
+         * wrapping the count negative (BUGS #10) */
+        add = ((flags & PG_FOLL_PIN) && !folio_is_large(m, head))
+                  ? refs * PG_GUP_PIN_COUNTING_BIAS : refs;
+        if (pg_folio_try_get(m, head, add) < 0)
+            return -1; /* refcount zero (being freed, frozen by a split) or no headroom */
         if (FAST_MUTANT(hooks, m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
             break;
-        pg_folio_put_internal(m, head, refs); /* split meanwhile: try its new folio */
+        pg_folio_put_internal(m, head, add); /* split meanwhile: try its new folio */
         head = pg_frame_head(m, pfn);
     }
     struct pg_frame *h = &m->frames[head];
     if (!(flags & PG_FOLL_PIN))
         return (int64_t)head;
     if ((flags & PG_FOLL_LONGTERM) && !folio_is_longterm_pinnable(m, head)) {
-        pg_folio_put_internal(m, head, refs); /* the slow path migrates it */
+        pg_folio_put_internal(m, head, add); /* the slow path migrates it */
         return -2;
     }
-    if (folio_is_large(m, head))
+    if (add == refs)                 /* a large folio: the pins go on pincount */
         pg_fetch_add(&h->pincount, refs);
-    else
-        pg_fetch_add(&h->refcount, refs * (PG_GUP_PIN_COUNTING_BIAS - 1));
     pg_smp_mb(); /* the pin is visible before the PTE re-check */
     *pins += (uint64_t)refs;
     return (int64_t)head;

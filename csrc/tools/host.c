@@ -9,6 +9,7 @@
  *   /proc/self/mem pwrite / pread      get_user_pages_remote(FORCE[|WRITE])
  *   process_vm_writev / readv          pin_user_pages_remote([WRITE])
  *   O_DIRECT read into the buffer      pin_user_pages_fast(WRITE)
+ *   O_DIRECT write from the buffer     pin_user_pages_fast(0)
  *   vmsplice into a pipe               get_user_pages_fast(0)
  */
 #define _GNU_SOURCE
@@ -306,6 +307,13 @@ int64_t pg_host_process_vm_readv_range(uint64_t addr, uint64_t len)
 int64_t pg_host_o_direct_read(int fd, uint64_t addr, uint64_t len, int64_t offset)
 {
     ssize_t n = pread(fd, ptr(addr), (size_t)len, (off_t)offset);
+
+    return n < 0 ? -errno : n;
+}
+
+int64_t pg_host_o_direct_write(int fd, uint64_t addr, uint64_t len, int64_t offset)
+{
+    ssize_t n = pwrite(fd, ptr(addr), (size_t)len, (off_t)offset);
 
     return n < 0 ? -errno : n;
 }

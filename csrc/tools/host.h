@@ -48,6 +48,8 @@ int64_t pg_host_process_vm_readv(uint64_t addr, uint64_t *value);
 int64_t pg_host_process_vm_readv_range(uint64_t addr, uint64_t len);
 /* pread(fd, addr, len, offset) on an fd the caller opened O_DIRECT */
 int64_t pg_host_o_direct_read(int fd, uint64_t addr, uint64_t len, int64_t offset);
+/* pwrite(fd, addr, len, offset) on an fd the caller opened O_DIRECT */
+int64_t pg_host_o_direct_write(int fd, uint64_t addr, uint64_t len, int64_t offset);
 /* vmsplice one iovec into a fresh (non-blocking) pipe, then close it */
 int64_t pg_host_vmsplice(uint64_t addr, uint64_t len);
 

@@ -12,6 +12,7 @@ OUT="${PYGUP_FUZZ_OUT:-/out}"
 mkdir -p "$OUT/shard-$I"
 exec pygup fuzz --shard "$I/$N" \
     --seconds "${PYGUP_FUZZ_SECONDS:-3600}" \
+    ${PYGUP_FUZZ_MAX_OPS:+--max-ops "$PYGUP_FUZZ_MAX_OPS"} \
     --policy "${PYGUP_FUZZ_POLICY:-6.5}" \
     --workers "${PYGUP_FUZZ_WORKERS:-$(nproc)}" \
     --seed "${PYGUP_FUZZ_SEED:-0}" \

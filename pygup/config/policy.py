@@ -54,9 +54,9 @@ class Policy:
     # is_valid_gup_args() (d64e2dbc33a1); before, 6.1's is_valid_gup_flags()
     # and per-API WARNs, which answer some combinations differently
     valid_gup_args: bool = False
-    # pin_user_pages_fast() answers bad arguments -EINVAL (6.1's WARN did;
-    # 6.3's is_valid_gup_args() made it 0 until the 6.5 fix)
-    pin_fast_bad_args_einval: bool = True
+    # internal_get_user_pages_fast() (every *_fast entry point) answers a
+    # start + len that overflows with -EOVERFLOW (9883c7f84053); before, 0
+    fast_overflow_eoverflow: bool = False
     # INTERNAL_GUP_FLAGS includes FOLL_TOUCH (0f20bba1688b)
     touch_is_internal: bool = False
     # secretmem.enable defaults on (b758fe6df50d); before, memfd_secret()
@@ -94,6 +94,7 @@ class Change:
     sets: tuple[tuple[str, bool], ...]   # (switch, value from this version on)
     backported_to: tuple[str, ...] = ()  # stable releases "6.N.P" that have it
     verified: bool = True             # the commit id was seen in mainline history
+    verified_by: str = ""             # where the id (and backports) were seen
     tests: tuple[str, ...] = ()       # tests that fail if the switch is flipped
 
     def present_in(self, version: tuple[int, int, Optional[int]]) -> bool:
@@ -123,19 +124,31 @@ CHANGES: tuple[Change, ...] = (
            "is_valid_gup_args() for every entry point: pin_user_pages{,_remote,_unlocked}"
            "(FOLL_GET) answer 0 (6.1: -EINVAL); internal flags are refused (6.1 took "
            "FOLL_REMOTE); pin_user_pages_unlocked(FOLL_LONGTERM) works (6.1: -EINVAL)",
-           (("valid_gup_args", True), ("pin_fast_bad_args_einval", False)),
+           (("valid_gup_args", True),),
+           verified_by="mainline shortlog listings; cited as mainline in a 6.1.y stable "
+                       "FAILED-backport mail (\"Possible dependencies\")",
            tests=(_T + "test_valid_gup_args",)),
-    Change("io_uring_multi_source_einval", "6.3", "edd478269640",
+    Change("io_uring_multi_source_einval", "6.3", "edd478269640b360c6f301f2baa04abdda563ef3",
            "io_uring/rsrc: disallow multi-source reg buffers",
            "io_pin_pages(): a buffer whose pages come from different files (or a file "
            "and anon memory) is -EINVAL, decided page by page before the file check",
            (("io_uring_multi_source_check", True),), backported_to=("6.1.16",),
-           verified=False, tests=(_T + "test_io_uring_multi_source_check",)),
-    Change("pup_fast_bad_args_einval", "6.5", "",
+           verified_by="stable mail [PATCH 6.2 0759/1001] 'commit edd478269640b360c6f3 "
+                       "upstream'; Jens Axboe's 'Applied' reply; Debian 6.1.20-1 changelog "
+                       "(stable 6.1.16)",
+           tests=(_T + "test_io_uring_multi_source_check",)),
+    Change("fast_overflow_eoverflow", "6.5", "9883c7f84053cec2826ca3c56254601b5ce9cdbe",
            "mm/gup: do not return 0 from pin_user_pages_fast() for bad args",
-           "pin_user_pages_fast() with invalid flags is -EINVAL again instead of 0",
-           (("pin_fast_bad_args_einval", True),), backported_to=("6.4.10",),
-           verified=False, tests=(_T + "test_pin_fast_bad_args_einval",)),
+           "get_user_pages_fast() / pin_user_pages_fast() of a range whose end "
+           "overflows answer -EOVERFLOW instead of 0 (the commit changes only that "
+           "return in internal_get_user_pages_fast(); bad flags were -EINVAL from "
+           "pin_user_pages_fast() before and after, in 6.1 and in 6.3's "
+           "is_valid_gup_args() alike)",
+           (("fast_overflow_eoverflow", True),), backported_to=("6.4.10",),
+           verified_by="stable mail [PATCH 6.4 143/165] 'commit 9883c7f84053 upstream' "
+                       "with its one-line diff; Debian 6.4.11-1 changelog (stable 6.4.10); "
+                       "6.1.192 still returns 0, 6.12.117 -EOVERFLOW",
+           tests=(_T + "test_fast_overflow_eoverflow",)),
     Change("writable_file_mapping_check", "6.5", "8ac268436e6d52f3bb4d212df9395aec97afaa00",
            "mm/gup: disallow FOLL_LONGTERM GUP-nonfast writing to file-backed mappings",
            "pin_user_pages*(FOLL_WRITE|FOLL_LONGTERM) of a dirty-tracked MAP_SHARED file "
@@ -171,12 +184,23 @@ CHANGES: tuple[Change, ...] = (
            "io_pin_pages() pins with pin_user_pages_fast() (no mmap_lock; its slow-path "
            "fallback adds FOLL_TOUCH, so the pinned folios are marked referenced)",
            (("io_uring_pin_fast", True),),
+           # also in 6.6.y: a 6.6-stable review mail of 2025-03-19 ([PATCH 6.6
+           # 099/166], 'Commit 1943f96b3816 upstream'); not listed as a backport
+           # because no changelog naming the 6.6.y release was seen
+           verified_by="6.6-stable review mail 'Commit 1943f96b3816e0f0d3d6 upstream'; "
+                       "a mainline io_uring shortlog; 'Fixes: 1943f96b3816' in a 2025 patch",
            tests=(_T + "test_io_uring_pin_fast",)),
     Change("hugetlb_force_write", "6.14", "",
            "mm/hugetlb: support FOLL_FORCE|FOLL_WRITE",
            "a FOLL_FORCE write (ptrace, /proc/pid/mem) to a R/O private hugetlb mapping "
            "breaks COW and succeeds; 6.12 refuses it with -EFAULT in check_vma_flags()",
            (("hugetlb_force_write", True),), verified=False,
+           # mainline id not found: the searchable listings are mm-unstable /
+           # linux-next snapshots, each with its own rebased id (e2d8b09d0ae9 in
+           # four of them, also 4751af3601a3, 09a3762697e8, eb0829ef6d22); the
+           # release is inferred from the v4 posting (2024-12) and the stored
+           # 6.14+ mm/gup.c lacking the refusal
+           verified_by="",
            tests=(_T + "test_hugetlb_force_write",)),
 )
 
@@ -191,6 +215,7 @@ BUGFIXES: tuple[Change, ...] = (
            "got it in 6.1.85); secretmem_lru_shortcut=True (or the fast_secretmem "
            "mutant, BUGS #9) plants the bug",
            (("secretmem_lru_shortcut", False),), backported_to=("6.1.85",), verified=False,
+           verified_by="title in the Debian 6.1.85-1 changelog; only the short id seen",
            tests=(_T + "test_secretmem_lru_shortcut",)),
 )
 

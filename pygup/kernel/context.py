@@ -21,6 +21,7 @@ import collections
 import contextlib
 import errno
 import threading
+import warnings
 import weakref
 from threading import get_ident
 from typing import Iterator, Optional
@@ -28,6 +29,7 @@ from typing import Iterator, Optional
 from pygup._native import C, Core, _check
 from pygup.config.mutants import Mutant
 from pygup.config.policy import Policy
+from pygup.errors import IrqsDisabledError
 from pygup.flags import GupError
 
 
@@ -93,9 +95,15 @@ class Kernel:
         self.thp = "madvise"
         # an RLock that scheduled CPUs take by trying (kernel/sched.py's docstring)
         self.lock = SchedLock(core)
+        # [True] once a thread ended without leaving its CPU (set by the
+        # slot's finalizer, which may not call C): the next op() repairs
+        self.orphan_hint = [False]
         self.cpu_owner: list[Optional[int]] = [None] * core.nr_cpus  # thread ident per slot
         self._tls = threading.local()
         self.pin_scope = 0            # memalloc_pin_save() nesting (under the lock)
+        # runs of anonymous faults in C (mm/fault.c); False sends every fault
+        # through kernel/fault.py alone, the reference the batch is tested against
+        self.fault_batch = True
         self.filesystems: list = []          # every vfs.FileSystem mounted
         self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
         self.next_anon_inode = 0
@@ -122,22 +130,35 @@ class Kernel:
     def cpu(self, k: int) -> Iterator[int]:
         """Run the calling thread as emulated CPU ``k`` inside the block.  A
         CPU belongs to one thread at a time (EBUSY otherwise); the thread's
-        previous CPU stays its own and is current again after the block."""
+        previous CPU stays its own and is current again after the block.
+        Blocks may end in any order.  Leaving a CPU with IRQs still disabled
+        is repaired with a warning (the kernel warns when it returns to user
+        space with IRQs off): otherwise every shootdown aimed at it would
+        wait for ever."""
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.nr_cpus:
             raise ValueError(f"cpu must be in 0..{self.nr_cpus - 1}, got {k!r}")
-        outer = getattr(self._tls, "slot", None)
-        if outer is not None and outer.cpu == k:
+        stack = self._stack()
+        if stack and stack[-1].cpu == k:
             yield k
             return
-        self._tls.slot = self._claim(k)
+        slot = self._claim(k)
+        stack.append(slot)
         try:
             yield k
         finally:
-            self._tls.slot.detach()
-            if outer is not None:
-                self._tls.slot = outer
-            else:
-                del self._tls.slot
+            # out of order is fine: drop this block's own slot wherever it is
+            if slot in stack:
+                stack.remove(slot)
+            if not any(s.cpu == k for s in stack):
+                slot.leave()
+                slot.detach()
+
+    def _stack(self) -> list:
+        """The calling thread's CPU slots, the current one last."""
+        stack = getattr(self._tls, "stack", None)
+        if stack is None:
+            stack = self._tls.stack = []
+        return stack
 
     def _claim(self, k: int) -> "_Slot":
         me = threading.get_ident()
@@ -145,22 +166,77 @@ class Kernel:
             owner = self.cpu_owner[k]
             if owner is not None and owner != me and thread_alive(owner):
                 raise GupError(errno.EBUSY, f"cpu {k} is bound to another thread")
+            if owner != me:
+                self._repair_cpu(k)          # a dead thread may have left IRQs off
             self.cpu_owner[k] = me
         return _Slot(self, k)
 
     def current_cpu(self) -> int:
         """The emulated CPU of the calling thread; a thread that never chose
-        one gets the lowest free slot, held until the thread ends."""
-        slot = getattr(self._tls, "slot", None)
-        if slot is not None:
-            return slot.cpu
+        one gets the lowest free slot, held until the thread ends (so a
+        machine serves at most ``cpus`` threads at once: see Machine)."""
+        stack = self._stack()
+        if stack:
+            return stack[-1].cpu
         for k in range(self.nr_cpus):
             try:
-                self._tls.slot = self._claim(k)
+                stack.append(self._claim(k))
                 return k
             except GupError:
                 continue
-        raise GupError(errno.EBUSY, f"all {self.nr_cpus} emulated CPUs are bound to other threads")
+        others = {o for o in self.cpu_owner if o is not None}
+        raise GupError(errno.EBUSY,
+                       f"all {self.nr_cpus} emulated CPUs are bound to other threads (each thread "
+                       f"that used the machine keeps its CPU until it ends): create the Machine "
+                       f"with cpus={len(others) + 1} or more for {len(others) + 1} threads, or "
+                       f"let threads take turns with 'with machine.cpu(k):' blocks")
+
+    def repair_orphaned_cpus(self) -> None:
+        """A CPU whose thread ended without leaving it, with IRQs disabled,
+        would make every shootdown and grace period wait for ever: enable
+        its IRQs again, with a warning (the kernel's warning on returning
+        to user space with IRQs off).  Run before anything that may wait
+        for other CPUs."""
+        for k in range(self.nr_cpus):
+            if not self.core.irqs_disabled(k):
+                continue
+            owner = self.cpu_owner[k]
+            if owner is None or not thread_alive(owner):
+                self._repair_cpu(k)
+
+    def _repair_cpu(self, k: int) -> None:
+        """Enable IRQs on CPU k, which no live thread runs, with a warning."""
+        n = 0
+        while self.core.irqs_disabled(k) and n < 1 << 16:
+            self.core.irq_enable(k)
+            n += 1
+        if n:
+            warnings.warn(f"cpu {k} was left with IRQs disabled by a thread that ended; "
+                          "they were enabled again", RuntimeWarning, stacklevel=4)
+
+    @contextlib.contextmanager
+    def alone(self, what: str) -> Iterator[None]:
+        """For a run that drives the C core on every CPU itself (a native
+        stress campaign): EBUSY at the start if another thread is inside the
+        machine or holds a CPU, or a CPU has IRQs disabled (its IPIs would
+        never be answered); else the machine lock for the whole run, so no
+        other thread can start anything meanwhile."""
+        if not self.lock.acquire(blocking=False):
+            raise GupError(errno.EBUSY, f"{what} needs the machine alone: another thread is "
+                                        "inside it")
+        try:
+            self.repair_orphaned_cpus()
+            me = threading.get_ident()
+            for k, owner in enumerate(self.cpu_owner):
+                if owner is not None and owner != me and thread_alive(owner):
+                    raise GupError(errno.EBUSY, f"{what} needs the machine alone: cpu {k} is "
+                                                "bound to another thread")
+                if self.core.irqs_disabled(k):
+                    raise GupError(errno.EBUSY, f"{what} needs every CPU: cpu {k} has IRQs "
+                                                "disabled, so it would never answer an IPI")
+            yield
+        finally:
+            self.lock.release()
 
     def op(self) -> "_Op":
         """A model update: the machine lock, on this thread's CPU.  Like the
@@ -238,8 +314,17 @@ class _Op:
         k = self._k
         cpu = k.current_cpu()
         if k.core.irqs_disabled(cpu):
-            raise RuntimeError("a sleeping model operation was called with IRQs disabled")
+            raise IrqsDisabledError(f"a sleeping model operation was called with IRQs disabled "
+                                    f"on cpu {cpu}: it would wait for itself")
         k.lock.acquire()
+        if k.orphan_hint[0]:
+            # a thread ended without leaving its CPU since the last look
+            k.orphan_hint[0] = False
+            try:
+                k.repair_orphaned_cpus()
+            except BaseException:
+                k.lock.release()
+                raise
         k._op_depth += 1
         if k._op_depth == 1 and k.delayed_fput:
             try:
@@ -270,6 +355,8 @@ class _Slot:
 
     def __init__(self, kernel: Kernel, cpu: int) -> None:
         self._lock = kernel.lock
+        self._core = kernel.core
+        self._hint = kernel.orphan_hint
         self._owners = kernel.cpu_owner
         self.cpu = cpu
         self._ident = threading.get_ident()
@@ -284,6 +371,24 @@ class _Slot:
             else:
                 self._release()
 
+    def leave(self) -> None:
+        """The thread leaves the CPU: IRQs it left disabled are enabled
+        again, with a warning (the kernel's "entering user mode with IRQs
+        disabled" warning), so that no shootdown or grace period waits for
+        a CPU nobody runs."""
+        n = self._enable_irqs()
+        if n:
+            warnings.warn(f"cpu {self.cpu} was left with IRQs disabled ({n} level(s)); "
+                          "they were enabled again", RuntimeWarning, stacklevel=4)
+
+    def _enable_irqs(self) -> int:
+        """Enable IRQs on the slot's CPU down to nesting 0; levels undone."""
+        n = 0
+        while self._core.irqs_disabled(self.cpu) and n < 1 << 16:
+            self._core.irq_enable(self.cpu)
+            n += 1
+        return n
+
     def _release(self) -> None:
         if self._owners[self.cpu] == self._ident:
             self._owners[self.cpu] = None
@@ -293,7 +398,12 @@ class _Slot:
         # thread that waits on something this one holds (or is parked for
         # good by the scheduler).  One list store is atomic under the GIL,
         # and _claim() treats a slot of a dead thread as free anyway.
+        # No C call here: at interpreter shutdown the core may be gone
+        # already.  IRQs a dead thread left disabled are enabled by the
+        # next model operation (Kernel.repair_orphaned_cpus()), told by
+        # the hint; a wait already in C ends by itself (pg_cpu_reap_orphan).
         try:
+            self._hint[0] = True
             self.detach(locked=False)
         except Exception:  # interpreter shutdown
             pass

@@ -93,16 +93,36 @@ def huge_pmd_fault(vma: VMA, addr: int, pmd: int, write: bool, cpu: int, unshare
 
 
 def _new_anon_folio(vma: VMA, addr: int, order: int = 0) -> int:
-    """Allocate a folio and make it an exclusive anonymous folio of vma."""
+    """Allocate a folio and make it an exclusive anonymous folio of vma (a
+    folio that cannot be set up goes back to the allocator)."""
     kernel = vma.vm_mm.kernel
     core = kernel.core
     huge = order > 0
     pfn = kernel.alloc_folio(order, movable=not huge)    # hugetlb pages are not movable
-    av = vma.anon_vma_prepare()
-    core.set_mapping(pfn, (av.id << 2) | C.MAPPING_ANON, vma.page_index(addr))
-    core.flags_update(pfn, C.F_UPTODATE | (C.F_HUGETLB if huge else C.F_LRU), 0)
-    core.flags_update(pfn, C.F_ANON_EXCLUSIVE, 0)
+    try:
+        av = vma.anon_vma_prepare()
+        core.set_mapping(pfn, (av.id << 2) | C.MAPPING_ANON, vma.page_index(addr))
+        core.flags_update(pfn, C.F_UPTODATE | (C.F_HUGETLB if huge else C.F_LRU), 0)
+        core.flags_update(pfn, C.F_ANON_EXCLUSIVE, 0)
+    except BaseException:
+        core.folio_put(pfn, 1)
+        raise
     return pfn
+
+
+def set_pte_or_put_back(mm, addr: int, pfn: int, entry: int, level: int) -> None:
+    """Install ``entry`` (which maps ``pfn``, its reference and mapcount
+    already taken for it); if it cannot be installed (no memory for a page
+    table), drop that reference and mapcount again, as a fault that fails
+    after allocating does (the folio_put() on do_anonymous_page()'s and
+    finish_fault()'s error paths), so nothing leaks."""
+    core = mm.kernel.core
+    try:
+        core.pte_set(mm.id, addr, entry, level)
+    except BaseException:
+        core.mapcount_add(pfn, -1)
+        core.folio_put(pfn, 1)
+        raise
 
 
 def do_anonymous_page(vma: VMA, addr: int, write: bool) -> None:
@@ -116,7 +136,45 @@ def do_anonymous_page(vma: VMA, addr: int, write: bool) -> None:
     pfn = _new_anon_folio(vma, addr)
     core.mapcount_add(pfn, 1)          # the allocation's reference is the mapping's
     bits = PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma)
-    core.pte_set(vma.vm_mm.id, addr, mk_pte(pfn, bits), C.LEVEL_PTE)
+    set_pte_or_put_back(vma.vm_mm, addr, pfn, mk_pte(pfn, bits), C.LEVEL_PTE)
+
+
+def anon_fault_run(vma: VMA, addr: int, nr: int) -> int:
+    """How many pages from addr (at most nr) the batch may fault as
+    do_anonymous_page() would, one by one: handle_mm_fault()'s choices for a
+    none PTE of an anonymous VMA, made once for the run.  0: the run
+    belongs to the page-at-a-time path (hugetlb, file-backed, or a THP may
+    go at addr: create_huge_pmd())."""
+    if not vma.vm_mm.kernel.fault_batch or vma.is_hugetlb or not vma_is_anonymous(vma):
+        return 0
+    nr = min(nr, (vma.vm_end - addr) >> C.PAGE_SHIFT)
+    if thp.vma_thp_eligible(vma):
+        # the choice is per PMD: stay inside this one, and leave a none PMD
+        # that could hold a THP to the THP path
+        mm = vma.vm_mm
+        if thp.transhuge_vma_suitable(vma, addr) and thp.pmd_entry(mm, addr, mm.kernel.current_cpu()) == 0:
+            return 0
+        nr = min(nr, ((addr | (PMD_SIZE - 1)) + 1 - addr) >> C.PAGE_SHIFT)
+    return max(nr, 0)
+
+
+def do_anonymous_range(vma: VMA, addr: int, nr: int, write: bool) -> tuple[int, int]:
+    """do_anonymous_page() for each none PTE of [addr, addr + nr pages) in
+    one C call (mm/fault.c), which stops at the first entry that is there
+    already; the caller asked anon_fault_run() for nr.  (pages faulted, the
+    negative errno the fault of the next page failed with (-ENOMEM:
+    VM_FAULT_OOM) or 0).  (0, 0): nothing done, the page-at-a-time path
+    takes over."""
+    if nr <= 0:
+        return 0, 0
+    kernel = vma.vm_mm.kernel
+    if write:
+        av = vma.anon_vma_prepare()
+        how = C.FAULT_WRITE | (0 if kernel.pin_scope else C.FAULT_MOVABLE)
+        return kernel.core.fault_anon_range(vma.vm_mm.id, addr, nr, how,
+                                            PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma),
+                                            (av.id << 2) | C.MAPPING_ANON, vma.page_index(addr))
+    return kernel.core.fault_anon_range(vma.vm_mm.id, addr, nr, 0, PTE_BASE | C.PTE_SPECIAL, 0, 0)
 
 
 def _file_page(vma: VMA, addr: int) -> tuple[int, int]:
@@ -141,23 +199,38 @@ def do_fault(vma: VMA, addr: int, write: bool) -> None:
         core.folio_get(pfn, 1)
         core.mapcount_add(pfn, 1)
         bits = PTE_BASE | (C.PTE_WRITE if vma_pte_writable(vma) else 0)
-        core.pte_set(mm.id, addr, mk_pte(pfn, bits), C.LEVEL_PTE)
+        set_pte_or_put_back(mm, addr, pfn, mk_pte(pfn, bits), C.LEVEL_PTE)
         return
     if not vma.vm_flags & VM.SHARED:
         # do_cow_fault(): a private copy; the page cache is never written
         new = _new_anon_folio(vma, addr)
         core.frame_write(new, core.frame_read(pfn))
         core.mapcount_add(new, 1)
-        core.pte_set(mm.id, addr, mk_pte(new, PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma)),
-                     C.LEVEL_PTE)
+        set_pte_or_put_back(mm, addr, new, mk_pte(new, PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma)),
+                            C.LEVEL_PTE)
         return
     # do_shared_fault(): tell the file system first, then map writable+dirty
-    if vma.vm_ops is not None and vma.vm_ops.page_mkwrite:
-        inode.fs.page_mkwrite(inode, pfn, index)
+    notify_shared_write(vma, inode, pfn, index)
     core.folio_get(pfn, 1)
     core.mapcount_add(pfn, 1)
-    core.pte_set(mm.id, addr, mk_pte(pfn, PTE_BASE | C.PTE_DIRTY | C.PTE_WRITE), C.LEVEL_PTE)
+    set_pte_or_put_back(mm, addr, pfn, mk_pte(pfn, PTE_BASE | C.PTE_DIRTY | C.PTE_WRITE),
+                        C.LEVEL_PTE)
     inode.fs.folio_mark_dirty(inode, pfn, index, "shared write fault")
+
+
+def notify_shared_write(vma: VMA, inode, pfn: int, index: int) -> None:
+    """The file system hears of a write fault on a shared mapping before the
+    page becomes writable: through ->page_mkwrite where vm_ops has one
+    (do_page_mkwrite()); otherwise the write-protect fault itself is the
+    notification — vma_wants_writenotify() keeps the PTEs of a file system
+    that writes back read-only (vma_fs_can_writeback()), and the fault
+    dirties the folio (fault_dirty_shared_page()).  Either way the folio is
+    marked as notified since its last clean, which invariant 3 asks of every
+    write through a PTE; a write that skipped this fault is still a bypass."""
+    if vma.vm_ops is not None and vma.vm_ops.page_mkwrite:
+        inode.fs.page_mkwrite(inode, pfn, index)
+    else:
+        vma.vm_mm.kernel.core.flags_update(pfn, C.F_MKWRITE, 0)
 
 
 def do_wp_page(vma: VMA, addr: int, pte: int, write: bool, unshare: bool, cpu: int) -> None:
@@ -171,8 +244,8 @@ def do_wp_page(vma: VMA, addr: int, pte: int, write: bool, unshare: bool, cpu: i
         # wp_page_shared(): write-notify — the file system hears of it
         inode = vma.vm_file
         index = vma.page_index(addr)
-        if vma.vm_ops is not None and vma.vm_ops.page_mkwrite:
-            inode.fs.page_mkwrite(inode, pfn, index)
+        if inode is not None:
+            notify_shared_write(vma, inode, pfn, index)
         level, _ = core.pte_modify(mm.id, addr, 0, C.PTE_WRITE | C.PTE_DIRTY | C.PTE_ACCESSED,
                                    expect_pfn=pfn)
         if level and inode is not None:
@@ -236,7 +309,7 @@ def hugetlb_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool) -> 
             pfn = _new_anon_folio(vma, haddr, C.PMD_ORDER)
             bits = huge | C.PTE_DIRTY | maybe_mkwrite(vma)
         core.mapcount_add(pfn, 1)
-        core.pte_set(mm.id, haddr, mk_pte(pfn, bits), C.LEVEL_PMD)
+        set_pte_or_put_back(mm, haddr, pfn, mk_pte(pfn, bits), C.LEVEL_PMD)
         return None
     if (write or unshare) and not pmd & C.PTE_WRITE:
         pfn = pte_pfn(pmd)

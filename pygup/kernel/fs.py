@@ -83,6 +83,11 @@ class FsType:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.writeback and self.kind in _NOOP_BDI_KINDS:
+            # shmem, hugetlbfs and secretmem inodes sit on
+            # noop_backing_dev_info: mapping_can_writeback() is false for them
+            raise ValueError(f"writeback: a {self.kind} file system never writes back "
+                             "(its backing device is noop_backing_dev_info)")
 
     @property
     def vm_ops(self) -> VmOps:
@@ -98,6 +103,9 @@ class FsType:
     def huge(self) -> bool:
         return self.kind == "hugetlb"
 
+
+# kinds whose inodes have no writeback-capable backing device
+_NOOP_BDI_KINDS = ("shmem", "hugetlb", "secretmem")
 
 # SPEC §8: mkwrite? / writeback bdi? per file system
 PRESETS: dict[str, FsType] = {p.name: p for p in [
@@ -147,7 +155,10 @@ class Inode:
         self.i_count = 0               # open File handles (struct file references)
         self.unlinked = False
         kind = _AS_KIND[fs.fstype.kind]
-        if fs.fstype.page_mkwrite or fs.fstype.writeback:
+        # dirty-tracked as vma_needs_dirty_tracking() sees it: the vm_ops'
+        # mkwrite hooks (a kind with fixed vm_ops has none) or writeback
+        ops = fs.fstype.vm_ops
+        if ops.page_mkwrite or ops.pfn_mkwrite or fs.fstype.writeback:
             kind |= C.AS_DIRTY_TRACKED
         self.as_id = fs.kernel.core.as_new(kind)
         fs.kernel.inodes[self.as_id] = self
@@ -186,15 +197,20 @@ class Inode:
         core = kernel.core
         movable = self.fs.fstype.kind in ("regular", "shmem", "dax")
         pfn = kernel.alloc_folio(self.order, movable=movable)
-        for i in range(1 << self.order):
-            value = self.disk.get(start + i, 0)
-            if value:
-                core.frame_write(pfn + i, value)
-        flags = C.F_UPTODATE | C.F_LRU
-        if self.fs.fstype.huge:
-            flags = C.F_UPTODATE | C.F_HUGETLB
-        core.flags_update(pfn, flags, 0)
-        core.set_mapping(pfn, self.mapping_word, start)
+        try:
+            for i in range(1 << self.order):
+                value = self.disk.get(start + i, 0)
+                if value:
+                    core.frame_write(pfn + i, value)
+            flags = C.F_UPTODATE | C.F_LRU
+            if self.fs.fstype.huge:
+                flags = C.F_UPTODATE | C.F_HUGETLB
+            core.flags_update(pfn, flags, 0)
+            core.set_mapping(pfn, self.mapping_word, start)
+        except BaseException:
+            # filemap_add_folio() failed: the new folio goes back (folio_put)
+            core.folio_put(pfn, 1)
+            raise
         self.page_cache[start] = pfn
         return pfn
 

@@ -16,13 +16,15 @@ import numpy as np
 
 from pygup._native import C
 from pygup.config.mutants import Mutant
+from pygup.errors import IrqsDisabledError
 from pygup.flags import (
     FOLL, FOLL_ALL, FOLL_ANON, FOLL_DUMP, FOLL_FAST_ONLY, FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT,
     FOLL_HWPOISON, FOLL_LONGTERM, FOLL_NOFAULT, FOLL_PCI_P2PDMA, FOLL_PIN, FOLL_REMOTE,
-    FOLL_SPLIT_PMD, FOLL_TOUCH, FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, VM, VM_EXEC, VM_IO,
+    FOLL_SPLIT_PMD, FOLL_TOUCH, FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE,
+    TASK_SIZE, VM, VM_EXEC, VM_IO,
     VM_LOCKONFAULT, VM_MAYREAD, VM_MAYWRITE, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE, GupError,
-    InvariantError, flag_names)
-from pygup.kernel.fault import handle_mm_fault, pte_pfn
+    InvariantError, flag_names, int_arg)
+from pygup.kernel.fault import anon_fault_run, do_anonymous_range, handle_mm_fault, pte_pfn
 from pygup.kernel.migrate import migrate_folio
 from pygup.kernel.thp import split_huge_pmd
 from pygup.kernel.trace import NO_TRACE, Step, Trace
@@ -39,7 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.context import Kernel
 
 TASK_SIZE_MAX = TASK_SIZE
-MAX_LONGTERM_RETRIES = 8      # 6.5 retries without bound; pygup gives up (BUGS #11)
+MAX_LONGTERM_RETRIES = 8
+# pages per C call of the walks: the kernel's callers pass their own pages
+# array; pygup sizes its buffers by what a batch can take, so a huge
+# nr_pages costs memory only for the pages actually taken
+GUP_BATCH = 1 << 16      # 6.5 retries without bound; pygup gives up (BUGS #11)
 
 # The hot paths below use the plain-int FOLL_* / VM_* (pygup.flags): an
 # IntFlag operation costs about a microsecond, an int's tens of ns.
@@ -325,6 +331,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
     core = mm.kernel.core
     i = 0
     ret = 0
+    fault_failed_at, fault_err = -1, 0
     vma: Optional[VMA] = None
     while nr_pages:
         if vma is None or start >= vma.vm_end:
@@ -338,7 +345,7 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
         # the pages that need no fault, in one C call (follow_page_mask's
         # common case); the first one that needs more goes the slow way
         taken = core.follow_range(cpu, mm.id, start,
-                                  min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT),
+                                  min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT, GUP_BATCH),
                                   _follow_how(vma, gup_flags, out is not None, policy))
         if len(taken):
             if out is not None:
@@ -347,6 +354,23 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
             start += len(taken) << PAGE_SHIFT
             nr_pages -= len(taken)
             continue
+        if start == fault_failed_at:             # the batch's fault of this page failed
+            ret = fault_err                      # vm_fault_to_errno(): -ENOMEM
+            break
+        if not gup_flags & (FOLL_NOFAULT | FOLL_DUMP):
+            # faultin_page() for the whole run of none PTEs from here at
+            # once (mm/fault.c), then the follow above again
+            done, err = do_anonymous_range(vma, start, anon_fault_run(vma, start, nr_pages),
+                                           bool(gup_flags & FOLL_WRITE))
+            if err:
+                fault_failed_at, fault_err = start + (done << PAGE_SHIFT), err
+            if done:
+                mm.kernel.mmap_lock_break(_GUP_FAULTED_IN)
+                if mm.find_vma(start) is not vma:
+                    vma = None
+                continue
+            if err:
+                continue
         relookup = False
         for _ in range(8):                       # fault, then retry the lookup
             r = follow_page_mask(mm, vma, start, gup_flags)
@@ -512,17 +536,26 @@ class Pages:
     """The ``pages`` array of a GUP call: frame numbers (a numpy array inside,
     a sequence outside) and access through the kernel's direct mapping."""
 
-    def __init__(self, kernel: "Kernel", pfns, pinned: bool) -> None:
+    def __init__(self, kernel: "Kernel", pfns, pinned: bool, writable: bool = False) -> None:
         self._kernel = kernel
         self._pfns = np.asarray(pfns, dtype=np.uint64)
         self.pinned = pinned          # FOLL_PIN (else FOLL_GET)
+        self.writable = writable      # taken with FOLL_WRITE
         self.released = False
 
     def __len__(self) -> int:
         return len(self._pfns)
 
-    def __getitem__(self, i: int) -> int:
-        return int(self._pfns[i])
+    def _index(self, i) -> int:
+        """i as a Python int in range (numpy integers welcome): IndexError
+        saying the range, TypeError for a non-integer."""
+        n = int_arg(i, "page index")
+        if not -len(self) <= n < len(self):
+            raise IndexError(f"page index {n} out of range for {len(self)} pages")
+        return n
+
+    def __getitem__(self, i) -> int:
+        return int(self._pfns[self._index(i)])
 
     def __iter__(self):
         return (int(p) for p in self._pfns)
@@ -533,12 +566,10 @@ class Pages:
         view.flags.writeable = False
         return view
 
-    def _frame(self, i: int) -> int:
+    def _frame(self, i) -> int:
         if self.released:
             raise ValueError("these pages were already released")
-        if isinstance(i, bool) or not isinstance(i, int) or not -len(self) <= i < len(self):
-            raise IndexError(f"page index {i!r} out of range for {len(self)} pages")
-        return int(self._pfns[i])
+        return int(self._pfns[self._index(i)])
 
     def read(self, i: int) -> int:
         """Read page i through the direct mapping (no PTE, no TLB)."""
@@ -553,10 +584,16 @@ class Pages:
         try:
             self._kernel.core.frame_write(pfn, value)
         except GupError as e:
-            if e.errno == errno.EPERM:     # the core refuses: it is the zero page
-                raise InvariantError(f"write through a pin to the shared zero page "
-                                     f"(frame {pfn:#x}): a write pin must COW first") from None
-            raise
+            if e.errno != errno.EPERM:     # EPERM: the core refuses, it is the zero page
+                raise
+            if not self.writable:
+                # the caller's bug: a read-only GUP of an unwritten
+                # anonymous page may return the shared zero page
+                raise ValueError(f"page {i} is the shared zero page (frame {pfn:#x}): these pages "
+                                 "were taken without FOLL_WRITE; take them with FOLL_WRITE "
+                                 "to write through them") from None
+            raise InvariantError(f"write through a FOLL_WRITE pin to the shared zero page "
+                                 f"(frame {pfn:#x}): a write pin must COW first") from None
 
     def __repr__(self) -> str:
         kind = "pinned" if self.pinned else "got"
@@ -573,10 +610,12 @@ class Pages:
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
 
-def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> None:
-    for name, v in (("start", start), ("nr_pages", nr_pages), ("gup_flags", gup_flags)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> tuple[int, int, int]:
+    """The arguments as Python ints (numpy integers welcome), or the
+    TypeError / ValueError naming the bad one — before any work."""
+    start = int_arg(start, "start")
+    nr_pages = int_arg(nr_pages, "nr_pages")
+    gup_flags = int_arg(gup_flags, "gup_flags")
     if start < 0:
         raise ValueError(f"start must be a user address, got {start:#x}")
     if nr_pages < 0:
@@ -585,13 +624,14 @@ def _check_call(mm, start: int, nr_pages: int, gup_flags: int) -> None:
         raise ValueError(f"gup_flags has bits no FOLL flag defines: {gup_flags:#x}")
     if not mm.alive:
         raise GupError(errno.ESRCH, "the mm has exited")
+    return start, nr_pages, gup_flags
 
 
 def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
              pin_api: bool, want_pages: bool = True, locked: Optional[int] = None,
              trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
-    _check_call(mm, start, nr_pages, gup_flags)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
@@ -611,7 +651,8 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
             ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
         else:
             ret = __get_user_pages_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
-    return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL_PIN))
+    return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL_PIN),
+                      writable=bool(flags & FOLL_WRITE))
 
 
 # the flags GUP-fast accepts (internal_get_user_pages_fast()'s mask)
@@ -626,7 +667,7 @@ FAST_STOP_REASONS = {
     C.FAST_STOP_PROTNONE: "PROT_NONE / NUMA-hinting entry",
     C.FAST_STOP_ACCESS: "pte_access_permitted: not writable",
     C.FAST_STOP_SPECIAL: "special mapping (no struct page)",
-    C.FAST_STOP_GRAB: "try_grab_folio failed (refcount 0)",
+    C.FAST_STOP_GRAB: "try_grab_folio failed (refcount 0, or no headroom for the pin)",
     C.FAST_STOP_MOVABLE: "ZONE_MOVABLE: long-term pin must migrate",
     C.FAST_STOP_SECRETMEM: "folio_is_secretmem",
     C.FAST_STOP_WHITELIST: "folio_fast_pin_allowed: not anon/shmem/hugetlb",
@@ -636,13 +677,38 @@ FAST_STOP_REASONS = {
 }
 
 
+def _gup_fast_batched(m: "Kernel", cpu: int, mm, start: int, nr_pages: int,
+                      flags: int, why: bool = False) -> tuple[np.ndarray, int]:
+    """The lockless walk in batches of GUP_BATCH pages, each one C call
+    with IRQs off: the output buffer grows with what was taken, never with
+    what was asked (a 2**34-page request over an empty range costs one
+    small buffer); a short batch ends the walk, as the first page the walk
+    cannot take does.  (pfns, why the walk stopped: a C.FAST_STOP_* code
+    when ``why``, else 0)."""
+    parts = []
+    done = 0
+    stop = 0
+    while done < nr_pages:
+        n = min(nr_pages - done, GUP_BATCH)
+        at = start + (done << PAGE_SHIFT)
+        if why:
+            got, stop = m.core.gup_fast_why(cpu, mm.id, at, n, flags, m.policy.gup_fast_bits)
+        else:
+            got = m.core.gup_fast(cpu, mm.id, at, n, flags, m.policy.gup_fast_bits)
+        parts.append(got)
+        done += len(got)
+        if len(got) < n:
+            break
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), stop
+
+
 def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
                                  to_set: int, trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """/* mirrors internal_get_user_pages_fast() */ (gup_fast_fallback()
     since 6.11; SPEC §1.4, §4.1): the entry checks, the lockless walk in C
     (one call for the whole range), then the slow path for whatever it
     could not take."""
-    _check_call(mm, start, nr_pages, gup_flags)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
@@ -652,8 +718,6 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
                    flags is None, errno.EINVAL, lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags)}):
         if to_set & FOLL_FAST_ONLY and not m.policy.valid_gup_args:
             ret = 0          # 6.1's get_user_pages_fast_only() never answers < 0
-        elif pin_api and not m.policy.pin_fast_bad_args_einval:
-            ret = 0          # 6.3 and 6.4.0-9: pin_user_pages_fast() answered 0
         else:
             ret = -errno.EINVAL
         return ret, Pages(m, [], pinned=pin_api)
@@ -667,34 +731,35 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     if nr_pages == 0:
         return 0, Pages(m, [], pinned)      # pygup: the kernel never sees 0 here
     end = start + (nr_pages << PAGE_SHIFT)
-    if trace.check("start + len overflows", end >= 1 << 64, errno.EOVERFLOW):
-        return -errno.EOVERFLOW, Pages(m, [], pinned)
+    overflow = errno.EOVERFLOW if m.policy.fast_overflow_eoverflow else 0
+    if trace.check("start + len overflows", end >= 1 << 64, overflow):
+        # 9883c7f84053 (6.5, 6.4.10): -EOVERFLOW; before, 0 pages
+        return -overflow, Pages(m, [], pinned)
     if trace.check("end > TASK_SIZE_MAX (access_ok)", end > TASK_SIZE_MAX, errno.EFAULT,
                    lazy=lambda: {"end": hex(end)}):
         return -errno.EFAULT, Pages(m, [], pinned)
     cpu = m.current_cpu()
     if m.core.irqs_disabled(cpu) and not flags & FOLL_FAST_ONLY:
-        raise RuntimeError("GUP-fast with fallback may sleep: IRQs are disabled")
-    if not trace.enabled:
-        fast = m.core.gup_fast(cpu, mm.id, start, nr_pages, flags, m.policy.gup_fast_bits)
-    else:
-        fast, why = m.core.gup_fast_why(cpu, mm.id, start, nr_pages, flags,
-                                        m.policy.gup_fast_bits)
+        raise IrqsDisabledError(f"GUP-fast with fallback may sleep: IRQs are disabled on cpu {cpu} "
+                                "(use FOLL_FAST_ONLY, or enable IRQs first)")
+    fast, why = _gup_fast_batched(m, cpu, mm, start, nr_pages, flags, trace.enabled)
+    if trace.enabled:
         inputs: dict = {"taken": len(fast), "of": nr_pages}
         if len(fast) < nr_pages:
             inputs["why"] = FAST_STOP_REASONS.get(why, f"code {why}")
         trace.steps.append(Step("lockless_pages_from_mm", inputs,
                                 "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
-        return len(fast), Pages(m, fast, pinned)
+        return len(fast), Pages(m, fast, pinned, writable=bool(flags & FOLL_WRITE))
     out: list[int] = []
     with m.op() as cpu:
         ret = __gup_longterm_locked(mm, start + (len(fast) << PAGE_SHIFT), nr_pages - len(fast),
                                     flags | FOLL_TOUCH | FOLL_UNLOCKABLE, out, cpu, trace)
     pfns = fast.tolist() + out[:max(ret, 0)]
     if ret < 0:
-        return (len(fast) if len(fast) else ret), Pages(m, pfns, pinned)
-    return ret + len(fast), Pages(m, pfns, pinned)
+        return ((len(fast) if len(fast) else ret),
+                Pages(m, pfns, pinned, writable=bool(flags & FOLL_WRITE)))
+    return ret + len(fast), Pages(m, pfns, pinned, writable=bool(flags & FOLL_WRITE))
 
 
 def _release_check(kernel: "Kernel", pages: Pages, pinned: bool, what: str) -> None:

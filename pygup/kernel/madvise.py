@@ -4,11 +4,14 @@ populates through GUP (POPULATE_READ / WRITE), and deactivates or
 reclaims (COLD / PAGEOUT), each run under the machine lock by
 ``Process.madvise`` after the syscall's own argument checks.
 
+MADV_COLLAPSE collapses every 2 MiB-aligned extent of an anonymous VMA
+into a PMD-mapped THP (pygup/kernel/thp.py's ``collapse_pmd``), whatever
+the machine's ``transparent_hugepage/enabled`` says; file and shmem THPs
+are not modelled, so a file VMA is EINVAL as an ineligible one is.
+
 Advice pygup does not model (KSM's MERGEABLE, HWPOISON, the guard
 regions...) is not in ``MADV`` and is refused with EINVAL, as unknown
-advice is.  MADV_COLLAPSE returns EINVAL — what the kernel returns when no
-transparent huge page can be made (madvise_collapse_errno()'s default):
-pygup has no anonymous THP yet.
+advice is.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from typing import TYPE_CHECKING, Callable
 from pygup._native import C
 from pygup.flags import FALLOC, MADV, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM, GupError
 from pygup.kernel.gup import faultin_vma_page_range
-from pygup.kernel.thp import deferred_split_folios, split_huge_pmd_range, thp_folios_at_edges
+from pygup.kernel.thp import (collapse_pmd, deferred_split_folios, is_thp_leaf, pmd_entry,
+                              split_folio, split_huge_pmd_range, thp_folios_at_edges,
+                              vma_thp_eligible)
 from pygup.kernel.vma import VMA, vma_is_anonymous
 from pygup.kernel.writeback import punch_hole, shrink_file_folio
 
@@ -128,7 +133,7 @@ def madvise_vma_behavior(mm: "MM", advice: int, cpu: int) -> Callable[[VMA, int,
         MADV.WILLNEED: lambda v, s, e: madvise_willneed(v, s, e),
         MADV.COLD: lambda v, s, e: madvise_cold_or_pageout(v, s, e, False, cpu),
         MADV.PAGEOUT: lambda v, s, e: madvise_cold_or_pageout(v, s, e, True, cpu),
-        MADV.COLLAPSE: lambda v, s, e: madvise_collapse(v, s, e),
+        MADV.COLLAPSE: lambda v, s, e: madvise_collapse(v, s, e, cpu),
     }
     return table.get(advice, flags_advice)
 
@@ -189,24 +194,76 @@ def madvise_dontneed_free(mm: "MM", vma: VMA, start: int, end: int, advice: int,
     deferred_split_folios(kernel, partial, cpu)
 
 
-def madvise_free_single_vma(vma: VMA, start: int, end: int, cpu: int) -> None:
-    """/* mirrors madvise_free_single_vma() / madvise_free_pte_range() */:
-    only anonymous VMAs; each exclusively mapped anon page is made clean
-    and old (the PTE cleared of DIRTY and ACCESSED, flushed) and its folio
-    lazily freeable: reclaim (MADV_PAGEOUT) discards it unless it was
-    written again or someone else holds it (a pin)."""
-    if not vma_is_anonymous(vma):
-        raise GupError(errno.EINVAL, "MADV_FREE needs anonymous memory")
-    core = vma.vm_mm.kernel.core
-    addrs, ptes = core.range_leaves(vma.vm_mm.id, start, end)
-    touched = False
+def _lru_advice_leaves(vma: VMA, start: int, end: int, cpu: int):
+    """The large-folio half of madvise_free_pte_range() /
+    madvise_cold_or_pageout_pte_range() (6.5), then the leaves to advise.
+
+    A THP's PMD leaf the range covers whole is advised whole (yielded
+    once, at its first address, with ``whole=True``) when this is its only
+    mapping; a shared one is skipped.  One the range covers in part, and a
+    PTE-mapped THP met in the range, is split first (split_folio(), so its
+    pages are advised one by one) when only this process maps it; a shared
+    one, or one whose split fails (pinned, extra references), ends the walk
+    of that PMD's range, as the kernel's ``break`` does.  Large file
+    folios are not split (pygup's split_folio() is anon-only): they end
+    the walk of their PMD range likewise.  Yields (addr, pte, frame info,
+    whole)."""
+    mm = vma.vm_mm
+    kernel = mm.kernel
+    core = kernel.core
+    addrs, ptes = core.range_leaves(mm.id, start, end)
+    skip_to = start
+    for addr, pte in zip(addrs.tolist(), ptes.tolist()):
+        if addr < skip_to or pte & C.PTE_SPECIAL or not pte & C.PTE_PRESENT:
+            continue
+        pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
+        fi = core.frame_info(pfn)
+        if not fi.order:
+            continue
+        next_pmd = (addr // PMD_SIZE + 1) * PMD_SIZE
+        if pte & C.PTE_HUGE and not is_thp_leaf(core, pte):
+            continue                      # hugetlb: the VMA checks refused it already
+        # folio_estimated_sharers() (the first page's mapcount; a PMD
+        # mapping counts on it too): only this process maps it
+        whole = pte & C.PTE_HUGE and addr % PMD_SIZE == 0 and next_pmd <= end
+        if whole or core.frame_info(fi.head).mapcount != 1 or \
+                split_folio(kernel, fi.head, cpu) != 0:
+            skip_to = next_pmd            # advised whole below, or the kernel's break
+    # the walk proper, on what is mapped now
+    addrs, ptes = core.range_leaves(mm.id, start, end)
     for addr, pte in zip(addrs.tolist(), ptes.tolist()):
         if pte & C.PTE_SPECIAL or not pte & C.PTE_PRESENT:
             continue
         pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
         fi = core.frame_info(pfn)
-        if fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON or fi.order or fi.mapcount != 1:
-            continue        # shared with a child (or huge): left alone
+        if pte & C.PTE_HUGE:
+            if is_thp_leaf(core, pte) and addr % PMD_SIZE == 0 and addr + PMD_SIZE <= end \
+                    and fi.mapcount == 1:
+                yield addr, pte, fi, True
+            continue
+        if fi.order:
+            continue                      # a large folio left whole above
+        yield addr, pte, fi, False
+
+
+def madvise_free_single_vma(vma: VMA, start: int, end: int, cpu: int) -> None:
+    """/* mirrors madvise_free_single_vma() / madvise_free_pte_range() */:
+    only anonymous VMAs; each exclusively mapped anon page is made clean
+    and old (the PTE cleared of DIRTY and ACCESSED, flushed) and its folio
+    lazily freeable: reclaim (MADV_PAGEOUT) discards it unless it was
+    written again or someone else holds it (a pin).  A THP is marked whole
+    when the range covers its PMD, else split first
+    (``_lru_advice_leaves``)."""
+    if not vma_is_anonymous(vma):
+        raise GupError(errno.EINVAL, "MADV_FREE needs anonymous memory")
+    core = vma.vm_mm.kernel.core
+    touched = False
+    for addr, pte, fi, whole in _lru_advice_leaves(vma, start, end, cpu):
+        if fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON or fi.mapcount != 1:
+            continue        # shared with a child: left alone
+        pfn = fi.head if whole else (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
+        # madvise_free_huge_pmd() for a whole THP: the folio clean, the PMD
+        # old and clean, the folio lazily freeable, as a small page's
         core.flags_update(pfn, C.F_LAZYFREE, C.F_DIRTY | C.F_REFERENCED)
         core.pte_modify(vma.vm_mm.id, addr, C.PTE_DIRTY | C.PTE_ACCESSED, 0, expect_pfn=pfn)
         touched = True
@@ -259,19 +316,16 @@ def madvise_cold_or_pageout(vma: VMA, start: int, end: int, pageout: bool, cpu: 
     cleared); PAGEOUT then reclaims it (reclaim_pages()): a lazily freed
     clean anon folio nobody else holds is discarded, a clean file folio
     goes as reclaim takes it (shrink_file_folio()); a pinned folio is never
-    reclaimed.  Without swap other anon folios stay."""
+    reclaimed.  Without swap other anon folios stay.  THPs as MADV_FREE
+    treats them (``_lru_advice_leaves``)."""
     if not can_madv_lru_vma(vma):
         raise GupError(errno.EINVAL, f"{'MADV_PAGEOUT' if pageout else 'MADV_COLD'} of {vma!r}")
     mm = vma.vm_mm
     core = mm.kernel.core
-    addrs, ptes = core.range_leaves(mm.id, start, end)
     files = []
-    for addr, pte in zip(addrs.tolist(), ptes.tolist()):
-        if pte & C.PTE_SPECIAL or not pte & C.PTE_PRESENT:
-            continue
-        pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
-        fi = core.frame_info(pfn)
-        if fi.order or fi.mapcount != 1:
+    for addr, pte, fi, whole in _lru_advice_leaves(vma, start, end, cpu):
+        pfn = fi.head if whole else (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
+        if fi.mapcount != 1:
             continue                     # folio_maybe_mapped_shared(): skipped
         core.pte_modify(mm.id, addr, C.PTE_ACCESSED, 0, expect_pfn=pfn)
         core.flags_update(pfn, 0, C.F_REFERENCED)
@@ -280,10 +334,11 @@ def madvise_cold_or_pageout(vma: VMA, start: int, end: int, pageout: bool, cpu: 
         if fi.mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
             # try_to_unmap_one() for a lazyfree folio: discarded when the
             # mappings hold every reference (the kernel counts its isolation
-            # reference too) and it is still clean
+            # reference too) and it is still clean; a whole THP goes whole
+            # (reclaim splits its PMD and unmaps every page: the same end)
             dirty = pte & C.PTE_DIRTY or fi.flags & C.F_DIRTY
             if fi.flags & C.F_LAZYFREE and not dirty and fi.refcount == fi.mapcount:
-                core.zap_range(cpu, mm.id, addr, addr + PAGE_SIZE)
+                core.zap_range(cpu, mm.id, addr, addr + (PMD_SIZE if whole else PAGE_SIZE))
             elif fi.flags & C.F_LAZYFREE:
                 core.flags_update(pfn, 0, C.F_LAZYFREE)   # written again or held: keep
         elif fi.mapping and vma.vm_file is not None:
@@ -294,11 +349,47 @@ def madvise_cold_or_pageout(vma: VMA, start: int, end: int, pageout: bool, cpu: 
             shrink_file_folio(inode, inode.folio_start(index))
 
 
-def madvise_collapse(vma: VMA, start: int, end: int) -> None:
-    """/* mirrors madvise_collapse() */ where no THP can be made: EINVAL
-    (thp_vma_allowable_order() fails, or every scan ends in
-    madvise_collapse_errno()'s default).  pygup has no anonymous THP yet."""
-    raise GupError(errno.EINVAL, "MADV_COLLAPSE: no transparent huge page can be made")
+def madvise_collapse(vma: VMA, start: int, end: int, cpu: int) -> None:
+    """/* mirrors madvise_collapse() */ (mm/khugepaged.c) on one VMA part:
+    EINVAL at once when the VMA may not hold a THP
+    (thp_vma_allowable_order() with the sysfs setting ignored, VM_NOHUGEPAGE
+    honoured); otherwise each 2 MiB-aligned extent inside [start, end) is
+    collapsed (an extent a THP maps already counts as done).  The kernel
+    goes on past the failures it lists as "continuing OK" and stops at any
+    other; unless every extent ended as a THP the result is the errno of
+    the last failure (madvise_collapse_errno()): EAGAIN for a page that is
+    pinned or holds references no mapping explains (SCAN_PAGE_COUNT),
+    ENOMEM for no free order-9 block (SCAN_ALLOC_HUGE_PAGE_FAIL, which
+    stops the walk), EINVAL for the rest."""
+    # thp_vma_allowable_order() outside a fault also asks that the VMA hold
+    # one aligned 2 MiB extent (transhuge_vma_suitable() at vm_end - 2 MiB)
+    if vma.vm_end - vma.vm_start < PMD_SIZE or \
+            not vma_thp_eligible(vma, vma.vm_end - PMD_SIZE, enforce_sysfs=False):
+        raise GupError(errno.EINVAL, f"MADV_COLLAPSE: {vma!r} cannot hold a THP")
+    mm = vma.vm_mm
+    hstart = -(-start // PMD_SIZE) * PMD_SIZE
+    hend = end // PMD_SIZE * PMD_SIZE
+    thps = 0
+    last_fail = 0
+    for addr in range(hstart, hend, PMD_SIZE):
+        # find_pmd_or_thp_or_none(): no PMD table at all is SCAN_PMD_NULL
+        # (go on); a none PMD entry in one is SCAN_PMD_NONE (stop)
+        _, entries = mm.kernel.core.walk_entries(cpu, mm.id, addr)
+        stop = entries[1] != 0 and pmd_entry(mm, addr, cpu) == 0
+        rc = -errno.EINVAL if stop else collapse_pmd(mm, addr, cpu, enforce_sysfs=False)
+        if rc == 0:
+            thps += 1                          # SCAN_SUCCEED / SCAN_PMD_MAPPED
+            continue
+        last_fail = -rc
+        # collapse_pmd()'s EAGAIN is SCAN_PAGE_COUNT and its EINVAL past the
+        # PMD checks a PTE it cannot take (non-present, no normal page,
+        # SCAN_PAGE_RO): all "continuing OK"; ENOMEM is not
+        if stop or rc == -errno.ENOMEM:
+            break
+    extents = max(0, (hend - hstart) // PMD_SIZE)
+    if thps != extents:
+        raise GupError(last_fail, f"MADV_COLLAPSE of [{start:#x}, {end:#x}): "
+                                  f"{thps} of {extents} extents collapsed")
 
 
 # ---------------------------------------------------------------------------

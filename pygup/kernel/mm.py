@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 from pygup._native import C
 from pygup.flags import (
     FOLL_FAST_ONLY, FOLL_GET, FOLL_PIN, FOLL_REMOTE, FOLL_TOUCH, FOLL_UNLOCKABLE, PAGE_MASK,
-    PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError, int_arg)
+    PAGE_SHIFT, PMD_SIZE, TASK_SIZE, VM, GupError, bool_arg, int_arg)
 from pygup.kernel import gup
 from pygup.kernel.fault import pte_pfn
 from pygup.kernel.thp import split_huge_pmd
@@ -144,7 +144,7 @@ class MM:
         gup.unpin_user_pages(self.kernel, pages)
 
     def unpin_user_pages_dirty_lock(self, pages: "Pages", make_dirty: bool) -> None:
-        gup.unpin_user_pages_dirty_lock(self.kernel, pages, bool(make_dirty))
+        gup.unpin_user_pages_dirty_lock(self.kernel, pages, bool_arg(make_dirty, "make_dirty"))
 
     def put_page(self, pages: "Pages") -> None:
         """put_page() on every page of a FOLL_GET result."""

@@ -12,8 +12,9 @@ import errno
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from pygup._native import C
-from pygup.flags import (MADV, MAP, MCL, MLOCK, MREMAP, MS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE,
-                         PMD_SIZE, PROT, TASK_SIZE, VM, GupError, check_flags, int_arg)
+from pygup.flags import (MADV, MAP, MAX_LFS_FILESIZE, MCL, MLOCK, MREMAP, MS, PAGE_MASK,
+                         PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PROT, TASK_SIZE, VM, GupError,
+                         check_flags, int_arg)
 from pygup.kernel import madvise as madv
 from pygup.kernel import mlock as mlk
 from pygup.kernel import mremap as mrp
@@ -90,8 +91,18 @@ class Process:
         flags = check_flags(flags, MAP, "flags")
         if file is not None and not isinstance(file, File):
             raise TypeError(f"file must be a pygup File, got {type(file).__name__}")
+        if file is not None and file.fs.kernel is not self.kernel:
+            # checked before anything is allocated in either machine
+            raise ValueError(f"file {file.inode.describe()} belongs to another Machine")
+        if offset >= 1 << 64:
+            # the syscall's offset is an unsigned long; do_mmap(): a pgoff
+            # that wraps is -EOVERFLOW
+            raise GupError(errno.EOVERFLOW, f"offset {offset:#x} does not fit the address space")
         if length <= 0 or offset < 0 or offset % PAGE_SIZE or addr % PAGE_SIZE or addr < 0:
             raise GupError(errno.EINVAL, "length, offset and addr must be aligned and in range")
+        if length > TASK_SIZE:
+            # do_mmap(): checked before anything is set up
+            raise GupError(errno.ENOMEM, "length past the end of the address space")
         kind = flags & (MAP.SHARED | MAP.PRIVATE)
         if kind not in (MAP.SHARED, MAP.PRIVATE):
             raise GupError(errno.EINVAL, "exactly one of MAP_SHARED and MAP_PRIVATE")
@@ -103,64 +114,80 @@ class Process:
             raise GupError(errno.EAGAIN, "a locked mapping over RLIMIT_MEMLOCK")
         k = self.kernel
         with k.op() as cpu:
+            created = None
             if flags & MAP.ANONYMOUS:
                 file = None
                 offset = 0
                 if flags & MAP.HUGETLB:
-                    file = anon_inode_file(k, "hugetlbfs", "anon_hugepage",
-                                           -(-length // HPAGE_SIZE) * HPAGE_SIZE)
+                    file = created = anon_inode_file(k, "hugetlbfs", "anon_hugepage",
+                                                     -(-length // HPAGE_SIZE) * HPAGE_SIZE)
                 elif kind == MAP.SHARED:
                     # shmem_zero_setup(): shared anonymous memory is a shmem file
-                    file = anon_inode_file(k, "tmpfs", "dev-zero", _page_count(length) * PAGE_SIZE)
+                    file = created = anon_inode_file(k, "tmpfs", "dev-zero",
+                                                     _page_count(length) * PAGE_SIZE)
             elif file is None:
                 raise GupError(errno.EBADF, "a file mapping needs a file")
-            huge = file is not None and file.fs.fstype.huge
-            align = HPAGE_SIZE if huge else PAGE_SIZE
-            length = -(-length // align) * align
-            if huge and (addr % HPAGE_SIZE or offset % HPAGE_SIZE):
-                raise GupError(errno.EINVAL, "hugetlb mappings need 2 MiB alignment")
-            if length > TASK_SIZE or (addr and addr + length > TASK_SIZE):
-                raise GupError(errno.ENOMEM, "range past the end of the address space")
-            vm_flags = calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC
-            vm_flags |= VM.SOFTDIRTY                         # new VMAs start "all dirty"
-            vm_flags |= self.mm.def_flags | lock_bits        # mlockall(MCL_FUTURE), MAP_LOCKED
-            if file is not None:
-                if kind == MAP.SHARED:
-                    if prot & PROT.WRITE and not file.writable:
-                        raise GupError(errno.EACCES, "shared writable mapping of a read-only file")
-                    vm_flags |= VM.SHARED | VM.MAYSHARE
-                    if not file.writable:
-                        vm_flags &= ~(VM.MAYWRITE | VM.SHARED)
-                if file.fs.fstype.kind == "secretmem":
-                    if kind != MAP.SHARED:
-                        raise GupError(errno.EINVAL, "secretmem needs MAP_SHARED")
-                    vm_flags |= VM.LOCKED | VM.DONTDUMP
-                if huge:
-                    vm_flags |= VM.HUGETLB
-            if flags & MAP.FIXED or flags & MAP.FIXED_NOREPLACE:
-                if addr == 0 and not flags & MAP.FIXED_NOREPLACE:
-                    raise GupError(errno.EPERM, "MAP_FIXED at address 0")
-                if self.mm.vmas_in(addr, addr + length):
-                    if flags & MAP.FIXED_NOREPLACE:
-                        raise GupError(errno.EEXIST, f"{addr:#x} is already mapped")
-                    self._unmap(addr, addr + length, cpu)
-                start = addr
-            else:
-                start = self.mm.get_unmapped_area(length, align)
-            inode = file.inode if file is not None else None
-            pgoff = offset >> PAGE_SHIFT if inode is not None else start >> PAGE_SHIFT
-            vm_ops = inode.fs.fstype.vm_ops if inode is not None else None
-            vma = VMA(self.mm, start, start + length, vm_flags, inode, pgoff, vm_ops)
-            if vma.vm_flags & VM.LOCKED and file is not None and file.fs.fstype.kind == "secretmem":
-                pass                                         # secretmem: locked, never counted
-            elif vma.vm_flags & VM.LOCKED:
-                # mmap_region(): VM_SPECIAL, hugetlb and DAX are never locked
-                if mlk.mlock_unlockable(vma):
-                    vma.vm_flags = VM(vma.vm_flags & ~mlk.VM_LOCKED_MASK)
+            try:
+                huge = file is not None and file.fs.fstype.huge
+                align = HPAGE_SIZE if huge else PAGE_SIZE
+                length = -(-length // align) * align
+                if huge and (addr % HPAGE_SIZE or offset % HPAGE_SIZE):
+                    raise GupError(errno.EINVAL, "hugetlb mappings need 2 MiB alignment")
+                if length > TASK_SIZE or (addr and addr + length > TASK_SIZE):
+                    raise GupError(errno.ENOMEM, "range past the end of the address space")
+                if file is not None and offset > MAX_LFS_FILESIZE - length:
+                    # file_mmap_ok(): the mapping must end within the largest
+                    # file size (MAX_LFS_FILESIZE), else do_mmap() is -EOVERFLOW
+                    raise GupError(errno.EOVERFLOW, f"offset {offset:#x} + length {length:#x} "
+                                                    "is past MAX_LFS_FILESIZE")
+                vm_flags = calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC
+                vm_flags |= VM.SOFTDIRTY                         # new VMAs start "all dirty"
+                vm_flags |= self.mm.def_flags | lock_bits        # mlockall(MCL_FUTURE), MAP_LOCKED
+                if file is not None:
+                    if kind == MAP.SHARED:
+                        if prot & PROT.WRITE and not file.writable:
+                            raise GupError(errno.EACCES,
+                                           "shared writable mapping of a read-only file")
+                        vm_flags |= VM.SHARED | VM.MAYSHARE
+                        if not file.writable:
+                            vm_flags &= ~(VM.MAYWRITE | VM.SHARED)
+                    if file.fs.fstype.kind == "secretmem":
+                        if kind != MAP.SHARED:
+                            raise GupError(errno.EINVAL, "secretmem needs MAP_SHARED")
+                        vm_flags |= VM.LOCKED | VM.DONTDUMP
+                    if huge:
+                        vm_flags |= VM.HUGETLB
+                if flags & MAP.FIXED or flags & MAP.FIXED_NOREPLACE:
+                    if addr == 0 and not flags & MAP.FIXED_NOREPLACE:
+                        raise GupError(errno.EPERM, "MAP_FIXED at address 0")
+                    if self.mm.vmas_in(addr, addr + length):
+                        if flags & MAP.FIXED_NOREPLACE:
+                            raise GupError(errno.EEXIST, f"{addr:#x} is already mapped")
+                        self._unmap(addr, addr + length, cpu)
+                    start = addr
                 else:
-                    self.mm.locked_vm += length >> PAGE_SHIFT
-            self.mm.vma_link(vma)
-            self.mm.vma_merge(vma)
+                    start = self.mm.get_unmapped_area(length, align)
+                inode = file.inode if file is not None else None
+                pgoff = offset >> PAGE_SHIFT if inode is not None else start >> PAGE_SHIFT
+                vm_ops = inode.fs.fstype.vm_ops if inode is not None else None
+                vma = VMA(self.mm, start, start + length, vm_flags, inode, pgoff, vm_ops)
+                if vma.vm_flags & VM.LOCKED and file is not None and \
+                        file.fs.fstype.kind == "secretmem":
+                    pass                                         # secretmem: locked, never counted
+                elif vma.vm_flags & VM.LOCKED:
+                    # mmap_region(): VM_SPECIAL, hugetlb and DAX are never locked
+                    if mlk.mlock_unlockable(vma):
+                        vma.vm_flags = VM(vma.vm_flags & ~mlk.VM_LOCKED_MASK)
+                    else:
+                        self.mm.locked_vm += length >> PAGE_SHIFT
+                self.mm.vma_link(vma)
+                self.mm.vma_merge(vma)
+            except BaseException:
+                # mmap_region() failed after shmem_zero_setup() /
+                # hugetlb_file_setup(): the file made for it goes now (fput)
+                if created is not None:
+                    created.close()
+                raise
             if flags & MAP.POPULATE or vma.vm_flags & VM.LOCKED:
                 # do_mmap() -> mm_populate() (errors ignored): through GUP,
                 # populate_vma_page_range()'s flags — the one populate that
@@ -179,9 +206,25 @@ class Process:
         if length <= 0:
             raise GupError(errno.EINVAL, "length must be positive")
         length = _page_count(length) * PAGE_SIZE
+        if length > TASK_SIZE:
+            raise GupError(errno.ENOMEM, "range past the end of the address space")
         k = self.kernel
-        with k.op():
+        with k.op() as cpu:
             start = self.mm.get_unmapped_area(length, PAGE_SIZE)
+            # the device memory first, all or nothing: a driver whose
+            # ->mmap cannot back the whole range fails it, and mmap_region()
+            # then leaves no VMA behind
+            nr = length >> PAGE_SHIFT
+            if nr > k.core.stats()["nr_free_normal"]:
+                raise GupError(errno.ENOMEM, f"no device memory for {nr} pages")
+            pfns: list[int] = []
+            try:
+                for _ in range(nr):
+                    pfns.append(k.alloc_folio(0, movable=False))
+            except BaseException:
+                for pfn in pfns:
+                    k.core.folio_put(pfn, 1)
+                raise
             flags = (calc_vm_prot_bits(prot) | VM.MAYREAD | VM.MAYWRITE | VM.MAYEXEC | VM.SHARED
                      | VM.MAYSHARE | VM.IO | VM.PFNMAP | VM.DONTEXPAND | VM.DONTDUMP)
             vma = VMA(self.mm, start, start + length, flags, None, 0, DEVICE_VM_OPS)
@@ -189,10 +232,18 @@ class Process:
             bits = C.PTE_PRESENT | C.PTE_USER | C.PTE_SPECIAL | C.PTE_ACCESSED
             if prot & PROT.WRITE:
                 bits |= C.PTE_WRITE | C.PTE_DIRTY
-            for addr in range(start, start + length, PAGE_SIZE):
-                pfn = k.alloc_folio(0, movable=False)
-                k.device_frames.append(pfn)
-                k.core.pte_set(self.mm.id, addr, (pfn << C.PTE_PFN_SHIFT) | bits, C.LEVEL_PTE)
+            try:
+                for i, pfn in enumerate(pfns):
+                    k.core.pte_set(self.mm.id, start + (i << PAGE_SHIFT),
+                                   (pfn << C.PTE_PFN_SHIFT) | bits, C.LEVEL_PTE)
+            except BaseException:
+                # remap_pfn_range() failed (no memory for a page table):
+                # undo the mapping and give the device memory back
+                self._unmap(start, start + length, cpu)
+                for pfn in pfns:
+                    k.core.folio_put(pfn, 1)
+                raise
+            k.device_frames.extend(pfns)
         return start
 
     # -- munmap / mprotect -------------------------------------------------------

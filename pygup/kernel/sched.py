@@ -131,17 +131,27 @@ def yield_point(machine, name: str) -> bool:
 ScheduleArg = Optional[Sequence[Union[int, tuple]]]
 
 
-def _plan(schedule: ScheduleArg) -> tuple[Optional[list[int]], Optional[list[Optional[str]]]]:
+def _plan(schedule: ScheduleArg, n: int
+          ) -> tuple[Optional[list[int]], Optional[list[Optional[str]]]]:
+    """The schedule as CPU ids (each one of the run's n CPUs) and point
+    names; ValueError naming the first bad entry."""
     if schedule is None:
         return None, None
+    if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__iter__"):
+        raise TypeError(f"schedule must be a sequence of CPU ids, got {type(schedule).__name__}")
     cpus, names = [], []
     for entry in schedule:
-        if isinstance(entry, tuple):
-            cpu, name = entry[0], entry[1]
+        if isinstance(entry, tuple) and len(entry) == 2:
+            cpu, name = entry
+            if not isinstance(name, str):
+                raise ValueError(f"schedule: the point of {entry!r} must be a str")
         else:
             cpu, name = entry, None
-        if isinstance(cpu, bool) or not isinstance(cpu, int):
+        if isinstance(cpu, bool) or not hasattr(cpu, "__index__"):
             raise ValueError(f"schedule entries must be CPU ids or (cpu, point) pairs, got {entry!r}")
+        cpu = int(cpu.__index__())
+        if not 0 <= cpu < n:
+            raise ValueError(f"schedule: cpu {cpu} is not one of this run's {n} CPUs (0..{n - 1})")
         cpus.append(cpu)
         names.append(name)
     return cpus, names
@@ -171,9 +181,23 @@ def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
         raise ValueError(f"ops: 1..{kernel.nr_cpus} callables (one per CPU), got {n}")
     if not all(callable(op) for op in ops):
         raise TypeError("ops must be callables taking the machine")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    plan, want_names = _plan(schedule)
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if not 0 <= seed < 1 << 64:
+            raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+    if isinstance(spin_limit, bool) or not isinstance(spin_limit, int) or \
+            not 0 <= spin_limit < 1 << 64:
+        raise ValueError(f"spin_limit must be an int in 0..2**64-1 (0: the default), "
+                         f"got {spin_limit!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+            not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
+    names = list(points) if points is not None else []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"points must be yield-point names (str), got {name!r}")
+    plan, want_names = _plan(schedule, n)
     core = kernel.core
     me = threading.get_ident()
     # lend the CPUs the calling thread holds to the ops
@@ -192,7 +216,7 @@ def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
     try:
         core.sched_begin(n, seed or 0, plan, spin_limit)
         try:
-            for name in points or ():
+            for name in names:
                 core.sched_filter(name)
             if digests:
                 core.sched_explore()

@@ -266,7 +266,7 @@ def split_folio(kernel, pfn: int, cpu: int) -> int:
     if fi.order != C.PMD_ORDER or fi.flags & C.F_HUGETLB or not fi.mapping & C.MAPPING_ANON:
         return -errno.EINVAL
     head = fi.head
-    if fi.pincount > 0:               # folio_maybe_dma_pinned(): large folios count exactly
+    if core.folio_maybe_dma_pinned(head):     # the C core's rule
         return -errno.EBUSY
     maps = sum(core.frame_info(head + i).mapcount for i in range(HPAGE_PMD_NR))
     if fi.refcount != maps:           # can_split_folio(): extra references

@@ -10,13 +10,10 @@ import functools
 import weakref
 from typing import TYPE_CHECKING, Optional
 
-from pygup.flags import FALLOC, PAGE_SIZE, PMD_SIZE, GupError, int_arg
+from pygup.flags import FALLOC, MAX_LFS_FILESIZE, PAGE_SIZE, PMD_SIZE, GupError, int_arg
 from pygup.kernel.fs import PRESETS, FsType, Inode, SuperBlock
 from pygup.kernel.writeback import (punch_hole, truncate_inode, truncate_inode_pages,
                                     writeback_inode)
-
-# s_maxbytes of the emulated file systems (MAX_LFS_FILESIZE on 64-bit)
-MAX_LFS_FILESIZE = (1 << 63) - 1
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.context import Kernel
@@ -115,8 +112,7 @@ class File:
     def truncate(self, size: int) -> None:
         """ftruncate(): shrink or grow; pages past the end are unmapped and
         dropped from the page cache (their mapping word cleared)."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size must be a non-negative int, got {size!r}")
+        _check_size(size, False)
         with self.fs.kernel.op():
             truncate_inode(self.inode, size)
 
@@ -274,5 +270,8 @@ def anon_inode_file(kernel: "Kernel", preset: str, name: str, size: int) -> File
 def _check_size(size: int, huge: bool) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"size must be a non-negative int, got {size!r}")
+    if size > MAX_LFS_FILESIZE:
+        # inode_newsize_ok(): past s_maxbytes is -EFBIG
+        raise GupError(errno.EFBIG, f"size {size:#x} is past MAX_LFS_FILESIZE")
     if huge and size % PMD_SIZE:
         raise ValueError("size of a hugetlbfs file must be a multiple of 2 MiB")

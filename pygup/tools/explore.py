@@ -80,7 +80,7 @@ from pygup._native import C, Core
 from pygup.config.mutants import MUTANTS, resolve_mutants
 from pygup.config.policy import POLICIES
 from pygup.errors import InvariantError
-from pygup.flags import FOLL, MAP, PAGE_SIZE, PROT, GupError
+from pygup.flags import FOLL, MADV, MAP, MREMAP, PAGE_SIZE, PROT, GupError
 from pygup.kernel.sched import (Interleaving, SchedDeadlock, SchedError, ScheduleDiverged,
                                 SchedTimeout, yield_point)
 from pygup.machine import Machine
@@ -439,6 +439,80 @@ def _race_pin_writeback(policy, mutants):
     return World(m, [device, lambda m: f.writeback()], check, (p.mm.id, a))
 
 
+def _race_fast_dontneed(policy, mutants):
+    """MADV_DONTNEED holds mmap_lock for read only: GUP-fast and the zap
+    run side by side (IPI flush, as fast-munmap)."""
+    m, p, a = _anon(policy, mutants)
+    old = p.mm.pte(a).pfn
+
+    def check(run):
+        ret, pages = run.results[0]
+        if ret != 1:
+            return None
+        pfn = int(pages[0])
+        bad = _kept_over_a_changed_entry(run, 0, a, pfn)
+        # the pin is on the page mapped when it was taken: the old one, or
+        # (after the zap, through the slow path's fault) the new one mapped now
+        if bad is None and pfn != old and p.mm.pte(a).pfn != pfn:
+            bad = (f"pinned frame {pfn:#x} is neither the page zapped ({old:#x}) nor the "
+                   "one mapped now")
+        p.mm.unpin_user_pages(pages)
+        return bad
+    return World(m, [_fast_pin(p, a, FOLL.WRITE), lambda m: p.madvise(a, P, MADV.DONTNEED)],
+                 check, (p.mm.id, a))
+
+
+def _race_fast_mremap(policy, mutants):
+    """mremap moves the page's PTE (pg_move_range: clear, flush, set at the
+    new address); a pin taken at the old address must be of the page that
+    is then mapped at the new one, or the pin must fail (nothing is mapped
+    at the old address after the move)."""
+    m, p, a = _anon(policy, mutants)
+    dest = p.mmap(P, RW, MAP.PRIVATE | MAP.ANONYMOUS)     # a place to move to
+    p.munmap(dest, P)
+
+    def move(m):
+        return p.mremap(a, P, P, MREMAP.MAYMOVE | MREMAP.FIXED, new_addr=dest)
+
+    def check(run):
+        ret, pages = run.results[0]
+        if ret != 1:
+            return None
+        pages.write(0, 0xD11A)                    # the device's write through the pin
+        seen = p.read(dest)
+        p.mm.unpin_user_pages(pages)
+        if seen != 0xD11A:
+            return (f"a write through the pin on frame {int(pages[0]):#x} is not seen at the "
+                    f"page's new address {dest:#x} (read {seen:#x})")
+        return None
+    return World(m, [_fast_pin(p, a, FOLL.WRITE), move], check, (p.mm.id, a),
+                 expected=(GupError,))
+
+
+def _race_forcewrite_dontneed(policy, mutants):
+    """The Dirty COW pair (CVE-2016-5195, and its 2022 sequel's shape): a
+    /proc/pid/mem write (FOLL_FORCE | FOLL_WRITE) into a read-only private
+    file mapping whose page-cache page is mapped, against MADV_DONTNEED of
+    the page (mmap_lock read-held by both).  The forced write must go to a
+    private anonymous copy, whatever the order: the file never changes."""
+    from pygup.callers import proc_mem_write
+    m = _machine(policy, mutants)
+    fs = m.mount("ext4")
+    f = fs.create("passwd", P)
+    f.pwrite(0, 0x600D)
+    p = m.spawn()
+    a = p.mmap(P, PROT.READ, MAP.PRIVATE, file=fs.open("passwd", writable=False))
+    p.read(a)                                     # the page-cache page is mapped, R/O
+
+    def check(run):
+        got = f.pread(0)
+        if got != 0x600D:
+            return f"the read-only file changed: page 0 holds {got:#x} (Dirty COW)"
+        return None
+    return World(m, [lambda m: proc_mem_write(p, a, 0xBAD),
+                     lambda m: p.madvise(a, P, MADV.DONTNEED)], check, (p.mm.id, a))
+
+
 _THP_AT = 0x40000000            # a 2 MiB-aligned address for the THP races
 
 
@@ -541,6 +615,14 @@ RACES: dict[str, Race] = {r.name: r for r in [
     Race("fast-split", "GUP-fast FOLL_WRITE pin vs a partial munmap splitting a PTE-mapped THP "
          "(broadcast flush)", _race_fast_split,
          _FAST | _ZAP | {"split_folio_frozen"}, ("no_folio_recheck",)),
+    Race("fast-dontneed", "GUP-fast FOLL_WRITE pin vs MADV_DONTNEED of the page (IPI flush)",
+         _race_fast_dontneed, _FAST | _ZAP | {"madv_dontneed_zap"}, ("no_pte_recheck",)),
+    Race("fast-mremap", "GUP-fast FOLL_WRITE pin vs mremap moving the page",
+         _race_fast_mremap, _FAST | {"mremap_moved", "mremap_flushed"}, ()),
+    Race("forcewrite-dontneed", "/proc/pid/mem forced write vs MADV_DONTNEED of a R/O private "
+         "file page (Dirty COW)", _race_forcewrite_dontneed,
+         frozenset({"walk_entry_read", "gup_faulted_in", "madv_dontneed_zap", "zap_cleared",
+                    "zap_flushed"}), ("force_write_any_page",)),
     Race("writeback-write", "two user writes vs writeback (folio_mkclean) of an ext4 page",
          _race_writeback_write, frozenset({"between_writes", "mkclean_cleared",
                                            "mkclean_flushed"}), ("mkclean_no_flush",)),

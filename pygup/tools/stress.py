@@ -59,6 +59,10 @@ CHECKS: dict[str, int] = _named("STRESS_CHK_")
 OPS: dict[str, int] = _named("STRESS_OP_")
 VARIANTS: dict[str, int] = {k: v for k, v in _named("STRESS_V_").items() if k != "all"}
 
+# a campaign's longest wall-clock budget (a day): long enough for any run,
+# and far inside the C core's 64-bit nanosecond field
+MAX_SECONDS = 86400
+
 _KNOBS = ("ranges_per_worker", "range_pages", "max_pin_pages", "hold_spins", "dwell_spins",
           "window_spins", "stop_on_failure", "max_iters")
 
@@ -141,12 +145,18 @@ def stress_params(scenario: str = "unmap", *, seconds: float = 1.0, seed: int = 
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {sorted(SCENARIOS)}, got {scenario!r}")
     p = Core.stress_defaults(SCENARIOS[scenario])
+    limits = Core.stress_field_limits()
     if isinstance(threads, Mapping):
         unknown = set(threads) - {"pinners", "workers"}
         if unknown:
             raise ValueError(f"threads: unknown keys {sorted(unknown)}")
-        p["nr_pinners"] = int(threads.get("pinners", p["nr_pinners"]))
-        p["nr_workers"] = int(threads.get("workers", p["nr_workers"]))
+        for key, field in (("pinners", "nr_pinners"), ("workers", "nr_workers")):
+            if key in threads:
+                v = threads[key]
+                if isinstance(v, bool) or not isinstance(v, int) or \
+                        not 0 <= v <= limits[field][1]:
+                    raise ValueError(f"threads[{key!r}] must be a non-negative int, got {v!r}")
+                p[field] = v
     elif threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int):
             raise ValueError(f"threads must be an int or a dict, got {threads!r}")
@@ -159,11 +169,12 @@ def stress_params(scenario: str = "unmap", *, seconds: float = 1.0, seed: int = 
         per_worker = 2 if scenario == "writeback" else 1
         p["nr_workers"] = 1
         p["nr_pinners"] = max(1, min(4, (os.cpu_count() or 2) - per_worker))
-    if not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+            not 0 <= seconds <= MAX_SECONDS:
+        raise ValueError(f"seconds must be a number in 0..{MAX_SECONDS}, got {seconds!r}")
     p["duration_ns"] = int(seconds * 1e9)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= limits["seed"][1]:
+        raise ValueError(f"seed must be an int in 0..2**64-1, got {seed!r}")
     p["seed"] = seed
     p["variants"] = _variant_bits(variants)
     p["policy"] = _policy_bits(policy)
@@ -172,8 +183,8 @@ def stress_params(scenario: str = "unmap", *, seconds: float = 1.0, seed: int = 
             raise TypeError(f"run_stress: unknown knob {name!r} (known: {', '.join(_KNOBS)})")
         if isinstance(value, bool):
             value = int(value)
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if not isinstance(value, int) or not 0 <= value <= limits[name][1]:
+            raise ValueError(f"{name} must be an int in 0..{limits[name][1]}, got {value!r}")
         p[name] = value
     if p["duration_ns"] == 0 and p.get("max_iters", 0) == 0:
         raise ValueError("give seconds > 0 or max_iters > 0")
@@ -220,11 +231,12 @@ def run_stress(machine_or_params=None, *, seconds: float = 1.0, seed: int = 0,
     core = machine._core
     # nothing earlier may be mistaken for this run's findings
     machine.check()
-    try:
-        res = core.stress_run(p)
-    except GupError:
-        core.violations()
-        raise
+    with machine.kernel.alone("run_stress"):
+        try:
+            res = core.stress_run(p)
+        except GupError:
+            core.violations()
+            raise
     violations = core.violations()
     names_c = {v: k for k, v in CHECKS.items()}
     names_o = {v: k for k, v in OPS.items()}

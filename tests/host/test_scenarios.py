@@ -5,6 +5,7 @@ this machine's kernel runs where io_uring works and we are root."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -119,6 +120,64 @@ def test_force_write_leaves_the_file_alone():
     assert not same and excl
 
 
+def test_writeback_then_short_pins_only_the_write_pin_dirties():
+    got = run_pygup_scenario(SCENARIOS["writeback_then_short_pins"], "6.18")
+    (w, dirty0, ms, clean, pvr, after_pvr, vms, after_vms, dio, after_dio, value,
+     ms2, clean2, file_word) = got
+    assert (w, dirty0, ms, clean) == (0, True, 0, False)      # writeback cleaned it
+    assert (pvr, after_pvr) == (PAGE_SIZE, False)             # read-only pin
+    assert (vms, after_vms) == (PAGE_SIZE, False)             # a reference, no write
+    assert (dio, after_dio, value) == (PAGE_SIZE, True, [0, 0x7272])   # FOLL_WRITE pin
+    assert (ms2, clean2, file_word) == (0, False, 0x7272)     # the device's data on disk
+
+
+def test_o_direct_write_takes_each_vmas_page():
+    # anon A, the private mapping's page-cache page W, the zero page
+    assert run_pygup_scenario(SCENARIOS["o_direct_write_data"], "6.12") == [
+        0, 3 * PAGE_SIZE, 0xA1A1, 0x5757, 0, 0x5757]
+
+
+def test_o_direct_write_over_a_hole_fails_but_the_first_page_landed():
+    assert run_pygup_scenario(SCENARIOS["o_direct_write_hole"], "6.12") == [
+        0, -errno.EFAULT, 0xA1A1, 2, 3, 0x5757]
+
+
+def test_proc_mem_write_stops_at_the_hole():
+    steps, ret, at_hole, reads, file_word, last = run_pygup_scenario(
+        SCENARIOS["proc_mem_across_vmas"], "6.18")
+    assert steps == [0, 0, 0] and ret == 3 * PAGE_SIZE and at_hole == -errno.EIO
+    v = 0x0123456789ABCDEF
+    # FOLL_FORCE writes through PROT_NONE and into the R/O private mapping (a COW copy)
+    assert reads == [[8, v], [8, v + 1], [8, v + 2], [-errno.EIO, 0], [8, 0]]
+    assert file_word == 0x5757 and last                      # file untouched; page 4 faulted
+                                                             # in by the read, not written
+
+
+def test_o_direct_file_callers_check_their_arguments():
+    m, p = _machine()
+    f = m.mount("ext4").create("f", 2 * PAGE_SIZE)
+    f.pwrite(0, 0x44)
+    addr = p.mmap(2 * PAGE_SIZE, RW, MAP.PRIVATE | MAP.ANONYMOUS)
+    assert callers.o_direct_pread(p, f, 0, addr, PAGE_SIZE) == PAGE_SIZE
+    assert p.read(addr) == 0x44 and f.disk(0) == 0x44        # written back first
+    p.write(addr + PAGE_SIZE, 0x55)
+    assert callers.o_direct_pwrite(p, f, 1, addr + PAGE_SIZE, PAGE_SIZE) == PAGE_SIZE
+    assert f.disk(1) == 0x55 and f.pread(1) == 0x55
+    with pytest.raises(ValueError, match="past the end"):
+        callers.o_direct_pwrite(p, f, 1, addr, 2 * PAGE_SIZE)
+    with pytest.raises(ValueError, match="index"):
+        callers.o_direct_pread(p, f, -1, addr, PAGE_SIZE)
+    memfd = m.memfd_create("m", PAGE_SIZE)                   # no O_DIRECT on shmem here
+    assert callers.o_direct_pread(p, memfd, 0, addr, PAGE_SIZE) == -errno.EINVAL
+    ro = f.fs.open("f", writable=False)
+    assert callers.o_direct_pwrite(p, ro, 0, addr, PAGE_SIZE) == -errno.EBADF
+    with pytest.raises(ValueError, match="page-aligned"):
+        callers.proc_mem_write_pages(p, addr + 8, [1])
+    with pytest.raises(ValueError, match="at least one"):
+        callers.proc_mem_write_pages(p, addr, [])
+    m.check()
+
+
 # ---------------------------------------------------------------------------
 # the report
 
@@ -139,6 +198,15 @@ def test_a_scenario_disagreement_fails_the_report():
     rep = run_oracle([], "6.18", host=_Rec({sc.name: bad}), release="6.18.0")
     assert not rep.ok and [x.name for x in rep.scenario_disagreements] == ["range_hole"]
     assert "range_hole                   NO" in format_report(rep)
+
+
+def test_a_recorded_nested_outcome_compares_equal():
+    """A guest's record went through JSON: tuples nested in an outcome came
+    back as lists, and the pygup side's outcome must read the same."""
+    sc = SCENARIOS["proc_mem_across_vmas"]
+    recorded = json.loads(json.dumps(run_pygup_scenario(sc, "6.18")))
+    rep = run_oracle([], "6.18", host=_Rec({sc.name: recorded}), release="6.18.0")
+    assert rep.ok and [x.name for x in rep.scenarios if x.compared] == [sc.name]
 
 
 # ---------------------------------------------------------------------------

@@ -74,34 +74,30 @@ def _args(*argv):
 def test_shards_as_local_processes_then_merge(tmp_path):
     """examples/fuzz/shard.sh, three shards as local processes (the way an
     Indexed Job or a Slurm array runs them), then the collect step."""
+    # an operation budget, not a time one: what each shard finds depends on
+    # its seeds only, whatever the machine's speed (sanitizers, load)
     env = {**ENV, "PYGUP_SHARDS": "3", "PYGUP_FUZZ_OUT": str(tmp_path), "PYGUP_FUZZ_SECONDS":
-           "60", "PYGUP_FUZZ_POLICY": "6.4", "PYGUP_FUZZ_WORKERS": "1",
+           "3600", "PYGUP_FUZZ_MAX_OPS": "3000", "PYGUP_FUZZ_SEED": "5",
+           "PYGUP_FUZZ_POLICY": "6.4", "PYGUP_FUZZ_WORKERS": "1",
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     procs = [subprocess.Popen(["sh", str(ROOT / "examples/fuzz/shard.sh")],
                               env={**env, "JOB_COMPLETION_INDEX": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(3)]
-    # --keep-going runs the whole budget; stop them once each has a finding
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not all(
-            list((tmp_path / f"shard-{i}").glob("pygup-repro-*.json")) for i in range(3)):
-        time.sleep(0.2)
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    outs = [p.communicate(timeout=60) for p in procs]
-    assert [p.returncode for p in procs] == [1, 1, 1], outs
+    outs = [p.communicate(timeout=1800) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert set(codes) <= {0, 1} and codes.count(1) >= 2, outs     # 0 clean, 1 found
     names = [f.name for f in tmp_path.glob("shard-*/pygup-repro-*.json")]
-    assert len(names) >= 3 and all(":" not in n for n in names)
+    assert len(names) >= 2 and all(":" not in n for n in names)
     r = subprocess.run([sys.executable, "-m", "pygup", "fuzz", "merge",
                         *map(str, sorted(tmp_path.glob("shard-*"))), "--json",
                         str(tmp_path / "merged.json")], capture_output=True, text=True, env=ENV)
     assert r.returncode == 1, r.stderr
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert sorted(s["shard"] for s in merged["shards"]) == ["0/3", "1/3", "2/3"]
-    for s in merged["shards"]:
+    for s, code in zip(sorted(merged["shards"], key=lambda s: s["shard"]), codes):
         assert s["policy"] == "6.4" and s["version"] and s["host"]["python"]
-        # stopped by our SIGTERM, or done first (a crashed worker ends a run)
-        assert s["stopped_by"] in ("SIGTERM", None) and s["exit_status"] == 1
+        assert s["stopped_by"] is None and s["exit_status"] == code  # ran its budget
     keys = [(c["invariant"], c["site"], c["hash"]) for c in merged["crashes"]]
     assert len(keys) == len(set(keys)) and all(c["found_in"] for c in merged["crashes"])
 

@@ -33,15 +33,15 @@ EXPECTED: dict[str, dict[str, bool]] = {
     "6.1": {**_COMMON, "writable_file_mapping_check": False, "fast_pin_whitelist": False,
             "io_uring_file_check": True, "io_uring_multi_source_check": True,
             "cow_ro_longterm_unshare": False, "valid_gup_args": False,
-            "pin_fast_bad_args_einval": True, "secretmem_enabled_by_default": False},
+            "fast_overflow_eoverflow": False, "secretmem_enabled_by_default": False},
     "6.4": {**_COMMON, "writable_file_mapping_check": False, "fast_pin_whitelist": False,
             "io_uring_file_check": True, "io_uring_multi_source_check": True,
             "cow_ro_longterm_unshare": True, "valid_gup_args": True,
-            "pin_fast_bad_args_einval": True, "secretmem_enabled_by_default": False},
+            "fast_overflow_eoverflow": True, "secretmem_enabled_by_default": False},
     "6.5": {**_COMMON, "writable_file_mapping_check": True, "fast_pin_whitelist": True,
             "io_uring_file_check": False, "io_uring_multi_source_check": False,
             "cow_ro_longterm_unshare": True, "valid_gup_args": True,
-            "pin_fast_bad_args_einval": True, "secretmem_enabled_by_default": True},
+            "fast_overflow_eoverflow": True, "secretmem_enabled_by_default": True},
 }
 EXPECTED["6.12"] = {**EXPECTED["6.5"], "io_uring_pin_fast": True, "touch_is_internal": True}
 EXPECTED["6.14"] = {**EXPECTED["6.12"], "hugetlb_force_write": True}
@@ -204,14 +204,16 @@ def test_valid_gup_args(preset):
 
 
 @presets
-def test_pin_fast_bad_args_einval(preset):
-    """pin_user_pages_fast(FOLL_GET): -EINVAL in 6.1 and from 6.5 (6.4.10),
-    0 in 6.3 and early 6.4."""
+def test_fast_overflow_eoverflow(preset):
+    """*_fast() of a range whose end overflows: 0 pages in 6.1, -EOVERFLOW
+    from 6.5 (6.4.10); bad flags stay -EINVAL from pin_user_pages_fast()."""
     def observe(policy):
         m, p = machine(policy)
         a = p.mmap(P, RW, MAP.PRIVATE | MAP.ANONYMOUS)
-        return p.mm.pin_user_pages_fast(a, 1, FOLL.GET)[0]
-    check(observe, preset, "pin_fast_bad_args_einval", -errno.EINVAL, 0)
+        assert p.mm.pin_user_pages_fast(a, 1, FOLL.GET)[0] == -errno.EINVAL
+        top = (1 << 64) - P
+        return (p.mm.pin_user_pages_fast(top, 2, 0)[0], p.mm.get_user_pages_fast(top, 2, 0)[0])
+    check(observe, preset, "fast_overflow_eoverflow", (-errno.EOVERFLOW,) * 2, (0, 0))
 
 
 @presets
@@ -291,11 +293,10 @@ def test_defaults_are_6_1_0():
 def test_policy_for_is_monotone_except_where_a_change_was_undone(switch):
     """Over the mainline releases 6.1 .. 6.18 (x.y.0: no stable backports) a
     switch changes once, except the two that a later release undid:
-    io_uring's multi-source check (6.3, gone with the loop in 6.5) and
-    pin_user_pages_fast()'s bad-args answer (0 in 6.3, -EINVAL again in 6.5)."""
+    io_uring's multi-source check (6.3, gone with the loop in 6.5)."""
     values = [getattr(policy_for(f"6.{n}.0"), switch) for n in range(1, 19)]
     flips = sum(a != b for a, b in zip(values, values[1:]))
-    if switch in ("io_uring_multi_source_check", "pin_fast_bad_args_einval"):
+    if switch == "io_uring_multi_source_check":
         assert flips == 2 and values[2] != values[0] and values[4] == values[0], values
     else:
         assert flips <= 1, values
@@ -305,11 +306,11 @@ def test_stable_releases():
     assert not policy_for("6.1.15").io_uring_multi_source_check
     assert policy_for("6.1.16").io_uring_multi_source_check
     assert policy_for("6.1").io_uring_multi_source_check       # the series: its latest
-    assert not policy_for("6.4.9").pin_fast_bad_args_einval
-    assert policy_for("6.4.10").pin_fast_bad_args_einval
+    assert not policy_for("6.4.9").fast_overflow_eoverflow
+    assert policy_for("6.4.10").fast_overflow_eoverflow
     assert not policy_for("6.6.29").touch_is_internal
     assert policy_for("6.6.30").touch_is_internal
-    assert not policy_for("6.3").pin_fast_bad_args_einval
+    assert not policy_for("6.3").fast_overflow_eoverflow
     assert Machine(policy="6.8", memory="64MiB").policy == policy_for("6.8")
 
 

@@ -417,3 +417,162 @@ def test_thp_allocation_failure_falls_back_to_a_small_page():
         assert collapse_pmd(p.mm, a, cpu) == -errno.ENOMEM        # SCAN_ALLOC_HUGE_PAGE_FAIL
         assert collapse_pmd(p.mm, a, cpu) == 0
     m.check()
+
+
+# -- MADV_COLLAPSE (madvise_collapse(); each case checked on a live 6.18 kernel) --
+
+def _faulted(m, p, extents, addr=A, faulted=None):
+    """``extents`` x 2 MiB of base pages at addr (the setting "never" while
+    faulting), extents listed in ``faulted`` (default all) written."""
+    setting, m.thp = m.thp, "never"
+    a = p.mmap(extents * HPAGE, RW, ANON | MAP.FIXED_NOREPLACE, addr=addr)
+    for e in (range(extents) if faulted is None else faulted):
+        for i in (0, 5, 300):
+            p.write(a + e * HPAGE + i * P, (e << 12) + i)
+    m.thp = setting
+    return a
+
+
+def test_madv_collapse_makes_every_aligned_extent_a_thp_whatever_the_setting():
+    m = _machine("never")
+    p = m.spawn()
+    a = _faulted(m, p, 3)
+    p.madvise(a + P, 3 * HPAGE - 2 * P, MADV.COLLAPSE)   # only the middle extent is whole
+    assert [p.mm.pte(a + e * HPAGE).huge for e in range(3)] == [False, True, False]
+    p.madvise(a, 3 * HPAGE, MADV.COLLAPSE)
+    assert all(p.mm.pte(a + e * HPAGE).huge for e in range(3))
+    assert [p.read(a + HPAGE + i * P) for i in (0, 5, 300, 7)] == [1 << 12, (1 << 12) + 5,
+                                                                   (1 << 12) + 300, 0]
+    p.madvise(a, 3 * HPAGE, MADV.COLLAPSE)                   # SCAN_PMD_MAPPED: done already
+    m.check()
+
+
+def test_madv_collapse_refuses_a_vma_that_cannot_hold_a_thp():
+    m = _machine()
+    p = m.spawn()
+    a = _faulted(m, p, 1)
+    p.madvise(a, HPAGE, MADV.NOHUGEPAGE)
+    with pytest.raises(GupError) as e:
+        p.madvise(a, HPAGE, MADV.COLLAPSE)
+    assert e.value.errno == errno.EINVAL and not p.mm.pte(a).huge
+    small = p.mmap(64 * P, RW, ANON)                         # no aligned 2 MiB inside
+    p.write(small, 1)
+    with pytest.raises(GupError) as e:
+        p.madvise(small, 64 * P, MADV.COLLAPSE)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_madv_collapse_goes_on_past_a_pinned_extent_and_says_eagain():
+    m = _machine()
+    p = m.spawn()
+    a = _faulted(m, p, 2)
+    pages = p.pin(a + 5 * P, P, FOLL.WRITE)
+    with pytest.raises(GupError) as e:
+        p.madvise(a, 2 * HPAGE, MADV.COLLAPSE)
+    assert e.value.errno == errno.EAGAIN                     # SCAN_PAGE_COUNT: go on
+    assert not p.mm.pte(a).huge and p.mm.pte(a + HPAGE).huge
+    p.mm.unpin_user_pages(pages)
+    p.madvise(a, 2 * HPAGE, MADV.COLLAPSE)
+    assert p.mm.pte(a).huge and p.read(a + 5 * P) == 5
+    m.check()
+
+
+def test_madv_collapse_stops_at_an_empty_pmd():
+    """SCAN_PMD_NONE is not on madvise_collapse()'s continue list: the
+    faulted extent after an untouched one (same PMD table) stays small."""
+    m = _machine()
+    p = m.spawn()
+    a = _faulted(m, p, 2, faulted=[1])
+    with pytest.raises(GupError) as e:
+        p.madvise(a, 2 * HPAGE, MADV.COLLAPSE)
+    assert e.value.errno == errno.EINVAL and not p.mm.pte(a + HPAGE).huge
+    p.write(a, 9)                                            # one page is enough
+    p.madvise(a, 2 * HPAGE, MADV.COLLAPSE)
+    assert p.mm.pte(a).huge and p.mm.pte(a + HPAGE).huge and p.read(a) == 9
+
+
+def test_madv_collapse_of_a_range_with_a_hole_is_enomem_after_the_rest():
+    m = _machine()
+    p = m.spawn()
+    a = _faulted(m, p, 3)
+    p.munmap(a + HPAGE, HPAGE)
+    with pytest.raises(GupError) as e:
+        p.madvise(a, 3 * HPAGE, MADV.COLLAPSE)
+    assert e.value.errno == errno.ENOMEM
+    assert p.mm.pte(a).huge and p.mm.pte(a + 2 * HPAGE).huge
+
+
+def test_madv_collapse_stops_when_no_huge_page_can_be_had():
+    m = _machine(movable="0MiB")
+    p = m.spawn()
+    a = _faulted(m, p, 2)
+    m._core.fail_nth("folio", 2)                             # the first extent's THP
+    with pytest.raises(GupError) as e:
+        p.madvise(a, 2 * HPAGE, MADV.COLLAPSE)
+    assert e.value.errno == errno.ENOMEM                     # SCAN_ALLOC_HUGE_PAGE_FAIL: stop
+    assert not p.mm.pte(a).huge and not p.mm.pte(a + HPAGE).huge
+    m.check()
+
+
+# -- MADV_FREE / COLD / PAGEOUT on a THP (madvise_free_huge_pmd(), the split
+#    in madvise_*_pte_range()) ------------------------------------------------
+
+def _lazyfree(m, pfn):
+    return bool(m._core.frame_info(pfn).flags & C.F_LAZYFREE)
+
+
+def test_free_then_pageout_of_a_whole_thp_discards_it_whole():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a, HPAGE, MADV.FREE)
+    assert p.mm.pte(a).huge and _lazyfree(m, H) and not m.folio(H).dirty
+    p.madvise(a, HPAGE, MADV.PAGEOUT)
+    assert p.read(a + 5 * P) == 0 and m.folio(H).refcount == 0
+    m.check()
+
+
+def test_free_written_again_keeps_the_thp():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a, HPAGE, MADV.FREE)
+    p.write(a + 7 * P, 0x77)                     # the PMD dirty again
+    p.madvise(a, HPAGE, MADV.PAGEOUT)
+    assert p.mm.pte(a).pfn == H and p.read(a + 5 * P) == 0x1005 and not _lazyfree(m, H)
+
+
+def test_free_of_part_of_a_thp_splits_it_and_frees_only_that_part():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a + 4 * P, 4 * P, MADV.FREE)
+    assert m.folio(H).order == 0 and p.mm.pte(a).level == C.LEVEL_PTE
+    assert _lazyfree(m, H + 5) and not _lazyfree(m, H)
+    p.madvise(a, HPAGE, MADV.PAGEOUT)
+    assert p.read(a + 5 * P) == 0 and p.read(a) == 0x1000 and p.read(a + 511 * P) == 0x1000 + 511
+    m.check()
+
+
+def test_cold_of_part_of_a_thp_splits_it_too():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    p.madvise(a + 4 * P, 4 * P, MADV.COLD)
+    assert m.folio(H).order == 0 and p.read(a + 5 * P) == 0x1005
+
+
+def test_a_pinned_or_shared_thp_is_left_whole():
+    m = _machine()
+    p = m.spawn()
+    a, H = _thp(m, p)
+    pages = p.pin(a + 5 * P, P, FOLL.WRITE)
+    p.madvise(a, 8 * P, MADV.FREE)               # the split fails: skipped
+    p.madvise(a, 8 * P, MADV.PAGEOUT)
+    assert p.mm.pte(a).huge and m.folio(H).order == 9 and not _lazyfree(m, H)
+    p.mm.unpin_user_pages(pages)
+    c = p.fork()                                 # now mapped by two
+    p.madvise(a, HPAGE, MADV.FREE)
+    p.madvise(a, 8 * P, MADV.COLD)
+    assert m.folio(H).order == 9 and not _lazyfree(m, H) and c.read(a + 5 * P) == 0x1005
+    m.check()

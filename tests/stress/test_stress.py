@@ -56,8 +56,10 @@ def test_clean_without_switches(scenario, table_free):
 
 # switch -> (scenario, campaign knobs, the checks that catch it): the
 # switches every operation trips, no interleaving needed
+# (whitelist_inverted is not here: its campaign needs the pinner to meet a
+# mapped file page between truncates, which is timing; its deterministic
+# proofs are tests/regressions/test_bug02 and the fuzz selftest)
 CAUGHT = {
-    "whitelist_inverted": ("truncate", {"variants": ["pin_lt_write"]}, {"whitelist"}),
     "fast_secretmem": ("truncate", {}, {"secretmem"}),
     "unpin_no_bias": ("unmap", {}, {"balance"}),
 }
@@ -77,8 +79,8 @@ def test_race_window_switches_are_left_to_exploration():
     claim lives in tests/model/test_explore.py, bounded by the search)."""
     from pygup.config.mutants import MUTANTS
     from pygup.tools.explore import race_for_switch
-    seq = set(CAUGHT) | {"force_write_any_page", "no_unshare", "pin_or_longterm",
-                         "private_not_excluded"}
+    seq = set(CAUGHT) | {"whitelist_inverted", "force_write_any_page", "no_unshare",
+                         "pin_or_longterm", "private_not_excluded"}
     for name, (bit, _) in MUTANTS.items():
         if bit and name not in seq:
             assert race_for_switch(name)
@@ -86,11 +88,10 @@ def test_race_window_switches_are_left_to_exploration():
 
 def test_switch_campaigns_name_the_bug():
     """The messages say what happened, in words."""
-    r = _campaign("truncate", ("whitelist_inverted",), seconds=0, max_iters=2000,
-                  variants=["pin_lt_write"], stop_on_failure=True)
-    assert r.failures.get("whitelist"), r.summary()
-    assert any("fast pin" in m and "dirty-tracked" in m for m in r.messages), r.messages
-    seconds, iteration = r.first_failure["whitelist"]
+    r = _campaign("unmap", ("unpin_no_bias",), seconds=0, max_iters=2000)
+    assert r.failures.get("balance"), r.summary()
+    assert any("after teardown" in m and "free frames" in m for m in r.messages), r.messages
+    seconds, iteration = r.first_failure["balance"]
     assert seconds >= 0 and iteration >= 0
 
 

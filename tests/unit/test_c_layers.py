@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[int, ...]] = {
     "mm/memory": (3, 2),
     "mm/huge_memory": (3, 2),
     "mm/mmu": (3, 2),
+    "mm/fault": (3, 2),
     "mm/gup": (3, 3),
     "machine": (4, 0),
     "tools/host": (5, 0),

@@ -3,7 +3,11 @@ valid operation sequence of the harness's vocabulary (the same one the
 seeded driver generates), so libFuzzer/atheris mutations explore it.  The
 native stress campaigns stay out: their outcome is timing, not data.
 
-    python -m pygup.tools.fuzz.bytestream CORPUS_DIR...   # with atheris installed
+    python -m pygup.tools.fuzz.bytestream [--policy 6.4] [--mutants a,b] CORPUS_DIR...
+
+(atheris installed: ``pip install 'pygup[atheris]'``).  pygup's modules are
+instrumented for coverage; libFuzzer options (-max_total_time, -rss_limit_mb)
+pass through.
 """
 from __future__ import annotations
 
@@ -96,9 +100,73 @@ def test_one_input(data: bytes, policy: str = "6.5", mutants=()) -> None:
         raise AssertionError(f"[{f.invariant}] {f.detail} at step {f.step}")
 
 
+def instrument_pygup(atheris) -> int:
+    """Give every function and method of the loaded pygup modules atheris's
+    coverage and comparison hooks; returns how many.  pygup is imported
+    before the fuzzer starts (this module needs it), so
+    ``atheris.instrument_imports()`` would come too late, and
+    ``atheris.instrument_all()`` would instrument numpy and the standard
+    library as well (slower, and their coverage is noise)."""
+    import inspect
+    done: set[int] = set()
+
+    def visit(obj) -> int:
+        n = 0
+        if inspect.isfunction(obj) and id(obj.__code__) not in done:
+            if obj.__module__ and obj.__module__.startswith("pygup"):
+                atheris.instrument_func(obj)
+                done.add(id(obj.__code__))
+                n += 1
+        elif isinstance(obj, (staticmethod, classmethod)):
+            n += visit(obj.__func__)
+        elif isinstance(obj, property):
+            n += sum(visit(f) for f in (obj.fget, obj.fset, obj.fdel) if f is not None)
+        return n
+
+    count = 0
+    for name, mod in list(sys.modules.items()):
+        if not (name == "pygup" or name.startswith("pygup.")) or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            if inspect.isclass(obj) and obj.__module__ == name:
+                for member in list(vars(obj).values()):
+                    count += visit(member)
+            else:
+                count += visit(obj)
+    return count
+
+
+def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """pygup's own options (``--policy``, ``--mutants``); the rest goes to
+    libFuzzer.  ValueError for an unknown policy or switch."""
+    import argparse
+
+    from pygup.config.mutants import resolve_mutants
+    from pygup.config.policy import resolve
+    ap = argparse.ArgumentParser(prog="python -m pygup.tools.fuzz.bytestream", add_help=False)
+    ap.add_argument("--policy", default="6.5", help="kernel policy preset (default 6.5)")
+    ap.add_argument("--mutants", default="",
+                    help="comma-separated protection switches to plant (default none)")
+    ns, rest = ap.parse_known_args(argv[1:])
+    mutants = tuple(m for m in ns.mutants.split(",") if m)
+    resolve(ns.policy)
+    resolve_mutants(mutants)
+    return {"policy": ns.policy, "mutants": mutants}, [argv[0]] + rest
+
+
 def main(argv=None) -> None:          # pragma: no cover - needs atheris
-    import atheris
-    atheris.Setup(sys.argv if argv is None else argv, test_one_input)
+    try:
+        import atheris
+    except ImportError:
+        raise SystemExit("the byte-stream fuzzer needs atheris: pip install 'pygup[atheris]'")
+    opts, rest = parse_args(sys.argv if argv is None else list(argv))
+    n = instrument_pygup(atheris)
+    print(f"pygup: {n} functions instrumented; policy {opts['policy']}, "
+          f"mutants {list(opts['mutants']) or 'none'}", file=sys.stderr)
+
+    def target(data: bytes) -> None:
+        test_one_input(data, opts["policy"], opts["mutants"])
+    atheris.Setup(rest, target)
     atheris.Fuzz()
 
 

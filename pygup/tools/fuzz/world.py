@@ -184,7 +184,8 @@ class World:
         n = core.nr_frames
         if flags is None:
             flags = core.snapshot()["flags"]
-        in_large = (flags & C.F_TAIL) != 0
+        # numpy's comparison functions, not operators: see the PTE loop below
+        in_large = np.not_equal(flags & C.F_TAIL, 0)
         ref = np.zeros(n, np.int64)
         mapc = np.zeros(n, np.int64)
         for inode in list(self.m.kernel.inodes.values()):
@@ -196,19 +197,23 @@ class World:
             mm = proc.p.mm
             for vma in mm.vmas:
                 addrs, ptes = core.range_leaves(mm.id, vma.vm_start, vma.vm_end)
-                live = (ptes & (C.PTE_PRESENT | C.PTE_PROTNONE)) != 0
-                live &= (ptes & C.PTE_SPECIAL) == 0
+                # array comparisons through numpy's functions, not ==/!=: a
+                # coverage fuzzer (atheris) hooks every compare operator and
+                # keeps its operands alive, so each operator here leaked the
+                # arrays of every input
+                live = np.not_equal(ptes & (C.PTE_PRESENT | C.PTE_PROTNONE), 0)
+                live &= np.equal(ptes & C.PTE_SPECIAL, 0)
                 pfns = ((ptes & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT).astype(np.int64)
-                huge = (ptes & C.PTE_HUGE) != 0
+                huge = np.not_equal(ptes & C.PTE_HUGE, 0)
                 # a PMD leaf is one mapping of its folio, counted on the head
-                first = huge & ((addrs & ((1 << C.PMD_SHIFT) - 1)) == 0)
+                first = huge & np.equal(addrs & ((1 << C.PMD_SHIFT) - 1), 0)
                 heads = np.where(huge, pfns & ~(C.PMD_NR - 1), pfns)
                 take = live & (~huge | first)
                 np.add.at(mapc, heads[take], 1)
                 # a PTE-mapped page of a THP: the reference is its folio's
                 # (large folios are order 9, 2 MiB-aligned blocks of frames)
                 tail = np.zeros(len(pfns), bool)
-                ok = take & (pfns < n)
+                ok = take & np.less(pfns, n)
                 tail[ok] = in_large[pfns[ok]]
                 folio = np.where(tail, pfns & ~(C.PMD_NR - 1), heads)
                 np.add.at(ref, folio[take], 1)
@@ -239,16 +244,19 @@ class World:
         ref, mapc = self.expected_refcounts(snap["flags"])
         actual = snap["refcount"].astype(np.int64)
         flags = snap["flags"]
-        counted = ((flags & C.F_ZERO) == 0) & ((flags & C.F_TAIL) == 0)
-        bad = np.nonzero(counted & (actual != ref))[0]
+        # numpy's comparison functions, not operators (see expected_refcounts)
+        counted = np.equal(flags & C.F_ZERO, 0) & np.equal(flags & C.F_TAIL, 0)
+        bad = np.nonzero(counted & np.not_equal(actual, ref))[0]
         if len(bad):
             pfn = int(bad[0])
             raise Violation("refcount-balance", f"frame {pfn:#x}: refcount {int(actual[pfn])}, "
                             f"owners hold {int(ref[pfn])} ({len(bad)} frames differ)", pfn)
-        if (actual < 0).any():
-            pfn = int(np.nonzero(actual < 0)[0][0])
+        negative = np.less(actual, 0)
+        if negative.any():
+            pfn = int(np.nonzero(negative)[0][0])
             raise Violation("refcount-balance", f"frame {pfn:#x} has a negative refcount", pfn)
-        badm = np.nonzero(((flags & C.F_ZERO) == 0) & (snap["mapcount"].astype(np.int64) != mapc))[0]
+        badm = np.nonzero(np.equal(flags & C.F_ZERO, 0)
+                          & np.not_equal(snap["mapcount"].astype(np.int64), mapc))[0]
         if len(badm):
             pfn = int(badm[0])
             raise Violation("refcount-balance", f"frame {pfn:#x}: mapcount "

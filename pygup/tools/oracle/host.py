@@ -469,6 +469,7 @@ def io_uring_register_timing(pages: int = 256, iterations: int = 100) -> dict[st
 # the host side of a multi-step scenario (scenarios.py)
 
 _PM_PRESENT, _PM_EXCLUSIVE, _PM_PFN = 1 << 63, 1 << 56, (1 << 55) - 1
+_KPF_DIRTY = 1 << 4          # include/uapi/linux/kernel-page-flags.h: the folio's PG_dirty
 
 
 class HostScenarioSide:
@@ -554,6 +555,42 @@ class HostScenarioSide:
     def process_vm_readv(self, addr: int, npages: int) -> int:
         return H.process_vm_readv_range(addr, npages * PAGE)
 
+    def proc_mem_write_pages(self, addr: int, values: list[int]) -> int:
+        data = b"".join(v.to_bytes(8, "little") + bytes(PAGE - 8) for v in values)
+        fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            return os.pwrite(fd, data, addr)
+        except OSError as e:
+            return -e.errno
+        finally:
+            os.close(fd)
+
+    def proc_mem_read(self, addr: int) -> tuple[int, int]:
+        return H.proc_mem_read(addr)
+
+    def vmsplice(self, addr: int, npages: int) -> int:
+        return H.vmsplice(addr, npages * PAGE)
+
+    def msync(self, addr: int, npages: int) -> int:
+        return H.msync(addr, npages * PAGE, int(MS.SYNC))
+
+    def o_direct(self, write: bool, fd: int, index: int, addr: int, npages: int) -> int:
+        # the same file opened again with O_DIRECT (the magic link reopens it)
+        dfd = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_DIRECT)
+        try:
+            fn = H.o_direct_write if write else H.o_direct_read
+            return fn(dfd, addr, npages * PAGE, index * PAGE)
+        finally:
+            os.close(dfd)
+
+    def folio_dirty(self, addr: int) -> Optional[bool]:
+        present, pfn, _ = self.pagemap(addr)
+        if not present or not pfn:
+            return None
+        with open("/proc/kpageflags", "rb", buffering=0) as f:
+            flags = int.from_bytes(os.pread(f.fileno(), 8, pfn * 8), "little")
+        return bool(flags & _KPF_DIRTY)
+
     def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
         with open("/proc/self/pagemap", "rb", buffering=0) as f:
             e = int.from_bytes(os.pread(f.fileno(), 8, (addr // PAGE) * 8), "little")
@@ -611,7 +648,9 @@ def run_host_scenario(env: "HostEnv", scenario) -> Optional[list]:
     """The scenario on this machine's kernel, or None when something it
     needs is missing here (its backing, io_uring)."""
     from pygup.tools.oracle.scenarios import normalise
-    if "io_uring" in env.method_skipped or any(b not in env.backings for b in scenario.needs):
+    if "io_uring" in env.method_skipped or any(
+            not os.access("/proc/kpageflags", os.R_OK) if b == "kpageflags"
+            else b not in env.backings for b in scenario.needs):
         return None
     side = HostScenarioSide(env)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from pygup._native import C
 from pygup.flags import MAP, MS, GupError
 
 from pygup.tools.oracle.cells import (
@@ -215,6 +216,36 @@ class PygupScenarioSide:
     def process_vm_readv(self, addr: int, npages: int) -> int:
         from pygup import callers
         return callers.process_vm_readv_range(self.p, addr, npages)
+
+    def proc_mem_write_pages(self, addr: int, values: list[int]) -> int:
+        from pygup import callers
+        return callers.proc_mem_write_pages(self.p, addr, values)
+
+    def proc_mem_read(self, addr: int) -> tuple[int, int]:
+        from pygup import callers
+        value = callers.proc_mem_read(self.p, addr)
+        return (value, 0) if value < 0 else (8, value)
+
+    def vmsplice(self, addr: int, npages: int) -> int:
+        from pygup import callers
+        ret = callers.vmsplice(self.p, addr, npages * PAGE)
+        callers.pipe_read(self.p)          # the pipe is closed at once
+        return ret
+
+    def msync(self, addr: int, npages: int) -> int:
+        return self._try(lambda: self.p.msync(addr, npages * PAGE, MS.SYNC))
+
+    def o_direct(self, write: bool, f, index: int, addr: int, npages: int) -> int:
+        from pygup import callers
+        fn = callers.o_direct_pwrite if write else callers.o_direct_pread
+        return fn(self.p, f, index, addr, npages * PAGE)
+
+    def folio_dirty(self, addr: int) -> Optional[bool]:
+        present, pfn, _ = self.p.pagemap(addr)
+        if not present:
+            return None
+        core = self.m.kernel.core
+        return bool(core.frame_info(core.frame_info(pfn).head).flags & C.F_DIRTY)
 
     def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]:
         return self.p.pagemap(addr)

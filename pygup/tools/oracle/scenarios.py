@@ -45,7 +45,22 @@ class ScenarioSide(Protocol):
         """READ_FIXED (file page into buffer page) / WRITE_FIXED: bytes or -errno."""
     def ring_close(self) -> int: ...
     def proc_mem_write(self, addr: int, value: int) -> int: ...
+    def proc_mem_write_pages(self, addr: int, values: list[int]) -> int:
+        """One write(2) to /proc/self/mem of len(values) pages from ``addr``
+        (page i starting with values[i]): bytes or -errno."""
+    def proc_mem_read(self, addr: int) -> tuple[int, int]:
+        """An 8-byte read(2) from /proc/self/mem: (8, value) or (-errno, 0)."""
     def process_vm_readv(self, addr: int, npages: int) -> int: ...
+    def vmsplice(self, addr: int, npages: int) -> int:
+        """vmsplice() of the pages into a pipe that is closed at once: bytes or -errno."""
+    def msync(self, addr: int, npages: int) -> int:
+        """msync(MS_SYNC): 0 or -errno."""
+    def o_direct(self, write: bool, f: object, index: int, addr: int, npages: int) -> int:
+        """An O_DIRECT pread (file pages from ``index`` into the memory at
+        ``addr``) or pwrite (the memory into the file): bytes or -errno."""
+    def folio_dirty(self, addr: int) -> Optional[bool]:
+        """The dirty flag of the folio mapped at ``addr`` (/proc/kpageflags
+        KPF_DIRTY of its pagemap PFN), or None when nothing is mapped."""
     def pagemap(self, addr: int) -> tuple[bool, Optional[int], bool]: ...
     def fork(self) -> None:
         """fork(); the child stays alive, sharing what fork shares."""
@@ -247,6 +262,80 @@ def read_fixed_private_file(s: ScenarioSide) -> tuple:
     return (rc, r, s.read(addr), s.pread(f, 0), s.pagemap(addr)[2])
 
 
+def writeback_then_short_pins(s: ScenarioSide) -> tuple:
+    """A shared ext4 page written, then msync(MS_SYNC) (writeback cleans
+    the folio and write-protects its PTE: folio_mkclean), then the three
+    short-term pins one after another: process_vm_readv (read-only pin) and
+    vmsplice (read-only reference) leave the folio clean; an O_DIRECT read
+    into it (a FOLL_WRITE pin) faults it writable through page_mkwrite and
+    the bio's completion dirties it again, so the next msync writes the
+    device's data to the file."""
+    f, src = s.new_file("ext4", [W]), s.new_file("ext4", [R])
+    rc, addr = s.mmap(1, RW, int(MAP.SHARED), f)
+    if rc:
+        return ("mmap", rc)
+    out: list = [s.write(addr, A), s.folio_dirty(addr), s.msync(addr, 1), s.folio_dirty(addr)]
+    out += [s.process_vm_readv(addr, 1), s.folio_dirty(addr)]
+    out += [s.vmsplice(addr, 1), s.folio_dirty(addr)]
+    out += [s.o_direct(False, src, 0, addr, 1), s.folio_dirty(addr), s.read(addr)]
+    out += [s.msync(addr, 1), s.folio_dirty(addr), s.pread(f, 0)]
+    return tuple(out)
+
+
+def _o_direct_write_three(s: ScenarioSide, middle: Callable[[int], int]) -> tuple:
+    """Three pages — anon written A, a read-faulted private ext4 mapping
+    (W), a never-touched anon page (the zero page) — with ``middle``
+    applied to the second, O_DIRECT-written over a 3-page ext4 file that
+    already holds its blocks; then the file read back."""
+    src, out = s.new_file("ext4", [W]), s.new_file("ext4", [1, 2, 3])
+    rc, addr = s.mmap(3, RW, PRIVATE_ANON)
+    if rc:
+        return ("mmap", rc)
+    s.write(addr, A)
+    rc, _ = s.mmap(1, RW, int(MAP.PRIVATE | MAP.FIXED), src, addr + PAGE)
+    if rc:
+        return ("mmap fixed", rc)
+    s.read(addr + PAGE)
+    changed = middle(addr + PAGE)
+    ret = s.o_direct(True, out, 0, addr, 3)
+    return (changed, ret, s.pread(out, 0), s.pread(out, 1), s.pread(out, 2), s.pread(src, 0))
+
+
+def o_direct_write_data(s: ScenarioSide) -> tuple:
+    """Which data an O_DIRECT write takes from a range over three VMAs:
+    the anon page, the private file page (the page-cache page itself,
+    never copied) and the zero page."""
+    return _o_direct_write_three(s, lambda a: 0)
+
+
+def o_direct_write_hole(s: ScenarioSide) -> tuple:
+    """The same write with the middle page unmapped: the pin stops at the
+    hole; ext4's iomap direct I/O (no IOMAP_DIO_PARTIAL) answers -EFAULT
+    for the whole call, yet the bio for the first page was submitted, so
+    its data is in the file."""
+    return _o_direct_write_three(s, lambda a: s.munmap(a, 1))
+
+
+def proc_mem_across_vmas(s: ScenarioSide) -> tuple:
+    """One forced /proc/self/mem write over five pages: anon, PROT_NONE
+    anon, a read-only private ext4 mapping, a hole, anon.  mem_rw() copies
+    page by page and stops at the first page access_remote_vm() cannot
+    reach, answering the bytes copied (-EIO when none: a write starting at
+    the hole)."""
+    f = s.new_file("ext4", [W])
+    rc, addr = s.mmap(5, RW, PRIVATE_ANON)
+    if rc:
+        return ("mmap", rc)
+    s.write(addr, A)
+    steps = (s.mprotect(addr + PAGE, 1, int(PROT.NONE)),
+             s.mmap(1, RO, int(MAP.PRIVATE | MAP.FIXED), f, addr + 2 * PAGE)[0],
+             s.munmap(addr + 3 * PAGE, 1))
+    ret = s.proc_mem_write_pages(addr, [V + i for i in range(5)])
+    at_hole = s.proc_mem_write_pages(addr + 3 * PAGE, [B, B])
+    return (steps, ret, at_hole, [s.proc_mem_read(addr + i * PAGE) for i in range(5)],
+            s.pread(f, 0), s.pagemap(addr + 4 * PAGE)[0])
+
+
 SCENARIOS: dict[str, Scenario] = {sc.name: sc for sc in (
     Scenario("uring_across_memfds", "one io_uring buffer over two memfds' mappings",
              uring_across_memfds),
@@ -270,9 +359,18 @@ SCENARIOS: dict[str, Scenario] = {sc.name: sc for sc in (
              ("ext4",)),
     Scenario("read_fixed_private_file", "io_uring buffer over a private ext4 mapping, "
              "READ_FIXED", read_fixed_private_file, ("ext4",)),
+    Scenario("writeback_then_short_pins", "shared ext4 page: write, msync, then "
+             "process_vm_readv / vmsplice / O_DIRECT read: dirty again?",
+             writeback_then_short_pins, ("ext4", "kpageflags")),
+    Scenario("o_direct_write_data", "O_DIRECT write from anon + private ext4 + zero page "
+             "into ext4, read back", o_direct_write_data, ("ext4",)),
+    Scenario("o_direct_write_hole", "the same O_DIRECT write over a hole: -EFAULT, and "
+             "which data landed", o_direct_write_hole, ("ext4",)),
+    Scenario("proc_mem_across_vmas", "one /proc/self/mem write over anon, PROT_NONE, R/O "
+             "private ext4, a hole, anon: the partial count", proc_mem_across_vmas, ("ext4",)),
 )}
 
 
 def normalise(outcome: tuple) -> list:
-    """The outcome as JSON carries it (tuples become lists)."""
-    return [list(x) if isinstance(x, tuple) else x for x in outcome]
+    """The outcome as JSON carries it (tuples become lists, at any depth)."""
+    return [normalise(x) if isinstance(x, (tuple, list)) else x for x in outcome]
