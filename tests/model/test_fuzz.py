@@ -286,6 +286,70 @@ def test_a_failed_dontneed_forgets_the_pages_it_zapped():
     assert "DONTNEED" in log[3] and log[3].endswith("-> 22")          # EINVAL, page 0 zapped
 
 
+def _world_with_tables_and_a_file():
+    """A world whose teardown frees page tables and a file's address_space."""
+    w = World()
+    for op in ({"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
+                "prot": "rw", "pages": 3},
+               {"op": "write", "proc": 0, "region": 0, "page": 1, "value": 7},
+               {"op": "mmap", "proc": 0, "kind": "file", "file": 1, "shared": True,
+                "prot": "rw", "pages": 2},
+               {"op": "write", "proc": 0, "region": 1, "page": 0, "value": 9}):
+        apply(w, op)
+        w.check_step()
+    return w
+
+
+def test_teardown_frees_under_an_rcu_reader_and_drains_after(monkeypatch):
+    """final_check tears the world down with an RCU reader inside on another
+    CPU: the table frees are deferred while it is (so the grace-period check
+    sees real callbacks), and every pool is empty after the barrier."""
+    from pygup.tools.fuzz import world as world_mod
+    w = _world_with_tables_and_a_file()
+    core = w.m._core
+    seen = []
+    real_poll = core.rcu_poll
+
+    def poll():
+        st = core.stats()
+        seen.append(st["table_pages_pending"] + st["as_pending"])
+        return real_poll()
+
+    monkeypatch.setattr(core, "rcu_poll", poll)
+    w.final_check()
+    assert seen and max(seen) > 0          # deferred: the reader was inside
+    st = core.stats()
+    assert st["table_pages_live"] == st["table_pages_pending"] == st["as_pending"] == 0
+    assert world_mod.READER_CPU != 0
+
+
+def test_teardown_catches_a_callback_run_inside_the_grace_period(monkeypatch):
+    """Remove the grace period (the poll frees whatever is pending, reader or
+    not, as a dropped rcu_read_lock would): the world names it."""
+    from pygup.tools.fuzz.world import Violation
+    w = _world_with_tables_and_a_file()
+    core = w.m._core
+    real_lock, real_unlock = core.rcu_read_lock, core.rcu_read_unlock
+    monkeypatch.setattr(core, "rcu_read_lock", lambda cpu: None)     # the reader never enters
+    monkeypatch.setattr(core, "rcu_read_unlock", lambda cpu: None)
+    with pytest.raises(Violation) as e:
+        w.final_check()
+    assert e.value.invariant == "rcu-grace-period"
+    assert real_lock and real_unlock
+
+
+def test_teardown_catches_callbacks_never_run(monkeypatch):
+    """A barrier that runs nothing (lost callbacks): the deferred table and
+    address_space frees are still pending at the end, a pool leak."""
+    from pygup.tools.fuzz.world import Violation
+    w = _world_with_tables_and_a_file()
+    core = w.m._core
+    monkeypatch.setattr(core, "rcu_barrier", lambda cpu: None)
+    with pytest.raises(Violation) as e:
+        w.final_check()
+    assert e.value.invariant == "pool-leak" and "waiting to be freed" in e.value.detail
+
+
 def test_byte_stream_entry_point_options():
     """--policy and --mutants are pygup's; everything else is libFuzzer's."""
     from pygup.tools.fuzz.bytestream import parse_args

@@ -104,12 +104,32 @@ def test_shards_as_local_processes_then_merge(tmp_path):
 
 def test_usage_errors_exit_2():
     for args in (["--seconds", "0"], ["--seconds", "-1"], ["--workers", "0"],
-                 ["--shard", "3/3"], ["--policy", "5.0"]):
+                 ["--shard", "3/3"], ["--policy", "5.0"], ["--shrink-seconds", "-1"],
+                 ["--shrink-seconds", "soon"]):
         r = _fuzz(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert "error:" in r.stderr and "Traceback" not in r.stderr
     r = _fuzz("--replay", "/nonexistent/repro.json")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_shrink_seconds_reaches_the_campaign(monkeypatch, tmp_path):
+    """--shrink-seconds is the budget each violation's shrink gets (0: keep
+    the sequence as found, what bench/mutation.py wants)."""
+    import argparse
+    seen = {}
+
+    def fake(*a, **k):
+        seen.update(k)
+        return cp.Result("6.5", [], 0, 0, 0.0, stopped_by="SIGTERM")
+
+    monkeypatch.setattr(cp, "campaign", fake)
+    for argv, want in ((["--shrink-seconds", "0"], 0.0), ([], 30.0)):
+        ap = argparse.ArgumentParser()
+        cp.add_arguments(ap)
+        args = ap.parse_args(argv + ["--out-dir", str(tmp_path), "--no-progress"])
+        cp.run(args)
+        assert seen["shrink_s"] == want
 
 
 def test_crashed_worker_is_a_finding(monkeypatch, tmp_path):

@@ -468,6 +468,16 @@ def run_merge(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # the command
 
+def _non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -521,6 +531,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="with --replay: draw what happened (.svg, .png, .pdf)")
     ap.add_argument("--json", metavar="OUT", help="write the summary as JSON")
     ap.add_argument("--out-dir", default=".", help="where reproducers go (default .)")
+    ap.add_argument("--shrink-seconds", type=_non_negative, default=30.0,
+                    help="time to shrink each violation's reproducer, >= 0 (default 30; "
+                    "0 keeps the sequence as found)")
     ap.add_argument("--selftest", action="store_true",
                     help="prove the harness finds the 6.4 bug and every protection switch")
     bar = ap.add_mutually_exclusive_group()
@@ -566,8 +579,8 @@ def _run(args: argparse.Namespace) -> int:
                 json.dump(rows, fh, indent=1)
         return 0 if ok else 1
     r = campaign(args.policy, args.mutant, args.seconds, args.workers, args.seed, (i, n),
-                 args.max_ops, args.out_dir, progress, keep_going=args.keep_going,
-                 corpus_dir=args.corpus)
+                 args.max_ops, args.out_dir, progress, shrink_s=args.shrink_seconds,
+                 keep_going=args.keep_going, corpus_dir=args.corpus)
     rate = r.ops / r.seconds if r.seconds else 0
     print(f"pygup fuzz: policy {r.policy}{' mutants ' + ','.join(r.mutants) if r.mutants else ''}"
           f" shard {r.shard}: {r.ops} ops over {r.seeds} seeds in {r.seconds:.1f}s "

@@ -20,6 +20,8 @@ from pygup.machine import Machine
 
 PAGE = C.PAGE_SIZE
 FILE_PAGES = 8
+WORLD_CPUS = 4
+READER_CPU = WORLD_CPUS - 1      # the model's steps run on CPU 0
 
 
 class Violation(Exception):
@@ -88,7 +90,7 @@ class World:
 
     def __init__(self, policy: str = "6.5", mutants=(), table_free: str = "rcu") -> None:
         # secretmem.enable=1 under every policy: the vocabulary maps memfd_secret
-        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=4,
+        self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=WORLD_CPUS,
                          table_free=table_free, mutants=mutants, secretmem=True)
         self.races: Optional[list] = None   # a replay's record of scheduled races
         self.policy = self.m.policy
@@ -344,19 +346,44 @@ class World:
                 if got != want:
                     raise Violation("no-lost-write", f"{f.inode.describe()} page {page}: "
                                     f"last write {want:#x}, file holds {got:#x}")
-        for proc in list(self.procs):
-            proc.p.exit()
-        self.procs = []
-        for f in self.files:
-            f.truncate(0)
-        self.m._core.rcu_barrier(0)
+        self.teardown_under_reader()
         self.check_step()
         st = self.m.stats()
+        if st["table_pages_live"] or st["table_pages_pending"] or st["as_pending"]:
+            raise Violation("pool-leak", f"after every process exited and the RCU barrier: "
+                            f"{st['table_pages_live']} table pages live, "
+                            f"{st['table_pages_pending']} waiting to be freed, "
+                            f"{st['as_pending']} address_space records waiting for RCU")
         free = st["nr_free_normal"] + st["nr_free_movable"]
         want_free = st["nr_frames"] - 1 - len(self.m.device_frames)   # the zero page
         if free != want_free:
             raise Violation("refcount-balance", f"leak: {want_free - free} frames still "
                             "allocated after every process exited and every file was emptied")
+
+    def teardown_under_reader(self) -> None:
+        """Every process exits and every file is emptied while an RCU reader
+        that began before any of those frees sits on another CPU: nothing
+        freed by call_rcu may be released while it is inside (the grace
+        period, kernel/rcu/tree.c), and everything must be once it leaves
+        and rcu_barrier() has run (no callback is lost)."""
+        core = self.m._core
+        core.rcu_barrier(0)              # what was queued before the reader may run
+        ran = core.stats()["rcu_callbacks_run"]
+        core.rcu_read_lock(READER_CPU)
+        try:
+            for proc in list(self.procs):
+                proc.p.exit()
+            self.procs = []
+            for f in self.files:
+                f.truncate(0)
+            core.rcu_poll()
+            early = core.stats()["rcu_callbacks_run"] - ran
+        finally:
+            core.rcu_read_unlock(READER_CPU)
+        if early:
+            raise Violation("rcu-grace-period", f"{early} RCU callbacks queued after a reader "
+                            f"entered on CPU {READER_CPU} ran before it left")
+        core.rcu_barrier(0)
 
     # -- holds ---------------------------------------------------------------------------
     def release(self, h: Held, dirty: bool) -> None:

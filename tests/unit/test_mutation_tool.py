@@ -1,0 +1,106 @@
+"""bench/mutation.py, the seeded source mutator: which sites each operator
+finds, that comments and strings are never mutated, that a seed gives the
+same sample, and how the score table counts."""
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("pygup_bench_mutation", ROOT / "bench" / "mutation.py")
+mut = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = mut
+_spec.loader.exec_module(mut)
+
+C_TEXT = """\
+/* if (a < b) in a comment: never a site */
+#include <stdint.h>
+static int f(struct pg_machine *m, int a, int b)
+{
+    int x = 0;
+    if (a < b && p->q == 3)
+        x = g(m, "if (a > b)");
+    pg_flush_tlb_mm_range(m, 0, 0, 0, 0, 1, false);
+    pg_store_release(&m->flag, 1);
+    return x != 0;
+}
+"""
+
+PY_TEXT = '''\
+def f(a, b):
+    """if a < b: a docstring, never a site"""
+    x = 0
+    if a < b:  # if a > b
+        x = g(a, "b == c")
+    return x >= 1
+'''
+
+
+def _by_op(muts):
+    out = {}
+    for m in muts:
+        out.setdefault(m.op, []).append(m)
+    return out
+
+
+def test_c_sites_per_operator():
+    ops = _by_op(mut.sites("x.c", C_TEXT))
+    assert [m.mutated.strip() for m in ops["negate-cond"]] == [
+        "if (!(a < b && p->q == 3))"]
+    assert sorted(m.mutated.strip() for m in ops["swap-cmp"]) == sorted([
+        "if (a <= b && p->q == 3)", "if (a < b && p->q != 3)", "return x == 0;"])
+    # the declaration stays; the assignment and the flush go, each by its operator
+    assert [m.line for m in ops["drop-stmt"]] == [7, 9]
+    assert [m.line for m in ops["drop-flush"]] == [8]
+    assert [m.mutated.strip() for m in ops["relax-order"]] == ["pg_store_relaxed(&m->flag, 1);"]
+    # nothing on the comment, the #include, or inside the string literal
+    assert not {m.line for m in mut.sites("x.c", C_TEXT)} & {1, 2}
+    assert all("a >= b" not in m.mutated and "a <= b\")" not in m.mutated
+               for m in mut.sites("x.c", C_TEXT))
+
+
+def test_python_sites_per_operator():
+    ops = _by_op(mut.sites("x.py", PY_TEXT))
+    assert [m.mutated.strip() for m in ops["negate-cond"]] == ["if not (a < b):  # if a > b"]
+    assert sorted(m.mutated.strip() for m in ops["swap-cmp"]) == sorted([
+        "if a <= b:  # if a > b", "return x > 1"])
+    assert [m.line for m in ops["drop-stmt"]] == [3, 5]
+    assert all(m.line != 2 for m in mut.sites("x.py", PY_TEXT))     # the docstring
+    assert "relax-order" not in ops
+
+
+def test_ids_are_unique_and_stable():
+    a = mut.all_sites()
+    b = mut.all_sites()
+    assert [m.id for m in a] == [m.id for m in b]
+    assert len({m.id for m in a}) == len(a)
+    assert {m.file for m in a} == set(mut.TARGETS)
+    # each mutant changes exactly its own line of the real file
+    for m in a[:50]:
+        assert (ROOT / m.file).read_text().splitlines()[m.line - 1] == m.original != m.mutated
+
+
+def test_sample_is_seeded_and_spreads_over_files_and_operators():
+    muts = mut.all_sites()
+    s1 = [m.id for m in mut.sample(mut.all_sites(), 20, 11)]
+    s2 = [m.id for m in mut.sample(mut.all_sites(), 20, 11)]
+    s3 = [m.id for m in mut.sample(mut.all_sites(), 20, 12)]
+    assert s1 == s2 and s1 != s3 and len(set(s1)) == 20
+    first = mut.sample(muts, len(mut.TARGETS), 11)
+    assert {m.file for m in first} == set(mut.TARGETS)        # every file before a repeat
+    per_file = {}
+    for m in mut.sample(mut.all_sites(), 40, 11):
+        per_file.setdefault(m.file, set()).add(m.op)
+    assert all(len(ops) >= 3 for ops in per_file.values())
+
+
+def test_score_counts_equivalent_out_and_timeouts_as_killed():
+    ms = [dict(id="a", file=mut.TARGETS[0], verdict="killed", tests="killed"),
+          dict(id="b", file=mut.TARGETS[0], verdict="timeout", tests="survived"),
+          dict(id="c", file=mut.TARGETS[0], verdict="survived", tests="survived"),
+          dict(id="d", file=mut.TARGETS[0], verdict="survived", tests="survived"),
+          dict(id="e", file=mut.TARGETS[0], verdict="build-failed", tests="-")]
+    table = mut.score_table(ms, {"c": {"class": "equivalent", "why": "same"},
+                                 "d": {"class": "gap", "why": "no oracle"}})
+    row = table.splitlines()[2]
+    assert "67% (2/3)" in row          # killed + timeout over 5 - 1 build-failed - 1 equivalent
+    assert "33% (1/3)" in row          # the tests killed one of the three non-equivalent
