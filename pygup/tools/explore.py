@@ -196,17 +196,23 @@ def _unpin_if(p, result) -> Optional[int]:
     return None
 
 
-def _race_fast_munmap(policy, mutants):
-    m, p, a = _anon(policy, mutants)
-
+def _pin_kept_its_entry(p, a: int, need_write: bool = False):
+    """The check of a race whose op 0 pins ``a`` with GUP-fast: the pin it
+    returns obeys GUP-fast's re-check protocol (then it is released)."""
     def check(run):
         ret, pages = run.results[0]
         if ret != 1:
             return None
-        bad = _kept_over_a_changed_entry(run, 0, a, int(pages[0]))
+        bad = _kept_over_a_changed_entry(run, 0, a, int(pages[0]), need_write=need_write)
         p.mm.unpin_user_pages(pages)
         return bad
-    return World(m, [_fast_pin(p, a, FOLL.WRITE), lambda m: p.munmap(a, P)], check, (p.mm.id, a))
+    return check
+
+
+def _race_fast_munmap(policy, mutants):
+    m, p, a = _anon(policy, mutants)
+    return World(m, [_fast_pin(p, a, FOLL.WRITE), lambda m: p.munmap(a, P)],
+                 _pin_kept_its_entry(p, a), (p.mm.id, a))
 
 
 def _race_fast_munmap_huge(policy, mutants):
@@ -214,16 +220,8 @@ def _race_fast_munmap_huge(policy, mutants):
     p = m.spawn()
     a = p.mmap(HPAGE, RW, MAP.PRIVATE | MAP.ANONYMOUS | MAP.HUGETLB)
     p.write(a, 0x2222)
-
-    def check(run):
-        ret, pages = run.results[0]
-        if ret != 1:
-            return None
-        bad = _kept_over_a_changed_entry(run, 0, a, int(pages[0]))
-        p.mm.unpin_user_pages(pages)
-        return bad
-    return World(m, [_fast_pin(p, a, FOLL.WRITE), lambda m: p.munmap(a, HPAGE)], check,
-                 (p.mm.id, a))
+    return World(m, [_fast_pin(p, a, FOLL.WRITE), lambda m: p.munmap(a, HPAGE)],
+                 _pin_kept_its_entry(p, a), (p.mm.id, a))
 
 
 def _race_table_free(mode):
@@ -318,16 +316,8 @@ def _race_fork(flags):
 
 def _race_fast_mprotect(policy, mutants):
     m, p, a = _anon(policy, mutants)
-
-    def check(run):
-        ret, pages = run.results[0]
-        if ret != 1:
-            return None
-        bad = _kept_over_a_changed_entry(run, 0, a, int(pages[0]), need_write=True)
-        p.mm.unpin_user_pages(pages)
-        return bad
     return World(m, [_fast_pin(p, a, FOLL.WRITE), lambda m: p.mprotect(a, P, PROT.READ)],
-                 check, (p.mm.id, a))
+                 _pin_kept_its_entry(p, a, need_write=True), (p.mm.id, a))
 
 
 def _race_fast_migrate(policy, mutants):
