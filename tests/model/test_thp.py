@@ -404,16 +404,16 @@ def test_split_table_allocation_failure_changes_nothing():
 
 
 def test_thp_allocation_failure_falls_back_to_a_small_page():
-    # one zone: ZONE_MOVABLE is empty; the zonelist asks it first (the 1st
-    # allocation, which fails anyway), then ZONE_NORMAL (the 2nd: injected)
+    # one zone: an empty ZONE_MOVABLE is not in the zonelist, so the THP's
+    # allocation is the 1st (injected) and the small page's the 2nd
     m = _machine(movable="0MiB")
     p = m.spawn()
     a = p.mmap(HPAGE, RW, ANON | MAP.FIXED_NOREPLACE, addr=A)
-    m._core.fail_nth("folio", 2)
+    m._core.fail_nth("folio", 1)
     p.write(a, 3)
     assert p.mm.pte(a).level == C.LEVEL_PTE and p.read(a) == 3
     with m.kernel.op() as cpu:
-        m._core.fail_nth("folio", 2)
+        m._core.fail_nth("folio", 1)
         assert collapse_pmd(p.mm, a, cpu) == -errno.ENOMEM        # SCAN_ALLOC_HUGE_PAGE_FAIL
         assert collapse_pmd(p.mm, a, cpu) == 0
     m.check()
@@ -506,7 +506,7 @@ def test_madv_collapse_stops_when_no_huge_page_can_be_had():
     m = _machine(movable="0MiB")
     p = m.spawn()
     a = _faulted(m, p, 2)
-    m._core.fail_nth("folio", 2)                             # the first extent's THP
+    m._core.fail_nth("folio", 1)                             # the first extent's THP
     with pytest.raises(GupError) as e:
         p.madvise(a, 2 * HPAGE, MADV.COLLAPSE)
     assert e.value.errno == errno.ENOMEM                     # SCAN_ALLOC_HUGE_PAGE_FAIL: stop
