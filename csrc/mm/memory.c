@@ -155,13 +155,10 @@ int64_t pg_zap_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
     int rc = pg_check_range(start, end);
     if (rc < 0)
         return rc;
-    if (!pg_cpu_ok(m, cpu))
-        return -PG_EINVAL;
-    if (pg_cpu_irqs_off(m, cpu))
-        return -PG_EBUSY;
-    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    int err;
+    struct pg_mm *mm = pg_mm_lock_op(m, cpu, mmid, &err);
     if (!mm)
-        return -PG_EINVAL;
+        return err;
     int64_t ret = pg_check_no_partial_huge(m, mm, start, end);
     if (ret == 0)
         ret = zap_locked(m, cpu, mm, start, end);
@@ -212,13 +209,10 @@ int64_t pg_free_pgtables(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
     int rc = pg_check_range(start, end);
     if (rc < 0)
         return rc;
-    if (!pg_cpu_ok(m, cpu))
-        return -PG_EINVAL;
-    if (pg_cpu_irqs_off(m, cpu))
-        return -PG_EBUSY;
-    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    int err;
+    struct pg_mm *mm = pg_mm_lock_op(m, cpu, mmid, &err);
     if (!mm)
-        return -PG_EINVAL;
+        return err;
     struct pg_table *list = NULL;
     struct pg_table *pgd = pg_table_get(m, pg_load_relaxed(&mm->pgd));
     int64_t n = unlink_tables(m, mmid, pgd, PG_LEVEL_PGD, 0, start, end, &list);
@@ -422,14 +416,12 @@ int64_t pg_change_protection(pg_machine *m, int cpu, uint64_t mmid,
     int rc = pg_check_range(start, end);
     if (rc < 0)
         return rc;
-    if (!pg_cpu_ok(m, cpu) ||
-        ((clear | set) & PG_PTE_FIXED_BITS))
+    if ((clear | set) & PG_PTE_FIXED_BITS)
         return -PG_EINVAL;
-    if (pg_cpu_irqs_off(m, cpu))
-        return -PG_EBUSY;
-    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    int err;
+    struct pg_mm *mm = pg_mm_lock_op(m, cpu, mmid, &err);
     if (!mm)
-        return -PG_EINVAL;
+        return err;
     int64_t ret = pg_check_no_partial_huge(m, mm, start, end);
     if (ret == 0) {
         struct prot_ctx p = {.clear = clear, .set = set};
@@ -528,13 +520,10 @@ int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t old_addr,
     /* the ranges may not overlap (mremap_to() refuses it before this) */
     if (len && old_addr < new_addr + len && new_addr < old_addr + len)
         return -PG_EINVAL;
-    if (!pg_cpu_ok(m, cpu))
-        return -PG_EINVAL;
-    if (pg_cpu_irqs_off(m, cpu))
-        return -PG_EBUSY;
-    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    int err;
+    struct pg_mm *mm = pg_mm_lock_op(m, cpu, mmid, &err);
     if (!mm)
-        return -PG_EINVAL;
+        return err;
     int64_t ret = pg_check_no_partial_huge(m, mm, old_addr, old_addr + len);
     /* a huge leaf moves only to a PMD-aligned address */
     if (ret == 0 && ((old_addr ^ new_addr) & (PG_PMD_SIZE - 1))) {
@@ -633,13 +622,10 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mmid, uint64_t start,
 
 int pg_mm_destroy(pg_machine *m, int cpu, uint64_t mmid)
 {
-    if (!pg_cpu_ok(m, cpu))
-        return -PG_EINVAL;
-    if (pg_cpu_irqs_off(m, cpu))
-        return -PG_EBUSY;
-    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    int err;
+    struct pg_mm *mm = pg_mm_lock_op(m, cpu, mmid, &err);
     if (!mm)
-        return -PG_EINVAL;
+        return err;
     /* new lookups fail from here; the id stays in the TLB tags until the
      * flush below removes them */
     pg_store_release(&mm->state, PG_MM_DYING);

@@ -211,6 +211,22 @@ struct pg_mm *pg_mm_lock(pg_machine *m, uint64_t id)
     return mm;
 }
 
+/* The entry of an mm operation Python asks for (zap, free_pgtables, a
+ * page-table move, destroy...): a valid CPU with IRQs on -- the operation's
+ * TLB flush would otherwise wait on itself -- and the mm, locked.  NULL
+ * with *err set (-EINVAL, -EBUSY) otherwise. */
+struct pg_mm *pg_mm_lock_op(pg_machine *m, int cpu, uint64_t id, int *err)
+{
+    *err = -PG_EINVAL;
+    if (!pg_cpu_ok(m, cpu))
+        return NULL;
+    if (pg_cpu_irqs_off(m, cpu)) {
+        *err = -PG_EBUSY;
+        return NULL;
+    }
+    return pg_mm_lock(m, id);
+}
+
 void pg_mm_slot_free(pg_machine *m, struct pg_mm *mm)
 {
     uint32_t slot = (uint32_t)(mm - m->mms);

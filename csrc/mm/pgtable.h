@@ -52,6 +52,7 @@ void pg_pgtable_fini(pg_machine *m);
 struct pg_mm *pg_mm_get(pg_machine *m, uint64_t id);
 /* pg_mm_get + take the mm's page-table lock (NULL if the id is stale) */
 struct pg_mm *pg_mm_lock(pg_machine *m, uint64_t id);
+struct pg_mm *pg_mm_lock_op(pg_machine *m, int cpu, uint64_t id, int *err);
 /* give a destroyed mm's slot back (its state is FREE, its lock dropped) */
 void pg_mm_slot_free(pg_machine *m, struct pg_mm *mm);
 
