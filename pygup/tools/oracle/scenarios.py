@@ -269,7 +269,10 @@ def writeback_then_short_pins(s: ScenarioSide) -> tuple:
     vmsplice (read-only reference) leave the folio clean; an O_DIRECT read
     into it (a FOLL_WRITE pin) faults it writable through page_mkwrite and
     the bio's completion dirties it again, so the next msync writes the
-    device's data to the file."""
+    device's data to the file.  The dirty bit after that msync is not
+    compared: the kernel re-dirties a direct-I/O read's pages from a
+    workqueue when writeback cleaned them meanwhile (bio_check_pages_dirty()
+    -> bio_dirty_fn()), so on a real kernel it depends on timing."""
     f, src = s.new_file("ext4", [W]), s.new_file("ext4", [R])
     rc, addr = s.mmap(1, RW, int(MAP.SHARED), f)
     if rc:
@@ -278,7 +281,7 @@ def writeback_then_short_pins(s: ScenarioSide) -> tuple:
     out += [s.process_vm_readv(addr, 1), s.folio_dirty(addr)]
     out += [s.vmsplice(addr, 1), s.folio_dirty(addr)]
     out += [s.o_direct(False, src, 0, addr, 1), s.folio_dirty(addr), s.read(addr)]
-    out += [s.msync(addr, 1), s.folio_dirty(addr), s.pread(f, 0)]
+    out += [s.msync(addr, 1), s.pread(f, 0)]
     return tuple(out)
 
 
