@@ -63,7 +63,14 @@ def _live(case: str) -> tuple[int, list[bool]]:
             return bool(int.from_bytes(fh.read(8), "little") >> 22 & 1)
     n = {"none_then_faulted": 2, "pinned_then_faulted": 2, "hole": 3}.get(case, 1)
     if case == "small_vma":
-        a = libc.mmap(None, 64 * P, 3, int(MAP.PRIVATE | MAP.ANONYMOUS), -1, 0)
+        # PROT_NONE pages on both sides, so the 64 pages cannot merge with a
+        # neighbouring anonymous VMA into one big enough to collapse (a
+        # merged VMA makes the live answer depend on where mmap put it)
+        raw = libc.mmap(None, 66 * P, 0, int(MAP.PRIVATE | MAP.ANONYMOUS), -1, 0)
+        a = raw + P
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if libc.mprotect(a, 64 * P, 3) != 0:
+            pytest.skip("mprotect failed here")
         H.touch(a, 64 * P, True, 1)
         return madvise(a, 64 * P, MADV.COLLAPSE), []
     a = region(n)
