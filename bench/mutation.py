@@ -196,12 +196,36 @@ def _py_docstring_lines(text: str) -> set[int]:
     return skip
 
 
+# presentation, not kernel behaviour: what a mutant there breaks is how a
+# result looks in a REPL or a notebook, which no fuzzer of the GUP rules
+# can (or should) see
+PY_PRESENTATION = re.compile(r"^(\s*)def (__repr__|__str__|_repr_html_|_repr_pretty_)\b")
+
+
+def _py_presentation_lines(text: str) -> set[int]:
+    """0-based lines of the bodies of __repr__ / __str__ / _repr_html_."""
+    skip: set[int] = set()
+    inside = None
+    for n, line in enumerate(text.splitlines()):
+        if inside is not None:
+            if line.strip() and len(line) - len(line.lstrip()) <= inside:
+                inside = None
+            else:
+                skip.add(n)
+                continue
+        mt = PY_PRESENTATION.match(line)
+        if mt:
+            inside = len(mt.group(1))
+            skip.add(n)
+    return skip
+
+
 def sites(rel: str, text: str) -> list[Mutant]:
     """Every mutant of one file, in file order."""
     lang = "py" if rel.endswith(".py") else "c"
     lines = text.splitlines()
     code = _code_mask(lines, lang)
-    skip = _py_docstring_lines(text) if lang == "py" else set()
+    skip = _py_docstring_lines(text) | _py_presentation_lines(text) if lang == "py" else set()
     out: list[Mutant] = []
 
     def add(n: int, op: str, new: str) -> None:

@@ -23,6 +23,9 @@ TARGETS = [
     ("6.5", ("fast_no_unshare",), "pinned-anon-stays"),
     ("6.5", ("fast_secretmem",), "no-secretmem"),
     ("6.5", ("unpin_no_bias",), "refcount-balance"),
+    # refusals are bugs too: pins the harness knows must work
+    ("6.5", ("pin_or_longterm",), "over-refusal"),
+    ("6.5", ("private_not_excluded",), "over-refusal"),
 ]
 
 
@@ -36,9 +39,23 @@ def first_failure(policy, mutants, seeds=200):
 
 @pytest.mark.parametrize("policy, mutants, invariant", TARGETS,
                          ids=[m[0] if m else p for p, m, _ in TARGETS])
-def test_seeded_run_finds_target(policy, mutants, invariant):
+def test_seeded_run_finds_target(policy, mutants, invariant, monkeypatch):
+    """Each safety oracle on its own: the differential check of GUP-fast
+    (which sees the C fast-path switches first) is off here."""
+    monkeypatch.setattr(World, "check_fast_differential", lambda *a: None)
     f = first_failure(policy, mutants)
     assert f is not None and f.invariant == invariant, f
+
+
+@pytest.mark.parametrize("mutant", ["whitelist_inverted", "fast_no_unshare", "fast_secretmem"])
+def test_fast_path_switches_show_as_a_differential(mutant):
+    """A switch planted in the C fast path makes it disagree with its
+    plain-Python twin (tools/reference.py) on the same state, before any
+    safety oracle has to see the damage."""
+    f = first_failure("6.5", (mutant,))
+    assert f is not None and f.invariant == "fast-differential", f
+    assert "the C core took" in f.detail
+
 
 
 def test_6_5_stays_clean():

@@ -185,7 +185,8 @@ def op_mmap(world: World, op: dict) -> str:
     shared = kind in ("shared-anon", "secret") or (kind == "file" and op["shared"])
     region = Region(addr, pages, {"file": "file", "huge": "anon", "secret": "shared-anon",
                                   "thp": "anon"}
-                    .get(kind, kind), file_idx, shared, op["prot"] == "rw", huge=kind == "huge")
+                    .get(kind, kind), file_idx, shared, op["prot"] == "rw", huge=kind == "huge",
+                    origin=kind)
     for i in range(pages):
         proc.anon_truth.pop(addr + i * PAGE, None)       # fresh memory reads 0
     proc.regions.append(region)
@@ -241,6 +242,9 @@ def op_mprotect(world: World, op: dict, proc: Proc, region: Region, page: int,
     err = next((e for e in errs if e), None)
     if err is None:
         region.writable = op["prot"] == "rw"
+        region.readable = op["prot"] != "none"
+    else:
+        region.certain = False         # some runs changed, some not
     return f"mprotect {region.addr:#x} {op['prot']} -> {err or 0}"
 
 
@@ -261,7 +265,7 @@ def op_fork(world: World, op: dict) -> str:
             truth.pop(r.page_addr(i), None)
         if len(gone | r.unmapped) < r.pages:
             regions.append(Region(r.addr, r.pages, r.kind, r.file, r.shared, r.writable,
-                                  r.huge, r.unmapped | gone))
+                                  r.huge, r.unmapped | gone, r.readable, r.origin, r.certain))
     world.procs.append(Proc(child, regions, truth))
     return f"fork pid {parent.p.pid} -> {child.pid}"
 
@@ -308,14 +312,24 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
         flags |= FOLL.LONGTERM
     if not pin and op.get("nopages"):
         # get_user_pages() with no pages array: fault in only (MADV_POPULATE)
-        ret, pages = mm.get_user_pages(addr, n, int(FOLL.WRITE if op["write"] else 0),
-                                       pages=False)
+        gup_flags = int(FOLL.WRITE if op["write"] else 0)
+        certain = world.pin_must_succeed(proc, region, page, n, gup_flags)
+        ret, pages = mm.get_user_pages(addr, n, gup_flags, pages=False)
+        if certain and ret != n:
+            raise Violation("over-refusal", f"get_user_pages({addr:#x}, {n}, {gup_flags:#x}, "
+                            f"pages=NULL) -> {ret}: {certain}: every page must be faulted in")
         return f"populate {addr:#x} -> {ret}"
     if pin:
         call = mm.pin_user_pages_fast if op["fast"] else mm.pin_user_pages
     else:
         call = mm.get_user_pages_fast if op["fast"] else mm.get_user_pages
+    if op["fast"]:
+        world.check_fast_differential(mm, addr, n, int(flags | (FOLL.PIN if pin else FOLL.GET)))
+    certain = world.pin_must_succeed(proc, region, page, n, int(flags))
     ret, pages = call(addr, n, int(flags))
+    if certain and ret != n:
+        raise Violation("over-refusal", f"{call.__name__}({addr:#x}, {n}, {flags!r}) -> {ret}: "
+                        f"{certain}: every page must be taken")
     if ret <= 0:
         return f"{'pin' if pin else 'get'} {addr:#x} -> {ret}"
     world.check_no_secretmem(pages)
@@ -386,7 +400,15 @@ def op_unpin(world: World, op: dict) -> str:
 
 
 def op_writeback(world: World, op: dict) -> str:
-    return f"writeback {world.m.writeback()} pages"
+    """sync(), then sync() again: the second pass has nothing to write
+    (nobody wrote in between; a folio written back stays clean until its
+    next write: folio_clear_dirty_for_io's exact answer)."""
+    written = world.m.writeback()
+    again = world.m.writeback()
+    if again:
+        raise Violation("writeback-exact", f"a second sync() right after one that wrote "
+                        f"{written} pages wrote {again} more: nothing was dirtied in between")
+    return f"writeback {written} pages"
 
 
 @_on_page
