@@ -913,6 +913,10 @@ def op_explore(world: World, op: dict) -> str:
     if res.failing is not None:
         op["schedule"] = res.failing.schedule
         raise Violation(f"race:{op['race']}", res.failing.detail)
+    if res.missed:
+        raise Violation("race-window-unreached", f"race {op['race']}: {res.explored} schedules "
+                        f"and the window(s) {', '.join(res.missed)} never fired: the race "
+                        "lost a partner's step")
     return f"race {op['race']}: {res.explored} schedules, 0 failing"
 
 
