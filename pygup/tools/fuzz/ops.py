@@ -298,6 +298,7 @@ def op_write(world: World, op: dict, proc: Proc, region: Region, page: int,
     with world.m.cpu(op.get("cpu", 0)):
         _, err = _quiet(proc.p.write, addr, op["value"])
     if err is None:
+        world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         world.record_write(proc, region, page, op["value"])
     return f"write {addr:#x} -> {err or 0}"
 
@@ -308,6 +309,7 @@ def op_read(world: World, op: dict, proc: Proc, region: Region, page: int,
     with world.m.cpu(op.get("cpu", 0)):
         got, err = _quiet(proc.p.read, addr)
     if err is None:
+        world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         want = world.expected_read(proc, region, page)
         if want is not None and got != want:
             inv = "no-lost-write" if region.shared else "cow-isolation"
