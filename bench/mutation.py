@@ -583,12 +583,27 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--classify", help="survivor classification (JSON: id -> class, why)")
     ap.add_argument("--table", metavar="RESULTS", help="print the tables of a saved run")
+    ap.add_argument("--merge", nargs=2, metavar=("RUN", "RERUN"),
+                    help="fold a re-run of some mutants (--only, after the fuzzer was "
+                    "strengthened) into a run: RERUN's verdicts replace RUN's for its ids, "
+                    "the rest stay; with --json OUT writes the merged result")
+    ap.add_argument("--why", default="", help="with --merge: what changed before the re-run")
     args = ap.parse_args(argv)
     if args.sample < 1:
         ap.error("--sample must be >= 1")
     if not args.seconds > 0:
         ap.error("--seconds must be > 0")
     classified = json.load(open(args.classify)) if args.classify else {}
+    if args.merge:
+        data = merge_runs(json.load(open(args.merge[0])), json.load(open(args.merge[1])),
+                          args.why)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(data, fh, indent=1)
+        print(score_table(data["mutants"], classified))
+        print()
+        print(survivors_table(data["mutants"], classified))
+        return 0
     if args.table:
         data = json.load(open(args.table))
         print(score_table(data["mutants"], classified))
@@ -641,6 +656,23 @@ def main(argv=None) -> int:
     print()
     print(survivors_table(data["mutants"], classified))
     return 0
+
+
+def merge_runs(run: dict, rerun: dict, why: str = "") -> dict:
+    """``run`` with the verdicts of ``rerun`` (the same mutant ids judged
+    again) in place of its own; the result says which ids were re-run, how
+    long each was fuzzed and why.  Ids of ``rerun`` absent from ``run`` are
+    a ValueError (the sources moved: a line-numbered id names another site)."""
+    by_id = {m["id"]: m for m in rerun["mutants"]}
+    missing = sorted(set(by_id) - {m["id"] for m in run["mutants"]})
+    if missing:
+        raise ValueError(f"re-run ids not in the run: {', '.join(missing)}")
+    out = dict(run)
+    out["mutants"] = [dict(by_id.get(m["id"], m), rerun=m["id"] in by_id)
+                      for m in run["mutants"]]
+    out["rerun"] = {"ids": sorted(by_id), "seconds_per_mutant": rerun["seconds_per_mutant"],
+                    "fuzz_policy": rerun.get("fuzz_policy"), "why": why}
+    return out
 
 
 def _save(args, chosen, muts, elapsed) -> dict:

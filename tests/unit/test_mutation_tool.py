@@ -124,3 +124,17 @@ class Pages:
 '''
     lines = {m.line for m in mut.sites("pygup/x.py", text)}
     assert lines and all(n >= 11 for n in lines), sorted(lines)
+
+
+def test_a_rerun_replaces_only_its_own_verdicts():
+    run = {"mutants": [{"id": "a", "verdict": "survived"}, {"id": "b", "verdict": "killed"}],
+           "seconds_per_mutant": 30}
+    rerun = {"mutants": [{"id": "a", "verdict": "killed"}], "seconds_per_mutant": 30,
+             "fuzz_policy": "6.5"}
+    out = mut.merge_runs(run, rerun, "an oracle")
+    assert [(m["id"], m["verdict"], m["rerun"]) for m in out["mutants"]] == \
+        [("a", "killed", True), ("b", "killed", False)]
+    assert out["rerun"]["ids"] == ["a"] and out["rerun"]["why"] == "an oracle"
+    import pytest
+    with pytest.raises(ValueError, match="not in the run"):
+        mut.merge_runs(run, {"mutants": [{"id": "z"}], "seconds_per_mutant": 1})
