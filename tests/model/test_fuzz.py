@@ -509,3 +509,11 @@ def test_stress_share_is_an_option(monkeypatch, every, want):
             stress_every=every, stress_seconds=0.25)
     assert len(calls) == want and all(secs == 0.25 for _, secs in calls)
     assert all(s % C.CONCURRENT_EVERY != C.CONCURRENT_EVERY // 2 - 1 for s, _ in calls)
+
+
+@pytest.mark.parametrize("wait", ["synchronize_rcu", "rcu_barrier", "shootdown"])
+def test_orphan_section_op_is_clean(wait):
+    """A thread that ends with IRQs off on the reader CPU: grace periods
+    pass it, the shootdown ends it (the core's reap, or Python's repair),
+    and the world's final audit is clean afterwards."""
+    assert run_ops([{"op": "orphan_section", "wait": wait}], "6.5") is None

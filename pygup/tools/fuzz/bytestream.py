@@ -23,7 +23,7 @@ _PROTS = ["rw", "r", "none"]
 _OPS = ["mmap", "munmap", "mprotect", "fork", "exit", "write", "read", "pin", "get", "pin_write",
         "unpin", "writeback", "msync", "truncate", "evict", "migrate", "caller",
         "caller_release", "explore", "collapse", "madvise", "mlock", "munlock", "mremap",
-        "fallocate", "rcu_section", "gup_edge"]
+        "fallocate", "rcu_section", "gup_edge", "orphan_section"]
 # a built-in race (tools/explore.py) explored to this bound: 1 keeps an input
 # fast enough for a coverage fuzzer; the seeded campaign explores to 2
 EXPLORE_BOUND = 1
@@ -112,6 +112,8 @@ def decode(data: bytes, max_ops: int = 200) -> list[dict]:
             op.update(proc=r.small(8), case=EDGE_CASES[r.small(len(EDGE_CASES))],
                       api=EDGE_APIS[r.small(len(EDGE_APIS))], region=r.small(8),
                       page=r.small(16))
+        elif name == "orphan_section":
+            op["wait"] = ["synchronize_rcu", "rcu_barrier", "shootdown"][r.small(3)]
         ops.append(op)
     return ops
 

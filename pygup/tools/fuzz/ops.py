@@ -23,7 +23,7 @@ WEIGHTS = {
     "writeback": 4, "msync": 2, "truncate": 2, "evict": 3, "migrate": 1,
     "caller": 8, "caller_release": 2, "collapse": 1,
     "madvise": 4, "mlock": 2, "munlock": 1, "mremap": 2, "fallocate": 2,
-    "rcu_section": 2, "gup_edge": 2,
+    "rcu_section": 2, "gup_edge": 2, "orphan_section": 1,
 }
 # the advice the harness gives: each keeps the world's record of what a
 # page holds computable (MADV_FREE's "maybe discarded" would not)
@@ -94,6 +94,8 @@ def generate(rng: random.Random, world: World) -> dict:
     elif name == "gup_edge":
         op.update(proc=r(8), case=rng.choice(EDGE_CASES), api=rng.choice(EDGE_APIS),
                   region=r(8), page=r(16))
+    elif name == "orphan_section":
+        op["wait"] = rng.choice(["synchronize_rcu", "rcu_barrier", "shootdown"])
     return op
 
 
@@ -731,6 +733,55 @@ def op_rcu_section(world: World, op: dict) -> str:
                         f"rcu_barrier(): {st['as_pending']} address_space records wait for RCU "
                         f"({base['as_pending']} before)")
     return f"rcu section cpu {cpu} depth {op['depth']}{' +rcu' if op['rcu'] else ''}"
+
+
+def op_orphan_section(world: World, op: dict) -> str:
+    """A thread that caches a translation on the reader CPU, then ends with
+    that CPU's IRQs off: every wait for the CPU -- a grace period, a TLB
+    shootdown's IPI -- would last for ever.  A grace period passes it (its
+    thread reads nothing any more); the shootdown of that page ends the
+    section (csrc/arch/cpu.c reaps it, or Python's repair, with a warning,
+    gets there first): afterwards the CPU's IRQs are on and its TLB holds
+    nothing of the page."""
+    import threading
+    import warnings
+    if not world.procs:
+        return "no process"
+    core = world.m._core
+    p = world.procs[0].p
+    addr, err = _quiet(p.mmap, PAGE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    if err:
+        return f"orphan section: mmap -> {err}"
+
+    def die_inside() -> None:
+        with world.m.cpu(READER_CPU):
+            p.write(addr, 1)                     # the reader CPU caches it
+        core.irq_disable(READER_CPU)             # and its thread ends inside
+    t = threading.Thread(target=die_inside)
+    t.start()
+    t.join()
+    reaped = core.stats()["orphans_reaped"]
+    if op["wait"] == "synchronize_rcu":
+        core.synchronize_rcu(0)
+    elif op["wait"] == "rcu_barrier":
+        core.rcu_barrier(0)
+    else:
+        # the core's own shootdown, before any model op repairs the CPU:
+        # the IPI queued for it must be run by the waiter (the reap)
+        core.flush_tlb_range(0, p.mm.id, addr, addr + PAGE)
+        if core.stats()["orphans_reaped"] != reaped + 1:
+            raise Violation("orphan-section", f"a shootdown to CPU {READER_CPU}, whose thread "
+                            "ended with IRQs off, returned without reaping its section")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # Python's repair says so
+        p.munmap(addr, PAGE)                     # flush_tlb_mm_range() to the reader CPU
+    if core.irqs_disabled(READER_CPU) or core.tlb_probe(READER_CPU, p.mm.id, addr):
+        raise Violation("orphan-section", f"a thread ended with IRQs off on CPU {READER_CPU}; "
+                        f"after {op['wait']} and the shootdown its IRQs are "
+                        f"{'off' if core.irqs_disabled(READER_CPU) else 'on'} and its TLB "
+                        f"{'still maps' if core.tlb_probe(READER_CPU, p.mm.id, addr) else 'lost'}"
+                        f" {addr:#x}")
+    return f"orphan section on CPU {READER_CPU} ended ({op['wait']}, then the shootdown)"
 
 
 # edge cases of a GUP call whose answer the harness knows on every kernel
