@@ -56,11 +56,11 @@ int pg_try_grab_page(pg_machine *m, uint64_t pfn, int pin)
 
 /* mirrors gup_put_folio(); the pins it drops are added to *released, for
  * the caller to count once (one atomic per call, not per folio) */
-static int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *released)
+static inline int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *released)
 {
     uint64_t head = pg_frame_head(m, pfn);
     struct pg_frame *h = &m->frames[head];
-    if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
+    if (pg_is_zero_pfn(head))
         return 0;
     if (pin) {
         *released += (uint64_t)refs;
@@ -87,14 +87,39 @@ int pg_gup_put(pg_machine *m, uint64_t pfn, int refs, int pin)
     return rc;
 }
 
-/* the length of the run of entries from i on that share pfns[i]'s folio */
-static int64_t folio_run(pg_machine *m, const uint64_t *pfns, int64_t i, int64_t n)
+/* The runs of an array of pages: entries in a row on one folio, which
+ * unpin_user_pages() drops with one put.  Each entry's folio head is read
+ * once; run_end() returns where the run from i (on folio head) ends and
+ * leaves the head of the entry there in *next.  The pfns were checked. */
+static inline int64_t run_end(pg_machine *m, const uint64_t *pfns, int64_t i, int64_t n,
+                              uint64_t head, uint64_t *next)
 {
-    uint64_t head = pg_frame_head(m, pfns[i]);
     int64_t j = i + 1;
-    while (j < n && pfn_valid(m, pfns[j]) && pg_frame_head(m, pfns[j]) == head)
-        j++;
-    return j - i;
+    for (; j < n; j++) {
+        uint64_t h = pg_frame_head(m, pfns[j]);
+        if (h != head) {
+            *next = h;
+            break;
+        }
+    }
+    return j;
+}
+
+/* can one run of `run` entries on the folio at head drop its pins (pin)
+ * or references?  The zero page always can; a free folio never */
+static inline bool run_can_put(pg_machine *m, uint64_t head, int64_t run, int pin)
+{
+    struct pg_frame *h = &m->frames[head];
+    if (pg_is_zero_pfn(head))
+        return true;
+    if (pg_load_relaxed(&h->flags) & PG_F_FREE)
+        return false;
+    int64_t ref = pg_load_acquire(&h->refcount);
+    if (!pin)
+        return ref >= run;
+    if (folio_is_large(m, head))
+        return pg_load_acquire(&h->pincount) >= run && ref >= run;
+    return ref >= run * PG_GUP_PIN_COUNTING_BIAS;
 }
 
 int pg_gup_can_put(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
@@ -104,30 +129,20 @@ int pg_gup_can_put(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
     for (int64_t i = 0; i < n; i++)
         if (!pfn_valid(m, pfns[i]))
             return -PG_EINVAL;
+    uint64_t head = n > 0 ? pg_frame_head(m, pfns[0]) : 0;
     for (int64_t i = 0; i < n;) {
-        int64_t run = folio_run(m, pfns, i, n);
-        uint64_t head = pg_frame_head(m, pfns[i]);
-        struct pg_frame *h = &m->frames[head];
-        i += run;
-        if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
-            continue;
-        if (pg_load_relaxed(&h->flags) & PG_F_FREE)
+        uint64_t next = 0;
+        int64_t j = run_end(m, pfns, i, n, head, &next);
+        if (!run_can_put(m, head, j - i, pin))
             return 0;
-        int64_t ref = pg_load_acquire(&h->refcount);
-        if (!pin) {
-            if (ref < run)
-                return 0;
-        } else if (folio_is_large(m, head)) {
-            if (pg_load_acquire(&h->pincount) < run || ref < run)
-                return 0;
-        } else if (ref < run * PG_GUP_PIN_COUNTING_BIAS) {
-            return 0;
-        }
+        i = j;
+        head = next;
     }
     return 1;
 }
 
-/* mirrors unpin_user_pages(): one put per run of one folio */
+/* mirrors unpin_user_pages(): one put per run of one folio, after every
+ * run was checked (nothing is put when one holds no pin) */
 int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
 {
     int rc = pg_gup_can_put(m, pfns, n, pin);
@@ -135,12 +150,15 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
         return rc < 0 ? rc : -PG_EINVAL;
     uint64_t released = 0;
     int r = 0;
+    uint64_t head = n > 0 ? pg_frame_head(m, pfns[0]) : 0;
     for (int64_t i = 0; i < n;) {
-        int64_t run = folio_run(m, pfns, i, n);
-        r = put_folio(m, pfns[i], (int)run, pin, &released);
+        uint64_t next = 0;
+        int64_t j = run_end(m, pfns, i, n, head, &next);
+        r = put_folio(m, pfns[i], (int)(j - i), pin, &released);
         if (r < 0)
             break;
-        i += run;
+        i = j;
+        head = next;
     }
     if (released)
         pg_count_pins(m, false, released);
@@ -291,7 +309,7 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
         return -1;
     int add;
     for (;;) {
-        if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO))
+        if ((flags & PG_FOLL_PIN) && pg_is_zero_pfn(head))
             return (int64_t)head; /* the zero page is never counted */
         /* A pin of a small folio takes its whole GUP_PIN_COUNTING_BIAS in
          * the one checked add: try_get_folio() refuses a count that is not
@@ -316,7 +334,10 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
     }
     if (add == refs)                 /* a large folio: the pins go on pincount */
         pg_fetch_add(&h->pincount, refs);
-    pg_smp_mb(); /* the pin is visible before the PTE re-check */
+    /* the pin is visible before the PTE re-check: try_grab_folio()'s
+     * smp_mb__after_atomic(), pairing with the barrier of the side that
+     * write-protects and then looks for pins (fork, collapse) */
+    pg_smp_mb__after_atomic();
     *pins += (uint64_t)refs;
     return (int64_t)head;
 }
@@ -423,6 +444,21 @@ static bool fast_stop(struct fast_walk *fw, int why)
     return false;
 }
 
+/* Why GUP-fast cannot take a leaf (a PTE or a PMD), in gup_pte_range()'s
+ * order of tests; PG_FAST_STOP_NONE when it can. */
+static inline int leaf_stop_reason(uint64_t e, uint32_t flags)
+{
+    if (e & PG_PTE_PROTNONE) /* NUMA hinting and PROT_NONE: the slow path decides */
+        return PG_FAST_STOP_PROTNONE;
+    if (!(e & PG_PTE_PRESENT))
+        return PG_FAST_STOP_NOT_PRESENT;
+    if (!(e & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(e & PG_PTE_WRITE)))
+        return PG_FAST_STOP_ACCESS; /* pte_access_permitted() */
+    if (e & PG_PTE_SPECIAL)
+        return PG_FAST_STOP_SPECIAL;
+    return PG_FAST_STOP_NONE;
+}
+
 /* mirrors gup_pte_range() (6.5 order): the PTEs of one table from addr to
  * end (inside the table), w holding the first entry as the walk read it;
  * each next entry is read once from the same table, which must still be
@@ -431,73 +467,96 @@ FAST_INLINE bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t
                                uint64_t end, bool hooks)
 {
     pg_machine *m = fw->m;
-    uint32_t flags = fw->flags;
+    const uint32_t flags = fw->flags, policy = fw->policy;
+    const int cpu = fw->cpu;
+    /* leaf_stop_reason()'s tests as one compare for the common entry:
+     * present, user, writable when FOLL_WRITE asks, not PROT_NONE, not
+     * special; any other entry goes to leaf_stop_reason() */
+    const uint64_t want = PG_PTE_PRESENT | PG_PTE_USER | ((flags & PG_FOLL_WRITE) ? PG_PTE_WRITE : 0);
+    const uint64_t tested = want | PG_PTE_PROTNONE | PG_PTE_SPECIAL;
+    /* the walk's state in locals, written back on the way out: the stores
+     * to out[] might alias fw and w as far as the compiler knows */
+    uint64_t *const out = fw->out;
+    int64_t nr = fw->nr;
+    uint64_t pins = fw->pins;
+    _Atomic uint64_t *ptep = w->pte_slot;
+    _Atomic uint64_t *const pmdp = w->pmd_slot;
+    const uint64_t pmd = w->pmd;
+    const struct pg_table *const table = w->table;
+    uint64_t pte = w->pte;
+    int why;
     for (;;) {
-        uint64_t pte = w->pte;
-        if (pte & PG_PTE_PROTNONE) /* NUMA hinting and PROT_NONE: the slow path decides */
-            return fast_stop(fw, PG_FAST_STOP_PROTNONE);
-        if (!(pte & PG_PTE_PRESENT))
-            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
-        if (!(pte & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pte & PG_PTE_WRITE)))
-            return fast_stop(fw, PG_FAST_STOP_ACCESS); /* pte_access_permitted() */
-        if (pte & PG_PTE_SPECIAL)
-            return fast_stop(fw, PG_FAST_STOP_SPECIAL);
+        if (__builtin_expect((pte & tested) != want, 0)) {
+            why = leaf_stop_reason(pte, flags);
+            break;
+        }
         uint64_t pfn = pg_pte_pfn(pte);
         if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
-                      (unsigned long long)addr, (unsigned long long)pfn))
-            return fast_stop(fw, PG_FAST_STOP_GRAB);
+                      (unsigned long long)addr, (unsigned long long)pfn)) {
+            why = PG_FAST_STOP_GRAB;
+            break;
+        }
         /* page_folio(): found before the window, used after it */
         uint64_t folio = pg_frame_head(m, pfn);
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_PTE_READ);
-        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags, &fw->pins, hooks);
-        if (grabbed < 0)
-            return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_PTE_READ);
+        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags, &pins, hooks);
+        if (grabbed < 0) {
+            why = grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB;
+            break;
+        }
         uint64_t head = (uint64_t)grabbed;
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_GRABBED);
-        int why = PG_FAST_STOP_SECRETMEM;
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_GRABBED);
+        why = PG_FAST_STOP_SECRETMEM;
         if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) &&
-            is_secretmem(m, fw->cpu, head, fw->policy, hooks))
+            is_secretmem(m, cpu, head, policy, hooks))
             goto drop;
         why = PG_FAST_STOP_WHITELIST;
         if (FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
+            !whitelist_ok(m, cpu, head, flags, policy, hooks))
             goto drop;
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_BEFORE_RECHECK);
         /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
         why = PG_FAST_STOP_CHANGED;
-        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
+        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(pmdp) != pmd)
             goto drop;
-        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
+        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(ptep) != pte)
             goto drop;
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_RECHECKED);
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_RECHECKED);
         why = PG_FAST_STOP_WHITELIST;
         if (!FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
+            !whitelist_ok(m, cpu, head, flags, policy, hooks))
             goto drop;
         why = PG_FAST_STOP_UNSHARE;
-        if (!(pte & PG_PTE_WRITE) &&
-            gup_fast_must_unshare(m, pfn, head, flags, fw->policy, hooks))
+        if (!(pte & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, policy, hooks))
             goto drop;
         mark_referenced(m, head);
-        fw->out[fw->nr++] = pfn;
+        out[nr++] = pfn;
 
+        why = PG_FAST_STOP_NONE;
         addr += PG_PAGE_SIZE;
         if (addr >= end)
-            return true;
-        w->pte_slot++;
-        w->pte = pg_load_acquire(w->pte_slot);
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_WALK_ENTRY_READ);
-        if (PG_BUG_ON(m, pg_load_acquire(&w->table->magic) != PG_TABLE_MAGIC_LIVE,
+            break;
+        ptep++;
+        pte = pg_load_acquire(ptep);
+        FAST_YIELD(hooks, m, cpu, PG_W_WALK_ENTRY_READ);
+        if (PG_BUG_ON(m, pg_load_acquire(&table->magic) != PG_TABLE_MAGIC_LIVE,
                       "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
-                      fw->cpu, w->table->id, (unsigned long long)addr))
-            return fast_stop(fw, PG_FAST_STOP_GRAB);
-        if (w->pte == 0)
-            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
-        continue;
+                      cpu, table->id, (unsigned long long)addr)) {
+            why = PG_FAST_STOP_GRAB;
+            break;
+        }
+        continue; /* an empty entry (0) stops at the test on top: not present */
 drop:
         ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the refs went */
-        return fast_stop(fw, why);
+        break;
     }
+    fw->nr = nr;
+    fw->pins = pins;
+    w->pte_slot = ptep;
+    w->pte = pte;
+    if (why == PG_FAST_STOP_NONE)
+        return true;
+    return fast_stop(fw, why);
 }
 
 /* the two copies of the loop (see FAST_YIELD) */
@@ -521,14 +580,9 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
     pg_machine *m = fw->m;
     uint64_t pmd = w->pmd;
     uint32_t flags = fw->flags;
-    if (pmd & PG_PTE_PROTNONE)
-        return fast_stop(fw, PG_FAST_STOP_PROTNONE);
-    if (!(pmd & PG_PTE_PRESENT))
-        return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
-    if (!(pmd & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pmd & PG_PTE_WRITE)))
-        return fast_stop(fw, PG_FAST_STOP_ACCESS);
-    if (pmd & PG_PTE_SPECIAL)
-        return fast_stop(fw, PG_FAST_STOP_SPECIAL);
+    int stop = leaf_stop_reason(pmd, flags);
+    if (stop != PG_FAST_STOP_NONE)
+        return fast_stop(fw, stop);
     uint64_t pmd_end = (addr & ~(PG_PMD_SIZE - 1)) + PG_PMD_SIZE;
     if (end > pmd_end)
         end = pmd_end;
