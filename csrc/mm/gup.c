@@ -23,9 +23,15 @@ static inline bool pfn_valid(pg_machine *m, uint64_t pfn)
     return pfn < m->nr_frames;
 }
 
+/* folio_test_large(), on the head frame h */
+static inline bool head_is_large(struct pg_frame *h)
+{
+    return pg_load_relaxed(&h->order) > 0;
+}
+
 static inline bool folio_is_large(pg_machine *m, uint64_t head)
 {
-    return pg_load_relaxed(&m->frames[head].order) > 0;
+    return head_is_large(&m->frames[head]);
 }
 
 /* mirrors try_grab_page() (6.5) */
@@ -308,16 +314,17 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
     int add;
+    struct pg_frame *h;
     for (;;) {
         if ((flags & PG_FOLL_PIN) && pg_is_zero_pfn(head))
             return (int64_t)head; /* the zero page is never counted */
+        h = &m->frames[head];
         /* A pin of a small folio takes its whole GUP_PIN_COUNTING_BIAS in
          * the one checked add: try_get_folio() refuses a count that is not
          * positive and the add refuses to pass INT32_MAX, so repeated pins
          * fail cleanly (the slow path then says -ENOMEM) instead of
          * wrapping the count negative (BUGS #10) */
-        add = ((flags & PG_FOLL_PIN) && !folio_is_large(m, head))
-                  ? refs * PG_GUP_PIN_COUNTING_BIAS : refs;
+        add = ((flags & PG_FOLL_PIN) && !head_is_large(h)) ? refs * PG_GUP_PIN_COUNTING_BIAS : refs;
         if (pg_folio_try_get(m, head, add) < 0)
             return -1; /* refcount zero (being freed, frozen by a split) or no headroom */
         if (FAST_MUTANT(hooks, m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
@@ -325,7 +332,6 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
         pg_folio_put_internal(m, head, add); /* split meanwhile: try its new folio */
         head = pg_frame_head(m, pfn);
     }
-    struct pg_frame *h = &m->frames[head];
     if (!(flags & PG_FOLL_PIN))
         return (int64_t)head;
     if ((flags & PG_FOLL_LONGTERM) && !folio_is_longterm_pinnable(m, head)) {
@@ -343,10 +349,10 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
 }
 
 /* folio_set_referenced(), skipping the atomic when the bit is already set */
-static inline void mark_referenced(pg_machine *m, uint64_t head)
+static inline void mark_referenced(struct pg_frame *h)
 {
-    if (!(pg_load_relaxed(&m->frames[head].flags) & PG_F_REFERENCED))
-        pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
+    if (!(pg_load_relaxed(&h->flags) & PG_F_REFERENCED))
+        pg_fetch_or(&h->flags, PG_F_REFERENCED);
 }
 
 static void ungrab(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
@@ -360,9 +366,9 @@ static void ungrab(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
 /* mirrors page_is_secretmem() / folio_is_secretmem(): an order-0 folio
  * whose mapping is secretmem's.  6.5's version only looked at folios on
  * the LRU (PG_GUPF_SECRETMEM_LRU), the shortcut 65291dcfcf89 removed. */
-FAST_INLINE bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy, bool hooks)
+FAST_INLINE bool is_secretmem(pg_machine *m, int cpu, struct pg_frame *h, uint32_t policy,
+                              bool hooks)
 {
-    struct pg_frame *h = &m->frames[head];
     if (pg_load_relaxed(&h->order) > 0)
         return false;
     if ((policy & PG_GUPF_SECRETMEM_LRU) && !(pg_load_acquire(&h->flags) & PG_F_LRU))
@@ -380,13 +386,13 @@ FAST_INLINE bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t po
  * shmem and hugetlb; everything else falls back to the slow path, which
  * knows the VMA.  Reading folio->mapping is safe only because IRQs are off
  * (an RCU read-side section) and address_spaces are freed by RCU. */
-FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
-                                        bool hooks)
+FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head,
+                                        struct pg_frame *h, uint32_t flags, bool hooks)
 {
     const uint32_t all = PG_FOLL_PIN | PG_FOLL_LONGTERM | PG_FOLL_WRITE;
     if ((flags & all) != all)
         return true;
-    uint32_t fflags = pg_load_acquire(&m->frames[head].flags);
+    uint32_t fflags = pg_load_acquire(&h->flags);
     if (PG_WARN_ON(m, fflags & PG_F_SLAB, "GUP-fast found slab folio %llu",
                    (unsigned long long)head))
         return false;
@@ -394,7 +400,7 @@ FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, u
         return true; /* no dirty tracking */
     PG_BUG_ON(m, !pg_cpu_irqs_off(m, cpu), "folio_fast_pin_allowed with IRQs on");
     /* READ_ONCE: truncation may clear it under us; read it exactly once */
-    uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
+    uint64_t mapping = pg_load_acquire(&h->mapping);
     FAST_YIELD(hooks, m, cpu, PG_W_FAST_MAPPING_READ);
     if (!mapping)
         return FAST_MUTANT(hooks, m, PG_MUT_NULL_MAPPING_OK);
@@ -404,12 +410,12 @@ FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, u
     return a && (pg_load_acquire(&a->kind) & PG_AS_SHMEM);
 }
 
-FAST_INLINE bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
-                              uint32_t policy, bool hooks)
+FAST_INLINE bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, struct pg_frame *h,
+                              uint32_t flags, uint32_t policy, bool hooks)
 {
     if (!(policy & PG_GUPF_WHITELIST))
         return true;
-    bool ok = folio_fast_pin_allowed(m, cpu, head, flags, hooks);
+    bool ok = folio_fast_pin_allowed(m, cpu, head, h, flags, hooks);
     return FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
 }
 
@@ -505,14 +511,14 @@ FAST_INLINE bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t
             break;
         }
         uint64_t head = (uint64_t)grabbed;
+        struct pg_frame *h = &m->frames[head];
         FAST_YIELD(hooks, m, cpu, PG_W_FAST_GRABBED);
         why = PG_FAST_STOP_SECRETMEM;
-        if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) &&
-            is_secretmem(m, cpu, head, policy, hooks))
+        if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, cpu, h, policy, hooks))
             goto drop;
         why = PG_FAST_STOP_WHITELIST;
         if (FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, cpu, head, flags, policy, hooks))
+            !whitelist_ok(m, cpu, head, h, flags, policy, hooks))
             goto drop;
         FAST_YIELD(hooks, m, cpu, PG_W_FAST_BEFORE_RECHECK);
         /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
@@ -524,12 +530,12 @@ FAST_INLINE bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t
         FAST_YIELD(hooks, m, cpu, PG_W_FAST_RECHECKED);
         why = PG_FAST_STOP_WHITELIST;
         if (!FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, cpu, head, flags, policy, hooks))
+            !whitelist_ok(m, cpu, head, h, flags, policy, hooks))
             goto drop;
         why = PG_FAST_STOP_UNSHARE;
         if (!(pte & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, policy, hooks))
             goto drop;
-        mark_referenced(m, head);
+        mark_referenced(h);
         out[nr++] = pfn;
 
         why = PG_FAST_STOP_NONE;
@@ -602,12 +608,12 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
         pg_load_acquire(w->pmd_slot) != pmd)
         goto drop;
     why = PG_FAST_STOP_WHITELIST;
-    if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy, true))
+    if (!whitelist_ok(m, fw->cpu, head, &m->frames[head], flags, fw->policy, true))
         goto drop;
     why = PG_FAST_STOP_UNSHARE;
     if (!(pmd & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy, true))
         goto drop;
-    mark_referenced(m, head);
+    mark_referenced(&m->frames[head]);
     for (int i = 0; i < refs; i++)
         fw->out[fw->nr++] = pfn + (uint64_t)i;
     return refs;
