@@ -55,11 +55,12 @@ static inline int64_t pg_folio_try_get(pg_machine *m, uint64_t pfn, int refs)
     }
 }
 
-/* drop refs on the folio containing pfn (folio_put_refs()), freeing it at
- * zero; a put below zero is refused (BUG).  No bounds check. */
-static inline int64_t pg_folio_put_internal(pg_machine *m, uint64_t pfn, int refs)
+/* drop refs on the folio at head (folio_put_refs()), freeing it at zero;
+ * a put below zero is refused (BUG).  head: the caller's read of its page's
+ * head word, with the references it drops still held (nothing can split or
+ * free the folio meanwhile).  No bounds check. */
+static inline int64_t pg_folio_put_head(pg_machine *m, uint64_t head, int refs)
 {
-    uint64_t head = pg_frame_head(m, pfn);
     struct pg_frame *h = &m->frames[head];
     if (pg_is_zero_pfn(head))
         return pg_load_relaxed(&h->refcount);
@@ -75,6 +76,12 @@ static inline int64_t pg_folio_put_internal(pg_machine *m, uint64_t pfn, int ref
     if (old - refs == 0)
         pg_folio_free_internal(m, head);
     return old - refs;
+}
+
+/* pg_folio_put_head() on the folio containing pfn */
+static inline int64_t pg_folio_put_internal(pg_machine *m, uint64_t pfn, int refs)
+{
+    return pg_folio_put_head(m, pg_frame_head(m, pfn), refs);
 }
 
 /* ---- the per-page rules, one implementation each (Python asks the

@@ -62,9 +62,9 @@ int pg_try_grab_page(pg_machine *m, uint64_t pfn, int pin)
 
 /* mirrors gup_put_folio(); the pins it drops are added to *released, for
  * the caller to count once (one atomic per call, not per folio) */
-static inline int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *released)
+static inline int put_folio_head(pg_machine *m, uint64_t head, int refs, int pin,
+                                 uint64_t *released)
 {
-    uint64_t head = pg_frame_head(m, pfn);
     struct pg_frame *h = &m->frames[head];
     if (pg_is_zero_pfn(head))
         return 0;
@@ -78,8 +78,14 @@ static inline int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint
             refs *= PG_GUP_PIN_COUNTING_BIAS;
         }
     }
-    int64_t r = pg_folio_put_internal(m, pfn, refs);
+    int64_t r = pg_folio_put_head(m, head, refs);
     return r < 0 ? (int)r : 0;
+}
+
+/* put_folio_head() on the folio containing pfn */
+static inline int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *released)
+{
+    return put_folio_head(m, pg_frame_head(m, pfn), refs, pin, released);
 }
 
 int pg_gup_put(pg_machine *m, uint64_t pfn, int refs, int pin)
@@ -160,7 +166,7 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
     for (int64_t i = 0; i < n;) {
         uint64_t next = 0;
         int64_t j = run_end(m, pfns, i, n, head, &next);
-        r = put_folio(m, pfns[i], (int)(j - i), pin, &released);
+        r = put_folio_head(m, head, (int)(j - i), pin, &released);
         if (r < 0)
             break;
         i = j;
