@@ -623,6 +623,11 @@ RACES: dict[str, Race] = {r.name: r for r in [
 ]}
 
 
+# the race whose failing schedule is the bug 6.5 fixed: every preset before
+# it fails it by design (a campaign told to tolerate the seed's bug skips it)
+SEED_BUG_RACE = "pin-writeback"
+
+
 def race_names() -> list[str]:
     return list(RACES)
 

@@ -104,3 +104,23 @@ def test_score_counts_equivalent_out_and_timeouts_as_killed():
     row = table.splitlines()[2]
     assert "67% (2/3)" in row          # killed + timeout over 5 - 1 build-failed - 1 equivalent
     assert "33% (1/3)" in row          # the tests killed one of the three non-equivalent
+
+
+def test_presentation_bodies_are_never_sites():
+    text = '''\
+class Pages:
+    def __repr__(self):
+        x = len(self)
+        return f"Pages({x})"
+
+    def _repr_html_(self):
+        if self.x > 1:
+            return "<b>"
+        return ""
+
+    def pin(self):
+        if self.x > 1:
+            y = 2
+'''
+    lines = {m.line for m in mut.sites("pygup/x.py", text)}
+    assert lines and all(n >= 11 for n in lines), sorted(lines)
