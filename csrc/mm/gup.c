@@ -292,7 +292,10 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
  * protection switches (pg_mutant) -- cost a load and a branch each, several
  * per page.  When none can fire (no scheduler session, no amplifier, no
  * switch on: read once per call) the loop runs a second copy compiled
- * without them; `hooks` is a constant in each copy. */
+ * without them; `hooks` is a constant in each copy.  Both copies are the
+ * one source, so a mutant of a rule reaches both (bench/mutation.py);
+ * tests/model/test_gup_fast_hooks.py fails if a session or a switch ever
+ * meets the hook-free copy. */
 #define FAST_YIELD(hooks, m, cpu, window) ((hooks) ? PG_YIELD(m, cpu, window) : (void)0)
 #define FAST_AMPLIFY(hooks, m, window) ((hooks) ? PG_RACE_AMPLIFY(m, window) : (void)0)
 #define FAST_MUTANT(hooks, m, bit) ((hooks) && pg_mutant(m, bit))
