@@ -479,3 +479,33 @@ def test_a_campaign_takes_its_presets_in_turn():
                                                            CONCURRENT_EVERY)]
     assert got == ["6.1", "6.5", "6.18", "6.1"]
     assert {seed_policy("6.5", s) for s in range(50)} == {"6.5"}
+
+
+def test_byte_stream_speaks_the_whole_vocabulary():
+    """Every operation of the seeded driver can be decoded from bytes (but
+    the native stress campaign, whose outcome is timing, and the old seeded
+    race op, which the explored races replace)."""
+    from pygup.tools.fuzz import bytestream, ops
+    assert set(bytestream._OPS) == set(ops._OPS) - {"stress", "race"}
+    for i, name in enumerate(bytestream._OPS):
+        assert bytestream.decode(bytes([i] + [1] * 12))[0]["op"] == name
+
+
+@pytest.mark.parametrize("every, want", [(0, 0), (3, 3), (12, 1)])   # seed 5 explores
+def test_stress_share_is_an_option(monkeypatch, every, want):
+    """--stress-every N: one seed in N is a native stress campaign (0: none),
+    --stress-seconds its length; the explored-race seeds stay where they are."""
+    import time
+    from pygup.tools.fuzz import campaign as C
+    calls = []
+    monkeypatch.setattr(C, "run_stress_seed",
+                        lambda s, pol, mut, tol, secs: calls.append((s, secs)) or (None, 1))
+    monkeypatch.setattr(C, "run_explore_seed", lambda s, pol, mut, tol: (None, 1))
+    monkeypatch.setattr(C, "run_seed", lambda *a, **k: (None, 1))
+
+    class Q(list):
+        put = list.append
+    C._work("6.5", [], 0, (0, 1), 0, 1, time.monotonic() + 60, 12, Q(), stress=True,
+            stress_every=every, stress_seconds=0.25)
+    assert len(calls) == want and all(secs == 0.25 for _, secs in calls)
+    assert all(s % C.CONCURRENT_EVERY != C.CONCURRENT_EVERY // 2 - 1 for s, _ in calls)

@@ -23,6 +23,7 @@ from pygup.tools.fuzz.driver import (Failure, replay, run_explore_seed, run_seed
 from pygup.config.mutants import MUTANTS
 
 OPS_PER_SEED = 300
+STRESS_SECONDS = 0.1      # each native stress seed's campaign
 CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c, timing:
                           # throughput and TSan); seeds 12k+5: a built-in race
                           # explored to bound 2 (tools/explore.py, deterministic)
@@ -144,14 +145,15 @@ def seed_policy(policy: str, seed: int) -> str:
 
 
 def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
-            stress=True, keep_going=False, corpus=False, tolerate=()) -> None:
+            stress=True, keep_going=False, corpus=False, tolerate=(),
+            stress_every=CONCURRENT_EVERY, stress_seconds=STRESS_SECONDS) -> None:
     # the parent decides when to stop: a Ctrl-C reaches the whole process
     # group, and a worker must not die with a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q, stress,
-              keep_going, corpus, tolerate)
+              keep_going, corpus, tolerate, stress_every, stress_seconds)
     except BaseException as e:           # its world failed to build, the model raised...
         import traceback
         q.put(("crash", f"worker {worker}: {type(e).__name__}: {e}\n"
@@ -160,7 +162,8 @@ def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
 
 
 def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
-          stress=True, keep_going=False, corpus=False, tolerate=()) -> None:
+          stress=True, keep_going=False, corpus=False, tolerate=(),
+          stress_every=CONCURRENT_EVERY, stress_seconds=STRESS_SECONDS) -> None:
     done = 0
     seen: set = set()
     for s in _seeds(seed, shard, worker, workers):
@@ -169,10 +172,10 @@ def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
         features: Optional[set] = set() if corpus else None
         ops: list = []
         pol = seed_policy(policy, s)
-        if stress and s % CONCURRENT_EVERY == CONCURRENT_EVERY - 1:
-            failure, n = run_stress_seed(s, pol, mutants, tolerate)
-        elif s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
+        if s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
             failure, n = run_explore_seed(s, pol, mutants, tolerate)
+        elif stress and stress_every and s % stress_every == stress_every - 1:
+            failure, n = run_stress_seed(s, pol, mutants, tolerate, stress_seconds)
         else:
             failure, n = run_seed(s, OPS_PER_SEED, pol, mutants, deadline,
                                   features=features, ops_out=ops, tolerate=tolerate)
@@ -199,14 +202,17 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
              seed: int = 0, shard: tuple[int, int] = (0, 1), max_ops: int = 0,
              out_dir: str = ".", progress: bool = True, shrink_s: float = 30.0,
              stress: bool = True, keep_going: bool = False,
-             corpus_dir: Optional[str] = None, tolerate=()) -> Result:
+             corpus_dir: Optional[str] = None, tolerate=(),
+             stress_every: int = CONCURRENT_EVERY,
+             stress_seconds: float = STRESS_SECONDS) -> Result:
     """Run until the time budget (or max_ops in total) is spent, a
     violation is found (every violation with ``keep_going``), a worker
     crashes, or SIGTERM / Ctrl-C arrives; each new violation is shrunk and
     saved as JSON named by its content; ``corpus_dir`` keeps sequences that
     showed a new kind of outcome.  The workers are stopped whatever happens.
     ``stress``: include the native stress seeds (real threads: their
-    findings depend on timing); without, a run bounded by max_ops is a pure
+    findings depend on timing) -- one seed in ``stress_every`` (0: none),
+    each ``stress_seconds`` long; without, a run bounded by max_ops is a pure
     function of the seeds.  ``policy``: one preset or several, comma
     separated (seed_policy); ``tolerate``: known bugs every world lives
     with (World.TOLERABLE: "seed-bug" lets the pre-6.5 presets be fuzzed
@@ -220,7 +226,8 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
     q = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(policy, list(mutants), seed, shard, w, workers,
                                                deadline, per_worker, q, stress, keep_going,
-                                               corpus_dir is not None, tuple(tolerate)),
+                                               corpus_dir is not None, tuple(tolerate),
+                                               stress_every, stress_seconds),
                             daemon=True)
              for w in range(workers)]
     res = Result(policy, sorted(mutants), 0, 0, 0.0, seed=seed, shard=f"{shard[0]}/{shard[1]}",
@@ -504,6 +511,16 @@ def _positive(text: str) -> float:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _at_least_one(text: str) -> int:
     try:
         v = int(text)
@@ -558,6 +575,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="continue after a violation, deduplicating as it goes")
     ap.add_argument("--corpus", metavar="DIR",
                     help="keep sequences that showed a new kind of outcome here")
+    ap.add_argument("--stress-every", type=_non_negative_int, default=CONCURRENT_EVERY,
+                    metavar="N", help="one seed in N is a native stress campaign (real "
+                    f"threads: throughput and TSan, timing-dependent; default {CONCURRENT_EVERY}, "
+                    "0 for none)")
+    ap.add_argument("--stress-seconds", type=_positive, default=STRESS_SECONDS, metavar="S",
+                    help=f"each stress campaign's length (default {STRESS_SECONDS})")
     ap.add_argument("--replay", metavar="FILE", help="rerun a reproducer deterministically")
     ap.add_argument("--plot", metavar="OUT.svg",
                     help="with --replay: draw what happened (.svg, .png, .pdf)")
@@ -613,7 +636,8 @@ def _run(args: argparse.Namespace) -> int:
     r = campaign(args.policy, args.mutant, args.seconds, args.workers, args.seed, (i, n),
                  args.max_ops, args.out_dir, progress, shrink_s=args.shrink_seconds,
                  keep_going=args.keep_going, corpus_dir=args.corpus,
-                 tolerate=tuple(args.tolerate))
+                 tolerate=tuple(args.tolerate), stress_every=args.stress_every,
+                 stress_seconds=args.stress_seconds)
     rate = r.ops / r.seconds if r.seconds else 0
     print(f"pygup fuzz: policy {r.policy}{' mutants ' + ','.join(r.mutants) if r.mutants else ''}"
           f" shard {r.shard}: {r.ops} ops over {r.seeds} seeds in {r.seconds:.1f}s "

@@ -132,11 +132,11 @@ def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
     return None, len(ops)
 
 
-def run_stress_seed(seed: int, policy: str = "6.5", mutants=(),
-                    tolerate=()) -> tuple[Optional[Failure], int]:
+def run_stress_seed(seed: int, policy: str = "6.5", mutants=(), tolerate=(),
+                    seconds: float = 0.1) -> tuple[Optional[Failure], int]:
     """A native race campaign as a one-operation sequence (see ops.op_stress)."""
     from pygup.tools.fuzz.ops import stress_op
-    f = run_ops([stress_op(seed)], policy, mutants, tolerate=tolerate)
+    f = run_ops([stress_op(seed, seconds)], policy, mutants, tolerate=tolerate)
     if f is not None:
         f.seed = seed
     return f, 1

@@ -298,6 +298,7 @@ def op_write(world: World, op: dict, proc: Proc, region: Region, page: int,
     with world.m.cpu(op.get("cpu", 0)):
         _, err = _quiet(proc.p.write, addr, op["value"])
     if err is None:
+        world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         world.record_write(proc, region, page, op["value"])
     return f"write {addr:#x} -> {err or 0}"
 
@@ -308,6 +309,7 @@ def op_read(world: World, op: dict, proc: Proc, region: Region, page: int,
     with world.m.cpu(op.get("cpu", 0)):
         got, err = _quiet(proc.p.read, addr)
     if err is None:
+        world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         want = world.expected_read(proc, region, page)
         if want is not None and got != want:
             inv = "no-lost-write" if region.shared else "cow-isolation"
@@ -502,20 +504,20 @@ def op_caller(world: World, op: dict, proc: Proc, region: Region, page: int,
             world.check_no_secretmem(pages)
             if name == "io_uring" or op["writable"]:
                 world.check_policy_pin(pages, FOLL.LONGTERM | FOLL.WRITE)
-    elif name == "proc_mem_write":
-        ret = callers.proc_mem_write(p, addr, value)
-        if ret == 8:
+    elif name in _REMOTE:
+        # access_remote_vm() / process_vm_rw(): one page through
+        # get_user_pages_remote() / pin_user_pages_remote(); where the
+        # harness knows that page can be had, a failure is an over-refusal
+        write = name.endswith("write") or name.endswith("writev")
+        certain = world.pin_must_succeed(proc, region, page, 1, int(FOLL.WRITE) if write else 0)
+        ret = _REMOTE[name](p, addr, value) if write else _REMOTE[name](p, addr)
+        if certain and (ret != 8 if write else ret < 0):
+            raise Violation("over-refusal", f"{name}({addr:#x}) -> {ret}: {certain}: the "
+                            "page must be reached")
+        if write and ret == 8:
             world.record_write(proc, region, page, value)
-    elif name == "proc_mem_read":
-        ret = callers.proc_mem_read(p, addr)
-        _check_remote_read(world, proc, region, page, ret, "/proc/pid/mem read")
-    elif name == "process_vm_writev":
-        ret = callers.process_vm_writev(p, addr, value)
-        if ret == 8:
-            world.record_write(proc, region, page, value)
-    elif name == "process_vm_readv":
-        ret = callers.process_vm_readv(p, addr)
-        _check_remote_read(world, proc, region, page, ret, "process_vm_readv")
+        elif not write:
+            _check_remote_read(world, proc, region, page, ret, name)
     elif name == "dio_read":
         ret, written = callers.o_direct_read_pages(p, addr, n * PAGE, value)
         for i in range(written):             # also on -EFAULT: the bios before it ran
@@ -530,6 +532,11 @@ def op_caller(world: World, op: dict, proc: Proc, region: Region, page: int,
     else:
         raise ValueError(f"unknown caller {name!r}")
     return f"{name} {addr:#x} -> {ret}"
+
+
+_REMOTE = {"proc_mem_write": callers.proc_mem_write, "proc_mem_read": callers.proc_mem_read,
+           "process_vm_writev": callers.process_vm_writev,
+           "process_vm_readv": callers.process_vm_readv}
 
 
 def op_caller_release(world: World, op: dict) -> str:
@@ -709,6 +716,13 @@ def op_rcu_section(world: World, op: dict) -> str:
                 core.rcu_read_unlock(cpu)
     if pages is not None and len(pages):
         proc.p.mm.put_page(pages)
+    # the batch closed while the reader was in ends with it: the next poll
+    # runs its callback (a grace period ends once every CPU that was in a
+    # reader at its start has left it)
+    core.rcu_poll()
+    if core.stats()["as_pending"] != base["as_pending"]:
+        raise Violation("rcu-grace-period", f"the reader on CPU {cpu} left, but a poll after "
+                        "it did not end the grace period it held up")
     core.synchronize_rcu(0)
     core.rcu_barrier(0)
     st = core.stats()
@@ -913,6 +927,10 @@ def op_explore(world: World, op: dict) -> str:
     if res.failing is not None:
         op["schedule"] = res.failing.schedule
         raise Violation(f"race:{op['race']}", res.failing.detail)
+    if res.missed:
+        raise Violation("race-window-unreached", f"race {op['race']}: {res.explored} schedules "
+                        f"and the window(s) {', '.join(res.missed)} never fired: the race "
+                        "lost a partner's step")
     return f"race {op['race']}: {res.explored} schedules, 0 failing"
 
 
@@ -944,10 +962,10 @@ def op_stress(world: World, op: dict) -> str:
     return f"stress {op['scenario']} clean ({sum(r.iterations.values())} iterations)"
 
 
-def stress_op(seed: int) -> dict:
+def stress_op(seed: int, seconds: float = 0.1) -> dict:
     rng = random.Random(seed)
     return {"op": "stress", "scenario": STRESS_SCENARIOS[seed % len(STRESS_SCENARIOS)],
-            "seed": seed, "seconds": 0.1, "window_spins": rng.choice([0, 100, 1000]),
+            "seed": seed, "seconds": seconds, "window_spins": rng.choice([0, 100, 1000]),
             "table_free": rng.choice(["rcu", "ipi"])}
 
 

@@ -212,6 +212,14 @@ class World:
         self.check_pinned_anon_stays()
         self.check_pin_accounting()
 
+    def check_tlb_filled(self, cpu: int, proc: "Proc", addr: int) -> None:
+        """A user access that succeeded went through the CPU's TLB: the
+        translation is cached there now (what every later shootdown must
+        reach; the stale-TLB audit of m.check() relies on it)."""
+        if not self.m._core.tlb_probe(cpu, proc.p.mm.id, addr):
+            raise Violation("no-stale-tlb", f"CPU {cpu} accessed {addr:#x} but its TLB "
+                            "holds no translation for it")
+
     def check_pin_accounting(self) -> None:
         """/proc/vmstat's nr_foll_pin_acquired - nr_foll_pin_released is the
         pins alive (mm/gup.c counts every page a FOLL_PIN takes, the zero
