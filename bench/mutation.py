@@ -341,6 +341,9 @@ class Scratch:
                 dst = self.root / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
+        # the sources as copied: a mutant is undone from these, never from
+        # the worktree, which may move on while a run goes (a merge)
+        self.pristine = {rel: (self.root / rel).read_bytes() for rel in TARGETS}
         # the tool's own edits to the worktree (uncommitted, untracked) are
         # not what is measured: the tree is the committed + modified files
         self.cc = (sysconfig.get_config_var("CC") or "cc").split()
@@ -405,7 +408,7 @@ class Scratch:
         return True, ""
 
     def undo(self, m: Mutant) -> None:
-        shutil.copy2(ROOT / m.file, self.root / m.file)
+        (self.root / m.file).write_bytes(self.pristine[m.file])
         if m.file.endswith(".c"):
             ok, err = self.compile(self.root / m.file)
             ok2, err2 = self.link()

@@ -138,3 +138,18 @@ def test_a_rerun_replaces_only_its_own_verdicts():
     import pytest
     with pytest.raises(ValueError, match="not in the run"):
         mut.merge_runs(run, {"mutants": [{"id": "z"}], "seconds_per_mutant": 1})
+
+
+def test_undo_restores_the_copy_not_the_worktree(tmp_path, monkeypatch):
+    """A run outlives edits to the worktree (a merge meanwhile): a mutant is
+    undone from the scratch's own copy of the sources, never from ROOT."""
+    sc = mut.Scratch(tmp_path)
+    m = next(x for x in mut.sites("pygup/kernel/gup.py",
+                                  (mut.ROOT / "pygup/kernel/gup.py").read_text())
+             if x.op == "negate-cond")
+    before = (sc.root / m.file).read_bytes()
+    assert sc.apply(m) == (True, "")
+    assert (sc.root / m.file).read_bytes() != before
+    monkeypatch.setattr(mut, "ROOT", tmp_path / "elsewhere")     # the worktree moved on
+    sc.undo(m)
+    assert (sc.root / m.file).read_bytes() == before
