@@ -343,7 +343,13 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     if op["fast"]:
         world.check_fast_differential(mm, addr, n, int(flags | (FOLL.PIN if pin else FOLL.GET)))
     certain = world.pin_must_succeed(proc, region, page, n, int(flags))
+    # a read-only FOLL_GET of a PMD-mapped THP follows the PMD: it faults
+    # nothing, so nothing splits (follow_pmd_mask / gup_huge_pmd)
+    huge_before = not pin and not flags and bool(mm.pte(addr).huge)
     ret, pages = call(addr, n, int(flags))
+    if huge_before and not mm.pte(addr).huge:
+        raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, 0) split the "
+                        "PMD-mapped THP it only had to look up")
     if certain and ret != n:
         raise Violation("over-refusal", f"{call.__name__}({addr:#x}, {n}, {flags!r}) -> {ret}: "
                         f"{certain}: every page must be taken")
@@ -768,7 +774,11 @@ def op_orphan_section(world: World, op: dict) -> str:
     else:
         # the core's own shootdown, before any model op repairs the CPU:
         # the IPI queued for it must be run by the waiter (the reap)
+        flushed = core.stats()["tlb_flushed_entries"]
         core.flush_tlb_range(0, p.mm.id, addr, addr + PAGE)
+        if core.stats()["tlb_flushed_entries"] <= flushed:
+            raise Violation("no-stale-tlb", f"the shootdown of {addr:#x}, cached on CPU "
+                            f"{READER_CPU}, counted no TLB entry flushed")
         if core.stats()["orphans_reaped"] != reaped + 1:
             raise Violation("orphan-section", f"a shootdown to CPU {READER_CPU}, whose thread "
                             "ended with IRQs off, returned without reaping its section")
