@@ -357,6 +357,8 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
         return f"{'pin' if pin else 'get'} {addr:#x} -> {ret}"
     world.check_no_secretmem(pages)
     world.check_policy_pin(pages, (flags | FOLL.PIN) if pin else flags)
+    if pin and flags & FOLL.LONGTERM:
+        world.check_longterm_pinnable(pages)
     if pin and not op["longterm"]:
         # a short-term pin lives for one I/O: the device writes, then unpin
         if op["write"]:
@@ -510,6 +512,7 @@ def op_caller(world: World, op: dict, proc: Proc, region: Region, page: int,
             ret = callers.vfio_pin(p, addr, n * PAGE, op["writable"])
         for pages in p.held.get(name, [])[before:]:
             world.check_no_secretmem(pages)
+            world.check_longterm_pinnable(pages)      # all three pin FOLL_LONGTERM
             if name == "io_uring" or op["writable"]:
                 world.check_policy_pin(pages, FOLL.LONGTERM | FOLL.WRITE)
     elif name in _REMOTE:

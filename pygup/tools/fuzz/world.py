@@ -459,6 +459,17 @@ class World:
                             f"{[hex(x) for x in got]}, the reference {[hex(x) for x in want]}",
                             (got or want)[0])
 
+    def check_longterm_pinnable(self, pages) -> None:
+        """A FOLL_LONGTERM pin never holds a page that must stay movable
+        (folio_is_longterm_pinnable(): GUP migrates it out of ZONE_MOVABLE
+        first, check_and_migrate_movable_pages())."""
+        core = self.m._core
+        for pfn in pages:
+            fi = core.frame_info(pfn)
+            if fi.zone == C.ZONE_MOVABLE and not fi.flags & C.F_ZERO:
+                raise Violation("longterm-movable", f"a long-term pin holds frame {pfn:#x} "
+                                "in ZONE_MOVABLE", pfn)
+
     def check_no_secretmem(self, pages) -> None:
         """BUGS #9: no GUP ever returns a secretmem folio (it is not in the
         kernel's direct map; touching it through the pin would crash)."""
