@@ -272,8 +272,9 @@ def op_fork(world: World, op: dict) -> str:
     # VMAs): to the child's record they are unmapped, their address free for
     # the child's next mmap
     regions, truth = [], dict(parent.anon_truth)
+    spans = [(v.vm_start, v.vm_end) for v in child.mm.vmas]
     for r in parent.regions:
-        gone = {i for i in range(r.pages) if child.mm.find_vma(r.page_addr(i)) is None}
+        gone = _uncovered(r, spans)
         for i in gone:
             truth.pop(r.page_addr(i), None)
         if len(gone | r.unmapped) < r.pages:
@@ -281,6 +282,18 @@ def op_fork(world: World, op: dict) -> str:
                                   r.huge, r.unmapped | gone, r.readable, r.origin, r.certain))
     world.procs.append(Proc(child, regions, truth))
     return f"fork pid {parent.p.pid} -> {child.pid}"
+
+
+def _uncovered(region: Region, spans: list) -> set:
+    """The region's pages no (start, end) span covers (spans sorted)."""
+    lo, hi = region.addr, region.addr + region.pages * PAGE
+    covered = set()
+    for start, end in spans:
+        if end <= lo or start >= hi:
+            continue
+        first = (max(start, lo) - lo) // PAGE
+        covered.update(range(first, (min(end, hi) - lo + PAGE - 1) // PAGE))
+    return set(range(region.pages)) - covered
 
 
 def op_exit(world: World, op: dict) -> str:
