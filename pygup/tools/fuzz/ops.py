@@ -814,7 +814,8 @@ def op_orphan_section(world: World, op: dict) -> str:
 # preset (is_valid_gup_args() since 6.3, is_valid_gup_flags() and the entry
 # WARN_ON_ONCEs before; check_vma_flags / find_vma for the addresses)
 EDGE_CASES = ["null", "kernel", "top", "nr0", "pin_get", "get_pin", "get_longterm"]
-EDGE_APIS = ["get_user_pages", "get_user_pages_fast", "pin_user_pages", "pin_user_pages_fast"]
+EDGE_APIS = ["get_user_pages", "get_user_pages_fast", "pin_user_pages", "pin_user_pages_fast",
+             "get_user_pages_nopages"]     # get_user_pages(pages=NULL): fault in only
 
 
 def op_gup_edge(world: World, op: dict) -> str:
@@ -858,7 +859,10 @@ def op_gup_edge(world: World, op: dict) -> str:
     if case in ("null", "top") and any(
             r.addr <= addr < r.addr + r.pages * PAGE for p in world.procs for r in p.regions):
         return "gup_edge: the harness mapped it"
-    ret, pages = getattr(mm, api)(addr, n, flags)
+    if api == "get_user_pages_nopages":
+        ret, pages = mm.get_user_pages(addr, n, flags, pages=False)
+    else:
+        ret, pages = getattr(mm, api)(addr, n, flags)
     if ret >= 0:
         # an empty answer is released too: unpin_user_pages(pages, 0) and a
         # put of nothing do nothing (and must not fail)
