@@ -62,6 +62,9 @@ def generate(rng: random.Random, world: World) -> dict:
         elif name in ("pin", "get"):
             op.update(n=rng.randint(1, 3), fast=rng.random() < 0.5,
                       write=rng.random() < 0.6, longterm=rng.random() < 0.6)
+            if not op["fast"]:
+                # the slow path's FOLL_SPLIT_PMD (uprobes' way in; GUP-fast refuses it)
+                op["split_pmd"] = rng.random() < 0.15
             if name == "get":
                 op["nopages"] = rng.random() < 0.3
     elif name in ("fork", "exit"):
@@ -344,6 +347,9 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     flags = (FOLL.WRITE if op["write"] else 0)
     if pin and op["longterm"]:
         flags |= FOLL.LONGTERM
+    split = bool(op.get("split_pmd")) and not op["fast"] and not op.get("nopages")
+    if split:
+        flags |= FOLL.SPLIT_PMD
     if not pin and op.get("nopages"):
         # get_user_pages() with no pages array: fault in only (MADV_POPULATE)
         gup_flags = int(FOLL.WRITE if op["write"] else 0)
@@ -367,6 +373,12 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     if huge_before and not mm.pte(addr).huge:
         raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, 0) split the "
                         "PMD-mapped THP it only had to look up")
+    if split and ret > 0 and not region.huge:
+        for i in range(ret):
+            if mm.pte(region.page_addr(page + i)).huge:
+                raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, "
+                                f"{flags!r}) left page {i} PMD-mapped: FOLL_SPLIT_PMD "
+                                "splits it (follow_pmd_mask)")
     if certain and ret != n:
         raise Violation("over-refusal", f"{call.__name__}({addr:#x}, {n}, {flags!r}) -> {ret}: "
                         f"{certain}: every page must be taken")
@@ -794,11 +806,16 @@ def op_orphan_section(world: World, op: dict) -> str:
     else:
         # the core's own shootdown, before any model op repairs the CPU:
         # the IPI queued for it must be run by the waiter (the reap)
-        flushed = core.stats()["tlb_flushed_entries"]
+        st = core.stats()
         core.flush_tlb_range(0, p.mm.id, addr, addr + PAGE)
-        if core.stats()["tlb_flushed_entries"] <= flushed:
+        after = core.stats()
+        if after["tlb_flushed_entries"] <= st["tlb_flushed_entries"] or \
+                after["tlb_shootdowns"] != st["tlb_shootdowns"] + 1:
             raise Violation("no-stale-tlb", f"the shootdown of {addr:#x}, cached on CPU "
-                            f"{READER_CPU}, counted no TLB entry flushed")
+                            f"{READER_CPU}: {after['tlb_shootdowns'] - st['tlb_shootdowns']} "
+                            "shootdowns and "
+                            f"{after['tlb_flushed_entries'] - st['tlb_flushed_entries']} "
+                            "entries flushed counted (1 and at least 1)")
         if core.stats()["orphans_reaped"] != reaped + 1:
             raise Violation("orphan-section", f"a shootdown to CPU {READER_CPU}, whose thread "
                             "ended with IRQs off, returned without reaping its section")
