@@ -32,6 +32,11 @@ class _Constants:
 
 C = _Constants()
 
+# the cdata type of a pfn array, resolved once: ffi.from_buffer(_U64_ARRAY, a)
+# costs a small part of ffi.from_buffer("uint64_t[]", a), which parses the name
+# each time (and of ffi.cast("uint64_t *", ffi.from_buffer(a)))
+_U64_ARRAY = ffi.typeof("uint64_t[]")
+
 
 @dataclasses.dataclass(frozen=True)
 class FrameInfo:
@@ -53,6 +58,11 @@ def _out_len(nr: int) -> int:
     empty buffer and the C core's own -EINVAL."""
     return nr if 0 <= nr <= (lib.PG_TASK_SIZE_MAX >> lib.PG_PAGE_SHIFT) + 1 else 0
 
+
+# pages a small call's batch follow writes into its CPU's reusable buffer
+# (Core.follow_range_list); also the most pages a GUP-fast call takes in one
+# C call with its checks folded (gup.internal_get_user_pages_fast)
+SMALL_CALL_PAGES = 64
 
 _RACE_REGISTRY: Optional[list[tuple[str, str, int]]] = None
 
@@ -106,6 +116,14 @@ class Core:
         self.nr_movable = nr_movable
         self.nr_cpus = nr_cpus
         self._u64 = threading.local()
+        # a scheduler session has begun and not ended (sched_begin /
+        # sched_end): no thread can be one of its CPUs otherwise
+        self.sched_session = False
+        # one output buffer per CPU for small calls: a CPU belongs to one
+        # thread at a time and no C entry calls back into Python, so a
+        # buffer is never written by two calls at once
+        self._small = [np.empty(SMALL_CALL_PAGES, np.uint64) for _ in range(nr_cpus)]
+        self._small_ptr = [ffi.from_buffer(_U64_ARRAY, b) for b in self._small]
 
     # -- helpers --------------------------------------------------------------
     def _out(self, kind: str = "uint64_t *"):
@@ -392,7 +410,7 @@ class Core:
 
     def _pfn_array(self, pfns: np.ndarray):
         arr = np.ascontiguousarray(pfns, dtype=np.uint64)
-        return arr, ffi.cast("uint64_t *", ffi.from_buffer(arr))
+        return arr, ffi.from_buffer(_U64_ARRAY, arr)
 
     def gup_can_put(self, pfns: np.ndarray, pin: bool) -> bool:
         arr, ptr = self._pfn_array(pfns)
@@ -413,11 +431,64 @@ class Core:
         self.raise_violations()
         return rc
 
+    def gup_put_call(self, cpu: int, pfns: np.ndarray, pin: bool) -> Optional[int]:
+        """pg_gup_put_call(), with the machine lock held by the caller: 0 or
+        a negative errno as ``gup_put_pages_or_errno``, or None when the C
+        core declined (a scheduler session, IRQs off: nothing was done).
+        ``pfns``: a contiguous uint64 array (``Pages`` keeps one; C reads
+        no further than its buffer, whatever it holds, and checks each pfn)."""
+        buf = ffi.from_buffer(_U64_ARRAY, pfns)
+        rc = lib.pg_gup_put_call(self._m, cpu, buf, len(buf), 1 if pin else 0)
+        if lib.pg_violation_count(self._m) > 0:
+            self.raise_violations()
+        return None if rc == -lib.PG_CALL_DECLINED else rc
+
+    def first_unpinnable(self, pfns: list[int]) -> int:
+        """pg_first_unpinnable(): the index of the first pfn whose folio is
+        not long-term pinnable, len(pfns) when none, -1 when a pfn is bad
+        or free (``folio_is_longterm_pinnable`` says which)."""
+        n = len(pfns)
+        if n <= SMALL_CALL_PAGES:
+            buf = ffi.new(_U64_ARRAY, pfns) if n else ffi.NULL
+        else:
+            buf = ffi.from_buffer(_U64_ARRAY, np.asarray(pfns, np.uint64))
+        rc = lib.pg_first_unpinnable(self._m, buf, n)
+        return rc if rc >= 0 else -1
+
+    def gup_fast_call(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
+                      policy_bits: int) -> Optional[np.ndarray]:
+        """pg_gup_fast_call(): the pfns taken (a prefix; the array is the
+        caller's result, the one allocation), or None when the C core
+        declined (IRQs off without FOLL_FAST_ONLY: nothing was done)."""
+        out = np.empty(_out_len(nr), np.uint64)
+        got = lib.pg_gup_fast_call(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
+                                   ffi.from_buffer(_U64_ARRAY, out))
+        if lib.pg_violation_count(self._m) > 0:
+            self.raise_violations()
+        if got == nr:
+            return out
+        if got < 0:
+            if got == -lib.PG_CALL_DECLINED:
+                return None
+            raise GupError(-got, "gup_fast")
+        return out[:got]
+
+    def follow_range_list(self, cpu: int, mm: int, start: int, nr: int, how: int) -> list[int]:
+        """``follow_range`` as a list, through the CPU's reusable buffer
+        when nr is small."""
+        if not 0 <= nr <= SMALL_CALL_PAGES or not 0 <= cpu < self.nr_cpus:
+            return self.follow_range(cpu, mm, start, nr, how).tolist()
+        buf = self._small_ptr[cpu]
+        got = lib.pg_follow_range(self._m, cpu, mm, start, nr, how, buf)
+        if lib.pg_violation_count(self._m) > 0:
+            self.raise_violations()
+        return ffi.unpack(buf, _check(got, "follow_range")) if got else []
+
     def follow_range(self, cpu: int, mm: int, start: int, nr: int, how: int) -> np.ndarray:
         """pg_follow_range(): the pfns taken from start on (maybe none)."""
         out = np.empty(_out_len(nr), np.uint64)
         got = lib.pg_follow_range(self._m, cpu, mm, start, nr, how,
-                                  ffi.cast("uint64_t *", ffi.from_buffer(out)))
+                                  ffi.from_buffer(_U64_ARRAY, out))
         self.raise_violations()
         return out[:_check(got, "follow_range")]
 
@@ -439,7 +510,7 @@ class Core:
         elif out.dtype != np.uint64 or not out.flags.c_contiguous or len(out) < _out_len(nr):
             raise ValueError("out must be a contiguous uint64 array of at least nr entries")
         got = lib.pg_gup_fast(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
-                              ffi.cast("uint64_t *", ffi.from_buffer(out)))
+                              ffi.from_buffer(_U64_ARRAY, out))
         self.raise_violations()
         return out[:_check(got, "gup_fast")]
 
@@ -450,7 +521,7 @@ class Core:
         out = np.empty(_out_len(nr), np.uint64)
         why = ffi.new("int *")
         got = lib.pg_gup_fast_why(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
-                                  ffi.cast("uint64_t *", ffi.from_buffer(out)), why)
+                                  ffi.from_buffer(_U64_ARRAY, out), why)
         self.raise_violations()
         return out[:_check(got, "gup_fast")], why[0]
 
@@ -519,6 +590,7 @@ class Core:
             plan = ffi.new("int32_t[]", list(schedule) or [0])
         _check(lib.pg_sched_begin(self._m, nr, seed & (2**64 - 1), plan, n, spin_limit),
                "sched_begin")
+        self.sched_session = True
 
     def sched_filter(self, name: str) -> None:
         """Make a registered point (``Core.race_windows()``) a scheduling
@@ -607,10 +679,14 @@ class Core:
         return out
 
     def sched_note_model(self) -> None:
-        lib.pg_sched_note_model(self._m)
+        """pg_sched_note_model(): a no-op but for a CPU attached to a session,
+        so skipped without a C call while none has begun."""
+        if self.sched_session:
+            lib.pg_sched_note_model(self._m)
 
     def sched_end(self) -> None:
         _check(lib.pg_sched_end(self._m), "sched_end")
+        self.sched_session = False
 
     # -- native stress drivers (csrc/tools/stress/; pygup/stress.py) ----------------
     @staticmethod

@@ -44,6 +44,11 @@ class SchedLock:
 
     def __init__(self, core: Core) -> None:
         self._lock = threading.RLock()
+        # the RLock itself, for a caller that runs only a C entry under the
+        # lock, one that declines while a scheduler session runs: it takes
+        # it without waiting (acquire(False)) and without the scheduler's
+        # bookkeeping (sched_note_model, the holder's ident and depth)
+        self.plain = self._lock
         self._core = core
         self._owner: Optional[int] = None     # thread ident of the holder
         self.depth = 0                        # its nesting (written by the holder only)
@@ -59,7 +64,8 @@ class SchedLock:
         return self._lock.acquire(True, timeout) and self._took()
 
     def _took(self) -> bool:
-        self._core.sched_note_model()
+        if self._core.sched_session:      # (a no-op without one: no C call)
+            self._core.sched_note_model()
         self._owner = get_ident()
         self.depth += 1
         return True
@@ -71,7 +77,8 @@ class SchedLock:
     def release(self) -> None:
         # the model may have changed under the lock: a scheduled CPU tells
         # the schedule explorer's state digest (a no-op for anyone else)
-        self._core.sched_note_model()
+        if self._core.sched_session:
+            self._core.sched_note_model()
         self.depth -= 1
         if self.depth == 0:
             self._owner = None
@@ -120,6 +127,10 @@ class Kernel:
         # a Trace that every GUP call records into while explain's
         # trace_calls() block is open (None: calls record nothing)
         self.trace_sink = None
+        # gup.check_gup_args_cached(): the policy its answers hold for, and
+        # the answers (pure functions of the policy and the call's flags)
+        self.gup_args_policy: Optional[Policy] = None
+        self.gup_args_cache: dict[int, Optional[int]] = {}
 
     @property
     def nr_cpus(self) -> int:
@@ -175,6 +186,10 @@ class Kernel:
         """The emulated CPU of the calling thread; a thread that never chose
         one gets the lowest free slot, held until the thread ends (so a
         machine serves at most ``cpus`` threads at once: see Machine)."""
+        try:
+            return self._tls.stack[-1].cpu       # the common case: one look
+        except (AttributeError, IndexError):
+            pass
         stack = self._stack()
         if stack:
             return stack[-1].cpu

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pygup._native import C
+from pygup._native import SMALL_CALL_PAGES, C
 from pygup.config.mutants import Mutant
 from pygup.errors import IrqsDisabledError
 from pygup.flags import (
-    FOLL, FOLL_ALL, FOLL_ANON, FOLL_DUMP, FOLL_FAST_ONLY, FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT,
+    PAGE_MASK, FOLL, FOLL_ALL, FOLL_ANON, FOLL_DUMP, FOLL_FAST_ONLY, FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT,
     FOLL_HWPOISON, FOLL_LONGTERM, FOLL_NOFAULT, FOLL_PCI_P2PDMA, FOLL_PIN, FOLL_REMOTE,
     FOLL_SPLIT_PMD, FOLL_TOUCH, FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE,
     TASK_SIZE, VM, VM_EXEC, VM_IO,
@@ -118,6 +118,29 @@ def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Opt
     if kernel.policy.touch_is_internal and gup_flags & FOLL_TOUCH:
         return None                       # 0f20bba1688b's rule, wherever it is set
     return is_valid_gup_flags_legacy(pin_api, has_pages, locked, gup_flags, to_set)
+
+
+_GUP_ARGS_CACHE_MAX = 4096
+
+
+def check_gup_args_cached(kernel: "Kernel", pin_api: bool, has_pages: bool,
+                          locked: Optional[int], gup_flags: int, to_set: int) -> Optional[int]:
+    """``check_gup_args()``, remembered per kernel: its answer is a pure
+    function of the policy and the call's flags, so a repeated call costs a
+    dict lookup.  ``gup_flags`` is a checked int (``_check_call``); calls
+    with ``locked`` are not remembered."""
+    if locked is not None or gup_flags & ~FOLL_ALL:
+        return check_gup_args(kernel, pin_api, has_pages, locked, gup_flags, to_set)
+    cache = kernel.gup_args_cache
+    if kernel.gup_args_policy is not kernel.policy or len(cache) > _GUP_ARGS_CACHE_MAX:
+        cache = kernel.gup_args_cache = {}
+        kernel.gup_args_policy = kernel.policy
+    key = gup_flags | int(to_set) << 32 | bool(pin_api) << 62 | bool(has_pages) << 63
+    try:
+        return cache[key]
+    except KeyError:
+        flags = cache[key] = check_gup_args(kernel, pin_api, has_pages, None, gup_flags, to_set)
+        return flags
 
 
 # ---------------------------------------------------------------------------
@@ -344,12 +367,12 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
                 break
         # the pages that need no fault, in one C call (follow_page_mask's
         # common case); the first one that needs more goes the slow way
-        taken = core.follow_range(cpu, mm.id, start,
-                                  min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT, GUP_BATCH),
-                                  _follow_how(vma, gup_flags, out is not None, policy))
-        if len(taken):
+        taken = core.follow_range_list(cpu, mm.id, start,
+                                       min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT, GUP_BATCH),
+                                       _follow_how(vma, gup_flags, out is not None, policy))
+        if taken:
             if out is not None:
-                out.extend(taken.tolist())
+                out.extend(taken)
             i += len(taken)
             start += len(taken) << PAGE_SHIFT
             nr_pages -= len(taken)
@@ -487,6 +510,8 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     stay pinned; otherwise unpin everything, migrate the movable folios to
     ZONE_NORMAL and return -EAGAIN (the caller re-pins), or -ENOMEM."""
     core = mm.kernel.core
+    if core.first_unpinnable(pfns) == len(pfns):
+        return 0                          # the common answer, in one C call
     collect: list[int] = []
     for pfn in pfns:
         if not core.folio_is_longterm_pinnable(pfn):     # /* the C core's rule */
@@ -635,7 +660,7 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     m = mm.kernel
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
-    flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
+    flags = check_gup_args_cached(m, pin_api, want_pages, locked, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
                    flags is None, errno.EINVAL,
                    lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags),
@@ -708,12 +733,35 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     since 6.11; SPEC §1.4, §4.1): the entry checks, the lockless walk in C
     (one call for the whole range), then the slow path for whatever it
     could not take."""
-    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    # The common call -- a few pages, int arguments that pass every entry
+    # check below, nothing traced -- in one C call (pg_gup_fast_call, which
+    # checks again).  Any other call, and a walk the C core declines (IRQs
+    # off), takes the general way below, which decides it.
+    if (trace is NO_TRACE and m.trace_sink is None and type(start) is int
+            and type(nr_pages) is int and 0 < nr_pages <= SMALL_CALL_PAGES
+            and 0 <= start <= TASK_SIZE_MAX - (nr_pages << PAGE_SHIFT) and mm.alive
+            and (type(gup_flags) is int or type(gup_flags) is FOLL)):
+        gf = int(gup_flags)
+        call = (m.gup_args_cache.get(gf | to_set << 32 | _FAST_CALL_KEY)
+                if m.gup_args_policy is m.policy and not gf & ~FOLL_ALL else False)
+        if call is None:
+            call = _fast_call_flags(m, gf, to_set)
+        if call:
+            flags, bits, pinned, writable = call
+            if pinned:
+                mm.has_pinned = True
+            start &= PAGE_MASK
+            fast = m.core.gup_fast_call(m.current_cpu(), mm.id, start, nr_pages, flags, bits)
+            if fast is not None:
+                if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
+                    return len(fast), Pages(m, fast, pinned, writable)
+                return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
     pin_api = bool(to_set & FOLL_PIN)
-    flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
+    flags = check_gup_args_cached(m, pin_api, True, None, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
                    flags is None, errno.EINVAL, lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags)}):
         if to_set & FOLL_FAST_ONLY and not m.policy.valid_gup_args:
@@ -751,6 +799,32 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
                                 "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
         return len(fast), Pages(m, fast, pinned, writable=bool(flags & FOLL_WRITE))
+    return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
+
+
+_FAST_CALL_KEY = 1 << 61        # gup_args_cache keys of _fast_call_flags()' answers
+
+
+def _fast_call_flags(m: "Kernel", gup_flags: int, to_set: int):
+    """For internal_get_user_pages_fast()'s one-call way: (flags, policy
+    bits, pinned, writable) when its entry checks pass these flags, False
+    when they refuse them (the general way then answers); remembered in
+    ``gup_args_cache`` beside check_gup_args_cached()'s answers, for the
+    same policy.  ``gup_flags`` is a checked int."""
+    if gup_flags & ~FOLL_ALL:
+        return False
+    flags = check_gup_args_cached(m, bool(to_set & FOLL_PIN), True, None, gup_flags, to_set)
+    call = (False if flags is None or flags & ~_FAST_MASK else
+            (flags, m.policy.gup_fast_bits, bool(flags & FOLL_PIN), bool(flags & FOLL_WRITE)))
+    m.gup_args_cache[gup_flags | int(to_set) << 32 | _FAST_CALL_KEY] = call
+    return call
+
+
+def _gup_fast_fallback(m: "Kernel", mm, start: int, nr_pages: int, flags: int,
+                       fast: np.ndarray, trace: Trace) -> tuple[int, Pages]:
+    """The slow path for the pages GUP-fast could not take (from
+    start + len(fast) on), under the machine lock."""
+    pinned = bool(flags & FOLL_PIN)
     out: list[int] = []
     with m.op() as cpu:
         ret = __gup_longterm_locked(mm, start + (len(fast) << PAGE_SHIFT), nr_pages - len(fast),
@@ -777,6 +851,12 @@ def unpin_user_pages_dirty_lock(kernel: "Kernel", pages: Pages, make_dirty: bool
     """/* mirrors unpin_user_pages_dirty_lock() */: dirty each folio that is
     clean through set_page_dirty (a file system with page_mkwrite records a
     dirtying it never prepared for), then drop the pins."""
+    if make_dirty or not _put_call(kernel, pages, True):
+        _unpin_locked(kernel, pages, make_dirty)
+
+
+def _unpin_locked(kernel: "Kernel", pages: Pages, make_dirty: bool) -> None:
+    """unpin_user_pages_dirty_lock()'s general way, under ``kernel.op()``."""
     _release_check(kernel, pages, True, "unpin_user_pages")
     with kernel.op():
         core = kernel.core
@@ -800,13 +880,46 @@ def unpin_user_pages_dirty_lock(kernel: "Kernel", pages: Pages, make_dirty: bool
         pages.released = True
 
 
+def _put_call(kernel: "Kernel", pages: Pages, pin: bool) -> bool:
+    """The common release -- a Pages object of this machine, not released,
+    of the right kind, nothing deferred for the machine lock to run -- in
+    one C call (pg_gup_put_call, under the machine lock, as ``kernel.op()``
+    would take it: the same put, the same RCU poll after it).  False when
+    nothing was done and the general way must decide (the C core declines
+    under a scheduler session, whose CPUs switch at ``op()``'s points, and
+    with IRQs off, where ``op()`` raises)."""
+    if (type(pages) is not Pages or pages._kernel is not kernel or pages.released
+            or pages.pinned is not pin or kernel.delayed_fput or kernel.orphan_hint[0]):
+        return False
+    cpu = kernel.current_cpu()
+    lock = kernel.lock.plain
+    if not lock.acquire(False):
+        return False
+    try:
+        rc = kernel.core.gup_put_call(cpu, pages._pfns, pin)
+        if rc is None:
+            return False
+        if rc == -errno.EINVAL:
+            raise GupError(errno.EINVAL, "unpin of pages that hold no pin" if pin
+                           else "put of pages that hold no reference")
+        if rc < 0:
+            raise GupError(-rc, "unpin_user_pages" if pin else "put_page")
+        pages.released = True
+        return True
+    finally:
+        lock.release()
+
+
 def unpin_user_pages(kernel: "Kernel", pages: Pages) -> None:
     """/* mirrors unpin_user_pages() */."""
-    unpin_user_pages_dirty_lock(kernel, pages, False)
+    if not _put_call(kernel, pages, True):
+        _unpin_locked(kernel, pages, False)
 
 
 def put_pages(kernel: "Kernel", pages: Pages) -> None:
     """put_page() on every page a FOLL_GET call returned."""
+    if _put_call(kernel, pages, False):
+        return
     _release_check(kernel, pages, False, "put_page")
     with kernel.op():
         rc = kernel.core.gup_put_pages_or_errno(pages._pfns, False)
