@@ -438,18 +438,21 @@ class Core:
         ``pfns``: a contiguous uint64 array (``Pages`` keeps one; C reads
         no further than its buffer, whatever it holds, and checks each pfn)."""
         buf = ffi.from_buffer(_U64_ARRAY, pfns)
-        rc = lib.pg_gup_put_call(self._m, cpu, buf, len(buf), 1 if pin else 0)
+        rc = lib.pg_gup_put_call(self._m, cpu, buf, len(buf), pin)
         if lib.pg_violation_count(self._m) > 0:
             self.raise_violations()
         return None if rc == -lib.PG_CALL_DECLINED else rc
 
-    def first_unpinnable(self, pfns: list[int]) -> int:
+    def first_unpinnable(self, cpu: int, pfns: list[int]) -> int:
         """pg_first_unpinnable(): the index of the first pfn whose folio is
         not long-term pinnable, len(pfns) when none, -1 when a pfn is bad
-        or free (``folio_is_longterm_pinnable`` says which)."""
+        or free (``folio_is_longterm_pinnable`` says which).  A short list
+        goes through the CPU's reusable buffer (the caller holds the
+        machine lock or is that CPU's thread)."""
         n = len(pfns)
-        if n <= SMALL_CALL_PAGES:
-            buf = ffi.new(_U64_ARRAY, pfns) if n else ffi.NULL
+        if 0 < n <= SMALL_CALL_PAGES and 0 <= cpu < self.nr_cpus:
+            buf = self._small_ptr[cpu]
+            buf[0:n] = pfns
         else:
             buf = ffi.from_buffer(_U64_ARRAY, np.asarray(pfns, np.uint64))
         rc = lib.pg_first_unpinnable(self._m, buf, n)
@@ -457,10 +460,13 @@ class Core:
 
     def gup_fast_call(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
                       policy_bits: int) -> Optional[np.ndarray]:
-        """pg_gup_fast_call(): the pfns taken (a prefix; the array is the
-        caller's result, the one allocation), or None when the C core
-        declined (IRQs off without FOLL_FAST_ONLY: nothing was done)."""
-        out = np.empty(_out_len(nr), np.uint64)
+        """pg_gup_fast_call() for up to SMALL_CALL_PAGES pages: the pfns
+        taken (a prefix; the array is the caller's result, the call's one
+        allocation), or None when the C core declined (IRQs off without
+        FOLL_FAST_ONLY: nothing was done)."""
+        if not 0 <= nr <= SMALL_CALL_PAGES:
+            raise ValueError(f"gup_fast_call: nr must be in 0..{SMALL_CALL_PAGES}, got {nr}")
+        out = np.empty(nr, np.uint64)
         got = lib.pg_gup_fast_call(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
                                    ffi.from_buffer(_U64_ARRAY, out))
         if lib.pg_violation_count(self._m) > 0:

@@ -168,19 +168,26 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
     checking in the kernel's order."""
     F = int(vma.vm_flags)
     anon = vma.vm_ops is None                         # vma_is_anonymous()
-    # the inputs each step records are built only when someone traces
-    if trace.check("VM_IO|VM_PFNMAP", bool(F & (VM_IO | VM_PFNMAP)), errno.EFAULT,
-                   lazy=lambda: {"vm_flags": flag_names(VM, F)}):
+    # Each rule's condition first; its step goes to the trace (with inputs
+    # built only then) when the rule refuses or someone traces: untraced,
+    # a call costs the conditions alone.
+    t = trace.enabled
+    bad = bool(F & (VM_IO | VM_PFNMAP))
+    if (bad or t) and trace.check("VM_IO|VM_PFNMAP", bad, errno.EFAULT,
+                                  lazy=lambda: {"vm_flags": flag_names(VM, F)}):
         return -errno.EFAULT
-    if trace.check("FOLL_ANON on a non-anonymous VMA", bool(gup_flags & FOLL_ANON) and not anon,
-                   errno.EFAULT, anon=anon):
+    bad = bool(gup_flags & FOLL_ANON) and not anon
+    if (bad or t) and trace.check("FOLL_ANON on a non-anonymous VMA", bad, errno.EFAULT,
+                                  anon=anon):
         return -errno.EFAULT
-    if gup_flags & FOLL_LONGTERM or trace.enabled:
+    if gup_flags & FOLL_LONGTERM or t:
         fsdax = vma_is_fsdax(vma)
-        if trace.check("FOLL_LONGTERM on fsdax", bool(gup_flags & FOLL_LONGTERM) and fsdax,
-                       errno.EOPNOTSUPP, fsdax=fsdax):
+        bad = bool(gup_flags & FOLL_LONGTERM) and fsdax
+        if (bad or t) and trace.check("FOLL_LONGTERM on fsdax", bad, errno.EOPNOTSUPP,
+                                      fsdax=fsdax):
             return -errno.EOPNOTSUPP
-    if trace.check("vma_is_secretmem", vma_is_secretmem(vma), errno.EFAULT):
+    bad = vma_is_secretmem(vma)
+    if (bad or t) and trace.check("vma_is_secretmem", bad, errno.EFAULT):
         return -errno.EFAULT
     if gup_flags & FOLL_WRITE:
         if policy.writable_file_mapping_check:
@@ -195,8 +202,8 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
                             page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
                                                               or vma.vm_ops.pfn_mkwrite)),
                             writeback=bool(fs and fs.writeback))
-            if trace.check("writable_file_mapping_allowed", not allowed, errno.EFAULT,
-                           lazy=inputs):
+            if (not allowed or t) and trace.check("writable_file_mapping_allowed", not allowed,
+                                                  errno.EFAULT, lazy=inputs):
                 return -errno.EFAULT
         if not F & VM_WRITE:
             force = bool(gup_flags & FOLL_FORCE)
@@ -214,7 +221,8 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
             return -errno.EFAULT
         if trace.check("FOLL_FORCE read of a !VM_MAYREAD VMA", not F & VM_MAYREAD, errno.EFAULT):
             return -errno.EFAULT
-    trace.check("arch_vma_access_permitted", False)
+    if t:
+        trace.check("arch_vma_access_permitted", False)
     return 0
 
 
@@ -358,8 +366,9 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
     vma: Optional[VMA] = None
     while nr_pages:
         if vma is None or start >= vma.vm_end:
-            vma = mm.find_vma(start)
-            if trace.check("find_vma", vma is None, errno.EFAULT, lazy=lambda: {"addr": hex(start)}):
+            vma = mm.vmas.find(start)
+            if (vma is None or trace.enabled) and trace.check(
+                    "find_vma", vma is None, errno.EFAULT, lazy=lambda: {"addr": hex(start)}):
                 ret = -errno.EFAULT
                 break
             ret = check_vma_flags(vma, gup_flags, policy, trace)
@@ -510,7 +519,7 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     stay pinned; otherwise unpin everything, migrate the movable folios to
     ZONE_NORMAL and return -EAGAIN (the caller re-pins), or -ENOMEM."""
     core = mm.kernel.core
-    if core.first_unpinnable(pfns) == len(pfns):
+    if core.first_unpinnable(cpu, pfns) == len(pfns):
         return 0                          # the common answer, in one C call
     collect: list[int] = []
     for pfn in pfns:
@@ -567,6 +576,18 @@ class Pages:
         self.pinned = pinned          # FOLL_PIN (else FOLL_GET)
         self.writable = writable      # taken with FOLL_WRITE
         self.released = False
+
+    @classmethod
+    def _of(cls, kernel: "Kernel", pfns: np.ndarray, pinned: bool, writable: bool) -> "Pages":
+        """A Pages over ``pfns``, a contiguous uint64 array the caller made
+        for it (the C core wrote it): no conversion."""
+        self = cls.__new__(cls)
+        self._kernel = kernel
+        self._pfns = pfns
+        self.pinned = pinned
+        self.writable = writable
+        self.released = False
+        return self
 
     def __len__(self) -> int:
         return len(self._pfns)
@@ -656,8 +677,18 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
              pin_api: bool, want_pages: bool = True, locked: Optional[int] = None,
              trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
-    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    # The common call -- int arguments that pass the entry checks below,
+    # nothing traced -- goes straight to the walk; any other is decided below.
+    if (trace is NO_TRACE and m.trace_sink is None and locked is None and type(start) is int
+            and type(nr_pages) is int and nr_pages > 0 and start >= 0 and mm.alive
+            and (type(gup_flags) is int or type(gup_flags) is FOLL)):
+        gf = int(gup_flags)
+        flags = (None if gf & ~FOLL_ALL else
+                 check_gup_args_cached(m, pin_api, want_pages, None, gf, to_set))
+        if flags is not None:
+            return _gup_slow_locked(m, mm, start, nr_pages, flags, want_pages, trace)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
     flags = check_gup_args_cached(m, pin_api, want_pages, locked, gup_flags, to_set)
@@ -670,6 +701,12 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
         return ret, Pages(m, [], pinned=pin_api)
     if nr_pages == 0:
         return 0, Pages(m, [], pinned=bool(flags & FOLL_PIN))
+    return _gup_slow_locked(m, mm, start, nr_pages, flags, want_pages, trace)
+
+
+def _gup_slow_locked(m: "Kernel", mm, start: int, nr_pages: int, flags: int, want_pages: bool,
+                     trace: Trace) -> tuple[int, Pages]:
+    """gup_slow() past its entry checks: the walk under the machine lock."""
     out: Optional[list[int]] = [] if want_pages else None
     with m.op() as cpu:
         if flags & FOLL_PIN:
@@ -755,7 +792,7 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
             fast = m.core.gup_fast_call(m.current_cpu(), mm.id, start, nr_pages, flags, bits)
             if fast is not None:
                 if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
-                    return len(fast), Pages(m, fast, pinned, writable)
+                    return len(fast), Pages._of(m, fast, pinned, writable)
                 return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
     start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
