@@ -36,6 +36,7 @@ C = _Constants()
 # costs a small part of ffi.from_buffer("uint64_t[]", a), which parses the name
 # each time (and of ffi.cast("uint64_t *", ffi.from_buffer(a)))
 _U64_ARRAY = ffi.typeof("uint64_t[]")
+_U64 = np.dtype(np.uint64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,17 +432,28 @@ class Core:
         self.raise_violations()
         return rc
 
-    def gup_put_call(self, cpu: int, pfns: np.ndarray, pin: bool) -> Optional[int]:
+    def _call_violation(self, what: str) -> None:
+        """A pg_*_call entry answered -PG_CALL_VIOLATION: raise what C
+        recorded (popped by another thread meanwhile: say so)."""
+        self.raise_violations()
+        raise InvariantError(f"{what}: the C core recorded a violation (reported elsewhere)")
+
+    def gup_put_call(self, cpu: int, pfns: np.ndarray, pin: bool, buf=None) -> Optional[int]:
         """pg_gup_put_call(), with the machine lock held by the caller: 0 or
         a negative errno as ``gup_put_pages_or_errno``, or None when the C
         core declined (a scheduler session, IRQs off: nothing was done).
         ``pfns``: a contiguous uint64 array (``Pages`` keeps one; C reads
-        no further than its buffer, whatever it holds, and checks each pfn)."""
-        buf = ffi.from_buffer(_U64_ARRAY, pfns)
+        no further than its buffer, whatever it holds, and checks each
+        pfn); ``buf``, when given, the cdata over it (``Pages._of``)."""
+        if buf is None:
+            buf = ffi.from_buffer(_U64_ARRAY, pfns)
         rc = lib.pg_gup_put_call(self._m, cpu, buf, len(buf), pin)
-        if lib.pg_violation_count(self._m) > 0:
-            self.raise_violations()
-        return None if rc == -lib.PG_CALL_DECLINED else rc
+        if rc < 0:
+            if rc == -lib.PG_CALL_DECLINED:
+                return None
+            if rc == -lib.PG_CALL_VIOLATION:
+                self._call_violation("unpin_user_pages" if pin else "put_page")
+        return rc
 
     def first_unpinnable(self, cpu: int, pfns: list[int]) -> int:
         """pg_first_unpinnable(): the index of the first pfn whose folio is
@@ -459,25 +471,25 @@ class Core:
         return rc if rc >= 0 else -1
 
     def gup_fast_call(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
-                      policy_bits: int) -> Optional[np.ndarray]:
-        """pg_gup_fast_call() for up to SMALL_CALL_PAGES pages: the pfns
-        taken (a prefix; the array is the caller's result, the call's one
-        allocation), or None when the C core declined (IRQs off without
+                      policy_bits: int):
+        """pg_gup_fast_call() for up to SMALL_CALL_PAGES pages: (the pfns
+        taken, a prefix in a new array: the call's one allocation, and the
+        cdata over it), or None when the C core declined (IRQs off without
         FOLL_FAST_ONLY: nothing was done)."""
         if not 0 <= nr <= SMALL_CALL_PAGES:
             raise ValueError(f"gup_fast_call: nr must be in 0..{SMALL_CALL_PAGES}, got {nr}")
-        out = np.empty(nr, np.uint64)
-        got = lib.pg_gup_fast_call(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
-                                   ffi.from_buffer(_U64_ARRAY, out))
-        if lib.pg_violation_count(self._m) > 0:
-            self.raise_violations()
+        out = np.empty(nr, _U64)
+        buf = ffi.from_buffer(_U64_ARRAY, out)
+        got = lib.pg_gup_fast_call(self._m, cpu, mm, start, nr, gup_flags, policy_bits, buf)
         if got == nr:
-            return out
+            return out, buf
         if got < 0:
             if got == -lib.PG_CALL_DECLINED:
                 return None
+            if got == -lib.PG_CALL_VIOLATION:
+                self._call_violation("gup_fast")
             raise GupError(-got, "gup_fast")
-        return out[:got]
+        return out[:got], ffi.from_buffer(_U64_ARRAY, out[:got])
 
     def follow_range_list(self, cpu: int, mm: int, start: int, nr: int, how: int) -> list[int]:
         """``follow_range`` as a list, through the CPU's reusable buffer
@@ -485,10 +497,12 @@ class Core:
         if not 0 <= nr <= SMALL_CALL_PAGES or not 0 <= cpu < self.nr_cpus:
             return self.follow_range(cpu, mm, start, nr, how).tolist()
         buf = self._small_ptr[cpu]
-        got = lib.pg_follow_range(self._m, cpu, mm, start, nr, how, buf)
-        if lib.pg_violation_count(self._m) > 0:
-            self.raise_violations()
-        return ffi.unpack(buf, _check(got, "follow_range")) if got else []
+        got = lib.pg_follow_call(self._m, cpu, mm, start, nr, how, buf)
+        if got > 0:
+            return ffi.unpack(buf, got)
+        if got == -lib.PG_CALL_VIOLATION:
+            self._call_violation("follow_range")
+        return [] if got == 0 else ffi.unpack(buf, _check(got, "follow_range"))
 
     def follow_range(self, cpu: int, mm: int, start: int, nr: int, how: int) -> np.ndarray:
         """pg_follow_range(): the pfns taken from start on (maybe none)."""
@@ -577,7 +591,8 @@ class Core:
         _check(lib.pg_synchronize_rcu(self._m, cpu), "synchronize_rcu")
 
     def rcu_poll(self) -> int:
-        return _check(lib.pg_rcu_poll(self._m), "rcu_poll")
+        rc = lib.pg_rcu_poll(self._m)
+        return rc if rc >= 0 else _check(rc, "rcu_poll")
 
     def rcu_barrier(self, cpu: int) -> None:
         _check(lib.pg_rcu_barrier(self._m, cpu), "rcu_barrier")

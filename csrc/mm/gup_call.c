@@ -11,7 +11,10 @@
  * way the Python path would (IRQs off where that path raises, a scheduler
  * session, whose CPUs switch at the Python path's points) returns
  * -PG_CALL_DECLINED before touching anything; Python then takes its
- * ordinary path, which decides the call.
+ * ordinary path, which decides the call.  An entry after which the
+ * violation ring holds something returns -PG_CALL_VIOLATION instead of its
+ * result, sparing Python a call to ask: Python raises them, as it did
+ * after every call (what the entry did stays done).
  */
 #include "internal.h"
 
@@ -27,12 +30,13 @@ int64_t pg_gup_fast_call(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
      * sleeps: with IRQs off only FOLL_FAST_ONLY may walk (Python raises) */
     if (!(gup_flags & PG_FOLL_FAST_ONLY) && pg_cpu_irqs_off(m, cpu))
         return -PG_CALL_DECLINED;
-    return pg_gup_fast_why(m, cpu, mmid, start, nr, gup_flags, policy, out, NULL);
+    int64_t got = pg_gup_fast_why(m, cpu, mmid, start, nr, gup_flags, policy, out, NULL);
+    return pg_violation_count(m) > 0 ? -PG_CALL_VIOLATION : got;
 }
 
 /* unpin_user_pages() / put_page() of an array with the machine lock held
  * by the caller, ending as that lock's release does: the RCU poll, unless
- * the put failed or recorded a violation (Python raises first then) */
+ * the put failed or a violation is pending (Python raises then, first) */
 int pg_gup_put_call(pg_machine *m, int cpu, const uint64_t *pfns, int64_t n, int pin)
 {
     if (!pg_cpu_ok(m, cpu))
@@ -40,9 +44,19 @@ int pg_gup_put_call(pg_machine *m, int cpu, const uint64_t *pfns, int64_t n, int
     if (pg_load_relaxed(&m->sched_on) || pg_cpu_irqs_off(m, cpu))
         return -PG_CALL_DECLINED;
     int rc = pg_gup_put_pages(m, pfns, n, pin);
-    if (rc == 0 && pg_violation_count(m) == 0)
+    if (pg_violation_count(m) > 0)
+        return -PG_CALL_VIOLATION;
+    if (rc == 0)
         pg_rcu_poll(m);
     return rc;
+}
+
+/* the slow path's batch follow, pg_follow_range() (its checks) */
+int64_t pg_follow_call(pg_machine *m, int cpu, uint64_t mmid, uint64_t start, int64_t nr,
+                       uint32_t how, uint64_t *out)
+{
+    int64_t got = pg_follow_range(m, cpu, mmid, start, nr, how, out);
+    return pg_violation_count(m) > 0 ? -PG_CALL_VIOLATION : got;
 }
 
 /* check_and_migrate_movable_pages()'s question over an array, without

@@ -55,7 +55,12 @@ class SchedLock:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if self._lock.acquire(False):
-            return self._took()
+            # _took(), inline: this runs around every model operation
+            if self._core.sched_session:
+                self._core.sched_note_model()
+            self._owner = get_ident()
+            self.depth += 1
+            return True
         if not blocking:
             return False
         while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
@@ -118,6 +123,7 @@ class Kernel:
         # on any thread, at any time: they only append here)
         self.delayed_fput: collections.deque = collections.deque()
         self._op_depth = 0
+        self._op = _Op(self)                 # op()'s context: it keeps no state of its own
         self.processes: list = []            # every process.Process, exited ones too
         self.next_pid = 1
         self.device_frames: list[int] = []   # memory behind mmap_pfn() mappings
@@ -257,7 +263,7 @@ class Kernel:
         """A model update: the machine lock, on this thread's CPU.  Like the
         kernel's might_sleep(), it refuses to run with IRQs off: it may wait
         for other CPUs' IPI acknowledgements.  ``with kernel.op() as cpu:``"""
-        return _Op(self)
+        return self._op
 
     def mmap_lock_break(self, point: bytes) -> None:
         """A registered Python race window (csrc/kernel/race.h) where the
@@ -317,7 +323,8 @@ class Kernel:
 
 class _Op:
     """``Kernel.op()``'s context: a class rather than a generator, since it
-    runs around every model call (a @contextmanager costs microseconds).
+    runs around every model call (a @contextmanager costs microseconds);
+    one per Kernel, shared by nested blocks (its state is the Kernel's).
     On the way out it polls RCU and raises the C core's violations; an
     exception out of the block skips both, as it always did."""
 

@@ -577,13 +577,17 @@ class Pages:
         self.writable = writable      # taken with FOLL_WRITE
         self.released = False
 
+    _buf = None       # the cdata over _pfns, when the C core wrote them (_of)
+
     @classmethod
-    def _of(cls, kernel: "Kernel", pfns: np.ndarray, pinned: bool, writable: bool) -> "Pages":
-        """A Pages over ``pfns``, a contiguous uint64 array the caller made
-        for it (the C core wrote it): no conversion."""
+    def _of(cls, kernel: "Kernel", pfns: np.ndarray, buf, pinned: bool,
+            writable: bool) -> "Pages":
+        """A Pages over ``pfns``, a contiguous uint64 array the C core
+        wrote through ``buf`` (kept for the release): no conversion."""
         self = cls.__new__(cls)
         self._kernel = kernel
         self._pfns = pfns
+        self._buf = buf
         self.pinned = pinned
         self.writable = writable
         self.released = False
@@ -684,9 +688,12 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
             and type(nr_pages) is int and nr_pages > 0 and start >= 0 and mm.alive
             and (type(gup_flags) is int or type(gup_flags) is FOLL)):
         gf = int(gup_flags)
-        flags = (None if gf & ~FOLL_ALL else
-                 check_gup_args_cached(m, pin_api, want_pages, None, gf, to_set))
-        if flags is not None:
+        flags = (m.gup_args_cache.get(gf | to_set << 32 | bool(pin_api) << 62 | 1 << 63, False)
+                 if m.gup_args_policy is m.policy and want_pages is True and not gf & ~FOLL_ALL
+                 else False)
+        if flags is False and not gf & ~FOLL_ALL:      # not remembered yet
+            flags = check_gup_args_cached(m, pin_api, want_pages, None, gf, to_set)
+        if flags:
             return _gup_slow_locked(m, mm, start, nr_pages, flags, want_pages, trace)
     start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
@@ -789,10 +796,11 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
             if pinned:
                 mm.has_pinned = True
             start &= PAGE_MASK
-            fast = m.core.gup_fast_call(m.current_cpu(), mm.id, start, nr_pages, flags, bits)
-            if fast is not None:
+            taken = m.core.gup_fast_call(m.current_cpu(), mm.id, start, nr_pages, flags, bits)
+            if taken is not None:
+                fast, buf = taken
                 if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
-                    return len(fast), Pages._of(m, fast, pinned, writable)
+                    return len(fast), Pages._of(m, fast, buf, pinned, writable)
                 return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
     start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
@@ -933,13 +941,13 @@ def _put_call(kernel: "Kernel", pages: Pages, pin: bool) -> bool:
     if not lock.acquire(False):
         return False
     try:
-        rc = kernel.core.gup_put_call(cpu, pages._pfns, pin)
+        rc = kernel.core.gup_put_call(cpu, pages._pfns, pin, pages._buf)
         if rc is None:
             return False
-        if rc == -errno.EINVAL:
-            raise GupError(errno.EINVAL, "unpin of pages that hold no pin" if pin
-                           else "put of pages that hold no reference")
-        if rc < 0:
+        if rc:
+            if rc == -errno.EINVAL:
+                raise GupError(errno.EINVAL, "unpin of pages that hold no pin" if pin
+                               else "put of pages that hold no reference")
             raise GupError(-rc, "unpin_user_pages" if pin else "put_page")
         pages.released = True
         return True

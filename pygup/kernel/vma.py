@@ -188,8 +188,10 @@ class VmaTree:
         """The VMA containing addr, or None (unlike the kernel's find_vma,
         never the next one above: that is ``vma_lookup()``)."""
         i = self._vmas.bisect_key_right(addr) - 1
-        if i >= 0 and addr < self._vmas[i].vm_end:
-            return self._vmas[i]
+        if i >= 0:
+            vma = self._vmas[i]            # (one lookup: each is a Python call)
+            if addr < vma.vm_end:
+                return vma
         return None
 
     def range(self, start: int, end: int) -> list[VMA]:
