@@ -116,6 +116,10 @@ class Kernel:
         # runs of anonymous faults in C (mm/fault.c); False sends every fault
         # through kernel/fault.py alone, the reference the batch is tested against
         self.fault_batch = True
+        # small GUP calls in one C call each (gup.py, csrc/mm/gup_call.c);
+        # False sends every call the general way, the reference they are
+        # tested against
+        self.small_calls = True
         self.filesystems: list = []          # every vfs.FileSystem mounted
         self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
         self.next_anon_inode = 0

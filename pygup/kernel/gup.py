@@ -684,7 +684,8 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     m = mm.kernel
     # The common call -- int arguments that pass the entry checks below,
     # nothing traced -- goes straight to the walk; any other is decided below.
-    if (trace is NO_TRACE and m.trace_sink is None and locked is None and type(start) is int
+    if (trace is NO_TRACE and m.small_calls and m.trace_sink is None and locked is None
+            and type(start) is int
             and type(nr_pages) is int and nr_pages > 0 and start >= 0 and mm.alive
             and (type(gup_flags) is int or type(gup_flags) is FOLL)):
         gf = int(gup_flags)
@@ -782,15 +783,18 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     # check below, nothing traced -- in one C call (pg_gup_fast_call, which
     # checks again).  Any other call, and a walk the C core declines (IRQs
     # off), takes the general way below, which decides it.
-    if (trace is NO_TRACE and m.trace_sink is None and type(start) is int
+    if (trace is NO_TRACE and m.small_calls and m.trace_sink is None and type(start) is int
             and type(nr_pages) is int and 0 < nr_pages <= SMALL_CALL_PAGES
             and 0 <= start <= TASK_SIZE_MAX - (nr_pages << PAGE_SHIFT) and mm.alive
             and (type(gup_flags) is int or type(gup_flags) is FOLL)):
         gf = int(gup_flags)
-        call = (m.gup_args_cache.get(gf | to_set << 32 | _FAST_CALL_KEY)
-                if m.gup_args_policy is m.policy and not gf & ~FOLL_ALL else False)
-        if call is None:
-            call = _fast_call_flags(m, gf, to_set)
+        if gf & ~FOLL_ALL:
+            call = False                        # the general way raises
+        else:
+            call = (m.gup_args_cache.get(gf | to_set << 32 | _FAST_CALL_KEY)
+                    if m.gup_args_policy is m.policy else None)
+            if call is None:                    # not remembered (for this policy) yet
+                call = _fast_call_flags(m, gf, to_set)
         if call:
             flags, bits, pinned, writable = call
             if pinned:
@@ -855,9 +859,7 @@ def _fast_call_flags(m: "Kernel", gup_flags: int, to_set: int):
     bits, pinned, writable) when its entry checks pass these flags, False
     when they refuse them (the general way then answers); remembered in
     ``gup_args_cache`` beside check_gup_args_cached()'s answers, for the
-    same policy.  ``gup_flags`` is a checked int."""
-    if gup_flags & ~FOLL_ALL:
-        return False
+    same policy.  ``gup_flags``: an int within FOLL_ALL."""
     flags = check_gup_args_cached(m, bool(to_set & FOLL_PIN), True, None, gup_flags, to_set)
     call = (False if flags is None or flags & ~_FAST_MASK else
             (flags, m.policy.gup_fast_bits, bool(flags & FOLL_PIN), bool(flags & FOLL_WRITE)))
@@ -934,7 +936,8 @@ def _put_call(kernel: "Kernel", pages: Pages, pin: bool) -> bool:
     under a scheduler session, whose CPUs switch at ``op()``'s points, and
     with IRQs off, where ``op()`` raises)."""
     if (type(pages) is not Pages or pages._kernel is not kernel or pages.released
-            or pages.pinned is not pin or kernel.delayed_fput or kernel.orphan_hint[0]):
+            or pages.pinned is not pin or not kernel.small_calls or kernel.delayed_fput
+            or kernel.orphan_hint[0]):
         return False
     cpu = kernel.current_cpu()
     lock = kernel.lock.plain
