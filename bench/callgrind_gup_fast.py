@@ -7,8 +7,8 @@ not):
 It runs itself under ``valgrind --tool=callgrind`` with collection switched
 on only inside ``pg_gup_fast`` and ``pg_gup_put_pages`` (the C entry points
 that ``pin_user_pages_fast`` and ``unpin_user_pages`` call), then prints the
-instructions and the locked (atomic) instructions per page, from the
-inclusive cost of those two functions.
+instructions per page of each, from the inclusive cost of those two
+functions.
 """
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ are never written), built there (C: the cffi module's C file and every
 ``csrc`` object are compiled once for the baseline; a mutant recompiles only
 its own file and relinks), and then judged twice:
 
-  fuzz   ``python -m pygup fuzz --seconds S --workers 1 --no-progress --json``
+  fuzz   ``python -m pygup fuzz --seconds S --workers 1 --policy 6.1,6.5,6.18
+         --tolerate seed-bug --no-progress --json`` (the presets in turn, 6.1
+         living with the bug 6.5 fixed; ``--fuzz-policy`` to change them)
          (its seeds 12k+5 explore a built-in race to bound 2, 12k+11 run a
          native stress campaign), followed by the campaign's concurrent
          step done exhaustively: every built-in race explored to bound 2
@@ -196,12 +198,36 @@ def _py_docstring_lines(text: str) -> set[int]:
     return skip
 
 
+# presentation, not kernel behaviour: what a mutant there breaks is how a
+# result looks in a REPL or a notebook, which no fuzzer of the GUP rules
+# can (or should) see
+PY_PRESENTATION = re.compile(r"^(\s*)def (__repr__|__str__|_repr_html_|_repr_pretty_)\b")
+
+
+def _py_presentation_lines(text: str) -> set[int]:
+    """0-based lines of the bodies of __repr__ / __str__ / _repr_html_."""
+    skip: set[int] = set()
+    inside = None
+    for n, line in enumerate(text.splitlines()):
+        if inside is not None:
+            if line.strip() and len(line) - len(line.lstrip()) <= inside:
+                inside = None
+            else:
+                skip.add(n)
+                continue
+        mt = PY_PRESENTATION.match(line)
+        if mt:
+            inside = len(mt.group(1))
+            skip.add(n)
+    return skip
+
+
 def sites(rel: str, text: str) -> list[Mutant]:
     """Every mutant of one file, in file order."""
     lang = "py" if rel.endswith(".py") else "c"
     lines = text.splitlines()
     code = _code_mask(lines, lang)
-    skip = _py_docstring_lines(text) if lang == "py" else set()
+    skip = _py_docstring_lines(text) | _py_presentation_lines(text) if lang == "py" else set()
     out: list[Mutant] = []
 
     def add(n: int, op: str, new: str) -> None:
@@ -315,6 +341,9 @@ class Scratch:
                 dst = self.root / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
+        # the sources as copied: a mutant is undone from these, never from
+        # the worktree, which may move on while a run goes (a merge)
+        self.pristine = {rel: (self.root / rel).read_bytes() for rel in TARGETS}
         # the tool's own edits to the worktree (uncommitted, untracked) are
         # not what is measured: the tree is the committed + modified files
         self.cc = (sysconfig.get_config_var("CC") or "cc").split()
@@ -379,7 +408,7 @@ class Scratch:
         return True, ""
 
     def undo(self, m: Mutant) -> None:
-        shutil.copy2(ROOT / m.file, self.root / m.file)
+        (self.root / m.file).write_bytes(self.pristine[m.file])
         if m.file.endswith(".c"):
             ok, err = self.compile(self.root / m.file)
             ok2, err2 = self.link()
@@ -432,10 +461,17 @@ def _first_line(out: str, *keys: str) -> str:
     return out.strip().splitlines()[-1][:300] if out.strip() else ""
 
 
-def judge_fuzz(sc: Scratch, seconds: float, work: Path) -> tuple[str, str]:
+# the campaign each mutant faces: the three kernels the project checks
+# against real ones, the pre-6.5 one living with the bug 6.5 fixed
+FUZZ_POLICY = "6.1,6.5,6.18"
+
+
+def judge_fuzz(sc: Scratch, seconds: float, work: Path,
+               policy: str = FUZZ_POLICY) -> tuple[str, str]:
     out_json = work / "fuzz.json"
     rc, out = _run([sys.executable, "-m", "pygup", "fuzz", "--seconds", str(seconds),
                     "--workers", "1", "--no-progress", "--shrink-seconds", "0",
+                    "--policy", policy, "--tolerate", "seed-bug",
                     "--json", str(out_json), "--out-dir", str(work)], sc, seconds * 2 + 40)
     if rc is None:
         return "timeout", "fuzz ran past its bound"
@@ -460,7 +496,8 @@ def judge_tests(sc: Scratch, timeout: float, marker: str) -> tuple[str, str]:
 
 
 def evaluate(sc: Scratch, m: Mutant, seconds: float, tests: Optional[str],
-             tests_timeout: float, work: Path, tests_on: str = "survivors") -> None:
+             tests_timeout: float, work: Path, tests_on: str = "survivors",
+             policy: str = FUZZ_POLICY) -> None:
     t0 = time.monotonic()
     ok, err = sc.apply(m)
     try:
@@ -471,7 +508,7 @@ def evaluate(sc: Scratch, m: Mutant, seconds: float, tests: Optional[str],
         if rc != 0:
             m.verdict, m.detail, m.tests = "build-failed", "import: " + out.strip()[-300:], "-"
             return
-        m.verdict, m.detail = judge_fuzz(sc, seconds, work)
+        m.verdict, m.detail = judge_fuzz(sc, seconds, work, policy)
         if tests and (tests_on == "all" or m.verdict == "survived"):
             m.tests, m.tests_detail = judge_tests(sc, tests_timeout, tests)
         else:
@@ -532,6 +569,9 @@ def main(argv=None) -> int:
                     help="run these mutant ids instead of a sample (repeatable)")
     ap.add_argument("--seconds", type=float, default=10.0,
                     help="fuzz budget per mutant in seconds (default 10)")
+    ap.add_argument("--fuzz-policy", default=FUZZ_POLICY,
+                    help=f"the campaign's presets (pygup fuzz --policy; default {FUZZ_POLICY}, "
+                    "with --tolerate seed-bug)")
     ap.add_argument("--no-tests", action="store_true", help="skip the fast tiers' comparison")
     ap.add_argument("--tests-marker", default=FAST_TIERS,
                     help=f"the pytest -m expression of the comparison (default {FAST_TIERS!r}; "
@@ -546,12 +586,27 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--classify", help="survivor classification (JSON: id -> class, why)")
     ap.add_argument("--table", metavar="RESULTS", help="print the tables of a saved run")
+    ap.add_argument("--merge", nargs=2, metavar=("RUN", "RERUN"),
+                    help="fold a re-run of some mutants (--only, after the fuzzer was "
+                    "strengthened) into a run: RERUN's verdicts replace RUN's for its ids, "
+                    "the rest stay; with --json OUT writes the merged result")
+    ap.add_argument("--why", default="", help="with --merge: what changed before the re-run")
     args = ap.parse_args(argv)
     if args.sample < 1:
         ap.error("--sample must be >= 1")
     if not args.seconds > 0:
         ap.error("--seconds must be > 0")
     classified = json.load(open(args.classify)) if args.classify else {}
+    if args.merge:
+        data = merge_runs(json.load(open(args.merge[0])), json.load(open(args.merge[1])),
+                          args.why)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(data, fh, indent=1)
+        print(score_table(data["mutants"], classified))
+        print()
+        print(survivors_table(data["mutants"], classified))
+        return 0
     if args.table:
         data = json.load(open(args.table))
         print(score_table(data["mutants"], classified))
@@ -593,7 +648,7 @@ def main(argv=None) -> int:
                 setattr(m, k, v)
             continue
         evaluate(sc, m, args.seconds, None if args.no_tests else args.tests_marker,
-                 args.tests_timeout, work, args.tests_on)
+                 args.tests_timeout, work, args.tests_on, args.fuzz_policy)
         print(f"[{i}/{len(chosen)}] {m.verdict:12s} tests={m.tests:8s} {m.seconds:6.1f}s "
               f"{m.id}  {m.detail[:100]}", flush=True)
         if args.json:
@@ -606,11 +661,29 @@ def main(argv=None) -> int:
     return 0
 
 
+def merge_runs(run: dict, rerun: dict, why: str = "") -> dict:
+    """``run`` with the verdicts of ``rerun`` (the same mutant ids judged
+    again) in place of its own; the result says which ids were re-run, how
+    long each was fuzzed and why.  Ids of ``rerun`` absent from ``run`` are
+    a ValueError (the sources moved: a line-numbered id names another site)."""
+    by_id = {m["id"]: m for m in rerun["mutants"]}
+    missing = sorted(set(by_id) - {m["id"] for m in run["mutants"]})
+    if missing:
+        raise ValueError(f"re-run ids not in the run: {', '.join(missing)}")
+    out = dict(run)
+    out["mutants"] = [dict(by_id.get(m["id"], m), rerun=m["id"] in by_id)
+                      for m in run["mutants"]]
+    out["rerun"] = {"ids": sorted(by_id), "seconds_per_mutant": rerun["seconds_per_mutant"],
+                    "fuzz_policy": rerun.get("fuzz_policy"), "why": why}
+    return out
+
+
 def _save(args, chosen, muts, elapsed) -> dict:
     data = {"pygup_mutation": 1, "seed": args.seed, "sample": len(chosen),
             "tests_marker": None if args.no_tests else args.tests_marker,
             "tests_on": None if args.no_tests else args.tests_on,
             "sites": len(muts), "seconds_per_mutant": args.seconds,
+            "fuzz_policy": args.fuzz_policy,
             "elapsed_s": round(elapsed, 1), "targets": list(TARGETS),
             "mutants": [asdict(m) for m in chosen]}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

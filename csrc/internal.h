@@ -60,6 +60,15 @@
 /* smp_mb(): orders earlier stores before later loads (Dekker patterns:
  * RCU entry vs grace-period snapshot, cpumask set vs shootdown) */
 #define pg_smp_mb() atomic_thread_fence(memory_order_seq_cst)
+/* smp_mb__after_atomic(): a full barrier after an atomic read-modify-write.
+ * On x86-64 every RMW here is a LOCK-prefixed instruction, itself a full
+ * barrier, so (as in the kernel) only the compiler must be kept from
+ * moving accesses across; elsewhere it is smp_mb(). */
+#if defined(__x86_64__) || defined(__i386__)
+#define pg_smp_mb__after_atomic() atomic_signal_fence(memory_order_seq_cst)
+#else
+#define pg_smp_mb__after_atomic() pg_smp_mb()
+#endif
 
 /* ---- the lock word ------------------------------------------------------
  * Test-and-test-and-set.  Taking it is kernel/sched.h's pg_spin_lock (each

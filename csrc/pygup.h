@@ -384,7 +384,9 @@ int64_t pg_zap_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
  * do not change: the pages, and every pin on them, stay.  The destination
  * must map nothing (-PG_EEXIST; the caller unmaps it first).  The old
  * range's TLBs are flushed after the move when it moved a present entry.
- * Returns the number of 4 KiB pages (or empty table slots) moved. */
+ * Returns the bytes moved from old_addr on, as move_page_tables(): len,
+ * or less when an extent's destination table could not be allocated (the
+ * caller moves that much back: move_vma()); <0 when nothing moved. */
 int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mm, uint64_t old_addr,
                       uint64_t new_addr, uint64_t len);
 /* Free page-table pages that map nothing any more inside [start, end)

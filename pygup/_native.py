@@ -344,7 +344,8 @@ class Core:
         return _check(rc, f"zap {start:#x}-{end:#x}")
 
     def move_range(self, cpu: int, mm: int, old_addr: int, new_addr: int, length: int) -> int:
-        """pg_move_range(): mremap's move_page_tables; pages moved."""
+        """pg_move_range(): mremap's move_page_tables; bytes moved from
+        old_addr on (``length`` unless a table allocation cut it short)."""
         for name, v in (("old_addr", old_addr), ("new_addr", new_addr), ("length", length)):
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
                 raise ValueError(f"{name} must be a 64-bit unsigned int, got {v!r}")

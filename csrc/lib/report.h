@@ -19,7 +19,7 @@ void pg_report_init(pg_machine *m);
 
 void pg_violation_record(pg_machine *m, const char *kind, const char *file,
                          int line, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+    __attribute__((format(printf, 5, 6), cold)); /* cold: hot loops keep it out of line */
 
 #define PG_BUG_ON(m, cond, ...)                                           \
     (__builtin_expect(!!(cond), 0)                                        \

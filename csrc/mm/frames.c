@@ -226,7 +226,7 @@ int64_t pg_folio_alloc(pg_machine *m, int order, int zone_id)
 }
 
 /* the last reference is gone: check the page state, scrub, give back */
-static void folio_free(pg_machine *m, uint64_t head)
+void pg_folio_free_internal(pg_machine *m, uint64_t head)
 {
     struct pg_frame *h = &m->frames[head];
     uint32_t order = pg_load_relaxed(&h->order);
@@ -263,51 +263,11 @@ static void folio_free(pg_machine *m, uint64_t head)
 
 /* ---- reference counting -------------------------------------------------- */
 
-int64_t pg_folio_try_get(pg_machine *m, uint64_t pfn, int refs)
-{
-    uint64_t head = pg_frame_head(m, pfn);
-    struct pg_frame *h = &m->frames[head];
-    if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
-        return pg_load_relaxed(&h->refcount); /* never counted */
-    int32_t old = pg_load_relaxed(&h->refcount);
-    for (;;) {
-        if (old <= 0) {
-            PG_WARN_ON(m, old < 0, "folio %llu has refcount %d",
-                       (unsigned long long)head, old);
-            return -PG_EINVAL; /* free or being freed: never resurrect */
-        }
-        if ((int64_t)old + refs > INT32_MAX)
-            return -PG_EOVERFLOW;
-        if (pg_cas(&h->refcount, &old, old + refs))
-            return (int64_t)old + refs;
-    }
-}
-
 int64_t pg_folio_get(pg_machine *m, uint64_t pfn, int refs)
 {
     if (!pfn_ok(m, pfn) || refs <= 0)
         return -PG_EINVAL;
     return pg_folio_try_get(m, pfn, refs);
-}
-
-int64_t pg_folio_put_internal(pg_machine *m, uint64_t pfn, int refs)
-{
-    uint64_t head = pg_frame_head(m, pfn);
-    struct pg_frame *h = &m->frames[head];
-    if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
-        return pg_load_relaxed(&h->refcount);
-    int32_t old = pg_load_relaxed(&h->refcount);
-    for (;;) {
-        if (PG_BUG_ON(m, old - refs < 0,
-                      "put of %d refs on folio %llu with refcount %d refused",
-                      refs, (unsigned long long)head, old))
-            return -PG_EINVAL;
-        if (pg_cas(&h->refcount, &old, old - refs))
-            break;
-    }
-    if (old - refs == 0)
-        folio_free(m, head);
-    return old - refs;
 }
 
 int64_t pg_folio_put(pg_machine *m, uint64_t pfn, int refs)
@@ -701,7 +661,7 @@ int pg_split_folio(pg_machine *m, int cpu, uint64_t pfn)
     for (uint64_t i = 0; i < PG_PMD_NR; i++) {
         struct pg_frame *f = &m->frames[head + i];
         if (pg_load_acquire(&f->refcount) == 0)
-            folio_free(m, head + i);
+            pg_folio_free_internal(m, head + i);
     }
     return 0;
 }

@@ -23,9 +23,15 @@ static inline bool pfn_valid(pg_machine *m, uint64_t pfn)
     return pfn < m->nr_frames;
 }
 
+/* folio_test_large(), on the head frame h */
+static inline bool head_is_large(struct pg_frame *h)
+{
+    return pg_load_relaxed(&h->order) > 0;
+}
+
 static inline bool folio_is_large(pg_machine *m, uint64_t head)
 {
-    return pg_load_relaxed(&m->frames[head].order) > 0;
+    return head_is_large(&m->frames[head]);
 }
 
 /* mirrors try_grab_page() (6.5) */
@@ -56,11 +62,11 @@ int pg_try_grab_page(pg_machine *m, uint64_t pfn, int pin)
 
 /* mirrors gup_put_folio(); the pins it drops are added to *released, for
  * the caller to count once (one atomic per call, not per folio) */
-static int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *released)
+static inline int put_folio_head(pg_machine *m, uint64_t head, int refs, int pin,
+                                 uint64_t *released)
 {
-    uint64_t head = pg_frame_head(m, pfn);
     struct pg_frame *h = &m->frames[head];
-    if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
+    if (pg_is_zero_pfn(head))
         return 0;
     if (pin) {
         *released += (uint64_t)refs;
@@ -72,8 +78,14 @@ static int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *r
             refs *= PG_GUP_PIN_COUNTING_BIAS;
         }
     }
-    int64_t r = pg_folio_put_internal(m, pfn, refs);
+    int64_t r = pg_folio_put_head(m, head, refs);
     return r < 0 ? (int)r : 0;
+}
+
+/* put_folio_head() on the folio containing pfn */
+static inline int put_folio(pg_machine *m, uint64_t pfn, int refs, int pin, uint64_t *released)
+{
+    return put_folio_head(m, pg_frame_head(m, pfn), refs, pin, released);
 }
 
 int pg_gup_put(pg_machine *m, uint64_t pfn, int refs, int pin)
@@ -87,14 +99,39 @@ int pg_gup_put(pg_machine *m, uint64_t pfn, int refs, int pin)
     return rc;
 }
 
-/* the length of the run of entries from i on that share pfns[i]'s folio */
-static int64_t folio_run(pg_machine *m, const uint64_t *pfns, int64_t i, int64_t n)
+/* The runs of an array of pages: entries in a row on one folio, which
+ * unpin_user_pages() drops with one put.  Each entry's folio head is read
+ * once; run_end() returns where the run from i (on folio head) ends and
+ * leaves the head of the entry there in *next.  The pfns were checked. */
+static inline int64_t run_end(pg_machine *m, const uint64_t *pfns, int64_t i, int64_t n,
+                              uint64_t head, uint64_t *next)
 {
-    uint64_t head = pg_frame_head(m, pfns[i]);
     int64_t j = i + 1;
-    while (j < n && pfn_valid(m, pfns[j]) && pg_frame_head(m, pfns[j]) == head)
-        j++;
-    return j - i;
+    for (; j < n; j++) {
+        uint64_t h = pg_frame_head(m, pfns[j]);
+        if (h != head) {
+            *next = h;
+            break;
+        }
+    }
+    return j;
+}
+
+/* can one run of `run` entries on the folio at head drop its pins (pin)
+ * or references?  The zero page always can; a free folio never */
+static inline bool run_can_put(pg_machine *m, uint64_t head, int64_t run, int pin)
+{
+    struct pg_frame *h = &m->frames[head];
+    if (pg_is_zero_pfn(head))
+        return true;
+    if (pg_load_relaxed(&h->flags) & PG_F_FREE)
+        return false;
+    int64_t ref = pg_load_acquire(&h->refcount);
+    if (!pin)
+        return ref >= run;
+    if (folio_is_large(m, head))
+        return pg_load_acquire(&h->pincount) >= run && ref >= run;
+    return ref >= run * PG_GUP_PIN_COUNTING_BIAS;
 }
 
 int pg_gup_can_put(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
@@ -104,30 +141,20 @@ int pg_gup_can_put(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
     for (int64_t i = 0; i < n; i++)
         if (!pfn_valid(m, pfns[i]))
             return -PG_EINVAL;
+    uint64_t head = n > 0 ? pg_frame_head(m, pfns[0]) : 0;
     for (int64_t i = 0; i < n;) {
-        int64_t run = folio_run(m, pfns, i, n);
-        uint64_t head = pg_frame_head(m, pfns[i]);
-        struct pg_frame *h = &m->frames[head];
-        i += run;
-        if (pg_load_relaxed(&h->flags) & PG_F_ZERO)
-            continue;
-        if (pg_load_relaxed(&h->flags) & PG_F_FREE)
+        uint64_t next = 0;
+        int64_t j = run_end(m, pfns, i, n, head, &next);
+        if (!run_can_put(m, head, j - i, pin))
             return 0;
-        int64_t ref = pg_load_acquire(&h->refcount);
-        if (!pin) {
-            if (ref < run)
-                return 0;
-        } else if (folio_is_large(m, head)) {
-            if (pg_load_acquire(&h->pincount) < run || ref < run)
-                return 0;
-        } else if (ref < run * PG_GUP_PIN_COUNTING_BIAS) {
-            return 0;
-        }
+        i = j;
+        head = next;
     }
     return 1;
 }
 
-/* mirrors unpin_user_pages(): one put per run of one folio */
+/* mirrors unpin_user_pages(): one put per run of one folio, after every
+ * run was checked (nothing is put when one holds no pin) */
 int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
 {
     int rc = pg_gup_can_put(m, pfns, n, pin);
@@ -135,12 +162,15 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin)
         return rc < 0 ? rc : -PG_EINVAL;
     uint64_t released = 0;
     int r = 0;
+    uint64_t head = n > 0 ? pg_frame_head(m, pfns[0]) : 0;
     for (int64_t i = 0; i < n;) {
-        int64_t run = folio_run(m, pfns, i, n);
-        r = put_folio(m, pfns[i], (int)run, pin, &released);
+        uint64_t next = 0;
+        int64_t j = run_end(m, pfns, i, n, head, &next);
+        r = put_folio_head(m, head, (int)(j - i), pin, &released);
         if (r < 0)
             break;
-        i += run;
+        i = j;
+        head = next;
     }
     if (released)
         pg_count_pins(m, false, released);
@@ -262,7 +292,10 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
  * protection switches (pg_mutant) -- cost a load and a branch each, several
  * per page.  When none can fire (no scheduler session, no amplifier, no
  * switch on: read once per call) the loop runs a second copy compiled
- * without them; `hooks` is a constant in each copy. */
+ * without them; `hooks` is a constant in each copy.  Both copies are the
+ * one source, so a mutant of a rule reaches both (bench/mutation.py);
+ * tests/model/test_gup_fast_hooks.py fails if a session or a switch ever
+ * meets the hook-free copy. */
 #define FAST_YIELD(hooks, m, cpu, window) ((hooks) ? PG_YIELD(m, cpu, window) : (void)0)
 #define FAST_AMPLIFY(hooks, m, window) ((hooks) ? PG_RACE_AMPLIFY(m, window) : (void)0)
 #define FAST_MUTANT(hooks, m, bit) ((hooks) && pg_mutant(m, bit))
@@ -290,16 +323,17 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
     if (!(flags & (PG_FOLL_GET | PG_FOLL_PIN)))
         return -1;
     int add;
+    struct pg_frame *h;
     for (;;) {
-        if ((flags & PG_FOLL_PIN) && (pg_load_relaxed(&m->frames[head].flags) & PG_F_ZERO))
+        if ((flags & PG_FOLL_PIN) && pg_is_zero_pfn(head))
             return (int64_t)head; /* the zero page is never counted */
+        h = &m->frames[head];
         /* A pin of a small folio takes its whole GUP_PIN_COUNTING_BIAS in
          * the one checked add: try_get_folio() refuses a count that is not
          * positive and the add refuses to pass INT32_MAX, so repeated pins
          * fail cleanly (the slow path then says -ENOMEM) instead of
          * wrapping the count negative (BUGS #10) */
-        add = ((flags & PG_FOLL_PIN) && !folio_is_large(m, head))
-                  ? refs * PG_GUP_PIN_COUNTING_BIAS : refs;
+        add = ((flags & PG_FOLL_PIN) && !head_is_large(h)) ? refs * PG_GUP_PIN_COUNTING_BIAS : refs;
         if (pg_folio_try_get(m, head, add) < 0)
             return -1; /* refcount zero (being freed, frozen by a split) or no headroom */
         if (FAST_MUTANT(hooks, m, PG_MUT_NO_FOLIO_RECHECK) || pg_frame_head(m, pfn) == head)
@@ -307,7 +341,6 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
         pg_folio_put_internal(m, head, add); /* split meanwhile: try its new folio */
         head = pg_frame_head(m, pfn);
     }
-    struct pg_frame *h = &m->frames[head];
     if (!(flags & PG_FOLL_PIN))
         return (int64_t)head;
     if ((flags & PG_FOLL_LONGTERM) && !folio_is_longterm_pinnable(m, head)) {
@@ -316,16 +349,19 @@ FAST_INLINE int64_t try_grab_folio(pg_machine *m, uint64_t pfn, uint64_t head, i
     }
     if (add == refs)                 /* a large folio: the pins go on pincount */
         pg_fetch_add(&h->pincount, refs);
-    pg_smp_mb(); /* the pin is visible before the PTE re-check */
+    /* the pin is visible before the PTE re-check: try_grab_folio()'s
+     * smp_mb__after_atomic(), pairing with the barrier of the side that
+     * write-protects and then looks for pins (fork, collapse) */
+    pg_smp_mb__after_atomic();
     *pins += (uint64_t)refs;
     return (int64_t)head;
 }
 
 /* folio_set_referenced(), skipping the atomic when the bit is already set */
-static inline void mark_referenced(pg_machine *m, uint64_t head)
+static inline void mark_referenced(struct pg_frame *h)
 {
-    if (!(pg_load_relaxed(&m->frames[head].flags) & PG_F_REFERENCED))
-        pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
+    if (!(pg_load_relaxed(&h->flags) & PG_F_REFERENCED))
+        pg_fetch_or(&h->flags, PG_F_REFERENCED);
 }
 
 static void ungrab(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
@@ -339,9 +375,9 @@ static void ungrab(pg_machine *m, uint64_t pfn, int refs, uint32_t flags)
 /* mirrors page_is_secretmem() / folio_is_secretmem(): an order-0 folio
  * whose mapping is secretmem's.  6.5's version only looked at folios on
  * the LRU (PG_GUPF_SECRETMEM_LRU), the shortcut 65291dcfcf89 removed. */
-FAST_INLINE bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t policy, bool hooks)
+FAST_INLINE bool is_secretmem(pg_machine *m, int cpu, struct pg_frame *h, uint32_t policy,
+                              bool hooks)
 {
-    struct pg_frame *h = &m->frames[head];
     if (pg_load_relaxed(&h->order) > 0)
         return false;
     if ((policy & PG_GUPF_SECRETMEM_LRU) && !(pg_load_acquire(&h->flags) & PG_F_LRU))
@@ -359,13 +395,13 @@ FAST_INLINE bool is_secretmem(pg_machine *m, int cpu, uint64_t head, uint32_t po
  * shmem and hugetlb; everything else falls back to the slow path, which
  * knows the VMA.  Reading folio->mapping is safe only because IRQs are off
  * (an RCU read-side section) and address_spaces are freed by RCU. */
-FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
-                                        bool hooks)
+FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head,
+                                        struct pg_frame *h, uint32_t flags, bool hooks)
 {
     const uint32_t all = PG_FOLL_PIN | PG_FOLL_LONGTERM | PG_FOLL_WRITE;
     if ((flags & all) != all)
         return true;
-    uint32_t fflags = pg_load_acquire(&m->frames[head].flags);
+    uint32_t fflags = pg_load_acquire(&h->flags);
     if (PG_WARN_ON(m, fflags & PG_F_SLAB, "GUP-fast found slab folio %llu",
                    (unsigned long long)head))
         return false;
@@ -373,7 +409,7 @@ FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, u
         return true; /* no dirty tracking */
     PG_BUG_ON(m, !pg_cpu_irqs_off(m, cpu), "folio_fast_pin_allowed with IRQs on");
     /* READ_ONCE: truncation may clear it under us; read it exactly once */
-    uint64_t mapping = pg_load_acquire(&m->frames[head].mapping);
+    uint64_t mapping = pg_load_acquire(&h->mapping);
     FAST_YIELD(hooks, m, cpu, PG_W_FAST_MAPPING_READ);
     if (!mapping)
         return FAST_MUTANT(hooks, m, PG_MUT_NULL_MAPPING_OK);
@@ -383,12 +419,12 @@ FAST_INLINE bool folio_fast_pin_allowed(pg_machine *m, int cpu, uint64_t head, u
     return a && (pg_load_acquire(&a->kind) & PG_AS_SHMEM);
 }
 
-FAST_INLINE bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, uint32_t flags,
-                              uint32_t policy, bool hooks)
+FAST_INLINE bool whitelist_ok(pg_machine *m, int cpu, uint64_t head, struct pg_frame *h,
+                              uint32_t flags, uint32_t policy, bool hooks)
 {
     if (!(policy & PG_GUPF_WHITELIST))
         return true;
-    bool ok = folio_fast_pin_allowed(m, cpu, head, flags, hooks);
+    bool ok = folio_fast_pin_allowed(m, cpu, head, h, flags, hooks);
     return FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_INVERTED) ? !ok : ok;
 }
 
@@ -423,6 +459,21 @@ static bool fast_stop(struct fast_walk *fw, int why)
     return false;
 }
 
+/* Why GUP-fast cannot take a leaf (a PTE or a PMD), in gup_pte_range()'s
+ * order of tests; PG_FAST_STOP_NONE when it can. */
+static inline int leaf_stop_reason(uint64_t e, uint32_t flags)
+{
+    if (e & PG_PTE_PROTNONE) /* NUMA hinting and PROT_NONE: the slow path decides */
+        return PG_FAST_STOP_PROTNONE;
+    if (!(e & PG_PTE_PRESENT))
+        return PG_FAST_STOP_NOT_PRESENT;
+    if (!(e & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(e & PG_PTE_WRITE)))
+        return PG_FAST_STOP_ACCESS; /* pte_access_permitted() */
+    if (e & PG_PTE_SPECIAL)
+        return PG_FAST_STOP_SPECIAL;
+    return PG_FAST_STOP_NONE;
+}
+
 /* mirrors gup_pte_range() (6.5 order): the PTEs of one table from addr to
  * end (inside the table), w holding the first entry as the walk read it;
  * each next entry is read once from the same table, which must still be
@@ -431,73 +482,96 @@ FAST_INLINE bool gup_pte_range(struct fast_walk *fw, struct pg_walk *w, uint64_t
                                uint64_t end, bool hooks)
 {
     pg_machine *m = fw->m;
-    uint32_t flags = fw->flags;
+    const uint32_t flags = fw->flags, policy = fw->policy;
+    const int cpu = fw->cpu;
+    /* leaf_stop_reason()'s tests as one compare for the common entry:
+     * present, user, writable when FOLL_WRITE asks, not PROT_NONE, not
+     * special; any other entry goes to leaf_stop_reason() */
+    const uint64_t want = PG_PTE_PRESENT | PG_PTE_USER | ((flags & PG_FOLL_WRITE) ? PG_PTE_WRITE : 0);
+    const uint64_t tested = want | PG_PTE_PROTNONE | PG_PTE_SPECIAL;
+    /* the walk's state in locals, written back on the way out: the stores
+     * to out[] might alias fw and w as far as the compiler knows */
+    uint64_t *const out = fw->out;
+    int64_t nr = fw->nr;
+    uint64_t pins = fw->pins;
+    _Atomic uint64_t *ptep = w->pte_slot;
+    _Atomic uint64_t *const pmdp = w->pmd_slot;
+    const uint64_t pmd = w->pmd;
+    const struct pg_table *const table = w->table;
+    uint64_t pte = w->pte;
+    int why;
     for (;;) {
-        uint64_t pte = w->pte;
-        if (pte & PG_PTE_PROTNONE) /* NUMA hinting and PROT_NONE: the slow path decides */
-            return fast_stop(fw, PG_FAST_STOP_PROTNONE);
-        if (!(pte & PG_PTE_PRESENT))
-            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
-        if (!(pte & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pte & PG_PTE_WRITE)))
-            return fast_stop(fw, PG_FAST_STOP_ACCESS); /* pte_access_permitted() */
-        if (pte & PG_PTE_SPECIAL)
-            return fast_stop(fw, PG_FAST_STOP_SPECIAL);
+        if (__builtin_expect((pte & tested) != want, 0)) {
+            why = leaf_stop_reason(pte, flags);
+            break;
+        }
         uint64_t pfn = pg_pte_pfn(pte);
         if (PG_BUG_ON(m, pfn >= m->nr_frames, "GUP-fast: PTE at %#llx maps pfn %llu",
-                      (unsigned long long)addr, (unsigned long long)pfn))
-            return fast_stop(fw, PG_FAST_STOP_GRAB);
+                      (unsigned long long)addr, (unsigned long long)pfn)) {
+            why = PG_FAST_STOP_GRAB;
+            break;
+        }
         /* page_folio(): found before the window, used after it */
         uint64_t folio = pg_frame_head(m, pfn);
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_PTE_READ);
-        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags, &fw->pins, hooks);
-        if (grabbed < 0)
-            return fast_stop(fw, grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB);
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_PTE_READ);
+        int64_t grabbed = try_grab_folio(m, pfn, folio, 1, flags, &pins, hooks);
+        if (grabbed < 0) {
+            why = grabbed == -2 ? PG_FAST_STOP_MOVABLE : PG_FAST_STOP_GRAB;
+            break;
+        }
         uint64_t head = (uint64_t)grabbed;
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_GRABBED);
-        int why = PG_FAST_STOP_SECRETMEM;
-        if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) &&
-            is_secretmem(m, fw->cpu, head, fw->policy, hooks))
+        struct pg_frame *h = &m->frames[head];
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_GRABBED);
+        why = PG_FAST_STOP_SECRETMEM;
+        if (!FAST_MUTANT(hooks, m, PG_MUT_FAST_SECRETMEM) && is_secretmem(m, cpu, h, policy, hooks))
             goto drop;
         why = PG_FAST_STOP_WHITELIST;
         if (FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
+            !whitelist_ok(m, cpu, head, h, flags, policy, hooks))
             goto drop;
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_BEFORE_RECHECK);
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_BEFORE_RECHECK);
         /* the PMD (THP collapse, table freeing) or the PTE changed: back off */
         why = PG_FAST_STOP_CHANGED;
-        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(w->pmd_slot) != w->pmd)
+        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PMD_RECHECK) && pg_load_acquire(pmdp) != pmd)
             goto drop;
-        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(w->pte_slot) != pte)
+        if (!FAST_MUTANT(hooks, m, PG_MUT_NO_PTE_RECHECK) && pg_load_acquire(ptep) != pte)
             goto drop;
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_FAST_RECHECKED);
+        FAST_YIELD(hooks, m, cpu, PG_W_FAST_RECHECKED);
         why = PG_FAST_STOP_WHITELIST;
         if (!FAST_MUTANT(hooks, m, PG_MUT_WHITELIST_BEFORE_RECHECK) &&
-            !whitelist_ok(m, fw->cpu, head, flags, fw->policy, hooks))
+            !whitelist_ok(m, cpu, head, h, flags, policy, hooks))
             goto drop;
         why = PG_FAST_STOP_UNSHARE;
-        if (!(pte & PG_PTE_WRITE) &&
-            gup_fast_must_unshare(m, pfn, head, flags, fw->policy, hooks))
+        if (!(pte & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, policy, hooks))
             goto drop;
-        mark_referenced(m, head);
-        fw->out[fw->nr++] = pfn;
+        mark_referenced(h);
+        out[nr++] = pfn;
 
+        why = PG_FAST_STOP_NONE;
         addr += PG_PAGE_SIZE;
         if (addr >= end)
-            return true;
-        w->pte_slot++;
-        w->pte = pg_load_acquire(w->pte_slot);
-        FAST_YIELD(hooks, m, fw->cpu, PG_W_WALK_ENTRY_READ);
-        if (PG_BUG_ON(m, pg_load_acquire(&w->table->magic) != PG_TABLE_MAGIC_LIVE,
+            break;
+        ptep++;
+        pte = pg_load_acquire(ptep);
+        FAST_YIELD(hooks, m, cpu, PG_W_WALK_ENTRY_READ);
+        if (PG_BUG_ON(m, pg_load_acquire(&table->magic) != PG_TABLE_MAGIC_LIVE,
                       "cpu %d: use-after-free of PTE table %u in GUP-fast at %#llx",
-                      fw->cpu, w->table->id, (unsigned long long)addr))
-            return fast_stop(fw, PG_FAST_STOP_GRAB);
-        if (w->pte == 0)
-            return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
-        continue;
+                      cpu, table->id, (unsigned long long)addr)) {
+            why = PG_FAST_STOP_GRAB;
+            break;
+        }
+        continue; /* an empty entry (0) stops at the test on top: not present */
 drop:
         ungrab(m, head, 1, flags); /* gup_put_folio(folio): where the refs went */
-        return fast_stop(fw, why);
+        break;
     }
+    fw->nr = nr;
+    fw->pins = pins;
+    w->pte_slot = ptep;
+    w->pte = pte;
+    if (why == PG_FAST_STOP_NONE)
+        return true;
+    return fast_stop(fw, why);
 }
 
 /* the two copies of the loop (see FAST_YIELD) */
@@ -521,14 +595,9 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
     pg_machine *m = fw->m;
     uint64_t pmd = w->pmd;
     uint32_t flags = fw->flags;
-    if (pmd & PG_PTE_PROTNONE)
-        return fast_stop(fw, PG_FAST_STOP_PROTNONE);
-    if (!(pmd & PG_PTE_PRESENT))
-        return fast_stop(fw, PG_FAST_STOP_NOT_PRESENT);
-    if (!(pmd & PG_PTE_USER) || ((flags & PG_FOLL_WRITE) && !(pmd & PG_PTE_WRITE)))
-        return fast_stop(fw, PG_FAST_STOP_ACCESS);
-    if (pmd & PG_PTE_SPECIAL)
-        return fast_stop(fw, PG_FAST_STOP_SPECIAL);
+    int stop = leaf_stop_reason(pmd, flags);
+    if (stop != PG_FAST_STOP_NONE)
+        return fast_stop(fw, stop);
     uint64_t pmd_end = (addr & ~(PG_PMD_SIZE - 1)) + PG_PMD_SIZE;
     if (end > pmd_end)
         end = pmd_end;
@@ -548,12 +617,12 @@ static int64_t gup_huge_pmd(struct fast_walk *fw, uint64_t addr, uint64_t end,
         pg_load_acquire(w->pmd_slot) != pmd)
         goto drop;
     why = PG_FAST_STOP_WHITELIST;
-    if (!whitelist_ok(m, fw->cpu, head, flags, fw->policy, true))
+    if (!whitelist_ok(m, fw->cpu, head, &m->frames[head], flags, fw->policy, true))
         goto drop;
     why = PG_FAST_STOP_UNSHARE;
     if (!(pmd & PG_PTE_WRITE) && gup_fast_must_unshare(m, pfn, head, flags, fw->policy, true))
         goto drop;
-    mark_referenced(m, head);
+    mark_referenced(&m->frames[head]);
     for (int i = 0; i < refs; i++)
         fw->out[fw->nr++] = pfn + (uint64_t)i;
     return refs;

@@ -440,7 +440,6 @@ int64_t pg_change_protection(pg_machine *m, int cpu, uint64_t mmid,
 struct move_ctx {
     struct pg_mm *mm;
     int64_t delta; /* new address - old address */
-    int64_t pages;
     int present;   /* a present entry moved: the old range must be flushed */
 };
 
@@ -467,7 +466,6 @@ static int move_cb(pg_machine *m, void *ctx, struct pg_table *t,
         c->present = 1;
     pg_store_release(ds, e);
     dt->nr_used++;
-    c->pages += (int64_t)pg_leaf_pages(level);
     return 0;
 }
 
@@ -503,7 +501,6 @@ static int move_normal_pmd(pg_machine *m, struct move_ctx *c, uint64_t from)
     dt->nr_used++;
     if (pte_table->nr_used)
         c->present = 1;
-    c->pages += PG_PMD_NR;
     return 1;
 }
 
@@ -538,10 +535,21 @@ int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t old_addr,
         }
     }
     struct move_ctx c = {.mm = mm, .delta = (int64_t)(new_addr - old_addr)};
-    /* move_page_tables(): extent by extent, a whole table where it can */
+    /* move_page_tables(): extent by extent, a whole table where it can.  An
+     * extent that fails (no table page for its destination: the first leaf
+     * of an extent allocates it, so nothing of that extent moved) ends the
+     * move short; the answer is then the length moved before it, as the
+     * kernel's, and move_vma() moves that much back. */
     uint64_t a = old_addr, end = old_addr + len;
+    int started = ret == 0;
     while (ret == 0 && a < end) {
+        /* get_extent(): up to the next PMD boundary of the old address and
+         * of the new one, so an extent's leaves share one destination table */
         uint64_t next = (a + PG_PMD_SIZE) & ~(PG_PMD_SIZE - 1);
+        uint64_t to = new_addr + (a - old_addr);
+        uint64_t to_next = (to + PG_PMD_SIZE) & ~(PG_PMD_SIZE - 1);
+        if (to_next - to < next - a)
+            next = a + (to_next - to);
         if (next > end)
             next = end;
         int moved = 0;
@@ -551,7 +559,8 @@ int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t old_addr,
             ret = moved;
         else if (!moved)
             ret = pg_walk_range(m, mm, a, next, move_cb, &c);
-        a = next;
+        if (ret == 0)
+            a = next;
     }
     if (c.present) {
         /* the new entries are in, the old TLB entries not gone yet: a CPU
@@ -560,8 +569,8 @@ int64_t pg_move_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t old_addr,
         pg_flush_tlb_mm_range(m, cpu, mm, mmid, old_addr, end, false);
         PG_YIELD(m, cpu, PG_W_MREMAP_FLUSHED);
     }
-    if (ret == 0)
-        ret = c.pages;
+    if (started && (ret == 0 || a > old_addr))
+        ret = (int64_t)(a - old_addr); /* bytes moved: len unless cut short */
     pg_spin_unlock(&mm->lock);
     pg_rcu_poll(m);
     return ret;

@@ -60,8 +60,10 @@ MUTANTS: dict[str, tuple[int, str]] = {
                    "page (CVE-2020-29374, BUGS #5)"),
     # switches of the Python slow path's per-VMA rules (no C bit).  These
     # two refuse too much rather than allow too much: no safety invariant
-    # can see them; the conformance tests (the gup_longterm matrix, SPEC
-    # §2.4's worked decisions) catch them instead (OVER_REFUSAL)
+    # can see them; the fuzzer's over-refusal oracle (a pin the harness
+    # knows must work: tools/fuzz/world.py pin_must_succeed) and the
+    # conformance tests (the gup_longterm matrix, SPEC §2.4's worked
+    # decisions) catch them (OVER_REFUSAL)
     "pin_or_longterm": (0, "the seed's v7 review: writable_file_mapping_allowed() refused "
                            "FOLL_PIN *or* FOLL_LONGTERM, breaking short-term pins (BUGS #2)"),
     "private_not_excluded": (0, "the seed's v8 review: MAP_PRIVATE file mappings not excluded "

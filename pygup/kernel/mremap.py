@@ -87,7 +87,25 @@ def move_vma(p, vma: VMA, old_addr: int, old_len: int, new_len: int,
     split_huge_pmds_for_move(vma, old_addr, new_addr, old_len, cpu)
     mm.vma_link(new)
     # move_page_tables(): the entries go, the pages (and their pins) stay
-    core.move_range(cpu, mm.id, old_addr, new_addr, old_len)
+    try:
+        moved = core.move_range(cpu, mm.id, old_addr, new_addr, old_len)
+    except GupError as e:
+        if e.errno != errno.ENOMEM:
+            raise
+        moved = 0                      # the first extent's table: nothing moved
+    if moved < old_len:
+        # move_vma(): a move cut short (no page for a destination table)
+        # goes back where it came from, the new VMA with it: -ENOMEM, the
+        # old mapping as it was
+        core.move_range(cpu, mm.id, new_addr, old_addr, moved)
+        mm.vma_unlink(new)
+        # free_pgtables() of the hole it leaves (between its neighbours)
+        prev = mm.vmas.last_below(new_addr)
+        after = mm.vmas.first_at_or_above(new_addr + new_len)
+        core.free_pgtables(cpu, mm.id, prev.vm_end if prev is not None else 0,
+                           after.vm_start if after is not None else TASK_SIZE)
+        raise GupError(errno.ENOMEM, f"mremap: page tables for {new_addr:#x} could not be "
+                       f"allocated ({moved:#x} of {old_len:#x} bytes moved, moved back)")
     if flags & MREMAP.DONTUNMAP:
         # the old range stays mapped, empty: it faults fresh pages (a new
         # anon_vma: unlink_anon_vmas()) and is never locked

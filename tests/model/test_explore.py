@@ -216,3 +216,32 @@ def test_cli(tmp_path, capsys):
             main(["explore", *bad])
         assert e.value.code == 2
         assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", ["6.1", "6.5", "6.18"])
+def test_every_race_reaches_its_windows(policy):
+    """Coverage: a full exploration passes every scheduling point its race
+    declares (but those unreached() names, each with its reason)."""
+    for name in E.RACES:
+        res = E.explore(name, 2, policy)
+        assert res.missed == [], (name, res.missed)
+
+
+def test_a_lost_window_is_a_finding(monkeypatch):
+    """A window that stops firing (here: declared unreachable nowhere but
+    taken out of what the runs report) shows as missed, the CLI exits 1 and
+    the fuzzer's explore step is a violation."""
+    from pygup.tools.fuzz import run_ops
+    orig = E._run
+
+    def lose_mkclean_flushed(*a, **k):
+        run, bad = orig(*a, **k)
+        if run is not None:
+            run.schedule = [(c, w) for c, w in run.schedule if w != "mkclean_flushed"]
+        return run, bad
+    monkeypatch.setattr(E, "_run", lose_mkclean_flushed)
+    res = E.explore("writeback-write", 2, "6.5")
+    assert res.failing is None and res.missed == ["mkclean_flushed"]
+    assert main(["explore", "--race", "writeback-write"]) == 1
+    f = run_ops([{"op": "explore", "race": "writeback-write", "bound": 2}], "6.5")
+    assert f is not None and f.invariant == "race-window-unreached", f

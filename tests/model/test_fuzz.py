@@ -23,6 +23,9 @@ TARGETS = [
     ("6.5", ("fast_no_unshare",), "pinned-anon-stays"),
     ("6.5", ("fast_secretmem",), "no-secretmem"),
     ("6.5", ("unpin_no_bias",), "refcount-balance"),
+    # refusals are bugs too: pins the harness knows must work
+    ("6.5", ("pin_or_longterm",), "over-refusal"),
+    ("6.5", ("private_not_excluded",), "over-refusal"),
 ]
 
 
@@ -36,9 +39,23 @@ def first_failure(policy, mutants, seeds=200):
 
 @pytest.mark.parametrize("policy, mutants, invariant", TARGETS,
                          ids=[m[0] if m else p for p, m, _ in TARGETS])
-def test_seeded_run_finds_target(policy, mutants, invariant):
+def test_seeded_run_finds_target(policy, mutants, invariant, monkeypatch):
+    """Each safety oracle on its own: the differential check of GUP-fast
+    (which sees the C fast-path switches first) is off here."""
+    monkeypatch.setattr(World, "check_fast_differential", lambda *a: None)
     f = first_failure(policy, mutants)
     assert f is not None and f.invariant == invariant, f
+
+
+@pytest.mark.parametrize("mutant", ["whitelist_inverted", "fast_no_unshare", "fast_secretmem"])
+def test_fast_path_switches_show_as_a_differential(mutant):
+    """A switch planted in the C fast path makes it disagree with its
+    plain-Python twin (tools/reference.py) on the same state, before any
+    safety oracle has to see the damage."""
+    f = first_failure("6.5", (mutant,))
+    assert f is not None and f.invariant == "fast-differential", f
+    assert "the C core took" in f.detail
+
 
 
 def test_6_5_stays_clean():
@@ -402,3 +419,101 @@ def test_refcount_audit_compares_arrays_through_numpy_functions():
         ops = [type(op).__name__ for node in ast.walk(tree) if isinstance(node, ast.Compare)
                for op in node.ops]
         assert set(ops) <= {"Is", "IsNot"}, (fn.__name__, ops)
+
+
+RCU_SECTION = [{"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
+                "prot": "rw", "pages": 2},
+               {"op": "write", "proc": 0, "region": 0, "page": 1, "value": 7, "cpu": 2},
+               {"op": "rcu_section", "cpu": 1, "depth": 3, "rcu": True, "proc": 0,
+                "region": 0, "page": 1}]
+
+
+def test_rcu_section_is_clean_and_sees_an_eager_free():
+    """The reader op: IRQs off three deep inside rcu_read_lock on CPU 2, an
+    address_space freed by RCU meanwhile.  Clean on 6.5; with the
+    address_space freed at once (as_free_no_rcu) it is the violation."""
+    assert run_ops(RCU_SECTION, "6.5") is None
+    f = run_ops(RCU_SECTION, "6.5", ["as_free_no_rcu"])
+    assert f is not None and f.invariant == "rcu-grace-period", f
+    assert "did not wait" in f.detail
+
+
+@pytest.mark.parametrize("policy", ["6.1", "6.5", "6.18"])
+def test_gup_edge_answers_are_every_presets(policy):
+    """Each edge case through each API has the harness's answer on every
+    preset (a wrong table would be a false finding)."""
+    from pygup.tools.fuzz.ops import EDGE_APIS, EDGE_CASES
+    ops = [{"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
+            "prot": "rw", "pages": 2}]
+    ops += [{"op": "gup_edge", "proc": 0, "case": c, "api": a, "region": 0, "page": 0}
+            for c in EDGE_CASES for a in EDGE_APIS]
+    log = []
+    assert run_ops(ops, policy, log=log) is None, log
+    assert sum("-> -14" in line for line in log) >= 12       # null, kernel, top: each API
+
+
+def test_tolerating_the_seed_bug_checks_everything_else():
+    """6.4 with the seed's bug tolerated: its reproducer is no finding, the
+    bug's pages are left out of the lost-write checks, and a switch planted
+    on top is still found."""
+    from pygup.tools.fuzz.driver import load
+    from pathlib import Path
+    data = load(str(Path(__file__).parents[1] / "regressions" / "bug01_seed_6_4.json"))
+    assert run_ops(data["ops"], "6.4") is not None
+    assert run_ops(data["ops"], "6.4", tolerate=("seed-bug",)) is None
+    assert run_ops(data["ops"], "6.5", tolerate=("seed-bug",)) is None
+    f = None
+    for seed in range(200):
+        f, _ = run_seed(seed, 300, "6.4", ("unpin_no_bias",), tolerate=("seed-bug",))
+        if f is not None:
+            break
+    assert f is not None and f.invariant == "refcount-balance", f
+    assert f.tolerate == ["seed-bug"] and f.to_json()["tolerate"] == ["seed-bug"]
+    with pytest.raises(ValueError, match="tolerate"):
+        World("6.4", tolerate=("no-such-bug",))
+
+
+def test_a_campaign_takes_its_presets_in_turn():
+    from pygup.tools.fuzz.campaign import CONCURRENT_EVERY, seed_policy
+    got = [seed_policy("6.1,6.5,6.18", s) for s in range(0, 4 * CONCURRENT_EVERY,
+                                                           CONCURRENT_EVERY)]
+    assert got == ["6.1", "6.5", "6.18", "6.1"]
+    assert {seed_policy("6.5", s) for s in range(50)} == {"6.5"}
+
+
+def test_byte_stream_speaks_the_whole_vocabulary():
+    """Every operation of the seeded driver can be decoded from bytes (but
+    the native stress campaign, whose outcome is timing, and the old seeded
+    race op, which the explored races replace)."""
+    from pygup.tools.fuzz import bytestream, ops
+    assert set(bytestream._OPS) == set(ops._OPS) - {"stress", "race"}
+    for i, name in enumerate(bytestream._OPS):
+        assert bytestream.decode(bytes([i] + [1] * 12))[0]["op"] == name
+
+
+@pytest.mark.parametrize("every, want", [(0, 0), (3, 3), (12, 1)])   # seed 5 explores
+def test_stress_share_is_an_option(monkeypatch, every, want):
+    """--stress-every N: one seed in N is a native stress campaign (0: none),
+    --stress-seconds its length; the explored-race seeds stay where they are."""
+    import time
+    from pygup.tools.fuzz import campaign as C
+    calls = []
+    monkeypatch.setattr(C, "run_stress_seed",
+                        lambda s, pol, mut, tol, secs: calls.append((s, secs)) or (None, 1))
+    monkeypatch.setattr(C, "run_explore_seed", lambda s, pol, mut, tol: (None, 1))
+    monkeypatch.setattr(C, "run_seed", lambda *a, **k: (None, 1))
+
+    class Q(list):
+        put = list.append
+    C._work("6.5", [], 0, (0, 1), 0, 1, time.monotonic() + 60, 12, Q(), stress=True,
+            stress_every=every, stress_seconds=0.25)
+    assert len(calls) == want and all(secs == 0.25 for _, secs in calls)
+    assert all(s % C.CONCURRENT_EVERY != C.CONCURRENT_EVERY // 2 - 1 for s, _ in calls)
+
+
+@pytest.mark.parametrize("wait", ["synchronize_rcu", "rcu_barrier", "shootdown"])
+def test_orphan_section_op_is_clean(wait):
+    """A thread that ends with IRQs off on the reader CPU: grace periods
+    pass it, the shootdown ends it (the core's reap, or Python's repair),
+    and the world's final audit is clean afterwards."""
+    assert run_ops([{"op": "orphan_section", "wait": wait}], "6.5") is None

@@ -220,3 +220,47 @@ def test_move_that_cuts_or_misaligns_a_thp_splits_its_pmd(how):
     f = m.folio(H)
     assert f.order == 9 and f.refcount == 512
     m.check()
+
+
+def test_move_cut_short_by_a_table_allocation_goes_back():
+    """move_vma(): when move_page_tables() cannot allocate a destination
+    table part-way, what moved is moved back and mremap fails with ENOMEM,
+    the old mapping (its data, its pins) as it was.  The move is misaligned
+    (new - old is not a multiple of 2 MiB), so every extent needs its own
+    destination PTE table: some nth allocation fails after earlier extents
+    moved."""
+    span = 3 << 21
+    outcomes = set()
+    for nth in range(1, 10):
+        m = Machine(memory="64MiB", movable="0MiB")
+        p = m.spawn()
+        a = p.mmap(span, RW, ANON)
+        for i in range(3):
+            p.write(a + i * (2 << 20) + 5 * P, 0x100 + i)
+        pages = p.pin(a + 5 * P, P, FOLL.WRITE | FOLL.LONGTERM)
+        to = p.mmap(span + (4 << 21), RW, ANON) + (1 << 21) + 3 * P
+        m.fail_nth("table", nth)
+        try:
+            got = p.mremap(a, span, span, MOVE | MREMAP.FIXED, to)
+        except GupError as e:
+            assert e.errno == errno.ENOMEM
+            assert m.failures_fired("table") == 1
+            outcomes.add("enomem")
+            for i in range(3):
+                assert p.read(a + i * (2 << 20) + 5 * P) == 0x100 + i, (nth, i)
+            assert p.mm.pte(a + 5 * P).pfn == pages[0]
+            assert p.mm.find_vma(a).vm_end == a + span
+            assert p.mm.find_vma(to) is None or p.mm.find_vma(to).vm_start >= to + span
+            assert p.mm.pte(to + 5 * P).level == 0
+        else:
+            assert got == to
+            outcomes.add("moved")
+            for i in range(3):
+                assert p.read(to + i * (2 << 20) + 5 * P) == 0x100 + i
+        m.fail_nth("table", 0)
+        p.mm.unpin_user_pages(pages)
+        m.check()
+        p.exit()
+        m.check()
+        assert m.stats()["table_pages_live"] == 0
+    assert outcomes == {"enomem", "moved"}

@@ -104,3 +104,52 @@ def test_score_counts_equivalent_out_and_timeouts_as_killed():
     row = table.splitlines()[2]
     assert "67% (2/3)" in row          # killed + timeout over 5 - 1 build-failed - 1 equivalent
     assert "33% (1/3)" in row          # the tests killed one of the three non-equivalent
+
+
+def test_presentation_bodies_are_never_sites():
+    text = '''\
+class Pages:
+    def __repr__(self):
+        x = len(self)
+        return f"Pages({x})"
+
+    def _repr_html_(self):
+        if self.x > 1:
+            return "<b>"
+        return ""
+
+    def pin(self):
+        if self.x > 1:
+            y = 2
+'''
+    lines = {m.line for m in mut.sites("pygup/x.py", text)}
+    assert lines and all(n >= 11 for n in lines), sorted(lines)
+
+
+def test_a_rerun_replaces_only_its_own_verdicts():
+    run = {"mutants": [{"id": "a", "verdict": "survived"}, {"id": "b", "verdict": "killed"}],
+           "seconds_per_mutant": 30}
+    rerun = {"mutants": [{"id": "a", "verdict": "killed"}], "seconds_per_mutant": 30,
+             "fuzz_policy": "6.5"}
+    out = mut.merge_runs(run, rerun, "an oracle")
+    assert [(m["id"], m["verdict"], m["rerun"]) for m in out["mutants"]] == \
+        [("a", "killed", True), ("b", "killed", False)]
+    assert out["rerun"]["ids"] == ["a"] and out["rerun"]["why"] == "an oracle"
+    import pytest
+    with pytest.raises(ValueError, match="not in the run"):
+        mut.merge_runs(run, {"mutants": [{"id": "z"}], "seconds_per_mutant": 1})
+
+
+def test_undo_restores_the_copy_not_the_worktree(tmp_path, monkeypatch):
+    """A run outlives edits to the worktree (a merge meanwhile): a mutant is
+    undone from the scratch's own copy of the sources, never from ROOT."""
+    sc = mut.Scratch(tmp_path)
+    m = next(x for x in mut.sites("pygup/kernel/gup.py",
+                                  (mut.ROOT / "pygup/kernel/gup.py").read_text())
+             if x.op == "negate-cond")
+    before = (sc.root / m.file).read_bytes()
+    assert sc.apply(m) == (True, "")
+    assert (sc.root / m.file).read_bytes() != before
+    monkeypatch.setattr(mut, "ROOT", tmp_path / "elsewhere")     # the worktree moved on
+    sc.undo(m)
+    assert (sc.root / m.file).read_bytes() == before

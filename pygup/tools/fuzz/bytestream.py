@@ -1,7 +1,9 @@
 """A byte-stream decoder for coverage-guided fuzzers: any bytes become a
 valid operation sequence of the harness's vocabulary (the same one the
-seeded driver generates), so libFuzzer/atheris mutations explore it.  The
-native stress campaigns stay out: their outcome is timing, not data.
+seeded driver generates), so libFuzzer/atheris mutations explore it; its
+concurrent step is a built-in race explored to EXPLORE_BOUND (deterministic:
+an input means one outcome).  The native stress campaigns stay out: their
+outcome is timing, not data.
 
     python -m pygup.tools.fuzz.bytestream [--policy 6.4] [--mutants a,b] CORPUS_DIR...
 
@@ -13,13 +15,18 @@ from __future__ import annotations
 
 import sys
 
-from pygup.tools.fuzz.ops import CALLERS, RACES
+from pygup.tools.fuzz.ops import ADVICE, CALLERS, EDGE_APIS, EDGE_CASES
 
-_KINDS = ["anon", "file", "shared-anon", "huge", "secret"]
+# new entries go at the end of each list, so an existing input keeps its meaning
+_KINDS = ["anon", "file", "shared-anon", "huge", "secret", "thp"]
 _PROTS = ["rw", "r", "none"]
 _OPS = ["mmap", "munmap", "mprotect", "fork", "exit", "write", "read", "pin", "get", "pin_write",
         "unpin", "writeback", "msync", "truncate", "evict", "migrate", "caller",
-        "caller_release", "race"]
+        "caller_release", "explore", "collapse", "madvise", "mlock", "munlock", "mremap",
+        "fallocate", "rcu_section", "gup_edge", "orphan_section"]
+# a built-in race (tools/explore.py) explored to this bound: 1 keeps an input
+# fast enough for a coverage fuzzer; the seeded campaign explores to 2
+EXPLORE_BOUND = 1
 
 
 class _Reader:
@@ -57,8 +64,11 @@ def decode(data: bytes, max_ops: int = 200) -> list[dict]:
         if name == "mmap":
             op.update(proc=r.small(8), kind=_KINDS[r.small(len(_KINDS))], file=r.small(4),
                       shared=r.flag(), prot=_PROTS[r.small(2)], pages=1 + r.small(6))
-        elif name in ("munmap", "mprotect", "write", "read", "pin", "get", "migrate", "msync"):
+        elif name in ("munmap", "mprotect", "write", "read", "pin", "get", "migrate", "msync",
+                      "collapse"):
             op.update(proc=r.small(8), region=r.small(8), page=r.small(16))
+            if name in ("write", "read"):
+                op["cpu"] = r.small(3)
             if name == "munmap":
                 op["whole"] = r.flag()
             elif name == "mprotect":
@@ -84,10 +94,26 @@ def decode(data: bytes, max_ops: int = 200) -> list[dict]:
                       page=r.small(16), n=1 + r.small(3), value=r.u32(), writable=r.flag())
         elif name == "caller_release":
             op.update(proc=r.small(8), name=["io_uring", "rdma", "vfio", "pipe"][r.small(4)])
-        elif name == "race":
-            kind = RACES[r.small(len(RACES))]
-            op.update(kind=kind, seed=r.byte(), longterm=r.flag(), shmem=r.flag(),
-                      tlb_flush=["ipi", "broadcast"][r.small(2)])
+        elif name == "explore":
+            from pygup.tools.explore import RACES
+            op.update(race=list(RACES)[r.small(len(RACES))], bound=EXPLORE_BOUND)
+        elif name in ("madvise", "mlock", "munlock", "mremap"):
+            op.update(proc=r.small(8), region=r.small(8), page=r.small(16), n=1 + r.small(3))
+            if name == "madvise":
+                op["advice"] = ADVICE[r.small(len(ADVICE))]
+            elif name == "mremap":
+                op["grow"] = r.small(3)
+        elif name == "fallocate":
+            op.update(file=r.small(4), page=r.small(8), n=1 + r.small(3))
+        elif name == "rcu_section":
+            op.update(cpu=r.small(8), depth=1 + r.small(3), rcu=r.flag(), proc=r.small(8),
+                      region=r.small(8), page=r.small(16))
+        elif name == "gup_edge":
+            op.update(proc=r.small(8), case=EDGE_CASES[r.small(len(EDGE_CASES))],
+                      api=EDGE_APIS[r.small(len(EDGE_APIS))], region=r.small(8),
+                      page=r.small(16))
+        elif name == "orphan_section":
+            op["wait"] = ["synchronize_rcu", "rcu_barrier", "shootdown"][r.small(3)]
         ops.append(op)
     return ops
 

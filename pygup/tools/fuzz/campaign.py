@@ -20,9 +20,10 @@ from typing import Optional
 
 from pygup.tools.fuzz.driver import (Failure, replay, run_explore_seed, run_seed,
                                     run_stress_seed, shrink)
-from pygup.config.mutants import MUTANTS, OVER_REFUSAL
+from pygup.config.mutants import MUTANTS
 
 OPS_PER_SEED = 300
+STRESS_SECONDS = 0.1      # each native stress seed's campaign
 CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c, timing:
                           # throughput and TSan); seeds 12k+5: a built-in race
                           # explored to bound 2 (tools/explore.py, deterministic)
@@ -135,15 +136,24 @@ def _seeds(seed: int, shard: tuple[int, int], worker: int, workers: int):
         k += 1
 
 
+def seed_policy(policy: str, seed: int) -> str:
+    """The preset a seed runs under: ``policy`` may name several, comma
+    separated ("6.1,6.5,6.18"), taken in turn per block of CONCURRENT_EVERY
+    seeds (so each preset gets its sequences, races and stress runs)."""
+    presets = policy.split(",")
+    return presets[(seed // CONCURRENT_EVERY) % len(presets)]
+
+
 def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
-            stress=True, keep_going=False, corpus=False) -> None:
+            stress=True, keep_going=False, corpus=False, tolerate=(),
+            stress_every=CONCURRENT_EVERY, stress_seconds=STRESS_SECONDS) -> None:
     # the parent decides when to stop: a Ctrl-C reaches the whole process
     # group, and a worker must not die with a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q, stress,
-              keep_going, corpus)
+              keep_going, corpus, tolerate, stress_every, stress_seconds)
     except BaseException as e:           # its world failed to build, the model raised...
         import traceback
         q.put(("crash", f"worker {worker}: {type(e).__name__}: {e}\n"
@@ -152,7 +162,8 @@ def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
 
 
 def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
-          stress=True, keep_going=False, corpus=False) -> None:
+          stress=True, keep_going=False, corpus=False, tolerate=(),
+          stress_every=CONCURRENT_EVERY, stress_seconds=STRESS_SECONDS) -> None:
     done = 0
     seen: set = set()
     for s in _seeds(seed, shard, worker, workers):
@@ -160,18 +171,19 @@ def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
             break
         features: Optional[set] = set() if corpus else None
         ops: list = []
-        if stress and s % CONCURRENT_EVERY == CONCURRENT_EVERY - 1:
-            failure, n = run_stress_seed(s, policy, mutants)
-        elif s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
-            failure, n = run_explore_seed(s, policy, mutants)
+        pol = seed_policy(policy, s)
+        if s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
+            failure, n = run_explore_seed(s, pol, mutants, tolerate)
+        elif stress and stress_every and s % stress_every == stress_every - 1:
+            failure, n = run_stress_seed(s, pol, mutants, tolerate, stress_seconds)
         else:
-            failure, n = run_seed(s, OPS_PER_SEED, policy, mutants, deadline,
-                                  features=features, ops_out=ops)
+            failure, n = run_seed(s, OPS_PER_SEED, pol, mutants, deadline,
+                                  features=features, ops_out=ops, tolerate=tolerate)
         done += n
         q.put(("ops", n))
         if features and not features <= seen and failure is None:
             seen |= features
-            q.put(("corpus", {"invariant": None, "policy": policy, "mutants": sorted(mutants),
+            q.put(("corpus", {"invariant": None, "policy": pol, "mutants": sorted(mutants),
                               "seed": s, "features": sorted(features), "ops": ops}))
         if failure is not None:
             q.put(("failure", failure))
@@ -190,15 +202,23 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
              seed: int = 0, shard: tuple[int, int] = (0, 1), max_ops: int = 0,
              out_dir: str = ".", progress: bool = True, shrink_s: float = 30.0,
              stress: bool = True, keep_going: bool = False,
-             corpus_dir: Optional[str] = None) -> Result:
+             corpus_dir: Optional[str] = None, tolerate=(),
+             stress_every: int = CONCURRENT_EVERY,
+             stress_seconds: float = STRESS_SECONDS) -> Result:
     """Run until the time budget (or max_ops in total) is spent, a
     violation is found (every violation with ``keep_going``), a worker
     crashes, or SIGTERM / Ctrl-C arrives; each new violation is shrunk and
     saved as JSON named by its content; ``corpus_dir`` keeps sequences that
     showed a new kind of outcome.  The workers are stopped whatever happens.
     ``stress``: include the native stress seeds (real threads: their
-    findings depend on timing); without, a run bounded by max_ops is a pure
-    function of the seeds."""
+    findings depend on timing) -- one seed in ``stress_every`` (0: none),
+    each ``stress_seconds`` long; without, a run bounded by max_ops is a pure
+    function of the seeds.  ``policy``: one preset or several, comma
+    separated (seed_policy); ``tolerate``: known bugs every world lives
+    with (World.TOLERABLE: "seed-bug" lets the pre-6.5 presets be fuzzed
+    for everything but the bug 6.5 fixed)."""
+    from pygup.tools.fuzz.world import World
+    World.check_tolerate(tolerate)
     start = time.monotonic()
     deadline = start + seconds
     per_worker = -(-max_ops // workers) if max_ops else 0
@@ -206,7 +226,9 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
     q = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(policy, list(mutants), seed, shard, w, workers,
                                                deadline, per_worker, q, stress, keep_going,
-                                               corpus_dir is not None), daemon=True)
+                                               corpus_dir is not None, tuple(tolerate),
+                                               stress_every, stress_seconds),
+                            daemon=True)
              for w in range(workers)]
     res = Result(policy, sorted(mutants), 0, 0, 0.0, seed=seed, shard=f"{shard[0]}/{shard[1]}",
                  workers=workers)
@@ -334,9 +356,10 @@ def selftest(budget_s: float = 600.0, clean_ops: int = 1_000_000, workers: int =
     from pygup.tools import explore
     rows = []
     ok = True
-    targets = [("6.4", ())] + [("6.5", (name,)) for name in MUTANTS if name not in OVER_REFUSAL]
+    # every switch, the over-refusing ones too (the over-refusal oracle)
+    targets = [("6.4", ())] + [("6.5", (name,)) for name in MUTANTS]
     for policy, mutants in targets:
-        race, planted = ("pin-writeback", ()) if not mutants else (None, mutants)
+        race, planted = (explore.SEED_BUG_RACE, ()) if not mutants else (None, mutants)
         if mutants:
             try:
                 race, planted = explore.exposure(mutants[0])
@@ -488,6 +511,16 @@ def _positive(text: str) -> float:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _at_least_one(text: str) -> int:
     try:
         v = int(text)
@@ -496,6 +529,17 @@ def _at_least_one(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return v
+
+
+def _policies(text: str) -> str:
+    """--policy: one preset or a comma-separated list of them."""
+    from pygup.config.policy import POLICIES
+    names = [t.strip() for t in text.split(",")]
+    bad = [n for n in names if n not in POLICIES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown policy {', '.join(bad) or text!r} "
+                                         f"(presets: {', '.join(sorted(POLICIES))})")
+    return ",".join(names)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -512,8 +556,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     from pygup.config.policy import POLICIES
     ap.add_argument("--seconds", type=_positive, default=60.0,
                     help="time budget in seconds, > 0 (default 60)")
-    ap.add_argument("--policy", default="6.5", choices=sorted(POLICIES),
-                    help="kernel policy (default 6.5)")
+    ap.add_argument("--policy", default="6.5", type=_policies,
+                    help="kernel policy, or several comma separated, taken in turn per "
+                    f"block of seeds (default 6.5; presets: {', '.join(sorted(POLICIES))})")
+    ap.add_argument("--tolerate", action="append", default=[], choices=["seed-bug"],
+                    help="live with a known bug: seed-bug = on presets before 6.5, a write "
+                    "through a long-term pin behind writeback's back (the bug 6.5 fixed) is "
+                    "not a finding, everything else is checked (repeatable)")
     ap.add_argument("--workers", type=_at_least_one, default=os.cpu_count() or 1,
                     help="worker processes (default: every core)")
     ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
@@ -526,6 +575,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="continue after a violation, deduplicating as it goes")
     ap.add_argument("--corpus", metavar="DIR",
                     help="keep sequences that showed a new kind of outcome here")
+    ap.add_argument("--stress-every", type=_non_negative_int, default=CONCURRENT_EVERY,
+                    metavar="N", help="one seed in N is a native stress campaign (real "
+                    f"threads: throughput and TSan, timing-dependent; default {CONCURRENT_EVERY}, "
+                    "0 for none)")
+    ap.add_argument("--stress-seconds", type=_positive, default=STRESS_SECONDS, metavar="S",
+                    help=f"each stress campaign's length (default {STRESS_SECONDS})")
     ap.add_argument("--replay", metavar="FILE", help="rerun a reproducer deterministically")
     ap.add_argument("--plot", metavar="OUT.svg",
                     help="with --replay: draw what happened (.svg, .png, .pdf)")
@@ -580,7 +635,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     r = campaign(args.policy, args.mutant, args.seconds, args.workers, args.seed, (i, n),
                  args.max_ops, args.out_dir, progress, shrink_s=args.shrink_seconds,
-                 keep_going=args.keep_going, corpus_dir=args.corpus)
+                 keep_going=args.keep_going, corpus_dir=args.corpus,
+                 tolerate=tuple(args.tolerate), stress_every=args.stress_every,
+                 stress_seconds=args.stress_seconds)
     rate = r.ops / r.seconds if r.seconds else 0
     print(f"pygup fuzz: policy {r.policy}{' mutants ' + ','.join(r.mutants) if r.mutants else ''}"
           f" shard {r.shard}: {r.ops} ops over {r.seeds} seeds in {r.seconds:.1f}s "

@@ -26,11 +26,15 @@ class Failure:
     mutants: list[str]
     seed: Optional[int] = None
     log: list[str] = dataclasses.field(default_factory=list)
+    tolerate: list[str] = dataclasses.field(default_factory=list)   # World(tolerate=)
 
     def to_json(self) -> dict:
-        return {"invariant": self.invariant, "detail": self.detail, "step": self.step,
-                "policy": self.policy, "mutants": self.mutants, "seed": self.seed,
-                "ops": self.ops}
+        out = {"invariant": self.invariant, "detail": self.detail, "step": self.step,
+               "policy": self.policy, "mutants": self.mutants, "seed": self.seed,
+               "ops": self.ops}
+        if self.tolerate:
+            out["tolerate"] = self.tolerate
+        return out
 
 
 def _classify(e: Exception) -> Violation:
@@ -41,17 +45,19 @@ def _classify(e: Exception) -> Violation:
     return Violation("model-error", f"{type(e).__name__}: {e}")
 
 
-def _fail(v: Violation, step: int, ops, policy, mutants, seed, log) -> Failure:
-    return Failure(v.invariant, v.detail, step, list(ops), policy, sorted(mutants), seed, log)
+def _fail(v: Violation, step: int, ops, policy, mutants, seed, log, tolerate=()) -> Failure:
+    return Failure(v.invariant, v.detail, step, list(ops), policy, sorted(mutants), seed, log,
+                   sorted(tolerate))
 
 
 def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = True,
             check_every: int = 1, log: Optional[list] = None,
-            races: Optional[list] = None) -> Optional[Failure]:
+            races: Optional[list] = None, tolerate=()) -> Optional[Failure]:
     """Execute a fixed sequence (a replay); the first violation, or None.
-    ``races`` receives (step, op, Interleaving) of each scheduled race run."""
+    ``races`` receives (step, op, Interleaving) of each scheduled race run;
+    ``tolerate``: known bugs the world lives with (World.TOLERABLE)."""
     ops = list(ops)
-    world = World(policy, mutants)
+    world = World(policy, mutants, tolerate=tolerate)
     world.races = races
     for i, op in enumerate(ops):
         try:
@@ -63,19 +69,19 @@ def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = 
         except Violation as v:
             if log is not None:
                 log.append(f"{i:5d} {json.dumps(op)} -> VIOLATION {v}")
-            return _fail(v, i, ops, policy, mutants, None, log or [])
+            return _fail(v, i, ops, policy, mutants, None, log or [], tolerate)
         except Exception as e:         # the model itself broke: also a finding
             if log is not None:
                 log.append(f"{i:5d} {json.dumps(op)} -> {type(e).__name__} {e}")
-            return _fail(_classify(e), i, ops, policy, mutants, None, log or [])
+            return _fail(_classify(e), i, ops, policy, mutants, None, log or [], tolerate)
     if final:
         try:
             world.check_step()
             world.final_check()
         except Violation as v:
-            return _fail(v, len(ops), ops, policy, mutants, None, log or [])
+            return _fail(v, len(ops), ops, policy, mutants, None, log or [], tolerate)
         except Exception as e:
-            return _fail(_classify(e), len(ops), ops, policy, mutants, None, log or [])
+            return _fail(_classify(e), len(ops), ops, policy, mutants, None, log or [], tolerate)
     return None
 
 
@@ -93,12 +99,12 @@ def outcome_feature(op: dict, what: str) -> str:
 
 def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
              deadline: Optional[float] = None, features: Optional[set] = None,
-             ops_out: Optional[list] = None) -> tuple[Optional[Failure], int]:
+             ops_out: Optional[list] = None, tolerate=()) -> tuple[Optional[Failure], int]:
     """One random sequence from `seed`, generated against the live world;
     (failure or None, ops executed).  ``features`` collects each step's
     ``outcome_feature``; ``ops_out`` receives the sequence generated."""
     rng = random.Random(seed)
-    world = World(policy, mutants)
+    world = World(policy, mutants, tolerate=tolerate)
     ops: list[dict] = [] if ops_out is None else ops_out
     for i in range(max_ops):
         if deadline is not None and time.monotonic() > deadline:
@@ -112,34 +118,42 @@ def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
             if (i + 1) % FULL_CHECK_EVERY == 0:
                 world.check_step()
         except Violation as v:
-            f = _fail(v, i, ops, policy, mutants, seed, [])
+            f = _fail(v, i, ops, policy, mutants, seed, [], tolerate)
             return f, len(ops)
         except Exception as e:
-            return _fail(_classify(e), i, ops, policy, mutants, seed, []), len(ops)
+            return _fail(_classify(e), i, ops, policy, mutants, seed, [], tolerate), len(ops)
     try:
         world.check_step()
         world.final_check()
     except Violation as v:
-        return _fail(v, len(ops), ops, policy, mutants, seed, []), len(ops)
+        return _fail(v, len(ops), ops, policy, mutants, seed, [], tolerate), len(ops)
     except Exception as e:
-        return _fail(_classify(e), len(ops), ops, policy, mutants, seed, []), len(ops)
+        return _fail(_classify(e), len(ops), ops, policy, mutants, seed, [], tolerate), len(ops)
     return None, len(ops)
 
 
-def run_stress_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
+def run_stress_seed(seed: int, policy: str = "6.5", mutants=(), tolerate=(),
+                    seconds: float = 0.1) -> tuple[Optional[Failure], int]:
     """A native race campaign as a one-operation sequence (see ops.op_stress)."""
     from pygup.tools.fuzz.ops import stress_op
-    f = run_ops([stress_op(seed)], policy, mutants)
+    f = run_ops([stress_op(seed, seconds)], policy, mutants, tolerate=tolerate)
     if f is not None:
         f.seed = seed
     return f, 1
 
 
-def run_explore_seed(seed: int, policy: str = "6.5", mutants=()) -> tuple[Optional[Failure], int]:
+def run_explore_seed(seed: int, policy: str = "6.5", mutants=(),
+                     tolerate=()) -> tuple[Optional[Failure], int]:
     """One built-in race explored to bound 2 (ops.op_explore): deterministic,
     and a finding replays with its schedule."""
+    from pygup.config.policy import policy_for
+    from pygup.tools.explore import SEED_BUG_RACE
     from pygup.tools.fuzz.ops import explore_op
-    f = run_ops([explore_op(seed)], policy, mutants)
+    op = explore_op(seed)
+    if op["race"] == SEED_BUG_RACE and "seed-bug" in tolerate and \
+            not policy_for(policy).writable_file_mapping_check:
+        op = explore_op(seed + 1)        # its failing schedule is the tolerated bug
+    f = run_ops([op], policy, mutants, tolerate=tolerate)
     if f is not None:
         f.seed = seed
     return f, 1
@@ -152,7 +166,7 @@ def shrink(failure: Failure, budget_s: float = 30.0) -> Failure:
     ops = failure.ops[:failure.step + 1] if failure.step < len(failure.ops) else failure.ops
 
     def fails(candidate: list[dict]) -> Optional[Failure]:
-        f = run_ops(candidate, failure.policy, failure.mutants)
+        f = run_ops(candidate, failure.policy, failure.mutants, tolerate=failure.tolerate)
         return f if f is not None and f.invariant == failure.invariant else None
 
     best = fails(ops) or failure
@@ -203,4 +217,4 @@ def replay(path: str, log: Optional[list] = None,
            races: Optional[list] = None) -> Optional[Failure]:
     data = load(path)
     return run_ops(data["ops"], data.get("policy", "6.5"), data.get("mutants", []), log=log,
-                   races=races)
+                   races=races, tolerate=data.get("tolerate", ()))

@@ -46,6 +46,11 @@ class Region:
     writable: bool
     huge: bool = False
     unmapped: set = dataclasses.field(default_factory=set)
+    readable: bool = True  # False after mprotect(PROT_NONE)
+    origin: str = ""       # what op_mmap made: anon, shared-anon, file, huge, secret, thp
+    # False once an operation on it failed part-way (the harness no longer
+    # knows every page's protection): the over-refusal oracle skips it
+    certain: bool = True
 
     def page_addr(self, page: int) -> int:
         return self.addr + (page % self.pages) * PAGE
@@ -87,13 +92,41 @@ class Proc:
 
 class World:
     FILES = [("ext4", FILE_PAGES), ("tmpfs", FILE_PAGES), ("xfs", 4), ("ramfs", 4)]
+    # the harness's own knowledge of its file systems (not the model's):
+    # these have a page_mkwrite (ramfs too: generic_file_vm_ops'
+    # filemap_page_mkwrite), so 6.5 refuses a long-term writable pin of a
+    # shared mapping of theirs; tmpfs (shmem_vm_ops) has none
+    DIRTY_TRACKED = frozenset({"ext4", "xfs", "ramfs"})
+    # free frames below which a fault or a migration may fail for want of
+    # memory: the over-refusal oracle asks nothing then
+    HEADROOM = 2 * C.PMD_NR
 
-    def __init__(self, policy: str = "6.5", mutants=(), table_free: str = "rcu") -> None:
+    # the bugs a campaign may be told to live with (``tolerate``)
+    TOLERABLE = frozenset({"seed-bug"})
+
+    @classmethod
+    def check_tolerate(cls, tolerate) -> None:
+        bad = set(tolerate) - cls.TOLERABLE
+        if isinstance(tolerate, str) or bad:
+            raise ValueError(f"tolerate: unknown bug(s) {sorted(bad) or tolerate!r}; known: "
+                             f"{sorted(cls.TOLERABLE)}")
+
+    def __init__(self, policy: str = "6.5", mutants=(), table_free: str = "rcu",
+                 tolerate=()) -> None:
+        self.check_tolerate(tolerate)
         # secretmem.enable=1 under every policy: the vocabulary maps memfd_secret
         self.m = Machine(policy=policy, memory="64MiB", movable="8MiB", cpus=WORLD_CPUS,
                          table_free=table_free, mutants=mutants, secretmem=True)
         self.races: Optional[list] = None   # a replay's record of scheduled races
         self.policy = self.m.policy
+        # "seed-bug" on a kernel without 6.5's check: a write through a
+        # long-term pin behind writeback's back is that kernel's known bug,
+        # not a finding.  The pages it wrote are noted and left out of the
+        # lost-write checks (what they hold after writeback is the bug's
+        # business); every other oracle stays.
+        self.tolerate_seed_bug = "seed-bug" in tolerate and \
+            not self.policy.writable_file_mapping_check
+        self.behind_writeback: set = set()      # (ino, index) the bug wrote
         self.fss = {}
         self.files = []
         for preset, pages in self.FILES:
@@ -126,6 +159,7 @@ class World:
         if region.shared:
             inode, index = self.backing(proc, addr)
             self.shared_truth[(inode.ino, index)] = value
+            self.behind_writeback.discard((inode.ino, index))   # written the proper way
         else:
             proc.anon_truth[addr] = value
 
@@ -137,8 +171,8 @@ class World:
         if b is None:
             return 0
         inode, index = b
-        if index >= inode.nr_pages():
-            return None                            # SIGBUS territory
+        if index >= inode.nr_pages() or (inode.ino, index) in self.behind_writeback:
+            return None                            # SIGBUS territory; the seed's bug
         return self.shared_truth.get((inode.ino, index), 0)
 
     def note_cows(self) -> None:
@@ -158,7 +192,10 @@ class World:
                     if pte.level and not pte.special and \
                             core.frame_info(pte.pfn).mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
                         b = self.backing(proc, addr)
-                        proc.anon_truth[addr] = self.shared_truth.get((b[0].ino, b[1]), 0)
+                        key = (b[0].ino, b[1])
+                        # copied from a page the seed's bug wrote: unknown
+                        proc.anon_truth[addr] = None if key in self.behind_writeback \
+                            else self.shared_truth.get(key, 0)
 
     def truncate_truth(self, inode, pages: int) -> None:
         for key in [k for k in self.shared_truth if k[0] == inode.ino and k[1] >= pages]:
@@ -173,6 +210,34 @@ class World:
             raise core_violation(e) from None
         self.check_refcounts()
         self.check_pinned_anon_stays()
+        self.check_pin_accounting()
+
+    def check_tlb_filled(self, cpu: int, proc: "Proc", addr: int) -> None:
+        """A user access that succeeded went through the CPU's TLB: the
+        translation is cached there now (what every later shootdown must
+        reach; the stale-TLB audit of m.check() relies on it)."""
+        if not self.m._core.tlb_probe(cpu, proc.p.mm.id, addr):
+            raise Violation("no-stale-tlb", f"CPU {cpu} accessed {addr:#x} but its TLB "
+                            "holds no translation for it")
+
+    def check_pin_accounting(self) -> None:
+        """/proc/vmstat's nr_foll_pin_acquired - nr_foll_pin_released is the
+        pins alive (mm/gup.c counts every page a FOLL_PIN takes, the zero
+        page never): here, what the harness and the callers hold pinned."""
+        core = self.m._core
+        live = 0
+        holds = [h.pages for h in self.held]
+        for proc in self.procs:
+            for pages_list in proc.p.held.values():
+                holds.extend(pages_list)
+        for pages in holds:
+            if pages.pinned and not pages.released:
+                live += sum(1 for pfn in pages if not core.frame_info(pfn).flags & C.F_ZERO)
+        st = core.stats()
+        counted = st["pins_acquired"] - st["pins_released"]
+        if counted != live:
+            raise Violation("pin-accounting", f"nr_foll_pin_acquired - released = {counted}, "
+                            f"but {live} pinned pages are held")
 
     def expected_refcounts(self, flags: Optional[np.ndarray] = None
                            ) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +377,88 @@ class World:
                 raise Violation("policy", f"long-term writable pin of frame {pfn:#x} of a "
                                 "dirty-tracked file", pfn)
 
+    def held_heads(self) -> set:
+        """The folios someone holds a reference on now: the harness's holds
+        and every caller's (io_uring, RDMA, VFIO, a pipe's vmsplice pages)."""
+        core = self.m._core
+        heads = set()
+        holds = [h.pages for h in self.held]
+        for proc in self.procs:
+            for pages_list in proc.p.held.values():
+                holds.extend(pages_list)
+        for pages in holds:
+            heads.update(core.frame_info(pfn).head for pfn in pages)
+        return heads
+
+    def pin_must_succeed(self, proc: "Proc", region: Region, page: int, n: int,
+                         gup_flags: int) -> Optional[str]:
+        """Over-refusal is a bug too: the cases where the harness knows the
+        kernel takes all n pages from `page` on -- private or shared
+        anonymous memory, a THP range, a file mapping inside EOF -- with
+        the protection the call needs, memory to spare, and (for
+        FOLL_LONGTERM, which may migrate) no other reference on a folio
+        that might have to move.  Returns what makes it certain, or None
+        when the harness cannot tell (hugetlb's pool, secretmem's EFAULT,
+        6.5's refusal of a long-term writable pin of a dirty-tracked shared
+        file, a region an operation left half-changed)."""
+        if n < 1 or not region.certain or not region.readable or not proc.p.alive:
+            return None
+        write = bool(gup_flags & FOLL.WRITE)
+        longterm = bool(gup_flags & FOLL.LONGTERM)
+        if write and not region.writable:
+            return None
+        if region.origin not in ("anon", "shared-anon", "thp", "file"):
+            return None
+        st = self.m.stats()
+        if st["nr_free_normal"] < self.HEADROOM:
+            return None
+        what = region.origin
+        for i in range(n):
+            b = self.backing(proc, region.page_addr(page + i))
+            if b is not None and b[1] >= b[0].nr_pages():
+                return None       # past EOF (a file, or shmem grown by mremap): SIGBUS
+        if region.origin == "file":
+            preset = self.FILES[region.file][0]
+            what = f"{'shared' if region.shared else 'private'} {preset} file"
+            if region.shared and longterm and write and preset in self.DIRTY_TRACKED \
+                    and self.policy.writable_file_mapping_check:
+                return None                        # refused on purpose (6.5)
+        if longterm:
+            held = self.held_heads()
+            core = self.m._core
+            for i in range(n):
+                addr = region.page_addr(page + i)
+                pte = proc.p.mm.pte(addr)
+                if pte.level and core.frame_info(pte.pfn).head in held:
+                    return None                    # migration may fail: -ENOMEM
+                b = self.backing(proc, addr)
+                if b is not None:
+                    pfn = b[0].find_folio(b[1])
+                    if pfn is not None and pfn in held:
+                        return None
+        return f"{what}, {'rw' if region.writable else 'r'}, mapped, {n} page(s)"
+
+    def check_fast_differential(self, mm, addr: int, n: int, gup_flags: int) -> None:
+        """GUP-fast in C against its plain-Python twin (tools/reference.py)
+        on the same state: the same pfns taken (a prefix), then both
+        released.  A fast path that falls back more than it must, or takes
+        what it must not, shows here even when the slow path hides it."""
+        from pygup.tools.reference import gup_fast_reference
+        core = self.m._core
+        cpu = self.m.current_cpu()
+        pin = bool(gup_flags & FOLL.PIN)
+        got = core.gup_fast(cpu, mm.id, addr, n, gup_flags, self.policy.gup_fast_bits).tolist()
+        for pfn in got:
+            core.gup_put(pfn, 1, pin)
+        want = list(gup_fast_reference(self.m, mm, addr, n, gup_flags))
+        for pfn in want:
+            core.gup_put(pfn, 1, pin)
+        if got != want:
+            raise Violation("fast-differential",
+                            f"GUP-fast {addr:#x} x{n} flags {gup_flags:#x}: the C core took "
+                            f"{[hex(x) for x in got]}, the reference {[hex(x) for x in want]}",
+                            (got or want)[0])
+
     def check_no_secretmem(self, pages) -> None:
         """BUGS #9: no GUP ever returns a secretmem folio (it is not in the
         kernel's direct map; touching it through the pin would crash)."""
@@ -324,6 +471,11 @@ class World:
         folio of a dirty-tracked file, with no page_mkwrite since its clean."""
         fi = self.m._core.frame_info(pfn)
         if self.file_kind(pfn) & C.AS_DIRTY_TRACKED and not fi.flags & (C.F_DIRTY | C.F_MKWRITE):
+            if self.tolerate_seed_bug:
+                inode = self.m.kernel.inode_by_as(fi.mapping >> 2)
+                if inode is not None:
+                    self.behind_writeback.add((inode.ino, fi.index + (pfn - fi.head)))
+                return
             raise Violation("write-notify-bypass", f"write through a pin to clean frame "
                             f"{pfn:#x} of a dirty-tracked file (no page_mkwrite since writeback)",
                             pfn)
@@ -339,6 +491,8 @@ class World:
             self.m.evict(f)
         for i, f in enumerate(self.files):
             for page in range(f.inode.nr_pages()):
+                if (f.inode.ino, page) in self.behind_writeback:
+                    continue                         # the seed's bug wrote it (tolerated)
                 want = self.shared_truth.get((f.inode.ino, page), 0)
                 pfn = f.inode.find_folio(page)
                 got = (self.m._core.frame_read(pfn + page - f.inode.folio_start(page))
@@ -409,7 +563,7 @@ def core_violation(e: InvariantError) -> Violation:
 
 def new_region(addr: int, pages: int, kind: str, file: Optional[int], shared: bool,
                writable: bool, huge: bool = False) -> Region:
-    return Region(addr, pages, kind, file, shared, writable, huge)
+    return Region(addr, pages, kind, file, shared, writable, huge, origin=kind)
 
 
 __all__ = ["World", "Region", "Held", "Proc", "Violation", "GupError", "MAP", "PROT"]
