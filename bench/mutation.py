@@ -47,11 +47,14 @@ its own file and relinks), and then judged twice:
 
 Verdicts: ``killed``, ``survived``, ``build-failed`` (the mutant does not
 compile or import: not counted), ``timeout`` (ran past the bound: counted
-as killed, a hang is observable, but listed apart).  The score of a file is
-killed / (mutants - build-failed - equivalent), where ``equivalent`` comes
-from a hand-written classification file (``--classify``: mutant id ->
-``{"class": "equivalent" | "unobservable" | "gap", "why": ...}``);
-unobservable and gap survivors count against the score.
+as killed, a hang is observable, but listed apart), ``equivalent`` (a C
+mutant that compiles to the very same machine code, relocations included,
+as the original -- trivial compiler equivalence: never run, not counted).
+The score of a file is killed / (mutants - build-failed - equivalent),
+where a survivor is equivalent too when a hand-written classification file
+says so (``--classify``: mutant id -> ``{"class": "equivalent" |
+"unobservable" | "gap", "why": ...}``); unobservable and gap survivors
+count against the score.
 """
 from __future__ import annotations
 
@@ -323,6 +326,9 @@ def sample(muts: list[Mutant], n: int, seed: int) -> list[Mutant]:
 # --------------------------------------------------------------------------
 # the scratch copy and its build
 
+SAME_CODE = "identical machine code"
+
+
 class Scratch:
     """A copy of the tracked tree with a baseline build; one mutant at a
     time is written into it and undone afterwards."""
@@ -394,6 +400,17 @@ class Scratch:
         ok, err = self.link()
         if not ok:
             raise RuntimeError(f"baseline link failed:\n{err}")
+        # without objdump (binutils) every mutant is run
+        self.code = {rel: self.machine_code(self.root / rel) for rel in TARGETS
+                     if rel.endswith(".c")} if shutil.which("objdump") else {}
+
+    def machine_code(self, src: Path) -> str:
+        """The disassembly of src's object, every code section with its
+        relocations (which symbol each instruction refers to), without the
+        header naming the file: two builds are the same code iff equal."""
+        p = subprocess.run(["objdump", "-d", "-r", str(self._obj(src))], capture_output=True,
+                           text=True, check=True)
+        return "\n".join(line for line in p.stdout.splitlines()[3:])
 
     def apply(self, m: Mutant) -> tuple[bool, str]:
         path = self.root / m.file
@@ -404,8 +421,16 @@ class Scratch:
         path.write_text("\n".join(lines))
         if m.file.endswith(".c"):
             ok, err = self.compile(path)
+            if ok and m.file in self.code and self.machine_code(path) == self.code[m.file]:
+                return True, SAME_CODE
             return (self.link() if ok else (ok, err))
         return True, ""
+
+    # apply()'s answer when the mutant compiles to the very same machine code
+    # as the original: equivalent on this build, nothing to run (trivial
+    # compiler equivalence, Papadakis et al., ICSE 2015) -- e.g. an acquire
+    # load made relaxed where x86-64 emits one plain mov either way and the
+    # compiler moved nothing across it
 
     def undo(self, m: Mutant) -> None:
         (self.root / m.file).write_bytes(self.pristine[m.file])
@@ -504,6 +529,10 @@ def evaluate(sc: Scratch, m: Mutant, seconds: float, tests: Optional[str],
         if not ok:
             m.verdict, m.detail, m.tests = "build-failed", err.strip()[-300:], "-"
             return
+        if err == SAME_CODE:
+            m.verdict, m.detail, m.tests = "equivalent", SAME_CODE + " (trivial compiler " \
+                "equivalence: the same binary, nothing can tell them apart)", "-"
+            return
         rc, out = _run([sys.executable, "-c", "import pygup.machine"], sc, 60)
         if rc != 0:
             m.verdict, m.detail, m.tests = "build-failed", "import: " + out.strip()[-300:], "-"
@@ -531,18 +560,20 @@ def score_table(muts: list[dict], classified: dict) -> str:
         n = len(ms)
         bf = sum(m["verdict"] == "build-failed" for m in ms)
         eq = sum(classified.get(m["id"], {}).get("class") == "equivalent" for m in ms
-                 if m["verdict"] == "survived")
+                 if m["verdict"] == "survived") + sum(m["verdict"] == "equivalent" for m in ms)
         k = sum(m["verdict"] == "killed" for m in ms)
         t = sum(m["verdict"] == "timeout" for m in ms)
         s = sum(m["verdict"] == "survived" for m in ms)
         denom = n - bf - eq
         tk = sum(m.get("tests") in ("killed", "timeout") for m in ms)
-        tn = sum(m.get("tests") in ("killed", "timeout", "survived") for m in ms) - eq
+        tn = sum(m.get("tests") in ("killed", "timeout", "survived") for m in ms) - \
+            sum(classified.get(m["id"], {}).get("class") == "equivalent" for m in ms
+                if m["verdict"] == "survived")
         score = f"{100 * (k + t) / denom:.0f}% ({k + t}/{denom})" if denom else "-"
         tscore = f"{100 * tk / tn:.0f}% ({tk}/{tn})" if tn > 0 else "-"
         name = f"**{f}**" if f == "total" else f"`{f}`"
         rows.append(f"| {name} | {n} | {k} | {t} | {s} | {eq} | {bf} | {score} | {tscore} |")
-    head = ("| file | mutants | killed | timeout | survived | of which equivalent | "
+    head = ("| file | mutants | killed | timeout | survived | equivalent | "
             "build failed | fuzzer score | fast tests (killed / ran, non-equivalent) |\n"
             "|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
@@ -591,6 +622,10 @@ def main(argv=None) -> int:
                     "strengthened) into a run: RERUN's verdicts replace RUN's for its ids, "
                     "the rest stay; with --json OUT writes the merged result")
     ap.add_argument("--why", default="", help="with --merge: what changed before the re-run")
+    ap.add_argument("--tce", metavar="RESULTS",
+                    help="check a saved run's C mutants for identical machine code (a run "
+                    "made before the check existed): those become 'equivalent'; with "
+                    "--json OUT writes the result")
     args = ap.parse_args(argv)
     if args.sample < 1:
         ap.error("--sample must be >= 1")
@@ -606,6 +641,18 @@ def main(argv=None) -> int:
         print(score_table(data["mutants"], classified))
         print()
         print(survivors_table(data["mutants"], classified))
+        return 0
+    if args.tce:
+        data = json.load(open(args.tce))
+        where = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="pygup-mut-"))
+        sc = Scratch(where)
+        sc.baseline()
+        n = tce_pass(sc, data)
+        print(f"tce: {n} of the run's C mutants compile to the original's machine code")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(data, fh, indent=1)
+        print(score_table(data["mutants"], classified))
         return 0
     if args.table:
         data = json.load(open(args.table))
@@ -659,6 +706,24 @@ def main(argv=None) -> int:
     print()
     print(survivors_table(data["mutants"], classified))
     return 0
+
+
+def tce_pass(sc: "Scratch", data: dict) -> int:
+    """Mark the C mutants of a saved run that compile to the same machine
+    code as the original 'equivalent' (in place); how many."""
+    n = 0
+    for d in data["mutants"]:
+        if not d["file"].endswith(".c") or d["verdict"] in ("build-failed", "equivalent"):
+            continue
+        m = Mutant(d["id"], d["file"], d["line"], d["op"], d["original"], d["mutated"])
+        ok, what = sc.apply(m)
+        sc.undo(m)
+        if ok and what == SAME_CODE:
+            d.update(verdict="equivalent", tests="-", judged_before=d["verdict"],
+                     detail=SAME_CODE + " (trivial compiler equivalence, checked after the run)")
+            n += 1
+    data["tce"] = True
+    return n
 
 
 def merge_runs(run: dict, rerun: dict, why: str = "") -> dict:

@@ -403,6 +403,32 @@ def _race_writeback_write(policy, mutants):
     return World(m, [writer, lambda m: f.writeback()], check, (p.mm.id, a))
 
 
+def _race_rcu_sync(policy, mutants):
+    """synchronize_rcu() on one CPU against a reader on the other that holds
+    IRQs off (GUP-fast's kind of read-side section) across a scheduling
+    point: a grace period waits for every reader that was inside when it
+    began (kernel/rcu/tree.c), and for no other."""
+    m = _machine(policy, mutants)
+    state = {"inside": False, "broke": None}
+
+    def reader(m):
+        cpu = m.current_cpu()
+        m._core.irq_disable(cpu)
+        state["inside"] = True
+        yield_point(m, "irqs_off")
+        state["inside"] = False
+        m._core.irq_enable(cpu)
+
+    def updater(m):
+        began_inside = state["inside"]   # no scheduling point before the snapshot
+        m._core.synchronize_rcu(m.current_cpu())
+        if began_inside and state["inside"]:
+            state["broke"] = ("synchronize_rcu() returned while a reader that was inside when "
+                              "it began had not left")
+
+    return World(m, [reader, updater], lambda run: state["broke"])
+
+
 def _race_pin_writeback(policy, mutants):
     """The seed (BUGS #1) as a race: a long-term writable pin, a write
     through it, unpin dirty -- against writeback of the same folio."""
@@ -616,6 +642,8 @@ RACES: dict[str, Race] = {r.name: r for r in [
     Race("writeback-write", "two user writes vs writeback (folio_mkclean) of an ext4 page",
          _race_writeback_write, frozenset({"between_writes", "mkclean_cleared",
                                            "mkclean_flushed"}), ("mkclean_no_flush",)),
+    Race("rcu-sync", "synchronize_rcu() vs an IRQs-off reader on the other CPU",
+         _race_rcu_sync, frozenset({"irqs_off", "rcu_gp_wait"}), ()),
     Race("pin-writeback", "long-term write pin, write through it, unpin dirty vs writeback "
          "(the seed, BUGS #1: found under policy 6.4)", _race_pin_writeback,
          frozenset({"between_writes", "fast_pte_read", "mkclean_cleared", "mkclean_flushed"}),

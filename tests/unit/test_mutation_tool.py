@@ -153,3 +153,36 @@ def test_undo_restores_the_copy_not_the_worktree(tmp_path, monkeypatch):
     monkeypatch.setattr(mut, "ROOT", tmp_path / "elsewhere")     # the worktree moved on
     sc.undo(m)
     assert (sc.root / m.file).read_bytes() == before
+
+
+def test_same_machine_code_is_equivalent(tmp_path):
+    """Trivial compiler equivalence: a relaxed load where x86-64 emits the
+    same instruction as for acquire compiles to the same code and is never
+    run; a negated condition compiles to other code."""
+    import platform
+    import pytest
+    import shutil
+    if platform.machine() not in ("x86_64", "AMD64") or not shutil.which("objdump"):
+        pytest.skip("the same-code example is x86-64's, read with objdump")
+    sc = mut.Scratch(tmp_path)
+    sc.baseline()
+    rel = "csrc/kernel/rcu.c"
+    ms = mut.sites(rel, (sc.root / rel).read_text())
+    negate = next(m for m in ms if m.op == "negate-cond")
+    ok, what = sc.apply(negate)
+    assert ok and what != mut.SAME_CODE
+    sc.undo(negate)
+    same = [m for m in ms if m.op == "relax-order"]
+    verdicts = []
+    for m in same:
+        ok, what = sc.apply(m)
+        verdicts.append(what == mut.SAME_CODE)
+        sc.undo(m)
+    assert any(verdicts), "no relax-order mutant of rcu.c compiled to the same code"
+    # the same check over a saved run made before it existed
+    from dataclasses import asdict
+    run = {"mutants": [dict(asdict(negate), verdict="killed"),
+                       dict(asdict(same[verdicts.index(True)]), verdict="survived")]}
+    assert mut.tce_pass(sc, run) == 1
+    assert [d["verdict"] for d in run["mutants"]] == ["killed", "equivalent"]
+    assert run["mutants"][1]["judged_before"] == "survived"
