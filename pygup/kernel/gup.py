@@ -163,6 +163,18 @@ def writable_file_mapping_allowed(vma: VMA, gup_flags: int, mutants: frozenset =
     return not vma_needs_dirty_tracking(vma)
 
 
+def _writable_file_mapping_inputs(vma: VMA, gup_flags: int) -> dict:
+    """What the writable_file_mapping_allowed step records (traced only)."""
+    fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
+    return dict(anon=vma.vm_ops is None,
+                longterm_pin=(gup_flags & _PIN_LONGTERM) == _PIN_LONGTERM,
+                needs_dirty_tracking=vma_needs_dirty_tracking(vma),
+                fs=fs.name if fs else None,
+                page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
+                                                  or vma.vm_ops.pfn_mkwrite)),
+                writeback=bool(fs and fs.writeback))
+
+
 def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -> int:
     """/* mirrors check_vma_flags() */ (SPEC §2.3): 0 or a negative errno,
     checking in the kernel's order."""
@@ -193,17 +205,9 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
         if policy.writable_file_mapping_check:
             allowed = anon or writable_file_mapping_allowed(vma, gup_flags,
                                                             vma.vm_mm.kernel.mutants)
-
-            def inputs() -> dict:
-                fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
-                return dict(anon=anon, longterm_pin=(gup_flags & _PIN_LONGTERM) == _PIN_LONGTERM,
-                            needs_dirty_tracking=vma_needs_dirty_tracking(vma),
-                            fs=fs.name if fs else None,
-                            page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
-                                                              or vma.vm_ops.pfn_mkwrite)),
-                            writeback=bool(fs and fs.writeback))
-            if (not allowed or t) and trace.check("writable_file_mapping_allowed", not allowed,
-                                                  errno.EFAULT, lazy=inputs):
+            if (not allowed or t) and trace.check(
+                    "writable_file_mapping_allowed", not allowed, errno.EFAULT,
+                    lazy=lambda: _writable_file_mapping_inputs(vma, gup_flags)):
                 return -errno.EFAULT
         if not F & VM_WRITE:
             force = bool(gup_flags & FOLL_FORCE)
