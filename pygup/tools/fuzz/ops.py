@@ -272,8 +272,9 @@ def op_fork(world: World, op: dict) -> str:
     # VMAs): to the child's record they are unmapped, their address free for
     # the child's next mmap
     regions, truth = [], dict(parent.anon_truth)
+    spans = [(v.vm_start, v.vm_end) for v in child.mm.vmas]
     for r in parent.regions:
-        gone = {i for i in range(r.pages) if child.mm.find_vma(r.page_addr(i)) is None}
+        gone = _uncovered(r, spans)
         for i in gone:
             truth.pop(r.page_addr(i), None)
         if len(gone | r.unmapped) < r.pages:
@@ -281,6 +282,18 @@ def op_fork(world: World, op: dict) -> str:
                                   r.huge, r.unmapped | gone, r.readable, r.origin, r.certain))
     world.procs.append(Proc(child, regions, truth))
     return f"fork pid {parent.p.pid} -> {child.pid}"
+
+
+def _uncovered(region: Region, spans: list) -> set:
+    """The region's pages no (start, end) span covers (spans sorted)."""
+    lo, hi = region.addr, region.addr + region.pages * PAGE
+    covered = set()
+    for start, end in spans:
+        if end <= lo or start >= hi:
+            continue
+        first = (max(start, lo) - lo) // PAGE
+        covered.update(range(first, (min(end, hi) - lo + PAGE - 1) // PAGE))
+    return set(range(region.pages)) - covered
 
 
 def op_exit(world: World, op: dict) -> str:
@@ -343,7 +356,13 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     if op["fast"]:
         world.check_fast_differential(mm, addr, n, int(flags | (FOLL.PIN if pin else FOLL.GET)))
     certain = world.pin_must_succeed(proc, region, page, n, int(flags))
+    # a read-only FOLL_GET of a PMD-mapped THP follows the PMD: it faults
+    # nothing, so nothing splits (follow_pmd_mask / gup_huge_pmd)
+    huge_before = not pin and not flags and bool(mm.pte(addr).huge)
     ret, pages = call(addr, n, int(flags))
+    if huge_before and not mm.pte(addr).huge:
+        raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, 0) split the "
+                        "PMD-mapped THP it only had to look up")
     if certain and ret != n:
         raise Violation("over-refusal", f"{call.__name__}({addr:#x}, {n}, {flags!r}) -> {ret}: "
                         f"{certain}: every page must be taken")
@@ -351,6 +370,8 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
         return f"{'pin' if pin else 'get'} {addr:#x} -> {ret}"
     world.check_no_secretmem(pages)
     world.check_policy_pin(pages, (flags | FOLL.PIN) if pin else flags)
+    if pin and flags & FOLL.LONGTERM:
+        world.check_longterm_pinnable(pages)
     if pin and not op["longterm"]:
         # a short-term pin lives for one I/O: the device writes, then unpin
         if op["write"]:
@@ -504,6 +525,7 @@ def op_caller(world: World, op: dict, proc: Proc, region: Region, page: int,
             ret = callers.vfio_pin(p, addr, n * PAGE, op["writable"])
         for pages in p.held.get(name, [])[before:]:
             world.check_no_secretmem(pages)
+            world.check_longterm_pinnable(pages)      # all three pin FOLL_LONGTERM
             if name == "io_uring" or op["writable"]:
                 world.check_policy_pin(pages, FOLL.LONGTERM | FOLL.WRITE)
     elif name in _REMOTE:
@@ -768,7 +790,11 @@ def op_orphan_section(world: World, op: dict) -> str:
     else:
         # the core's own shootdown, before any model op repairs the CPU:
         # the IPI queued for it must be run by the waiter (the reap)
+        flushed = core.stats()["tlb_flushed_entries"]
         core.flush_tlb_range(0, p.mm.id, addr, addr + PAGE)
+        if core.stats()["tlb_flushed_entries"] <= flushed:
+            raise Violation("no-stale-tlb", f"the shootdown of {addr:#x}, cached on CPU "
+                            f"{READER_CPU}, counted no TLB entry flushed")
         if core.stats()["orphans_reaped"] != reaped + 1:
             raise Violation("orphan-section", f"a shootdown to CPU {READER_CPU}, whose thread "
                             "ended with IRQs off, returned without reaping its section")
@@ -788,7 +814,8 @@ def op_orphan_section(world: World, op: dict) -> str:
 # preset (is_valid_gup_args() since 6.3, is_valid_gup_flags() and the entry
 # WARN_ON_ONCEs before; check_vma_flags / find_vma for the addresses)
 EDGE_CASES = ["null", "kernel", "top", "nr0", "pin_get", "get_pin", "get_longterm"]
-EDGE_APIS = ["get_user_pages", "get_user_pages_fast", "pin_user_pages", "pin_user_pages_fast"]
+EDGE_APIS = ["get_user_pages", "get_user_pages_fast", "pin_user_pages", "pin_user_pages_fast",
+             "get_user_pages_nopages"]     # get_user_pages(pages=NULL): fault in only
 
 
 def op_gup_edge(world: World, op: dict) -> str:
@@ -832,8 +859,13 @@ def op_gup_edge(world: World, op: dict) -> str:
     if case in ("null", "top") and any(
             r.addr <= addr < r.addr + r.pages * PAGE for p in world.procs for r in p.regions):
         return "gup_edge: the harness mapped it"
-    ret, pages = getattr(mm, api)(addr, n, flags)
-    if ret > 0:
+    if api == "get_user_pages_nopages":
+        ret, pages = mm.get_user_pages(addr, n, flags, pages=False)
+    else:
+        ret, pages = getattr(mm, api)(addr, n, flags)
+    if ret >= 0:
+        # an empty answer is released too: unpin_user_pages(pages, 0) and a
+        # put of nothing do nothing (and must not fail)
         (mm.unpin_user_pages if pages.pinned else mm.put_page)(pages)
     if ret != want:
         raise Violation("errno", f"{api}({addr:#x}, {n}, {flags:#x}) -> {ret}, the kernel "

@@ -260,28 +260,31 @@ class World:
                 ref[head] += 1
         for proc in self.procs:
             mm = proc.p.mm
-            for vma in mm.vmas:
-                addrs, ptes = core.range_leaves(mm.id, vma.vm_start, vma.vm_end)
-                # array comparisons through numpy's functions, not ==/!=: a
-                # coverage fuzzer (atheris) hooks every compare operator and
-                # keeps its operands alive, so each operator here leaked the
-                # arrays of every input
-                live = np.not_equal(ptes & (C.PTE_PRESENT | C.PTE_PROTNONE), 0)
-                live &= np.equal(ptes & C.PTE_SPECIAL, 0)
-                pfns = ((ptes & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT).astype(np.int64)
-                huge = np.not_equal(ptes & C.PTE_HUGE, 0)
-                # a PMD leaf is one mapping of its folio, counted on the head
-                first = huge & np.equal(addrs & ((1 << C.PMD_SHIFT) - 1), 0)
-                heads = np.where(huge, pfns & ~(C.PMD_NR - 1), pfns)
-                take = live & (~huge | first)
-                np.add.at(mapc, heads[take], 1)
-                # a PTE-mapped page of a THP: the reference is its folio's
-                # (large folios are order 9, 2 MiB-aligned blocks of frames)
-                tail = np.zeros(len(pfns), bool)
-                ok = take & np.less(pfns, n)
-                tail[ok] = in_large[pfns[ok]]
-                folio = np.where(tail, pfns & ~(C.PMD_NR - 1), heads)
-                np.add.at(ref, folio[take], 1)
+            # one walk of the whole address space: every leaf must lie in a
+            # VMA, so there are at most as many as the VMAs have pages
+            mapped = sum((v.vm_end - v.vm_start) >> C.PAGE_SHIFT for v in mm.vmas)
+            addrs, ptes = core.range_leaves(mm.id, 0, C.TASK_SIZE_MAX, cap=mapped + 1)
+            _leaves_inside_vmas(proc, len(addrs), mapped)
+            # array comparisons through numpy's functions, not ==/!=: a
+            # coverage fuzzer (atheris) hooks every compare operator and
+            # keeps its operands alive, so each operator here leaked the
+            # arrays of every input
+            live = np.not_equal(ptes & (C.PTE_PRESENT | C.PTE_PROTNONE), 0)
+            live &= np.equal(ptes & C.PTE_SPECIAL, 0)
+            pfns = ((ptes & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT).astype(np.int64)
+            huge = np.not_equal(ptes & C.PTE_HUGE, 0)
+            # a PMD leaf is one mapping of its folio, counted on the head
+            first = huge & np.equal(addrs & ((1 << C.PMD_SHIFT) - 1), 0)
+            heads = np.where(huge, pfns & ~(C.PMD_NR - 1), pfns)
+            take = live & (~huge | first)
+            np.add.at(mapc, heads[take], 1)
+            # a PTE-mapped page of a THP: the reference is its folio's
+            # (large folios are order 9, 2 MiB-aligned blocks of frames)
+            tail = np.zeros(len(pfns), bool)
+            ok = take & np.less(pfns, n)
+            tail[ok] = in_large[pfns[ok]]
+            folio = np.where(tail, pfns & ~(C.PMD_NR - 1), heads)
+            np.add.at(ref, folio[take], 1)
         for proc in self.procs:
             for pages_list in proc.p.held.values():       # callers' holds
                 for pages in pages_list:
@@ -459,6 +462,17 @@ class World:
                             f"{[hex(x) for x in got]}, the reference {[hex(x) for x in want]}",
                             (got or want)[0])
 
+    def check_longterm_pinnable(self, pages) -> None:
+        """A FOLL_LONGTERM pin never holds a page that must stay movable
+        (folio_is_longterm_pinnable(): GUP migrates it out of ZONE_MOVABLE
+        first, check_and_migrate_movable_pages())."""
+        core = self.m._core
+        for pfn in pages:
+            fi = core.frame_info(pfn)
+            if fi.zone == C.ZONE_MOVABLE and not fi.flags & C.F_ZERO:
+                raise Violation("longterm-movable", f"a long-term pin holds frame {pfn:#x} "
+                                "in ZONE_MOVABLE", pfn)
+
     def check_no_secretmem(self, pages) -> None:
         """BUGS #9: no GUP ever returns a secretmem folio (it is not in the
         kernel's direct map; touching it through the pin would crash)."""
@@ -547,6 +561,12 @@ class World:
             mm.unpin_user_pages_dirty_lock(h.pages, dirty)
         else:
             mm.put_page(h.pages)
+
+
+def _leaves_inside_vmas(proc: Proc, leaves: int, mapped: int) -> None:
+    if leaves > mapped:
+        raise Violation("refcount-balance", f"pid {proc.p.pid}: page tables map more pages "
+                        f"than its VMAs cover ({mapped}): a leaf outside a VMA")
 
 
 def core_violation(e: InvariantError) -> Violation:
