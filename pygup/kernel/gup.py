@@ -446,6 +446,36 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
     return i if i else ret
 
 
+def _get_user_pages_one_batch(mm, start: int, nr_pages: int, gup_flags: int,
+                              out: list[int], cpu: int, trace: Trace = NO_TRACE) -> int:
+    """__get_user_pages_locked() for gup_slow()'s common call (a few pages,
+    nothing traced, no scheduler session): when [start, +nr_pages) lies in
+    one VMA that check_vma_flags() passes, one batch follow takes what
+    needs no fault and __get_user_pages() goes on from the first page it
+    left, as its own loop would after that follow; otherwise
+    __get_user_pages_locked() decides from the start.  The same answer and
+    pages: the VMA checks are pure, and a follow that takes nothing changes
+    nothing outside a scheduler session."""
+    vma = mm.vmas.find(start)
+    policy = mm.kernel.policy
+    if (vma is None or start + (nr_pages << PAGE_SHIFT) > vma.vm_end
+            or check_vma_flags(vma, gup_flags, policy)):
+        return __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+    if gup_flags & FOLL_PIN:                     # __get_user_pages_locked()'s part
+        mm.has_pinned = True
+    else:
+        gup_flags |= FOLL_GET
+    taken = mm.kernel.core.follow_range_list(cpu, mm.id, start, nr_pages,
+                                             _follow_how(vma, gup_flags, True, policy))
+    n = len(taken)
+    out.extend(taken)
+    if n == nr_pages:
+        return n
+    rest = __get_user_pages(mm, start + (n << PAGE_SHIFT), nr_pages - n, gup_flags, out, cpu,
+                            trace)
+    return n + rest if rest > 0 else (n if n else rest)
+
+
 def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
                             out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
     """/* mirrors __get_user_pages_locked() */.  pygup's fault handler never
@@ -543,18 +573,23 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
 
 
 def __gup_longterm_locked(mm, start: int, nr_pages: int, gup_flags: int,
-                          out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
+                          out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE,
+                          attempt=None) -> int:
     """/* mirrors __gup_longterm_locked() */: re-pin the whole range until
-    nothing is left in ZONE_MOVABLE."""
+    nothing is left in ZONE_MOVABLE.  ``attempt`` pins each pass:
+    __get_user_pages_locked(), or _get_user_pages_one_batch(), which
+    answers alike."""
+    if attempt is None:
+        attempt = __get_user_pages_locked
     if not gup_flags & FOLL_LONGTERM:
-        return __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+        return attempt(mm, start, nr_pages, gup_flags, out, cpu, trace)
     kernel = mm.kernel
     kernel.pin_scope += 1      # memalloc_pin_save(): faults avoid ZONE_MOVABLE
     try:
         for _ in range(MAX_LONGTERM_RETRIES):
             assert out is not None
             out.clear()
-            n = __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+            n = attempt(mm, start, nr_pages, gup_flags, out, cpu, trace)
             if n <= 0:
                 return n
             rc = check_and_migrate_movable_pages(mm, out, cpu)
@@ -718,13 +753,20 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
 
 def _gup_slow_locked(m: "Kernel", mm, start: int, nr_pages: int, flags: int, want_pages: bool,
                      trace: Trace) -> tuple[int, Pages]:
-    """gup_slow() past its entry checks: the walk under the machine lock."""
+    """gup_slow() past its entry checks: the walk under the machine lock
+    (a few pages, nothing traced: each pass in one batch follow, where it
+    can be)."""
     out: Optional[list[int]] = [] if want_pages else None
+    attempt = (_get_user_pages_one_batch
+               if (out is not None and nr_pages <= SMALL_CALL_PAGES and trace is NO_TRACE
+                   and m.small_calls and not m.core.sched_session)
+               else __get_user_pages_locked)
     with m.op() as cpu:
         if flags & FOLL_PIN:
-            ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
+            ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu,
+                                        trace, attempt)
         else:
-            ret = __get_user_pages_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
+            ret = attempt(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
     return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL_PIN),
                       writable=bool(flags & FOLL_WRITE))
 

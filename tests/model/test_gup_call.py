@@ -81,6 +81,8 @@ def _world(seed: int, small: bool, policy: str = "6.5"):
             off = rng.randrange(pages)
             start = a + off * P
             n = rng.randint(1, pages - off)
+            if rng.random() < 0.15:
+                n += rng.randint(1, 6)          # past the VMA: the next one, or a hole
             kind = rng.random()
             if kind < 0.08:
                 start = rng.choice((-P, -1, 1 << 47, (1 << 64) - P, C.TASK_SIZE_MAX - P,
@@ -226,6 +228,34 @@ def test_a_hole_falls_back_to_the_slow_path():
     assert ret2 == 4                                # now all present: no fallback needed
     p.mm.put_page(only)
     p.mm.unpin_user_pages(pages)
+
+
+@pytest.mark.parametrize("small", (False, True))
+def test_a_call_across_two_vmas_checks_each(small):
+    """An anonymous mapping right below a shared ext4 one whose pages are
+    present and writable: a long-term write pin over both takes the anon
+    pages and stops at the boundary, where check_vma_flags() of the file
+    VMA refuses (writable_file_mapping_allowed) though its PTEs would let
+    the follow take them -- whichever way the call goes."""
+    m = Machine(memory="16MiB", cpus=1)
+    m.kernel.small_calls = small
+    p = m.spawn()
+    f = m.mount("ext4").create("f", 4 * P)
+    hi = p.mmap(4 * P, RW, MAP.SHARED, file=f)
+    lo = p.mmap(4 * P, RW, ANON, addr=hi - 4 * P)
+    assert lo + 4 * P == hi and p.mm.find_vma(hi) is not p.mm.find_vma(lo)
+    for i in range(4):
+        p.write(lo + i * P, i + 1)
+        p.write(hi + i * P, i + 1)
+    assert p.mm.pte(hi).write
+    want = [p.mm.pte(lo + i * P).pfn for i in (2, 3)]
+    for call in (p.mm.pin_user_pages, p.mm.pin_user_pages_fast):
+        ret, pages = call(lo + 2 * P, 4, FOLL.WRITE | FOLL.LONGTERM)
+        assert (ret, list(pages)) == (2, want), call
+        p.mm.unpin_user_pages(pages)
+    ret, pages = p.mm.pin_user_pages(hi, 1, FOLL.WRITE | FOLL.LONGTERM)
+    assert ret == -errno.EFAULT
+    m.check()
 
 
 def test_fast_only_stops_at_a_hole_without_a_fault():
