@@ -310,8 +310,10 @@ def op_exit(world: World, op: dict) -> str:
 @_on_page
 def op_write(world: World, op: dict, proc: Proc, region: Region, page: int,
              addr: int) -> str:
+    certain = world.pin_must_succeed(proc, region, page, 1, int(FOLL.WRITE))
     with world.m.cpu(op.get("cpu", 0)):
         _, err = _quiet(proc.p.write, addr, op["value"])
+    world.check_access(region, addr, True, err, certain)
     if err is None:
         world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         world.record_write(proc, region, page, op["value"])
@@ -321,8 +323,10 @@ def op_write(world: World, op: dict, proc: Proc, region: Region, page: int,
 @_on_page
 def op_read(world: World, op: dict, proc: Proc, region: Region, page: int,
             addr: int) -> str:
+    certain = world.pin_must_succeed(proc, region, page, 1, 0)
     with world.m.cpu(op.get("cpu", 0)):
         got, err = _quiet(proc.p.read, addr)
+    world.check_access(region, addr, False, err, certain)
     if err is None:
         world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         want = world.expected_read(proc, region, page)

@@ -212,6 +212,21 @@ class World:
         self.check_pinned_anon_stays()
         self.check_pin_accounting()
 
+    def check_access(self, region: Region, addr: int, write: bool, err: Optional[int],
+                     certain: Optional[str]) -> None:
+        """A user access honours the protection the harness set: a store to
+        a region mapped or mprotect()ed without PROT_WRITE, or any access to
+        a PROT_NONE one, faults (SIGSEGV: -EFAULT here); one the harness
+        knows can be served (pin_must_succeed's cases) succeeds."""
+        if region.certain and err is None and (not region.readable or
+                                               (write and not region.writable)):
+            raise Violation("protection", f"a user {'store' if write else 'load'} at "
+                            f"{addr:#x} succeeded, but the region is "
+                            f"{'PROT_NONE' if not region.readable else 'read-only'}")
+        if certain and err is not None:
+            raise Violation("over-refusal", f"a user {'store' if write else 'load'} at "
+                            f"{addr:#x} failed with errno {err}: {certain}")
+
     def check_tlb_filled(self, cpu: int, proc: "Proc", addr: int) -> None:
         """A user access that succeeded went through the CPU's TLB: the
         translation is cached there now (what every later shootdown must
