@@ -520,3 +520,18 @@ def test_orphan_section_op_is_clean(wait):
     pass it, the shootdown ends it (the core's reap, or Python's repair),
     and the world's final audit is clean afterwards."""
     assert run_ops([{"op": "orphan_section", "wait": wait}], "6.5") is None
+
+
+def test_explain_oracle_checks_the_trace(monkeypatch):
+    """A traced GUP call must be explained truthfully: with the fast path's
+    stop reasons gone from the table, the trace of a fallback names none,
+    and the fuzzer says so."""
+    ops = [{"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
+            "prot": "rw", "pages": 2},
+           {"op": "pin", "proc": 0, "region": 0, "page": 0, "n": 2, "fast": True,
+            "write": True, "longterm": False, "trace": True}]
+    assert run_ops(ops, "6.5") is None
+    from pygup.kernel import gup
+    monkeypatch.setattr(gup, "FAST_STOP_REASONS", {})
+    f = run_ops(ops, "6.5")
+    assert f is not None and f.invariant == "explain" and "says why" in f.detail, f

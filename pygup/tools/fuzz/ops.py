@@ -65,6 +65,7 @@ def generate(rng: random.Random, world: World) -> dict:
             if not op["fast"]:
                 # the slow path's FOLL_SPLIT_PMD (uprobes' way in; GUP-fast refuses it)
                 op["split_pmd"] = rng.random() < 0.15
+            op["trace"] = rng.random() < 0.2      # the call explained (explain.trace_calls)
             if name == "get":
                 op["nopages"] = rng.random() < 0.3
     elif name in ("fork", "exit"):
@@ -372,7 +373,13 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     # nothing, so nothing splits (follow_pmd_mask / gup_huge_pmd)
     huge_before = not pin and not flags and bool(mm.pte(addr).huge)
     eof = _eof_answer(world, proc, region, page, n, int(flags))
-    ret, pages = call(addr, n, int(flags))
+    if op.get("trace"):
+        from pygup.explain import trace_calls
+        with trace_calls(world.m.kernel) as trace:
+            ret, pages = call(addr, n, int(flags))
+        world.check_trace(trace, call.__name__, n, int(flags | (FOLL.PIN if pin else 0)), ret)
+    else:
+        ret, pages = call(addr, n, int(flags))
     _check_stops_at_eof(eof, ret, f"{call.__name__}({addr:#x}, {n}, {flags!r})")
     if huge_before and not mm.pte(addr).huge:
         raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, 0) split the "

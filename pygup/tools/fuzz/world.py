@@ -470,6 +470,33 @@ class World:
                 return i
         return None
 
+    def check_trace(self, trace, call: str, n: int, gup_flags: int, ret: int) -> None:
+        """The explanation tells the truth about the call it explains: no
+        check failed if every page was taken, the first failed check's
+        errno is the call's answer, the flags a step reports are the
+        call's, and a GUP-fast that fell back says why."""
+        from pygup.kernel.gup import FAST_STOP_REASONS
+        failed = [s for s in trace.steps if s.verdict == "fail"]
+        lt = (gup_flags & (FOLL.PIN | FOLL.LONGTERM)) == FOLL.PIN | FOLL.LONGTERM
+        bad = None
+        if ret == n and failed:
+            bad = f"all {n} pages taken, but check {failed[0].rule!r} failed"
+        elif ret < 0 and failed and failed[0].errno != ret:
+            bad = f"answer {ret}, but the failed check {failed[0].rule!r} says {failed[0].errno}"
+        for s in trace.steps:
+            if "longterm_pin" in s.inputs and s.inputs["longterm_pin"] != lt:
+                bad = f"step {s.rule!r} says longterm_pin={s.inputs['longterm_pin']}, " \
+                      f"the call's flags {gup_flags:#x} say {lt}"
+            if s.rule == "lockless_pages_from_mm":
+                reasons = {r for k, r in FAST_STOP_REASONS.items() if k != C.FAST_STOP_NONE}
+                if s.verdict == "fallback" and s.inputs.get("why") not in reasons:
+                    bad = f"GUP-fast fell back after {s.inputs.get('taken')} pages, and the " \
+                          f"trace says why: {s.inputs.get('why')!r}"
+                if s.verdict == "pass" and s.inputs.get("taken") != n:
+                    bad = f"GUP-fast passed with {s.inputs.get('taken')} of {n} pages"
+        if bad:
+            raise Violation("explain", f"{call} -> {ret}: {bad}")
+
     def check_fast_differential(self, mm, addr: int, n: int, gup_flags: int) -> None:
         """GUP-fast in C against its plain-Python twin (tools/reference.py)
         on the same state: the same pfns taken (a prefix), then both
