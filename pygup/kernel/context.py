@@ -104,6 +104,9 @@ class Kernel:
         # runs of anonymous faults in C (mm/fault.c); False sends every fault
         # through kernel/fault.py alone, the reference the batch is tested against
         self.fault_batch = True
+        # writeback a run of folios per C call (kernel/writeback.py); False
+        # writes back folio by folio, the reference the batch is tested against
+        self.writeback_batch = True
         self.filesystems: list = []          # every vfs.FileSystem mounted
         self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
         self.next_anon_inode = 0
