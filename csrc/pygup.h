@@ -304,7 +304,8 @@ int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
                        uint32_t *flags, uint64_t *mapping, uint64_t *content);
 /* Writeback of a run of folios, one call each step (kernel/writeback.py).
  * Each takes n folio heads and checks them all first: a pfn that is not
- * the head of a live folio is -PG_EINVAL before anything changes.
+ * the head of a live folio, or is the zero page, is -PG_EINVAL before
+ * anything changes.
  * pg_folios_clear_dirty_for_io: per folio, folio_clear_dirty_for_io() and
  * folio_start_writeback(): if pte_dirty (may be NULL) has a non-zero byte
  * for it, set PG_F_DIRTY (a mapping was cleaned); then clear PG_F_DIRTY

@@ -416,12 +416,13 @@ int pg_folio_copy(pg_machine *m, uint64_t dst, uint64_t src)
 
 /* ---- writeback, a run of folios per call ------------------------------------ */
 
-/* every pfn a live folio's head: checked before anything changes */
+/* every pfn the head of a live folio that is not the zero page (nothing
+ * writes the zero page back): checked before anything changes */
 static bool live_heads(pg_machine *m, const uint64_t *pfns, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         if (!pfn_ok(m, pfns[i]) || pg_frame_head(m, pfns[i]) != pfns[i] ||
-            (pg_load_acquire(&m->frames[pfns[i]].flags) & PG_F_FREE))
+            (pg_load_acquire(&m->frames[pfns[i]].flags) & (PG_F_FREE | PG_F_ZERO)))
             return false;
     }
     return true;

@@ -92,10 +92,11 @@ def writeback_folio(inode: "Inode", head: int, start: int) -> int:
 
 
 def _mkclean_runs(inode: "Inode", starts: np.ndarray, heads: np.ndarray) -> np.ndarray:
-    """folio_mkclean() of every folio in ``starts`` (sorted), one C call
-    per (shared VMA, run of adjacent folios); the C core shoots down once
-    per batch of adjacent entries, not once per folio as the kernel does.
-    Returns, per folio, 1 if some mapping of it was cleaned."""
+    """/* mirrors folio_mkclean() */ for every folio in ``starts`` (sorted):
+    one C call per (shared VMA, run of adjacent folios).  The C core shoots
+    down once per batch of adjacent cleaned entries, not once per folio as
+    the kernel does (a deliberate difference, csrc/mm/memory.c).  Returns,
+    per folio, 1 if some mapping of it was cleaned."""
     core = inode.fs.kernel.core
     cpu = _cpu(inode)
     nr = 1 << inode.order
@@ -154,7 +155,7 @@ def _writeback_batch(inode: "Inode", starts: list[int]) -> int:
         fs.counters["pages_written"] += len(pages)
         return len(pages)
     finally:
-        core.folios_flags_update(wb_heads, 0, C.F_WRITEBACK)
+        core.folios_flags_update(wb_heads, 0, C.F_WRITEBACK)     # folio_end_writeback()
 
 
 def writeback_inode(inode: "Inode", first: int = 0, last: Optional[int] = None) -> int:
