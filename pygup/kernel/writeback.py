@@ -123,17 +123,31 @@ def _mkclean_runs(inode: "Inode", starts: np.ndarray, heads: np.ndarray) -> np.n
     return cleaned
 
 
-def _writeback_batch(inode: "Inode", starts: list[int]) -> int:
-    """writeback_folio() for every folio in ``starts`` (sorted), a run per
-    C call: mkclean, then folio_clear_dirty_for_io() + folio_start_writeback()
-    of every folio, then the file system's per-folio say (ext4 skips a
-    folio without buffers), the copy of the pages inside EOF to disk, and
-    folio_end_writeback().  Returns pages written."""
+def _cached_folios(inode: "Inode", first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first page, head pfn) of every cached folio that caches a page in
+    [first, last), in page order."""
+    cache = inode.page_cache
+    starts = np.fromiter(cache.keys(), np.int64, len(cache))
+    heads = np.fromiter(cache.values(), np.uint64, len(cache))
+    order = np.argsort(starts)
+    starts, heads = starts[order], heads[order]
+    inside = (starts + (1 << inode.order) > first) & (starts < last)
+    return starts[inside], heads[inside]
+
+
+def _writeback_batch(inode: "Inode", first: int, last: int) -> int:
+    """writeback_folio() for every folio caching a page in [first, last),
+    a run per C call: mkclean, then folio_clear_dirty_for_io() +
+    folio_start_writeback() of every folio, then the file system's
+    per-folio say (ext4 skips a folio without buffers), the copy of the
+    pages inside EOF to disk, and folio_end_writeback().  Returns pages
+    written."""
     fs = inode.fs
     core = fs.kernel.core
     nr = 1 << inode.order
-    first = np.array(starts, np.int64)
-    heads = np.array([inode.page_cache[s] for s in starts], np.uint64)
+    first, heads = _cached_folios(inode, first, last)
+    if not len(first):
+        return 0
     old = core.folios_clear_dirty_for_io(heads, _mkclean_runs(inode, first, heads))
     dirty = (old & C.F_DIRTY) != 0
     if not dirty.any():
@@ -165,13 +179,11 @@ def writeback_inode(inode: "Inode", first: int = 0, last: Optional[int] = None) 
     if not mapping_can_writeback(inode):
         return 0
     last = inode.nr_pages() if last is None else last
-    nr = 1 << inode.order
-    starts = [s for s in sorted(inode.page_cache) if s + nr > first and s < last]
-    if not starts:
-        return 0
     if inode.fs.kernel.writeback_batch:
-        return _writeback_batch(inode, starts)
-    return sum(writeback_folio(inode, inode.page_cache[s], s) for s in starts)
+        return _writeback_batch(inode, first, last)
+    nr = 1 << inode.order
+    return sum(writeback_folio(inode, inode.page_cache[start], start)
+               for start in sorted(inode.page_cache) if start + nr > first and start < last)
 
 
 def unmap_mapping_pages(inode: "Inode", first: int, last: Optional[int] = None,
