@@ -392,8 +392,16 @@ class Core:
         return _check(lib.pg_change_protection(self._m, cpu, mm, start, end, clear, set_),
                       "change_protection")
 
-    def range_leaves(self, mm: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    def range_leaves(self, mm: int, start: int, end: int,
+                     cap: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(address, entry) of every present or PROT_NONE leaf in [start,
+        end), one per 4 KiB page; at most ``cap`` of them (default: the
+        range's page count)."""
         n = max(0, (end - start) >> lib.PG_PAGE_SHIFT)
+        if cap is not None:
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+                raise ValueError(f"cap must be an int >= 0, got {cap!r}")
+            n = min(n, cap)
         addrs = np.zeros(n, np.uint64)
         ptes = np.zeros(n, np.uint64)
         got = _check(lib.pg_range_leaves(

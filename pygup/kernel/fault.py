@@ -11,9 +11,9 @@ import errno
 from pygup._native import C
 from pygup.flags import PAGE_SIZE, PMD_SIZE, VM, GupError
 from pygup.kernel import thp
-from pygup.kernel.vma import VMA, maybe_mkwrite, vma_is_anonymous, vma_pte_writable
+from pygup.kernel.vma import (VMA, maybe_mkwrite, vm_page_prot_base, vma_is_anonymous,
+                              vma_pte_writable)
 
-PTE_BASE = C.PTE_PRESENT | C.PTE_USER | C.PTE_ACCESSED
 
 
 def pte_pfn(pte: int) -> int:
@@ -62,9 +62,10 @@ def handle_mm_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool = 
                 return None
             return do_anonymous_page(vma, addr, write)
         return do_fault(vma, addr, write)
-    if pte & C.PTE_PROTNONE:
-        # do_numa_page(): the VMA is accessible (checked), so this is a NUMA
-        # hinting entry: make it present again
+    if pte & C.PTE_PROTNONE and vma_is_accessible(vma, False):
+        # do_numa_page(): in an accessible VMA a PROT_NONE entry is a NUMA
+        # hint: make it present again.  In a PROT_NONE VMA (a FOLL_FORCE
+        # GUP's fault) it is the VMA's own protection: it stays
         core.pte_modify(mm.id, addr, C.PTE_PROTNONE, C.PTE_PRESENT)
         return None
     if write or unshare:
@@ -130,12 +131,12 @@ def do_anonymous_page(vma: VMA, addr: int, write: bool) -> None:
     (special, read-only, uncounted); a write a new exclusive anon page."""
     core = vma.vm_mm.kernel.core
     if not write:
-        core.pte_set(vma.vm_mm.id, addr, mk_pte(C.ZERO_PFN, PTE_BASE | C.PTE_SPECIAL),
+        core.pte_set(vma.vm_mm.id, addr, mk_pte(C.ZERO_PFN, vm_page_prot_base(vma) | C.PTE_SPECIAL),
                      C.LEVEL_PTE)
         return
     pfn = _new_anon_folio(vma, addr)
     core.mapcount_add(pfn, 1)          # the allocation's reference is the mapping's
-    bits = PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma)
+    bits = vm_page_prot_base(vma) | C.PTE_DIRTY | maybe_mkwrite(vma)
     set_pte_or_put_back(vma.vm_mm, addr, pfn, mk_pte(pfn, bits), C.LEVEL_PTE)
 
 
@@ -145,8 +146,9 @@ def anon_fault_run(vma: VMA, addr: int, nr: int) -> int:
     none PTE of an anonymous VMA, made once for the run.  0: the run
     belongs to the page-at-a-time path (hugetlb, file-backed, or a THP may
     go at addr: create_huge_pmd())."""
-    if not vma.vm_mm.kernel.fault_batch or vma.is_hugetlb or not vma_is_anonymous(vma):
-        return 0
+    if not vma.vm_mm.kernel.fault_batch or vma.is_hugetlb or not vma_is_anonymous(vma) \
+            or not vma_is_accessible(vma, False):
+        return 0           # a PROT_NONE VMA's pages are PAGE_NONE: one at a time
     nr = min(nr, (vma.vm_end - addr) >> C.PAGE_SHIFT)
     if thp.vma_thp_eligible(vma):
         # the choice is per PMD: stay inside this one, and leave a none PMD
@@ -172,9 +174,10 @@ def do_anonymous_range(vma: VMA, addr: int, nr: int, write: bool) -> tuple[int, 
         av = vma.anon_vma_prepare()
         how = C.FAULT_WRITE | (0 if kernel.pin_scope else C.FAULT_MOVABLE)
         return kernel.core.fault_anon_range(vma.vm_mm.id, addr, nr, how,
-                                            PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma),
+                                            vm_page_prot_base(vma) | C.PTE_DIRTY | maybe_mkwrite(vma),
                                             (av.id << 2) | C.MAPPING_ANON, vma.page_index(addr))
-    return kernel.core.fault_anon_range(vma.vm_mm.id, addr, nr, 0, PTE_BASE | C.PTE_SPECIAL, 0, 0)
+    return kernel.core.fault_anon_range(vma.vm_mm.id, addr, nr, 0, vm_page_prot_base(vma) | C.PTE_SPECIAL,
+                                        0, 0)
 
 
 def _file_page(vma: VMA, addr: int) -> tuple[int, int]:
@@ -198,7 +201,7 @@ def do_fault(vma: VMA, addr: int, write: bool) -> None:
         # only where no write-notify is wanted
         core.folio_get(pfn, 1)
         core.mapcount_add(pfn, 1)
-        bits = PTE_BASE | (C.PTE_WRITE if vma_pte_writable(vma) else 0)
+        bits = vm_page_prot_base(vma) | (C.PTE_WRITE if vma_pte_writable(vma) else 0)
         set_pte_or_put_back(mm, addr, pfn, mk_pte(pfn, bits), C.LEVEL_PTE)
         return
     if not vma.vm_flags & VM.SHARED:
@@ -206,14 +209,14 @@ def do_fault(vma: VMA, addr: int, write: bool) -> None:
         new = _new_anon_folio(vma, addr)
         core.frame_write(new, core.frame_read(pfn))
         core.mapcount_add(new, 1)
-        set_pte_or_put_back(mm, addr, new, mk_pte(new, PTE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma)),
+        set_pte_or_put_back(mm, addr, new, mk_pte(new, vm_page_prot_base(vma) | C.PTE_DIRTY | maybe_mkwrite(vma)),
                             C.LEVEL_PTE)
         return
     # do_shared_fault(): tell the file system first, then map writable+dirty
     notify_shared_write(vma, inode, pfn, index)
     core.folio_get(pfn, 1)
     core.mapcount_add(pfn, 1)
-    set_pte_or_put_back(mm, addr, pfn, mk_pte(pfn, PTE_BASE | C.PTE_DIRTY | C.PTE_WRITE),
+    set_pte_or_put_back(mm, addr, pfn, mk_pte(pfn, vm_page_prot_base(vma) | C.PTE_DIRTY | C.PTE_WRITE),
                         C.LEVEL_PTE)
     inode.fs.folio_mark_dirty(inode, pfn, index, "shared write fault")
 
@@ -275,7 +278,7 @@ def wp_page_copy(vma: VMA, addr: int, old_pte: int, write: bool, cpu: int) -> No
     core.mapcount_add(new, 1)
     core.pte_clear(mm.id, addr)                       # ptep_clear_flush()
     core.flush_tlb_range(cpu, mm.id, addr, addr + PAGE_SIZE)
-    bits = PTE_BASE | C.PTE_DIRTY | (maybe_mkwrite(vma) if write else 0)
+    bits = vm_page_prot_base(vma) | C.PTE_DIRTY | (maybe_mkwrite(vma) if write else 0)
     core.pte_set(mm.id, addr, mk_pte(new, bits), C.LEVEL_PTE)
     if not old_pte & C.PTE_SPECIAL:
         core.mapcount_add(old, -1)
@@ -289,7 +292,7 @@ def hugetlb_fault(vma: VMA, addr: int, write: bool, cpu: int, unshare: bool) -> 
     haddr = addr & ~(PMD_SIZE - 1)
     _, pmd = core.pte_lookup(mm.id, haddr)
     shared = bool(vma.vm_flags & VM.SHARED)
-    huge = C.PTE_HUGE | PTE_BASE
+    huge = C.PTE_HUGE | vm_page_prot_base(vma)
     if pmd == 0:
         # hugetlb_no_page(): shared mappings use the page cache, private ones
         # get a fresh anonymous huge page

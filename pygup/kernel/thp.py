@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Optional
 from pygup._native import C
 from pygup.flags import PAGE_SIZE, PMD_SIZE, VM, GupError
 
-from pygup.kernel.vma import maybe_mkwrite, vma_is_anonymous
+from pygup.kernel.vma import maybe_mkwrite, vm_page_prot_base, vma_is_anonymous
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.vma import VMA
 
 THP_SETTINGS = ("always", "madvise", "never")
 HPAGE_PMD_NR = C.PMD_NR
-_HUGE_BASE = C.PTE_PRESENT | C.PTE_USER | C.PTE_ACCESSED
 VM_FAULT_FALLBACK = 0x800         # the fault is to be handled on PTEs instead
 
 
@@ -125,7 +124,7 @@ def do_huge_pmd_anonymous_page(vma: "VMA", addr: int, write: bool) -> bool:
         return False                  # thp_fault_fallback
     core = vma.vm_mm.kernel.core
     core.mapcount_add(pfn, 1)         # the allocation's reference is the mapping's
-    bits = _HUGE_BASE | C.PTE_HUGE | C.PTE_DIRTY | maybe_mkwrite(vma)
+    bits = vm_page_prot_base(vma) | C.PTE_HUGE | C.PTE_DIRTY | maybe_mkwrite(vma)
     core.pte_set(vma.vm_mm.id, haddr, (pfn << C.PTE_PFN_SHIFT) | bits, C.LEVEL_PMD)
     return True
 
@@ -303,7 +302,7 @@ def collapse_pmd(mm, addr: int, cpu: int, enforce_sysfs: bool = False) -> int:
     new = _new_thp(vma, haddr)
     if new is None:
         return -errno.ENOMEM                                      # SCAN_ALLOC_HUGE_PAGE_FAIL
-    bits = _HUGE_BASE | C.PTE_DIRTY | maybe_mkwrite(vma)
+    bits = vm_page_prot_base(vma) | C.PTE_DIRTY | maybe_mkwrite(vma)
     rc = core.collapse_pmd(cpu, mm.id, haddr, new, bits)
     if rc < 0:
         core.folio_put(new, 1)        # never mapped: back to the allocator

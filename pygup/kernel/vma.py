@@ -354,6 +354,18 @@ def vma_is_fsdax(vma: VMA) -> bool:
     return vma.vm_file is not None and vma.vm_file.fs.fstype.kind == "dax"
 
 
+def vm_page_prot_base(vma: VMA) -> int:
+    """/* mirrors vm_get_page_prot() */ for the bits a pygup entry has: a
+    VMA with no access at all (PROT_NONE: only a FOLL_FORCE GUP faults
+    pages into one) maps PAGE_NONE -- not present, PROT_NONE, so the
+    owner's own loads and stores still fault -- every other one present,
+    user and young."""
+    base = C.PTE_USER | C.PTE_ACCESSED
+    if vma.vm_flags & (VM.READ | VM.WRITE | VM.EXEC):
+        return base | C.PTE_PRESENT
+    return base | C.PTE_PROTNONE
+
+
 def maybe_mkwrite(vma: VMA) -> int:
     """maybe_mkwrite(): the write bit only where the VMA is writable (a
     FOLL_FORCE write COWs without making the mapping writable)."""

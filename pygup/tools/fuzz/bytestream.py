@@ -77,6 +77,8 @@ def decode(data: bytes, max_ops: int = 200) -> list[dict]:
                 op["value"] = r.u32()
             elif name in ("pin", "get"):
                 op.update(n=1 + r.small(3), fast=r.flag(), write=r.flag(), longterm=r.flag())
+                if not op["fast"]:
+                    op["split_pmd"] = r.small(8) == 0
                 if name == "get":
                     op["nopages"] = r.flag()
         elif name in ("fork", "exit"):

@@ -62,6 +62,9 @@ def generate(rng: random.Random, world: World) -> dict:
         elif name in ("pin", "get"):
             op.update(n=rng.randint(1, 3), fast=rng.random() < 0.5,
                       write=rng.random() < 0.6, longterm=rng.random() < 0.6)
+            if not op["fast"]:
+                # the slow path's FOLL_SPLIT_PMD (uprobes' way in; GUP-fast refuses it)
+                op["split_pmd"] = rng.random() < 0.15
             if name == "get":
                 op["nopages"] = rng.random() < 0.3
     elif name in ("fork", "exit"):
@@ -272,8 +275,9 @@ def op_fork(world: World, op: dict) -> str:
     # VMAs): to the child's record they are unmapped, their address free for
     # the child's next mmap
     regions, truth = [], dict(parent.anon_truth)
+    spans = [(v.vm_start, v.vm_end) for v in child.mm.vmas]
     for r in parent.regions:
-        gone = {i for i in range(r.pages) if child.mm.find_vma(r.page_addr(i)) is None}
+        gone = _uncovered(r, spans)
         for i in gone:
             truth.pop(r.page_addr(i), None)
         if len(gone | r.unmapped) < r.pages:
@@ -281,6 +285,18 @@ def op_fork(world: World, op: dict) -> str:
                                   r.huge, r.unmapped | gone, r.readable, r.origin, r.certain))
     world.procs.append(Proc(child, regions, truth))
     return f"fork pid {parent.p.pid} -> {child.pid}"
+
+
+def _uncovered(region: Region, spans: list) -> set:
+    """The region's pages no (start, end) span covers (spans sorted)."""
+    lo, hi = region.addr, region.addr + region.pages * PAGE
+    covered = set()
+    for start, end in spans:
+        if end <= lo or start >= hi:
+            continue
+        first = (max(start, lo) - lo) // PAGE
+        covered.update(range(first, (min(end, hi) - lo + PAGE - 1) // PAGE))
+    return set(range(region.pages)) - covered
 
 
 def op_exit(world: World, op: dict) -> str:
@@ -297,8 +313,10 @@ def op_exit(world: World, op: dict) -> str:
 @_on_page
 def op_write(world: World, op: dict, proc: Proc, region: Region, page: int,
              addr: int) -> str:
+    certain = world.pin_must_succeed(proc, region, page, 1, int(FOLL.WRITE))
     with world.m.cpu(op.get("cpu", 0)):
         _, err = _quiet(proc.p.write, addr, op["value"])
+    world.check_access(region, addr, True, err, certain)
     if err is None:
         world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         world.record_write(proc, region, page, op["value"])
@@ -308,8 +326,10 @@ def op_write(world: World, op: dict, proc: Proc, region: Region, page: int,
 @_on_page
 def op_read(world: World, op: dict, proc: Proc, region: Region, page: int,
             addr: int) -> str:
+    certain = world.pin_must_succeed(proc, region, page, 1, 0)
     with world.m.cpu(op.get("cpu", 0)):
         got, err = _quiet(proc.p.read, addr)
+    world.check_access(region, addr, False, err, certain)
     if err is None:
         world.check_tlb_filled(op.get("cpu", 0), proc, addr)
         want = world.expected_read(proc, region, page)
@@ -327,6 +347,9 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     flags = (FOLL.WRITE if op["write"] else 0)
     if pin and op["longterm"]:
         flags |= FOLL.LONGTERM
+    split = bool(op.get("split_pmd")) and not op["fast"] and not op.get("nopages")
+    if split:
+        flags |= FOLL.SPLIT_PMD
     if not pin and op.get("nopages"):
         # get_user_pages() with no pages array: fault in only (MADV_POPULATE)
         gup_flags = int(FOLL.WRITE if op["write"] else 0)
@@ -350,6 +373,12 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     if huge_before and not mm.pte(addr).huge:
         raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, 0) split the "
                         "PMD-mapped THP it only had to look up")
+    if split and ret > 0 and not region.huge:
+        for i in range(ret):
+            if mm.pte(region.page_addr(page + i)).huge:
+                raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, "
+                                f"{flags!r}) left page {i} PMD-mapped: FOLL_SPLIT_PMD "
+                                "splits it (follow_pmd_mask)")
     if certain and ret != n:
         raise Violation("over-refusal", f"{call.__name__}({addr:#x}, {n}, {flags!r}) -> {ret}: "
                         f"{certain}: every page must be taken")
@@ -777,11 +806,16 @@ def op_orphan_section(world: World, op: dict) -> str:
     else:
         # the core's own shootdown, before any model op repairs the CPU:
         # the IPI queued for it must be run by the waiter (the reap)
-        flushed = core.stats()["tlb_flushed_entries"]
+        st = core.stats()
         core.flush_tlb_range(0, p.mm.id, addr, addr + PAGE)
-        if core.stats()["tlb_flushed_entries"] <= flushed:
+        after = core.stats()
+        if after["tlb_flushed_entries"] <= st["tlb_flushed_entries"] or \
+                after["tlb_shootdowns"] != st["tlb_shootdowns"] + 1:
             raise Violation("no-stale-tlb", f"the shootdown of {addr:#x}, cached on CPU "
-                            f"{READER_CPU}, counted no TLB entry flushed")
+                            f"{READER_CPU}: {after['tlb_shootdowns'] - st['tlb_shootdowns']} "
+                            "shootdowns and "
+                            f"{after['tlb_flushed_entries'] - st['tlb_flushed_entries']} "
+                            "entries flushed counted (1 and at least 1)")
         if core.stats()["orphans_reaped"] != reaped + 1:
             raise Violation("orphan-section", f"a shootdown to CPU {READER_CPU}, whose thread "
                             "ended with IRQs off, returned without reaping its section")
@@ -801,7 +835,8 @@ def op_orphan_section(world: World, op: dict) -> str:
 # preset (is_valid_gup_args() since 6.3, is_valid_gup_flags() and the entry
 # WARN_ON_ONCEs before; check_vma_flags / find_vma for the addresses)
 EDGE_CASES = ["null", "kernel", "top", "nr0", "pin_get", "get_pin", "get_longterm"]
-EDGE_APIS = ["get_user_pages", "get_user_pages_fast", "pin_user_pages", "pin_user_pages_fast"]
+EDGE_APIS = ["get_user_pages", "get_user_pages_fast", "pin_user_pages", "pin_user_pages_fast",
+             "get_user_pages_nopages"]     # get_user_pages(pages=NULL): fault in only
 
 
 def op_gup_edge(world: World, op: dict) -> str:
@@ -845,7 +880,10 @@ def op_gup_edge(world: World, op: dict) -> str:
     if case in ("null", "top") and any(
             r.addr <= addr < r.addr + r.pages * PAGE for p in world.procs for r in p.regions):
         return "gup_edge: the harness mapped it"
-    ret, pages = getattr(mm, api)(addr, n, flags)
+    if api == "get_user_pages_nopages":
+        ret, pages = mm.get_user_pages(addr, n, flags, pages=False)
+    else:
+        ret, pages = getattr(mm, api)(addr, n, flags)
     if ret >= 0:
         # an empty answer is released too: unpin_user_pages(pages, 0) and a
         # put of nothing do nothing (and must not fail)

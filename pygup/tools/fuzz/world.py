@@ -212,6 +212,21 @@ class World:
         self.check_pinned_anon_stays()
         self.check_pin_accounting()
 
+    def check_access(self, region: Region, addr: int, write: bool, err: Optional[int],
+                     certain: Optional[str]) -> None:
+        """A user access honours the protection the harness set: a store to
+        a region mapped or mprotect()ed without PROT_WRITE, or any access to
+        a PROT_NONE one, faults (SIGSEGV: -EFAULT here); one the harness
+        knows can be served (pin_must_succeed's cases) succeeds."""
+        if region.certain and err is None and (not region.readable or
+                                               (write and not region.writable)):
+            raise Violation("protection", f"a user {'store' if write else 'load'} at "
+                            f"{addr:#x} succeeded, but the region is "
+                            f"{'PROT_NONE' if not region.readable else 'read-only'}")
+        if certain and err is not None:
+            raise Violation("over-refusal", f"a user {'store' if write else 'load'} at "
+                            f"{addr:#x} failed with errno {err}: {certain}")
+
     def check_tlb_filled(self, cpu: int, proc: "Proc", addr: int) -> None:
         """A user access that succeeded went through the CPU's TLB: the
         translation is cached there now (what every later shootdown must
@@ -260,28 +275,31 @@ class World:
                 ref[head] += 1
         for proc in self.procs:
             mm = proc.p.mm
-            for vma in mm.vmas:
-                addrs, ptes = core.range_leaves(mm.id, vma.vm_start, vma.vm_end)
-                # array comparisons through numpy's functions, not ==/!=: a
-                # coverage fuzzer (atheris) hooks every compare operator and
-                # keeps its operands alive, so each operator here leaked the
-                # arrays of every input
-                live = np.not_equal(ptes & (C.PTE_PRESENT | C.PTE_PROTNONE), 0)
-                live &= np.equal(ptes & C.PTE_SPECIAL, 0)
-                pfns = ((ptes & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT).astype(np.int64)
-                huge = np.not_equal(ptes & C.PTE_HUGE, 0)
-                # a PMD leaf is one mapping of its folio, counted on the head
-                first = huge & np.equal(addrs & ((1 << C.PMD_SHIFT) - 1), 0)
-                heads = np.where(huge, pfns & ~(C.PMD_NR - 1), pfns)
-                take = live & (~huge | first)
-                np.add.at(mapc, heads[take], 1)
-                # a PTE-mapped page of a THP: the reference is its folio's
-                # (large folios are order 9, 2 MiB-aligned blocks of frames)
-                tail = np.zeros(len(pfns), bool)
-                ok = take & np.less(pfns, n)
-                tail[ok] = in_large[pfns[ok]]
-                folio = np.where(tail, pfns & ~(C.PMD_NR - 1), heads)
-                np.add.at(ref, folio[take], 1)
+            # one walk of the whole address space: every leaf must lie in a
+            # VMA, so there are at most as many as the VMAs have pages
+            mapped = sum((v.vm_end - v.vm_start) >> C.PAGE_SHIFT for v in mm.vmas)
+            addrs, ptes = core.range_leaves(mm.id, 0, C.TASK_SIZE_MAX, cap=mapped + 1)
+            _leaves_inside_vmas(proc, len(addrs), mapped)
+            # array comparisons through numpy's functions, not ==/!=: a
+            # coverage fuzzer (atheris) hooks every compare operator and
+            # keeps its operands alive, so each operator here leaked the
+            # arrays of every input
+            live = np.not_equal(ptes & (C.PTE_PRESENT | C.PTE_PROTNONE), 0)
+            live &= np.equal(ptes & C.PTE_SPECIAL, 0)
+            pfns = ((ptes & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT).astype(np.int64)
+            huge = np.not_equal(ptes & C.PTE_HUGE, 0)
+            # a PMD leaf is one mapping of its folio, counted on the head
+            first = huge & np.equal(addrs & ((1 << C.PMD_SHIFT) - 1), 0)
+            heads = np.where(huge, pfns & ~(C.PMD_NR - 1), pfns)
+            take = live & (~huge | first)
+            np.add.at(mapc, heads[take], 1)
+            # a PTE-mapped page of a THP: the reference is its folio's
+            # (large folios are order 9, 2 MiB-aligned blocks of frames)
+            tail = np.zeros(len(pfns), bool)
+            ok = take & np.less(pfns, n)
+            tail[ok] = in_large[pfns[ok]]
+            folio = np.where(tail, pfns & ~(C.PMD_NR - 1), heads)
+            np.add.at(ref, folio[take], 1)
         for proc in self.procs:
             for pages_list in proc.p.held.values():       # callers' holds
                 for pages in pages_list:
@@ -558,6 +576,12 @@ class World:
             mm.unpin_user_pages_dirty_lock(h.pages, dirty)
         else:
             mm.put_page(h.pages)
+
+
+def _leaves_inside_vmas(proc: Proc, leaves: int, mapped: int) -> None:
+    if leaves > mapped:
+        raise Violation("refcount-balance", f"pid {proc.p.pid}: page tables map more pages "
+                        f"than its VMAs cover ({mapped}): a leaf outside a VMA")
 
 
 def core_violation(e: InvariantError) -> Violation:
