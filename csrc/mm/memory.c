@@ -1,8 +1,9 @@
 /*
  * mm/memory.c - the range operations on an mm's page tables, each under the
- * mm lock: folio_mkclean for one mapping (one entry, or a range), zap (unmap: clear, flush, then
- * drop the counts), free_pgtables, fork's copy_page_range,
- * change_protection, the leaves of a range, and the mm's teardown.
+ * mm lock: folio_mkclean for one mapping (one entry, or a run of pages),
+ * zap (unmap: clear, flush, then drop the counts), free_pgtables, fork's
+ * copy_page_range, change_protection, the leaves of a range, and the mm's
+ * teardown.
  */
 #include <stdlib.h>
 
@@ -65,9 +66,10 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
 
 /* Writeback of a run of page-cache folios write-protects every shared
  * mapping of the run with one call per (mapping, range).  The kernel's
- * folio_mkclean() shoots down once per folio; here one shootdown covers a
- * batch of cleaned entries that sit next to each other (a deliberate
- * difference: the same entries leave the TLBs, with fewer IPIs).  Each
+ * folio_mkclean() shoots down once per entry it cleans (ptep_clear_flush()
+ * in page_vma_mkclean_one()); here one shootdown covers a batch of cleaned
+ * entries that sit next to each other (a deliberate difference: the same
+ * entries leave the TLBs, with fewer shootdowns and IPIs).  Each
  * batch keeps the single-folio order -- clear every entry, the
  * mkclean_cleared window, the shootdown, the mkclean_flushed window, then
  * reinstall each entry clean and write-protected -- so the stale-TLB race

@@ -94,7 +94,7 @@ def writeback_folio(inode: "Inode", head: int, start: int) -> int:
 def _mkclean_runs(inode: "Inode", starts: np.ndarray, heads: np.ndarray) -> np.ndarray:
     """/* mirrors folio_mkclean() */ for every folio in ``starts`` (sorted):
     one C call per (shared VMA, run of adjacent folios).  The C core shoots
-    down once per batch of adjacent cleaned entries, not once per folio as
+    down once per batch of adjacent cleaned entries, not once per entry as
     the kernel does (a deliberate difference, csrc/mm/memory.c).  Returns,
     per folio, 1 if some mapping of it was cleaned."""
     core = inode.fs.kernel.core

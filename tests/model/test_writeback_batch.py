@@ -53,7 +53,7 @@ def _observe(m, files, vmas, seen):
     out["ptes"], out["tlb"] = ptes, tlb
     stats = core.stats()
     # one shootdown (and its IPIs) per batch of adjacent entries instead of
-    # one per folio: the deliberate difference
+    # one per entry: the deliberate difference
     stats.pop("tlb_shootdowns")
     stats.pop("ipis_sent")
     out["stats"] = stats
@@ -239,7 +239,7 @@ def _dirty_file(pages, mutants=()):
 
 def test_one_shootdown_per_run_of_adjacent_cleaned_entries():
     """The batch's deliberate difference: a run of adjacent dirty pages
-    costs one shootdown, not one per folio -- and CPU 1's cached writable
+    costs one shootdown, not one per entry -- and CPU 1's cached writable
     entries are gone either way."""
     counts = {}
     for batch in (False, True):
