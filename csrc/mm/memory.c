@@ -69,7 +69,8 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
  * folio_mkclean() shoots down once per entry it cleans (ptep_clear_flush()
  * in page_vma_mkclean_one()); here one shootdown covers a batch of cleaned
  * entries that sit next to each other (a deliberate difference: the same
- * entries leave the TLBs, with fewer shootdowns and IPIs).  Each
+ * entries leave the TLBs, with fewer shootdowns and IPIs; the kernel's own
+ * wp_shared_mapping_range() flushes a write-protected range once too).  Each
  * batch keeps the single-folio order -- clear every entry, the
  * mkclean_cleared window, the shootdown, the mkclean_flushed window, then
  * reinstall each entry clean and write-protected -- so the stale-TLB race
