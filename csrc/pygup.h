@@ -563,6 +563,31 @@ int64_t pg_gup_fast(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
 int64_t pg_gup_fast_why(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t gup_flags, uint32_t policy,
                         uint64_t *out, int *why);
+/* ---- one C call per small GUP call (mm/gup_call.c) ---------------------
+ * Each folds the checks Python made in separate calls around the entry
+ * points above, re-checking every argument.  Two answers are not errnos
+ * (both above the kernel's MAX_ERRNO): -PG_CALL_DECLINED when the call must
+ * take Python's ordinary path instead, before anything is done, and
+ * -PG_CALL_VIOLATION in place of the result when the violation ring is not
+ * empty after the call (Python raises them). */
+#define PG_CALL_DECLINED 4096
+#define PG_CALL_VIOLATION 4097
+/* pg_gup_fast_why() (why not stored) for a call that may fall back to the
+ * slow path: declined when IRQs are off on cpu, unless FOLL_FAST_ONLY */
+int64_t pg_gup_fast_call(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                         int64_t nr, uint32_t gup_flags, uint32_t policy, uint64_t *out);
+/* pg_gup_put_pages() by a caller holding the machine lock, then the RCU poll
+ * of that lock's release when the put succeeded and recorded no violation;
+ * declined while a scheduler session runs or IRQs are off on cpu */
+int pg_gup_put_call(pg_machine *m, int cpu, const uint64_t *pfns, int64_t n, int pin);
+/* pg_follow_range() */
+int64_t pg_follow_call(pg_machine *m, int cpu, uint64_t mm, uint64_t start, int64_t nr,
+                       uint32_t how, uint64_t *out);
+/* the index of the first page of pfns[0..n) whose folio is not long-term
+ * pinnable (check_and_migrate_movable_pages()'s test), n when none;
+ * -PG_EINVAL for a bad or free pfn.  Nothing changes. */
+int64_t pg_first_unpinnable(pg_machine *m, const uint64_t *pfns, int64_t n);
+
 /* The entries on the path to addr, read once each without a lock, as a
  * walker sees them: out[0] = PGD entry ... out[3] = PTE entry (0 past the
  * leaf or the first none entry).  Returns the leaf level (1 or 2), 0 if

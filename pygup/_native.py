@@ -32,6 +32,12 @@ class _Constants:
 
 C = _Constants()
 
+# the cdata type of a pfn array, resolved once: ffi.from_buffer(_U64_ARRAY, a)
+# costs a small part of ffi.from_buffer("uint64_t[]", a), which parses the name
+# each time (and of ffi.cast("uint64_t *", ffi.from_buffer(a)))
+_U64_ARRAY = ffi.typeof("uint64_t[]")
+_U64 = np.dtype(np.uint64)
+
 
 @dataclasses.dataclass(frozen=True)
 class FrameInfo:
@@ -53,6 +59,11 @@ def _out_len(nr: int) -> int:
     empty buffer and the C core's own -EINVAL."""
     return nr if 0 <= nr <= (lib.PG_TASK_SIZE_MAX >> lib.PG_PAGE_SHIFT) + 1 else 0
 
+
+# pages a small call's batch follow writes into its CPU's reusable buffer
+# (Core.follow_range_list); also the most pages a GUP-fast call takes in one
+# C call with its checks folded (gup.internal_get_user_pages_fast)
+SMALL_CALL_PAGES = 64
 
 _RACE_REGISTRY: Optional[list[tuple[str, str, int]]] = None
 
@@ -106,6 +117,14 @@ class Core:
         self.nr_movable = nr_movable
         self.nr_cpus = nr_cpus
         self._u64 = threading.local()
+        # a scheduler session has begun and not ended (sched_begin /
+        # sched_end): no thread can be one of its CPUs otherwise
+        self.sched_session = False
+        # one output buffer per CPU for small calls: a CPU belongs to one
+        # thread at a time and no C entry calls back into Python, so a
+        # buffer is never written by two calls at once
+        self._small = [np.empty(SMALL_CALL_PAGES, np.uint64) for _ in range(nr_cpus)]
+        self._small_ptr = [ffi.from_buffer(_U64_ARRAY, b) for b in self._small]
 
     # -- helpers --------------------------------------------------------------
     def _out(self, kind: str = "uint64_t *"):
@@ -444,7 +463,7 @@ class Core:
 
     def _pfn_array(self, pfns: np.ndarray):
         arr = np.ascontiguousarray(pfns, dtype=np.uint64)
-        return arr, ffi.cast("uint64_t *", ffi.from_buffer(arr))
+        return arr, ffi.from_buffer(_U64_ARRAY, arr)
 
     def gup_can_put(self, pfns: np.ndarray, pin: bool) -> bool:
         arr, ptr = self._pfn_array(pfns)
@@ -465,11 +484,83 @@ class Core:
         self.raise_violations()
         return rc
 
+    def _call_violation(self, what: str) -> None:
+        """A pg_*_call entry answered -PG_CALL_VIOLATION: raise what C
+        recorded (popped by another thread meanwhile: say so)."""
+        self.raise_violations()
+        raise InvariantError(f"{what}: the C core recorded a violation (reported elsewhere)")
+
+    def gup_put_call(self, cpu: int, pfns: np.ndarray, pin: bool, buf=None) -> Optional[int]:
+        """pg_gup_put_call(), with the machine lock held by the caller: 0 or
+        a negative errno as ``gup_put_pages_or_errno``, or None when the C
+        core declined (a scheduler session, IRQs off: nothing was done).
+        ``pfns``: a contiguous uint64 array (``Pages`` keeps one; C reads
+        no further than its buffer, whatever it holds, and checks each
+        pfn); ``buf``, when given, the cdata over it (``Pages._of``)."""
+        if buf is None:
+            buf = ffi.from_buffer(_U64_ARRAY, pfns)
+        rc = lib.pg_gup_put_call(self._m, cpu, buf, len(buf), pin)
+        if rc < 0:
+            if rc == -lib.PG_CALL_DECLINED:
+                return None
+            if rc == -lib.PG_CALL_VIOLATION:
+                self._call_violation("unpin_user_pages" if pin else "put_page")
+        return rc
+
+    def first_unpinnable(self, cpu: int, pfns: list[int]) -> int:
+        """pg_first_unpinnable(): the index of the first pfn whose folio is
+        not long-term pinnable, len(pfns) when none, -1 when a pfn is bad
+        or free (``folio_is_longterm_pinnable`` says which).  A short list
+        goes through the CPU's reusable buffer (the caller holds the
+        machine lock or is that CPU's thread)."""
+        n = len(pfns)
+        if 0 < n <= SMALL_CALL_PAGES and 0 <= cpu < self.nr_cpus:
+            buf = self._small_ptr[cpu]
+            buf[0:n] = pfns
+        else:
+            buf = ffi.from_buffer(_U64_ARRAY, np.asarray(pfns, np.uint64))
+        rc = lib.pg_first_unpinnable(self._m, buf, n)
+        return rc if rc >= 0 else -1
+
+    def gup_fast_call(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
+                      policy_bits: int):
+        """pg_gup_fast_call() for up to SMALL_CALL_PAGES pages: (the pfns
+        taken, a prefix in a new array: the call's one allocation, and the
+        cdata over it), or None when the C core declined (IRQs off without
+        FOLL_FAST_ONLY: nothing was done)."""
+        if not 0 <= nr <= SMALL_CALL_PAGES:
+            raise ValueError(f"gup_fast_call: nr must be in 0..{SMALL_CALL_PAGES}, got {nr}")
+        out = np.empty(nr, _U64)
+        buf = ffi.from_buffer(_U64_ARRAY, out)
+        got = lib.pg_gup_fast_call(self._m, cpu, mm, start, nr, gup_flags, policy_bits, buf)
+        if got == nr:
+            return out, buf
+        if got < 0:
+            if got == -lib.PG_CALL_DECLINED:
+                return None
+            if got == -lib.PG_CALL_VIOLATION:
+                self._call_violation("gup_fast")
+            raise GupError(-got, "gup_fast")
+        return out[:got], ffi.from_buffer(_U64_ARRAY, out[:got])
+
+    def follow_range_list(self, cpu: int, mm: int, start: int, nr: int, how: int) -> list[int]:
+        """``follow_range`` as a list, through the CPU's reusable buffer
+        when nr is small."""
+        if not 0 <= nr <= SMALL_CALL_PAGES or not 0 <= cpu < self.nr_cpus:
+            return self.follow_range(cpu, mm, start, nr, how).tolist()
+        buf = self._small_ptr[cpu]
+        got = lib.pg_follow_call(self._m, cpu, mm, start, nr, how, buf)
+        if got > 0:
+            return ffi.unpack(buf, got)
+        if got == -lib.PG_CALL_VIOLATION:
+            self._call_violation("follow_range")
+        return [] if got == 0 else ffi.unpack(buf, _check(got, "follow_range"))
+
     def follow_range(self, cpu: int, mm: int, start: int, nr: int, how: int) -> np.ndarray:
         """pg_follow_range(): the pfns taken from start on (maybe none)."""
         out = np.empty(_out_len(nr), np.uint64)
         got = lib.pg_follow_range(self._m, cpu, mm, start, nr, how,
-                                  ffi.cast("uint64_t *", ffi.from_buffer(out)))
+                                  ffi.from_buffer(_U64_ARRAY, out))
         self.raise_violations()
         return out[:_check(got, "follow_range")]
 
@@ -491,7 +582,7 @@ class Core:
         elif out.dtype != np.uint64 or not out.flags.c_contiguous or len(out) < _out_len(nr):
             raise ValueError("out must be a contiguous uint64 array of at least nr entries")
         got = lib.pg_gup_fast(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
-                              ffi.cast("uint64_t *", ffi.from_buffer(out)))
+                              ffi.from_buffer(_U64_ARRAY, out))
         self.raise_violations()
         return out[:_check(got, "gup_fast")]
 
@@ -502,7 +593,7 @@ class Core:
         out = np.empty(_out_len(nr), np.uint64)
         why = ffi.new("int *")
         got = lib.pg_gup_fast_why(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
-                                  ffi.cast("uint64_t *", ffi.from_buffer(out)), why)
+                                  ffi.from_buffer(_U64_ARRAY, out), why)
         self.raise_violations()
         return out[:_check(got, "gup_fast")], why[0]
 
@@ -552,7 +643,8 @@ class Core:
         _check(lib.pg_synchronize_rcu(self._m, cpu), "synchronize_rcu")
 
     def rcu_poll(self) -> int:
-        return _check(lib.pg_rcu_poll(self._m), "rcu_poll")
+        rc = lib.pg_rcu_poll(self._m)
+        return rc if rc >= 0 else _check(rc, "rcu_poll")
 
     def rcu_barrier(self, cpu: int) -> None:
         _check(lib.pg_rcu_barrier(self._m, cpu), "rcu_barrier")
@@ -571,6 +663,7 @@ class Core:
             plan = ffi.new("int32_t[]", list(schedule) or [0])
         _check(lib.pg_sched_begin(self._m, nr, seed & (2**64 - 1), plan, n, spin_limit),
                "sched_begin")
+        self.sched_session = True
 
     def sched_filter(self, name: str) -> None:
         """Make a registered point (``Core.race_windows()``) a scheduling
@@ -659,10 +752,14 @@ class Core:
         return out
 
     def sched_note_model(self) -> None:
-        lib.pg_sched_note_model(self._m)
+        """pg_sched_note_model(): a no-op but for a CPU attached to a session,
+        so skipped without a C call while none has begun."""
+        if self.sched_session:
+            lib.pg_sched_note_model(self._m)
 
     def sched_end(self) -> None:
         _check(lib.pg_sched_end(self._m), "sched_end")
+        self.sched_session = False
 
     # -- native stress drivers (csrc/tools/stress/; pygup/stress.py) ----------------
     @staticmethod

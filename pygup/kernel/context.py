@@ -44,13 +44,23 @@ class SchedLock:
 
     def __init__(self, core: Core) -> None:
         self._lock = threading.RLock()
+        # the RLock itself, for a caller that runs only a C entry under the
+        # lock, one that declines while a scheduler session runs: it takes
+        # it without waiting (acquire(False)) and without the scheduler's
+        # bookkeeping (sched_note_model, the holder's ident and depth)
+        self.plain = self._lock
         self._core = core
         self._owner: Optional[int] = None     # thread ident of the holder
         self.depth = 0                        # its nesting (written by the holder only)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if self._lock.acquire(False):
-            return self._took()
+            # _took(), inline: this runs around every model operation
+            if self._core.sched_session:
+                self._core.sched_note_model()
+            self._owner = get_ident()
+            self.depth += 1
+            return True
         if not blocking:
             return False
         while self._core.sched_yield(_MACHINE_LOCK_POINT, True):
@@ -59,7 +69,8 @@ class SchedLock:
         return self._lock.acquire(True, timeout) and self._took()
 
     def _took(self) -> bool:
-        self._core.sched_note_model()
+        if self._core.sched_session:      # (a no-op without one: no C call)
+            self._core.sched_note_model()
         self._owner = get_ident()
         self.depth += 1
         return True
@@ -71,7 +82,8 @@ class SchedLock:
     def release(self) -> None:
         # the model may have changed under the lock: a scheduled CPU tells
         # the schedule explorer's state digest (a no-op for anyone else)
-        self._core.sched_note_model()
+        if self._core.sched_session:
+            self._core.sched_note_model()
         self.depth -= 1
         if self.depth == 0:
             self._owner = None
@@ -107,6 +119,10 @@ class Kernel:
         # writeback a run of folios per C call (kernel/writeback.py); False
         # writes back folio by folio, the reference the batch is tested against
         self.writeback_batch = True
+        # small GUP calls in one C call each (gup.py, csrc/mm/gup_call.c);
+        # False sends every call the general way, the reference they are
+        # tested against
+        self.small_calls = True
         self.filesystems: list = []          # every vfs.FileSystem mounted
         self.internal_mounts: dict = {}      # shm_mnt, hugetlbfs, secretmem: preset -> FileSystem
         self.next_anon_inode = 0
@@ -114,6 +130,7 @@ class Kernel:
         # on any thread, at any time: they only append here)
         self.delayed_fput: collections.deque = collections.deque()
         self._op_depth = 0
+        self._op = _Op(self)                 # op()'s context: it keeps no state of its own
         self.processes: list = []            # every process.Process, exited ones too
         self.next_pid = 1
         self.device_frames: list[int] = []   # memory behind mmap_pfn() mappings
@@ -123,6 +140,10 @@ class Kernel:
         # a Trace that every GUP call records into while explain's
         # trace_calls() block is open (None: calls record nothing)
         self.trace_sink = None
+        # gup.check_gup_args_cached(): the policy its answers hold for, and
+        # the answers (pure functions of the policy and the call's flags)
+        self.gup_args_policy: Optional[Policy] = None
+        self.gup_args_cache: dict[int, Optional[int]] = {}
 
     @property
     def nr_cpus(self) -> int:
@@ -178,6 +199,10 @@ class Kernel:
         """The emulated CPU of the calling thread; a thread that never chose
         one gets the lowest free slot, held until the thread ends (so a
         machine serves at most ``cpus`` threads at once: see Machine)."""
+        try:
+            return self._tls.stack[-1].cpu       # the common case: one look
+        except (AttributeError, IndexError):
+            pass
         stack = self._stack()
         if stack:
             return stack[-1].cpu
@@ -245,7 +270,7 @@ class Kernel:
         """A model update: the machine lock, on this thread's CPU.  Like the
         kernel's might_sleep(), it refuses to run with IRQs off: it may wait
         for other CPUs' IPI acknowledgements.  ``with kernel.op() as cpu:``"""
-        return _Op(self)
+        return self._op
 
     def mmap_lock_break(self, point: bytes) -> None:
         """A registered Python race window (csrc/kernel/race.h) where the
@@ -305,7 +330,8 @@ class Kernel:
 
 class _Op:
     """``Kernel.op()``'s context: a class rather than a generator, since it
-    runs around every model call (a @contextmanager costs microseconds).
+    runs around every model call (a @contextmanager costs microseconds);
+    one per Kernel, shared by nested blocks (its state is the Kernel's).
     On the way out it polls RCU and raises the C core's violations; an
     exception out of the block skips both, as it always did."""
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pygup._native import C
+from pygup._native import SMALL_CALL_PAGES, C
 from pygup.config.mutants import Mutant
 from pygup.errors import IrqsDisabledError
 from pygup.flags import (
-    FOLL, FOLL_ALL, FOLL_ANON, FOLL_DUMP, FOLL_FAST_ONLY, FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT,
+    PAGE_MASK, FOLL, FOLL_ALL, FOLL_ANON, FOLL_DUMP, FOLL_FAST_ONLY, FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT,
     FOLL_HWPOISON, FOLL_LONGTERM, FOLL_NOFAULT, FOLL_PCI_P2PDMA, FOLL_PIN, FOLL_REMOTE,
     FOLL_SPLIT_PMD, FOLL_TOUCH, FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE,
     TASK_SIZE, VM, VM_EXEC, VM_IO,
@@ -120,6 +120,29 @@ def check_gup_args(kernel: "Kernel", pin_api: bool, has_pages: bool, locked: Opt
     return is_valid_gup_flags_legacy(pin_api, has_pages, locked, gup_flags, to_set)
 
 
+_GUP_ARGS_CACHE_MAX = 4096
+
+
+def check_gup_args_cached(kernel: "Kernel", pin_api: bool, has_pages: bool,
+                          locked: Optional[int], gup_flags: int, to_set: int) -> Optional[int]:
+    """``check_gup_args()``, remembered per kernel: its answer is a pure
+    function of the policy and the call's flags, so a repeated call costs a
+    dict lookup.  ``gup_flags`` is a checked int (``_check_call``); calls
+    with ``locked`` are not remembered."""
+    if locked is not None or gup_flags & ~FOLL_ALL:
+        return check_gup_args(kernel, pin_api, has_pages, locked, gup_flags, to_set)
+    cache = kernel.gup_args_cache
+    if kernel.gup_args_policy is not kernel.policy or len(cache) > _GUP_ARGS_CACHE_MAX:
+        cache = kernel.gup_args_cache = {}
+        kernel.gup_args_policy = kernel.policy
+    key = gup_flags | int(to_set) << 32 | bool(pin_api) << 62 | bool(has_pages) << 63
+    try:
+        return cache[key]
+    except KeyError:
+        flags = cache[key] = check_gup_args(kernel, pin_api, has_pages, None, gup_flags, to_set)
+        return flags
+
+
 # ---------------------------------------------------------------------------
 # VMA checks
 
@@ -140,40 +163,51 @@ def writable_file_mapping_allowed(vma: VMA, gup_flags: int, mutants: frozenset =
     return not vma_needs_dirty_tracking(vma)
 
 
+def _writable_file_mapping_inputs(vma: VMA, gup_flags: int) -> dict:
+    """What the writable_file_mapping_allowed step records (traced only)."""
+    fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
+    return dict(anon=vma.vm_ops is None,
+                longterm_pin=(gup_flags & _PIN_LONGTERM) == _PIN_LONGTERM,
+                needs_dirty_tracking=vma_needs_dirty_tracking(vma),
+                fs=fs.name if fs else None,
+                page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
+                                                  or vma.vm_ops.pfn_mkwrite)),
+                writeback=bool(fs and fs.writeback))
+
+
 def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -> int:
     """/* mirrors check_vma_flags() */ (SPEC §2.3): 0 or a negative errno,
     checking in the kernel's order."""
     F = int(vma.vm_flags)
     anon = vma.vm_ops is None                         # vma_is_anonymous()
-    # the inputs each step records are built only when someone traces
-    if trace.check("VM_IO|VM_PFNMAP", bool(F & (VM_IO | VM_PFNMAP)), errno.EFAULT,
-                   lazy=lambda: {"vm_flags": flag_names(VM, F)}):
+    # Each rule's condition first; its step goes to the trace (with inputs
+    # built only then) when the rule refuses or someone traces: untraced,
+    # a call costs the conditions alone.
+    t = trace.enabled
+    bad = bool(F & (VM_IO | VM_PFNMAP))
+    if (bad or t) and trace.check("VM_IO|VM_PFNMAP", bad, errno.EFAULT,
+                                  lazy=lambda: {"vm_flags": flag_names(VM, F)}):
         return -errno.EFAULT
-    if trace.check("FOLL_ANON on a non-anonymous VMA", bool(gup_flags & FOLL_ANON) and not anon,
-                   errno.EFAULT, anon=anon):
+    bad = bool(gup_flags & FOLL_ANON) and not anon
+    if (bad or t) and trace.check("FOLL_ANON on a non-anonymous VMA", bad, errno.EFAULT,
+                                  anon=anon):
         return -errno.EFAULT
-    if gup_flags & FOLL_LONGTERM or trace.enabled:
+    if gup_flags & FOLL_LONGTERM or t:
         fsdax = vma_is_fsdax(vma)
-        if trace.check("FOLL_LONGTERM on fsdax", bool(gup_flags & FOLL_LONGTERM) and fsdax,
-                       errno.EOPNOTSUPP, fsdax=fsdax):
+        bad = bool(gup_flags & FOLL_LONGTERM) and fsdax
+        if (bad or t) and trace.check("FOLL_LONGTERM on fsdax", bad, errno.EOPNOTSUPP,
+                                      fsdax=fsdax):
             return -errno.EOPNOTSUPP
-    if trace.check("vma_is_secretmem", vma_is_secretmem(vma), errno.EFAULT):
+    bad = vma_is_secretmem(vma)
+    if (bad or t) and trace.check("vma_is_secretmem", bad, errno.EFAULT):
         return -errno.EFAULT
     if gup_flags & FOLL_WRITE:
         if policy.writable_file_mapping_check:
             allowed = anon or writable_file_mapping_allowed(vma, gup_flags,
                                                             vma.vm_mm.kernel.mutants)
-
-            def inputs() -> dict:
-                fs = vma.vm_file.fs.fstype if vma.vm_file is not None else None
-                return dict(anon=anon, longterm_pin=(gup_flags & _PIN_LONGTERM) == _PIN_LONGTERM,
-                            needs_dirty_tracking=vma_needs_dirty_tracking(vma),
-                            fs=fs.name if fs else None,
-                            page_mkwrite=bool(vma.vm_ops and (vma.vm_ops.page_mkwrite
-                                                              or vma.vm_ops.pfn_mkwrite)),
-                            writeback=bool(fs and fs.writeback))
-            if trace.check("writable_file_mapping_allowed", not allowed, errno.EFAULT,
-                           lazy=inputs):
+            if (not allowed or t) and trace.check(
+                    "writable_file_mapping_allowed", not allowed, errno.EFAULT,
+                    lazy=lambda: _writable_file_mapping_inputs(vma, gup_flags)):
                 return -errno.EFAULT
         if not F & VM_WRITE:
             force = bool(gup_flags & FOLL_FORCE)
@@ -191,7 +225,8 @@ def check_vma_flags(vma: VMA, gup_flags: int, policy, trace: Trace = NO_TRACE) -
             return -errno.EFAULT
         if trace.check("FOLL_FORCE read of a !VM_MAYREAD VMA", not F & VM_MAYREAD, errno.EFAULT):
             return -errno.EFAULT
-    trace.check("arch_vma_access_permitted", False)
+    if t:
+        trace.check("arch_vma_access_permitted", False)
     return 0
 
 
@@ -335,8 +370,9 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
     vma: Optional[VMA] = None
     while nr_pages:
         if vma is None or start >= vma.vm_end:
-            vma = mm.find_vma(start)
-            if trace.check("find_vma", vma is None, errno.EFAULT, lazy=lambda: {"addr": hex(start)}):
+            vma = mm.vmas.find(start)
+            if (vma is None or trace.enabled) and trace.check(
+                    "find_vma", vma is None, errno.EFAULT, lazy=lambda: {"addr": hex(start)}):
                 ret = -errno.EFAULT
                 break
             ret = check_vma_flags(vma, gup_flags, policy, trace)
@@ -344,12 +380,12 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
                 break
         # the pages that need no fault, in one C call (follow_page_mask's
         # common case); the first one that needs more goes the slow way
-        taken = core.follow_range(cpu, mm.id, start,
-                                  min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT, GUP_BATCH),
-                                  _follow_how(vma, gup_flags, out is not None, policy))
-        if len(taken):
+        taken = core.follow_range_list(cpu, mm.id, start,
+                                       min(nr_pages, (vma.vm_end - start) >> PAGE_SHIFT, GUP_BATCH),
+                                       _follow_how(vma, gup_flags, out is not None, policy))
+        if taken:
             if out is not None:
-                out.extend(taken.tolist())
+                out.extend(taken)
             i += len(taken)
             start += len(taken) << PAGE_SHIFT
             nr_pages -= len(taken)
@@ -408,6 +444,36 @@ def __get_user_pages(mm, start: int, nr_pages: int, gup_flags: int,
         start += PAGE_SIZE
         nr_pages -= 1
     return i if i else ret
+
+
+def _get_user_pages_one_batch(mm, start: int, nr_pages: int, gup_flags: int,
+                              out: list[int], cpu: int, trace: Trace = NO_TRACE) -> int:
+    """__get_user_pages_locked() for gup_slow()'s common call (a few pages,
+    nothing traced, no scheduler session): when [start, +nr_pages) lies in
+    one VMA that check_vma_flags() passes, one batch follow takes what
+    needs no fault and __get_user_pages() goes on from the first page it
+    left, as its own loop would after that follow; otherwise
+    __get_user_pages_locked() decides from the start.  The same answer and
+    pages: the VMA checks are pure, and a follow that takes nothing changes
+    nothing outside a scheduler session."""
+    vma = mm.vmas.find(start)
+    policy = mm.kernel.policy
+    if (vma is None or start + (nr_pages << PAGE_SHIFT) > vma.vm_end
+            or check_vma_flags(vma, gup_flags, policy)):
+        return __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+    if gup_flags & FOLL_PIN:                     # __get_user_pages_locked()'s part
+        mm.has_pinned = True
+    else:
+        gup_flags |= FOLL_GET
+    taken = mm.kernel.core.follow_range_list(cpu, mm.id, start, nr_pages,
+                                             _follow_how(vma, gup_flags, True, policy))
+    n = len(taken)
+    out.extend(taken)
+    if n == nr_pages:
+        return n
+    rest = __get_user_pages(mm, start + (n << PAGE_SHIFT), nr_pages - n, gup_flags, out, cpu,
+                            trace)
+    return n + rest if rest > 0 else (n if n else rest)
 
 
 def __get_user_pages_locked(mm, start: int, nr_pages: int, gup_flags: int,
@@ -487,6 +553,8 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
     stay pinned; otherwise unpin everything, migrate the movable folios to
     ZONE_NORMAL and return -EAGAIN (the caller re-pins), or -ENOMEM."""
     core = mm.kernel.core
+    if core.first_unpinnable(cpu, pfns) == len(pfns):
+        return 0                          # the common answer, in one C call
     collect: list[int] = []
     for pfn in pfns:
         if not core.folio_is_longterm_pinnable(pfn):     # /* the C core's rule */
@@ -505,18 +573,23 @@ def check_and_migrate_movable_pages(mm, pfns: list[int], cpu: int) -> int:
 
 
 def __gup_longterm_locked(mm, start: int, nr_pages: int, gup_flags: int,
-                          out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE) -> int:
+                          out: Optional[list[int]], cpu: int, trace: Trace = NO_TRACE,
+                          attempt=None) -> int:
     """/* mirrors __gup_longterm_locked() */: re-pin the whole range until
-    nothing is left in ZONE_MOVABLE."""
+    nothing is left in ZONE_MOVABLE.  ``attempt`` pins each pass:
+    __get_user_pages_locked(), or _get_user_pages_one_batch(), which
+    answers alike."""
+    if attempt is None:
+        attempt = __get_user_pages_locked
     if not gup_flags & FOLL_LONGTERM:
-        return __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+        return attempt(mm, start, nr_pages, gup_flags, out, cpu, trace)
     kernel = mm.kernel
     kernel.pin_scope += 1      # memalloc_pin_save(): faults avoid ZONE_MOVABLE
     try:
         for _ in range(MAX_LONGTERM_RETRIES):
             assert out is not None
             out.clear()
-            n = __get_user_pages_locked(mm, start, nr_pages, gup_flags, out, cpu, trace)
+            n = attempt(mm, start, nr_pages, gup_flags, out, cpu, trace)
             if n <= 0:
                 return n
             rc = check_and_migrate_movable_pages(mm, out, cpu)
@@ -542,6 +615,22 @@ class Pages:
         self.pinned = pinned          # FOLL_PIN (else FOLL_GET)
         self.writable = writable      # taken with FOLL_WRITE
         self.released = False
+
+    _buf = None       # the cdata over _pfns, when the C core wrote them (_of)
+
+    @classmethod
+    def _of(cls, kernel: "Kernel", pfns: np.ndarray, buf, pinned: bool,
+            writable: bool) -> "Pages":
+        """A Pages over ``pfns``, a contiguous uint64 array the C core
+        wrote through ``buf`` (kept for the release): no conversion."""
+        self = cls.__new__(cls)
+        self._kernel = kernel
+        self._pfns = pfns
+        self._buf = buf
+        self.pinned = pinned
+        self.writable = writable
+        self.released = False
+        return self
 
     def __len__(self) -> int:
         return len(self._pfns)
@@ -631,11 +720,25 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
              pin_api: bool, want_pages: bool = True, locked: Optional[int] = None,
              trace: Trace = NO_TRACE) -> tuple[int, Pages]:
     """The common body of get_user_pages*/pin_user_pages* (not *_fast)."""
-    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    # The common call -- int arguments that pass the entry checks below,
+    # nothing traced -- goes straight to the walk; any other is decided below.
+    if (trace is NO_TRACE and m.small_calls and m.trace_sink is None and locked is None
+            and type(start) is int
+            and type(nr_pages) is int and nr_pages > 0 and start >= 0 and mm.alive
+            and (type(gup_flags) is int or type(gup_flags) is FOLL)):
+        gf = int(gup_flags)
+        flags = (m.gup_args_cache.get(gf | to_set << 32 | bool(pin_api) << 62 | 1 << 63, False)
+                 if m.gup_args_policy is m.policy and want_pages is True and not gf & ~FOLL_ALL
+                 else False)
+        if flags is False and not gf & ~FOLL_ALL:      # not remembered yet
+            flags = check_gup_args_cached(m, pin_api, want_pages, None, gf, to_set)
+        if flags:
+            return _gup_slow_locked(m, mm, start, nr_pages, flags, want_pages, trace)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
-    flags = check_gup_args(m, pin_api, want_pages, locked, gup_flags, to_set)
+    flags = check_gup_args_cached(m, pin_api, want_pages, locked, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
                    flags is None, errno.EINVAL,
                    lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags),
@@ -645,12 +748,25 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
         return ret, Pages(m, [], pinned=pin_api)
     if nr_pages == 0:
         return 0, Pages(m, [], pinned=bool(flags & FOLL_PIN))
+    return _gup_slow_locked(m, mm, start, nr_pages, flags, want_pages, trace)
+
+
+def _gup_slow_locked(m: "Kernel", mm, start: int, nr_pages: int, flags: int, want_pages: bool,
+                     trace: Trace) -> tuple[int, Pages]:
+    """gup_slow() past its entry checks: the walk under the machine lock
+    (a few pages, nothing traced: each pass in one batch follow, where it
+    can be)."""
     out: Optional[list[int]] = [] if want_pages else None
+    attempt = (_get_user_pages_one_batch
+               if (out is not None and nr_pages <= SMALL_CALL_PAGES and trace is NO_TRACE
+                   and m.small_calls and not m.core.sched_session)
+               else __get_user_pages_locked)
     with m.op() as cpu:
         if flags & FOLL_PIN:
-            ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
+            ret = __gup_longterm_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu,
+                                        trace, attempt)
         else:
-            ret = __get_user_pages_locked(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
+            ret = attempt(mm, start & ~(PAGE_SIZE - 1), nr_pages, flags, out, cpu, trace)
     return ret, Pages(m, out[:max(ret, 0)] if out is not None else [], bool(flags & FOLL_PIN),
                       writable=bool(flags & FOLL_WRITE))
 
@@ -708,12 +824,39 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     since 6.11; SPEC §1.4, §4.1): the entry checks, the lockless walk in C
     (one call for the whole range), then the slow path for whatever it
     could not take."""
-    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     m = mm.kernel
+    # The common call -- a few pages, int arguments that pass every entry
+    # check below, nothing traced -- in one C call (pg_gup_fast_call, which
+    # checks again).  Any other call, and a walk the C core declines (IRQs
+    # off), takes the general way below, which decides it.
+    if (trace is NO_TRACE and m.small_calls and m.trace_sink is None and type(start) is int
+            and type(nr_pages) is int and 0 < nr_pages <= SMALL_CALL_PAGES
+            and 0 <= start <= TASK_SIZE_MAX - (nr_pages << PAGE_SHIFT) and mm.alive
+            and (type(gup_flags) is int or type(gup_flags) is FOLL)):
+        gf = int(gup_flags)
+        if gf & ~FOLL_ALL:
+            call = False                        # the general way raises
+        else:
+            call = (m.gup_args_cache.get(gf | to_set << 32 | _FAST_CALL_KEY)
+                    if m.gup_args_policy is m.policy else None)
+            if call is None:                    # not remembered (for this policy) yet
+                call = _fast_call_flags(m, gf, to_set)
+        if call:
+            flags, bits, pinned, writable = call
+            if pinned:
+                mm.has_pinned = True
+            start &= PAGE_MASK
+            taken = m.core.gup_fast_call(m.current_cpu(), mm.id, start, nr_pages, flags, bits)
+            if taken is not None:
+                fast, buf = taken
+                if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
+                    return len(fast), Pages._of(m, fast, buf, pinned, writable)
+                return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
+    start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
     pin_api = bool(to_set & FOLL_PIN)
-    flags = check_gup_args(m, pin_api, True, None, gup_flags, to_set)
+    flags = check_gup_args_cached(m, pin_api, True, None, gup_flags, to_set)
     if trace.check("is_valid_gup_args" if m.policy.valid_gup_args else "is_valid_gup_flags",
                    flags is None, errno.EINVAL, lazy=lambda: {"gup_flags": flag_names(FOLL, gup_flags)}):
         if to_set & FOLL_FAST_ONLY and not m.policy.valid_gup_args:
@@ -751,6 +894,30 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
                                 "pass" if len(fast) == nr_pages else "fallback"))
     if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
         return len(fast), Pages(m, fast, pinned, writable=bool(flags & FOLL_WRITE))
+    return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
+
+
+_FAST_CALL_KEY = 1 << 61        # gup_args_cache keys of _fast_call_flags()' answers
+
+
+def _fast_call_flags(m: "Kernel", gup_flags: int, to_set: int):
+    """For internal_get_user_pages_fast()'s one-call way: (flags, policy
+    bits, pinned, writable) when its entry checks pass these flags, False
+    when they refuse them (the general way then answers); remembered in
+    ``gup_args_cache`` beside check_gup_args_cached()'s answers, for the
+    same policy.  ``gup_flags``: an int within FOLL_ALL."""
+    flags = check_gup_args_cached(m, bool(to_set & FOLL_PIN), True, None, gup_flags, to_set)
+    call = (False if flags is None or flags & ~_FAST_MASK else
+            (flags, m.policy.gup_fast_bits, bool(flags & FOLL_PIN), bool(flags & FOLL_WRITE)))
+    m.gup_args_cache[gup_flags | int(to_set) << 32 | _FAST_CALL_KEY] = call
+    return call
+
+
+def _gup_fast_fallback(m: "Kernel", mm, start: int, nr_pages: int, flags: int,
+                       fast: np.ndarray, trace: Trace) -> tuple[int, Pages]:
+    """The slow path for the pages GUP-fast could not take (from
+    start + len(fast) on), under the machine lock."""
+    pinned = bool(flags & FOLL_PIN)
     out: list[int] = []
     with m.op() as cpu:
         ret = __gup_longterm_locked(mm, start + (len(fast) << PAGE_SHIFT), nr_pages - len(fast),
@@ -777,6 +944,12 @@ def unpin_user_pages_dirty_lock(kernel: "Kernel", pages: Pages, make_dirty: bool
     """/* mirrors unpin_user_pages_dirty_lock() */: dirty each folio that is
     clean through set_page_dirty (a file system with page_mkwrite records a
     dirtying it never prepared for), then drop the pins."""
+    if make_dirty or not _put_call(kernel, pages, True):
+        _unpin_locked(kernel, pages, make_dirty)
+
+
+def _unpin_locked(kernel: "Kernel", pages: Pages, make_dirty: bool) -> None:
+    """unpin_user_pages_dirty_lock()'s general way, under ``kernel.op()``."""
     _release_check(kernel, pages, True, "unpin_user_pages")
     with kernel.op():
         core = kernel.core
@@ -800,13 +973,47 @@ def unpin_user_pages_dirty_lock(kernel: "Kernel", pages: Pages, make_dirty: bool
         pages.released = True
 
 
+def _put_call(kernel: "Kernel", pages: Pages, pin: bool) -> bool:
+    """The common release -- a Pages object of this machine, not released,
+    of the right kind, nothing deferred for the machine lock to run -- in
+    one C call (pg_gup_put_call, under the machine lock, as ``kernel.op()``
+    would take it: the same put, the same RCU poll after it).  False when
+    nothing was done and the general way must decide (the C core declines
+    under a scheduler session, whose CPUs switch at ``op()``'s points, and
+    with IRQs off, where ``op()`` raises)."""
+    if (type(pages) is not Pages or pages._kernel is not kernel or pages.released
+            or pages.pinned is not pin or not kernel.small_calls or kernel.delayed_fput
+            or kernel.orphan_hint[0]):
+        return False
+    cpu = kernel.current_cpu()
+    lock = kernel.lock.plain
+    if not lock.acquire(False):
+        return False
+    try:
+        rc = kernel.core.gup_put_call(cpu, pages._pfns, pin, pages._buf)
+        if rc is None:
+            return False
+        if rc:
+            if rc == -errno.EINVAL:
+                raise GupError(errno.EINVAL, "unpin of pages that hold no pin" if pin
+                               else "put of pages that hold no reference")
+            raise GupError(-rc, "unpin_user_pages" if pin else "put_page")
+        pages.released = True
+        return True
+    finally:
+        lock.release()
+
+
 def unpin_user_pages(kernel: "Kernel", pages: Pages) -> None:
     """/* mirrors unpin_user_pages() */."""
-    unpin_user_pages_dirty_lock(kernel, pages, False)
+    if not _put_call(kernel, pages, True):
+        _unpin_locked(kernel, pages, False)
 
 
 def put_pages(kernel: "Kernel", pages: Pages) -> None:
     """put_page() on every page a FOLL_GET call returned."""
+    if _put_call(kernel, pages, False):
+        return
     _release_check(kernel, pages, False, "put_page")
     with kernel.op():
         rc = kernel.core.gup_put_pages_or_errno(pages._pfns, False)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from sortedcontainers import SortedKeyList, SortedList
 
 from pygup._native import C
-from pygup.flags import PAGE_SHIFT, PAGE_SIZE, VM
+from pygup.flags import (PAGE_SHIFT, PAGE_SIZE, VM, VM_HUGETLB, VM_MAYWRITE, VM_PFNMAP, VM_SHARED,
+                         VM_SOFTDIRTY, VM_WRITE)
 from pygup.kernel.fs import SECRETMEM_VM_OPS, VmOps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,7 +91,7 @@ class VMA:
 
     @property
     def is_hugetlb(self) -> bool:
-        return bool(self.vm_flags & VM.HUGETLB)
+        return bool(int(self.vm_flags) & VM_HUGETLB)
 
     def __repr__(self) -> str:
         what = self.vm_file.describe() if self.vm_file is not None else "anon"
@@ -187,8 +188,10 @@ class VmaTree:
         """The VMA containing addr, or None (unlike the kernel's find_vma,
         never the next one above: that is ``vma_lookup()``)."""
         i = self._vmas.bisect_key_right(addr) - 1
-        if i >= 0 and addr < self._vmas[i].vm_end:
-            return self._vmas[i]
+        if i >= 0:
+            vma = self._vmas[i]            # (one lookup: each is a Python call)
+            if addr < vma.vm_end:
+                return vma
         return None
 
     def range(self, start: int, end: int) -> list[VMA]:
@@ -281,7 +284,7 @@ def vm_flags_str(flags: int) -> str:
 
 def is_cow_mapping(flags: int) -> bool:
     """/* mirrors is_cow_mapping() */: private and may become writable."""
-    return (flags & (VM.SHARED | VM.MAYWRITE)) == VM.MAYWRITE
+    return (int(flags) & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE
 
 
 def vma_is_anonymous(vma: VMA) -> bool:
@@ -293,7 +296,7 @@ def vma_is_anonymous(vma: VMA) -> bool:
 def vma_is_shared_writable(vma: VMA) -> bool:
     """/* mirrors vma_is_shared_writable() */: VM_SHARED, not VM_MAYSHARE —
     a shared mapping of a read-only file has VM_MAYSHARE only."""
-    return (vma.vm_flags & (VM.WRITE | VM.SHARED)) == (VM.WRITE | VM.SHARED)
+    return (int(vma.vm_flags) & (VM_WRITE | VM_SHARED)) == (VM_WRITE | VM_SHARED)
 
 
 def vm_ops_needs_writenotify(vm_ops: Optional[VmOps]) -> bool:
@@ -308,7 +311,7 @@ def mapping_can_writeback(inode: "Inode") -> bool:
 
 def vma_fs_can_writeback(vma: VMA) -> bool:
     """/* mirrors vma_fs_can_writeback() */"""
-    if vma.vm_flags & VM.PFNMAP:        # no managed pages to write back
+    if int(vma.vm_flags) & VM_PFNMAP:   # no managed pages to write back
         return False
     return vma.vm_file is not None and mapping_can_writeback(vma.vm_file)
 
@@ -325,7 +328,7 @@ def vma_needs_dirty_tracking(vma: VMA) -> bool:
 def vma_soft_dirty_enabled(vma: VMA) -> bool:
     """/* mirrors vma_soft_dirty_enabled() */: tracking is on once
     clear_refs has cleared VM_SOFTDIRTY (mmap sets it)."""
-    return not (vma.vm_flags & VM.SOFTDIRTY)
+    return not (int(vma.vm_flags) & VM_SOFTDIRTY)
 
 
 def vma_wants_writenotify(vma: VMA) -> bool:
@@ -369,7 +372,7 @@ def vm_page_prot_base(vma: VMA) -> int:
 def maybe_mkwrite(vma: VMA) -> int:
     """maybe_mkwrite(): the write bit only where the VMA is writable (a
     FOLL_FORCE write COWs without making the mapping writable)."""
-    return C.PTE_WRITE if vma.vm_flags & VM.WRITE else 0
+    return C.PTE_WRITE if int(vma.vm_flags) & VM_WRITE else 0
 
 
 def vma_pte_writable(vma: VMA) -> bool:

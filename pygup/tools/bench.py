@@ -154,17 +154,21 @@ def spread(samples: list[float]) -> dict:
 def per_call_us(reps: int) -> dict:
     """One-page calls through the public API, in microseconds:
     ``pin_user_pages_fast`` + ``unpin_user_pages`` and ``pin_user_pages`` +
-    ``unpin_user_pages`` of a present page (FOLL_LONGTERM | FOLL_WRITE)."""
+    ``unpin_user_pages`` of a present page (FOLL_LONGTERM | FOLL_WRITE).
+    The flags are combined once, outside the timed loop, as a caller's hot
+    loop does: an IntFlag ``|`` costs about half a microsecond in CPython
+    3.11, the caller's cost, not the call's."""
     m = machine_for(64)
     p, a = mapped(m, 64)
     mm = p.mm
     out = {}
+    flags = FOLL.LONGTERM | FOLL.WRITE
     for name, call in (("fast", mm.pin_user_pages_fast), ("slow", mm.pin_user_pages)):
         samples = []
         for _ in range(5):
             t0 = time.perf_counter_ns()
             for _ in range(reps):
-                ret, pages = call(a, 1, FOLL.LONGTERM | FOLL.WRITE)
+                ret, pages = call(a, 1, flags)
                 mm.unpin_user_pages(pages)
             samples.append((time.perf_counter_ns() - t0) / reps / 1e3)
         assert ret == 1

@@ -2,7 +2,7 @@
 down.
 
     lib  <-  kernel  <-  arch  <-  mm  <-  machine.c  <-  tools
-    (kernel: race <- sched <- rcu;  mm: frames <- pgtable <- memory, mmu <- gup)
+    (kernel: race <- sched <- rcu;  mm: frames <- pgtable <- memory, mmu <- gup <- gup_call)
 
 The checker reads every csrc/**/*.{c,h} with regexes, no compiler: comments
 and string literals are blanked, then it collects
@@ -46,6 +46,7 @@ LAYERS: dict[str, tuple[int, ...]] = {
     "mm/mmu": (3, 2),
     "mm/fault": (3, 2),
     "mm/gup": (3, 3),
+    "mm/gup_call": (3, 4),
     "machine": (4, 0),
     "tools/host": (5, 0),
     "tools/stress/stress": (5, 0),

@@ -354,7 +354,9 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
         # get_user_pages() with no pages array: fault in only (MADV_POPULATE)
         gup_flags = int(FOLL.WRITE if op["write"] else 0)
         certain = world.pin_must_succeed(proc, region, page, n, gup_flags)
+        eof = _eof_answer(world, proc, region, page, n, gup_flags)
         ret, pages = mm.get_user_pages(addr, n, gup_flags, pages=False)
+        _check_stops_at_eof(eof, ret, f"get_user_pages({addr:#x}, {n}, pages=NULL)")
         if certain and ret != n:
             raise Violation("over-refusal", f"get_user_pages({addr:#x}, {n}, {gup_flags:#x}, "
                             f"pages=NULL) -> {ret}: {certain}: every page must be faulted in")
@@ -369,7 +371,9 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
     # a read-only FOLL_GET of a PMD-mapped THP follows the PMD: it faults
     # nothing, so nothing splits (follow_pmd_mask / gup_huge_pmd)
     huge_before = not pin and not flags and bool(mm.pte(addr).huge)
+    eof = _eof_answer(world, proc, region, page, n, int(flags))
     ret, pages = call(addr, n, int(flags))
+    _check_stops_at_eof(eof, ret, f"{call.__name__}({addr:#x}, {n}, {flags!r})")
     if huge_before and not mm.pte(addr).huge:
         raise Violation("thp-mapping", f"{call.__name__}({addr:#x}, {n}, 0) split the "
                         "PMD-mapped THP it only had to look up")
@@ -399,6 +403,30 @@ def _gup(world: World, op: dict, proc: Proc, region: Region, page: int, addr: in
         return f"short pin {addr:#x} x{ret}"
     world.held.append(Held(proc, region, page, pages, int(flags)))
     return f"{'pin' if pin else 'get'} {addr:#x} x{ret} held"
+
+
+def _eof_answer(world: World, proc: Proc, region: Region, page: int, n: int,
+                gup_flags: int):
+    """Where a GUP of these pages must stop for EOF, when the harness knows:
+    at the first page past EOF if every page before it must be taken
+    (pin_must_succeed), or at once when the first page is past EOF."""
+    if not region.certain or region.huge:
+        return None
+    eof = world.pages_before_eof(proc, region, page, n)
+    if eof is None or (eof and not world.pin_must_succeed(proc, region, page, eof, gup_flags)):
+        return None
+    return eof
+
+
+def _check_stops_at_eof(eof, ret: int, call: str) -> None:
+    """A GUP over a page past EOF stops there: the pages before it, or
+    -EFAULT when it is the first (the fault is VM_FAULT_SIGBUS)."""
+    if eof is None:
+        return
+    want = eof if eof else -errno.EFAULT
+    if ret != want:
+        raise Violation("errno", f"{call} -> {ret}: page {eof} of the range is past EOF, "
+                        f"so the answer is {want}")
 
 
 def _record_pin_write(world: World, proc: Proc, region: Region, page: int, pfn: int,

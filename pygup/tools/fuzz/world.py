@@ -456,6 +456,20 @@ class World:
                         return None
         return f"{what}, {'rw' if region.writable else 'r'}, mapped, {n} page(s)"
 
+    def pages_before_eof(self, proc: "Proc", region: Region, page: int, n: int
+                         ) -> Optional[int]:
+        """How many of the n pages from `page` on lie inside their file (or
+        shmem object), when one of them does not: a GUP there stops at it
+        (the fault is SIGBUS: -EFAULT when it is the first page).  None when
+        every page is inside, or a page has no backing the harness knows."""
+        for i in range(n):
+            b = self.backing(proc, region.page_addr(page + i))
+            if b is None:
+                return None
+            if b[1] >= b[0].nr_pages():
+                return i
+        return None
+
     def check_fast_differential(self, mm, addr: int, n: int, gup_flags: int) -> None:
         """GUP-fast in C against its plain-Python twin (tools/reference.py)
         on the same state: the same pfns taken (a prefix), then both
