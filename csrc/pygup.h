@@ -302,6 +302,23 @@ int pg_folio_copy(pg_machine *m, uint64_t dst, uint64_t src);
  * ANON_EXCLUSIVE, not the head's folio-wide flags). */
 int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
                        uint32_t *flags, uint64_t *mapping, uint64_t *content);
+/* Writeback of a run of folios, one call each step (kernel/writeback.py).
+ * Each takes n folio heads and checks them all first: a pfn that is not
+ * the head of a live folio, or is the zero page, is -PG_EINVAL before
+ * anything changes.
+ * pg_folios_clear_dirty_for_io: per folio, folio_clear_dirty_for_io() and
+ * folio_start_writeback(): if pte_dirty (may be NULL) has a non-zero byte
+ * for it, set PG_F_DIRTY (a mapping was cleaned); then clear PG_F_DIRTY
+ * and PG_F_MKWRITE, and set PG_F_WRITEBACK if it was dirty.  old[i] gets
+ * the folio's flags before the clear. */
+int pg_folios_clear_dirty_for_io(pg_machine *m, const uint64_t *pfns, int64_t n,
+                                 const uint8_t *pte_dirty, uint32_t *old);
+/* set/clear folio-wide flags on each folio (folio_end_writeback: clear
+ * PG_F_WRITEBACK); structural and per-page bits: -PG_EINVAL */
+int pg_folios_flags_update(pg_machine *m, const uint64_t *pfns, int64_t n,
+                           uint32_t set, uint32_t clear);
+/* the content word of each frame (writeback's copy to disk) */
+int pg_frames_read(pg_machine *m, const uint64_t *pfns, int64_t n, uint64_t *out);
 
 /* The per-page rules, one implementation each in C (mm/frames.c, mm/gup.c),
  * for Python to ask.  Each returns 1 (true), 0 (false), or -PG_EINVAL
@@ -364,6 +381,15 @@ int pg_pte_clear(pg_machine *m, uint64_t mm, uint64_t addr, uint64_t *old);
  * Returns 1 if cleaned (and *was_dirty = the PTE's dirty bit), 0 if not. */
 int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mm, uint64_t addr,
                    uint64_t pfn, int *was_dirty);
+/* folio_mkclean for a run of pages of one mapping: pfns[i] is the page
+ * expected at start + i pages (PG_ZERO_PFN: none, skip it).  Every leaf in
+ * the range that maps the folio of its expected page and is writable or
+ * dirty is cleaned as pg_pte_mkclean does, with one TLB shootdown per
+ * batch of adjacent entries instead of one per entry; cleaned[i] = 1 for
+ * each cleaned leaf (at its first page in the range), 0 elsewhere.
+ * Returns the number of leaves cleaned.  IRQs off: -PG_EBUSY. */
+int64_t pg_mkclean_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                         const uint64_t *pfns, int64_t nr, uint8_t *cleaned);
 /* Zap [start, end): clear every leaf, flush the TLBs, then for each old
  * leaf that is not SPECIAL: transfer the PTE dirty bit to a non-anon
  * folio (PG_F_DIRTY), drop the page's mapcount and one folio reference.  A

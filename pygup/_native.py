@@ -237,6 +237,37 @@ class Core:
     def folio_copy(self, dst: int, src: int) -> None:
         _check(lib.pg_folio_copy(self._m, dst, src), "folio_copy")
 
+    # -- writeback, a run of folios per call -----------------------------------
+    def folios_clear_dirty_for_io(self, heads: np.ndarray,
+                                  pte_dirty: Optional[np.ndarray] = None) -> np.ndarray:
+        """pg_folios_clear_dirty_for_io(): each folio's flags before the
+        clear (the dirty ones are now under writeback)."""
+        arr, ptr = self._pfn_array(heads)
+        old = np.empty(len(arr), np.uint32)
+        dirty = ffi.NULL
+        if pte_dirty is not None:
+            mask = np.ascontiguousarray(pte_dirty, dtype=np.uint8)
+            if len(mask) != len(arr):
+                raise ValueError(f"pte_dirty: {len(mask)} entries for {len(arr)} folios")
+            dirty = ffi.cast("uint8_t *", ffi.from_buffer(mask))
+        _check(lib.pg_folios_clear_dirty_for_io(
+            self._m, ptr, len(arr), dirty, ffi.cast("uint32_t *", ffi.from_buffer(old))),
+            "folios_clear_dirty_for_io")
+        return old
+
+    def folios_flags_update(self, heads: np.ndarray, set_: int = 0, clear: int = 0) -> None:
+        arr, ptr = self._pfn_array(heads)
+        _check(lib.pg_folios_flags_update(self._m, ptr, len(arr), set_, clear),
+               "folios_flags_update")
+
+    def frames_read(self, pfns: np.ndarray) -> np.ndarray:
+        """The content word of each frame."""
+        arr, ptr = self._pfn_array(pfns)
+        out = np.empty(len(arr), np.uint64)
+        _check(lib.pg_frames_read(self._m, ptr, len(arr), ffi.cast("uint64_t *", ffi.from_buffer(out))),
+               "frames_read")
+        return out
+
     def snapshot(self) -> dict[str, np.ndarray]:
         n = self.nr_frames
         arrays = {
@@ -337,6 +368,18 @@ class Core:
         dirty = ffi.new("int *")
         rc = _check(lib.pg_pte_mkclean(self._m, cpu, mm, addr, pfn, dirty), "mkclean")
         return bool(rc), bool(dirty[0])
+
+    def mkclean_range(self, cpu: int, mm: int, start: int, pfns: np.ndarray) -> np.ndarray:
+        """pg_mkclean_range(): folio_mkclean over the pages from ``start``
+        on, pfns[i] the page expected at page i (0: none).  Returns the
+        cleaned mask (one byte per page)."""
+        arr, ptr = self._pfn_array(pfns)
+        cleaned = np.empty(len(arr), np.uint8)
+        rc = lib.pg_mkclean_range(self._m, cpu, mm, start, ptr, len(arr),
+                                  ffi.cast("uint8_t *", ffi.from_buffer(cleaned)))
+        self.raise_violations()
+        _check(rc, "mkclean_range")
+        return cleaned
 
     def zap_range(self, cpu: int, mm: int, start: int, end: int) -> int:
         rc = lib.pg_zap_range(self._m, cpu, mm, start, end)

@@ -414,6 +414,70 @@ int pg_folio_copy(pg_machine *m, uint64_t dst, uint64_t src)
     return 0;
 }
 
+/* ---- writeback, a run of folios per call ------------------------------------ */
+
+/* every pfn the head of a live folio that is not the zero page (nothing
+ * writes the zero page back): checked before anything changes */
+static bool live_heads(pg_machine *m, const uint64_t *pfns, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (!pfn_ok(m, pfns[i]) || pg_frame_head(m, pfns[i]) != pfns[i] ||
+            (pg_load_acquire(&m->frames[pfns[i]].flags) & (PG_F_FREE | PG_F_ZERO)))
+            return false;
+    }
+    return true;
+}
+
+int pg_folios_clear_dirty_for_io(pg_machine *m, const uint64_t *pfns, int64_t n,
+                                 const uint8_t *pte_dirty, uint32_t *old)
+{
+    if (n < 0 || (n > 0 && (!pfns || !old)) || !live_heads(m, pfns, n))
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < n; i++) {
+        _Atomic uint32_t *flags = &m->frames[pfns[i]].flags;
+        /* mirrors folio_clear_dirty_for_io(): a mapping folio_mkclean()
+         * cleaned moves its dirtiness to the folio (folio_mark_dirty) ... */
+        if (pte_dirty && pte_dirty[i])
+            pg_fetch_or(flags, (uint32_t)PG_F_DIRTY);
+        /* ... then folio_test_clear_dirty(); the next write to a cleaned
+         * folio needs a new page_mkwrite */
+        uint32_t was = pg_fetch_and(flags, ~(uint32_t)(PG_F_DIRTY | PG_F_MKWRITE));
+        /* mirrors folio_start_writeback() for each folio that was dirty */
+        if (was & PG_F_DIRTY)
+            pg_fetch_or(flags, (uint32_t)PG_F_WRITEBACK);
+        old[i] = was;
+    }
+    return 0;
+}
+
+int pg_folios_flags_update(pg_machine *m, const uint64_t *pfns, int64_t n,
+                           uint32_t set, uint32_t clear)
+{
+    if (n < 0 || (n > 0 && !pfns) || ((set | clear) & (PG_F_STRUCTURAL | PG_F_PER_PAGE)) ||
+        !live_heads(m, pfns, n))
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < n; i++) {
+        _Atomic uint32_t *flags = &m->frames[pfns[i]].flags;
+        if (clear)
+            pg_fetch_and(flags, ~clear);
+        if (set)
+            pg_fetch_or(flags, set);
+    }
+    return 0;
+}
+
+int pg_frames_read(pg_machine *m, const uint64_t *pfns, int64_t n, uint64_t *out)
+{
+    if (n < 0 || (n > 0 && (!pfns || !out)))
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < n; i++)
+        if (!pfn_ok(m, pfns[i]))
+            return -PG_EINVAL;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = pg_load_acquire(&m->frames[pfns[i]].content);
+    return 0;
+}
+
 int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
                        uint32_t *flags, uint64_t *mapping, uint64_t *content)
 {

@@ -1,8 +1,9 @@
 /*
  * mm/memory.c - the range operations on an mm's page tables, each under the
- * mm lock: folio_mkclean for one mapping, zap (unmap: clear, flush, then
- * drop the counts), free_pgtables, fork's copy_page_range,
- * change_protection, the leaves of a range, and the mm's teardown.
+ * mm lock: folio_mkclean for one mapping (one entry, or a run of pages),
+ * zap (unmap: clear, flush, then drop the counts), free_pgtables, fork's
+ * copy_page_range, change_protection, the leaves of a range, and the mm's
+ * teardown.
  */
 #include <stdlib.h>
 
@@ -59,6 +60,127 @@ int pg_pte_mkclean(pg_machine *m, int cpu, uint64_t mmid, uint64_t addr,
     if (rc == 0 && was_dirty)
         *was_dirty = 0;
     return rc;
+}
+
+/* ---- folio_mkclean over a range ---------------------------------------------- */
+
+/* Writeback of a run of page-cache folios write-protects every shared
+ * mapping of the run with one call per (mapping, range).  The kernel's
+ * folio_mkclean() shoots down once per entry it cleans (ptep_clear_flush()
+ * in page_vma_mkclean_one()); here one shootdown covers a batch of cleaned
+ * entries that sit next to each other (a deliberate difference: the same
+ * entries leave the TLBs, with fewer shootdowns and IPIs; the kernel's own
+ * wp_shared_mapping_range() flushes a write-protected range once too).  Each
+ * batch keeps the single-folio order -- clear every entry, the
+ * mkclean_cleared window, the shootdown, the mkclean_flushed window, then
+ * reinstall each entry clean and write-protected -- so the stale-TLB race
+ * and the mkclean_no_flush switch behave as they do per folio. */
+#define MKCLEAN_BATCH 512
+struct mkclean_ctx {
+    int cpu;
+    struct pg_mm *mm;
+    uint64_t mmid;
+    uint64_t start;
+    const uint64_t *pfns;
+    uint8_t *cleaned;
+    int64_t nr_cleaned;
+    int n;
+    uint64_t lo, hi; /* range the batch's entries cover */
+    struct {
+        _Atomic uint64_t *slot;
+        uint64_t e;
+    } b[MKCLEAN_BATCH];
+};
+
+static void mkclean_flush_batch(pg_machine *m, struct mkclean_ctx *c)
+{
+    if (c->n == 0)
+        return;
+    PG_YIELD(m, c->cpu, PG_W_MKCLEAN_CLEARED);
+    if (!pg_mutant(m, PG_MUT_MKCLEAN_NO_FLUSH))
+        pg_flush_tlb_mm_range(m, c->cpu, c->mm, c->mmid, c->lo, c->hi, false);
+    PG_YIELD(m, c->cpu, PG_W_MKCLEAN_FLUSHED);
+    for (int i = 0; i < c->n; i++)
+        pg_store_release(c->b[i].slot,
+                         c->b[i].e & ~(uint64_t)(PG_PTE_WRITE | PG_PTE_DIRTY));
+    c->n = 0;
+}
+
+static int mkclean_cb(pg_machine *m, void *ctx, struct pg_table *t,
+                      _Atomic uint64_t *slot, uint64_t addr, int level)
+{
+    struct mkclean_ctx *c = ctx;
+    (void)t;
+    uint64_t e = pg_load_acquire(slot);
+    /* a PMD leaf that starts before the range: the page it has in it */
+    uint64_t idx = ((addr > c->start ? addr : c->start) - c->start) >> PG_PAGE_SHIFT;
+    uint64_t want = c->pfns[idx];
+    /* page_vma_mkclean_one()'s test: this folio's entry, writable or dirty */
+    if (want == PG_ZERO_PFN || !pg_pte_maps_frame(e) || !(e & (PG_PTE_WRITE | PG_PTE_DIRTY)))
+        return 0;
+    uint64_t pfn = pg_pte_pfn(e);
+    if (pfn >= m->nr_frames || pg_frame_head(m, pfn) != pg_frame_head(m, want))
+        return 0;
+    uint64_t end = addr + (pg_leaf_pages(level) << PG_PAGE_SHIFT);
+    if (c->n > 0 && (addr != c->hi || c->n == MKCLEAN_BATCH))
+        mkclean_flush_batch(m, c); /* not adjacent, or full: flush what is held */
+    /* cleared first so no CPU can refill its TLB from the old entry */
+    e = pg_xchg(slot, 0);
+    if (c->n == 0)
+        c->lo = addr;
+    c->hi = end;
+    c->b[c->n].slot = slot;
+    c->b[c->n].e = e;
+    c->n++;
+    c->cleaned[idx] = 1;
+    c->nr_cleaned++;
+    return 0;
+}
+
+int64_t pg_mkclean_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                         const uint64_t *pfns, int64_t nr, uint8_t *cleaned)
+{
+    if (nr < 0 || (uint64_t)nr > (PG_VA_LIMIT >> PG_PAGE_SHIFT) ||
+        (nr > 0 && (!pfns || !cleaned)) || !pg_cpu_ok(m, cpu))
+        return -PG_EINVAL;
+    if (start & (PG_PAGE_SIZE - 1))
+        return -PG_EINVAL;
+    if (start > PG_VA_LIMIT)
+        return -PG_EFAULT;
+    uint64_t end = start + ((uint64_t)nr << PG_PAGE_SHIFT);
+    int rc = pg_check_range(start, end);
+    if (rc < 0)
+        return rc;
+    for (int64_t i = 0; i < nr; i++)
+        if (pfns[i] >= m->nr_frames)
+            return -PG_EINVAL;
+    if (nr == 0)
+        return 0;
+    struct mkclean_ctx *c = malloc(sizeof(*c));
+    if (!c)
+        return -PG_ENOMEM;
+    int err;
+    struct pg_mm *mm = pg_mm_lock_op(m, cpu, mmid, &err);
+    if (!mm) {
+        free(c);
+        return err;
+    }
+    for (int64_t i = 0; i < nr; i++)
+        cleaned[i] = 0;
+    c->cpu = cpu;
+    c->mm = mm;
+    c->mmid = mmid;
+    c->start = start;
+    c->pfns = pfns;
+    c->cleaned = cleaned;
+    c->nr_cleaned = 0;
+    c->n = 0;
+    rc = pg_walk_range(m, mm, start, end, mkclean_cb, c);
+    mkclean_flush_batch(m, c);
+    pg_spin_unlock(&mm->lock);
+    int64_t ret = rc < 0 ? rc : c->nr_cleaned;
+    free(c);
+    return ret;
 }
 
 /* ---- zap ------------------------------------------------------------------- */

@@ -116,6 +116,9 @@ class Kernel:
         # runs of anonymous faults in C (mm/fault.c); False sends every fault
         # through kernel/fault.py alone, the reference the batch is tested against
         self.fault_batch = True
+        # writeback a run of folios per C call (kernel/writeback.py); False
+        # writes back folio by folio, the reference the batch is tested against
+        self.writeback_batch = True
         # small GUP calls in one C call each (gup.py, csrc/mm/gup_call.c);
         # False sends every call the general way, the reference they are
         # tested against

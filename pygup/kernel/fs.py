@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Optional
 import itertools
 
 from pygup._native import C
+from pygup.kernel.disk import DiskImage
 
 if TYPE_CHECKING:  # pragma: no cover
     from pygup.kernel.context import Kernel
@@ -142,7 +143,8 @@ class Inode:
 
     ``page_cache`` maps the first page index of each folio to its head pfn
     (hugetlb folios cover 512 indices).  The page cache holds one reference
-    on each folio.  ``disk`` maps page index -> content word (absent = 0)."""
+    on each folio.  ``disk`` holds page index -> content word (a hole
+    reads 0; kernel/disk.py)."""
 
     def __init__(self, fs: "SuperBlock", name: str, size: int) -> None:
         self.fs = fs
@@ -150,7 +152,7 @@ class Inode:
         self.ino = next(_inode_numbers)     # never reused, unlike as_id
         self.size = size
         self.page_cache: dict[int, int] = {}
-        self.disk: dict[int, int] = {}
+        self.disk = DiskImage()
         self.i_mmap: set = set()       # every VMA mapping this file (i_mmap)
         self.i_count = 0               # open File handles (struct file references)
         self.unlinked = False

@@ -6,10 +6,17 @@ every *shared* VMA mapping it and write-protects + cleans each PTE with a TLB
 shootdown, so the next user write faults and notifies the file system.  A
 write that arrives any other way — through a GUP pin, the kernel's direct
 mapping — is invisible to all of this; that is the seed's bug.
+
+``writeback_inode`` writes back a run of folios with a few C calls
+(``_writeback_batch``); the folio-by-folio path below it
+(``writeback_folio``, ``Kernel.writeback_batch = False``) is the reference
+the batch is tested against (tests/model/test_writeback_batch.py).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
+
+import numpy as np
 
 from pygup._native import C
 from pygup.flags import VM
@@ -21,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _cpu(inode: "Inode") -> int:
     return inode.fs.kernel.current_cpu()
+
+
+# what ext4 logs when it skips a dirty folio without buffers
+_SKIP_WITHOUT_PRIVATE = "dirty folio without buffers at writeback: skipped, its data is lost"
 
 
 def folio_mkclean(inode: "Inode", head: int, start: int) -> int:
@@ -67,8 +78,7 @@ def writeback_folio(inode: "Inode", head: int, start: int) -> int:
     try:
         if fs.fstype.skip_dirty_without_private and not flags & C.F_PRIVATE:
             # ext4 since cc5095747edf: warn, leave it clean, skip it
-            fs.warn(inode, start, "dirty folio without buffers at writeback: "
-                                  "skipped, its data is lost")
+            fs.warn(inode, start, _SKIP_WITHOUT_PRIVATE)
             return 0
         written = 0
         for i in range(1 << inode.order):
@@ -81,6 +91,87 @@ def writeback_folio(inode: "Inode", head: int, start: int) -> int:
         core.flags_update(head, 0, C.F_WRITEBACK)
 
 
+def _mkclean_runs(inode: "Inode", starts: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """/* mirrors folio_mkclean() */ for every folio in ``starts`` (sorted):
+    one C call per (shared VMA, run of adjacent folios).  The C core shoots
+    down once per batch of adjacent cleaned entries, not once per entry as
+    the kernel does (a deliberate difference, csrc/mm/memory.c).  Returns,
+    per folio, 1 if some mapping of it was cleaned."""
+    core = inode.fs.kernel.core
+    cpu = _cpu(inode)
+    nr = 1 << inode.order
+    cleaned = np.zeros(len(starts), np.uint8)
+    shared = [vma for vma in list(inode.i_mmap) if vma.vm_flags & VM.SHARED]
+    if not shared:
+        return cleaned
+    cuts = (np.flatnonzero(np.diff(starts) != nr) + 1).tolist()
+    sub = np.arange(nr, dtype=np.uint64)
+    for lo, hi in zip([0, *cuts], [*cuts, len(starts)]):
+        run_first = int(starts[lo])
+        run_end = run_first + (hi - lo) * nr
+        expected = (heads[lo:hi, None] + sub).ravel()     # the page at each index
+        for vma in shared:
+            a = max(run_first, vma.vm_pgoff)
+            b = min(run_end, vma.vm_pgoff + ((vma.vm_end - vma.vm_start) >> C.PAGE_SHIFT))
+            if a >= b:
+                continue
+            done = core.mkclean_range(cpu, vma.vm_mm.id, vma.address_of(a),
+                                      expected[a - run_first:b - run_first])
+            pages = np.flatnonzero(done)
+            if len(pages):
+                cleaned[lo + (a - run_first + pages) // nr] = 1
+    return cleaned
+
+
+def _cached_folios(inode: "Inode", first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first page, head pfn) of every cached folio that caches a page in
+    [first, last), in page order."""
+    cache = inode.page_cache
+    starts = np.fromiter(cache.keys(), np.int64, len(cache))
+    heads = np.fromiter(cache.values(), np.uint64, len(cache))
+    order = np.argsort(starts)
+    starts, heads = starts[order], heads[order]
+    inside = (starts + (1 << inode.order) > first) & (starts < last)
+    return starts[inside], heads[inside]
+
+
+def _writeback_batch(inode: "Inode", first: int, last: int) -> int:
+    """writeback_folio() for every folio caching a page in [first, last),
+    a run per C call: mkclean, then folio_clear_dirty_for_io() +
+    folio_start_writeback() of every folio, then the file system's
+    per-folio say (ext4 skips a folio without buffers), the copy of the
+    pages inside EOF to disk, and folio_end_writeback().  Returns pages
+    written."""
+    fs = inode.fs
+    core = fs.kernel.core
+    nr = 1 << inode.order
+    first, heads = _cached_folios(inode, first, last)
+    if not len(first):
+        return 0
+    old = core.folios_clear_dirty_for_io(heads, _mkclean_runs(inode, first, heads))
+    dirty = (old & C.F_DIRTY) != 0
+    if not dirty.any():
+        return 0
+    wb_first, wb_heads, wb_old = first[dirty], heads[dirty], old[dirty]
+    try:
+        keep = np.ones(len(wb_heads), bool)
+        if fs.fstype.skip_dirty_without_private:
+            # ext4 since cc5095747edf: warn, leave it clean, skip it
+            for k in np.flatnonzero((wb_old & C.F_PRIVATE) == 0).tolist():
+                fs.warn(inode, int(wb_first[k]), _SKIP_WITHOUT_PRIVATE)
+                keep[k] = False
+        sub = np.arange(nr)
+        pages = (wb_first[keep, None] + sub).ravel()
+        pfns = (wb_heads[keep, None] + sub.astype(np.uint64)).ravel()
+        inside = pages < inode.nr_pages()         # a folio's pages past EOF stay off disk
+        pages, pfns = pages[inside], pfns[inside]
+        inode.disk.write_many(pages, core.frames_read(pfns))
+        fs.counters["pages_written"] += len(pages)
+        return len(pages)
+    finally:
+        core.folios_flags_update(wb_heads, 0, C.F_WRITEBACK)     # folio_end_writeback()
+
+
 def writeback_inode(inode: "Inode", first: int = 0, last: Optional[int] = None) -> int:
     """Write back the dirty folios caching pages [first, last).  File
     systems that cannot write back (shmem, ramfs, hugetlbfs) have nothing to
@@ -88,11 +179,11 @@ def writeback_inode(inode: "Inode", first: int = 0, last: Optional[int] = None) 
     if not mapping_can_writeback(inode):
         return 0
     last = inode.nr_pages() if last is None else last
-    written = 0
-    for start in sorted(inode.page_cache):
-        if start + (1 << inode.order) > first and start < last:
-            written += writeback_folio(inode, inode.page_cache[start], start)
-    return written
+    if inode.fs.kernel.writeback_batch:
+        return _writeback_batch(inode, first, last)
+    nr = 1 << inode.order
+    return sum(writeback_folio(inode, inode.page_cache[start], start)
+               for start in sorted(inode.page_cache) if start + nr > first and start < last)
 
 
 def unmap_mapping_pages(inode: "Inode", first: int, last: Optional[int] = None,
@@ -187,8 +278,7 @@ def punch_hole(inode: "Inode", first: int, last: int) -> None:
         writeback_inode(inode, first, last)
     unmap_mapping_pages(inode, first, last, even_cows=False)
     truncate_inode_pages_range(inode, first, last)
-    for index in [i for i in inode.disk if first <= i < last]:
-        del inode.disk[index]
+    inode.disk.discard(first, last)
 
 
 def truncate_inode(inode: "Inode", size: int) -> None:
@@ -200,8 +290,7 @@ def truncate_inode(inode: "Inode", size: int) -> None:
     if size < old:
         first = -(-size // C.PAGE_SIZE)
         truncate_inode_pages(inode, first)
-        for index in [i for i in inode.disk if i >= first]:
-            del inode.disk[index]
+        inode.disk.discard(first)
 
 
 def folio_mlocked(inode: "Inode", start: int) -> bool:
