@@ -77,7 +77,7 @@ def test_shards_as_local_processes_then_merge(tmp_path):
     # an operation budget, not a time one: what each shard finds depends on
     # its seeds only, whatever the machine's speed (sanitizers, load)
     env = {**ENV, "PYGUP_SHARDS": "3", "PYGUP_FUZZ_OUT": str(tmp_path), "PYGUP_FUZZ_SECONDS":
-           "3600", "PYGUP_FUZZ_MAX_OPS": "3000", "PYGUP_FUZZ_SEED": "5",
+           "3600", "PYGUP_FUZZ_MAX_OPS": "9000", "PYGUP_FUZZ_SEED": "5",
            "PYGUP_FUZZ_POLICY": "6.4", "PYGUP_FUZZ_WORKERS": "1",
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     procs = [subprocess.Popen(["sh", str(ROOT / "examples/fuzz/shard.sh")],
@@ -212,9 +212,9 @@ def test_progress_bar_only_on_request(tmp_path):
 
 
 def test_keep_going_dedups_and_keeps_a_corpus(tmp_path):
-    r = cp.campaign("6.4", (), 120, 1, 0, (0, 1), 6000, str(tmp_path), False, shrink_s=5,
+    r = cp.campaign("6.4", (), 120, 1, 0, (0, 1), 15000, str(tmp_path), False, shrink_s=5,
                     keep_going=True, corpus_dir=str(tmp_path / "corpus"))
-    assert r.crashes and r.ops >= 6000 * 0.9          # it went on after the first
+    assert r.crashes and r.ops >= 15000 * 0.9         # it went on after the first
     keys = [(c["invariant"], c["site"]) for c in r.crashes]
     assert len(keys) == len(set(keys))
     assert sum(c["hits"] for c in r.crashes) >= len(r.crashes)

@@ -77,7 +77,7 @@ def plot_replay(path: str, log: list[str], failure, races: list, out: str) -> st
         op = explored[-1]
         return plot_schedule(op["race"], op["schedule"], data.get("policy", "6.5"),
                              data.get("mutants", []), op.get("windows", "all"), out,
-                             f"{os.path.basename(path)}: race {op['race']}")
+                             f"{os.path.basename(path)}: race {op['race']} — {verdict}")
     if races:
         op, run = races[-1]
         reasons = dict(Core.race_windows())
