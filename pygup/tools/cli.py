@@ -8,8 +8,11 @@ own), 3 an internal error (``fuzz``).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import signal
 import sys
+import threading
 from typing import Callable, Optional
 
 from pygup.flags import FOLL, MADV, MAP, MREMAP, PROT
@@ -586,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr: where a
+    # long campaign (or a stuck one) is, without stopping it
+    if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     try:                      # shell completion: pip install 'pygup[completion]'
         import argcomplete

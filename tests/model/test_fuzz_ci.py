@@ -190,7 +190,14 @@ def _workers_left(marker: str) -> list[int]:
 def test_signal_stops_workers_and_writes_the_summary(tmp_path, sig, name):
     p = _start(tmp_path)
     os.killpg(p.pid, sig) if sig == signal.SIGINT else p.send_signal(sig)  # Ctrl-C: the group
-    out, err = p.communicate(timeout=60)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGUSR1)            # where it is stuck: every thread's stack
+        time.sleep(2)
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"the campaign did not stop within 60 s of {name}; its stacks:\n{err[-6000:]}")
     assert p.returncode == 0, err             # clean so far: the run's verdict, not a crash
     assert "Traceback" not in err
     summary = json.loads((tmp_path / "summary.json").read_text())
