@@ -592,7 +592,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     # `kill -USR1 <pid>` prints every thread's Python stack to stderr: where a
     # long campaign (or a stuck one) is, without stopping it
     if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        try:
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        except (AttributeError, OSError, ValueError):   # stderr is not a file (captured)
+            pass
     parser = build_parser()
     try:                      # shell completion: pip install 'pygup[completion]'
         import argcomplete
