@@ -160,13 +160,21 @@ def test_explore_plot(tmp_path, capsys):
     assert (tmp_path / "race.json").exists()       # the schedule, replayable
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: Ctrl-C as a terminal delivers it.  A
+    non-interactive shell starts background jobs with SIGINT ignored, and an
+    ignored signal stays ignored across exec -- so under `... &` the whole
+    suite would hand the campaign a SIGINT it cannot receive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path, *extra):
     corpus = tmp_path / "corpus"
     p = subprocess.Popen([sys.executable, "-m", "pygup", "fuzz", "--policy", "6.5",
                           "--seconds", "120", "--workers", "2", "--out-dir", str(tmp_path),
                           "--corpus", str(corpus), "--json", str(tmp_path / "summary.json"),
                           *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=ENV, start_new_session=True)
+                         env=ENV, start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 60     # running: the parent has saved a corpus entry
     while time.monotonic() < deadline and not (corpus.exists() and any(corpus.iterdir())):
         time.sleep(0.1)
