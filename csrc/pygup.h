@@ -448,6 +448,35 @@ int64_t pg_change_protection(pg_machine *m, int cpu, uint64_t mm,
 int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
                         uint64_t end, uint64_t *addrs, uint64_t *ptes,
                         int64_t max);
+/* The reference-count audit (mm/audit.c): every head frame's refcount
+ * against what its owners hold and every page's mapcount against the leaves
+ * that map it.  Owners: the page-table leaves of the nr_mms address spaces
+ * in mms (leaves[i]: PTE-sized pages of mms[i]'s leaves, for the caller's
+ * leaves-inside-VMAs check), and nr (pfn, kind) pairs: PG_AUDIT_REF one
+ * reference on that very frame (a page-cache head, device memory),
+ * PG_AUDIT_HOLD_GET / _PIN a GUP hold of the page (on its folio's head;
+ * a pin of a small folio is GUP_PIN_COUNTING_BIAS; nothing on the zero
+ * page).  *out: the first check that failed (kind, pfn, actual, expected;
+ * differ: how many heads' refcounts differ, 1 for the other kinds) or
+ * PG_AUDIT_OK.  -PG_EINVAL for a bad argument, before any work; nothing
+ * changes. */
+#define PG_AUDIT_REF 0
+#define PG_AUDIT_HOLD_GET 1
+#define PG_AUDIT_HOLD_PIN 2
+#define PG_AUDIT_OK 0
+#define PG_AUDIT_REFCOUNT 1      /* a head's refcount is not what its owners hold */
+#define PG_AUDIT_NEGATIVE 2      /* a negative refcount */
+#define PG_AUDIT_MAPCOUNT 3      /* a page's mapcount is not its leaves */
+#define PG_AUDIT_LEAF_PFN 4      /* a live leaf maps a frame past the last one */
+struct pg_audit_report {
+    int32_t kind;
+    uint64_t pfn;
+    int64_t actual, expected;
+    int64_t differ;
+};
+int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
+                       int64_t *leaves, const uint64_t *pfns, const uint8_t *kinds,
+                       int64_t nr, struct pg_audit_report *out);
 
 /* ---- transparent huge pages (mm/huge_memory.c; the folio split: mm/frames.c) */
 /* __split_huge_pmd(): replace the PMD leaf of an anonymous THP covering

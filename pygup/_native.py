@@ -37,6 +37,9 @@ C = _Constants()
 # each time (and of ffi.cast("uint64_t *", ffi.from_buffer(a)))
 _U64_ARRAY = ffi.typeof("uint64_t[]")
 _U64 = np.dtype(np.uint64)
+# pg_audit_refcounts()'s failed checks, by name
+_AUDIT_KINDS = {lib.PG_AUDIT_REFCOUNT: "refcount", lib.PG_AUDIT_NEGATIVE: "negative",
+                lib.PG_AUDIT_MAPCOUNT: "mapcount", lib.PG_AUDIT_LEAF_PFN: "leaf-pfn"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,6 +430,43 @@ class Core:
             self._m, mm, start, end, ffi.cast("uint64_t *", ffi.from_buffer(addrs)),
             ffi.cast("uint64_t *", ffi.from_buffer(ptes)), n), "range_leaves")
         return addrs[:got], ptes[:got]
+
+    # kinds of owner pg_audit_refcounts() counts (besides page-table leaves)
+    AUDIT_REF, AUDIT_HOLD_GET, AUDIT_HOLD_PIN = (lib.PG_AUDIT_REF, lib.PG_AUDIT_HOLD_GET,
+                                                 lib.PG_AUDIT_HOLD_PIN)
+
+    def audit_refcounts(self, mms, pfns, kinds) -> tuple[list[int], Optional[dict]]:
+        """pg_audit_refcounts(): the reference-count audit over the page
+        tables of the address spaces ``mms`` and the owners Python records,
+        ``pfns[i]`` of kind ``kinds[i]`` (AUDIT_REF: one reference on that
+        frame; AUDIT_HOLD_GET / AUDIT_HOLD_PIN: a GUP hold of the page).
+        Returns (PTE-sized pages of each mm's leaves, the first failed
+        check as {kind, pfn, actual, expected, differ} or None); nothing
+        changes.  ValueError for mismatched or out-of-range arguments, before
+        the C call; the core re-checks (GupError EINVAL: a stale mm id)."""
+        mm_arr = np.ascontiguousarray(mms, dtype=np.uint64)
+        pfn_arr = np.ascontiguousarray(pfns, dtype=np.uint64)
+        kind_arr = np.ascontiguousarray(kinds, dtype=np.uint8)
+        if mm_arr.ndim != 1 or pfn_arr.ndim != 1 or kind_arr.ndim != 1:
+            raise ValueError("audit_refcounts: mms, pfns and kinds must be flat sequences")
+        if len(pfn_arr) != len(kind_arr):
+            raise ValueError(f"audit_refcounts: {len(pfn_arr)} pfns but {len(kind_arr)} kinds")
+        if len(pfn_arr) and int(pfn_arr.max()) >= self.nr_frames:
+            raise ValueError(f"audit_refcounts: pfn {int(pfn_arr.max()):#x} past the last frame "
+                             f"({self.nr_frames - 1:#x})")
+        if len(kind_arr) and int(kind_arr.max()) > lib.PG_AUDIT_HOLD_PIN:
+            raise ValueError(f"audit_refcounts: unknown owner kind {int(kind_arr.max())}")
+        leaves = np.zeros(len(mm_arr), np.int64)
+        out = ffi.new("struct pg_audit_report *")
+        _check(lib.pg_audit_refcounts(
+            self._m, ffi.from_buffer(_U64_ARRAY, mm_arr), len(mm_arr),
+            ffi.cast("int64_t *", ffi.from_buffer(leaves)), ffi.from_buffer(_U64_ARRAY, pfn_arr),
+            ffi.cast("uint8_t *", ffi.from_buffer(kind_arr)), len(pfn_arr), out), "audit_refcounts")
+        report = None
+        if out.kind != lib.PG_AUDIT_OK:
+            report = {"kind": _AUDIT_KINDS[out.kind], "pfn": out.pfn, "actual": out.actual,
+                      "expected": out.expected, "differ": out.differ}
+        return leaves.tolist(), report
 
     # -- transparent huge pages ------------------------------------------------
     def split_huge_pmd(self, cpu: int, mm: int, addr: int) -> bool:

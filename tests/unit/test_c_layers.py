@@ -45,6 +45,7 @@ LAYERS: dict[str, tuple[int, ...]] = {
     "mm/huge_memory": (3, 2),
     "mm/mmu": (3, 2),
     "mm/fault": (3, 2),
+    "mm/audit": (3, 2),
     "mm/gup": (3, 3),
     "mm/gup_call": (3, 4),
     "machine": (4, 0),

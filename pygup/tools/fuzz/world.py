@@ -321,8 +321,56 @@ class World:
             else:
                 ref[fi.head] += 1
 
+    def audit_owners(self) -> tuple[np.ndarray, np.ndarray]:
+        """The owners the C core cannot see, as pg_audit_refcounts() takes
+        them: (pfns, kinds) for every page-cache folio, device memory and
+        every frame of every hold (the harness's and the callers')."""
+        core = self.m._core
+        refs: list = list(self.m.device_frames)
+        for inode in list(self.m.kernel.inodes.values()):
+            if not inode.released:
+                refs.extend(inode.page_cache.values())
+        pfns = [np.array(refs, np.uint64)]
+        kinds = [np.full(len(refs), core.AUDIT_REF, np.uint8)]
+        holds = [h.pages for h in self.held]
+        for proc in self.procs:
+            for pages_list in proc.p.held.values():
+                holds.extend(pages_list)
+        for pages in holds:
+            pfns.append(pages.pfns)
+            kinds.append(np.full(len(pages), core.AUDIT_HOLD_PIN if pages.pinned
+                                 else core.AUDIT_HOLD_GET, np.uint8))
+        return np.concatenate(pfns), np.concatenate(kinds)
+
     def check_refcounts(self) -> None:
-        """Invariant 1: every frame's refcount equals what its owners hold."""
+        """Invariant 1: every frame's refcount equals what its owners hold,
+        every page's mapcount the leaves that map it.  One C call
+        (pg_audit_refcounts, mm/audit.c) over every frame and every address
+        space; its twin in Python is check_refcounts_reference, which
+        raises the same violations."""
+        pfns, kinds = self.audit_owners()
+        leaves, bad = self.m._core.audit_refcounts([p.p.mm.id for p in self.procs], pfns, kinds)
+        for proc, n in zip(self.procs, leaves):
+            _leaves_inside_vmas(proc, n, sum((v.vm_end - v.vm_start) >> C.PAGE_SHIFT
+                                             for v in proc.p.mm.vmas))
+        if bad is None:
+            return
+        pfn, actual, want = bad["pfn"], bad["actual"], bad["expected"]
+        if bad["kind"] == "refcount":
+            raise Violation("refcount-balance", f"frame {pfn:#x}: refcount {actual}, "
+                            f"owners hold {want} ({bad['differ']} frames differ)", pfn)
+        if bad["kind"] == "negative":
+            raise Violation("refcount-balance", f"frame {pfn:#x} has a negative refcount", pfn)
+        if bad["kind"] == "mapcount":
+            raise Violation("refcount-balance", f"frame {pfn:#x}: mapcount {actual}, page "
+                            f"tables map it {want} times", pfn)
+        raise Violation("refcount-balance", f"a page-table leaf maps frame {pfn:#x}, past the "
+                        f"last frame ({self.m._core.nr_frames - 1:#x})", pfn)
+
+    def check_refcounts_reference(self) -> None:
+        """check_refcounts in numpy over a snapshot of every frame: the C
+        audit's twin (the tests compare them), and the definition of what
+        it checks."""
         snap = self.m._core.snapshot()
         ref, mapc = self.expected_refcounts(snap["flags"])
         actual = snap["refcount"].astype(np.int64)

@@ -1,0 +1,163 @@
+/*
+ * mm/audit.c - the reference-count audit (DESIGN invariant 1) in one call.
+ *
+ * The fuzz harness checks that every frame's refcount equals what its
+ * owners hold and every page's mapcount the page-table leaves that map it.
+ * The owners the core can see itself are the page-table leaves of the
+ * address spaces it is given; the others (page cache, GUP holds, device
+ * memory) are Python's records and come in as (pfn, kind) pairs.  The rules
+ * are the harness's Python audit (pygup/tools/fuzz/world.py,
+ * World.check_refcounts_reference), which stays as this call's twin:
+ *
+ *   - a live leaf (present or PROT_NONE, not special) is one mapping: a PTE
+ *     maps its page, a PMD leaf its whole folio once (counted on the head);
+ *     either holds one reference on the folio (a PTE-mapped page of a THP:
+ *     on the THP's head), as the kernel's folio_add_*_rmap + folio_get do;
+ *   - a GET hold is one reference on the folio, a PIN hold
+ *     GUP_PIN_COUNTING_BIAS on a small folio and one on a large one (whose
+ *     pins are counted in its pincount), as try_grab_folio() takes them;
+ *     neither counts on the zero page;
+ *   - every head frame that is not the zero page is compared; every frame's
+ *     mapcount but the zero page's.
+ *
+ * Nothing changes: the frames are read as pg_frames_snapshot() reads them.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+#include "kernel/sched.h"
+#include "mm/pgtable.h"
+
+struct audit_walk {
+    pg_machine *m;
+    int64_t *ref, *map; /* expected, per frame */
+    int64_t leaves;     /* PTE-sized pages of the leaves visited */
+    uint64_t bad_pfn;   /* a live leaf past the last frame */
+    bool bad;
+};
+
+static int audit_leaf_cb(pg_machine *m, void *ctx, struct pg_table *t,
+                         _Atomic uint64_t *slot, uint64_t addr, int level)
+{
+    struct audit_walk *w = ctx;
+    (void)t;
+    uint64_t e = pg_load_acquire(slot);
+    uint64_t npages = pg_leaf_pages(level);
+    bool live = (e & (PG_PTE_PRESENT | PG_PTE_PROTNONE)) && !(e & PG_PTE_SPECIAL);
+    bool huge = (e & PG_PTE_HUGE) != 0;
+    for (uint64_t i = 0; i < npages; i++) {
+        uint64_t a = addr + (i << PG_PAGE_SHIFT);
+        if (a >= PG_TASK_SIZE_MAX)
+            break;
+        w->leaves++;
+        if (!live)
+            continue;
+        /* a huge leaf is one mapping of its folio: its first page counts */
+        if (huge && (a & (PG_PMD_SIZE - 1)))
+            continue;
+        uint64_t pfn = pg_pte_pfn(e) + i;
+        uint64_t head = huge ? pfn & ~(uint64_t)(PG_PMD_NR - 1) : pfn;
+        if (head >= m->nr_frames) {
+            if (!w->bad)
+                w->bad_pfn = head;
+            w->bad = true;
+            continue;
+        }
+        w->map[head]++;
+        /* a PTE-mapped page of a THP: the reference is its folio's (large
+         * folios are PG_PMD_NR-aligned blocks of frames) */
+        bool tail = pg_load_relaxed(&m->frames[pfn].flags) & PG_F_TAIL;
+        w->ref[tail ? pfn & ~(uint64_t)(PG_PMD_NR - 1) : head]++;
+    }
+    return 0;
+}
+
+static void report_first(struct pg_audit_report *out, int kind, uint64_t pfn,
+                         int64_t actual, int64_t expected)
+{
+    if (out->differ++ == 0) {
+        out->kind = kind;
+        out->pfn = pfn;
+        out->actual = actual;
+        out->expected = expected;
+    }
+}
+
+int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
+                       int64_t *leaves, const uint64_t *pfns, const uint8_t *kinds,
+                       int64_t nr, struct pg_audit_report *out)
+{
+    /* every argument before any work */
+    if (!out || nr_mms < 0 || nr_mms > PG_MM_MAX || nr < 0 ||
+        (nr_mms > 0 && (!mms || !leaves)) || (nr > 0 && (!pfns || !kinds)))
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < nr; i++)
+        if (pfns[i] >= m->nr_frames || kinds[i] > PG_AUDIT_HOLD_PIN)
+            return -PG_EINVAL;
+    for (int64_t i = 0; i < nr_mms; i++)
+        if (!pg_mm_get(m, mms[i]))
+            return -PG_EINVAL;
+    uint64_t n = m->nr_frames;
+    int64_t *ref = calloc(2 * n, sizeof(*ref));
+    if (!ref)
+        return -PG_ENOMEM;
+    int64_t *map = ref + n;
+    *out = (struct pg_audit_report){.kind = PG_AUDIT_OK};
+
+    for (int64_t i = 0; i < nr; i++) {
+        uint64_t pfn = pfns[i];
+        if (kinds[i] == PG_AUDIT_REF) {
+            ref[pfn]++;
+            continue;
+        }
+        uint64_t head = pg_frame_head(m, pfn);
+        uint32_t flags = pg_load_relaxed(&m->frames[pfn].flags) |
+                         pg_load_relaxed(&m->frames[head].flags);
+        if (flags & PG_F_ZERO)
+            continue;
+        bool small = pg_load_relaxed(&m->frames[head].order) == 0;
+        ref[head] += kinds[i] == PG_AUDIT_HOLD_PIN && small ? PG_GUP_PIN_COUNTING_BIAS : 1;
+    }
+
+    struct audit_walk w = {.m = m, .ref = ref, .map = map};
+    int rc = 0;
+    for (int64_t i = 0; i < nr_mms && rc == 0; i++) {
+        struct pg_mm *mm = pg_mm_lock(m, mms[i]);
+        if (!mm) {
+            rc = -PG_EINVAL; /* it went away since the check above */
+            break;
+        }
+        w.leaves = 0;
+        int64_t wr = pg_walk_range(m, mm, 0, PG_TASK_SIZE_MAX, audit_leaf_cb, &w);
+        pg_spin_unlock(&mm->lock);
+        if (wr < 0)
+            rc = (int)wr;
+        leaves[i] = w.leaves;
+    }
+    if (rc == 0 && w.bad) {
+        out->kind = PG_AUDIT_LEAF_PFN;
+        out->pfn = w.bad_pfn;
+        out->differ = 1;
+    } else if (rc == 0) {
+        /* one pass over the frames; the failures reported in the Python
+         * audit's order: a head's refcount, a negative refcount anywhere,
+         * a page's mapcount */
+        struct pg_audit_report neg = {.kind = PG_AUDIT_OK}, mapc = neg;
+        for (uint64_t pfn = 0; pfn < n; pfn++) {
+            struct pg_frame *f = &m->frames[pfn];
+            uint32_t flags = pg_load_relaxed(&f->flags);
+            int64_t actual = pg_load_relaxed(&f->refcount);
+            int64_t mapped = pg_load_relaxed(&f->mapcount);
+            if (!(flags & (PG_F_ZERO | PG_F_TAIL)) && actual != ref[pfn])
+                report_first(out, PG_AUDIT_REFCOUNT, pfn, actual, ref[pfn]);
+            if (actual < 0 && !neg.differ)
+                report_first(&neg, PG_AUDIT_NEGATIVE, pfn, actual, 0);
+            if (!(flags & PG_F_ZERO) && mapped != map[pfn] && !mapc.differ)
+                report_first(&mapc, PG_AUDIT_MAPCOUNT, pfn, mapped, map[pfn]);
+        }
+        if (!out->differ)
+            *out = neg.differ ? neg : mapc;
+    }
+    free(ref);
+    return rc;
+}
