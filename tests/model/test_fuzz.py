@@ -417,7 +417,8 @@ def test_refcount_audit_compares_arrays_through_numpy_functions():
     import textwrap
 
     from pygup.tools.fuzz.world import World
-    for fn in (World.expected_refcounts, World.check_refcounts):
+    for fn in (World.expected_refcounts, World.check_refcounts,
+               World.check_refcounts_reference):
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
         ops = [type(op).__name__ for node in ast.walk(tree) if isinstance(node, ast.Compare)
                for op in node.ops]

@@ -355,17 +355,8 @@ class World:
                                              for v in proc.p.mm.vmas))
         if bad is None:
             return
-        pfn, actual, want = bad["pfn"], bad["actual"], bad["expected"]
-        if bad["kind"] == "refcount":
-            raise Violation("refcount-balance", f"frame {pfn:#x}: refcount {actual}, "
-                            f"owners hold {want} ({bad['differ']} frames differ)", pfn)
-        if bad["kind"] == "negative":
-            raise Violation("refcount-balance", f"frame {pfn:#x} has a negative refcount", pfn)
-        if bad["kind"] == "mapcount":
-            raise Violation("refcount-balance", f"frame {pfn:#x}: mapcount {actual}, page "
-                            f"tables map it {want} times", pfn)
-        raise Violation("refcount-balance", f"a page-table leaf maps frame {pfn:#x}, past the "
-                        f"last frame ({self.m._core.nr_frames - 1:#x})", pfn)
+        raise Violation("refcount-balance", _AUDIT_FINDINGS[bad["kind"]].format(
+            last=self.m._core.nr_frames - 1, **bad), bad["pfn"])
 
     def check_refcounts_reference(self) -> None:
         """check_refcounts in numpy over a snapshot of every frame: the C
@@ -665,6 +656,16 @@ class World:
             mm.unpin_user_pages_dirty_lock(h.pages, dirty)
         else:
             mm.put_page(h.pages)
+
+
+# what each failed check of pg_audit_refcounts() says: the words of
+# check_refcounts_reference's violations
+_AUDIT_FINDINGS = {
+    "refcount": "frame {pfn:#x}: refcount {actual}, owners hold {expected} ({differ} frames differ)",
+    "negative": "frame {pfn:#x} has a negative refcount",
+    "mapcount": "frame {pfn:#x}: mapcount {actual}, page tables map it {expected} times",
+    "leaf-pfn": "a page-table leaf maps frame {pfn:#x}, past the last frame ({last:#x})",
+}
 
 
 def _leaves_inside_vmas(proc: Proc, leaves: int, mapped: int) -> None:
