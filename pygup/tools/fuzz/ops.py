@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import random
 from typing import Callable, Collection
 
@@ -25,6 +26,19 @@ WEIGHTS = {
     "madvise": 4, "mlock": 2, "munlock": 1, "mremap": 2, "fallocate": 2,
     "rcu_section": 2, "gup_edge": 2, "orphan_section": 1,
 }
+_WEIGHTS_SEEN: list = [None, None, None]     # WEIGHTS' items, names, cumulative weights
+
+
+def _cum_weights() -> tuple[list, list]:
+    """(names, cumulative weights) of WEIGHTS as it is now (a test may
+    change it), accumulated once per change rather than per operation."""
+    items = tuple(WEIGHTS.items())
+    if items != _WEIGHTS_SEEN[0]:
+        _WEIGHTS_SEEN[:] = [items, [k for k, _ in items],
+                            list(itertools.accumulate(w for _, w in items))]
+    return _WEIGHTS_SEEN[1], _WEIGHTS_SEEN[2]
+
+
 # the advice the harness gives: each keeps the world's record of what a
 # page holds computable (MADV_FREE's "maybe discarded" would not)
 ADVICE = ["DONTNEED", "DONTNEED", "POPULATE_READ", "POPULATE_WRITE", "COLD", "PAGEOUT",
@@ -35,8 +49,10 @@ CALLERS = ["io_uring", "rdma", "vfio", "proc_mem_write", "proc_mem_read", "proce
 
 def generate(rng: random.Random, world: World) -> dict:
     """One random operation for the world as it is now."""
-    names = list(WEIGHTS)
-    name = rng.choices(names, [WEIGHTS[n] for n in names])[0]
+    # the cumulative weights once (random.choices accumulates the same
+    # list from plain weights: the sequence a seed gives is unchanged)
+    names, cum = _cum_weights()
+    name = rng.choices(names, cum_weights=cum)[0]
     if not any(p.regions for p in world.procs) and name not in ("mmap", "fork", "writeback"):
         name = "mmap"
     r = lambda k: rng.randrange(k)    # noqa: E731
