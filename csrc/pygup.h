@@ -458,7 +458,7 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
  * a pin of a small folio is GUP_PIN_COUNTING_BIAS; nothing on the zero
  * page).  *out: the first check that failed (kind, pfn, actual, expected;
  * differ: how many heads' refcounts differ, 1 for the other kinds) or
- * PG_AUDIT_OK.  -PG_EINVAL for a bad argument, before any work; nothing
+ * PG_AUDIT_OK, and pinned: the PIN pairs not on the zero page.  -PG_EINVAL for a bad argument, before any work; nothing
  * changes. */
 #define PG_AUDIT_REF 0
 #define PG_AUDIT_HOLD_GET 1
@@ -473,6 +473,7 @@ struct pg_audit_report {
     uint64_t pfn;
     int64_t actual, expected;
     int64_t differ;
+    int64_t pinned;
 };
 int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
                        int64_t *leaves, const uint64_t *pfns, const uint8_t *kinds,

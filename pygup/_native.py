@@ -435,13 +435,14 @@ class Core:
     AUDIT_REF, AUDIT_HOLD_GET, AUDIT_HOLD_PIN = (lib.PG_AUDIT_REF, lib.PG_AUDIT_HOLD_GET,
                                                  lib.PG_AUDIT_HOLD_PIN)
 
-    def audit_refcounts(self, mms, pfns, kinds) -> tuple[list[int], Optional[dict]]:
+    def audit_refcounts(self, mms, pfns, kinds) -> tuple[list[int], Optional[dict], int]:
         """pg_audit_refcounts(): the reference-count audit over the page
         tables of the address spaces ``mms`` and the owners Python records,
         ``pfns[i]`` of kind ``kinds[i]`` (AUDIT_REF: one reference on that
         frame; AUDIT_HOLD_GET / AUDIT_HOLD_PIN: a GUP hold of the page).
         Returns (PTE-sized pages of each mm's leaves, the first failed
-        check as {kind, pfn, actual, expected, differ} or None); nothing
+        check as {kind, pfn, actual, expected, differ} or None, the pages
+        of the AUDIT_HOLD_PIN entries that are not the zero page); nothing
         changes.  ValueError for mismatched or out-of-range arguments, before
         the C call; the core re-checks (GupError EINVAL: a stale mm id)."""
         mm_arr = np.ascontiguousarray(mms, dtype=np.uint64)
@@ -466,7 +467,7 @@ class Core:
         if out.kind != lib.PG_AUDIT_OK:
             report = {"kind": _AUDIT_KINDS[out.kind], "pfn": out.pfn, "actual": out.actual,
                       "expected": out.expected, "differ": out.differ}
-        return leaves.tolist(), report
+        return leaves.tolist(), report, out.pinned
 
     # -- transparent huge pages ------------------------------------------------
     def split_huge_pmd(self, cpu: int, mm: int, addr: int) -> bool:

@@ -18,7 +18,9 @@
  *     pins are counted in its pincount), as try_grab_folio() takes them;
  *     neither counts on the zero page;
  *   - every head frame that is not the zero page is compared; every frame's
- *     mapcount but the zero page's.
+ *     mapcount but the zero page's;
+ *   - the pages the PIN holds hold, the zero page's left out, are counted
+ *     for the pin-accounting check (nr_foll_pin_acquired - released).
  *
  * Nothing changes: the frames are read as pg_frames_snapshot() reads them.
  */
@@ -102,6 +104,7 @@ int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
     if (!ref)
         return -PG_ENOMEM;
     int64_t *map = ref + n;
+    int64_t pinned = 0;
     *out = (struct pg_audit_report){.kind = PG_AUDIT_OK};
 
     for (int64_t i = 0; i < nr; i++) {
@@ -117,6 +120,7 @@ int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
             continue;
         bool small = pg_load_relaxed(&m->frames[head].order) == 0;
         ref[head] += kinds[i] == PG_AUDIT_HOLD_PIN && small ? PG_GUP_PIN_COUNTING_BIAS : 1;
+        pinned += kinds[i] == PG_AUDIT_HOLD_PIN;
     }
 
     struct audit_walk w = {.m = m, .ref = ref, .map = map};
@@ -158,6 +162,7 @@ int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
         if (!out->differ)
             *out = neg.differ ? neg : mapc;
     }
+    out->pinned = pinned;
     free(ref);
     return rc;
 }

@@ -208,9 +208,9 @@ class World:
             self.m.check()
         except InvariantError as e:
             raise core_violation(e) from None
-        self.check_refcounts()
+        pinned = self.check_refcounts()
         self.check_pinned_anon_stays()
-        self.check_pin_accounting()
+        self.check_pin_accounting(pinned)
 
     def check_access(self, region: Region, addr: int, write: bool, err: Optional[int],
                      certain: Optional[str]) -> None:
@@ -235,19 +235,21 @@ class World:
             raise Violation("no-stale-tlb", f"CPU {cpu} accessed {addr:#x} but its TLB "
                             "holds no translation for it")
 
-    def check_pin_accounting(self) -> None:
+    def check_pin_accounting(self, pinned: Optional[int] = None) -> None:
         """/proc/vmstat's nr_foll_pin_acquired - nr_foll_pin_released is the
         pins alive (mm/gup.c counts every page a FOLL_PIN takes, the zero
-        page never): here, what the harness and the callers hold pinned."""
+        page never): here, what the harness and the callers hold pinned.
+        ``pinned``: the pages of every pinned hold, the zero page's left
+        out, as check_refcounts' audit counted them (None: count here);
+        the holds already released are taken off either way."""
         core = self.m._core
-        live = 0
-        holds = [h.pages for h in self.held]
-        for proc in self.procs:
-            for pages_list in proc.p.held.values():
-                holds.extend(pages_list)
-        for pages in holds:
-            if pages.pinned and not pages.released:
-                live += sum(1 for pfn in pages if not core.frame_info(pfn).flags & C.F_ZERO)
+        live = 0 if pinned is None else pinned
+        for pages in self.holds():
+            # counted here: the live holds; taken off the audit's: the released
+            count = not pages.released if pinned is None else pages.released
+            if pages.pinned and count:
+                n = sum(1 for pfn in pages if not core.frame_info(pfn).flags & C.F_ZERO)
+                live += n if pinned is None else -n
         st = core.stats()
         counted = st["pins_acquired"] - st["pins_released"]
         if counted != live:
@@ -321,6 +323,15 @@ class World:
             else:
                 ref[fi.head] += 1
 
+    def holds(self) -> list:
+        """The Pages someone holds now: the harness's holds and every
+        caller's (io_uring, RDMA, VFIO, a pipe's vmsplice pages)."""
+        holds = [h.pages for h in self.held]
+        for proc in self.procs:
+            for pages_list in proc.p.held.values():
+                holds.extend(pages_list)
+        return holds
+
     def audit_owners(self) -> tuple[np.ndarray, np.ndarray]:
         """The owners the C core cannot see, as pg_audit_refcounts() takes
         them: (pfns, kinds) for every page-cache folio, device memory and
@@ -332,29 +343,27 @@ class World:
                 refs.extend(inode.page_cache.values())
         pfns = [np.array(refs, np.uint64)]
         kinds = [np.full(len(refs), core.AUDIT_REF, np.uint8)]
-        holds = [h.pages for h in self.held]
-        for proc in self.procs:
-            for pages_list in proc.p.held.values():
-                holds.extend(pages_list)
-        for pages in holds:
+        for pages in self.holds():
             pfns.append(pages.pfns)
             kinds.append(np.full(len(pages), core.AUDIT_HOLD_PIN if pages.pinned
                                  else core.AUDIT_HOLD_GET, np.uint8))
         return np.concatenate(pfns), np.concatenate(kinds)
 
-    def check_refcounts(self) -> None:
+    def check_refcounts(self) -> int:
         """Invariant 1: every frame's refcount equals what its owners hold,
         every page's mapcount the leaves that map it.  One C call
         (pg_audit_refcounts, mm/audit.c) over every frame and every address
         space; its twin in Python is check_refcounts_reference, which
-        raises the same violations."""
+        raises the same violations.  Returns the pages the pinned holds
+        hold, the zero page's left out (for check_pin_accounting)."""
         pfns, kinds = self.audit_owners()
-        leaves, bad = self.m._core.audit_refcounts([p.p.mm.id for p in self.procs], pfns, kinds)
+        leaves, bad, pinned = self.m._core.audit_refcounts([p.p.mm.id for p in self.procs],
+                                                           pfns, kinds)
         for proc, n in zip(self.procs, leaves):
             _leaves_inside_vmas(proc, n, sum((v.vm_end - v.vm_start) >> C.PAGE_SHIFT
                                              for v in proc.p.mm.vmas))
         if bad is None:
-            return
+            return pinned
         raise Violation("refcount-balance", _AUDIT_FINDINGS[bad["kind"]].format(
             last=self.m._core.nr_frames - 1, **bad), bad["pfn"])
 
@@ -439,11 +448,7 @@ class World:
         and every caller's (io_uring, RDMA, VFIO, a pipe's vmsplice pages)."""
         core = self.m._core
         heads = set()
-        holds = [h.pages for h in self.held]
-        for proc in self.procs:
-            for pages_list in proc.p.held.values():
-                holds.extend(pages_list)
-        for pages in holds:
+        for pages in self.holds():
             heads.update(core.frame_info(pfn).head for pfn in pages)
         return heads
 
