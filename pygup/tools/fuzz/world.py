@@ -184,13 +184,16 @@ class World:
             for region in proc.regions:
                 if region.kind != "file" or region.shared:
                     continue
-                for page in range(region.pages):
-                    addr = region.page_addr(page)
-                    if page in region.unmapped or addr in proc.anon_truth:
+                # the region's leaves in one walk (a page with none has no copy)
+                addrs, ptes = core.range_leaves(proc.p.mm.id, region.addr,
+                                                region.addr + region.pages * PAGE)
+                for addr, pte in zip(addrs.tolist(), ptes.tolist()):
+                    page = (addr - region.addr) // PAGE
+                    if page in region.unmapped or addr in proc.anon_truth or \
+                            pte & C.PTE_SPECIAL:
                         continue
-                    pte = proc.p.mm.pte(addr)
-                    if pte.level and not pte.special and \
-                            core.frame_info(pte.pfn).mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
+                    pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
+                    if core.frame_info(pfn).mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
                         b = self.backing(proc, addr)
                         key = (b[0].ino, b[1])
                         # copied from a page the seed's bug wrote: unknown
