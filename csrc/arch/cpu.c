@@ -152,7 +152,7 @@ static void send_ipis(pg_machine *m, int cpu, uint64_t mask, int kind,
             /* the kernel's "CPU N didn't respond to the IPI": here the
              * cause can be found, a target whose thread ended inside an
              * IRQs-off section, and the section ended on its behalf */
-            if (++polls % PG_ORPHAN_POLL == 0)
+            if (pg_orphan_poll_due(++polls))
                 pg_cpu_reap_orphan(m, reqs[i].target);
         }
     }

@@ -125,7 +125,7 @@ static void wait_gp(pg_machine *m, int cpu)
             /* a reader whose thread has ended reads nothing any more: its
              * CPU is quiescent, though its section was never closed (the
              * next IPI to it, or Python, closes it: pg_cpu_reap_orphan) */
-            if (++polls % PG_ORPHAN_POLL == 0 && pg_rcu_section_orphaned(m, i))
+            if (pg_orphan_poll_due(++polls) && pg_rcu_section_orphaned(m, i))
                 break;
         }
     }
