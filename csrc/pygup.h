@@ -319,6 +319,8 @@ int pg_folios_flags_update(pg_machine *m, const uint64_t *pfns, int64_t n,
                            uint32_t set, uint32_t clear);
 /* the content word of each frame (writeback's copy to disk) */
 int pg_frames_read(pg_machine *m, const uint64_t *pfns, int64_t n, uint64_t *out);
+/* the mapcount of each of the n frames from pfn on (a THP's pages) */
+int pg_frames_mapcount(pg_machine *m, uint64_t pfn, int64_t n, int32_t *out);
 
 /* The per-page rules, one implementation each in C (mm/frames.c, mm/gup.c),
  * for Python to ask.  Each returns 1 (true), 0 (false), or -PG_EINVAL

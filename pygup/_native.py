@@ -271,6 +271,18 @@ class Core:
                "frames_read")
         return out
 
+    def frames_mapcount(self, pfn: int, n: int) -> np.ndarray:
+        """The mapcount of each of the n frames from pfn on (one call for a
+        THP's 512 pages, not 512 frame_info calls)."""
+        pfn = _u64(pfn, "pfn")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.nr_frames - pfn:
+            raise ValueError(f"n must be an int in 0..{max(self.nr_frames - pfn, 0)} (the "
+                             f"frames from {pfn:#x} on), got {n!r}")
+        out = np.empty(n, np.int32)
+        _check(lib.pg_frames_mapcount(self._m, pfn, n, ffi.cast("int32_t *", ffi.from_buffer(out))),
+               f"frames_mapcount({pfn:#x}, {n})")
+        return out
+
     def snapshot(self) -> dict[str, np.ndarray]:
         n = self.nr_frames
         arrays = {

@@ -478,6 +478,15 @@ int pg_frames_read(pg_machine *m, const uint64_t *pfns, int64_t n, uint64_t *out
     return 0;
 }
 
+int pg_frames_mapcount(pg_machine *m, uint64_t pfn, int64_t n, int32_t *out)
+{
+    if (n < 0 || (n > 0 && !out) || pfn > m->nr_frames || (uint64_t)n > m->nr_frames - pfn)
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = pg_load_acquire(&m->frames[pfn + (uint64_t)i].mapcount);
+    return 0;
+}
+
 int pg_frames_snapshot(pg_machine *m, int32_t *refcount, int32_t *mapcount,
                        uint32_t *flags, uint64_t *mapping, uint64_t *content)
 {

@@ -576,3 +576,25 @@ def test_a_pinned_or_shared_thp_is_left_whole():
     p.madvise(a, 8 * P, MADV.COLD)
     assert m.folio(H).order == 9 and not _lazyfree(m, H) and c.read(a + 5 * P) == 0x1005
     m.check()
+
+
+def test_frames_mapcount_of_a_thp_and_its_argument_checks():
+    """Core.frames_mapcount (the split rules' one call for a THP's 512
+    pages): a PMD-mapped THP counts on its head, its other pages 0; bad
+    ranges are ValueError before the C call."""
+    m = Machine(memory="16MiB", thp="always")
+    p = m.spawn()
+    addr = p.mmap(4 << 20, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+    huge = (addr + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.write(huge, 1)
+    pte = p.mm.pte(huge)
+    assert pte.huge
+    counts = m._core.frames_mapcount(pte.pfn, 512)
+    assert counts[0] == 1 and not counts[1:].any()
+    core = m._core
+    for bad in ((core.nr_frames - 1, 2), (core.nr_frames + 1, 0), (0, -1), (0, True),
+                (0, 1.0), (-1, 1)):
+        with pytest.raises(ValueError):
+            core.frames_mapcount(*bad)
+    with pytest.raises(TypeError):
+        core.frames_mapcount("0", 1)

@@ -344,3 +344,24 @@ def test_as_records(core_machine):
         assert lib.pg_as_kind(m, bad) == -lib.PG_EINVAL
         assert lib.pg_as_release(m, bad) == -lib.PG_EINVAL
     assert lib.pg_as_kind(m, b + 5) == -lib.PG_EINVAL    # never handed out
+
+
+def test_frames_mapcount_reads_a_range_and_refuses_one_past_the_end(core_machine):
+    """pg_frames_mapcount: each frame's own mapcount, as pg_frame_info reads
+    it; a range past the last frame is -EINVAL before anything is stored."""
+    m = core_machine
+    for pfn, delta in ((10, 1), (11, 3), (13, 2)):
+        lib.pg_frame_mapcount_add(m, pfn, delta)
+    out = ffi.new("int32_t[]", 6)
+    assert lib.pg_frames_mapcount(m, 9, 6, out) == 0
+    assert list(out) == [0, 1, 3, 0, 2, 0]
+    assert [core_frame_info(m, p).mapcount for p in range(9, 15)] == list(out)
+    out[0] = 77
+    assert lib.pg_frames_mapcount(m, NFR - 2, 3, out) == -lib.PG_EINVAL
+    assert lib.pg_frames_mapcount(m, NFR + 1, 0, out) == -lib.PG_EINVAL
+    assert lib.pg_frames_mapcount(m, 0, -1, out) == -lib.PG_EINVAL
+    assert lib.pg_frames_mapcount(m, 0, 1, ffi.NULL) == -lib.PG_EINVAL
+    assert out[0] == 77
+    assert lib.pg_frames_mapcount(m, NFR, 0, ffi.NULL) == 0
+    for pfn, delta in ((10, -1), (11, -3), (13, -2)):
+        lib.pg_frame_mapcount_add(m, pfn, delta)
