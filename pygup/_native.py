@@ -37,6 +37,9 @@ C = _Constants()
 # each time (and of ffi.cast("uint64_t *", ffi.from_buffer(a)))
 _U64_ARRAY = ffi.typeof("uint64_t[]")
 _U64 = np.dtype(np.uint64)
+# the counters of struct pg_stats, in order (read once: the fuzz harness
+# asks for them every step)
+_STATS_FIELDS = tuple(name for name, _ in ffi.typeof("struct pg_stats").fields)
 # pg_audit_refcounts()'s failed checks, by name
 _AUDIT_KINDS = {lib.PG_AUDIT_REFCOUNT: "refcount", lib.PG_AUDIT_NEGATIVE: "negative",
                 lib.PG_AUDIT_MAPCOUNT: "mapcount", lib.PG_AUDIT_LEAF_PFN: "leaf-pfn"}
@@ -153,7 +156,7 @@ class Core:
         st = ffi.new("struct pg_stats *")
         lib.pg_stats_get(self._m, st)
         out = {}
-        for name, _ in ffi.typeof("struct pg_stats").fields:
+        for name in _STATS_FIELDS:
             v = getattr(st, name)
             if name == "nr_free":
                 out["nr_free_normal"] = v[0]
