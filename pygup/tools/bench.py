@@ -47,9 +47,10 @@ def mapped(m: Machine, pages: int, prefault: bool = True):
 
 def reps_for(pages: int, reps: int) -> int:
     """Repetitions of a ``pages``-page call: at least ``reps``, and enough
-    that every size pins about the same number of pages (2**20), so a small
-    call's figure is not one cold call's."""
-    return max(reps, min(256, (1 << 20) // pages))
+    that every size pins about the same number of pages (2**23, at most
+    1,024 calls), so that neither a small call's figure is one cold call's
+    nor a large one's a few calls that met another job's burst."""
+    return max(reps, min(1024, (1 << 23) // pages))
 
 
 def pygup_fast_ns(m: Machine, p, a: int, pages: int, reps: int) -> dict:
