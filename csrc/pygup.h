@@ -544,6 +544,10 @@ int pg_gup_put_pages(pg_machine *m, const uint64_t *pfns, int64_t n, int pin);
 #define PG_FOLLOW_SPLIT_PMD 0x20
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out);
+/* pg_follow_range() of all nr pages or none: taken only when every one can
+ * be (and, with `longterm`, each folio is long-term pinnable); nr or 0 */
+int64_t pg_follow_range_all(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
+                            int64_t nr, uint32_t how, int longterm, uint64_t *out);
 
 /* ---- the anonymous fault in batches (mm/fault.c) ------------------------ */
 /* do_anonymous_page() for each page of [start, start + nr pages) while its
@@ -612,6 +616,14 @@ int64_t pg_gup_fast_call(pg_machine *m, int cpu, uint64_t mm, uint64_t start,
  * of that lock's release when the put succeeded and recorded no violation;
  * declined while a scheduler session runs or IRQs are off on cpu */
 int pg_gup_put_call(pg_machine *m, int cpu, const uint64_t *pfns, int64_t n, int pin);
+/* get_user_pages() / pin_user_pages() of nr present pages of one VMA
+ * whose checks Python made, all or nothing (pg_follow_range_all()), with
+ * `longterm` also check_and_migrate_movable_pages()'s question: nr, or
+ * -PG_CALL_DECLINED with nothing done (a page needs the general path, a
+ * scheduler session, IRQs off on cpu); the RCU poll of the machine lock's
+ * release after a call that took them */
+int64_t pg_gup_slow_call(pg_machine *m, int cpu, uint64_t mm, uint64_t start, int64_t nr,
+                         uint32_t how, int longterm, uint64_t *out);
 /* pg_follow_range() */
 int64_t pg_follow_call(pg_machine *m, int cpu, uint64_t mm, uint64_t start, int64_t nr,
                        uint32_t how, uint64_t *out);

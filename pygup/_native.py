@@ -66,10 +66,21 @@ def _out_len(nr: int) -> int:
     return nr if 0 <= nr <= (lib.PG_TASK_SIZE_MAX >> lib.PG_PAGE_SHIFT) + 1 else 0
 
 
+def pfn_array(buf, n: int) -> np.ndarray:
+    """The first ``n`` pfns of a uint64_t[] cdata (``Core.gup_fast_call``'s)
+    as a numpy array over the same memory, which it keeps alive."""
+    if not 0 <= n <= len(buf):
+        raise ValueError(f"pfn_array: n must be in 0..{len(buf)}, got {n}")
+    return np.frombuffer(ffi.buffer(buf, n * 8), _U64)
+
+
 # pages a small call's batch follow writes into its CPU's reusable buffer
-# (Core.follow_range_list); also the most pages a GUP-fast call takes in one
-# C call with its checks folded (gup.internal_get_user_pages_fast)
+# (Core.follow_range_list); also the most pages a slow-path call takes in
+# one C call with its checks folded (gup._gup_slow_call)
 SMALL_CALL_PAGES = 64
+# the most pages one C call of a walk takes: one IRQs-off section of
+# GUP-fast (gup.py batches a larger call), one batch follow of the slow path
+GUP_BATCH = 1 << 16
 
 _RACE_REGISTRY: Optional[list[tuple[str, str, int]]] = None
 
@@ -546,16 +557,23 @@ class Core:
         self.raise_violations()
         raise InvariantError(f"{what}: the C core recorded a violation (reported elsewhere)")
 
-    def gup_put_call(self, cpu: int, pfns: np.ndarray, pin: bool, buf=None) -> Optional[int]:
+    def gup_put_call(self, cpu: int, pfns: Optional[np.ndarray], pin: bool, buf=None,
+                     n: Optional[int] = None) -> Optional[int]:
         """pg_gup_put_call(), with the machine lock held by the caller: 0 or
         a negative errno as ``gup_put_pages_or_errno``, or None when the C
         core declined (a scheduler session, IRQs off: nothing was done).
-        ``pfns``: a contiguous uint64 array (``Pages`` keeps one; C reads
-        no further than its buffer, whatever it holds, and checks each
-        pfn); ``buf``, when given, the cdata over it (``Pages._of``)."""
+        ``pfns``: a contiguous uint64 array (C reads no further than its
+        buffer, whatever it holds, and checks each pfn); or ``buf``, a
+        uint64_t[] cdata (``gup_fast_call``'s), and ``n``, how many of its
+        entries to put (all when None; never more than it holds)."""
         if buf is None:
             buf = ffi.from_buffer(_U64_ARRAY, pfns)
-        rc = lib.pg_gup_put_call(self._m, cpu, buf, len(buf), pin)
+            n = len(buf)
+        elif n is None:
+            n = len(buf)
+        elif not 0 <= n <= len(buf):
+            raise ValueError(f"gup_put_call: n must be in 0..{len(buf)}, got {n}")
+        rc = lib.pg_gup_put_call(self._m, cpu, buf, n, pin)
         if rc < 0:
             if rc == -lib.PG_CALL_DECLINED:
                 return None
@@ -580,24 +598,38 @@ class Core:
 
     def gup_fast_call(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
                       policy_bits: int):
-        """pg_gup_fast_call() for up to SMALL_CALL_PAGES pages: (the pfns
-        taken, a prefix in a new array: the call's one allocation, and the
-        cdata over it), or None when the C core declined (IRQs off without
-        FOLL_FAST_ONLY: nothing was done)."""
-        if not 0 <= nr <= SMALL_CALL_PAGES:
-            raise ValueError(f"gup_fast_call: nr must be in 0..{SMALL_CALL_PAGES}, got {nr}")
-        out = np.empty(nr, _U64)
-        buf = ffi.from_buffer(_U64_ARRAY, out)
+        """pg_gup_fast_call() for up to GUP_BATCH pages: (how many
+        were taken, a new uint64_t[nr] cdata holding their pfns first: the
+        call's one allocation; ``pfn_array`` reads it), or None when the C
+        core declined (IRQs off without FOLL_FAST_ONLY: nothing was done)."""
+        if not 0 <= nr <= GUP_BATCH:
+            raise ValueError(f"gup_fast_call: nr must be in 0..{GUP_BATCH}, got {nr}")
+        buf = ffi.new(_U64_ARRAY, nr)
         got = lib.pg_gup_fast_call(self._m, cpu, mm, start, nr, gup_flags, policy_bits, buf)
+        if got >= 0:
+            return got, buf
+        if got == -lib.PG_CALL_DECLINED:
+            return None
+        if got == -lib.PG_CALL_VIOLATION:
+            self._call_violation("gup_fast")
+        raise GupError(-got, "gup_fast")
+
+    def gup_slow_call(self, cpu: int, mm: int, start: int, nr: int, how: int, longterm: bool):
+        """pg_gup_slow_call(): a new uint64_t[nr] cdata with the nr pfns it
+        took (the ``PG_FOLLOW_*`` ``how``; with ``longterm`` only folios
+        that may stay long-term pinned), or None when it took nothing and
+        the general path must decide."""
+        if not 0 < nr <= SMALL_CALL_PAGES:
+            raise ValueError(f"gup_slow_call: nr must be in 1..{SMALL_CALL_PAGES}, got {nr}")
+        buf = ffi.new(_U64_ARRAY, nr)
+        got = lib.pg_gup_slow_call(self._m, cpu, mm, start, nr, how, longterm, buf)
         if got == nr:
-            return out, buf
-        if got < 0:
-            if got == -lib.PG_CALL_DECLINED:
-                return None
-            if got == -lib.PG_CALL_VIOLATION:
-                self._call_violation("gup_fast")
-            raise GupError(-got, "gup_fast")
-        return out[:got], ffi.from_buffer(_U64_ARRAY, out[:got])
+            return buf
+        if got == -lib.PG_CALL_DECLINED:
+            return None
+        if got == -lib.PG_CALL_VIOLATION:
+            self._call_violation("gup_slow")
+        raise GupError(-got, "gup_slow")
 
     def follow_range_list(self, cpu: int, mm: int, start: int, nr: int, how: int) -> list[int]:
         """``follow_range`` as a list, through the CPU's reusable buffer
@@ -643,10 +675,15 @@ class Core:
         return out[:_check(got, "gup_fast")]
 
     def gup_fast_why(self, cpu: int, mm: int, start: int, nr: int, gup_flags: int,
-                     policy_bits: int) -> tuple[np.ndarray, int]:
+                     policy_bits: int, out: Optional[np.ndarray] = None
+                     ) -> tuple[np.ndarray, int]:
         """``gup_fast`` that also says why the walk stopped short: (pfns,
-        a ``C.FAST_STOP_*`` code; ``FAST_STOP_NONE`` when it took them all)."""
-        out = np.empty(_out_len(nr), np.uint64)
+        a ``C.FAST_STOP_*`` code; ``FAST_STOP_NONE`` when it took them all),
+        in a view of ``out`` when given, as ``gup_fast``."""
+        if out is None:
+            out = np.empty(_out_len(nr), np.uint64)
+        elif out.dtype != np.uint64 or not out.flags.c_contiguous or len(out) < _out_len(nr):
+            raise ValueError("out must be a contiguous uint64 array of at least nr entries")
         why = ffi.new("int *")
         got = lib.pg_gup_fast_why(self._m, cpu, mm, start, nr, gup_flags, policy_bits,
                                   ffi.from_buffer(_U64_ARRAY, out), why)

@@ -227,60 +227,122 @@ static bool gup_must_unshare(pg_machine *m, int vma_is_cow, uint32_t flags, uint
     return !page_anon_exclusive(m, pfn, head);
 }
 
+/* follow_page_pte()'s checks for one page that needs no fault, without
+ * taking it: the pfn in *pfnp when the page can be taken as `how` asks.
+ * The caller holds mm->lock. */
+static bool follow_page_ok(pg_machine *m, int cpu, struct pg_mm *mm, uint64_t addr,
+                           uint32_t how, uint64_t *pfnp)
+{
+    uint64_t pte;
+    int level = pg_walk_lockless(m, cpu, mm, addr, &pte, NULL);
+    if (level <= 0)
+        return false;
+    if (!(pte & PG_PTE_PRESENT) || (pte & (PG_PTE_PROTNONE | PG_PTE_SPECIAL)) ||
+        !(pte & PG_PTE_USER))
+        return false;
+    uint64_t pfn = pg_pte_pfn(pte);
+    if (level == PG_LEVEL_PMD)
+        pfn += (addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1);
+    if (PG_BUG_ON(m, pfn >= m->nr_frames, "leaf at %#llx maps pfn %llu past memory",
+                  (unsigned long long)addr, (unsigned long long)pfn))
+        return false;
+    uint64_t head = pg_frame_head(m, pfn);
+    if (level == PG_LEVEL_PMD && (how & PG_FOLLOW_SPLIT_PMD) &&
+        !(pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB))
+        return false; /* FOLL_SPLIT_PMD: the split is Python's */
+    /* FOLL_FORCE and faults are Python's: without FORCE the rule is
+     * pte_write() */
+    if ((how & PG_FOLLOW_WRITE) && !can_follow_write_pte(m, pte, pfn, PG_FOLL_WRITE, 0))
+        return false;
+    /* UNSHARE_FILE is FOLL_LONGTERM in a COW mapping (the caller knows
+     * the VMA): gup_must_unshare() with that VMA */
+    bool cow_longterm = how & PG_FOLLOW_UNSHARE_FILE;
+    if ((how & PG_FOLLOW_PIN) && !(how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_WRITE) &&
+        !pg_mutant(m, PG_MUT_NO_UNSHARE) &&
+        gup_must_unshare(m, cow_longterm, PG_FOLL_PIN | (cow_longterm ? PG_FOLL_LONGTERM : 0),
+                         pfn, head))
+        return false;
+    if ((how & PG_FOLLOW_TOUCH) && (how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_DIRTY) &&
+        !(pg_load_acquire(&m->frames[head].flags) & PG_F_DIRTY))
+        return false; /* set_page_dirty() goes through the file system */
+    *pfnp = pfn;
+    return true;
+}
+
+/* take the page follow_page_ok() answered for: the reference or pin `how`
+ * asks, and FOLL_TOUCH's mark_page_accessed() */
+static bool follow_page_take(pg_machine *m, uint64_t pfn, uint32_t how)
+{
+    if ((how & (PG_FOLLOW_GET | PG_FOLLOW_PIN)) &&
+        pg_try_grab_page(m, pfn, how & PG_FOLLOW_PIN) < 0)
+        return false;
+    if (how & PG_FOLLOW_TOUCH)
+        pg_fetch_or(&m->frames[pg_frame_head(m, pfn)].flags, PG_F_REFERENCED);
+    return true;
+}
+
+static bool follow_args_ok(pg_machine *m, int cpu, uint64_t start, int64_t nr, uint32_t how,
+                           const uint64_t *out)
+{
+    return pg_cpu_ok(m, cpu) && nr >= 0 && (nr == 0 || out) && !(start & (PG_PAGE_SIZE - 1)) &&
+           start < PG_VA_LIMIT && (uint64_t)nr <= (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT &&
+           !((how & PG_FOLLOW_GET) && (how & PG_FOLLOW_PIN));
+}
+
 /* mirrors follow_page_pte() for the pages it can take without a fault */
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out)
 {
-    if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
-        start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
-        ((how & PG_FOLLOW_GET) && (how & PG_FOLLOW_PIN)))
+    if (!follow_args_ok(m, cpu, start, nr, how, out))
         return -PG_EINVAL;
     struct pg_mm *mm = pg_mm_lock(m, mmid);
     if (!mm)
         return -PG_EINVAL;
     int64_t i;
     for (i = 0; i < nr; i++) {
-        uint64_t addr = start + ((uint64_t)i << PG_PAGE_SHIFT), pte;
-        int level = pg_walk_lockless(m, cpu, mm, addr, &pte, NULL);
-        if (level <= 0)
+        uint64_t pfn;
+        if (!follow_page_ok(m, cpu, mm, start + ((uint64_t)i << PG_PAGE_SHIFT), how, &pfn) ||
+            !follow_page_take(m, pfn, how))
             break;
-        if (!(pte & PG_PTE_PRESENT) || (pte & (PG_PTE_PROTNONE | PG_PTE_SPECIAL)) ||
-            !(pte & PG_PTE_USER))
-            break;
-        uint64_t pfn = pg_pte_pfn(pte);
-        if (level == PG_LEVEL_PMD)
-            pfn += (addr >> PG_PAGE_SHIFT) & (PG_PMD_NR - 1);
-        if (PG_BUG_ON(m, pfn >= m->nr_frames, "leaf at %#llx maps pfn %llu past memory",
-                      (unsigned long long)addr, (unsigned long long)pfn))
-            break;
-        uint64_t head = pg_frame_head(m, pfn);
-        if (level == PG_LEVEL_PMD && (how & PG_FOLLOW_SPLIT_PMD) &&
-            !(pg_load_relaxed(&m->frames[head].flags) & PG_F_HUGETLB))
-            break; /* FOLL_SPLIT_PMD: the split is Python's */
-        /* FOLL_FORCE and faults are Python's: without FORCE the rule is
-         * pte_write() */
-        if ((how & PG_FOLLOW_WRITE) && !can_follow_write_pte(m, pte, pfn, PG_FOLL_WRITE, 0))
-            break;
-        /* UNSHARE_FILE is FOLL_LONGTERM in a COW mapping (the caller knows
-         * the VMA): gup_must_unshare() with that VMA */
-        bool cow_longterm = how & PG_FOLLOW_UNSHARE_FILE;
-        if ((how & PG_FOLLOW_PIN) && !(how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_WRITE) &&
-            !pg_mutant(m, PG_MUT_NO_UNSHARE) &&
-            gup_must_unshare(m, cow_longterm, PG_FOLL_PIN | (cow_longterm ? PG_FOLL_LONGTERM : 0),
-                             pfn, head))
-            break;
-        if ((how & PG_FOLLOW_TOUCH) && (how & PG_FOLLOW_WRITE) && !(pte & PG_PTE_DIRTY) &&
-            !(pg_load_acquire(&m->frames[head].flags) & PG_F_DIRTY))
-            break; /* set_page_dirty() goes through the file system */
-        if ((how & (PG_FOLLOW_GET | PG_FOLLOW_PIN)) &&
-            pg_try_grab_page(m, pfn, how & PG_FOLLOW_PIN) < 0)
-            break;
-        if (how & PG_FOLLOW_TOUCH)
-            pg_fetch_or(&m->frames[head].flags, PG_F_REFERENCED);
         out[i] = pfn;
     }
     pg_spin_unlock(&mm->lock);
     return i;
+}
+
+/* pg_follow_range() of all nr pages or none: the pages are taken only when
+ * follow_page_ok() passes every one (and, with `longterm`, each folio is
+ * long-term pinnable: check_and_migrate_movable_pages() would keep it), so
+ * a call that cannot finish in C changes nothing and the caller's general
+ * path decides it from the start.  Returns nr or 0.  The page tables do
+ * not change between the two passes: their writers hold the machine lock,
+ * as the caller does; a grab that still fails (a refcount at its limit)
+ * puts back what was taken (the FOLL_TOUCH accessed marks of those stay:
+ * a hint). */
+int64_t pg_follow_range_all(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                            int64_t nr, uint32_t how, int longterm, uint64_t *out)
+{
+    if (!follow_args_ok(m, cpu, start, nr, how, out))
+        return -PG_EINVAL;
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    int64_t i;
+    for (i = 0; i < nr; i++) {
+        if (!follow_page_ok(m, cpu, mm, start + ((uint64_t)i << PG_PAGE_SHIFT), how, &out[i]) ||
+            (longterm && pg_folio_is_longterm_pinnable(m, out[i]) != 1))
+            break;
+    }
+    int64_t taken = 0;
+    if (i == nr)
+        while (taken < nr && follow_page_take(m, out[taken], how))
+            taken++;
+    pg_spin_unlock(&mm->lock);
+    if (taken == nr)
+        return nr;
+    if (taken > 0 && (how & (PG_FOLLOW_GET | PG_FOLLOW_PIN)))
+        pg_gup_put_pages(m, out, taken, (how & PG_FOLLOW_PIN) != 0);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------

@@ -20,12 +20,16 @@
 
 /* pin_user_pages_fast() / get_user_pages_fast() of a few pages: the
  * lockless walk of pg_gup_fast_why(), which checks the range, the mm and
- * the flags itself */
+ * the flags itself.  A range that ends past TASK_SIZE_MAX is declined:
+ * internal_get_user_pages_fast()'s access_ok() answer is Python's. */
 int64_t pg_gup_fast_call(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
                          int64_t nr, uint32_t gup_flags, uint32_t policy, uint64_t *out)
 {
     if (!pg_cpu_ok(m, cpu))
         return -PG_EINVAL;
+    if (nr < 0 || start > PG_TASK_SIZE_MAX ||
+        (uint64_t)nr > (PG_TASK_SIZE_MAX - start) >> PG_PAGE_SHIFT)
+        return -PG_CALL_DECLINED;
     /* internal_get_user_pages_fast() may fall back to the slow path, which
      * sleeps: with IRQs off only FOLL_FAST_ONLY may walk (Python raises) */
     if (!(gup_flags & PG_FOLL_FAST_ONLY) && pg_cpu_irqs_off(m, cpu))
@@ -49,6 +53,30 @@ int pg_gup_put_call(pg_machine *m, int cpu, const uint64_t *pfns, int64_t n, int
     if (rc == 0)
         pg_rcu_poll(m);
     return rc;
+}
+
+/* get_user_pages() / pin_user_pages() of a few present pages of one VMA
+ * that Python's check_vma_flags() passed: __get_user_pages()'s batch follow
+ * and, for a FOLL_LONGTERM pin, check_and_migrate_movable_pages()'s
+ * question, all or nothing (pg_follow_range_all()), by a caller holding the
+ * machine lock, ending as that lock's release does (the RCU poll).  nr when
+ * every page was taken; -PG_CALL_DECLINED when nothing was (a page needs a
+ * fault or a migration, a scheduler session runs, IRQs are off): Python's
+ * general path then decides the call from the start. */
+int64_t pg_gup_slow_call(pg_machine *m, int cpu, uint64_t mmid, uint64_t start, int64_t nr,
+                         uint32_t how, int longterm, uint64_t *out)
+{
+    if (!pg_cpu_ok(m, cpu) || nr <= 0)
+        return -PG_EINVAL;
+    if (pg_load_relaxed(&m->sched_on) || pg_cpu_irqs_off(m, cpu))
+        return -PG_CALL_DECLINED;
+    int64_t got = pg_follow_range_all(m, cpu, mmid, start, nr, how, longterm, out);
+    if (pg_violation_count(m) > 0)
+        return -PG_CALL_VIOLATION;
+    if (got != nr)
+        return got < 0 ? got : -PG_CALL_DECLINED;
+    pg_rcu_poll(m);
+    return got;
 }
 
 /* the slow path's batch follow, pg_follow_range() (its checks) */

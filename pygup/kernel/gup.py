@@ -10,11 +10,12 @@ decided.
 from __future__ import annotations
 
 import errno
+import functools
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pygup._native import SMALL_CALL_PAGES, C
+from pygup._native import GUP_BATCH, SMALL_CALL_PAGES, C, pfn_array
 from pygup.config.mutants import Mutant
 from pygup.errors import IrqsDisabledError
 from pygup.flags import (
@@ -42,10 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TASK_SIZE_MAX = TASK_SIZE
 MAX_LONGTERM_RETRIES = 8
-# pages per C call of the walks: the kernel's callers pass their own pages
-# array; pygup sizes its buffers by what a batch can take, so a huge
-# nr_pages costs memory only for the pages actually taken
-GUP_BATCH = 1 << 16      # 6.5 retries without bound; pygup gives up (BUGS #11)
+# GUP_BATCH (pygup._native): pages per C call of the walks; the kernel's
+# callers pass their own pages array, pygup sizes its buffers by what a
+# batch can take, so a huge nr_pages costs memory only for the pages
+# actually taken (6.5 retries without bound; pygup gives up: BUGS #11)
 
 # The hot paths below use the plain-int FOLL_* / VM_* (pygup.flags): an
 # IntFlag operation costs about a microsecond, an int's tens of ns.
@@ -612,28 +613,22 @@ class Pages:
     def __init__(self, kernel: "Kernel", pfns, pinned: bool, writable: bool = False) -> None:
         self._kernel = kernel
         self._pfns = np.asarray(pfns, dtype=np.uint64)
+        self._n = len(self._pfns)
         self.pinned = pinned          # FOLL_PIN (else FOLL_GET)
         self.writable = writable      # taken with FOLL_WRITE
         self.released = False
 
-    _buf = None       # the cdata over _pfns, when the C core wrote them (_of)
+    _buf = None       # the uint64_t[] cdata the C core wrote the pfns into (_pages_of)
 
-    @classmethod
-    def _of(cls, kernel: "Kernel", pfns: np.ndarray, buf, pinned: bool,
-            writable: bool) -> "Pages":
-        """A Pages over ``pfns``, a contiguous uint64 array the C core
-        wrote through ``buf`` (kept for the release): no conversion."""
-        self = cls.__new__(cls)
-        self._kernel = kernel
-        self._pfns = pfns
-        self._buf = buf
-        self.pinned = pinned
-        self.writable = writable
-        self.released = False
-        return self
+    @functools.cached_property
+    def _pfns(self) -> np.ndarray:
+        # a Pages of _pages_of(): the array over its buffer, made on first use
+        # (__init__ sets it; a non-data descriptor, so reading it once made
+        # costs what any attribute does)
+        return pfn_array(self._buf, self._n)
 
     def __len__(self) -> int:
-        return len(self._pfns)
+        return self._n
 
     def _index(self, i) -> int:
         """i as a Python int in range (numpy integers welcome): IndexError
@@ -696,6 +691,23 @@ class Pages:
         return grid_table(title, ["index", "pfn"], rows)
 
 
+def _pages_of(kernel: "Kernel", buf, n: int, pinned: bool, writable: bool) -> Pages:
+    """A Pages over the first ``n`` pfns of ``buf``, a uint64_t[] cdata the
+    C core wrote (a small call's): no conversion; the numpy array over it
+    is made when first asked for (the release needs none)."""
+    self = _new_pages(Pages)
+    self._kernel = kernel
+    self._buf = buf
+    self._n = n
+    self.pinned = pinned
+    self.writable = writable
+    self.released = False
+    return self
+
+
+_new_pages = Pages.__new__
+
+
 # ---------------------------------------------------------------------------
 # entry points (SPEC §1.2): (ret, Pages) where ret is what the kernel returns
 
@@ -734,6 +746,10 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
         if flags is False and not gf & ~FOLL_ALL:      # not remembered yet
             flags = check_gup_args_cached(m, pin_api, want_pages, None, gf, to_set)
         if flags:
+            if nr_pages <= SMALL_CALL_PAGES and want_pages is True:
+                done = _gup_slow_call(m, mm, start, nr_pages, flags)
+                if done is not None:
+                    return done
             return _gup_slow_locked(m, mm, start, nr_pages, flags, want_pages, trace)
     start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
@@ -749,6 +765,41 @@ def gup_slow(mm, start: int, nr_pages: int, gup_flags: int, to_set: int,
     if nr_pages == 0:
         return 0, Pages(m, [], pinned=bool(flags & FOLL_PIN))
     return _gup_slow_locked(m, mm, start, nr_pages, flags, want_pages, trace)
+
+
+def _gup_slow_call(m: "Kernel", mm, start: int, nr_pages: int, flags: int
+                   ) -> Optional[tuple[int, Pages]]:
+    """gup_slow()'s common call -- a few present pages of one VMA that
+    check_vma_flags() passes, none needing a fault, an unshare or a
+    migration -- in one C call (pg_gup_slow_call: the batch follow and, for
+    FOLL_LONGTERM, check_and_migrate_movable_pages()'s question, all or
+    nothing) under the machine lock, taken as ``kernel.op()`` takes it when
+    that has nothing else to do (no delayed fput, no orphaned CPU) and
+    ending as it does (the RCU poll, in C).  None when nothing was done:
+    _gup_slow_locked() then decides the call from the start."""
+    if m.delayed_fput or m.orphan_hint[0]:
+        return None
+    lock = m.lock.plain
+    if not lock.acquire(False):
+        return None
+    try:
+        start &= PAGE_MASK
+        vma = mm.vmas.find(start)
+        policy = m.policy
+        if (vma is None or start + (nr_pages << PAGE_SHIFT) > vma.vm_end
+                or check_vma_flags(vma, flags, policy)):
+            return None
+        pinned = bool(flags & FOLL_PIN)
+        buf = m.core.gup_slow_call(m.current_cpu(), mm.id, start, nr_pages,
+                                   _follow_how(vma, flags, True, policy),
+                                   pinned and bool(flags & FOLL_LONGTERM))
+        if buf is None:
+            return None
+        if pinned:
+            mm.has_pinned = True                # __get_user_pages_locked(): MMF_HAS_PINNED
+        return nr_pages, _pages_of(m, buf, nr_pages, pinned, bool(flags & FOLL_WRITE))
+    finally:
+        lock.release()
 
 
 def _gup_slow_locked(m: "Kernel", mm, start: int, nr_pages: int, flags: int, want_pages: bool,
@@ -793,29 +844,39 @@ FAST_STOP_REASONS = {
 }
 
 
+_FAST_OUT_FIRST = 1 << 20      # pfns the first output buffer may hold (8 MiB, touched as filled)
+
+
 def _gup_fast_batched(m: "Kernel", cpu: int, mm, start: int, nr_pages: int,
                       flags: int, why: bool = False) -> tuple[np.ndarray, int]:
     """The lockless walk in batches of GUP_BATCH pages, each one C call
-    with IRQs off: the output buffer grows with what was taken, never with
-    what was asked (a 2**34-page request over an empty range costs one
-    small buffer); a short batch ends the walk, as the first page the walk
-    cannot take does.  (pfns, why the walk stopped: a C.FAST_STOP_* code
-    when ``why``, else 0)."""
-    parts = []
+    with IRQs off, writing into one output array: sized for the request up
+    to _FAST_OUT_FIRST pfns (its memory is touched only as the walk fills
+    it), doubled when a larger request has filled it, so a 2**34-page
+    request over an empty range costs one buffer of virtual memory; a walk
+    that stopped short of half of it returns a copy of what it took, so a
+    Pages holds no more than twice its pfns.  A short batch ends the walk,
+    as the first page the walk cannot take does.  (pfns, why the walk
+    stopped: a C.FAST_STOP_* code when ``why``, else 0)."""
+    out = np.empty(min(nr_pages, _FAST_OUT_FIRST), np.uint64)
+    bits = m.policy.gup_fast_bits
     done = 0
     stop = 0
     while done < nr_pages:
         n = min(nr_pages - done, GUP_BATCH)
+        if done + n > len(out):                 # all taken so far: grow
+            bigger = np.empty(min(nr_pages, 2 * len(out)), np.uint64)
+            bigger[:done] = out[:done]
+            out = bigger
         at = start + (done << PAGE_SHIFT)
         if why:
-            got, stop = m.core.gup_fast_why(cpu, mm.id, at, n, flags, m.policy.gup_fast_bits)
+            got, stop = m.core.gup_fast_why(cpu, mm.id, at, n, flags, bits, out[done:done + n])
         else:
-            got = m.core.gup_fast(cpu, mm.id, at, n, flags, m.policy.gup_fast_bits)
-        parts.append(got)
+            got = m.core.gup_fast(cpu, mm.id, at, n, flags, bits, out[done:done + n])
         done += len(got)
         if len(got) < n:
             break
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), stop
+    return (out[:done] if 2 * done >= len(out) else out[:done].copy()), stop
 
 
 def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
@@ -825,33 +886,6 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     (one call for the whole range), then the slow path for whatever it
     could not take."""
     m = mm.kernel
-    # The common call -- a few pages, int arguments that pass every entry
-    # check below, nothing traced -- in one C call (pg_gup_fast_call, which
-    # checks again).  Any other call, and a walk the C core declines (IRQs
-    # off), takes the general way below, which decides it.
-    if (trace is NO_TRACE and m.small_calls and m.trace_sink is None and type(start) is int
-            and type(nr_pages) is int and 0 < nr_pages <= SMALL_CALL_PAGES
-            and 0 <= start <= TASK_SIZE_MAX - (nr_pages << PAGE_SHIFT) and mm.alive
-            and (type(gup_flags) is int or type(gup_flags) is FOLL)):
-        gf = int(gup_flags)
-        if gf & ~FOLL_ALL:
-            call = False                        # the general way raises
-        else:
-            call = (m.gup_args_cache.get(gf | to_set << 32 | _FAST_CALL_KEY)
-                    if m.gup_args_policy is m.policy else None)
-            if call is None:                    # not remembered (for this policy) yet
-                call = _fast_call_flags(m, gf, to_set)
-        if call:
-            flags, bits, pinned, writable = call
-            if pinned:
-                mm.has_pinned = True
-            start &= PAGE_MASK
-            taken = m.core.gup_fast_call(m.current_cpu(), mm.id, start, nr_pages, flags, bits)
-            if taken is not None:
-                fast, buf = taken
-                if len(fast) == nr_pages or flags & FOLL_FAST_ONLY:
-                    return len(fast), Pages._of(m, fast, buf, pinned, writable)
-                return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
     start, nr_pages, gup_flags = _check_call(mm, start, nr_pages, gup_flags)
     if trace is NO_TRACE and m.trace_sink is not None:
         trace = m.trace_sink
@@ -898,6 +932,53 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
 
 
 _FAST_CALL_KEY = 1 << 61        # gup_args_cache keys of _fast_call_flags()' answers
+
+
+def _fast_entry(to_set: int, name: str):
+    """The kernel-style entry point ``name`` (pin_user_pages_fast(),
+    get_user_pages_fast(), get_user_pages_fast_only(): ``to_set``), an MM
+    method.  Its common call -- up to GUP_BATCH pages (one IRQs-off walk,
+    as each batch of the general way is), int arguments that pass every
+    entry check of internal_get_user_pages_fast(), nothing traced -- is one
+    C call (pg_gup_fast_call, which checks again); any other call, and a
+    walk the C core declines (IRQs off), goes to
+    internal_get_user_pages_fast(), which decides it.  Made once per entry
+    point so that the common call costs one Python frame: the constants it
+    needs are this closure's."""
+    key = to_set << 32 | _FAST_CALL_KEY
+    batch = GUP_BATCH
+
+    def entry(mm, start: int, nr_pages: int, gup_flags: int = 0) -> tuple[int, Pages]:
+        m = mm.kernel
+        t = type(gup_flags)
+        if (m.small_calls and m.trace_sink is None and type(start) is int
+                and type(nr_pages) is int and 0 < nr_pages <= batch and start >= 0 and mm.alive
+                and (t is int or t is FOLL) and m.gup_args_policy is m.policy):
+            gf = gup_flags if t is int else int(gup_flags)
+            call = m.gup_args_cache.get(gf | key)
+            if call is None and not gf & ~FOLL_ALL:     # not remembered yet
+                call = _fast_call_flags(m, gf, to_set)
+            if call:
+                flags, bits, pinned, writable = call
+                start &= PAGE_MASK
+                taken = m.core.gup_fast_call(m.current_cpu(), mm.id, start, nr_pages, flags, bits)
+                if taken is not None:
+                    if pinned:
+                        mm.has_pinned = True
+                    got, buf = taken
+                    if got == nr_pages or flags & FOLL_FAST_ONLY:
+                        return got, _pages_of(m, buf, got, pinned, writable)
+                    return _gup_fast_fallback(m, mm, start, nr_pages, flags,
+                                              pfn_array(buf, got), NO_TRACE)
+        return internal_get_user_pages_fast(mm, start, nr_pages, gup_flags, to_set)
+
+    entry.__name__ = entry.__qualname__ = name
+    return entry
+
+
+pin_user_pages_fast = _fast_entry(FOLL_PIN, "pin_user_pages_fast")
+get_user_pages_fast = _fast_entry(FOLL_GET, "get_user_pages_fast")
+get_user_pages_fast_only = _fast_entry(FOLL_GET | FOLL_FAST_ONLY, "get_user_pages_fast_only")
 
 
 def _fast_call_flags(m: "Kernel", gup_flags: int, to_set: int):
@@ -990,7 +1071,9 @@ def _put_call(kernel: "Kernel", pages: Pages, pin: bool) -> bool:
     if not lock.acquire(False):
         return False
     try:
-        rc = kernel.core.gup_put_call(cpu, pages._pfns, pin, pages._buf)
+        buf = pages._buf
+        rc = (kernel.core.gup_put_call(cpu, pages._pfns, pin) if buf is None
+              else kernel.core.gup_put_call(cpu, None, pin, buf, pages._n))
         if rc is None:
             return False
         if rc:
@@ -1006,6 +1089,15 @@ def _put_call(kernel: "Kernel", pages: Pages, pin: bool) -> bool:
 
 def unpin_user_pages(kernel: "Kernel", pages: Pages) -> None:
     """/* mirrors unpin_user_pages() */."""
+    if not _put_call(kernel, pages, True):
+        _unpin_locked(kernel, pages, False)
+
+
+def unpin_user_pages_method(mm, pages: Pages) -> None:
+    """``MM.unpin_user_pages``: unpin_user_pages() with the mm's kernel,
+    bound as the method itself (one Python frame fewer on the common
+    release)."""
+    kernel = mm.kernel
     if not _put_call(kernel, pages, True):
         _unpin_locked(kernel, pages, False)
 

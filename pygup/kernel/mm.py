@@ -128,20 +128,14 @@ class MM:
         return gup.gup_slow(self, start, nr_pages, gup_flags,
                             FOLL_PIN | FOLL_TOUCH | FOLL_UNLOCKABLE, True)
 
-    def get_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int = 0
-                            ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_GET)
+    # (ret, Pages) of get_user_pages_fast(), get_user_pages_fast_only(),
+    # pin_user_pages_fast(): functions of gup.py bound as methods, so that
+    # their common call costs one Python frame
+    get_user_pages_fast = gup.get_user_pages_fast
+    get_user_pages_fast_only = gup.get_user_pages_fast_only
+    pin_user_pages_fast = gup.pin_user_pages_fast
 
-    def get_user_pages_fast_only(self, start: int, nr_pages: int, gup_flags: int = 0
-                                 ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_GET | FOLL_FAST_ONLY)
-
-    def pin_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int = 0
-                            ) -> "tuple[int, Pages]":
-        return gup.internal_get_user_pages_fast(self, start, nr_pages, gup_flags, FOLL_PIN)
-
-    def unpin_user_pages(self, pages: "Pages") -> None:
-        gup.unpin_user_pages(self.kernel, pages)
+    unpin_user_pages = gup.unpin_user_pages_method
 
     def unpin_user_pages_dirty_lock(self, pages: "Pages", make_dirty: bool) -> None:
         gup.unpin_user_pages_dirty_lock(self.kernel, pages, bool_arg(make_dirty, "make_dirty"))

@@ -45,15 +45,27 @@ def mapped(m: Machine, pages: int, prefault: bool = True):
     return p, a
 
 
+def reps_for(pages: int, reps: int) -> int:
+    """Repetitions of a ``pages``-page call: at least ``reps``, and enough
+    that every size pins about the same number of pages (2**23, at most
+    1,024 calls), so that neither a small call's figure is one cold call's
+    nor a large one's a few calls that met another job's burst."""
+    return max(reps, min(1024, (1 << 23) // pages))
+
+
 def pygup_fast_ns(m: Machine, p, a: int, pages: int, reps: int) -> dict:
     """ns/page of the public ``pin_user_pages_fast(FOLL_LONGTERM |
     FOLL_WRITE)`` + ``unpin_user_pages`` over the whole range: min / median
-    / max over ``reps``."""
+    / max over ``reps``, after one call not counted (it warms the caches and
+    the call's remembered argument checks, as a caller's first call does)."""
     mm = p.mm
     samples = []
+    flags = FOLL.LONGTERM | FOLL.WRITE
+    ret, got = mm.pin_user_pages_fast(a, pages, flags)
+    mm.unpin_user_pages(got)
     for _ in range(reps):
         t0 = time.perf_counter_ns()
-        ret, got = mm.pin_user_pages_fast(a, pages, FOLL.LONGTERM | FOLL.WRITE)
+        ret, got = mm.pin_user_pages_fast(a, pages, flags)
         mm.unpin_user_pages(got)
         samples.append((time.perf_counter_ns() - t0) / pages)
         assert ret == pages, ret
@@ -66,6 +78,7 @@ def core_fast_ns(m: Machine, p, a: int, pages: int, reps: int) -> dict:
     core = m._core
     cpu = m.current_cpu()
     buf = np.empty(pages, np.uint64)
+    core.gup_put_pages(core.gup_fast(cpu, p.mm.id, a, pages, LT_W, 1, buf), True)   # warm-up
     samples = []
     for _ in range(reps):
         t0 = time.perf_counter_ns()
@@ -368,10 +381,11 @@ def run(quick: bool = False, threads: Optional[int] = None, log=print) -> dict:
     for n in sizes:
         m = machine_for(n)
         p, a = mapped(m, n)
-        row = {"pages": n, "pygup": pygup_fast_ns(m, p, a, n, reps),
-               "core": core_fast_ns(m, p, a, n, reps)}
+        row = {"pages": n, "pygup": pygup_fast_ns(m, p, a, n, reps_for(n, reps)),
+               "core": core_fast_ns(m, p, a, n, reps_for(n, reps))}
         row["reference"] = reference_ns(m, p, a, n) if n <= REFERENCE_MAX_PAGES else None
-        row["kernel"] = kernel_fast_ns(n, reps) if not why and n <= KERNEL_MAX_PAGES else None
+        row["kernel"] = (kernel_fast_ns(n, reps_for(n, reps)) if not why and n <= KERNEL_MAX_PAGES
+                         else None)
         med = row["pygup"]["median"]
         row["pygup_over_kernel"] = med / row["kernel"]["median"] if row["kernel"] else None
         row["reference_over_pygup"] = row["reference"] / med if row["reference"] else None

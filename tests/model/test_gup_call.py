@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from pygup import FOLL, MAP, PROT, GupError, Machine
-from pygup._native import SMALL_CALL_PAGES, C
+from pygup._native import GUP_BATCH, SMALL_CALL_PAGES, C, pfn_array
 from pygup.errors import IrqsDisabledError
 from pygup.kernel import gup
 from pygup.kernel.gup import Pages
@@ -35,7 +35,8 @@ FLAGS = (0, FOLL.WRITE, FOLL.WRITE | FOLL.LONGTERM, FOLL.LONGTERM, FOLL.FORCE | 
          FOLL.PCI_P2PDMA | FOLL.LONGTERM, FOLL.DUMP, FOLL.ANON, 1 << 40, -1,
          np.uint32(1), True)
 CALLS = ("pin_user_pages_fast", "get_user_pages_fast", "get_user_pages_fast_only",
-         "pin_user_pages", "get_user_pages", "pin_user_pages_remote", "pin_user_pages_unlocked")
+         "pin_user_pages", "get_user_pages", "pin_user_pages_remote", "pin_user_pages_unlocked",
+         "get_user_pages(pages=False)")
 
 
 def _outcome(fn, *args):
@@ -92,7 +93,11 @@ def _world(seed: int, small: bool, policy: str = "6.5"):
                                 SMALL_CALL_PAGES, SMALL_CALL_PAGES + 1, False))
             flags = rng.choice(FLAGS)
             call = rng.choice(CALLS)
-            fn = getattr(p.mm, call)
+            if call == "get_user_pages(pages=False)":      # fault-in only: no references
+                def fn(start, n, flags, mm=p.mm):
+                    return mm.get_user_pages(start, n, flags, pages=False)
+            else:
+                fn = getattr(p.mm, call)
             irqs_off = rng.random() < 0.06
             cpu = m.kernel.current_cpu()
             if irqs_off:
@@ -378,14 +383,16 @@ def test_the_c_entries_check_their_arguments():
         core.gup_fast_call(0, mm, a + 1, 1, C.FOLL_PIN, 0)
     with pytest.raises(GupError):                               # GET and PIN
         core.gup_fast_call(0, mm, a, 1, C.FOLL_PIN | C.FOLL_GET, 0)
-    with pytest.raises(GupError):                               # past the address space
-        core.gup_fast_call(0, mm, 1 << C.VA_BITS, 1, C.FOLL_PIN, 0)
+    # past TASK_SIZE_MAX: declined (Python's general way answers -EFAULT)
+    assert core.gup_fast_call(0, mm, 1 << C.VA_BITS, 1, C.FOLL_PIN, 0) is None
+    assert core.gup_fast_call(0, mm, C.TASK_SIZE_MAX, 1, C.FOLL_PIN, 0) is None
+    assert core.gup_fast_call(0, mm, (1 << 64) - P, 2, C.FOLL_PIN, 0) is None
     with pytest.raises(GupError):                               # no such mm
         core.gup_fast_call(0, mm + 12345, a, 1, C.FOLL_PIN, 0)
     with pytest.raises(GupError):                               # no such CPU
         core.gup_fast_call(7, mm, a, 1, C.FOLL_PIN, 0)
     with pytest.raises(ValueError):                             # past the one-call size
-        core.gup_fast_call(0, mm, a, SMALL_CALL_PAGES + 1, C.FOLL_PIN, 0)
+        core.gup_fast_call(0, mm, a, GUP_BATCH + 1, C.FOLL_PIN, 0)
     assert core.gup_put_call(5, np.zeros(1, np.uint64), True) == -errno.EINVAL   # bad CPU
     bad = np.array([core.nr_frames + 3], np.uint64)
     assert core.gup_put_call(0, bad, True) == -errno.EINVAL     # a pfn past memory
@@ -408,13 +415,17 @@ def test_the_c_entries_decline_with_irqs_off_and_do_nothing():
     try:
         assert core.gup_fast_call(0, mm, a, 1, C.FOLL_PIN, 0) is None
         assert _refcount(m, pfn) == before
-        got = core.gup_fast_call(0, mm, a, 1, C.FOLL_GET | C.FOLL_FAST_ONLY, 0)
-        assert got is not None and list(got[0]) == [pfn]
-        assert core.gup_put_call(0, got[0], False) is None    # declined: still held
+        n, buf = core.gup_fast_call(0, mm, a, 1, C.FOLL_GET | C.FOLL_FAST_ONLY, 0)
+        assert (n, list(pfn_array(buf, n))) == (1, [pfn])
+        assert core.gup_put_call(0, None, False, buf, n) is None    # declined: still held
+        assert _refcount(m, pfn) == before + 1
+        assert core.gup_slow_call(0, mm, a, 1, C.FOLLOW_GET, False) is None
         assert _refcount(m, pfn) == before + 1
     finally:
         core.irq_enable(0)
-    assert core.gup_put_call(0, got[0], False) == 0
+    with pytest.raises(ValueError):                 # more entries than the buffer holds
+        core.gup_put_call(0, None, False, buf, n + 1)
+    assert core.gup_put_call(0, None, False, buf, n) == 0
     assert _refcount(m, pfn) == before
 
 
@@ -431,3 +442,112 @@ def test_the_put_entry_declines_under_a_scheduler_session():
     p.mm.unpin_user_pages(pages)
     assert pages.released
     m.check()
+
+
+# ---- pg_gup_slow_call: a few present pages, all or nothing ---------------
+
+def _pins(m, pfns) -> list[int]:
+    return [_refcount(m, pfn) for pfn in pfns]
+
+
+def test_the_slow_entry_takes_every_page_or_none():
+    m, p, a = _present(pages=4)
+    core, mm = m._core, p.mm.id
+    pfns = [p.mm.pte(a + i * P).pfn for i in range(4)]
+    before = _pins(m, pfns)
+    buf = core.gup_slow_call(0, mm, a, 4, C.FOLLOW_PIN | C.FOLLOW_WRITE, False)
+    assert list(pfn_array(buf, 4)) == pfns
+    assert _pins(m, pfns) == [r + C.GUP_PIN_COUNTING_BIAS for r in before]
+    assert core.gup_put_call(0, None, True, buf, 4) == 0
+    # a page that needs a fault (never touched) at the end: nothing taken
+    b = p.mmap(3 * P, RW, ANON)
+    p.write(b, 1)
+    p.write(b + P, 2)
+    first = [p.mm.pte(b).pfn, p.mm.pte(b + P).pfn]
+    held = _pins(m, first)
+    assert core.gup_slow_call(0, mm, b, 3, C.FOLLOW_PIN | C.FOLLOW_WRITE, False) is None
+    assert _pins(m, first) == held
+    assert core.stats()["pins_acquired"] == core.stats()["pins_released"]
+    m.check()
+
+
+def test_the_slow_entry_leaves_a_movable_folio_to_the_migration():
+    m = Machine(memory="16MiB", movable="8MiB", cpus=1)
+    p = m.spawn()
+    a = p.mmap(2 * P, RW, ANON)
+    p.write(a, 1)
+    p.write(a + P, 2)
+    core, mm = m._core, p.mm.id
+    pfns = [p.mm.pte(a + i * P).pfn for i in range(2)]
+    assert not all(core.folio_is_longterm_pinnable(pfn) for pfn in pfns)   # faults go movable first
+    before = _pins(m, pfns)
+    assert core.gup_slow_call(0, mm, a, 2, C.FOLLOW_PIN | C.FOLLOW_WRITE, True) is None
+    assert _pins(m, pfns) == before
+    buf = core.gup_slow_call(0, mm, a, 2, C.FOLLOW_PIN | C.FOLLOW_WRITE, False)
+    assert list(pfn_array(buf, 2)) == pfns
+    assert core.gup_put_call(0, None, True, buf, 2) == 0
+    # through the API: the long-term pin migrates, as the general way does
+    ret, pages = p.mm.pin_user_pages(a, 2, FOLL.WRITE | FOLL.LONGTERM)
+    assert ret == 2 and all(core.folio_is_longterm_pinnable(pfn) for pfn in pages)
+    p.mm.unpin_user_pages(pages)
+    m.check()
+
+
+def test_the_slow_entry_puts_back_what_it_took_when_a_grab_fails():
+    """A folio whose refcount is at its limit: the probe passes it (it is
+    mapped and writable), its grab fails after the page before it was
+    taken; that one is put back, so the call did nothing and the general
+    way answers -- the same answer and state as without the one-call way."""
+    outcomes = []
+    for small in (False, True):
+        m, p, a = _present(pages=2)
+        m.kernel.small_calls = small
+        core = m._core
+        full = p.mm.pte(a + P).pfn
+        while core.try_grab_page(full, True) == 0:      # pins until the refcount would overflow
+            pass
+        first = p.mm.pte(a).pfn
+        before = _pins(m, [first, full])
+        st = core.stats()
+        out = _outcome(p.mm.pin_user_pages, a, 2, FOLL.WRITE)
+        ret, pages = out[1] if out[0] == "ok" else (None, None)
+        if small:
+            buf = core.gup_slow_call(0, p.mm.id, a, 2, C.FOLLOW_PIN | C.FOLLOW_WRITE, False)
+            assert buf is None
+        after = core.stats()
+        outcomes.append((out[0], ret, list(pages) if pages is not None else None,
+                         _pins(m, [first, full]), before,
+                         after["pins_acquired"] - st["pins_acquired"]
+                         - (after["pins_released"] - st["pins_released"])))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_the_slow_entry_checks_its_arguments():
+    m, p, a = _present()
+    core, mm = m._core, p.mm.id
+    how = C.FOLLOW_PIN | C.FOLLOW_WRITE
+    for bad in ((7, mm, a, 1, how),                     # no such CPU
+                (0, mm, a + 1, 1, how),                 # unaligned
+                (0, mm + 12345, a, 1, how),             # no such mm
+                (0, mm, 1 << C.VA_BITS, 1, how),        # past the address space
+                (0, mm, a, 1, C.FOLLOW_PIN | C.FOLLOW_GET)):
+        with pytest.raises(GupError):
+            core.gup_slow_call(*bad, False)
+    for n in (0, -1, SMALL_CALL_PAGES + 1):
+        with pytest.raises(ValueError):
+            core.gup_slow_call(0, mm, a, n, how, False)
+    assert core.stats()["pins_acquired"] == core.stats()["pins_released"]
+    m.check()
+
+
+def test_the_slow_entry_declines_under_a_scheduler_session():
+    m, p, a = _present(cpus=2)
+    core = m._core
+    pfn = p.mm.pte(a).pfn
+    before = _refcount(m, pfn)
+    core.sched_begin(2, 1, None)
+    try:
+        assert core.gup_slow_call(0, p.mm.id, a, 1, C.FOLLOW_PIN, False) is None
+    finally:
+        core.sched_end()
+    assert _refcount(m, pfn) == before
