@@ -335,22 +335,22 @@ class World:
                 holds.extend(pages_list)
         return holds
 
-    def audit_owners(self) -> tuple[np.ndarray, np.ndarray]:
+    def audit_owners(self) -> tuple[list, list]:
         """The owners the C core cannot see, as pg_audit_refcounts() takes
         them: (pfns, kinds) for every page-cache folio, device memory and
         every frame of every hold (the harness's and the callers')."""
         core = self.m._core
-        refs: list = list(self.m.device_frames)
+        pfns: list = list(self.m.device_frames)
         for inode in list(self.m.kernel.inodes.values()):
             if not inode.released:
-                refs.extend(inode.page_cache.values())
-        pfns = [np.array(refs, np.uint64)]
-        kinds = [np.full(len(refs), core.AUDIT_REF, np.uint8)]
+                pfns.extend(inode.page_cache.values())
+        kinds = [core.AUDIT_REF] * len(pfns)
         for pages in self.holds():
-            pfns.append(pages.pfns)
-            kinds.append(np.full(len(pages), core.AUDIT_HOLD_PIN if pages.pinned
-                                 else core.AUDIT_HOLD_GET, np.uint8))
-        return np.concatenate(pfns), np.concatenate(kinds)
+            held = pages.pfns.tolist()
+            pfns.extend(held)
+            kinds.extend([core.AUDIT_HOLD_PIN if pages.pinned else core.AUDIT_HOLD_GET]
+                         * len(held))
+        return pfns, kinds
 
     def check_refcounts(self) -> int:
         """Invariant 1: every frame's refcount equals what its owners hold,
