@@ -460,7 +460,9 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
  * a pin of a small folio is GUP_PIN_COUNTING_BIAS; nothing on the zero
  * page).  *out: the first check that failed (kind, pfn, actual, expected;
  * differ: how many heads' refcounts differ, 1 for the other kinds) or
- * PG_AUDIT_OK, and pinned: the PIN pairs not on the zero page.  -PG_EINVAL for a bad argument, before any work; nothing
+ * PG_AUDIT_OK, and pinned: the PIN pairs not on the zero page.  scratch:
+ * the caller's work space of at least 2 * nr_frames entries (overwritten;
+ * one buffer reused, not an allocation per call).  -PG_EINVAL for a bad argument, before any work; nothing
  * changes. */
 #define PG_AUDIT_REF 0
 #define PG_AUDIT_HOLD_GET 1
@@ -479,7 +481,8 @@ struct pg_audit_report {
 };
 int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
                        int64_t *leaves, const uint64_t *pfns, const uint8_t *kinds,
-                       int64_t nr, struct pg_audit_report *out);
+                       int64_t nr, int64_t *scratch, int64_t scratch_len,
+                       struct pg_audit_report *out);
 
 /* ---- transparent huge pages (mm/huge_memory.c; the folio split: mm/frames.c) */
 /* __split_huge_pmd(): replace the PMD leaf of an anonymous THP covering

@@ -457,6 +457,9 @@ class Core:
             ffi.cast("uint64_t *", ffi.from_buffer(ptes)), n), "range_leaves")
         return addrs[:got], ptes[:got]
 
+    _audit_scratch: Optional[np.ndarray] = None     # audit_refcounts' work space
+    _audit_lock = threading.Lock()    # guards the work space (audits are rare: one lock)
+
     # kinds of owner pg_audit_refcounts() counts (besides page-table leaves)
     AUDIT_REF, AUDIT_HOLD_GET, AUDIT_HOLD_PIN = (lib.PG_AUDIT_REF, lib.PG_AUDIT_HOLD_GET,
                                                  lib.PG_AUDIT_HOLD_PIN)
@@ -485,10 +488,16 @@ class Core:
             raise ValueError(f"audit_refcounts: unknown owner kind {int(kind_arr.max())}")
         leaves = np.zeros(len(mm_arr), np.int64)
         out = ffi.new("struct pg_audit_report *")
-        _check(lib.pg_audit_refcounts(
-            self._m, ffi.from_buffer(_U64_ARRAY, mm_arr), len(mm_arr),
-            ffi.cast("int64_t *", ffi.from_buffer(leaves)), ffi.from_buffer(_U64_ARRAY, pfn_arr),
-            ffi.cast("uint8_t *", ffi.from_buffer(kind_arr)), len(pfn_arr), out), "audit_refcounts")
+        with self._audit_lock:           # one work space per Core, reused
+            if self._audit_scratch is None:
+                self._audit_scratch = np.empty(2 * self.nr_frames, np.int64)
+            scratch = self._audit_scratch
+            _check(lib.pg_audit_refcounts(
+                self._m, ffi.from_buffer(_U64_ARRAY, mm_arr), len(mm_arr),
+                ffi.cast("int64_t *", ffi.from_buffer(leaves)),
+                ffi.from_buffer(_U64_ARRAY, pfn_arr), ffi.cast("uint8_t *", ffi.from_buffer(kind_arr)),
+                len(pfn_arr), ffi.cast("int64_t *", ffi.from_buffer(scratch)), len(scratch), out),
+                "audit_refcounts")
         report = None
         if out.kind != lib.PG_AUDIT_OK:
             report = {"kind": _AUDIT_KINDS[out.kind], "pfn": out.pfn, "actual": out.actual,

@@ -152,23 +152,31 @@ def test_the_core_refuses_bad_arguments_itself():
     from pygup._native import ffi, lib
     w, p, _ = _anon_world()
     core = w.m._core
+    m = core._m
     out = ffi.new("struct pg_audit_report *")
     mms = ffi.new("uint64_t[]", [p.mm.id])
     leaves = ffi.new("int64_t[]", 1)
+    n = 2 * core.nr_frames
+    ws = ffi.new("int64_t[]", n)
     bad_pfn = ffi.new("uint64_t[]", [core.nr_frames])
     kind = ffi.new("uint8_t[]", [0])
     einval = -lib.PG_EINVAL
-    assert lib.pg_audit_refcounts(core._m, mms, 1, leaves, bad_pfn, kind, 1, out) == einval
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, bad_pfn, kind, 1, ws, n, out) == einval
     bad_kind = ffi.new("uint8_t[]", [lib.PG_AUDIT_HOLD_PIN + 1])
     ok_pfn = ffi.new("uint64_t[]", [1])
-    assert lib.pg_audit_refcounts(core._m, mms, 1, leaves, ok_pfn, bad_kind, 1, out) == einval
-    assert lib.pg_audit_refcounts(core._m, mms, -1, leaves, ok_pfn, kind, 1, out) == einval
-    assert lib.pg_audit_refcounts(core._m, ffi.NULL, 1, leaves, ok_pfn, kind, 1, out) == einval
-    assert lib.pg_audit_refcounts(core._m, mms, 1, leaves, ok_pfn, kind, 1, ffi.NULL) == einval
-    assert lib.pg_audit_refcounts(core._m, mms, 1, leaves, ffi.NULL, kind, 1, out) == einval
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, ok_pfn, bad_kind, 1, ws, n, out) == einval
+    assert lib.pg_audit_refcounts(m, mms, -1, leaves, ok_pfn, kind, 1, ws, n, out) == einval
+    assert lib.pg_audit_refcounts(m, ffi.NULL, 1, leaves, ok_pfn, kind, 1, ws, n, out) == einval
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, ok_pfn, kind, 1, ws, n, ffi.NULL) == einval
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, ffi.NULL, kind, 1, ws, n, out) == einval
+    # the work space: present and large enough (two entries per frame)
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, ok_pfn, kind, 1, ffi.NULL, n, out) == einval
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, ok_pfn, kind, 1, ws, n - 1, out) == einval
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, ok_pfn, kind, 1, ws, -1, out) == einval
     stale = ffi.new("uint64_t[]", [p.mm.id + 1])
-    assert lib.pg_audit_refcounts(core._m, stale, 1, leaves, ok_pfn, kind, 0, out) == einval
-    assert lib.pg_audit_refcounts(core._m, mms, 1, leaves, ok_pfn, kind, 0, out) == 0
+    assert lib.pg_audit_refcounts(m, stale, 1, leaves, ok_pfn, kind, 0, ws, n, out) == einval
+    ws[0] = 99          # whatever the work space held: overwritten
+    assert lib.pg_audit_refcounts(m, mms, 1, leaves, ok_pfn, kind, 0, ws, n, out) == 0
     assert out.kind == lib.PG_AUDIT_OK and leaves[0] == 4
 
 
