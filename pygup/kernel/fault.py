@@ -81,7 +81,9 @@ def huge_pmd_fault(vma: VMA, addr: int, pmd: int, write: bool, cpu: int, unshare
     """The PMD-leaf half of __handle_mm_fault() for a THP: NUMA hint,
     write-protect (COW / unshare), or only the accessed / dirty bits."""
     core = vma.vm_mm.kernel.core
-    if pmd & C.PTE_PROTNONE:
+    if pmd & C.PTE_PROTNONE and vma_is_accessible(vma, False):
+        # a NUMA hint, as for a PTE (handle_mm_fault()): in a PROT_NONE VMA
+        # (a FOLL_FORCE GUP's fault) PROT_NONE is the VMA's own protection
         return thp.do_huge_pmd_numa_page(vma, addr)
     if (write or unshare) and not pmd & C.PTE_WRITE:
         if thp.do_huge_pmd_wp_page(vma, addr, pmd, write, unshare, cpu) == thp.VM_FAULT_FALLBACK:

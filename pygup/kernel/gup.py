@@ -931,7 +931,7 @@ def internal_get_user_pages_fast(mm, start: int, nr_pages: int, gup_flags: int,
     return _gup_fast_fallback(m, mm, start, nr_pages, flags, fast, trace)
 
 
-_FAST_CALL_KEY = 1 << 61        # gup_args_cache keys of _fast_call_flags()' answers
+_FAST_CALL_KEY = 1 << 61        # gup_args_cache: the key bit of _fast_call_flags()' dicts
 
 
 def _fast_entry(to_set: int, name: str):
@@ -954,10 +954,13 @@ def _fast_entry(to_set: int, name: str):
         if (m.small_calls and m.trace_sink is None and type(start) is int
                 and type(nr_pages) is int and 0 < nr_pages <= batch and start >= 0 and mm.alive
                 and (t is int or t is FOLL) and m.gup_args_policy is m.policy):
-            gf = gup_flags if t is int else int(gup_flags)
-            call = m.gup_args_cache.get(gf | key)
-            if call is None and not gf & ~FOLL_ALL:     # not remembered yet
-                call = _fast_call_flags(m, gf, to_set)
+            # this entry point's remembered answers, by gup_flags (an IntFlag
+            # finds its int's: the same hash and ==)
+            calls = m.gup_args_cache.get(key)
+            call = calls.get(gup_flags) if calls is not None else None
+            if call is None:                            # not remembered yet
+                gf = gup_flags if t is int else int(gup_flags)
+                call = _fast_call_flags(m, gf, to_set) if not gf & ~FOLL_ALL else False
             if call:
                 flags, bits, pinned, writable = call
                 start &= PAGE_MASK
@@ -986,11 +989,15 @@ def _fast_call_flags(m: "Kernel", gup_flags: int, to_set: int):
     bits, pinned, writable) when its entry checks pass these flags, False
     when they refuse them (the general way then answers); remembered in
     ``gup_args_cache`` beside check_gup_args_cached()'s answers, for the
-    same policy.  ``gup_flags``: an int within FOLL_ALL."""
+    same policy: a dict by gup_flags under the entry point's key.
+    ``gup_flags``: an int within FOLL_ALL."""
     flags = check_gup_args_cached(m, bool(to_set & FOLL_PIN), True, None, gup_flags, to_set)
     call = (False if flags is None or flags & ~_FAST_MASK else
             (flags, m.policy.gup_fast_bits, bool(flags & FOLL_PIN), bool(flags & FOLL_WRITE)))
-    m.gup_args_cache[gup_flags | int(to_set) << 32 | _FAST_CALL_KEY] = call
+    calls = m.gup_args_cache.setdefault(int(to_set) << 32 | _FAST_CALL_KEY, {})
+    if len(calls) >= _GUP_ARGS_CACHE_MAX:
+        calls.clear()
+    calls[gup_flags] = call
     return call
 
 
