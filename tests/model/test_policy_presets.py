@@ -192,15 +192,36 @@ def test_cow_ro_longterm_unshare(preset, fast):
 
 @presets
 def test_valid_gup_args(preset):
-    """is_valid_gup_args() (6.3): pin_user_pages(FOLL_GET) is 0, and
-    get_user_pages(FOLL_REMOTE) -EINVAL; 6.1's checks: -EINVAL and accepted."""
+    """is_valid_gup_args() (6.3): pin_user_pages(FOLL_GET) is 0,
+    get_user_pages(FOLL_REMOTE) -EINVAL and get_user_pages_fast_only(FOLL_PIN)
+    -EINVAL; 6.1's checks: -EINVAL, accepted, and 0 (its
+    get_user_pages_fast_only() never answers below 0)."""
     def observe(policy):
         m, p = machine(policy)
         a = p.mmap(P, RW, MAP.PRIVATE | MAP.ANONYMOUS)
         ret_pin, _ = p.mm.pin_user_pages(a, 1, FOLL.GET)
         ret_get, pages = p.mm.get_user_pages(a, 1, FOLL.REMOTE)
-        return ret_pin, ret_get
-    check(observe, preset, "valid_gup_args", (0, -errno.EINVAL), (-errno.EINVAL, 1))
+        ret_fast_only, _ = p.mm.get_user_pages_fast_only(a, 1, FOLL.PIN)
+        return ret_pin, ret_get, ret_fast_only
+    check(observe, preset, "valid_gup_args", (0, -errno.EINVAL, -errno.EINVAL),
+          (-errno.EINVAL, 1, 0))
+
+
+@presets
+def test_locked_must_be_one(preset):
+    """A caller's ``*locked`` must be 1 (mmap_lock held) on entry: 6.5's
+    is_valid_gup_args() refuses anything else, 6.1's
+    __get_user_pages_locked() BUG()s on it (pygup refuses: -EINVAL, and 0
+    pages from a pin API that answers 0 for refused arguments)."""
+    m, p = machine(pol.policy_for(preset))
+    a = p.mmap(P, RW, MAP.PRIVATE | MAP.ANONYMOUS)
+    p.write(a, 1)
+    ret, pages = p.mm.get_user_pages_remote(a, 1, FOLL.WRITE, locked=1)
+    assert ret == 1
+    p.mm.put_page(pages)
+    for locked in (0, 2):
+        assert p.mm.get_user_pages_remote(a, 1, FOLL.WRITE, locked=locked)[0] == -errno.EINVAL
+    m.check()
 
 
 @presets
