@@ -511,24 +511,18 @@ def _positive(text: str) -> float:
     return v
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return v
+def _int_at_least(low: int):
+    """An argparse type: an integer >= ``low``, or a usage error saying so."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {low}"        # argparse names the type in its errors
+    return parse
 
 
 def _policies(text: str) -> str:
@@ -563,7 +557,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="live with a known bug: seed-bug = on presets before 6.5, a write "
                     "through a long-term pin behind writeback's back (the bug 6.5 fixed) is "
                     "not a finding, everything else is checked (repeatable)")
-    ap.add_argument("--workers", type=_at_least_one, default=os.cpu_count() or 1,
+    ap.add_argument("--workers", type=_int_at_least(1), default=os.cpu_count() or 1,
                     help="worker processes (default: every core)")
     ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--mutant", action="append", default=[], choices=sorted(MUTANTS),
@@ -575,7 +569,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="continue after a violation, deduplicating as it goes")
     ap.add_argument("--corpus", metavar="DIR",
                     help="keep sequences that showed a new kind of outcome here")
-    ap.add_argument("--stress-every", type=_non_negative_int, default=CONCURRENT_EVERY,
+    ap.add_argument("--stress-every", type=_int_at_least(0), default=CONCURRENT_EVERY,
                     metavar="N", help="one seed in N is a native stress campaign (real "
                     f"threads: throughput and TSan, timing-dependent; default {CONCURRENT_EVERY}, "
                     "0 for none)")
