@@ -83,12 +83,18 @@ def test_move_whole_pmd_tables(machine):
     p.munmap(a, base - a) if base > a else None
     for i in range(0, span, 64 * P):
         p.write(base + i, i + 1)
+    with machine.cpu(1):
+        p.read(base)                                          # CPU 1 caches the translation
+    assert machine._core.tlb_probe(1, p.mm.id, base)
     dst = p.mmap(2 * span, RW, ANON)
     to = -(-dst // span) * span
     got = p.mremap(base, span, span, MOVE | MREMAP.FIXED, to)
     assert got == to
     assert all(p.read(to + i) == i + 1 for i in range(0, span, 64 * P))
     assert p.mm.find_vma(base) is None or p.mm.find_vma(base).vm_start >= base + span
+    # the whole table moved (move_normal_pmd()): its present entries are
+    # flushed from every CPU at the old address (flush_tlb_range())
+    assert not machine._core.tlb_probe(1, p.mm.id, base)
 
 
 def test_move_file_mapping_keeps_offsets(machine):
