@@ -483,6 +483,18 @@ int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
                        int64_t *leaves, const uint64_t *pfns, const uint8_t *kinds,
                        int64_t nr, int64_t *scratch, int64_t scratch_len,
                        struct pg_audit_report *out);
+/* The TLB audit: every CPU's cached translation that the page tables no
+ * longer give (its mm gone; the leaf not present, not user, mapping
+ * another pfn; or, for an entry that serves writes without a walk --
+ * writable and dirty -- a leaf that is not writable and dirty).  Returns
+ * how many, the first `max` of them in out.  Nothing changes. */
+struct pg_tlb_report {
+    int32_t cpu;
+    uint64_t mm, addr, pfn;
+    uint64_t leaf;     /* the page table's entry now (0: none) */
+    uint8_t writable, dirty;
+};
+int64_t pg_audit_tlbs(pg_machine *m, struct pg_tlb_report *out, int64_t max);
 
 /* ---- transparent huge pages (mm/huge_memory.c; the folio split: mm/frames.c) */
 /* __split_huge_pmd(): replace the PMD leaf of an anonymous THP covering

@@ -464,6 +464,20 @@ class Core:
     AUDIT_REF, AUDIT_HOLD_GET, AUDIT_HOLD_PIN = (lib.PG_AUDIT_REF, lib.PG_AUDIT_HOLD_GET,
                                                  lib.PG_AUDIT_HOLD_PIN)
 
+    def audit_tlbs(self, max_reports: int = 8) -> tuple[int, list[dict]]:
+        """pg_audit_tlbs(): how many cached translations the page tables no
+        longer give, and the first ``max_reports`` of them as {cpu, mm,
+        addr, pfn, leaf, writable, dirty}; nothing changes.  The caller
+        holds the machine lock (no table changes meanwhile)."""
+        if isinstance(max_reports, bool) or not isinstance(max_reports, int) \
+                or not 0 <= max_reports <= 1024:
+            raise ValueError(f"max_reports must be an int in 0..1024, got {max_reports!r}")
+        out = ffi.new("struct pg_tlb_report[]", max(max_reports, 1))
+        n = _check(lib.pg_audit_tlbs(self._m, out, max_reports), "audit_tlbs")
+        return n, [{"cpu": r.cpu, "mm": r.mm, "addr": r.addr, "pfn": r.pfn, "leaf": r.leaf,
+                    "writable": bool(r.writable), "dirty": bool(r.dirty)}
+                   for r in out[0:min(n, max_reports)]]
+
     def audit_refcounts(self, mms, pfns, kinds) -> tuple[list[int], Optional[dict], int]:
         """pg_audit_refcounts(): the reference-count audit over the page
         tables of the address spaces ``mms`` and the owners Python records,

@@ -168,3 +168,51 @@ int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
     out->pinned = pinned;
     return rc;
 }
+
+/* ---- the TLB audit ------------------------------------------------------
+ * Between operations no CPU may cache a translation the page tables no
+ * longer give (DESIGN invariant 5): every flush an operation owes was
+ * made before it returned.  An entry is coherent when its mm exists and
+ * the leaf at its address is present and user-accessible and maps its
+ * pfn, and, when the entry would serve a write without a walk (writable
+ * and dirty: pg_user_access()'s hit rule), the leaf is writable and dirty
+ * too.  A cached entry with fewer rights than the leaf is fine: the next
+ * access that needs more walks again (a spurious fault, in the kernel).
+ * Each CPU's entries are copied under its lock, then checked against the
+ * tables; the caller holds the machine lock, so no table changes under it. */
+int64_t pg_audit_tlbs(pg_machine *m, struct pg_tlb_report *out, int64_t max)
+{
+    if (max < 0 || (max > 0 && !out))
+        return -PG_EINVAL;
+    int64_t bad = 0;
+    for (int cpu = 0; cpu < m->nr_cpus; cpu++) {
+        struct pg_cpu *c = &m->cpus[cpu];
+        struct pg_tlb_entry copy[PG_TLB_ENTRIES];
+        pg_spin_lock(&c->lock);
+        memcpy(copy, c->tlb, sizeof copy);
+        pg_spin_unlock(&c->lock);
+        for (int i = 0; i < PG_TLB_ENTRIES; i++) {
+            const struct pg_tlb_entry *te = &copy[i];
+            if (!te->mm_plus1)
+                continue;
+            uint64_t mmid = te->mm_plus1 - 1, addr = te->vpn << PG_PAGE_SHIFT, e = 0;
+            struct pg_mm *mm = addr < PG_VA_LIMIT ? pg_mm_get(m, mmid) : NULL;
+            int level = mm ? pg_walk_lockless(m, -1, mm, addr, &e, NULL) : 0;
+            uint64_t pfn = pg_pte_pfn(e);
+            if (level == PG_LEVEL_PMD)
+                pfn += te->vpn & (PG_PMD_NR - 1);
+            bool read_ok = level > 0 && (e & PG_PTE_PRESENT) && (e & PG_PTE_USER) &&
+                           pfn == te->pfn;
+            bool write_ok = !(te->writable && te->dirty) ||
+                            ((e & PG_PTE_WRITE) && (e & PG_PTE_DIRTY));
+            if (read_ok && write_ok)
+                continue;
+            if (bad < max)
+                out[bad] = (struct pg_tlb_report){.cpu = cpu, .mm = mmid, .addr = addr,
+                                                  .pfn = te->pfn, .leaf = e,
+                                                  .writable = te->writable, .dirty = te->dirty};
+            bad++;
+        }
+    }
+    return bad;
+}

@@ -528,23 +528,23 @@ def op_truncate(world: World, op: dict) -> str:
     pages = min(op["pages"], world.FILES[op["file"] % len(world.files)][1])
     f.truncate(pages * PAGE)
     world.truncate_truth(f.inode, pages)
+
+    def zapped(proc: Proc, addr: int) -> bool:
+        # what the mapping at addr is now decides, not the region the
+        # harness first mapped there: a hole munmap left may have been
+        # filled by another file's mapping since
+        b = world.backing(proc, addr) if proc.p.alive else None
+        return b is not None and b[0] is f.inode and b[1] >= pages
     # truncation zaps private COW copies too (unmap_mapping_range even_cows),
     # pinned or not
     for h in world.held:
-        if h.region.kind == "file" and h.region.file == op["file"] % len(world.files):
+        if h.region.kind == "file":
             for i in range(len(h.pages)):
-                b = world.backing(h.proc, h.region.page_addr(h.page + i)) \
-                    if h.proc.p.alive else None
-                if b and b[1] >= pages:
+                if zapped(h.proc, h.region.page_addr(h.page + i)):
                     h.detached.add((h.page + i) % h.region.pages)
     for proc in world.procs:
-        for region in proc.regions:
-            vma_file = region.kind == "file" and region.file == op["file"] % len(world.files)
-            if vma_file and not region.shared:
-                for i in range(region.pages):
-                    b = world.backing(proc, region.page_addr(i))
-                    if b and b[1] >= pages:
-                        proc.anon_truth.pop(region.page_addr(i), None)
+        for addr in [a for a in proc.anon_truth if zapped(proc, a)]:
+            proc.anon_truth.pop(addr)
     return f"truncate {f.name} to {pages}p"
 
 

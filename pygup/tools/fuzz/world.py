@@ -214,6 +214,20 @@ class World:
         pinned = self.check_refcounts()
         self.check_pinned_anon_stays()
         self.check_pin_accounting(pinned)
+        self.check_tlbs()
+
+    def check_tlbs(self) -> None:
+        """Between steps no CPU caches a translation the page tables no
+        longer give (invariant 5): every shootdown an operation owes was
+        made before it returned (the C core's pg_audit_tlbs)."""
+        with self.m.kernel.lock:           # (not op(): its RCU poll would run callbacks)
+            n, bad = self.m._core.audit_tlbs(4)
+        if n:
+            first = bad[0]
+            raise Violation("no-stale-tlb", f"{n} stale TLB entr{'y' if n == 1 else 'ies'}: CPU "
+                            f"{first['cpu']} caches mm {first['mm']} {first['addr']:#x} -> pfn "
+                            f"{first['pfn']:#x}{' (writable, dirty)' if first['writable'] and first['dirty'] else ''}"
+                            f", the page table has {first['leaf']:#x}")
 
     def check_access(self, region: Region, addr: int, write: bool, err: Optional[int],
                      certain: Optional[str]) -> None:
