@@ -123,6 +123,19 @@ def reproducer():
     return run
 
 
+def comparable_snapshot(m) -> dict:
+    """``m._core.snapshot()`` with each anon_vma named by the order of its
+    first folio: anon_vma ids count across machines, so two machines driven
+    alike differ in them and in nothing else."""
+    from pygup._native import C
+    snap = m._core.snapshot()
+    ids: dict[int, int] = {}
+    for i, word in enumerate(snap["mapping"]):
+        if int(word) & C.MAPPING_FLAGS == C.MAPPING_ANON:
+            snap["mapping"][i] = (ids.setdefault(int(word) >> 2, len(ids)) << 2) | C.MAPPING_ANON
+    return snap
+
+
 def teardown_leftovers(m) -> dict[str, int]:
     """Exit every live process, close every open file handle of this
     machine, unlink every named file and let every RCU callback run; then what is still held: frames (beyond the zero page and

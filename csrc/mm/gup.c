@@ -281,21 +281,23 @@ static bool follow_page_take(pg_machine *m, uint64_t pfn, uint32_t how)
     return true;
 }
 
-static bool follow_args_ok(pg_machine *m, int cpu, uint64_t start, int64_t nr, uint32_t how,
-                           const uint64_t *out)
+/* the walks' argument checks, then the mm, locked: NULL (the caller
+ * answers -PG_EINVAL) when either fails */
+static struct pg_mm *follow_begin(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
+                                  int64_t nr, uint32_t how, const uint64_t *out)
 {
-    return pg_cpu_ok(m, cpu) && nr >= 0 && (nr == 0 || out) && !(start & (PG_PAGE_SIZE - 1)) &&
-           start < PG_VA_LIMIT && (uint64_t)nr <= (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT &&
-           !((how & PG_FOLLOW_GET) && (how & PG_FOLLOW_PIN));
+    if (!pg_cpu_ok(m, cpu) || nr < 0 || (nr > 0 && !out) || (start & (PG_PAGE_SIZE - 1)) ||
+        start >= PG_VA_LIMIT || (uint64_t)nr > (PG_VA_LIMIT - start) >> PG_PAGE_SHIFT ||
+        ((how & PG_FOLLOW_GET) && (how & PG_FOLLOW_PIN)))
+        return NULL;
+    return pg_mm_lock(m, mmid);
 }
 
 /* mirrors follow_page_pte() for the pages it can take without a fault */
 int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
                         int64_t nr, uint32_t how, uint64_t *out)
 {
-    if (!follow_args_ok(m, cpu, start, nr, how, out))
-        return -PG_EINVAL;
-    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    struct pg_mm *mm = follow_begin(m, cpu, mmid, start, nr, how, out);
     if (!mm)
         return -PG_EINVAL;
     int64_t i;
@@ -322,9 +324,7 @@ int64_t pg_follow_range(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
 int64_t pg_follow_range_all(pg_machine *m, int cpu, uint64_t mmid, uint64_t start,
                             int64_t nr, uint32_t how, int longterm, uint64_t *out)
 {
-    if (!follow_args_ok(m, cpu, start, nr, how, out))
-        return -PG_EINVAL;
-    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    struct pg_mm *mm = follow_begin(m, cpu, mmid, start, nr, how, out);
     if (!mm)
         return -PG_EINVAL;
     int64_t i;

@@ -19,6 +19,15 @@ from pygup import PROT, MAP, GupError, Machine, callers
 P = 4096
 
 
+def _owner_load(p, addr: int) -> str:
+    """The owner's own load of addr: "read", or "SIGSEGV" when it faults."""
+    try:
+        p.read(addr)
+        return "read"
+    except GupError:
+        return "SIGSEGV"
+
+
 def _model() -> tuple[bytes, int, bytes, str]:
     m = Machine(memory="64MiB", movable="0MiB")
     p = m.spawn()
@@ -27,11 +36,7 @@ def _model() -> tuple[bytes, int, bytes, str]:
     first = callers.proc_mem_read(p, a + P)
     wrote = callers.proc_mem_write(p, a + P, 7)
     again = callers.proc_mem_read(p, a + P)
-    try:
-        p.read(a + P)
-        owner = "read"
-    except GupError:
-        owner = "SIGSEGV"
+    owner = _owner_load(p, a + P)
     m.check()
     return first, wrote, again, owner
 
@@ -40,13 +45,18 @@ def test_model_keeps_prot_none_after_a_forced_access():
     assert _model() == (0, 8, 7, "SIGSEGV")
 
 
-_LIVE = textwrap.dedent("""
+# the child scripts' libc: mmap, mprotect and madvise through ctypes
+_LIBC = textwrap.dedent("""
     import ctypes, os, sys
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                           ctypes.c_int, ctypes.c_long]
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+""")
+
+_LIVE = _LIBC + textwrap.dedent("""
     a = libc.mmap(None, 3 * 4096, 1, 0x22, -1, 0)        # PROT_READ, private anon
     assert libc.mprotect(a, 3 * 4096, 0) == 0             # PROT_NONE
     fd = os.open("/proc/self/mem", os.O_RDWR)
@@ -59,17 +69,23 @@ _LIVE = textwrap.dedent("""
 """)
 
 
-def test_live_kernel_agrees():
+def _live(script: str, what: str) -> tuple[int, int, int, str]:
+    """Run a child script on this machine's kernel: its three printed
+    numbers and whether the owner's load at its end was SIGSEGV; skips when
+    ``what`` is not usable here."""
     if not sys.platform.startswith("linux"):
         pytest.skip("needs Linux")
-    r = subprocess.run([sys.executable, "-c", _LIVE], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=60)
     lines = r.stdout.split()
     if r.returncode not in (0, -signal.SIGSEGV) or len(lines) < 3:
-        pytest.skip(f"/proc/self/mem not usable here: {r.stderr.strip()[-200:]}")
-    live = (int(lines[0]), int(lines[1]), int(lines[2]),
+        pytest.skip(f"{what} not usable here: {r.stderr.strip()[-200:]}")
+    return (int(lines[0]), int(lines[1]), int(lines[2]),
             "SIGSEGV" if r.returncode == -signal.SIGSEGV else "read")
-    assert _model() == live
+
+
+def test_live_kernel_agrees():
+    assert _model() == _live(_LIVE, "/proc/self/mem")
 
 
 # ---- the same with a THP: a PROT_NONE PMD leaf is not a NUMA hint there --
@@ -96,11 +112,7 @@ def _model_thp() -> tuple[int, int, int, str]:
     child = p.fork()                         # the THP is shared: the next write splits it
     wrote = callers.proc_mem_write(p, a + 6 * P, 7)
     again = callers.proc_mem_read(p, a + 6 * P)
-    try:
-        p.read(a + 8 * P)
-        owner = "read"
-    except GupError:
-        owner = "SIGSEGV"
+    owner = _owner_load(p, a + 8 * P)
     child.exit()
     m.check()
     return first, wrote, again, owner
@@ -110,14 +122,7 @@ def test_model_keeps_a_shared_thp_prot_none_after_a_forced_write():
     assert _model_thp() == (8, 8, 7, "SIGSEGV")
 
 
-_LIVE_THP = textwrap.dedent("""
-    import ctypes, os, sys
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_LIVE_THP = _LIBC + textwrap.dedent("""
     PMD = 2 << 20
     a = libc.mmap(None, 2 * PMD, 1, 0x22, -1, 0)          # PROT_READ, private anon
     a = (a + PMD - 1) & ~(PMD - 1)
@@ -141,13 +146,4 @@ _LIVE_THP = textwrap.dedent("""
 
 
 def test_live_kernel_agrees_with_a_thp():
-    if not sys.platform.startswith("linux"):
-        pytest.skip("needs Linux")
-    r = subprocess.run([sys.executable, "-c", _LIVE_THP], capture_output=True, text=True,
-                       timeout=60)
-    lines = r.stdout.split()
-    if r.returncode not in (0, -signal.SIGSEGV) or len(lines) < 3:
-        pytest.skip(f"/proc/self/mem or MADV_HUGEPAGE not usable here: {r.stderr.strip()[-200:]}")
-    live = (int(lines[0]), int(lines[1]), int(lines[2]),
-            "SIGSEGV" if r.returncode == -signal.SIGSEGV else "read")
-    assert _model_thp() == live
+    assert _model_thp() == _live(_LIVE_THP, "/proc/self/mem or MADV_HUGEPAGE")

@@ -15,6 +15,7 @@ import random
 import numpy as np
 import pytest
 
+from conftest import comparable_snapshot
 from pygup import FOLL, MADV, MAP, PROT, GupError, Machine
 from pygup._native import C
 
@@ -80,12 +81,7 @@ def _world(seed: int, batch: bool, fail_at: int = 0):
         for vma in list(mm.vmas):
             for addr in range(vma.vm_start, vma.vm_end, P):
                 seen.append((mm.id, addr, mm.kernel.core.pte_lookup(mm.id, addr)))
-    snap = m._core.snapshot()
-    # anon_vma ids count across machines: name each by its first folio
-    ids: dict[int, int] = {}
-    for i, word in enumerate(snap["mapping"]):
-        if int(word) & C.MAPPING_FLAGS == C.MAPPING_ANON:
-            snap["mapping"][i] = (ids.setdefault(int(word) >> 2, len(ids)) << 2) | C.MAPPING_ANON
+    snap = comparable_snapshot(m)
     used = np.nonzero(snap["refcount"])[0]
     index = [m._core.frame_info(int(pfn)).index for pfn in used]
     return m, p, child, pins, seen, snap, index

@@ -19,6 +19,7 @@ import random
 import numpy as np
 import pytest
 
+from conftest import comparable_snapshot
 from pygup import FOLL, MAP, PROT, GupError, Machine
 from pygup._native import GUP_BATCH, SMALL_CALL_PAGES, C, pfn_array
 from pygup.errors import IrqsDisabledError
@@ -148,12 +149,7 @@ def _world(seed: int, small: bool, policy: str = "6.5"):
     dead.exit()
     seen.append(("dead", _outcome(dmm.pin_user_pages_fast, da, 1, FOLL.WRITE),
                  _outcome(dmm.pin_user_pages, da, 1, FOLL.WRITE)))
-    snap = m._core.snapshot()
-    # anon_vma ids count across machines: name each by its first folio
-    ids: dict[int, int] = {}
-    for i, word in enumerate(snap["mapping"]):
-        if int(word) & C.MAPPING_FLAGS == C.MAPPING_ANON:
-            snap["mapping"][i] = (ids.setdefault(int(word) >> 2, len(ids)) << 2) | C.MAPPING_ANON
+    snap = comparable_snapshot(m)
     st = m._core.stats()
     counters = {k: v for k, v in st.items() if "pin" in k}
     return m, p, child, held, seen, snap, counters
