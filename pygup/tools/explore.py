@@ -85,8 +85,8 @@ from pygup.kernel.sched import (Interleaving, SchedDeadlock, SchedError, Schedul
                                 SchedTimeout, yield_point)
 from pygup.machine import Machine
 
-__all__ = ["Race", "RACES", "ExploreResult", "Failing", "explore", "replay", "race_names",
-           "window_names", "DEFAULT_BOUND"]
+__all__ = ["Race", "RACES", "ExploreResult", "Failing", "explore", "sample", "replay",
+           "race_names", "window_names", "DEFAULT_BOUND"]
 
 DEFAULT_BOUND = 2
 RW = PROT.READ | PROT.WRITE
@@ -721,7 +721,7 @@ class ExploreResult:
     race: str
     policy: str
     mutants: list
-    bound: int
+    bound: Optional[int]      # None: a random sample (sample()), no bound
     explored: int = 0
     failing_schedules: int = 0
     pruned_bound: int = 0
@@ -735,6 +735,8 @@ class ExploreResult:
     # coverage, after a full exploration (empty when it stopped early): the
     # race's points that no schedule passed but should have (unreached())
     missed: list = dataclasses.field(default_factory=list)
+    seed: Optional[int] = None   # a sample's seed (sample()); None: the search
+    ops_run: int = 0             # the CPUs' operations its schedules ran
 
     @property
     def pruned(self) -> int:
@@ -773,13 +775,15 @@ def _points(race: Race, windows: str) -> frozenset:
 
 
 def _run(race: Race, policy: str, mutants: frozenset, schedule, digests: bool,
-         watch: bool = False, windows: str = "all"
+         watch: bool = False, windows: str = "all", seed: int = 0
          ) -> tuple[Optional[Interleaving], Optional[str]]:
-    """One schedule from a fresh world: (the run, what failed or None)."""
+    """One schedule from a fresh world: (the run, what failed or None).
+    ``schedule`` None: the scheduler's seeded random picks (``seed``)."""
     w = race.setup(policy, mutants)
     m = w.machine
     try:
-        run = m.run_concurrently(w.ops, schedule=schedule, points=_points(race, windows),
+        run = m.run_concurrently(w.ops, seed=seed, schedule=schedule,
+                                 points=_points(race, windows),
                                  timeout=RUN_TIMEOUT_S, digests=digests,
                                  watch=w.watch if (watch or w.watch) else None)
     except SchedDeadlock as e:
@@ -858,6 +862,7 @@ def explore(race: str, bound: int = DEFAULT_BOUND, policy: str = "6.5", mutants:
         run, bad = _run(r, policy, muts, prefix, digests, windows=windows)
         res.explored += 1
         if run is not None:
+            res.ops_run += len(run.results)
             reached.update(w for _, w in run.schedule if w)
         if on_schedule is not None:
             on_schedule(res.explored)
@@ -947,12 +952,62 @@ def explore(race: str, bound: int = DEFAULT_BOUND, policy: str = "6.5", mutants:
     return res
 
 
+def _run_seeds(seed: int, runs: int) -> list[int]:
+    """The scheduler seeds of a sample's runs: a pure function of its seed."""
+    import random
+    rng = random.Random(seed)
+    return [rng.getrandbits(64) for _ in range(runs)]
+
+
+def sample(race: str, runs: int, seed: int, policy: str = "6.5", mutants: Iterable[str] = (),
+           stop_at_first: bool = True, windows: str = "all") -> ExploreResult:
+    """``runs`` schedules of ``race`` drawn at random, each from a fresh
+    set-up: at every scheduling point the seeded scheduler picks any
+    runnable CPU with equal odds, so a run may preempt at every point -- the
+    interleavings beyond explore()'s bound, which an exhaustive search of
+    the deeper bound would cost too much to reach.  No proof: what is not
+    drawn is not run, and coverage is not judged (``missed`` stays empty).
+    The runs are a pure function of (race, seed, runs, policy, switches); a
+    failing run's schedule (``failing.schedule``, its preemptions counted)
+    replays exactly with replay()."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= 1 << 20:
+        raise ValueError(f"runs must be an int in 1..{1 << 20}, got {runs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed must be an int in 0..2**64-1, got {seed!r}")
+    r, muts = _resolve(race, policy, mutants)
+    _points(r, windows)
+    res = ExploreResult(r.name, policy, sorted(x.value for x in muts), None, seed=seed,
+                        windows=windows)
+    t0 = time.monotonic()
+    for run_seed in _run_seeds(seed, runs):
+        run, bad = _run(r, policy, muts, None, digests=False, windows=windows, seed=run_seed)
+        res.explored += 1
+        res.ops_run += len(run.results) if run is not None else 0
+        if bad is None:
+            continue
+        res.failing_schedules += 1
+        if res.failing is None:
+            if run is None:             # a deadlock or stall: no trace to replay
+                res.failing = Failing([], bad, 0)
+            else:
+                picks = [c for c, _ in run.schedule]
+                masks = [mk for mk, _ in run.choices]
+                pre = sum(_preempts(picks, masks, i, c) for i, c in enumerate(picks))
+                res.failing = Failing([list(x) for x in run.schedule], bad, pre)
+                res.failing.steps = replay(r.name, res.failing.schedule, policy, res.mutants,
+                                           windows)["steps"]
+        if stop_at_first:
+            break
+    res.seconds = round(time.monotonic() - t0, 3)
+    return res
+
+
 def replay(race: str, schedule: Sequence, policy: str = "6.5", mutants: Iterable[str] = (),
            windows: str = "all") -> dict:
     """Re-run one schedule ((cpu, window) pairs; ScheduleDiverged if the
     world takes another path): {"failed": what broke or None, "steps": per
     pick the CPU, the window it resumed from, whether it preempted, and the
-    watched leaf and folio it saw}."""
+    watched leaf and folio it saw, "ops_run": the CPUs' operations run}."""
     r, muts = _resolve(race, policy, mutants)
     sched = []
     for entry in schedule:
@@ -972,7 +1027,7 @@ def replay(race: str, schedule: Sequence, policy: str = "6.5", mutants: Iterable
             steps.append({"cpu": cpu, "window": point, "spin": spun,
                           "preempt": _preempts(picks, masks, i, cpu),
                           "runnable": [c for c in range(64) if masks[i] >> c & 1], **seen})
-    return {"failed": bad, "steps": steps}
+    return {"failed": bad, "steps": steps, "ops_run": len(run.results) if run is not None else 0}
 
 
 def format_steps(steps: list[dict]) -> str:

@@ -175,6 +175,49 @@ def test_migration_counts_references_after_unmapping():
     m.check()
 
 
+def test_a_sample_is_a_function_of_its_seed():
+    """Random schedules (sample()): the same seed runs the same schedules
+    and finds the same failing one; a different seed draws others; the
+    failing schedule, preemptions counted, replays with replay()."""
+    a = E.sample("fast-munmap", 8, 3, mutants=["no_pte_recheck"])
+    b = E.sample("fast-munmap", 8, 3, mutants=["no_pte_recheck"])
+    assert a.failing is not None and a.bound is None and a.seed == 3
+    assert (a.failing.schedule, a.failing.detail, a.explored) == \
+        (b.failing.schedule, b.failing.detail, b.explored)
+    assert a.failing.preemptions >= 1 and a.ops_run == 2 * a.explored
+    assert E.replay("fast-munmap", a.failing.schedule, mutants=["no_pte_recheck"])["failed"] \
+        == a.failing.detail
+    clean = E.sample("fast-munmap", 8, 3, stop_at_first=False)
+    assert clean.failing is None and clean.explored == 8 and clean.missed == []
+    schedules = set()
+    for seed in range(4):
+        runs = E._run_seeds(seed, 2)
+        for rs in runs:
+            w = E.RACES["fast-munmap"].setup("6.5", frozenset())
+            schedules.add(tuple(w.machine.run_concurrently(w.ops, seed=rs).schedule))
+    assert len(schedules) > 1                   # the seeds draw different interleavings
+
+
+def test_a_sample_preempts_beyond_the_bound():
+    """A random schedule preempts anywhere: the fork race's missing
+    write_protect_seq needs at most 2 preemptions in the search, and a
+    sample finds it too, with more (no bound)."""
+    found = [E.sample("fast-fork", 16, seed, mutants=["no_wp_seq"]).failing for seed in range(4)]
+    assert any(f is not None for f in found)
+    assert max(f.preemptions for f in found if f is not None) > 2
+
+
+def test_bad_sample_arguments_are_errors():
+    with pytest.raises(ValueError, match="runs"):
+        E.sample("fast-munmap", 0, 1)
+    with pytest.raises(ValueError, match="runs"):
+        E.sample("fast-munmap", True, 1)
+    with pytest.raises(ValueError, match="seed"):
+        E.sample("fast-munmap", 2, -1)
+    with pytest.raises(ValueError, match="unknown race"):
+        E.sample("no-such-race", 2, 1)
+
+
 def test_bad_names_are_errors():
     with pytest.raises(ValueError, match="unknown race"):
         E.explore("no-such-race")

@@ -191,7 +191,8 @@ def test_concurrent_steps_find_race_switches():
     for switch in ("no_wp_seq", "no_pte_recheck"):
         seed = next(i for i, n in enumerate(names) if switch in RACES[n].switches)
         f, n = run_explore_seed(seed, "6.5", (switch,))
-        assert f is not None and f.invariant == f"race:{names[seed]}" and n == 1
+        # the count: every schedule's two CPU operations, up to the failing one
+        assert f is not None and f.invariant == f"race:{names[seed]}" and n >= 2 and n % 2 == 0
         assert f.ops[0]["op"] == "explore" and f.ops[0]["schedule"]
         again = run_ops(f.ops, "6.5", [switch])         # the schedule replays exactly
         assert again is not None and again.invariant == f.invariant
@@ -507,8 +508,8 @@ def test_stress_share_is_an_option(monkeypatch, every, want):
     from pygup.tools.fuzz import campaign as C
     calls = []
     monkeypatch.setattr(C, "run_stress_seed",
-                        lambda s, pol, mut, tol, secs: calls.append((s, secs)) or (None, 1))
-    monkeypatch.setattr(C, "run_explore_seed", lambda s, pol, mut, tol: (None, 1))
+                        lambda s, pol, mut, tol, secs, **k: calls.append((s, secs)) or (None, 1))
+    monkeypatch.setattr(C, "run_explore_seed", lambda s, pol, mut, tol, **k: (None, 1))
     monkeypatch.setattr(C, "run_seed", lambda *a, **k: (None, 1))
 
     class Q(list):
@@ -517,6 +518,64 @@ def test_stress_share_is_an_option(monkeypatch, every, want):
             stress_every=every, stress_seconds=0.25)
     assert len(calls) == want and all(secs == 0.25 for _, secs in calls)
     assert all(s % C.CONCURRENT_EVERY != C.CONCURRENT_EVERY // 2 - 1 for s, _ in calls)
+
+
+def test_every_race_and_stress_scenario_meets_every_preset(monkeypatch):
+    """A campaign's race seeds take the built-in races in turn, each under
+    every preset of its policy list before the next race, and so do its
+    stress seeds with the scenarios: in races x presets blocks every pair
+    is run (a rotation by seed alone paired each race with one residue of
+    the seed and one preset: 7 of 21 races ever ran from seed 0)."""
+    import time
+    from pygup.tools.explore import RACES
+    from pygup.tools.fuzz import campaign as C
+    from pygup.tools.fuzz.ops import STRESS_SCENARIOS, explore_op, stress_op
+    races, scenarios = set(), set()
+    monkeypatch.setattr(C, "run_explore_seed", lambda s, pol, mut, tol, index, explored:
+                        races.add((explore_op(index)["race"], pol)) or (None, 1))
+    monkeypatch.setattr(C, "run_stress_seed", lambda s, pol, mut, tol, secs, index:
+                        scenarios.add((stress_op(s, secs, index)["scenario"], pol)) or (None, 1))
+    monkeypatch.setattr(C, "run_seed", lambda *a, **k: (None, 1))
+
+    class Q(list):
+        put = list.append
+    presets = ["6.1", "6.5", "6.18"]
+    blocks = len(RACES) * len(presets)
+    C._work(",".join(presets), [], 0, (0, 1), 0, 1, time.monotonic() + 600,
+            blocks * C.CONCURRENT_EVERY, Q(), stress=True)
+    assert races == {(r, p) for r in RACES for p in presets}
+    assert scenarios == {(x, p) for x in STRESS_SCENARIOS for p in presets}
+
+
+def test_a_race_met_again_gets_random_schedules():
+    """The bound-2 search is deterministic: a worker that searched a race
+    clean under a preset runs its next seed of that race as random
+    schedules (explore.sample) -- other interleavings, counted, and a
+    finding among them replays exactly from the op."""
+    from pygup.tools.explore import RACES
+    from pygup.tools.fuzz.driver import run_explore_seed
+    from pygup.tools.fuzz.ops import SAMPLE_RUNS
+    names = list(RACES)
+    i = names.index("fast-munmap")
+    done: set = set()
+    f, n = run_explore_seed(5, "6.5", index=i, explored=done)
+    assert f is None and done == {("fast-munmap", "6.5", ())} and n > 2 * SAMPLE_RUNS
+    f, n = run_explore_seed(17, "6.5", index=i, explored=done)
+    assert f is None and n == 2 * SAMPLE_RUNS            # 16 random schedules of 2 CPUs
+    # a switch the race exposes, met by random schedules: the op says which
+    # sample, and its failing schedule replays
+    hits = []
+    for seed in range(8):
+        done = {("fast-munmap", "6.5", ("no_pte_recheck",))}
+        f, n = run_explore_seed(seed, "6.5", ("no_pte_recheck",), index=i, explored=done)
+        if f is not None:
+            hits.append(f)
+    assert hits, "16 random schedules of fast-munmap never hit the missing PTE re-check"
+    f = hits[0]
+    assert f.ops[0]["sample"] is not None and f.ops[0]["schedule"]
+    again = run_ops(f.ops, "6.5", ["no_pte_recheck"])
+    assert again is not None and (again.invariant, again.detail) == (f.invariant, f.detail)
+    assert run_ops(f.ops, "6.5", []) is None
 
 
 @pytest.mark.parametrize("wait", ["synchronize_rcu", "rcu_barrier", "shootdown"])

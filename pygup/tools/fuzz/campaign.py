@@ -166,16 +166,23 @@ def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
           stress_every=CONCURRENT_EVERY, stress_seconds=STRESS_SECONDS) -> None:
     done = 0
     seen: set = set()
+    races_explored: set = set()       # run_explore_seed: searched clean in this worker
+    presets = len(policy.split(","))
     for s in _seeds(seed, shard, worker, workers):
         if time.monotonic() > deadline or (max_ops and done >= max_ops):
             break
         features: Optional[set] = set() if corpus else None
         ops: list = []
         pol = seed_policy(policy, s)
+        # a block's race and stress scenario: the next one every len(presets)
+        # blocks, so each meets every preset in turn (seed_policy)
+        turn = s // CONCURRENT_EVERY // presets
         if s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
-            failure, n = run_explore_seed(s, pol, mutants, tolerate)
+            failure, n = run_explore_seed(s, pol, mutants, tolerate, index=turn,
+                                          explored=races_explored)
         elif stress and stress_every and s % stress_every == stress_every - 1:
-            failure, n = run_stress_seed(s, pol, mutants, tolerate, stress_seconds)
+            failure, n = run_stress_seed(s, pol, mutants, tolerate, stress_seconds,
+                                         index=s // stress_every // presets)
         else:
             failure, n = run_seed(s, OPS_PER_SEED, pol, mutants, deadline,
                                   features=features, ops_out=ops, tolerate=tolerate)

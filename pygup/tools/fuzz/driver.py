@@ -52,13 +52,25 @@ def _fail(v: Violation, step: int, ops, policy, mutants, seed, log, tolerate=())
 
 def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = True,
             check_every: int = 1, log: Optional[list] = None,
-            races: Optional[list] = None, tolerate=()) -> Optional[Failure]:
+            races: Optional[list] = None, tolerate=(),
+            counts: Optional[dict] = None) -> Optional[Failure]:
     """Execute a fixed sequence (a replay); the first violation, or None.
     ``races`` receives (step, op, Interleaving) of each scheduled race run;
-    ``tolerate``: known bugs the world lives with (World.TOLERABLE)."""
+    ``tolerate``: known bugs the world lives with (World.TOLERABLE);
+    ``counts`` receives "race_ops": the operations run inside explored
+    races (their schedules' CPUs), however the sequence ended."""
     ops = list(ops)
     world = World(policy, mutants, tolerate=tolerate)
     world.races = races
+    try:
+        return _run_ops(world, ops, policy, mutants, final, check_every, log, tolerate)
+    finally:
+        if counts is not None:
+            counts["race_ops"] = world.race_ops
+
+
+def _run_ops(world: World, ops: list, policy, mutants, final, check_every, log,
+             tolerate) -> Optional[Failure]:
     for i, op in enumerate(ops):
         try:
             what = apply(world, op)
@@ -133,30 +145,46 @@ def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
 
 
 def run_stress_seed(seed: int, policy: str = "6.5", mutants=(), tolerate=(),
-                    seconds: float = 0.1) -> tuple[Optional[Failure], int]:
-    """A native race campaign as a one-operation sequence (see ops.op_stress)."""
+                    seconds: float = 0.1,
+                    index: Optional[int] = None) -> tuple[Optional[Failure], int]:
+    """A native race campaign as a one-operation sequence (see ops.op_stress):
+    scenario number ``index`` (default: ``seed``).  It counts as one
+    operation: its iterations run in C, unchecked by the harness's oracles."""
     from pygup.tools.fuzz.ops import stress_op
-    f = run_ops([stress_op(seed, seconds)], policy, mutants, tolerate=tolerate)
+    f = run_ops([stress_op(seed, seconds, index)], policy, mutants, tolerate=tolerate)
     if f is not None:
         f.seed = seed
     return f, 1
 
 
-def run_explore_seed(seed: int, policy: str = "6.5", mutants=(),
-                     tolerate=()) -> tuple[Optional[Failure], int]:
-    """One built-in race explored to bound 2 (ops.op_explore): deterministic,
-    and a finding replays with its schedule."""
+def run_explore_seed(seed: int, policy: str = "6.5", mutants=(), tolerate=(),
+                     index: Optional[int] = None,
+                     explored: Optional[set] = None) -> tuple[Optional[Failure], int]:
+    """Built-in race number ``index`` (default: ``seed``) explored to bound
+    2 (ops.op_explore): deterministic, and a finding replays with its
+    schedule.  ``explored``: the (race, policy, switches) this worker has
+    explored clean already -- the same search again would run the very
+    same schedules, so a race met again gets random schedules instead
+    (explore.sample, seeded by ``seed``: still replayable).  Returns
+    (failure or None, the operations the schedules ran)."""
     from pygup.config.policy import policy_for
     from pygup.tools.explore import SEED_BUG_RACE
     from pygup.tools.fuzz.ops import explore_op
-    op = explore_op(seed)
-    if op["race"] == SEED_BUG_RACE and "seed-bug" in tolerate and \
+    index = seed if index is None else index
+    if explore_op(index)["race"] == SEED_BUG_RACE and "seed-bug" in tolerate and \
             not policy_for(policy).writable_file_mapping_check:
-        op = explore_op(seed + 1)        # its failing schedule is the tolerated bug
-    f = run_ops([op], policy, mutants, tolerate=tolerate)
+        index += 1                        # its failing schedule is the tolerated bug
+    op = explore_op(index)
+    key = (op["race"], policy, tuple(sorted(mutants)))
+    if explored is not None and key in explored:
+        op = explore_op(index, sample=seed)
+    counts: dict = {}
+    f = run_ops([op], policy, mutants, tolerate=tolerate, counts=counts)
     if f is not None:
         f.seed = seed
-    return f, 1
+    elif explored is not None:
+        explored.add(key)
+    return f, counts["race_ops"]
 
 
 def shrink(failure: Failure, budget_s: float = 30.0) -> Failure:

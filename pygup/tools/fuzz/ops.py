@@ -9,7 +9,7 @@ import errno
 import functools
 import itertools
 import random
-from typing import Callable, Collection
+from typing import Callable, Collection, Optional
 
 from pygup import callers
 from pygup.errors import GupError
@@ -1059,9 +1059,12 @@ _RACE_POINTS = {
 def op_explore(world: World, op: dict) -> str:
     """A built-in race (pygup/tools/explore.py) with the world's policy and
     switches, on machines of its own.  With ``schedule`` it replays that one
-    interleaving exactly; without, it explores every schedule to ``bound``
-    preemptions and, on a failing one, writes it into the op before raising,
-    so the reproducer replays the very interleaving (schedule included)."""
+    interleaving exactly; with ``sample`` (a seed) it runs ``runs``
+    schedules drawn at random (explore.sample: no preemption bound);
+    otherwise it explores every schedule to ``bound`` preemptions.  A
+    failing schedule is written into the op before raising, so the
+    reproducer replays the very interleaving.  Each schedule run counts its
+    CPUs' operations in ``world.race_ops`` (the set-up's are not counted)."""
     from pygup.tools import explore
     mutants = sorted(getattr(x, "value", x) for x in world.m.mutants)
     policy = world.policy.name
@@ -1074,25 +1077,42 @@ def op_explore(world: World, op: dict) -> str:
             # the world takes another path now (a fix removed the window's
             # outcome): that interleaving no longer exists
             return f"race {op['race']}: the schedule no longer applies ({e})"
+        world.race_ops += out["ops_run"]
         if out["failed"]:
             raise Violation(f"race:{op['race']}", out["failed"])
         return f"race {op['race']}: the schedule replays clean"
-    res = explore.explore(op["race"], op.get("bound", 2), policy, mutants,
-                          stop_at_first=True)
+    if "sample" in op:
+        res = explore.sample(op["race"], op["runs"], op["sample"], policy, mutants)
+    else:
+        res = explore.explore(op["race"], op.get("bound", 2), policy, mutants,
+                              stop_at_first=True)
+    world.race_ops += res.ops_run
     if res.failing is not None:
-        op["schedule"] = res.failing.schedule
+        if res.failing.schedule:
+            op["schedule"] = res.failing.schedule
         raise Violation(f"race:{op['race']}", res.failing.detail)
     if res.missed:
         raise Violation("race-window-unreached", f"race {op['race']}: {res.explored} schedules "
                         f"and the window(s) {', '.join(res.missed)} never fired: the race "
                         "lost a partner's step")
-    return f"race {op['race']}: {res.explored} schedules, 0 failing"
+    how = f"{res.explored} random schedules" if "sample" in op else f"{res.explored} schedules"
+    return f"race {op['race']}: {how}, 0 failing"
 
 
-def explore_op(seed: int) -> dict:
+SAMPLE_RUNS = 16      # a sampled race seed's schedules (about one exhaustive search's tenth)
+
+
+def explore_op(index: int, sample: Optional[int] = None) -> dict:
+    """Race number ``index`` (mod the built-in races) explored to bound 2,
+    or, with ``sample`` (a seed), SAMPLE_RUNS random schedules of it."""
     from pygup.tools.explore import RACES
     names = list(RACES)
-    return {"op": "explore", "race": names[seed % len(names)], "bound": 2}
+    op: dict = {"op": "explore", "race": names[index % len(names)]}
+    if sample is None:
+        op["bound"] = 2
+    else:
+        op.update(sample=sample, runs=SAMPLE_RUNS)
+    return op
 
 
 STRESS_SCENARIOS = ["unmap", "collapse", "truncate", "writeback", "fork"]
@@ -1117,9 +1137,11 @@ def op_stress(world: World, op: dict) -> str:
     return f"stress {op['scenario']} clean ({sum(r.iterations.values())} iterations)"
 
 
-def stress_op(seed: int, seconds: float = 0.1) -> dict:
+def stress_op(seed: int, seconds: float = 0.1, index: Optional[int] = None) -> dict:
+    """Scenario number ``index`` (default: ``seed``), mod the scenarios."""
     rng = random.Random(seed)
-    return {"op": "stress", "scenario": STRESS_SCENARIOS[seed % len(STRESS_SCENARIOS)],
+    index = seed if index is None else index
+    return {"op": "stress", "scenario": STRESS_SCENARIOS[index % len(STRESS_SCENARIOS)],
             "seed": seed, "seconds": seconds, "window_spins": rng.choice([0, 100, 1000]),
             "table_free": rng.choice(["rcu", "ipi"])}
 

@@ -138,6 +138,7 @@ class World:
         self.procs: list[Proc] = [Proc(self.m.spawn())]
         self.held: list[Held] = []
         self.steps = 0
+        self.race_ops = 0    # operations run inside scheduled races (op_explore)
 
     # -- lookups by index ------------------------------------------------------------
     def proc(self, i: int) -> Proc:
