@@ -264,7 +264,8 @@ def fuzz_cli_ops_per_s(seconds: float) -> dict:
             r = json.load(fh)
     failure = r.get("failure")
     return {"ops_per_s": r["ops"] / r["seconds"], "ops": r["ops"], "seconds": r["seconds"],
-            "violation": f"[{failure['invariant']}] {failure['detail']}" if failure else None}
+            "violation": f"[{failure['invariant']}] {failure['detail']}" if failure else None,
+            "by_kind": r["by_kind"]}
 
 
 # ---------------------------------------------------------------------------
@@ -441,6 +442,8 @@ def run(quick: bool = False, threads: Optional[int] = None, log=print) -> dict:
     log(f"fuzz operations per second (pygup fuzz --workers 1, every operation): "
         f"{fz['ops_per_s']:.0f} ({fz['ops']} ops in {fz['seconds']:.1f} s"
         + (f"; stopped at a violation: {fz['violation']})" if fz["violation"] else ")"))
+    from pygup.tools.fuzz.campaign import format_by_kind
+    log("  by kind of seed: " + format_by_kind(fz["by_kind"]))
     res["targets"] = targets(res)
     log(format_targets(res["targets"]))
     return res

@@ -234,6 +234,24 @@ def test_a_crashed_worker_is_a_finding(monkeypatch, capsys):
     assert "CRASH" in capsys.readouterr().out
 
 
+def test_the_summary_says_where_the_time_went(tmp_path):
+    """Each kind of seed -- sequences, explored races, stress -- has its
+    seeds, operations and seconds in the summary; together they are the
+    run's (a race seed counts the operations its schedules ran)."""
+    import json
+    from pygup.tools.fuzz import campaign as C
+    r = C.campaign("6.5", (), seconds=120, workers=1, max_ops=1700, progress=False,
+                   stress=False, out_dir=str(tmp_path))
+    k = r.by_kind
+    assert r.failure is None and set(k) == set(C.SEED_KINDS)
+    assert k["race"]["seeds"] == 1 and k["race"]["ops"] > 2     # seed 5: many schedules
+    assert k["sequence"]["seeds"] == r.seeds - 1 and k["stress"]["seeds"] == 0
+    assert sum(v["ops"] for v in k.values()) == r.ops
+    assert all(v["seconds"] > 0 for v in (k["race"], k["sequence"]))
+    assert json.loads(json.dumps(r.summary()))["by_kind"] == k
+    assert "race 1 seeds" in C.format_by_kind(k)
+
+
 def test_byte_stream_decoder():
     """Coverage-guided fuzzers drive the same vocabulary: any bytes decode
     to a runnable sequence; 6.5 stays clean on random bytes, and the bytes

@@ -23,6 +23,10 @@ from pygup.tools.fuzz.driver import (Failure, replay, run_explore_seed, run_seed
 from pygup.config.mutants import MUTANTS
 
 OPS_PER_SEED = 300
+# a seed is a random sequence, a built-in race explored (its schedules'
+# operations counted) or a native stress campaign (one operation: its
+# iterations run in C, outside the harness's oracles)
+SEED_KINDS = ("sequence", "race", "stress")
 STRESS_SECONDS = 0.1      # each native stress seed's campaign
 CONCURRENT_EVERY = 12     # seeds 12k+11: a native race campaign (stress.c, timing:
                           # throughput and TSan); seeds 12k+5: a built-in race
@@ -48,6 +52,10 @@ class Result:
     stopped_by: Optional[str] = None     # "SIGTERM", "SIGINT" when a signal ended it
     crashed: Optional[str] = None        # a worker that died: a finding, never a clean run
     error: Optional[str] = None          # an internal error of the harness itself
+    # where the workers' time went, per kind of seed (SEED_KINDS): the seeds,
+    # their operations and the seconds they took
+    by_kind: dict = dataclasses.field(default_factory=lambda: {
+        k: {"seeds": 0, "ops": 0, "seconds": 0.0} for k in SEED_KINDS})
 
     def summary(self) -> dict:
         """The JSON a CI collects: the run's identity (shard, seed, policy,
@@ -177,17 +185,21 @@ def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
         # a block's race and stress scenario: the next one every len(presets)
         # blocks, so each meets every preset in turn (seed_policy)
         turn = s // CONCURRENT_EVERY // presets
+        t0 = time.monotonic()
         if s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
+            kind = "race"
             failure, n = run_explore_seed(s, pol, mutants, tolerate, index=turn,
                                           explored=races_explored)
         elif stress and stress_every and s % stress_every == stress_every - 1:
+            kind = "stress"
             failure, n = run_stress_seed(s, pol, mutants, tolerate, stress_seconds,
                                          index=s // stress_every // presets)
         else:
+            kind = "sequence"
             failure, n = run_seed(s, OPS_PER_SEED, pol, mutants, deadline,
                                   features=features, ops_out=ops, tolerate=tolerate)
         done += n
-        q.put(("ops", n))
+        q.put(("ops", (n, kind, time.monotonic() - t0)))
         if features and not features <= seen and failure is None:
             seen |= features
             q.put(("corpus", {"invariant": None, "policy": pol, "mutants": sorted(mutants),
@@ -278,10 +290,15 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
                 res.crashed = val
                 break
             if kind == "ops":
-                res.ops += val
+                n, seed_kind, secs = val
+                res.ops += n
                 res.seeds += 1
+                row = res.by_kind[seed_kind]
+                row["seeds"] += 1
+                row["ops"] += n
+                row["seconds"] = round(row["seconds"] + secs, 3)
                 if bar is not None:
-                    bar.update(val)
+                    bar.update(n)
             elif kind == "failure":
                 _record_failure(res, val, seen_sites, out_dir, shrink_s, start)
                 if bar is not None:
@@ -311,6 +328,18 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
             bar.close()
     res.seconds = time.monotonic() - start
     return res
+
+
+def format_by_kind(by_kind: dict) -> str:
+    """One line: each kind of seed's share of the workers' time, its
+    operations and their rate."""
+    total = sum(v["seconds"] for v in by_kind.values()) or 1.0
+    parts = []
+    for k, v in by_kind.items():
+        rate = v["ops"] / v["seconds"] if v["seconds"] else 0.0
+        parts.append(f"{k} {v['seeds']} seeds, {v['ops']} ops, {v['seconds']:.1f}s "
+                     f"({100 * v['seconds'] / total:.0f}%, {rate:.0f} ops/s)")
+    return "; ".join(parts)
 
 
 def _record_failure(res: Result, failure: Failure, seen_sites: set, out_dir: str,
@@ -644,6 +673,7 @@ def _run(args: argparse.Namespace) -> int:
           f" shard {r.shard}: {r.ops} ops over {r.seeds} seeds in {r.seconds:.1f}s "
           f"({rate:.0f} ops/s, {args.workers} workers)"
           + (f"; stopped by {r.stopped_by}" if r.stopped_by else ""))
+    print("  " + format_by_kind(r.by_kind))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
