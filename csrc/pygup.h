@@ -495,6 +495,27 @@ struct pg_tlb_report {
     uint8_t writable, dirty;
 };
 int64_t pg_audit_tlbs(pg_machine *m, struct pg_tlb_report *out, int64_t max);
+/* The oracles' reads in bulk: for each of pfns[0..nr), the folio's head,
+ * the page's flags with the head's folio-wide ones, the head's mapping and
+ * order (each as pg_frame_info() gives it), in out[0..4*nr) as four rows
+ * of nr (heads, flags, mappings, orders).  -PG_EINVAL for a pfn past the
+ * last frame or a missing buffer, before any output; nothing changes. */
+int pg_audit_frames(pg_machine *m, const uint64_t *pfns, int64_t nr, uint64_t *out);
+/* One counter into *out (the rest of pg_stats_get() not built): */
+#define PG_AUDIT_NR_FREE_NORMAL 0  /* free frames of ZONE_NORMAL */
+#define PG_AUDIT_NR_FREE_MOVABLE 1 /* free frames of ZONE_MOVABLE */
+#define PG_AUDIT_PINS_ALIVE 2      /* nr_foll_pin_acquired - nr_foll_pin_released */
+int pg_audit_counter(pg_machine *m, int32_t which, int64_t *out);
+/* The pages of mm's ranges (nr_ranges (start, end) pairs, page-aligned, in
+ * the user VA) whose leaf -- a non-empty entry, as pg_range_leaves() lists
+ * them, not special -- maps a folio with an anonymous head: their
+ * addresses into addrs, at most max of them, range by range in address
+ * order, and how many each range has into counts[0..nr_ranges).  Returns
+ * how many in all; -PG_EINVAL for a bad argument or mm before any work,
+ * -PG_EFAULT when a leaf maps a frame past the last one.  Nothing changes. */
+int64_t pg_audit_anon_leaves(pg_machine *m, uint64_t mmid, const uint64_t *ranges,
+                             int64_t nr_ranges, uint64_t *addrs, int64_t max,
+                             int64_t *counts);
 
 /* ---- transparent huge pages (mm/huge_memory.c; the folio split: mm/frames.c) */
 /* __split_huge_pmd(): replace the PMD leaf of an anonymous THP covering

@@ -518,6 +518,71 @@ class Core:
                       "expected": out.expected, "differ": out.differ}
         return leaves.tolist(), report, out.pinned
 
+    def audit_frames(self, pfns) -> np.ndarray:
+        """pg_audit_frames(): frame_info()'s head, flags, mapping and order
+        of every pfn in ``pfns`` in one call: a (4, len(pfns)) uint64 array
+        whose rows are those fields, in the order given (``heads, flags,
+        mappings, orders = core.audit_frames(pfns)``).  ValueError for a
+        non-flat argument or a pfn past the last frame (the core's check,
+        made before it writes anything)."""
+        arr = np.ascontiguousarray(pfns, dtype=np.uint64)
+        if arr.ndim != 1:
+            raise ValueError("audit_frames: pfns must be a flat sequence")
+        out = np.empty((4, len(arr)), np.uint64)
+        if len(arr) and lib.pg_audit_frames(self._m, ffi.from_buffer(_U64_ARRAY, arr), len(arr),
+                                            ffi.from_buffer(_U64_ARRAY, out)) < 0:
+            raise ValueError(f"audit_frames: a pfn past the last frame ({self.nr_frames - 1:#x})"
+                             f" in {arr.tolist()[:8]}")
+        return out
+
+    def audit_anon_leaves(self, mm: int, ranges) -> list[list[int]]:
+        """pg_audit_anon_leaves(): for each (start, end) of ``ranges`` in
+        mm, the addresses of its pages whose leaf (as range_leaves() lists
+        them), not special, maps a folio with an anonymous head -- a
+        private file page copied on write -- in address order; one walk,
+        nothing changes.  ValueError for ranges that are not (start, end)
+        pairs; the core checks each range and the mm (GupError EINVAL) and
+        answers EFAULT for a leaf past the last frame."""
+        flat, cap = [], 0
+        for r in ranges:
+            if not isinstance(r, (tuple, list)) or len(r) != 2:
+                raise ValueError(f"audit_anon_leaves: ranges must be (start, end) pairs, got {r!r}")
+            start, end = _u64(r[0], "start"), _u64(r[1], "end")
+            flat += (start, end)
+            cap += max(end - start, 0) >> lib.PG_PAGE_SHIFT   # a bad range: the core's EINVAL
+        if not flat:
+            return []
+        if cap != _out_len(cap):
+            raise ValueError(f"audit_anon_leaves: the ranges cover {cap} pages, more than the "
+                             "user address space")
+        nr = len(flat) // 2
+        addrs = ffi.new("uint64_t[]", max(cap, 1))
+        counts = ffi.new("int64_t[]", nr)
+        _check(lib.pg_audit_anon_leaves(self._m, _u64(mm, "mm"), ffi.new("uint64_t[]", flat), nr,
+                                        addrs, cap, counts), "audit_anon_leaves")
+        out, at = [], 0
+        for c in ffi.unpack(counts, nr):
+            out.append(ffi.unpack(addrs + at, c) if c else [])
+            at += c
+        return out
+
+    # the counters pg_audit_counter() reads, by name
+    AUDIT_COUNTERS = {"nr_free_normal": lib.PG_AUDIT_NR_FREE_NORMAL,
+                      "nr_free_movable": lib.PG_AUDIT_NR_FREE_MOVABLE,
+                      "pins_alive": lib.PG_AUDIT_PINS_ALIVE}
+
+    def audit_counter(self, name: str) -> int:
+        """pg_audit_counter(): one of AUDIT_COUNTERS without the rest of
+        stats() ("pins_alive": pins_acquired - pins_released, which may be
+        negative).  ValueError for an unknown name."""
+        which = self.AUDIT_COUNTERS.get(name) if isinstance(name, str) else None
+        if which is None:
+            raise ValueError(f"audit_counter: unknown counter {name!r}; known: "
+                             f"{', '.join(self.AUDIT_COUNTERS)}")
+        out = ffi.new("int64_t *")
+        _check(lib.pg_audit_counter(self._m, which, out), "audit_counter")
+        return out[0]
+
     # -- transparent huge pages ------------------------------------------------
     def split_huge_pmd(self, cpu: int, mm: int, addr: int) -> bool:
         """__split_huge_pmd(): True if a THP's PMD leaf at addr became a PTE

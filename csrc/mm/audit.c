@@ -216,3 +216,135 @@ int64_t pg_audit_tlbs(pg_machine *m, struct pg_tlb_report *out, int64_t max)
     }
     return bad;
 }
+
+/* ---- the oracles' reads in bulk -----------------------------------------
+ * The harness's per-step checks read a few fields of many frames (the held
+ * pages, the leaves of a range); one call for all of them, each field as
+ * pg_frame_info() reports it: the folio's head, the page's flags with its
+ * head's folio-wide ones, the head's mapping and order, in four rows of nr
+ * entries.  Every pfn is checked before any output is written; nothing
+ * changes. */
+int pg_audit_frames(pg_machine *m, const uint64_t *pfns, int64_t nr, uint64_t *out)
+{
+    if (nr < 0 || (nr > 0 && (!pfns || !out)))
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < nr; i++)
+        if (pfns[i] >= m->nr_frames)
+            return -PG_EINVAL;
+    uint64_t *heads = out, *flags = out + nr, *mappings = out + 2 * nr, *orders = out + 3 * nr;
+    for (int64_t i = 0; i < nr; i++) {
+        uint64_t pfn = pfns[i], head = pg_frame_head(m, pfn);
+        uint32_t hf = pg_load_acquire(&m->frames[head].flags);
+        heads[i] = head;
+        flags[i] = pg_load_acquire(&m->frames[pfn].flags) | (hf & ~PG_F_PER_PAGE);
+        mappings[i] = pg_load_acquire(&m->frames[head].mapping);
+        orders[i] = pg_load_relaxed(&m->frames[head].order);
+    }
+    return 0;
+}
+
+/* One of the counters the oracles compare after every step, without the
+ * whole of pg_stats_get(): the free frames of a zone, or the FOLL_PIN pages
+ * alive (nr_foll_pin_acquired - nr_foll_pin_released over every shard; a
+ * negative count is a finding, hence the value through *out). */
+int pg_audit_counter(pg_machine *m, int32_t which, int64_t *out)
+{
+    if (!out)
+        return -PG_EINVAL;
+    switch (which) {
+    case PG_AUDIT_NR_FREE_NORMAL:
+        *out = (int64_t)pg_load_relaxed(&m->zones[PG_ZONE_NORMAL].nr_free);
+        return 0;
+    case PG_AUDIT_NR_FREE_MOVABLE:
+        *out = (int64_t)pg_load_relaxed(&m->zones[PG_ZONE_MOVABLE].nr_free);
+        return 0;
+    case PG_AUDIT_PINS_ALIVE: {
+        uint64_t acquired = 0, released = 0;
+        for (int i = 0; i < PG_PIN_STAT_SHARDS; i++) {
+            acquired += pg_load_relaxed(&m->pin_stats[i].acquired);
+            released += pg_load_relaxed(&m->pin_stats[i].released);
+        }
+        *out = (int64_t)(acquired - released);
+        return 0;
+    }
+    default:
+        return -PG_EINVAL;
+    }
+}
+
+/* ---- the COWs the harness learns of -------------------------------------
+ * A private file mapping whose page is anonymous now was copied (a write,
+ * an unshare of a read-only long-term pin, a FOLL_FORCE fault, a
+ * populate): the harness notes what the copy must hold.  This lists the
+ * pages of the given ranges of one mm whose leaf (a non-empty entry, not
+ * special) maps a folio whose head is anonymous: the pages
+ * pg_range_leaves() lists, filtered as the harness filtered them with
+ * pg_frame_info(), in one walk. */
+struct anon_leaves {
+    uint64_t start, end;
+    uint64_t *addrs;
+    int64_t max, n;
+    bool bad; /* a leaf past the last frame */
+};
+
+static int anon_leaves_cb(pg_machine *m, void *ctx, struct pg_table *t,
+                          _Atomic uint64_t *slot, uint64_t addr, int level)
+{
+    struct anon_leaves *l = ctx;
+    (void)t;
+    uint64_t e = pg_load_acquire(slot);
+    if (e & PG_PTE_SPECIAL)
+        return 0;
+    uint64_t npages = pg_leaf_pages(level);
+    for (uint64_t i = 0; i < npages; i++) {
+        uint64_t a = addr + (i << PG_PAGE_SHIFT);
+        if (a < l->start)
+            continue;
+        if (a >= l->end)
+            break;
+        uint64_t pfn = pg_pte_pfn(e) + i;
+        if (pfn >= m->nr_frames) {
+            l->bad = true;
+            return 1;
+        }
+        uint64_t head = pg_frame_head(m, pfn);
+        if ((pg_load_acquire(&m->frames[head].mapping) & PG_MAPPING_FLAGS) != PG_MAPPING_ANON)
+            continue;
+        if (l->n >= l->max)
+            return 1;
+        l->addrs[l->n++] = a;
+    }
+    return 0;
+}
+
+int64_t pg_audit_anon_leaves(pg_machine *m, uint64_t mmid, const uint64_t *ranges,
+                             int64_t nr_ranges, uint64_t *addrs, int64_t max,
+                             int64_t *counts)
+{
+    /* every argument before any work */
+    if (nr_ranges < 0 || (nr_ranges > 0 && (!ranges || !counts)) || max < 0 ||
+        (max > 0 && !addrs))
+        return -PG_EINVAL;
+    for (int64_t i = 0; i < nr_ranges; i++) {
+        int rc = pg_check_range(ranges[2 * i], ranges[2 * i + 1]);
+        if (rc < 0)
+            return rc;
+    }
+    struct pg_mm *mm = pg_mm_lock(m, mmid);
+    if (!mm)
+        return -PG_EINVAL;
+    struct anon_leaves l = {.addrs = addrs, .max = max};
+    int64_t rc = 0;
+    for (int64_t i = 0; i < nr_ranges; i++) {
+        int64_t before = l.n;
+        l.start = ranges[2 * i];
+        l.end = ranges[2 * i + 1];
+        if (rc >= 0 && !l.bad && l.start < l.end)
+            rc = pg_walk_range(m, mm, l.start, l.end, anon_leaves_cb, &l);
+        counts[i] = l.n - before;
+    }
+    pg_spin_unlock(&mm->lock);
+    if (rc < 0)
+        return rc;
+    return l.bad ? -PG_EFAULT : l.n;
+}

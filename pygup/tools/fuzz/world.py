@@ -139,6 +139,8 @@ class World:
         self.held: list[Held] = []
         self.steps = 0
         self.race_ops = 0    # operations run inside scheduled races (op_explore)
+        # held_heads() of this step: (steps, the holds it read, the heads)
+        self._held_heads_cache: Optional[tuple] = None
 
     # -- lookups by index ------------------------------------------------------------
     def proc(self, i: int) -> Proc:
@@ -182,24 +184,23 @@ class World:
         keeps what the file held when it was copied."""
         core = self.m._core
         for proc in self.procs:
-            for region in proc.regions:
-                if region.kind != "file" or region.shared:
-                    continue
-                # the region's leaves in one walk (a page with none has no copy)
-                addrs, ptes = core.range_leaves(proc.p.mm.id, region.addr,
-                                                region.addr + region.pages * PAGE)
-                for addr, pte in zip(addrs.tolist(), ptes.tolist()):
+            regions = [r for r in proc.regions if r.kind == "file" and not r.shared]
+            if not regions:
+                continue
+            # one walk of the regions' leaves: the pages whose folio is
+            # anonymous now (a page with no leaf has no copy)
+            anon = core.audit_anon_leaves(proc.p.mm.id, [(r.addr, r.addr + r.pages * PAGE)
+                                                         for r in regions])
+            for region, addrs in zip(regions, anon):
+                for addr in addrs:
                     page = (addr - region.addr) // PAGE
-                    if page in region.unmapped or addr in proc.anon_truth or \
-                            pte & C.PTE_SPECIAL:
+                    if page in region.unmapped or addr in proc.anon_truth:
                         continue
-                    pfn = (pte & C.PTE_PFN_MASK) >> C.PTE_PFN_SHIFT
-                    if core.frame_info(pfn).mapping & C.MAPPING_FLAGS == C.MAPPING_ANON:
-                        b = self.backing(proc, addr)
-                        key = (b[0].ino, b[1])
-                        # copied from a page the seed's bug wrote: unknown
-                        proc.anon_truth[addr] = None if key in self.behind_writeback \
-                            else self.shared_truth.get(key, 0)
+                    b = self.backing(proc, addr)
+                    key = (b[0].ino, b[1])
+                    # copied from a page the seed's bug wrote: unknown
+                    proc.anon_truth[addr] = None if key in self.behind_writeback \
+                        else self.shared_truth.get(key, 0)
 
     def truncate_truth(self, inode, pages: int) -> None:
         for key in [k for k in self.shared_truth if k[0] == inode.ino and k[1] >= pages]:
@@ -262,14 +263,14 @@ class World:
         the holds already released are taken off either way."""
         core = self.m._core
         live = 0 if pinned is None else pinned
-        for pages in self.holds():
-            # counted here: the live holds; taken off the audit's: the released
-            count = not pages.released if pinned is None else pages.released
-            if pages.pinned and count:
-                n = sum(1 for pfn in pages if not core.frame_info(pfn).flags & C.F_ZERO)
-                live += n if pinned is None else -n
-        st = core.stats()
-        counted = st["pins_acquired"] - st["pins_released"]
+        # counted here: the live holds; taken off the audit's: the released
+        mine = [pages.pfns for pages in self.holds() if pages.pinned and
+                (not pages.released if pinned is None else pages.released)]
+        if mine:
+            flags = core.audit_frames(np.concatenate(mine))[1]
+            n = int(np.count_nonzero(np.equal(flags & C.F_ZERO, 0)))
+            live += n if pinned is None else -n
+        counted = core.audit_counter("pins_alive")
         if counted != live:
             raise Violation("pin-accounting", f"nr_foll_pin_acquired - released = {counted}, "
                             f"but {live} pinned pages are held")
@@ -350,22 +351,22 @@ class World:
                 holds.extend(pages_list)
         return holds
 
-    def audit_owners(self) -> tuple[list, list]:
+    def audit_owners(self) -> tuple[np.ndarray, np.ndarray]:
         """The owners the C core cannot see, as pg_audit_refcounts() takes
         them: (pfns, kinds) for every page-cache folio, device memory and
         every frame of every hold (the harness's and the callers')."""
         core = self.m._core
-        pfns: list = list(self.m.device_frames)
+        refs: list = list(self.m.device_frames)
         for inode in list(self.m.kernel.inodes.values()):
             if not inode.released:
-                pfns.extend(inode.page_cache.values())
-        kinds = [core.AUDIT_REF] * len(pfns)
+                refs.extend(inode.page_cache.values())
+        pfns = [np.array(refs, np.uint64)]
+        kinds = [np.full(len(refs), core.AUDIT_REF, np.uint8)]
         for pages in self.holds():
-            held = pages.pfns.tolist()
-            pfns.extend(held)
-            kinds.extend([core.AUDIT_HOLD_PIN if pages.pinned else core.AUDIT_HOLD_GET]
-                         * len(held))
-        return pfns, kinds
+            pfns.append(pages.pfns)
+            kinds.append(np.full(len(pages), core.AUDIT_HOLD_PIN if pages.pinned
+                                 else core.AUDIT_HOLD_GET, np.uint8))
+        return np.concatenate(pfns), np.concatenate(kinds)
 
     def check_refcounts(self) -> int:
         """Invariant 1: every frame's refcount equals what its owners hold,
@@ -419,12 +420,13 @@ class World:
         for h in self.held:
             if not h.pages.pinned or not h.proc.p.alive or h.region not in h.proc.regions:
                 continue
+            # the hold's frames in one read: frame_info()'s head, flags, mapping
+            heads, flags, mappings, _ = core.audit_frames(h.pages.pfns).tolist()
             for i, pfn in enumerate(h.pages):
                 page = (h.page + i) % h.region.pages
                 if page in h.region.unmapped or page in h.detached:
                     continue
-                fi = core.frame_info(pfn)
-                if fi.mapping & C.MAPPING_FLAGS != C.MAPPING_ANON:
+                if mappings[i] & C.MAPPING_FLAGS != C.MAPPING_ANON:
                     continue
                 addr = h.region.page_addr(page)
                 pte = h.proc.p.mm.pte(addr)
@@ -435,8 +437,9 @@ class World:
                     raise Violation("pinned-anon-stays",
                                     f"pid {h.proc.p.pid} {addr:#x}: pinned frame {pfn:#x} but "
                                     f"maps {mapped:#x} (COW took it away)", pfn)
-                head = core.frame_info(fi.head)
-                excl = (head if fi.flags & C.F_HUGETLB else fi).flags & C.F_ANON_EXCLUSIVE
+                # hugetlb keeps PageAnonExclusive on the head page
+                excl = (core.frame_info(heads[i]).flags if flags[i] & C.F_HUGETLB
+                        else flags[i]) & C.F_ANON_EXCLUSIVE
                 if not excl:
                     raise Violation("pinned-anon-stays",
                                     f"pid {h.proc.p.pid} {addr:#x}: pinned frame {pfn:#x} is "
@@ -463,11 +466,20 @@ class World:
 
     def held_heads(self) -> set:
         """The folios someone holds a reference on now: the harness's holds
-        and every caller's (io_uring, RDMA, VFIO, a pipe's vmsplice pages)."""
-        core = self.m._core
+        and every caller's (io_uring, RDMA, VFIO, a pipe's vmsplice pages).
+        Read once per operation: asked again in the same step with the
+        same holds, the answer of the first time (nothing runs between the
+        over-refusal oracle's questions of one step)."""
+        holds = self.holds()
+        cached = self._held_heads_cache
+        if cached is not None and cached[0] == self.steps and len(cached[1]) == len(holds) \
+                and all(a is b for a, b in zip(cached[1], holds)):
+            return cached[2]
         heads = set()
-        for pages in self.holds():
-            heads.update(core.frame_info(pfn).head for pfn in pages)
+        if holds:
+            heads = set(self.m._core.audit_frames(
+                np.concatenate([pages.pfns for pages in holds]))[0].tolist())
+        self._held_heads_cache = (self.steps, holds, heads)
         return heads
 
     def pin_must_succeed(self, proc: "Proc", region: Region, page: int, n: int,
@@ -489,8 +501,7 @@ class World:
             return None
         if region.origin not in ("anon", "shared-anon", "thp", "file"):
             return None
-        st = self.m.stats()
-        if st["nr_free_normal"] < self.HEADROOM:
+        if self.m._core.audit_counter("nr_free_normal") < self.HEADROOM:
             return None
         what = region.origin
         for i in range(n):
@@ -505,13 +516,13 @@ class World:
                 return None                        # refused on purpose (6.5)
         if longterm:
             held = self.held_heads()
-            core = self.m._core
+            ptes = [proc.p.mm.pte(region.page_addr(page + i)) for i in range(n)]
+            mapped = [pte.pfn for pte in ptes if pte.level]
+            if mapped and \
+                    not held.isdisjoint(self.m._core.audit_frames(mapped)[0].tolist()):
+                return None                        # migration may fail: -ENOMEM
             for i in range(n):
-                addr = region.page_addr(page + i)
-                pte = proc.p.mm.pte(addr)
-                if pte.level and core.frame_info(pte.pfn).head in held:
-                    return None                    # migration may fail: -ENOMEM
-                b = self.backing(proc, addr)
+                b = self.backing(proc, region.page_addr(page + i))
                 if b is not None:
                     pfn = b[0].find_folio(b[1])
                     if pfn is not None and pfn in held:
