@@ -461,9 +461,11 @@ int64_t pg_range_leaves(pg_machine *m, uint64_t mm, uint64_t start,
  * page).  *out: the first check that failed (kind, pfn, actual, expected;
  * differ: how many heads' refcounts differ, 1 for the other kinds) or
  * PG_AUDIT_OK, and pinned: the PIN pairs not on the zero page.  scratch:
- * the caller's work space of at least 2 * nr_frames entries (overwritten;
- * one buffer reused, not an allocation per call).  -PG_EINVAL for a bad argument, before any work; nothing
- * changes. */
+ * the caller's work space of at least 2 * nr_frames entries, all zero on
+ * entry, which the call leaves all zero again, whatever it answers (one
+ * zeroed buffer reused: no allocation, no clearing pass per call; a
+ * buffer that is not zero gives a wrong verdict, never a stray access).
+ * -PG_EINVAL for a bad argument, before any work; nothing else changes. */
 #define PG_AUDIT_REF 0
 #define PG_AUDIT_HOLD_GET 1
 #define PG_AUDIT_HOLD_PIN 2

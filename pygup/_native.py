@@ -486,8 +486,9 @@ class Core:
         Returns (PTE-sized pages of each mm's leaves, the first failed
         check as {kind, pfn, actual, expected, differ} or None, the pages
         of the AUDIT_HOLD_PIN entries that are not the zero page); nothing
-        changes.  ValueError for mismatched or out-of-range arguments, before
-        the C call; the core re-checks (GupError EINVAL: a stale mm id)."""
+        changes.  ValueError for mismatched or out-of-range arguments (the
+        core checks the frames and kinds before any work), GupError EINVAL
+        for a stale mm id."""
         mm_arr = np.ascontiguousarray(mms, dtype=np.uint64)
         pfn_arr = np.ascontiguousarray(pfns, dtype=np.uint64)
         kind_arr = np.ascontiguousarray(kinds, dtype=np.uint8)
@@ -495,23 +496,26 @@ class Core:
             raise ValueError("audit_refcounts: mms, pfns and kinds must be flat sequences")
         if len(pfn_arr) != len(kind_arr):
             raise ValueError(f"audit_refcounts: {len(pfn_arr)} pfns but {len(kind_arr)} kinds")
-        if len(pfn_arr) and int(pfn_arr.max()) >= self.nr_frames:
-            raise ValueError(f"audit_refcounts: pfn {int(pfn_arr.max()):#x} past the last frame "
-                             f"({self.nr_frames - 1:#x})")
-        if len(kind_arr) and int(kind_arr.max()) > lib.PG_AUDIT_HOLD_PIN:
-            raise ValueError(f"audit_refcounts: unknown owner kind {int(kind_arr.max())}")
         leaves = np.zeros(len(mm_arr), np.int64)
         out = ffi.new("struct pg_audit_report *")
         with self._audit_lock:           # one work space per Core, reused
             if self._audit_scratch is None:
-                self._audit_scratch = np.empty(2 * self.nr_frames, np.int64)
+                # zeroed once: each call leaves it zeroed (pg_audit_refcounts)
+                self._audit_scratch = np.zeros(2 * self.nr_frames, np.int64)
             scratch = self._audit_scratch
-            _check(lib.pg_audit_refcounts(
+            rc = lib.pg_audit_refcounts(
                 self._m, ffi.from_buffer(_U64_ARRAY, mm_arr), len(mm_arr),
                 ffi.cast("int64_t *", ffi.from_buffer(leaves)),
                 ffi.from_buffer(_U64_ARRAY, pfn_arr), ffi.cast("uint8_t *", ffi.from_buffer(kind_arr)),
-                len(pfn_arr), ffi.cast("int64_t *", ffi.from_buffer(scratch)), len(scratch), out),
-                "audit_refcounts")
+                len(pfn_arr), ffi.cast("int64_t *", ffi.from_buffer(scratch)), len(scratch), out)
+        if rc < 0:
+            # the core checked every argument before any work; say which
+            if len(pfn_arr) and int(pfn_arr.max()) >= self.nr_frames:
+                raise ValueError(f"audit_refcounts: pfn {int(pfn_arr.max()):#x} past the last "
+                                 f"frame ({self.nr_frames - 1:#x})")
+            if len(kind_arr) and int(kind_arr.max()) > lib.PG_AUDIT_HOLD_PIN:
+                raise ValueError(f"audit_refcounts: unknown owner kind {int(kind_arr.max())}")
+            _check(rc, "audit_refcounts")
         report = None
         if out.kind != lib.PG_AUDIT_OK:
             report = {"kind": _AUDIT_KINDS[out.kind], "pfn": out.pfn, "actual": out.actual,
@@ -525,7 +529,10 @@ class Core:
         mappings, orders = core.audit_frames(pfns)``).  ValueError for a
         non-flat argument or a pfn past the last frame (the core's check,
         made before it writes anything)."""
-        arr = np.ascontiguousarray(pfns, dtype=np.uint64)
+        try:
+            arr = np.ascontiguousarray(pfns, dtype=np.uint64)
+        except (OverflowError, TypeError, ValueError):
+            raise ValueError(f"audit_frames: pfns must be ints >= 0, got {pfns!r}") from None
         if arr.ndim != 1:
             raise ValueError("audit_frames: pfns must be a flat sequence")
         out = np.empty((4, len(arr)), np.uint64)

@@ -19,6 +19,7 @@ from pygup.flags import FOLL, MAP, PROT
 from pygup.machine import Machine
 
 PAGE = C.PAGE_SIZE
+_FOLL_WRITE, _FOLL_LONGTERM = int(FOLL.WRITE), int(FOLL.LONGTERM)
 FILE_PAGES = 8
 WORLD_CPUS = 4
 READER_CPU = WORLD_CPUS - 1      # the model's steps run on CPU 0
@@ -360,13 +361,14 @@ class World:
         for inode in list(self.m.kernel.inodes.values()):
             if not inode.released:
                 refs.extend(inode.page_cache.values())
-        pfns = [np.array(refs, np.uint64)]
-        kinds = [np.full(len(refs), core.AUDIT_REF, np.uint8)]
-        for pages in self.holds():
-            pfns.append(pages.pfns)
-            kinds.append(np.full(len(pages), core.AUDIT_HOLD_PIN if pages.pinned
-                                 else core.AUDIT_HOLD_GET, np.uint8))
-        return np.concatenate(pfns), np.concatenate(kinds)
+        holds = self.holds()
+        # one array of pfns, and each run's kind repeated over it
+        pfns = np.concatenate([np.array(refs, np.uint64)] + [pages.pfns for pages in holds])
+        kinds = np.repeat(np.array([core.AUDIT_REF] + [core.AUDIT_HOLD_PIN if pages.pinned
+                                                       else core.AUDIT_HOLD_GET
+                                                       for pages in holds], np.uint8),
+                          [len(refs)] + [len(pages) for pages in holds])
+        return pfns, kinds
 
     def check_refcounts(self) -> int:
         """Invariant 1: every frame's refcount equals what its owners hold,
@@ -495,8 +497,9 @@ class World:
         file, a region an operation left half-changed)."""
         if n < 1 or not region.certain or not region.readable or not proc.p.alive:
             return None
-        write = bool(gup_flags & FOLL.WRITE)
-        longterm = bool(gup_flags & FOLL.LONGTERM)
+        # plain ints: an int & an IntFlag member goes through enum's __rand__
+        write = bool(gup_flags & _FOLL_WRITE)
+        longterm = bool(gup_flags & _FOLL_LONGTERM)
         if write and not region.writable:
             return None
         if region.origin not in ("anon", "shared-anon", "thp", "file"):
