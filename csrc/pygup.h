@@ -511,9 +511,10 @@ int pg_audit_counter(pg_machine *m, int32_t which, int64_t *out);
 /* The pages of mm's ranges (nr_ranges (start, end) pairs, page-aligned, in
  * the user VA) whose leaf -- a non-empty entry, as pg_range_leaves() lists
  * them, not special -- maps a folio with an anonymous head: their
- * addresses into addrs, at most max of them, range by range in address
- * order, and how many each range has into counts[0..nr_ranges).  Returns
- * how many in all; -PG_EINVAL for a bad argument or mm before any work,
+ * addresses into addrs, range by range in address order, the first max of
+ * them (the rest counted, not written), and how many each range has into
+ * counts[0..nr_ranges).  Returns how many in all (more than max: call
+ * again with room for them); -PG_EINVAL for a bad argument or mm before any work,
  * -PG_EFAULT when a leaf maps a frame past the last one.  Nothing changes. */
 int64_t pg_audit_anon_leaves(pg_machine *m, uint64_t mmid, const uint64_t *ranges,
                              int64_t nr_ranges, uint64_t *addrs, int64_t max,

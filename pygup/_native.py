@@ -542,6 +542,8 @@ class Core:
                              f" in {arr.tolist()[:8]}")
         return out
 
+    _ANON_LEAVES_ROOM = 256    # addresses audit_anon_leaves makes room for at first
+
     def audit_anon_leaves(self, mm: int, ranges) -> list[list[int]]:
         """pg_audit_anon_leaves(): for each (start, end) of ``ranges`` in
         mm, the addresses of its pages whose leaf (as range_leaves() lists
@@ -550,23 +552,23 @@ class Core:
         nothing changes.  ValueError for ranges that are not (start, end)
         pairs; the core checks each range and the mm (GupError EINVAL) and
         answers EFAULT for a leaf past the last frame."""
-        flat, cap = [], 0
+        flat = []
         for r in ranges:
             if not isinstance(r, (tuple, list)) or len(r) != 2:
                 raise ValueError(f"audit_anon_leaves: ranges must be (start, end) pairs, got {r!r}")
-            start, end = _u64(r[0], "start"), _u64(r[1], "end")
-            flat += (start, end)
-            cap += max(end - start, 0) >> lib.PG_PAGE_SHIFT   # a bad range: the core's EINVAL
+            flat += (_u64(r[0], "start"), _u64(r[1], "end"))
         if not flat:
             return []
-        if cap != _out_len(cap):
-            raise ValueError(f"audit_anon_leaves: the ranges cover {cap} pages, more than the "
-                             "user address space")
         nr = len(flat) // 2
-        addrs = ffi.new("uint64_t[]", max(cap, 1))
-        counts = ffi.new("int64_t[]", nr)
-        _check(lib.pg_audit_anon_leaves(self._m, _u64(mm, "mm"), ffi.new("uint64_t[]", flat), nr,
-                                        addrs, cap, counts), "audit_anon_leaves")
+        c_ranges, counts = ffi.new("uint64_t[]", flat), ffi.new("int64_t[]", nr)
+        room = self._ANON_LEAVES_ROOM
+        while True:
+            addrs = ffi.new("uint64_t[]", room)
+            n = _check(lib.pg_audit_anon_leaves(self._m, _u64(mm, "mm"), c_ranges, nr, addrs,
+                                                room, counts), "audit_anon_leaves")
+            if n <= room:
+                break
+            room = n                     # counted past the room: again, with room for all
         out, at = [], 0
         for c in ffi.unpack(counts, nr):
             out.append(ffi.unpack(addrs + at, c) if c else [])

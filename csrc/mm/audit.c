@@ -319,9 +319,9 @@ static int anon_leaves_cb(pg_machine *m, void *ctx, struct pg_table *t,
         uint64_t head = pg_frame_head(m, pfn);
         if ((pg_load_acquire(&m->frames[head].mapping) & PG_MAPPING_FLAGS) != PG_MAPPING_ANON)
             continue;
-        if (l->n >= l->max)
-            return 1;
-        l->addrs[l->n++] = a;
+        if (l->n < l->max) /* past max: counted, not written */
+            l->addrs[l->n] = a;
+        l->n++;
     }
     return 0;
 }
@@ -345,7 +345,7 @@ int64_t pg_audit_anon_leaves(pg_machine *m, uint64_t mmid, const uint64_t *range
     struct anon_leaves l = {.addrs = addrs, .max = max};
     int64_t rc = 0;
     for (int64_t i = 0; i < nr_ranges; i++) {
-        int64_t before = l.n;
+        int64_t before = l.n; /* counts[i]: written or not */
         l.start = ranges[2 * i];
         l.end = ranges[2 * i + 1];
         if (rc >= 0 && !l.bad && l.start < l.end)
