@@ -139,6 +139,7 @@ class World:
         self.held: list[Held] = []
         self.steps = 0
         self.race_ops = 0    # operations run inside scheduled races (op_explore)
+        self.stress_iterations = 0   # native stress campaigns' iterations (op_stress)
 
     # -- lookups by index ------------------------------------------------------------
     def proc(self, i: int) -> Proc:
