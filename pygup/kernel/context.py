@@ -150,8 +150,7 @@ class Kernel:
         return self.core.nr_cpus
 
     # -- CPUs ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def cpu(self, k: int) -> Iterator[int]:
+    def cpu(self, k: int) -> "_CpuBlock":
         """Run the calling thread as emulated CPU ``k`` inside the block.  A
         CPU belongs to one thread at a time (EBUSY otherwise); the thread's
         previous CPU stays its own and is current again after the block.
@@ -159,23 +158,7 @@ class Kernel:
         is repaired with a warning (the kernel warns when it returns to user
         space with IRQs off): otherwise every shootdown aimed at it would
         wait for ever."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.nr_cpus:
-            raise ValueError(f"cpu must be in 0..{self.nr_cpus - 1}, got {k!r}")
-        stack = self._stack()
-        if stack and stack[-1].cpu == k:
-            yield k
-            return
-        slot = self._claim(k)
-        stack.append(slot)
-        try:
-            yield k
-        finally:
-            # out of order is fine: drop this block's own slot wherever it is
-            if slot in stack:
-                stack.remove(slot)
-            if not any(s.cpu == k for s in stack):
-                slot.leave()
-                slot.detach()
+        return _CpuBlock(self, k)
 
     def _stack(self) -> list:
         """The calling thread's CPU slots, the current one last."""
@@ -379,6 +362,45 @@ class _Op:
         return False
 
 
+class _CpuBlock:
+    """``Kernel.cpu(k)``'s context: a class rather than a generator (as
+    _Op), since the harness and the callers enter one around many model
+    calls.  The argument is checked on entry, as a generator's would be."""
+
+    __slots__ = ("_k", "_cpu", "_slot", "_stack")
+
+    def __init__(self, kernel: Kernel, k: int) -> None:
+        self._k = kernel
+        self._cpu = k
+        self._slot: Optional[_Slot] = None
+
+    def __enter__(self) -> int:
+        kernel, k = self._k, self._cpu
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < kernel.nr_cpus:
+            raise ValueError(f"cpu must be in 0..{kernel.nr_cpus - 1}, got {k!r}")
+        stack = kernel._stack()
+        if stack and stack[-1].cpu == k:
+            return k                          # already this CPU: nothing to undo
+        slot = kernel._claim(k)
+        stack.append(slot)
+        self._slot, self._stack = slot, stack
+        return k
+
+    def __exit__(self, *exc) -> bool:
+        slot = self._slot
+        if slot is None:
+            return False
+        self._slot = None
+        stack = self._stack
+        # out of order is fine: drop this block's own slot wherever it is
+        if slot in stack:
+            stack.remove(slot)
+        if not any(s.cpu == self._cpu for s in stack):
+            slot.leave(stacklevel=3)
+            slot.detach()
+        return False
+
+
 class _Slot:
     """A thread's binding to a CPU slot; frees the slot when the thread's
     thread-local storage (and so this object) goes away."""
@@ -401,15 +423,16 @@ class _Slot:
             else:
                 self._release()
 
-    def leave(self) -> None:
+    def leave(self, stacklevel: int = 4) -> None:
         """The thread leaves the CPU: IRQs it left disabled are enabled
         again, with a warning (the kernel's "entering user mode with IRQs
         disabled" warning), so that no shootdown or grace period waits for
-        a CPU nobody runs."""
+        a CPU nobody runs.  ``stacklevel``: the warning's, from here to the
+        user's block."""
         n = self._enable_irqs()
         if n:
             warnings.warn(f"cpu {self.cpu} was left with IRQs disabled ({n} level(s)); "
-                          "they were enabled again", RuntimeWarning, stacklevel=4)
+                          "they were enabled again", RuntimeWarning, stacklevel=stacklevel)
 
     def _enable_irqs(self) -> int:
         """Enable IRQs on the slot's CPU down to nesting 0; levels undone."""

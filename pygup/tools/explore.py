@@ -1075,6 +1075,11 @@ def add_arguments(ap) -> None:
                          "race's own (shorter schedules)")
     ap.add_argument("--no-por", action="store_true", help="turn partial-order reduction off")
     ap.add_argument("--no-state-hash", action="store_true", help="turn state hashing off")
+    ap.add_argument("--sample", type=int, metavar="N",
+                    help="instead of the bounded search, N schedules drawn at random (no "
+                         "preemption bound; replayable; --seed picks them)")
+    ap.add_argument("--seed", type=int, default=0, metavar="S",
+                    help="the seed of --sample's schedules (default 0)")
     ap.add_argument("--json", metavar="OUT", help="write the result (and its failing "
                                                   "schedule) as JSON, for --replay")
     ap.add_argument("--replay", metavar="FILE", help="re-run the failing schedule of a --json "
@@ -1147,14 +1152,23 @@ def run_cli(args) -> int:
     if not args.race:
         print("pygup explore: --race NAME (or --list / --replay FILE) is required")
         return 2
-    res = explore(args.race, args.bound, args.policy, args.mutant, por=not args.no_por,
-                  state_hash=not args.no_state_hash, windows=args.windows)
-    sw = f" +{','.join(res.mutants)}" if res.mutants else ""
-    rate = res.explored / res.seconds if res.seconds else 0.0
-    print(f"pygup explore {res.race} (policy {res.policy}{sw}, bound {res.bound}): "
-          f"{res.explored} schedules explored, {res.pruned} pruned (bound {res.pruned_bound}, "
-          f"POR {res.pruned_por}, state hash {res.pruned_state}) in {res.seconds:.2f}s "
-          f"({rate:.0f} schedules/s)")
+    sw = f" +{','.join(args.mutant)}" if args.mutant else ""
+    if args.sample is not None:
+        res = sample(args.race, args.sample, args.seed, args.policy, args.mutant,
+                     windows=args.windows)
+        rate = res.explored / res.seconds if res.seconds else 0.0
+        print(f"pygup explore {res.race} (policy {res.policy}{sw}, {args.sample} random "
+              f"schedules, seed {res.seed}): {res.explored} run in {res.seconds:.2f}s "
+              f"({rate:.0f} schedules/s"
+              f"{'; stopped at the first failing one' if res.failing else ''})")
+    else:
+        res = explore(args.race, args.bound, args.policy, args.mutant, por=not args.no_por,
+                      state_hash=not args.no_state_hash, windows=args.windows)
+        rate = res.explored / res.seconds if res.seconds else 0.0
+        print(f"pygup explore {res.race} (policy {res.policy}{sw}, bound {res.bound}): "
+              f"{res.explored} schedules explored, {res.pruned} pruned (bound "
+              f"{res.pruned_bound}, POR {res.pruned_por}, state hash {res.pruned_state}) in "
+              f"{res.seconds:.2f}s ({rate:.0f} schedules/s)")
     if args.json:
         save(res, args.json)
     if res.missed:

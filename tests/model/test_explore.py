@@ -261,6 +261,23 @@ def test_cli(tmp_path, capsys):
         assert "invalid choice" in capsys.readouterr().err
 
 
+def test_cli_sample(tmp_path, capsys):
+    """--sample N --seed S: random schedules from the command line; a
+    failing one is saved and replays."""
+    out = tmp_path / "s.json"
+    assert main(["explore", "--race", "fast-munmap", "--mutant", "no_pte_recheck",
+                 "--sample", "16", "--seed", "0", "--json", str(out)]) == 1
+    assert "random schedules, seed 0" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["seed"] == 0 and data["bound"] is None and data["failing"]["schedule"]
+    assert main(["explore", "--replay", str(out)]) == 1
+    assert main(["explore", "--race", "fast-munmap", "--sample", "4"]) == 0
+    assert "0 failing" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["explore", "--race", "fast-munmap", "--sample", "0"])
+    assert e.value.code == 2 and "runs must be" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("policy", ["6.1", "6.5", "6.18"])
 def test_every_race_reaches_its_windows(policy):
     """Coverage: a full exploration passes every scheduling point its race

@@ -250,6 +250,12 @@ def test_the_summary_says_where_the_time_went(tmp_path):
     assert all(v["seconds"] > 0 for v in (k["race"], k["sequence"]))
     assert json.loads(json.dumps(r.summary()))["by_kind"] == k
     assert "race 1 seeds" in C.format_by_kind(k)
+    # a stress seed: one operation, its native iterations beside it
+    r = C.campaign("6.5", (), seconds=120, workers=1, max_ops=1, progress=False,
+                   stress=True, stress_every=1, stress_seconds=0.05, out_dir=str(tmp_path))
+    st = r.by_kind["stress"]
+    assert r.failure is None and st["seeds"] == 1 and st["ops"] == 1
+    assert st["native_iterations"] > 0 and "native iterations" in C.format_by_kind(r.by_kind)
 
 
 def test_byte_stream_decoder():
@@ -551,7 +557,7 @@ def test_every_race_and_stress_scenario_meets_every_preset(monkeypatch):
     races, scenarios = set(), set()
     monkeypatch.setattr(C, "run_explore_seed", lambda s, pol, mut, tol, index, explored:
                         races.add((explore_op(index)["race"], pol)) or (None, 1))
-    monkeypatch.setattr(C, "run_stress_seed", lambda s, pol, mut, tol, secs, index:
+    monkeypatch.setattr(C, "run_stress_seed", lambda s, pol, mut, tol, secs, index, counts:
                         scenarios.add((stress_op(s, secs, index)["scenario"], pol)) or (None, 1))
     monkeypatch.setattr(C, "run_seed", lambda *a, **k: (None, 1))
 

@@ -49,10 +49,12 @@ def test_leaving_a_cpu_with_irqs_off_is_repaired_with_a_warning():
         with m.cpu(1):
             p.read(a)                   # CPU 1 caches the translation
             m.local_irq_disable()
-    with pytest.warns(RuntimeWarning, match="cpu 1 was left with IRQs disabled"):
+    with pytest.warns(RuntimeWarning, match="cpu 1 was left with IRQs disabled") as seen:
         t, out = _in_thread(leave_with_irqs_off)
         t.join(JOIN_S)
     assert out == [None]
+    # the warning names the block that left the CPU, not the model's insides
+    assert [w.filename for w in seen if "left with IRQs" in str(w.message)] == [__file__]
     assert not m._core.irqs_disabled(1)
     t, out = _in_thread(lambda: p.munmap(a, PAGE_SIZE))     # shoots down CPU 1
     t.join(JOIN_S)

@@ -29,3 +29,30 @@ def test_check_flags():
         check_flags(0x80, PROT, "prot")
     with pytest.raises(TypeError, match="prot"):
         check_flags("1", PROT, "prot")
+
+
+@pytest.mark.parametrize("name", ["FOLL", "VM", "PROT", "MAP", "MS", "MREMAP", "MLOCK", "MCL",
+                                  "FALLOC"])
+def test_cheaper_flag_ops_answer_as_enum_flag_does(name):
+    """fast_flag_ops: ``&`` and ``|`` give the very member enum.Flag's own
+    methods give (same object, same class), for members, composites, bits
+    no member names, plain ints on either side; a non-int is
+    NotImplemented (a TypeError)."""
+    import enum
+    import random
+    from pygup import flags
+    cls = getattr(flags, name)
+    assert cls.__or__ is not enum.Flag.__or__ and cls.__rand__ is not enum.Flag.__rand__
+    rng = random.Random(name)
+    values = [m.value for m in cls] + [0, 1 << 40]
+    for _ in range(300):
+        a = cls(rng.choice(values) | rng.choice(values))
+        b = rng.choice(values) | rng.choice(values)
+        for op, flag_op in ((lambda x, y: x & y, enum.Flag.__and__),
+                            (lambda x, y: x | y, enum.Flag.__or__)):
+            want = flag_op(a, b)
+            assert op(a, b) is want and op(b, a) is want and op(a, cls(b)) is want
+    with pytest.raises(TypeError):
+        cls(0) | "x"
+    with pytest.raises(TypeError):
+        1.5 & cls(0)

@@ -54,8 +54,10 @@ class Result:
     error: Optional[str] = None          # an internal error of the harness itself
     # where the workers' time went, per kind of seed (SEED_KINDS): the seeds,
     # their operations and the seconds they took
+    # (and the stress campaigns' native iterations, which are not operations)
     by_kind: dict = dataclasses.field(default_factory=lambda: {
-        k: {"seeds": 0, "ops": 0, "seconds": 0.0} for k in SEED_KINDS})
+        k: {"seeds": 0, "ops": 0, "seconds": 0.0} | (
+            {"native_iterations": 0} if k == "stress" else {}) for k in SEED_KINDS})
 
     def summary(self) -> dict:
         """The JSON a CI collects: the run's identity (shard, seed, policy,
@@ -186,6 +188,7 @@ def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
         # blocks, so each meets every preset in turn (seed_policy)
         turn = s // CONCURRENT_EVERY // presets
         t0 = time.monotonic()
+        counts: dict = {}
         if s % CONCURRENT_EVERY == CONCURRENT_EVERY // 2 - 1:
             kind = "race"
             failure, n = run_explore_seed(s, pol, mutants, tolerate, index=turn,
@@ -193,13 +196,13 @@ def _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
         elif stress and stress_every and s % stress_every == stress_every - 1:
             kind = "stress"
             failure, n = run_stress_seed(s, pol, mutants, tolerate, stress_seconds,
-                                         index=s // stress_every // presets)
+                                         index=s // stress_every // presets, counts=counts)
         else:
             kind = "sequence"
             failure, n = run_seed(s, OPS_PER_SEED, pol, mutants, deadline,
                                   features=features, ops_out=ops, tolerate=tolerate)
         done += n
-        q.put(("ops", (n, kind, time.monotonic() - t0)))
+        q.put(("ops", (n, kind, time.monotonic() - t0, counts.get("stress_iterations", 0))))
         if features and not features <= seen and failure is None:
             seen |= features
             q.put(("corpus", {"invariant": None, "policy": pol, "mutants": sorted(mutants),
@@ -290,13 +293,15 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
                 res.crashed = val
                 break
             if kind == "ops":
-                n, seed_kind, secs = val
+                n, seed_kind, secs, native = val
                 res.ops += n
                 res.seeds += 1
                 row = res.by_kind[seed_kind]
                 row["seeds"] += 1
                 row["ops"] += n
                 row["seconds"] = round(row["seconds"] + secs, 3)
+                if native:
+                    row["native_iterations"] += native
                 if bar is not None:
                     bar.update(n)
             elif kind == "failure":
@@ -337,7 +342,9 @@ def format_by_kind(by_kind: dict) -> str:
     parts = []
     for k, v in by_kind.items():
         rate = v["ops"] / v["seconds"] if v["seconds"] else 0.0
-        parts.append(f"{k} {v['seeds']} seeds, {v['ops']} ops, {v['seconds']:.1f}s "
+        native = f", {v['native_iterations']} native iterations" \
+            if v.get("native_iterations") else ""
+        parts.append(f"{k} {v['seeds']} seeds, {v['ops']} ops{native}, {v['seconds']:.1f}s "
                      f"({100 * v['seconds'] / total:.0f}%, {rate:.0f} ops/s)")
     return "; ".join(parts)
 

@@ -58,7 +58,8 @@ def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = 
     ``races`` receives (step, op, Interleaving) of each scheduled race run;
     ``tolerate``: known bugs the world lives with (World.TOLERABLE);
     ``counts`` receives "race_ops": the operations run inside explored
-    races (their schedules' CPUs), however the sequence ended."""
+    races (their schedules' CPUs), and "stress_iterations": the native
+    stress campaigns' iterations, however the sequence ended."""
     ops = list(ops)
     world = World(policy, mutants, tolerate=tolerate)
     world.races = races
@@ -67,6 +68,7 @@ def run_ops(ops: Iterable[dict], policy: str = "6.5", mutants=(), final: bool = 
     finally:
         if counts is not None:
             counts["race_ops"] = world.race_ops
+            counts["stress_iterations"] = world.stress_iterations
 
 
 def _run_ops(world: World, ops: list, policy, mutants, final, check_every, log,
@@ -145,13 +147,15 @@ def run_seed(seed: int, max_ops: int = 200, policy: str = "6.5", mutants=(),
 
 
 def run_stress_seed(seed: int, policy: str = "6.5", mutants=(), tolerate=(),
-                    seconds: float = 0.1,
-                    index: Optional[int] = None) -> tuple[Optional[Failure], int]:
+                    seconds: float = 0.1, index: Optional[int] = None,
+                    counts: Optional[dict] = None) -> tuple[Optional[Failure], int]:
     """A native race campaign as a one-operation sequence (see ops.op_stress):
     scenario number ``index`` (default: ``seed``).  It counts as one
-    operation: its iterations run in C, unchecked by the harness's oracles."""
+    operation: its iterations run in C, outside the harness's oracles
+    (``counts`` receives them: run_ops)."""
     from pygup.tools.fuzz.ops import stress_op
-    f = run_ops([stress_op(seed, seconds, index)], policy, mutants, tolerate=tolerate)
+    f = run_ops([stress_op(seed, seconds, index)], policy, mutants, tolerate=tolerate,
+                counts=counts)
     if f is not None:
         f.seed = seed
     return f, 1

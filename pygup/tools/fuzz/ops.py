@@ -1130,6 +1130,7 @@ def op_stress(world: World, op: dict) -> str:
                    scenario=op["scenario"], seconds=op["seconds"], seed=op["seed"],
                    threads=2 if op["scenario"] != "writeback" else 3,
                    window_spins=op.get("window_spins", 0), stop_on_failure=1)
+    world.stress_iterations += sum(r.iterations.values())
     if not r.clean:
         check = sorted(r.failures)[0] if r.failures else "violation"
         detail = (r.messages or r.violations or [str(r.failures)])[0]

@@ -140,6 +140,7 @@ class World:
         self.held: list[Held] = []
         self.steps = 0
         self.race_ops = 0    # operations run inside scheduled races (op_explore)
+        self.stress_iterations = 0   # native stress campaigns' iterations (op_stress)
         # held_heads() of this step: (steps, the holds it read, the heads)
         self._held_heads_cache: Optional[tuple] = None
 
