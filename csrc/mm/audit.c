@@ -164,12 +164,19 @@ int pg_audit_refcounts(pg_machine *m, const uint64_t *mms, int64_t nr_mms,
             int64_t want_ref = ref[pfn], want_map = map[pfn];
             if (want_ref | want_map) /* most frames have no owner: no store */
                 ref[pfn] = map[pfn] = 0;
-            if (!(flags & (PG_F_ZERO | PG_F_TAIL)) && actual != want_ref)
-                report_first(out, PG_AUDIT_REFCOUNT, pfn, actual, want_ref);
-            if (actual < 0 && !neg.differ)
-                report_first(&neg, PG_AUDIT_NEGATIVE, pfn, actual, 0);
-            if (!(flags & PG_F_ZERO) && mapped != want_map && !mapc.differ)
-                report_first(&mapc, PG_AUDIT_MAPCOUNT, pfn, mapped, want_map);
+            /* the three checks without a branch each; the reports (and
+             * their structs, kept out of the loop's registers) only for a
+             * frame that fails one */
+            bool bad_ref = !(flags & (PG_F_ZERO | PG_F_TAIL)) & (actual != want_ref);
+            bool bad_map = !(flags & PG_F_ZERO) & (mapped != want_map);
+            if (__builtin_expect(bad_ref | (actual < 0) | bad_map, 0)) {
+                if (bad_ref)
+                    report_first(out, PG_AUDIT_REFCOUNT, pfn, actual, want_ref);
+                if (actual < 0 && !neg.differ)
+                    report_first(&neg, PG_AUDIT_NEGATIVE, pfn, actual, 0);
+                if (bad_map && !mapc.differ)
+                    report_first(&mapc, PG_AUDIT_MAPCOUNT, pfn, mapped, want_map);
+            }
         }
         if (!out->differ)
             *out = neg.differ ? neg : mapc;
