@@ -544,6 +544,7 @@ class Core:
         return out
 
     _ANON_LEAVES_ROOM = 256    # addresses audit_anon_leaves makes room for at first
+    _anon_leaves_buf = None    # its address buffer, under _audit_lock
 
     def audit_anon_leaves(self, mm: int, ranges) -> list[list[int]]:
         """pg_audit_anon_leaves(): for each (start, end) of ``ranges`` in
@@ -557,23 +558,32 @@ class Core:
         for r in ranges:
             if not isinstance(r, (tuple, list)) or len(r) != 2:
                 raise ValueError(f"audit_anon_leaves: ranges must be (start, end) pairs, got {r!r}")
-            flat += (_u64(r[0], "start"), _u64(r[1], "end"))
+            flat += r
         if not flat:
             return []
         nr = len(flat) // 2
-        c_ranges, counts = ffi.new("uint64_t[]", flat), ffi.new("int64_t[]", nr)
-        room = self._ANON_LEAVES_ROOM
-        while True:
-            addrs = ffi.new("uint64_t[]", room)
-            n = _check(lib.pg_audit_anon_leaves(self._m, _u64(mm, "mm"), c_ranges, nr, addrs,
-                                                room, counts), "audit_anon_leaves")
-            if n <= room:
-                break
-            room = n                     # counted past the room: again, with room for all
-        out, at = [], 0
-        for c in ffi.unpack(counts, nr):
-            out.append(ffi.unpack(addrs + at, c) if c else [])
-            at += c
+        try:
+            c_ranges = ffi.new("uint64_t[]", flat)
+        except (OverflowError, TypeError):
+            raise ValueError(f"audit_anon_leaves: start and end must be ints >= 0, got "
+                             f"{ranges!r}") from None
+        mm = _u64(mm, "mm")
+        counts = ffi.new("int64_t[]", nr)
+        with self._audit_lock:           # the address buffer, reused (grown when short)
+            while True:
+                addrs = self._anon_leaves_buf
+                if addrs is None:
+                    addrs = self._anon_leaves_buf = ffi.new("uint64_t[]", self._ANON_LEAVES_ROOM)
+                n = _check(lib.pg_audit_anon_leaves(self._m, mm, c_ranges, nr, addrs, len(addrs),
+                                                    counts), "audit_anon_leaves")
+                if n <= len(addrs):
+                    break
+                # counted past the room: again, with room for all
+                self._anon_leaves_buf = ffi.new("uint64_t[]", n)
+            out, at = [], 0
+            for c in ffi.unpack(counts, nr):
+                out.append(ffi.unpack(addrs + at, c) if c else [])
+                at += c
         return out
 
     # the counters pg_audit_counter() reads, by name
