@@ -283,3 +283,34 @@ def test_note_cows_notes_a_copy_no_user_write_made():
     apply(world, {"op": "write", "proc": 0, "region": 0, "page": 0, "value": 0x52})
     apply(world, {"op": "read", "proc": 0, "region": 1, "page": 0})   # still 0x51: clean
     world.check_step()
+
+
+def test_the_audit_counts_holds_taken_and_dropped_since_its_last_call():
+    """audit_owners() reads the holds' pages again only when the holds
+    changed: a pin taken or released between two audits is counted (or
+    no longer), and a planted reference on a held page still shows."""
+    world = World("6.5")
+    proc = world.procs[0]
+    apply(world, {"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
+                  "prot": "rw", "pages": 4})
+    region = proc.regions[0]
+    for page in range(4):
+        proc.p.write(region.page_addr(page), page + 1)
+    world.check_refcounts()
+    ret, pages = proc.p.mm.pin_user_pages(region.addr, 2, int(FOLL.WRITE))
+    assert ret == 2
+    hold = Held(proc, region, 0, pages, int(FOLL.WRITE))
+    world.held.append(hold)
+    assert world.check_refcounts() == 2          # the new hold's pins, counted
+    world.check_refcounts()                      # and again, from the cached owners
+    core = world.m._core
+    core.folio_get(pages[0])
+    with pytest.raises(Violation, match="refcount"):
+        world.check_refcounts()
+    core.folio_put(pages[0])
+    world.release(hold, dirty=False)
+    assert world.check_refcounts() == 0          # released: no longer an owner
+    ret, more = proc.p.mm.get_user_pages(region.addr, 1, 0)
+    assert ret == 1
+    world.held.append(Held(proc, region, 0, more, 0))
+    world.check_refcounts()

@@ -143,6 +143,8 @@ class World:
         self.stress_iterations = 0   # native stress campaigns' iterations (op_stress)
         # held_heads() of this step: (steps, the holds it read, the heads)
         self._held_heads_cache: Optional[tuple] = None
+        # _hold_owners() of the holds last read: (the holds, pfns, kinds)
+        self._hold_owners_cache: Optional[tuple] = None
 
     # -- lookups by index ------------------------------------------------------------
     def proc(self, i: int) -> Proc:
@@ -353,23 +355,37 @@ class World:
                 holds.extend(pages_list)
         return holds
 
-    def audit_owners(self) -> tuple[np.ndarray, np.ndarray]:
+    def audit_owners(self) -> tuple[list, np.ndarray]:
         """The owners the C core cannot see, as pg_audit_refcounts() takes
         them: (pfns, kinds) for every page-cache folio, device memory and
         every frame of every hold (the harness's and the callers')."""
-        core = self.m._core
-        refs: list = list(self.m.device_frames)
-        for inode in list(self.m.kernel.inodes.values()):
-            if not inode.released:
-                refs.extend(inode.page_cache.values())
+        pfns: list = list(self.m.device_frames)
+        for ref in self.m.kernel.inodes.valuerefs():   # (a weak dict: no iteration guard)
+            inode = ref()
+            if inode is not None and not inode.released:
+                pfns.extend(inode.page_cache.values())
+        kinds = bytes([self.m._core.AUDIT_REF]) * len(pfns)
+        held_pfns, held_kinds = self._hold_owners()
+        return pfns + held_pfns, np.frombuffer(kinds + held_kinds, np.uint8)
+
+    def _hold_owners(self) -> tuple[list, bytes]:
+        """(pfns, kinds) of every hold, read again only when the holds are
+        not the ones of the last call: a hold's pages never change (a
+        Pages is fixed when GUP returns it)."""
         holds = self.holds()
-        # one array of pfns, and each run's kind repeated over it
-        pfns = np.concatenate([np.array(refs, np.uint64)] + [pages.pfns for pages in holds])
-        kinds = np.repeat(np.array([core.AUDIT_REF] + [core.AUDIT_HOLD_PIN if pages.pinned
-                                                       else core.AUDIT_HOLD_GET
-                                                       for pages in holds], np.uint8),
-                          [len(refs)] + [len(pages) for pages in holds])
-        return pfns, kinds
+        cached = self._hold_owners_cache
+        if cached is not None and len(cached[0]) == len(holds) and \
+                all(a is b for a, b in zip(cached[0], holds)):
+            return cached[1], cached[2]
+        core = self.m._core
+        pfns: list = []
+        kinds = bytearray()
+        for pages in holds:
+            held = pages.pfns.tolist()
+            pfns += held
+            kinds += bytes([core.AUDIT_HOLD_PIN if pages.pinned else core.AUDIT_HOLD_GET]) * len(held)
+        self._hold_owners_cache = (holds, pfns, bytes(kinds))
+        return pfns, bytes(kinds)
 
     def check_refcounts(self) -> int:
         """Invariant 1: every frame's refcount equals what its owners hold,
