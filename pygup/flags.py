@@ -181,15 +181,23 @@ def bool_arg(value, name: str) -> bool:
     raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _known_bits(enum_type: type[enum.IntFlag]) -> int:
+    """Every bit a member of ``enum_type`` defines (the classes are fixed
+    once made: one pass per class, not one per call)."""
+    known = 0
+    for member in enum_type:
+        known |= int(member)
+    return known
+
+
 def check_flags(value, enum_type: type[enum.IntFlag], name: str) -> int:
     """Return ``value`` as an int, or raise ValueError naming ``name`` when it
     is not an int or has bits ``enum_type`` does not define."""
     if isinstance(value, (bool, float)) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an int or {enum_type.__name__}, got {type(value).__name__}")
     value = operator.index(value)
-    known = 0
-    for member in enum_type:
-        known |= int(member)
+    known = _known_bits(enum_type)
     if value < 0 or value & ~known:
         raise ValueError(f"{name} has unknown {enum_type.__name__} bits: {value & ~known:#x}"
                          if value >= 0 else f"{name} must not be negative")

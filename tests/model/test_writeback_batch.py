@@ -403,3 +403,29 @@ def test_disk_image_refuses_bad_input_unchanged(call, exc):
     with pytest.raises(exc):
         call(d)
     assert list(d.items()) == [(3, 9)]
+
+
+def test_cached_folios_small_and_large_caches_agree(monkeypatch):
+    """_cached_folios answers a few folios in plain Python and many with
+    numpy: the same (first page, head) pairs in page order either way, for
+    small and PMD-sized folios and any [first, last)."""
+    from pygup.kernel import writeback as W
+
+    class Cache:            # what _cached_folios reads of an Inode
+        def __init__(self, order, cache):
+            self.order, self.page_cache = order, cache
+
+    rng = random.Random(7)
+    for _ in range(500):
+        order = rng.choice([0, 0, C.PMD_ORDER])
+        nr = 1 << order
+        inode = Cache(order, {k * nr: rng.randrange(1 << 20)
+                              for k in rng.sample(range(200), rng.randint(0, 90))})
+        first = rng.randrange(0, 200 * nr)
+        last = first + rng.randrange(0, 200 * nr)
+        small = W._cached_folios(inode, first, last)
+        monkeypatch.setattr(W, "_SMALL_CACHE", -1)
+        large = W._cached_folios(inode, first, last)
+        monkeypatch.undo()
+        for a, b in zip(small, large):
+            assert a.dtype == b.dtype and np.array_equal(a, b)

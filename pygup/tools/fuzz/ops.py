@@ -220,8 +220,15 @@ def op_mmap(world: World, op: dict) -> str:
                                   "thp": "anon"}
                     .get(kind, kind), file_idx, shared, op["prot"] == "rw", huge=kind == "huge",
                     origin=kind)
-    for i in range(pages):
-        proc.anon_truth.pop(addr + i * PAGE, None)       # fresh memory reads 0
+    # fresh memory reads 0: forget what the range held (by the shorter walk:
+    # a THP or hugetlb mapping is 512 pages, the truth often a handful)
+    end = addr + pages * PAGE
+    if len(proc.anon_truth) < pages:
+        for a in [a for a in proc.anon_truth if addr <= a < end]:
+            del proc.anon_truth[a]
+    else:
+        for i in range(pages):
+            proc.anon_truth.pop(addr + i * PAGE, None)
     proc.regions.append(region)
     return f"mmap {kind} {pages}p at {addr:#x}"
 
