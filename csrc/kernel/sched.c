@@ -8,7 +8,10 @@
  * CPU), picks the next CPU itself and sleeps until it is picked again.
  * There is no scheduler thread: every decision is taken, under the session
  * mutex, by the CPU that gives the turn away, so a run is a pure function
- * of (seed or schedule, the operations), whatever the OS does.
+ * of (seed or schedule, the operations), whatever the OS does.  Each CPU
+ * sleeps on a condition of its own and only the CPU picked is woken: a
+ * pick that keeps the running CPU wakes nobody (with one shared condition
+ * every pick woke every sleeper, a context switch each for nothing).
  *
  * Spin-waits yield too (pg_cpu_wait in kernel/sched.h: IPI acknowledgements,
  * grace periods, spinlocks; pg_sched_yield(spin) from Python for the
@@ -52,7 +55,7 @@ struct sched_step {
 struct pg_sched {
     pg_machine *m;
     pthread_mutex_t lock;
-    pthread_cond_t cond;
+    pthread_cond_t cond[PG_MAX_CPUS]; /* cond[k]: CPU k's turn came */
     int nr, attached, detached;
     int turn; /* the CPU that may run; -1: none */
     int last; /* the last CPU picked */
@@ -226,8 +229,16 @@ static void pick_next(struct pg_sched *s)
 static void wait_turn(struct pg_sched *s, int me)
 {
     while (s->turn != me)
-        pthread_cond_wait(&s->cond, &s->lock);
+        pthread_cond_wait(&s->cond[me], &s->lock);
     s->state[me] = CS_RUNNING;
+}
+
+/* under s->lock, after pick_next(): wake the CPU picked, unless it is the
+ * caller (running already) or nobody was (deadlock, all done) */
+static void wake_turn(struct pg_sched *s, int me)
+{
+    if (s->turn >= 0 && s->turn != me)
+        pthread_cond_signal(&s->cond[s->turn]);
 }
 
 /* under s->lock */
@@ -250,7 +261,7 @@ static void hook(struct pg_sched *s, int id, const char *name, int spin)
     s->state[me] = spin ? CS_SPIN : CS_POINT;
     s->where[me] = (uint16_t)id;
     pick_next(s);
-    pthread_cond_broadcast(&s->cond);
+    wake_turn(s, me);
     wait_turn(s, me);
     pthread_mutex_unlock(&s->lock);
 }
@@ -286,7 +297,8 @@ int pg_sched_begin(pg_machine *m, int nr, uint64_t seed, const int32_t *schedule
         s->plan_len = len;
     }
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->cond, NULL);
+    for (int k = 0; k < nr; k++)
+        pthread_cond_init(&s->cond[k], NULL);
     s->m = m;
     s->nr = nr;
     s->turn = -1;
@@ -337,7 +349,7 @@ int pg_sched_attach(pg_machine *m, int cpu)
     tls_cpu = cpu;
     if (++s->attached == s->nr) {
         pick_next(s);
-        pthread_cond_broadcast(&s->cond);
+        wake_turn(s, cpu);
     }
     wait_turn(s, cpu);
     pthread_mutex_unlock(&s->lock);
@@ -352,10 +364,11 @@ int pg_sched_detach(pg_machine *m)
     pthread_mutex_lock(&s->lock);
     s->state[tls_cpu] = CS_DONE;
     s->detached++;
+    int me = tls_cpu;
     pg_sched_tls_machine = NULL;
     tls_cpu = -1;
     pick_next(s);
-    pthread_cond_broadcast(&s->cond);
+    wake_turn(s, me);
     pthread_mutex_unlock(&s->lock);
     return 0;
 }
@@ -503,7 +516,8 @@ static void sched_free(struct pg_sched *s)
         free(s->name[i]);
     free(s->trace);
     free(s->plan);
-    pthread_cond_destroy(&s->cond);
+    for (int k = 0; k < s->nr; k++)
+        pthread_cond_destroy(&s->cond[k]);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
