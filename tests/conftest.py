@@ -161,3 +161,20 @@ def teardown_leftovers(m) -> dict[str, int]:
             "table_pages": st["table_pages_live"] + st["table_pages_pending"],
             "address_spaces": st["as_live"] + st["as_pending"],
             "pins": st["pins_acquired"] - st["pins_released"]}
+
+
+def fuzz_walk(seed: int, steps: int, mutants=()):
+    """The fuzz World after each step of the sequence ``seed`` generates
+    (policy 6.5, ``mutants`` planted), until an oracle fires."""
+    import random
+
+    from pygup.tools.fuzz.ops import apply, generate
+    from pygup.tools.fuzz.world import Violation, World
+    rng = random.Random(seed)
+    world = World("6.5", mutants)
+    for _ in range(steps):
+        try:
+            apply(world, generate(rng, world))
+        except Violation:
+            return
+        yield world

@@ -44,13 +44,11 @@ static int audit_leaf_cb(pg_machine *m, void *ctx, struct pg_table *t,
     struct audit_walk *w = ctx;
     (void)t;
     uint64_t e = pg_load_acquire(slot);
-    uint64_t npages = pg_leaf_pages(level);
     bool live = (e & (PG_PTE_PRESENT | PG_PTE_PROTNONE)) && !(e & PG_PTE_SPECIAL);
     bool huge = (e & PG_PTE_HUGE) != 0;
-    for (uint64_t i = 0; i < npages; i++) {
+    struct pg_leaf_span span = pg_leaf_clip(addr, level, 0, PG_TASK_SIZE_MAX);
+    for (uint64_t i = span.lo; i < span.hi; i++) {
         uint64_t a = addr + (i << PG_PAGE_SHIFT);
-        if (a >= PG_TASK_SIZE_MAX)
-            break;
         w->leaves++;
         if (!live)
             continue;
@@ -311,13 +309,9 @@ static int anon_leaves_cb(pg_machine *m, void *ctx, struct pg_table *t,
     uint64_t e = pg_load_acquire(slot);
     if (e & PG_PTE_SPECIAL)
         return 0;
-    uint64_t npages = pg_leaf_pages(level);
-    for (uint64_t i = 0; i < npages; i++) {
+    struct pg_leaf_span span = pg_leaf_clip(addr, level, l->start, l->end);
+    for (uint64_t i = span.lo; i < span.hi; i++) {
         uint64_t a = addr + (i << PG_PAGE_SHIFT);
-        if (a < l->start)
-            continue;
-        if (a >= l->end)
-            break;
         uint64_t pfn = pg_pte_pfn(e) + i;
         if (pfn >= m->nr_frames) {
             l->bad = true;

@@ -713,13 +713,9 @@ static int leaves_cb(pg_machine *m, void *ctx, struct pg_table *t,
     (void)m;
     (void)t;
     uint64_t e = pg_load_acquire(slot);
-    uint64_t npages = pg_leaf_pages(level);
-    for (uint64_t i = 0; i < npages; i++) {
+    struct pg_leaf_span span = pg_leaf_clip(addr, level, l->start, l->end);
+    for (uint64_t i = span.lo; i < span.hi; i++) {
         uint64_t a = addr + (i << PG_PAGE_SHIFT);
-        if (a < l->start)
-            continue;
-        if (a >= l->end)
-            break;
         if (l->n >= l->max)
             return 1;
         uint64_t pfn = pg_pte_pfn(e) + i;

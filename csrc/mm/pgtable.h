@@ -36,6 +36,27 @@ static inline uint64_t pg_leaf_pages(int level)
     return level == PG_LEVEL_PMD ? PG_PMD_NR : 1;
 }
 
+/* The pages of a leaf at addr (the start of its level's span) that lie
+ * in [start, end): indices i in [lo, hi) of addr + i pages, both within
+ * pg_leaf_pages(level) (hi == lo: none) -- a walk callback's clip of a
+ * leaf to the range it was asked for, without a test per page. */
+struct pg_leaf_span {
+    uint64_t lo, hi;
+};
+
+static inline struct pg_leaf_span pg_leaf_clip(uint64_t addr, int level, uint64_t start,
+                                               uint64_t end)
+{
+    uint64_t n = pg_leaf_pages(level), size = PG_PAGE_SIZE;
+    uint64_t lo = start > addr ? (start - addr + size - 1) >> PG_PAGE_SHIFT : 0;
+    uint64_t hi = end > addr ? (end - addr + size - 1) >> PG_PAGE_SHIFT : 0;
+    if (lo > n)
+        lo = n;
+    if (hi > n)
+        hi = n;
+    return (struct pg_leaf_span){lo, hi > lo ? hi : lo};
+}
+
 /* the pfn that a leaf maps at addr (a PMD leaf maps 512 of them) */
 static inline uint64_t pg_leaf_pfn_at(uint64_t e, int level, uint64_t addr)
 {

@@ -5,14 +5,14 @@ the states seeded sequences reach and on states with a planted error; bad
 arguments refused before any work; nothing changes."""
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import pytest
 
 from pygup.errors import GupError
-from pygup.tools.fuzz.ops import apply, generate
 from pygup.tools.fuzz.world import Violation, World
+
+from conftest import fuzz_walk
 
 pytestmark = pytest.mark.fuzz
 
@@ -31,24 +31,12 @@ def both(world: World):
     return c
 
 
-def walk(seed: int, steps: int, mutants=()):
-    """Yield the world after each step of a seeded sequence."""
-    rng = random.Random(seed)
-    world = World("6.5", mutants)
-    for _ in range(steps):
-        try:
-            apply(world, generate(rng, world))
-        except Violation:
-            return
-        yield world
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_c_audit_agrees_with_the_numpy_audit_on_seeded_states(seed):
     """Every step of a sequence (THP, hugetlb, page cache, pins and gets
     held, callers' holds, forks): both clean, or both the same violation."""
     seen = 0
-    for world in walk(seed, 200):
+    for world in fuzz_walk(seed, 200):
         both(world)
         seen += 1
     assert seen > 0
@@ -59,7 +47,7 @@ def test_c_audit_agrees_where_a_switch_breaks_the_refcounts():
     fires, in C and in numpy, with the same frame and numbers."""
     fired = 0
     for seed in range(12):
-        for world in walk(seed, 300, ["unpin_no_bias"]):
+        for world in fuzz_walk(seed, 300, ["unpin_no_bias"]):
             if both(world) is not None:
                 fired += 1
                 break
@@ -186,7 +174,7 @@ def test_pin_accounting_from_the_audit_agrees_with_its_own_count():
     reach the same verdict on every state of seeded sequences."""
     seen = 0
     for seed in range(4):
-        for world in walk(seed, 200):
+        for world in fuzz_walk(seed, 200):
             pinned = world.check_refcounts()
             assert verdict(lambda: world.check_pin_accounting(pinned)) == \
                 verdict(world.check_pin_accounting)

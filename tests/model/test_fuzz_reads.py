@@ -8,7 +8,6 @@ sees a hold taken within the step, ``note_cows`` notes a copy no user write
 made."""
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import pytest
@@ -16,26 +15,29 @@ import pytest
 from pygup._native import C
 from pygup.errors import GupError
 from pygup.flags import FOLL, MAP, PROT
-from pygup.tools.fuzz.ops import apply, generate
+from pygup.tools.fuzz.ops import apply
 from pygup.tools.fuzz.world import PAGE, Held, Violation, World
+
+from conftest import fuzz_walk
 
 pytestmark = pytest.mark.fuzz
 
 
-def walk(seed: int, steps: int):
-    """The world after each step of a seeded sequence (until an oracle fires)."""
-    rng = random.Random(seed)
+def anon_world(pages: int = 4):
+    """A World whose first process maps ``pages`` private anonymous pages,
+    each written (page i holds i + 1): (world, proc, region)."""
     world = World("6.5")
-    for _ in range(steps):
-        try:
-            apply(world, generate(rng, world))
-        except Violation:
-            return
-        yield world
+    proc = world.procs[0]
+    apply(world, {"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
+                  "prot": "rw", "pages": pages})
+    region = proc.regions[0]
+    for page in range(pages):
+        proc.p.write(region.page_addr(page), page + 1)
+    return world, proc, region
 
 
 def states(seed: int, steps: int = 120, every: int = 15):
-    for i, world in enumerate(walk(seed, steps)):
+    for i, world in enumerate(fuzz_walk(seed, steps)):
         if i % every == every - 1:
             yield world
 
@@ -238,13 +240,7 @@ def test_the_audit_still_catches_an_imbalance_planted_between_steps():
 def test_held_heads_sees_a_hold_taken_and_released_within_the_step():
     """held_heads() is read once per step, but a hold taken (or dropped)
     since is never answered from the step's first read."""
-    world = World("6.5")
-    proc = world.procs[0]
-    apply(world, {"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
-                  "prot": "rw", "pages": 4})
-    region = proc.regions[0]
-    for page in range(4):
-        proc.p.write(region.page_addr(page), page + 1)
+    world, proc, region = anon_world()
     assert world.held_heads() == set()
     ret, pages = proc.p.mm.pin_user_pages(region.addr, 2, int(FOLL.WRITE | FOLL.LONGTERM))
     assert ret == 2
@@ -289,13 +285,7 @@ def test_the_audit_counts_holds_taken_and_dropped_since_its_last_call():
     """audit_owners() reads the holds' pages again only when the holds
     changed: a pin taken or released between two audits is counted (or
     no longer), and a planted reference on a held page still shows."""
-    world = World("6.5")
-    proc = world.procs[0]
-    apply(world, {"op": "mmap", "proc": 0, "kind": "anon", "file": 0, "shared": False,
-                  "prot": "rw", "pages": 4})
-    region = proc.regions[0]
-    for page in range(4):
-        proc.p.write(region.page_addr(page), page + 1)
+    world, proc, region = anon_world()
     world.check_refcounts()
     ret, pages = proc.p.mm.pin_user_pages(region.addr, 2, int(FOLL.WRITE))
     assert ret == 2

@@ -19,7 +19,6 @@ from pygup.flags import FOLL, MAP, PROT
 from pygup.machine import Machine
 
 PAGE = C.PAGE_SIZE
-_FOLL_WRITE, _FOLL_LONGTERM = int(FOLL.WRITE), int(FOLL.LONGTERM)
 FILE_PAGES = 8
 WORLD_CPUS = 4
 READER_CPU = WORLD_CPUS - 1      # the model's steps run on CPU 0
@@ -374,8 +373,7 @@ class World:
         Pages is fixed when GUP returns it)."""
         holds = self.holds()
         cached = self._hold_owners_cache
-        if cached is not None and len(cached[0]) == len(holds) and \
-                all(a is b for a, b in zip(cached[0], holds)):
+        if cached is not None and _same_holds(cached[0], holds):
             return cached[1], cached[2]
         core = self.m._core
         pfns: list = []
@@ -491,8 +489,7 @@ class World:
         over-refusal oracle's questions of one step)."""
         holds = self.holds()
         cached = self._held_heads_cache
-        if cached is not None and cached[0] == self.steps and len(cached[1]) == len(holds) \
-                and all(a is b for a, b in zip(cached[1], holds)):
+        if cached is not None and cached[0] == self.steps and _same_holds(cached[1], holds):
             return cached[2]
         heads = set()
         if holds:
@@ -514,9 +511,8 @@ class World:
         file, a region an operation left half-changed)."""
         if n < 1 or not region.certain or not region.readable or not proc.p.alive:
             return None
-        # plain ints: an int & an IntFlag member goes through enum's __rand__
-        write = bool(gup_flags & _FOLL_WRITE)
-        longterm = bool(gup_flags & _FOLL_LONGTERM)
+        write = bool(gup_flags & FOLL.WRITE)
+        longterm = bool(gup_flags & FOLL.LONGTERM)
         if write and not region.writable:
             return None
         if region.origin not in ("anon", "shared-anon", "thp", "file"):
@@ -720,6 +716,12 @@ _AUDIT_FINDINGS = {
     "mapcount": "frame {pfn:#x}: mapcount {actual}, page tables map it {expected} times",
     "leaf-pfn": "a page-table leaf maps frame {pfn:#x}, past the last frame ({last:#x})",
 }
+
+
+def _same_holds(a: list, b: list) -> bool:
+    """The same Pages objects, in the same order (a hold's pages never
+    change, so what was read of them still holds)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def _leaves_inside_vmas(proc: Proc, leaves: int, mapped: int) -> None:
