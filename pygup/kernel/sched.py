@@ -2,13 +2,14 @@
 scheduler (csrc/kernel/sched.c).
 
 Real threads find races by luck.  Here each operation runs as its own
-emulated CPU (op i on CPU i, on its own Python thread), but only one CPU
-runs at a time: the running CPU goes on until it reaches a *scheduling
-point* — a named race window in the C core (``PG_YIELD``: ``fast_pte_read``,
-``zap_cleared``, ``folio_mapping_set``...), a Python-level point
-(:func:`yield_point`), or any step of a wait on another CPU — parks there,
-and a seeded choice (or an explicit schedule) says which CPU takes the next
-step.  The same seed, or the schedule a run returns, gives the same run::
+emulated CPU (op i on CPU i, on its own Python thread, kept for the next
+run), but only one CPU runs at a time: the running CPU goes on until it
+reaches a *scheduling point* — a named race window in the C core
+(``PG_YIELD``: ``fast_pte_read``, ``zap_cleared``, ``folio_mapping_set``...),
+a Python-level point (:func:`yield_point`), or any step of a wait on
+another CPU — parks there, and a seeded choice (or an explicit schedule)
+says which CPU takes the next step.  The same seed, or the schedule a run
+returns, gives the same run::
 
     >>> from pygup import Machine, MAP, PROT
     >>> def world():
@@ -51,13 +52,18 @@ alive on purpose).  A CPU that blocks on something *outside* the emulator
 
 Rules for ops: touch only the machine (the main thread must not use it
 meanwhile); CPU binding is done for you (op i is CPU i for the whole op: a
-CPU the calling thread holds is lent to the op and given back).
+CPU the calling thread holds is lent to the op and given back).  The CPU
+threads outlive the run, so a CPU of another machine that an op binds
+without a ``with machine.cpu(k):`` block stays bound to that thread.
 """
 from __future__ import annotations
 
 import dataclasses
 import errno
+import os
+import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 
 from pygup._native import C
@@ -73,6 +79,67 @@ __all__ = ["Interleaving", "SchedError", "SchedDeadlock", "SchedTimeout",
 # machines whose CPUs are parked forever (deadlock, timeout): their memory
 # must outlive the parked threads
 _KEEP_ALIVE: list = []
+
+
+class _CpuThread:
+    """An OS thread that runs scheduled CPU ``i``'s op, one run after
+    another.  Starting and joining two fresh threads cost about as much as
+    a short explored schedule itself, so a finished run's threads wait
+    here for the next run (``_IDLE``).  A thread parked for good (deadlock,
+    timeout) never comes back."""
+
+    def __init__(self, i: int) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # set when a run left this thread in a state it cannot vouch for
+        # (its CPU body raised: the detach itself failed): it ends
+        self.retired = False
+        threading.Thread(target=self._loop, name=f"pygup-cpu{i}", daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self.retired:
+            kernel, i, op, op_arg, results, finished = self._jobs.get()
+            try:
+                _cpu_body(kernel, i, op, op_arg, results)
+            except BaseException as e:   # pragma: no cover - sched_detach failed
+                if results[i] is None:
+                    results[i] = e
+                self.retired = True
+            finally:
+                # an idle thread must not keep the run's machine alive
+                kernel = op = op_arg = results = None
+                finished.release()
+
+    def start(self, kernel: "Kernel", i: int, op: Callable, op_arg: Any, results: list,
+              finished: threading.Lock) -> None:
+        self._jobs.put((kernel, i, op, op_arg, results, finished))
+
+
+# CPU index -> the threads of finished runs, ready for the next one
+_IDLE: dict[int, list[_CpuThread]] = {}
+_IDLE_LOCK = threading.Lock()
+
+
+def _take_threads(n: int) -> list[_CpuThread]:
+    with _IDLE_LOCK:
+        return [_IDLE[i].pop() if _IDLE.get(i) else None for i in range(n)]
+
+
+def _give_back(threads: list[_CpuThread]) -> None:
+    with _IDLE_LOCK:
+        for i, t in enumerate(threads):
+            if not t.retired:
+                _IDLE.setdefault(i, []).append(t)
+
+
+def _forget_threads() -> None:
+    # a forked child has none of its parent's threads (the fuzz campaign's
+    # workers are forked)
+    global _IDLE_LOCK
+    _IDLE.clear()
+    _IDLE_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 class SchedError(RuntimeError):
@@ -223,11 +290,14 @@ def run_concurrently(kernel: "Kernel", ops: Sequence[Callable[[Any], Any]],
             if watch is not None:
                 core.sched_watch(*watch)
             results: list = [None] * n
-            threads = [threading.Thread(target=_cpu_body, args=(kernel, i, ops[i], op_arg, results),
-                                        name=f"pygup-cpu{i}", daemon=True) for i in range(n)]
-            for t in threads:
-                t.start()
-            stuck = _join(core, threads, timeout)
+            threads = [t or _CpuThread(i) for i, t in enumerate(_take_threads(n))]
+            finished = [threading.Lock() for _ in range(n)]
+            for i, (t, done) in enumerate(zip(threads, finished)):
+                done.acquire()
+                t.start(kernel, i, ops[i], op_arg, results, done)
+            stuck = _join(core, finished, timeout)
+            if not stuck:
+                _give_back(threads)
             trace = core.sched_trace()
             choices = core.sched_choices()
             watched = core.sched_watches() if watch is not None else []
@@ -271,16 +341,14 @@ def _end(core: "Core") -> None:
         pass
 
 
-def _join(core: "Core", threads: list, timeout: float) -> bool:
-    """Wait for the CPU threads; True if they cannot finish (deadlock or
-    timeout)."""
-    import time
+def _join(core: "Core", finished: list, timeout: float) -> bool:
+    """Wait for the CPUs' ops (each releases its lock in ``finished`` when
+    done); True if they cannot finish (deadlock or timeout)."""
     deadline = time.monotonic() + timeout
-    for t in threads:
-        while t.is_alive():
-            t.join(0.02)
+    for k, done in enumerate(finished):
+        while not done.acquire(timeout=0.02):
             if core.sched_status() & C.SCHED_DEADLOCK or time.monotonic() > deadline:
-                return any(x.is_alive() for x in threads)
+                return not all(d.acquire(blocking=False) for d in finished[k:])
     return False
 
 
