@@ -202,6 +202,26 @@ def test_concurrent_steps_find_race_switches():
     assert all(run_explore_seed(s, "6.5")[0] is None for s in range(len(names)))
 
 
+def test_a_signal_before_the_worker_is_set_up_kills_it_as_the_signal_would(monkeypatch):
+    """A terminate() that reaches a worker before _worker sets its own
+    handlers must not run the parent's (on_term raising in the child, which
+    could then return into the parent's loop): campaign() forks with SIGTERM
+    and SIGINT blocked, and the worker takes them once its own are set."""
+    import os
+    import signal
+    from pygup.tools.fuzz import campaign as C
+    real = C._worker
+
+    def early_term(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)      # as the parent's terminate() would
+        real(*a, **k)
+
+    monkeypatch.setattr(C, "_worker", early_term)
+    r = C.campaign("6.5", (), seconds=60, workers=1, max_ops=10, progress=False)
+    assert r.crashed and "signal 15" in r.crashed, r.crashed
+    assert r.stopped_by is None
+
+
 def test_a_crashed_worker_is_a_finding(monkeypatch, capsys):
     """A worker that segfaults, or whose world fails to build, is reported
     and fails the run: never "no violation" after 0 operations."""

@@ -154,6 +154,10 @@ def seed_policy(policy: str, seed: int) -> str:
     return presets[(seed // CONCURRENT_EVERY) % len(presets)]
 
 
+# blocked while the workers are forked (campaign, _worker)
+_START_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
             stress=True, keep_going=False, corpus=False, tolerate=(),
             stress_every=CONCURRENT_EVERY, stress_seconds=STRESS_SECONDS) -> None:
@@ -161,6 +165,9 @@ def _worker(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q,
     # group, and a worker must not die with a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # campaign() forked this process with both blocked: one that came
+    # meanwhile is delivered now, to the dispositions just set
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _START_SIGNALS)
     try:
         _work(policy, mutants, seed, shard, worker, workers, deadline, max_ops, q, stress,
               keep_going, corpus, tolerate, stress_every, stress_seconds)
@@ -262,8 +269,18 @@ def campaign(policy: str = "6.5", mutants=(), seconds: float = 60.0, workers: in
     bar = None
     seen_sites: set = set()
     try:
-        for p in procs:
-            p.start()
+        # a forked worker runs this process's handlers (on_term, Python's
+        # KeyboardInterrupt) until _worker sets its own: a terminate() or a
+        # Ctrl-C in that window would raise in the child, which would then
+        # return from p.start() into this function as if it were the
+        # parent.  So both stay blocked across the forks (the workers
+        # unblock them in _worker)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _START_SIGNALS)
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=max_ops or None, unit="op", desc=f"fuzz {policy}"
