@@ -119,7 +119,8 @@ _IDLE: dict[int, list[_CpuThread]] = {}
 _IDLE_LOCK = threading.Lock()
 
 
-def _take_threads(n: int) -> list[_CpuThread]:
+def _take_threads(n: int) -> list[Optional[_CpuThread]]:
+    """An idle thread for each of CPUs 0..n-1, None where there is none."""
     with _IDLE_LOCK:
         return [_IDLE[i].pop() if _IDLE.get(i) else None for i in range(n)]
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
+
 from pygup import MAP, PROT, Machine
 from pygup.kernel.sched import SchedDeadlock, yield_point
 
@@ -56,12 +58,8 @@ def test_threads_parked_for_good_are_not_given_another_run():
         parked.append(threading.get_native_id())
         p.munmap(a, P)
 
-    try:
+    with pytest.raises(SchedDeadlock):
         m.run_concurrently([bad, unmap], schedule=[0, 1], points={"irqs_off"}, spin_limit=500)
-    except SchedDeadlock:
-        pass
-    else:
-        raise AssertionError("the run should deadlock")
     m2, _, _ = _world()
     fresh = _idents(m2)
     assert len(parked) == 2 and not set(parked) & set(fresh)
