@@ -9,19 +9,8 @@ import threading
 
 import pytest
 
-from pygup import MAP, PROT, Machine
 from pygup.kernel.sched import SchedDeadlock, yield_point
-
-RW = PROT.READ | PROT.WRITE
-P = 4096
-
-
-def _world():
-    m = Machine(memory="8MiB", movable="0MiB", cpus=2)
-    p = m.spawn()
-    a = p.mmap(P, RW, MAP.PRIVATE | MAP.ANONYMOUS)
-    p.write(a, 0x1111)
-    return m, p, a
+from test_sched import P, anon_world as _world
 
 
 def _idents(m):
